@@ -1,0 +1,155 @@
+"""Typed data that crosses stage boundaries: read -> validate -> plan -> apply -> results."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    """Where a table came from and how it was read."""
+
+    path: Path
+    format: str
+    """'csv', 'xlsx', 'xlsm', 'xls' or 'ods'."""
+    sha256: str
+    sheet: str | None = None
+    encoding: str | None = None
+    delimiter: str | None = None
+    header_row: int = 1
+    """The Excel row number of the header (1 unless title rows sit above it)."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RawTable:
+    """A spreadsheet as the user sees it: every cell as text, exactly as read.
+
+    ``frame`` has one column per input column, labelled 0..n-1 (headers can repeat or be
+    blank, so they are kept apart in ``headers``), every value a ``str`` ("" for an empty
+    cell), and its index is the Excel row number (header row 1, first data row 2).
+    Fully blank rows are not in it.
+    """
+
+    source: SourceInfo
+    headers: tuple[str, ...]
+    frame: pd.DataFrame
+    row_problems: Mapping[int, str] = field(default_factory=dict)
+    """Structural problems of single rows (e.g. a ragged CSV row), by Excel row number."""
+
+    @property
+    def row_count(self) -> int:
+        return len(self.frame)
+
+
+@dataclass(frozen=True, slots=True)
+class RowIssue:
+    """One problem of one row: errors are data."""
+
+    row: int
+    column: str
+    """The input's header text (or the field name when the column is absent)."""
+    value: str
+    message: str
+    kind: str
+    """A short stable code for counting, e.g. 'missing_id', 'bad_mode', 'duplicate'."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRow:
+    """A valid row, normalised to the API's types."""
+
+    row: int
+    did_id: int | None
+    did_number: str | None
+    for_inbound_call: int
+    for_outbound_call: int
+    inbound_websocket_bot_id: int | None = None
+    inbound_sip_trunk_id: int | None = None
+    outbound_websocket_bot_id: int | None = None
+    outbound_sip_trunk_id: int | None = None
+    status: int = 1
+    connection_id: str | None = None
+
+    def record(self) -> dict[str, int | None]:
+        """The routing fields (modes, ids, status) as a dict, ids of unused modes None."""
+        return {
+            "for_inbound_call": self.for_inbound_call,
+            "for_outbound_call": self.for_outbound_call,
+            "inbound_websocket_bot_id": self.inbound_websocket_bot_id,
+            "inbound_sip_trunk_id": self.inbound_sip_trunk_id,
+            "outbound_websocket_bot_id": self.outbound_websocket_bot_id,
+            "outbound_sip_trunk_id": self.outbound_sip_trunk_id,
+            "status": self.status,
+        }
+
+
+class Status(enum.StrEnum):
+    """The final status of an input row in the results workbook."""
+
+    SUCCEEDED = "succeeded"
+    UNCHANGED = "unchanged"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    NOT_SENT = "not_sent"
+
+
+class Action(enum.StrEnum):
+    """What the plan decided for a row."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    UNCHANGED = "unchanged"
+    SKIP = "skip"
+    FAIL = "fail"
+    NONE = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RowOutcome:
+    """The final word on one input row."""
+
+    row: int
+    status: Status
+    action: Action = Action.NONE
+    reason: str = ""
+    reason_kind: str = ""
+    did_id: int | None = None
+    routing_id: int | None = None
+    http_status: int | None = None
+    attempts: int = 0
+    current: str = ""
+    """Dry run: the routing as it is now (for updates)."""
+    proposed: str = ""
+    """Dry run: the routing the row would write (for creates and updates)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationReport:
+    """What validation made of a table."""
+
+    table: RawTable
+    valid: tuple[RoutingRow, ...]
+    issues: tuple[RowIssue, ...]
+    mapping: Mapping[str, int]
+    """Field name -> input column position, for the fields the file has."""
+
+    @property
+    def failed_rows(self) -> frozenset[int]:
+        return frozenset(i.row for i in self.issues)
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What the Summary sheet says about a run besides the counts."""
+
+    command: str
+    started: str
+    finished: str
+    options: Mapping[str, str]
+    audit: Mapping[str, str] = field(default_factory=dict)
+    """Who/where: OS user, host, key's last 4, connection, base URL."""
