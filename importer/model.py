@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,7 +133,8 @@ class ValidationReport:
     """What validation made of a table."""
 
     table: RawTable
-    valid: tuple[RoutingRow, ...]
+    valid: Sequence[RoutingRow]
+    """The valid rows in input order (built on first use: a validate-only run never needs them)."""
     issues: tuple[RowIssue, ...]
     mapping: Mapping[str, int]
     """Field name -> input column position, for the fields the file has."""

@@ -1,0 +1,5 @@
+"""Allow ``python -m importer``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,234 @@
+"""The whole job, top to bottom: read -> validate -> (resolve -> plan -> apply) -> results.
+
+``validate_file`` is the offline half; ``run_import`` (in ``run.py``) adds the API half and
+reuses everything here. Both return a ``RunSummary`` and never raise for bad rows, only for
+run-level problems (see ``errors.py``).
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InputError
+from .model import RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
+from .reader import read_table
+from .results import default_paths, write_failed_rows, write_results
+from .validate import validate_table
+
+__all__ = ["InputOptions", "RunSummary", "ValidateConfig", "load_and_validate", "validate_file"]
+
+
+@dataclass(frozen=True, slots=True)
+class InputOptions:
+    """How to read and validate the input file."""
+
+    path: Path
+    sheet: str | None = None
+    column_map: Mapping[str, str] = field(default_factory=dict)
+    default_region: str | None = None
+
+    def describe(self) -> dict[str, str]:
+        """The options as text for the Summary sheet."""
+        out = {"sheet": self.sheet or "(auto)", "default_region": self.default_region or "(none)"}
+        if self.column_map:
+            out["map"] = "; ".join(f"{h}={f}" for h, f in self.column_map.items())
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateConfig:
+    """Options of the ``validate`` command."""
+
+    input: InputOptions
+    output: Path | None = None
+    failed_out: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What a run did, for the CLI's summary and for callers of the library."""
+
+    rows: int
+    counts: Mapping[Status, int]
+    top_reasons: Sequence[tuple[str, int]]
+    results_path: Path
+    failed_path: Path | None
+    exit_code: int
+    notes: Sequence[str] = ()
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get(Status.FAILED, 0)
+
+    def lines(self) -> list[str]:
+        """A short human summary."""
+        parts = [f"{s.value} {self.counts.get(s, 0)}" for s in Status if self.counts.get(s, 0)]
+        out = [f"rows read: {self.rows}; " + (", ".join(parts) if parts else "nothing to do")]
+        if self.top_reasons:
+            out.append("most common problems:")
+            out += [f"  {n} x {reason}" for reason, n in self.top_reasons]
+        out += list(self.notes)
+        out.append(f"results: {self.results_path}")
+        if self.failed_path is not None:
+            out.append(f"failed rows (fix and re-import): {self.failed_path}")
+        return out
+
+
+def now_text() -> str:
+    """The local time as the Summary sheet shows it."""
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def output_paths(input_path: Path, output: Path | None, failed_out: Path | None) -> tuple[Path, Path]:
+    """Resolve the results and failed-rows paths; refuse any that would overwrite the input."""
+    default_results, default_failed = default_paths(input_path)
+    results = output or default_results
+    failed = failed_out or (
+        results.with_name(results.name.replace(".results.xlsx", "") + ".failed.xlsx")
+        if output is not None
+        else default_failed
+    )
+    source = input_path.resolve()
+    for path in (results, failed):
+        if path.resolve() == source:
+            raise InputError(f"{path} is the input file; choose another output path")
+    if results.resolve() == failed.resolve():
+        raise InputError("the results and failed-rows files must be different paths")
+    return results, failed
+
+
+def load_and_validate(options: InputOptions) -> ValidationReport:
+    """Read the input file and validate every row."""
+    if not options.path.exists():
+        raise InputError(f"{options.path}: no such file")
+    if options.path.is_dir():
+        raise InputError(f"{options.path} is a folder; give a .csv or .xlsx file")
+    table = read_table(options.path, sheet=options.sheet, extra_headers=options.column_map)
+    if table.row_count == 0:
+        raise InputError(
+            f"{options.path.name}: the header is on row {table.source.header_row} but no data rows follow it"
+        )
+    return validate_table(table, column_map=options.column_map, default_region=options.default_region)
+
+
+def reasons_by_row(issues: Iterable[RowIssue]) -> dict[int, list[RowIssue]]:
+    """Group issues by Excel row."""
+    grouped: dict[int, list[RowIssue]] = collections.defaultdict(list)
+    for issue in issues:
+        grouped[issue.row].append(issue)
+    return grouped
+
+
+def failed_outcome(row: int, issues: Sequence[RowIssue]) -> RowOutcome:
+    """The outcome of a row that failed validation: every problem in one reason."""
+    return RowOutcome(
+        row=row,
+        status=Status.FAILED,
+        reason="; ".join(i.message for i in issues),
+        reason_kind=issues[0].kind,
+    )
+
+
+def validation_outcomes(report: ValidationReport) -> Iterator[RowOutcome]:
+    """One outcome per input row of a validate-only run, in input order."""
+    grouped = reasons_by_row(report.issues)
+    for row in report.table.frame.index.tolist():
+        issues = grouped.get(row)
+        if issues:
+            yield failed_outcome(row, issues)
+        else:
+            yield RowOutcome(row=row, status=Status.NOT_SENT, reason="validated only", reason_kind="validated_only")
+
+
+class OutcomeTally:
+    """Counts outcomes as they stream past the writer."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[Status] = collections.Counter()
+        self.reasons: collections.Counter[str] = collections.Counter()
+        self.failed_rows: list[int] = []
+
+    def watch(self, outcomes: Iterable[RowOutcome]) -> Iterator[RowOutcome]:
+        for outcome in outcomes:
+            self.counts[outcome.status] += 1
+            if outcome.status is Status.FAILED:
+                self.failed_rows.append(outcome.row)
+            yield outcome
+
+
+def top_reasons(issues: Iterable[RowIssue], extra: Iterable[str] = (), limit: int = 5) -> list[tuple[str, int]]:
+    """The most common problem kinds with an example message shape."""
+    counter: collections.Counter[str] = collections.Counter()
+    for issue in issues:
+        counter[_KIND_TEXT.get(issue.kind, issue.kind)] += 1
+    for reason in extra:
+        counter[reason] += 1
+    return counter.most_common(limit)
+
+
+_KIND_TEXT = {
+    "scientific_notation": "DID in scientific notation (Excel lost digits)",
+    "no_country_code": "DID without a country code",
+    "bad_number": "not a valid phone number",
+    "missing_did": "no DID on the row",
+    "missing_mode": "mode missing",
+    "bad_mode": "unknown mode",
+    "missing_mode_id": "bot or trunk id missing for the mode",
+    "id_for_unused_mode": "id filled in for a mode that does not use it",
+    "bad_id": "id is not a positive whole number",
+    "bad_status": "unknown status",
+    "bad_uuid": "connection id is not a UUID",
+    "duplicate": "duplicate DID",
+    "ragged_row": "row has the wrong number of fields",
+}
+
+
+def write_outputs(
+    table: RawTable,
+    outcomes: Iterable[RowOutcome],
+    issues: Sequence[RowIssue],
+    info: RunInfo,
+    results: Path,
+    failed: Path,
+) -> OutcomeTally:
+    """Write the results workbook (streaming) and, when rows failed, the failed-rows file."""
+    tally = OutcomeTally()
+    write_results(results, table, tally.watch(outcomes), issues, info)
+    if tally.failed_rows:
+        write_failed_rows(failed, table, tally.failed_rows)
+    elif failed.exists():
+        failed.unlink()  # a stale file from an earlier run would mislead
+    return tally
+
+
+def validate_file(config: ValidateConfig) -> RunSummary:
+    """Read and validate a file offline; write the results workbook.
+
+    Returns:
+        The summary; ``exit_code`` is 0 when every row is valid and 1 when any failed.
+
+    Raises:
+        InputError: the file or an option cannot be used.
+    """
+    started = now_text()
+    results, failed = output_paths(config.input.path, config.output, config.failed_out)
+    report = load_and_validate(config.input)
+    info = RunInfo(
+        command="validate",
+        started=started,
+        finished=now_text(),
+        options=config.input.describe(),
+    )
+    tally = write_outputs(report.table, validation_outcomes(report), report.issues, info, results, failed)
+    return RunSummary(
+        rows=report.table.row_count,
+        counts=dict(tally.counts),
+        top_reasons=top_reasons(report.issues),
+        results_path=results,
+        failed_path=failed if tally.failed_rows else None,
+        exit_code=1 if tally.failed_rows else 0,
+    )

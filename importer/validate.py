@@ -1,0 +1,664 @@
+"""Validate every row of a table with pandera: all of a row's problems at once.
+
+The rules come from ``fields.py``. Each cell is parsed once (with a cache per distinct
+value, so a million-row file costs one parse per distinct value), and a pandera schema
+built from the field spec checks the parsed columns. ``validate(lazy=True)`` gathers every
+failure; the failure cases become ``RowIssue`` values with messages that name the column
+(as the user wrote it) and the value. Rows are never dropped silently: each input row is
+either in ``ValidationReport.valid`` or has at least one issue.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import overload
+
+import pandas as pd
+import pandera.pandas as pa
+import phonenumbers
+
+from .errors import InputError
+from .fields import (
+    DID_FIELDS,
+    FIELD_BY_NAME,
+    FIELD_NAMES,
+    FIELDS,
+    MODE_FIELD,
+    MODE_ID_FIELDS,
+    MODE_INDEX,
+    MODES,
+    STATUS_VALUES,
+    Direction,
+    Kind,
+    closest_header,
+    describe_modes,
+    header_key,
+    match_header,
+)
+from .model import RawTable, RoutingRow, RowIssue, ValidationReport
+
+__all__ = ["PhoneNormaliser", "map_columns", "parse_column_map", "validate_table"]
+
+# Characters that sneak in from copy and paste and are invisible in Excel.
+_INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
+_INT_TEXT = re.compile(r"\+?(\d+)(?:\.0*)?")
+_SCIENTIFIC = re.compile(r"[+-]?\d+(?:[.,]\d*)?[eE][+-]?\d+")
+_PHONE_SEPARATORS = re.compile(r"[\s\-().\u00a0/]+")
+_MAX_ID = 2**63 - 1
+
+
+def clean_text(value: str) -> str:
+    """Trim whitespace (including no-break spaces) and invisible characters from a cell."""
+    return value.translate(_INVISIBLE).strip()
+
+
+def parse_positive_int(text: str) -> int | None:
+    """Return the positive integer a cell holds ('93', '93.0'), or None."""
+    m = _INT_TEXT.fullmatch(text)
+    if m is None:
+        return None
+    value = int(m.group(1))
+    return value if 0 < value <= _MAX_ID else None
+
+
+def describe_bad_int(text: str) -> str:
+    """Say why a cell is not a positive whole number."""
+    try:
+        number = float(text.replace(",", "."))
+    except ValueError:
+        return "is not a number"
+    if number != number or number in (float("inf"), float("-inf")):
+        return "is not a finite number"
+    if number != int(number):
+        return "is not a whole number"
+    if number <= 0:
+        return "must be 1 or more"
+    return "is not a plain whole number (write it without exponent or separators)"
+
+
+def parse_mode(direction: Direction, text: str) -> int | None:
+    """Return the mode number a cell names in ``direction`` (number or label), or None."""
+    m = _INT_TEXT.fullmatch(text)
+    if m is not None:
+        number = int(m.group(1))
+        return number if number in MODES[direction] else None
+    return MODE_INDEX[direction].get(header_key(text))
+
+
+def parse_status(text: str) -> int | None:
+    """Return 1 or 0 for a status cell (blank is 1), or None when it is not a status."""
+    if text == "":
+        return 1
+    m = _INT_TEXT.fullmatch(text)
+    key = m.group(1).lstrip("0") or "0" if m is not None else text.casefold()
+    return STATUS_VALUES.get(key)
+
+
+def parse_uuid(text: str) -> str | None:
+    """Return the canonical form of a UUID cell, or None."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneResult:
+    """A normalised number (country code + number, digits only) or why there is none."""
+
+    number: str | None
+    problem: str
+    kind: str
+
+
+_PLAIN_INTERNATIONAL = re.compile(r"\+?([1-9]\d{6,16})")
+
+
+@dataclass(frozen=True, slots=True)
+class _CountryRule:
+    """What phonenumbers' metadata says about one country code, for the fast path."""
+
+    national_prefix: re.Pattern[str] | None
+    lengths: frozenset[int]
+
+
+class PhoneNormaliser:
+    """Normalise phone cells to the API's form with the phonenumbers library, with a cache.
+
+    Most carrier sheets hold plain international numbers ("+918012345678" or
+    "918012345678"). For those, a fast path reads the country code and the possible
+    national lengths from phonenumbers' own metadata and gives the same answer as a full
+    ``phonenumbers.parse`` at a fraction of the cost; it steps aside (to the full parse)
+    whenever the national part could start with a national prefix or its length is not a
+    possible one. ``tests/test_validate.py`` checks the two agree across every country code.
+    """
+
+    def __init__(self, default_region: str | None = None) -> None:
+        self.default_region = default_region
+        self._rules: dict[int, _CountryRule | None] = {}
+
+    def __call__(self, text: str) -> PhoneResult:
+        """Normalise one cleaned, non-empty cell."""
+        if self.default_region is None or text.startswith("+"):
+            m = _PLAIN_INTERNATIONAL.fullmatch(text)
+            if m is not None:
+                number = self._fast(m.group(1))
+                if number is not None:
+                    return PhoneResult(number, "", "")
+        return self.normalise(text)
+
+    def _rule(self, code: int) -> _CountryRule | None:
+        if code not in self._rules:
+            regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code)
+            meta = (
+                phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, regions[0])
+                if regions
+                else None
+            )
+            if meta is None or meta.general_desc is None:
+                self._rules[code] = None
+            else:
+                prefix = meta.national_prefix_for_parsing or meta.national_prefix
+                desc = meta.general_desc
+                lengths = frozenset((desc.possible_length or ()) + (desc.possible_length_local_only or ()))
+                self._rules[code] = _CountryRule(re.compile(prefix) if prefix else None, lengths)
+        return self._rules[code]
+
+    def _fast(self, digits: str) -> str | None:
+        for size in (1, 2, 3):
+            code = int(digits[:size])
+            if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+                rule = self._rule(code)
+                national = digits[size:]
+                if rule is None or len(national) not in rule.lengths:
+                    return None
+                if rule.national_prefix is not None and rule.national_prefix.match(national):
+                    return None
+                return digits
+        return None
+
+    def normalise(self, text: str) -> PhoneResult:
+        """Normalise one cleaned, non-empty cell with a full phonenumbers parse."""
+        if _SCIENTIFIC.fullmatch(text):
+            return PhoneResult(
+                None,
+                "is in scientific notation, so Excel has lost digits: format the column as Text "
+                "in Excel, type the numbers again and export again",
+                "scientific_notation",
+            )
+        if any(c.isalpha() for c in text):
+            return PhoneResult(None, "contains letters; write the number with digits only", "bad_number")
+        compact = _PHONE_SEPARATORS.sub("", text)
+        if compact.startswith("00"):
+            compact = "+" + compact[2:]
+        candidates: list[tuple[str, str | None]] = []
+        if compact.startswith("+"):
+            candidates.append((compact, None))
+        elif self.default_region is not None:
+            candidates.append((compact, self.default_region))
+        elif not compact.startswith("0"):
+            candidates.append(("+" + compact, None))
+        for candidate, region in candidates:
+            try:
+                parsed = phonenumbers.parse(candidate, region)
+            except phonenumbers.NumberParseException:
+                continue
+            if parsed.extension:
+                return PhoneResult(None, "has an extension; give the DID alone", "bad_number")
+            if phonenumbers.is_possible_number(parsed):
+                e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+                return PhoneResult(e164.lstrip("+"), "", "")
+        if self.default_region is None and not compact.startswith("+"):
+            return PhoneResult(
+                None,
+                "is not an international number: add the country code (e.g. +91 80 1234 5678), "
+                "or pass --default-region to read national numbers",
+                "no_country_code",
+            )
+        where = f" for region {self.default_region}" if self.default_region else ""
+        return PhoneResult(None, f"is not a valid phone number{where}", "bad_number")
+
+
+def parse_column_map(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Parse ``--map "Header Text=field"`` options into {header text: field}.
+
+    Raises:
+        InputError: a pair without '=' or naming an unknown field.
+    """
+    out: dict[str, str] = {}
+    for pair in pairs:
+        header, sep, field = pair.rpartition("=")
+        field = field.strip()
+        if not sep or not header.strip():
+            raise InputError(f'--map "{pair}" must look like "Header Text=field"')
+        if field not in FIELD_BY_NAME:
+            raise InputError(f'--map "{pair}": unknown field "{field}"; fields are: {", ".join(FIELD_NAMES)}')
+        out[header.strip()] = field
+    return out
+
+
+def map_columns(headers: tuple[str, ...], column_map: Mapping[str, str]) -> dict[str, int]:
+    """Match the input's headers to fields; return {field: column position}.
+
+    Raises:
+        InputError: a --map header that is not in the file, two columns for one field, or a
+            required column that is missing (naming the columns found and the closest match).
+    """
+    mapped_keys = {header_key(h): f for h, f in column_map.items()}
+    for header in column_map:
+        if not any(header_key(h) == header_key(header) for h in headers):
+            raise InputError(
+                f'--map names the column "{header}", which is not in the file; columns found: '
+                + ", ".join(f'"{h}"' for h in headers)
+            )
+    mapping: dict[str, int] = {}
+    for pos, header in enumerate(headers):
+        field = mapped_keys.get(header_key(header)) or match_header(header)
+        if field is None:
+            continue
+        if field in mapping:
+            first = headers[mapping[field]]
+            raise InputError(
+                f'columns "{first}" and "{header}" both mean {field}; rename one or pick one with '
+                f'--map "{header}={field}"'
+            )
+        mapping[field] = pos
+    found = ", ".join(f'"{h}"' for h in headers if h.strip()) or "none"
+    missing: list[str] = []
+    if not any(f in mapping for f in DID_FIELDS):
+        missing.append("did_number (or did_id)")
+    missing += [MODE_FIELD[d] for d in Direction if MODE_FIELD[d] not in mapping]
+    if missing:
+        hints = []
+        for name in missing:
+            wanted = name.split(" ")[0]
+            near = closest_header(wanted, [h for i, h in enumerate(headers) if i not in mapping.values()])
+            if near is not None:
+                hints.append(f'"{near}" looks like {wanted}: add --map "{near}={wanted}"')
+        hint = ("; " + "; ".join(hints)) if hints else ""
+        raise InputError(f"missing required column {', '.join(missing)}; columns found: {found}{hint}")
+    return mapping
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """Every field column, cleaned and parsed (None where a cell does not parse)."""
+
+    clean: pd.DataFrame
+    values: dict[str, pd.Series]
+    phone: dict[Hashable, PhoneResult]
+
+
+def _parse_series(series: pd.Series, fn: Callable[[str], object], *, cache: bool = True) -> pd.Series:
+    """Apply ``fn`` once per distinct value of a text column (or once per cell, for unique columns)."""
+    if not cache:
+        return pd.Series([fn(v) for v in series.tolist()], index=series.index, dtype=object)
+    seen: dict[object, object] = {}
+    out = []
+    for v in series.tolist():
+        try:
+            out.append(seen[v])
+        except KeyError:
+            seen[v] = result = fn(v)
+            out.append(result)
+    # dtype object keeps ints as ints next to None (pandas would make them floats)
+    return pd.Series(out, index=series.index, dtype=object)
+
+
+def _parse(clean: pd.DataFrame, normaliser: PhoneNormaliser) -> _Parsed:
+    values: dict[str, pd.Series] = {}
+    phone_results = _parse_series(clean["did_number"], lambda t: normaliser(t) if t else None, cache=False)
+    for f in FIELDS:
+        col = clean[f.name]
+        if f.kind is Kind.INT_ID:
+            values[f.name] = _parse_series(col, parse_positive_int)
+        elif f.kind is Kind.PHONE:
+            values[f.name] = pd.Series(
+                [r.number if r is not None else None for r in phone_results.tolist()],
+                index=col.index,
+                dtype=object,
+            )
+        elif f.kind is Kind.MODE:
+            direction = next(d for d, name in MODE_FIELD.items() if name == f.name)
+            values[f.name] = _parse_series(col, lambda t, d=direction: parse_mode(d, t))  # type: ignore[misc]
+        elif f.kind is Kind.STATUS:
+            values[f.name] = _parse_series(col, parse_status)
+        else:
+            values[f.name] = _parse_series(col, lambda t: parse_uuid(t) if t else None)
+    return _Parsed(clean, values, phone_results.to_dict())
+
+
+def _modes_needing(id_field: str) -> tuple[Direction, set[int]]:
+    for direction, modes in MODES.items():
+        numbers = {m.number for m in modes.values() if m.requires == id_field}
+        if numbers:
+            return direction, numbers
+    raise KeyError(id_field)  # pragma: no cover - fields.py defines every id field with a mode
+
+
+def _first_occurrence(keys: pd.Series) -> pd.Series:
+    """For each row whose key appeared on an earlier row, the Excel row of the first one."""
+    present = keys[keys.notna()]
+    firsts = present.index.to_series(index=present.index).groupby(present.values).transform("first")
+    return firsts[firsts != firsts.index]
+
+
+def build_schema(parsed: _Parsed) -> pa.DataFrameSchema:
+    """Build the pandera schema for one table from the field spec.
+
+    Column checks test each cell's parse; dataframe-wide checks test the rules that span
+    columns (a DID on every row, the id each mode needs, ids for unused modes, duplicates).
+    """
+    clean, values = parsed.clean, parsed.values
+    blank = {name: clean[name] == "" for name in FIELD_NAMES}
+    columns: dict[str, pa.Column] = {}
+    for f in FIELDS:
+        checks: list[pa.Check] = []
+        parsed_ok = values[f.name].notna()
+        if f.kind is Kind.PHONE:
+            kinds = pd.Series(
+                [r.kind if r is not None else "" for r in parsed.phone.values()],
+                index=list(parsed.phone.keys()),
+                dtype=object,
+            )
+            sci = kinds == "scientific_notation"
+            checks.append(pa.Check(lambda s, ok=~sci: ok, name="scientific_notation"))
+            checks.append(pa.Check(lambda s, ok=parsed_ok | blank[f.name] | sci: ok, name="phone_number"))
+        elif f.kind is Kind.MODE:
+            checks.append(pa.Check(lambda s, ok=~blank[f.name]: ok, name="mode_required"))
+            checks.append(pa.Check(lambda s, ok=parsed_ok | blank[f.name]: ok, name="mode"))
+        elif f.kind is Kind.STATUS:
+            checks.append(pa.Check(lambda s, ok=parsed_ok: ok, name="status"))
+        else:
+            name = "positive_integer" if f.kind is Kind.INT_ID else "uuid"
+            checks.append(pa.Check(lambda s, ok=parsed_ok | blank[f.name]: ok, name=name))
+        columns[f.name] = pa.Column(object, checks=checks, nullable=False)
+
+    frame_checks = [
+        pa.Check(lambda df: ~(blank["did_id"] & blank["did_number"]), name="did_missing"),
+    ]
+    for id_field in MODE_ID_FIELDS:
+        direction, numbers = _modes_needing(id_field)
+        mode = values[MODE_FIELD[direction]]
+        uses = mode.isin(numbers)
+        frame_checks.append(
+            pa.Check(lambda df, bad=uses & blank[id_field]: ~bad, name=f"mode_id_missing:{id_field}")
+        )
+        frame_checks.append(
+            pa.Check(
+                lambda df, bad=~blank[id_field] & mode.notna() & ~uses: ~bad,
+                name=f"mode_id_unused:{id_field}",
+            )
+        )
+    dup_number = _first_occurrence(values["did_number"])
+    dup_id = _first_occurrence(values["did_id"])
+    duplicate = clean.index.isin(dup_number.index) | clean.index.isin(dup_id.index)
+    frame_checks.append(
+        pa.Check(lambda df, bad=pd.Series(duplicate, index=clean.index): ~bad, name="duplicate_did")
+    )
+    return pa.DataFrameSchema(columns, checks=frame_checks, strict=True, coerce=False)
+
+
+class _Messages:
+    """Turn pandera failure cases into RowIssues that name the user's column and value."""
+
+    def __init__(self, table: RawTable, mapping: Mapping[str, int], parsed: _Parsed) -> None:
+        self.table = table
+        self.mapping = mapping
+        self.parsed = parsed
+        self.dup_number = _first_occurrence(parsed.values["did_number"])
+        self.dup_id = _first_occurrence(parsed.values["did_id"])
+
+    def header(self, field: str) -> str:
+        pos = self.mapping.get(field)
+        return self.table.headers[pos] if pos is not None else field
+
+    def raw(self, row: int, field: str) -> str:
+        pos = self.mapping.get(field)
+        return str(self.table.frame.at[row, pos]) if pos is not None else ""
+
+    def issue(self, row: int, check: str) -> list[RowIssue]:
+        clean = self.parsed.clean
+        if ":" in check:
+            check, id_field = check.split(":", 1)
+            direction, numbers = _modes_needing(id_field)
+            mode_field = MODE_FIELD[direction]
+            mode_text = clean.at[row, mode_field]
+            mode = self.parsed.values[mode_field].at[row]
+            label = MODES[direction][int(mode)].label if mode is not None else mode_text
+            if check == "mode_id_missing":
+                present = id_field in self.mapping
+                where = f'"{self.header(id_field)}" is empty' if present else f"the file has no {id_field} column"
+                return [
+                    RowIssue(
+                        row,
+                        self.header(id_field),
+                        "",
+                        f'"{self.header(mode_field)}" is "{mode_text}" ({label}), which needs '
+                        f"{id_field}, but {where}",
+                        "missing_mode_id",
+                    )
+                ]
+            return [
+                RowIssue(
+                    row,
+                    self.header(id_field),
+                    self.raw(row, id_field),
+                    f'"{self.header(id_field)}" is "{self.raw(row, id_field)}" but "{self.header(mode_field)}" '
+                    f'is "{mode_text}" ({label}), which does not use {id_field}: clear it or change the mode',
+                    "id_for_unused_mode",
+                )
+            ]
+        if check == "did_missing":
+            return [
+                RowIssue(
+                    row,
+                    self.header("did_number"),
+                    "",
+                    f'no DID: fill in "{self.header("did_number")}" or "{self.header("did_id")}"',
+                    "missing_did",
+                )
+            ]
+        if check == "duplicate_did":
+            issues = []
+            for field, firsts in (("did_number", self.dup_number), ("did_id", self.dup_id)):
+                if row in firsts.index:
+                    issues.append(
+                        RowIssue(
+                            row,
+                            self.header(field),
+                            self.raw(row, field),
+                            f'"{self.header(field)}": "{self.raw(row, field)}" is a duplicate of row '
+                            f"{int(firsts.at[row])}",
+                            "duplicate",
+                        )
+                    )
+            return issues[:1]
+        raise KeyError(check)  # pragma: no cover - every dataframe check is handled above
+
+    def column_issue(self, row: int, field: str, check: str) -> RowIssue:
+        header = self.header(field)
+        value = self.raw(row, field)
+        text = clean_text(value)
+        quoted = f'"{header}": "{value}"'
+        if check == "scientific_notation" or check == "phone_number":
+            result = self.parsed.phone[row]
+            problem = result.problem if result is not None else "is not a phone number"
+            kind = result.kind if result is not None else "bad_number"
+            return RowIssue(row, header, value, f"{quoted} {problem}", kind)
+        if check == "mode_required":
+            direction = next(d for d, n in MODE_FIELD.items() if n == field)
+            return RowIssue(
+                row,
+                header,
+                value,
+                f'"{header}" is empty: give the {direction.value} mode ({describe_modes(direction)})',
+                "missing_mode",
+            )
+        if check == "mode":
+            direction = next(d for d, n in MODE_FIELD.items() if n == field)
+            return RowIssue(
+                row,
+                header,
+                value,
+                f"{quoted} is not an {direction.value} mode; use one of {describe_modes(direction)}",
+                "bad_mode",
+            )
+        if check == "status":
+            return RowIssue(
+                row,
+                header,
+                value,
+                f"{quoted} is not a status; use active/inactive, 1/0, yes/no or true/false",
+                "bad_status",
+            )
+        if check == "uuid":
+            return RowIssue(row, header, value, f"{quoted} is not a connection UUID", "bad_uuid")
+        return RowIssue(row, header, value, f"{quoted} {describe_bad_int(text)}; ids are positive whole numbers", "bad_id")
+
+
+def _clean_frame(table: RawTable, mapping: Mapping[str, int], rows: pd.Index) -> pd.DataFrame:
+    data: dict[str, list[str]] = {}
+    for name in FIELD_NAMES:
+        pos = mapping.get(name)
+        if pos is None:
+            data[name] = [""] * len(rows)
+        else:
+            seen: dict[str, str] = {}
+            cells: list[str] = []
+            for v in table.frame[pos].loc[rows].tolist():
+                try:
+                    cells.append(seen[v])
+                except KeyError:
+                    seen[v] = c = clean_text(str(v))
+                    cells.append(c)
+            data[name] = cells
+    return pd.DataFrame(data, index=rows, dtype=object)
+
+
+def validate_table(
+    table: RawTable,
+    *,
+    column_map: Mapping[str, str] | None = None,
+    default_region: str | None = None,
+) -> ValidationReport:
+    """Validate every row of ``table``; return the valid rows and every problem.
+
+    Args:
+        table: the table as read.
+        column_map: ``--map`` entries, header text -> field name.
+        default_region: ISO region (e.g. "IN") used to read national numbers.
+
+    Returns:
+        A report in which each input row is either valid or has at least one issue.
+
+    Raises:
+        InputError: the columns cannot be mapped, or the region is unknown.
+    """
+    if default_region is not None:
+        default_region = default_region.upper()
+        if default_region not in phonenumbers.SUPPORTED_REGIONS:
+            raise InputError(f'--default-region "{default_region}" is not a known region code (e.g. IN, US, GB)')
+    mapping = map_columns(table.headers, column_map or {})
+    issues: list[RowIssue] = [
+        RowIssue(row, "", "", problem, "ragged_row") for row, problem in sorted(table.row_problems.items())
+    ]
+    rows = table.frame.index[~table.frame.index.isin(list(table.row_problems))]
+    clean = _clean_frame(table, mapping, rows)
+    parsed = _parse(clean, PhoneNormaliser(default_region))
+    schema = build_schema(parsed)
+    failures: pd.DataFrame | None = None
+    try:
+        schema.validate(clean, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        failures = exc.failure_cases
+    if failures is not None and len(failures):
+        messages = _Messages(table, mapping, parsed)
+        # pandera reports a dataframe-wide check once per column: keep one per (row, check).
+        failures = failures.drop_duplicates(["index", "check", "schema_context"])
+        for rec in failures.itertuples(index=False):
+            row = int(rec.index)
+            if rec.schema_context == "Column":
+                issues.append(messages.column_issue(row, str(rec.column), str(rec.check)))
+            else:
+                issues.extend(messages.issue(row, str(rec.check)))
+    issues.sort(key=lambda i: (i.row, _column_order(mapping, table.headers, i.column)))
+    failed = {i.row for i in issues}
+    valid = _LazyRows(parsed, [int(r) for r in rows if r not in failed])
+    return ValidationReport(table=table, valid=valid, issues=tuple(issues), mapping=dict(mapping))
+
+
+def _column_order(mapping: Mapping[str, int], headers: tuple[str, ...], column: str) -> int:
+    try:
+        return headers.index(column)
+    except ValueError:
+        return len(headers) + (FIELD_NAMES.index(column) if column in FIELD_NAMES else 0)
+
+
+class _LazyRows(Sequence[RoutingRow]):
+    """The valid rows as RoutingRow values, built when first read."""
+
+    def __init__(self, parsed: _Parsed, rows: list[int]) -> None:
+        self._parsed: _Parsed | None = parsed
+        self._numbers = rows
+        self._rows: list[RoutingRow] | None = None
+
+    def _built(self) -> list[RoutingRow]:
+        if self._rows is None:
+            assert self._parsed is not None
+            self._rows = _valid_rows(self._parsed, self._numbers)
+            self._parsed = None
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self._numbers)
+
+    @overload
+    def __getitem__(self, index: int) -> RoutingRow: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[RoutingRow]: ...
+    def __getitem__(self, index: int | slice) -> RoutingRow | Sequence[RoutingRow]:
+        return self._built()[index]
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} valid rows>"
+
+
+def _valid_rows(parsed: _Parsed, rows: list[int]) -> list[RoutingRow]:
+    if not rows:
+        return []
+    cols = {name: parsed.values[name].loc[rows].tolist() for name in FIELD_NAMES}
+    out: list[RoutingRow] = []
+    for i, row in enumerate(rows):
+        inbound = cols["for_inbound_call"][i]
+        outbound = cols["for_outbound_call"][i]
+        needed = {
+            f: cols[f][i] for f in MODE_ID_FIELDS if f in _required_ids(int(inbound), int(outbound))
+        }
+        out.append(
+            RoutingRow(
+                row=int(row),
+                did_id=cols["did_id"][i],
+                did_number=cols["did_number"][i],
+                for_inbound_call=int(inbound),
+                for_outbound_call=int(outbound),
+                status=int(cols["status"][i]),
+                connection_id=cols["connection_id"][i],
+                **needed,
+            )
+        )
+    return out
+
+
+_REQUIRED_IDS: dict[tuple[int, int], frozenset[str]] = {
+    (i.number, o.number): frozenset(n for n in (i.requires, o.requires) if n is not None)
+    for i in MODES[Direction.INBOUND].values()
+    for o in MODES[Direction.OUTBOUND].values()
+}
+
+
+def _required_ids(inbound: int, outbound: int) -> frozenset[str]:
+    return _REQUIRED_IDS[(inbound, outbound)]

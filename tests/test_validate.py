@@ -1,0 +1,239 @@
+"""Validation: every row, all of its problems at once, with Excel row numbers."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import phonenumbers
+import pytest
+
+from importer.errors import InputError
+from importer.fields import FIELD_NAMES
+from importer.model import RawTable, SourceInfo
+from importer.validate import (
+    PhoneNormaliser,
+    map_columns,
+    parse_column_map,
+    parse_mode,
+    parse_status,
+    validate_table,
+)
+from importer.fields import Direction
+
+HEADERS = (
+    "Phone Number",
+    "Inbound Mode",
+    "Inbound Bot ID",
+    "Inbound SIP Trunk",
+    "Outbound Mode",
+    "Outbound Bot ID",
+    "Outbound SIP Trunk",
+    "Status",
+    "Customer",
+)
+
+
+def make_table(rows: list[list[str]], headers: tuple[str, ...] = HEADERS, first_row: int = 2) -> RawTable:
+    frame = pd.DataFrame(rows, index=range(first_row, first_row + len(rows)), dtype=object)
+    frame.columns = list(range(len(headers)))
+    return RawTable(SourceInfo(Path("sheet.csv"), "csv", "0" * 64), headers, frame, {})
+
+
+def row(number: str = "+91 80 1234 5678", inbound: str = "1", in_bot: str = "", in_trunk: str = "",
+        outbound: str = "4", out_bot: str = "", out_trunk: str = "", status: str = "", customer: str = "c") -> list[str]:
+    return [number, inbound, in_bot, in_trunk, outbound, out_bot, out_trunk, status, customer]
+
+
+def messages(rows: list[list[str]], **kwargs: str | None) -> dict[int, list[str]]:
+    report = validate_table(make_table(rows), **kwargs)  # type: ignore[arg-type]
+    out: dict[int, list[str]] = {}
+    for issue in report.issues:
+        out.setdefault(issue.row, []).append(issue.message)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        (row(), {}),
+        (row(inbound="bot", in_bot="93"), {}),
+        (row(inbound="WebSocket Bot", in_bot="93.0", outbound="websocket", out_bot="94"), {}),
+        (row(inbound="SIP", in_trunk="7", outbound="2", out_trunk="8"), {}),
+        (row(outbound="Answer Only"), {}),
+        (row(outbound="ONLY-ANSWER", status="inactive"), {}),
+        (row(inbound="3"), {"Inbound Bot ID": "needs inbound_websocket_bot_id"}),
+        (row(inbound="2", in_trunk="12.5"), {"Inbound SIP Trunk": "is not a whole number"}),
+        (row(inbound="2", in_trunk="0"), {"Inbound SIP Trunk": "must be 1 or more"}),
+        (row(inbound="2", in_trunk="-3"), {"Inbound SIP Trunk": "must be 1 or more"}),
+        (row(inbound="2", in_trunk="abc"), {"Inbound SIP Trunk": "is not a number"}),
+        (row(inbound="1", in_bot="93"), {"Inbound Bot ID": "does not use inbound_websocket_bot_id"}),
+        (row(inbound="voicemail"), {"Inbound Mode": "is not an inbound mode"}),
+        (row(outbound="1"), {"Outbound Mode": "is not an outbound mode"}),
+        (row(inbound=""), {"Inbound Mode": "is empty"}),
+        (row(status="maybe"), {"Status": "is not a status"}),
+        (row(number="9.18012E+11"), {"Phone Number": "format the column as Text"}),
+        (row(number="080 1122 3399"), {"Phone Number": "add the country code"}),
+        (row(number="+91 80 1234 5678 ext. 12"), {"Phone Number": "contains letters"}),
+        (row(number=""), {"Phone Number": "no DID"}),
+    ],
+)
+def test_validate_rule_table(cells: list[str], expected: dict[str, str]) -> None:
+    report = validate_table(make_table([cells]))
+    got = {i.column: i.message for i in report.issues}
+    assert set(got) == set(expected), got
+    for column, fragment in expected.items():
+        assert fragment in got[column]
+        assert f'"{column}"' in got[column] or column == "Phone Number"
+    assert len(report.valid) == (0 if expected else 1)
+
+
+def test_validate_reports_every_problem_of_a_row_at_once() -> None:
+    bad = row(number="9.18012E+11", inbound="2", in_trunk="x", outbound="3", status="maybe")
+    report = validate_table(make_table([row(), bad]))
+    assert {i.row for i in report.issues} == {3}
+    assert {i.column for i in report.issues} == {"Phone Number", "Inbound SIP Trunk", "Outbound Bot ID", "Status"}
+    values = {i.column: i.value for i in report.issues}
+    assert values["Phone Number"] == "9.18012E+11" and values["Inbound SIP Trunk"] == "x"
+
+
+def test_validate_normalises_numbers_and_ids() -> None:
+    report = validate_table(
+        make_table([row(number=" +1 (415) 555-2601 ", inbound="3", in_bot="93.0", status="NO")])
+    )
+    (valid,) = report.valid
+    assert valid.did_number == "14155552601"
+    assert valid.inbound_websocket_bot_id == 93 and isinstance(valid.inbound_websocket_bot_id, int)
+    assert valid.status == 0 and valid.row == 2
+
+
+def test_validate_default_region_reads_national_numbers() -> None:
+    report = validate_table(make_table([row(number="080 1122 3399")]), default_region="in")
+    assert report.valid[0].did_number == "918011223399"
+
+
+def test_validate_unknown_default_region_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="ZZ"):
+        validate_table(make_table([row()]), default_region="ZZ")
+
+
+def test_validate_duplicates_name_the_first_row() -> None:
+    rows = [row(number="+91 80 1234 5678"), row(number="918012345678"), row(number="+1 415 555 2601"),
+            row(number="0091-80-1234-5678")]
+    report = validate_table(make_table(rows))
+    dup = {i.row: i.message for i in report.issues}
+    assert set(dup) == {3, 5}
+    assert "duplicate of row 2" in dup[3] and "duplicate of row 2" in dup[5]
+
+
+def test_validate_duplicate_did_ids() -> None:
+    headers = ("DID ID", "Inbound", "Outbound")
+    report = validate_table(make_table([["812", "1", "4"], ["813", "1", "4"], ["812.0", "1", "4"]], headers))
+    assert [(i.row, i.kind) for i in report.issues] == [(4, "duplicate")]
+    assert "duplicate of row 2" in report.issues[0].message
+
+
+def test_validate_row_numbers_follow_the_header_row() -> None:
+    report = validate_table(make_table([row(), row(number="+14155552601", status="bad")], first_row=5))
+    assert [i.row for i in report.issues] == [6]
+
+
+def test_validate_ragged_row_fails_alone() -> None:
+    table = make_table([row(), row()])
+    table = RawTable(table.source, table.headers, table.frame, {3: "row 3 has 11 fields but the header has 9"})
+    report = validate_table(table)
+    assert [(i.row, i.kind) for i in report.issues] == [(3, "ragged_row")]
+    assert len(report.valid) == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [
+        (("Number", "Inbound"), "missing required column for_outbound_call"),
+        (("Customer", "Inbound Mode", "Outbound Mode"), "did_number (or did_id)"),
+        (("Phone Numbr", "Inbound Mode", "Outbound Mode"), '"Phone Numbr" looks like did_number'),
+    ],
+)
+def test_map_columns_missing_column_names_found_and_closest(headers: tuple[str, ...], fragment: str) -> None:
+    with pytest.raises(InputError) as info:
+        map_columns(headers, {})
+    message = str(info.value)
+    assert fragment in message and "columns found" in message and "\n" not in message
+
+
+def test_map_columns_matches_spellings_and_maps() -> None:
+    headers = ("  did-NUMBER ", "INBOUND_MODE", "Outbound (mode)", "Carrier Bot", "Notes")
+    assert map_columns(headers, {"Carrier Bot": "outbound_websocket_bot_id"}) == {
+        "did_number": 0,
+        "for_inbound_call": 1,
+        "for_outbound_call": 2,
+        "outbound_websocket_bot_id": 3,
+    }
+
+
+@pytest.mark.parametrize(
+    ("pairs", "fragment"),
+    [(["Carrier Bot"], "must look like"), (["Carrier Bot=bot"], 'unknown field "bot"')],
+)
+def test_parse_column_map_rejects_bad_pairs(pairs: list[str], fragment: str) -> None:
+    with pytest.raises(InputError, match=fragment):
+        parse_column_map(pairs)
+
+
+def test_map_columns_two_columns_for_one_field() -> None:
+    with pytest.raises(InputError, match="both mean did_number"):
+        map_columns(("DID", "Phone Number", "Inbound", "Outbound"), {})
+
+
+@pytest.mark.parametrize(
+    ("direction", "text", "expected"),
+    [
+        (Direction.INBOUND, "Mobile", 1),
+        (Direction.INBOUND, "sip", 2),
+        (Direction.INBOUND, "WebSocket bot", 3),
+        (Direction.INBOUND, "3.0", 3),
+        (Direction.INBOUND, "4", None),
+        (Direction.OUTBOUND, "answer only", 4),
+        (Direction.OUTBOUND, "Only-Answer", 4),
+        (Direction.OUTBOUND, "mobile", None),
+        (Direction.OUTBOUND, "bot", 3),
+    ],
+)
+def test_parse_mode_numbers_and_labels(direction: Direction, text: str, expected: int | None) -> None:
+    assert parse_mode(direction, text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", 1), ("1", 1), ("0", 0), ("Active", 1), ("INACTIVE", 0), ("yes", 1), ("No", 0), ("true", 1),
+     ("FALSE", 0), ("2", None), ("maybe", None)],
+)
+def test_parse_status_values(text: str, expected: int | None) -> None:
+    assert parse_status(text) == expected
+
+
+def test_phone_fast_path_agrees_with_full_parse_for_every_country_code() -> None:
+    """The fast path must never give a different answer than phonenumbers.parse."""
+    rng = random.Random(7)
+    normaliser = PhoneNormaliser()
+    checked = 0
+    for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        for _ in range(60):
+            digits = str(code) + "".join(rng.choice("0123456789") for _ in range(rng.randint(4, 13)))
+            for text in (digits, "+" + digits):
+                fast = normaliser(text)
+                slow = normaliser.normalise(text)
+                assert fast.number == slow.number, (text, fast, slow)
+                checked += 1
+    assert checked > 20000
+
+
+def test_validate_schema_covers_every_field() -> None:
+    from importer.validate import _parse, build_schema
+
+    table = make_table([row()])
+    clean = pd.DataFrame({name: [""] for name in FIELD_NAMES}, index=[2], dtype=object)
+    schema = build_schema(_parse(clean, PhoneNormaliser()))
+    assert list(schema.columns) == list(FIELD_NAMES)
+    assert table.row_count == 1
