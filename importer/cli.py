@@ -143,3 +143,263 @@ def template(fmt: str, output: Path | None) -> None:
     else:
         path.write_text(template_csv_text(), encoding="utf-8", newline="")
     click.echo(f"template written: {path}")
+
+
+def _progress_bar(quiet: bool) -> tuple[Any, Any]:
+    """A tqdm bar on stderr fed by the library's progress callback (the library never imports tqdm)."""
+    if quiet:
+        return None, None
+    from tqdm import tqdm
+
+    bar: Any = None
+
+    def update(p: Any) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=p.total, unit="row", file=sys.stderr, dynamic_ncols=True, desc="sending")
+        bar.n = p.done
+        eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s" if p.eta_seconds else "0s"
+        bar.set_postfix_str(f"ok {p.succeeded}, failed {p.failed}, rate-limit ETA {eta}", refresh=False)
+        bar.refresh()
+
+    def close() -> None:
+        if bar is not None:
+            bar.close()
+
+    return update, close
+
+
+def _ask(counts: Any) -> bool:
+    click.echo(f"Plan: {counts.text()}", err=True)
+    return click.confirm("Send these writes now?", default=False, err=True)
+
+
+def _print_summary(summary: Any) -> None:
+    for line in summary.lines():
+        click.echo(line)
+
+
+def _api_options(fn: F) -> F:
+    for decorator in reversed(
+        [
+            click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook."),
+            click.option("--failed-out", type=click.Path(path_type=Path, dir_okay=False), help="Failed-rows file."),
+            click.option(
+                "--base-url",
+                envvar="VOCOBASE_BASE_URL",
+                default="https://api.vocobase.com/api/v2",
+                show_default=True,
+                help="API root (env VOCOBASE_BASE_URL).",
+            ),
+            click.option("--api-key", help="API key (prefer the env VOCOBASE_API_KEY: flags show in `ps`)."),
+            click.option(
+                "--connection-id",
+                envvar="VOCOBASE_CONNECTION_ID",
+                help="VoiceLink connection UUID when several are active (env VOCOBASE_CONNECTION_ID).",
+            ),
+            click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True),
+            click.option("--concurrency", type=click.IntRange(1, 16), default=4, show_default=True),
+            click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True),
+            click.option(
+                "--on-existing",
+                type=click.Choice(["update", "skip", "fail"]),
+                default="update",
+                show_default=True,
+                help="A DID whose routing exists and differs: update it, skip the row, or fail it.",
+            ),
+            click.option("--dry-run", is_flag=True, help="Plan only: show what would be sent; send nothing."),
+            click.option("--yes", is_flag=True, help="Do not ask before sending."),
+            click.option("--journal", type=click.Path(path_type=Path, dir_okay=False), help="Journal path."),
+            click.option(
+                "--max-error-rate",
+                type=click.FloatRange(0, 1),
+                help="Stop when more than this share of writes failed (once 20 are done), e.g. 0.2.",
+            ),
+            click.option("--quiet", is_flag=True, help="No progress bar."),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+@main.command()
+@input_options
+@_api_options
+@one_line_errors
+def run(
+    file: Path,
+    sheet: str | None,
+    maps: tuple[str, ...],
+    default_region: str | None,
+    output: Path | None,
+    failed_out: Path | None,
+    base_url: str,
+    api_key: str | None,
+    connection_id: str | None,
+    requests_per_minute: int,
+    concurrency: int,
+    timeout: float,
+    on_existing: str,
+    dry_run: bool,
+    yes: bool,
+    journal: Path | None,
+    max_error_rate: float | None,
+    quiet: bool,
+) -> None:
+    """Create or update the routing of every row of FILE through the API."""
+    from .run import ImportConfig, run_import
+
+    if api_key:
+        click.echo(
+            "Warning: --api-key is visible to other users in the process list; prefer VOCOBASE_API_KEY.",
+            err=True,
+        )
+    key = api_key or os.environ.get("VOCOBASE_API_KEY", "")
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    config = ImportConfig(
+        input=build_input(file, sheet, maps, default_region),
+        api_key=key,
+        base_url=base_url,
+        output=output,
+        failed_out=failed_out,
+        connection_id=connection_id,
+        requests_per_minute=requests_per_minute,
+        concurrency=concurrency,
+        timeout=timeout,
+        on_existing=on_existing,
+        dry_run=dry_run,
+        journal=journal,
+        max_error_rate=max_error_rate,
+        confirm=_ask if (interactive and not yes and not dry_run) else None,
+    )
+    update, close = _progress_bar(quiet)
+    try:
+        summary = run_import(config, on_progress=update)
+    finally:
+        if close is not None:
+            close()
+    _print_summary(summary)
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook path.")
+@click.option("--sample", type=click.Choice(["xlsx", "csv"]), default="xlsx", show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@one_line_errors
+def demo(output: Path | None, sample: str, quiet: bool) -> None:
+    """Import the sample sheet into an in-process sandbox, end to end, and show the results."""
+    import tempfile
+
+    import httpx
+
+    from .run import ImportConfig, run_import
+    from .sandbox import DEFAULT_INVENTORY, SANDBOX_API_KEY, SandboxConfig, create_sandbox
+
+    sample_path = DEFAULT_INVENTORY.parent / f"carrier_routing.{sample}"
+    if not sample_path.exists():
+        fail(f"the sample sheet {sample_path} is missing (run from a clone of the repository)", EXIT_INPUT)
+    stem = "voicelink-demo" if sample == "xlsx" else "voicelink-demo-csv"
+    results = output or Path.cwd() / f"{stem}.results.xlsx"
+    sandbox = create_sandbox(SandboxConfig(api_key=SANDBOX_API_KEY, requests_per_minute=6000))
+    click.echo(f"sandbox: in-process emulator of the VoiceLink API, inventory {DEFAULT_INVENTORY.name}")
+    click.echo(f"importing {sample_path} ...")
+    update, close = _progress_bar(quiet)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = ImportConfig(
+            input=build_input(sample_path, None, (), None),
+            api_key=SANDBOX_API_KEY,
+            base_url="http://sandbox.invalid/api/v2",
+            output=results,
+            failed_out=results.with_name(results.name.replace(".results.xlsx", ".failed.xlsx")),
+            requests_per_minute=6000,
+            journal=Path(tmp) / "demo.journal.sqlite",
+            command="demo",
+        )
+        try:
+            summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app), on_progress=update)
+        finally:
+            if close is not None:
+                close()
+    _print_summary(summary)
+    state = sandbox.state_snapshot()
+    click.echo(f"sandbox now holds {len(state.get('routing', []))} routing records")
+    # The demo shows failed rows on purpose; it succeeded if it ran to the end.
+    sys.exit(EXIT_OK if summary.exit_code in (EXIT_OK, EXIT_ROWS_FAILED) else summary.exit_code)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--api-key", help="Key the sandbox accepts (default: the fixed sandbox key it prints).")
+@click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--retry-after", is_flag=True, help="Send a Retry-After header with 429 answers.")
+@click.option("--latency-ms", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of requests answered 5xx, NOT applied.")
+@click.option(
+    "--ambiguous-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share of writes APPLIED, then answered 500 or the connection dropped.",
+)
+@click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of writes APPLIED, then hung.")
+@click.option("--hang-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True)
+@click.option("--burst-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of requests starting a 429 burst.")
+@click.option("--burst-length", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--two-connections", is_flag=True, help="Activate a second VoiceLink connection.")
+@click.option("--no-int-did-numbers", is_flag=True, help="Always send did_number as a string.")
+@click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Inventory JSON.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Makes the injected faults repeatable.")
+@click.option("--state-out", type=click.Path(path_type=Path, dir_okay=False), help="Write the final state here.")
+@one_line_errors
+def sandbox(
+    host: str,
+    port: int,
+    api_key: str | None,
+    requests_per_minute: int,
+    retry_after: bool,
+    latency_ms: int,
+    fail_rate: float,
+    ambiguous_rate: float,
+    hang_rate: float,
+    hang_seconds: float,
+    burst_rate: float,
+    burst_length: int,
+    two_connections: bool,
+    no_int_did_numbers: bool,
+    inventory: Path | None,
+    seed: int,
+    state_out: Path | None,
+) -> None:
+    """Serve a local emulator of the VoiceLink API to rehearse an import (Ctrl-C stops it)."""
+    from .sandbox import SANDBOX_API_KEY, SandboxConfig, serve
+
+    config = SandboxConfig(
+        api_key=api_key or SANDBOX_API_KEY,
+        requests_per_minute=requests_per_minute,
+        retry_after=retry_after,
+        latency_ms=latency_ms,
+        fail_rate=fail_rate,
+        ambiguous_rate=ambiguous_rate,
+        hang_rate=hang_rate,
+        hang_seconds=hang_seconds,
+        burst_rate=burst_rate,
+        burst_length=burst_length,
+        two_connections=two_connections,
+        int_did_numbers=not no_int_did_numbers,
+        inventory=inventory,
+        seed=seed,
+    )
+
+    def ready(url: str) -> None:
+        click.echo(f"VoiceLink sandbox listening: {url}")
+        if api_key:
+            click.echo("API key: the one given with --api-key")
+        else:
+            click.echo(f"API key: {SANDBOX_API_KEY}  (the fixed sandbox key)")
+        click.echo(f"try: VOCOBASE_BASE_URL={url} VOCOBASE_API_KEY=<key> voicelink-import run FILE --dry-run")
+        click.echo("state: GET " + url.rsplit("/api/v2", 1)[0] + "/_sandbox/state ; Ctrl-C stops")
+
+    serve(config, host=host, port=port, state_out=state_out, on_ready=ready)
+    if state_out is not None:
+        click.echo(f"state written: {state_out}")

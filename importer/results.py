@@ -1,0 +1,374 @@
+"""Write the results workbook (every row's outcome) and the failed-rows file.
+
+Both files are streamed with xlsxwriter in ``constant_memory`` mode, every cell from the
+input written as text with ``write_string`` (never a formula, whatever it starts with),
+to a temporary file in the target folder that replaces the target only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import xlsxwriter
+
+from importer.errors import InputError
+from importer.model import RawTable, RowIssue, RowOutcome, RunInfo, Status
+
+RESULT_COLUMNS = (
+    "import_status",
+    "import_action",
+    "import_reason",
+    "import_did_id",
+    "import_routing_id",
+    "import_http_status",
+    "import_attempts",
+)
+DRY_RUN_COLUMNS = ("import_current", "import_proposed")
+ROW_COLUMN = "import_row"
+"""Last column of the Results sheet: the input's Excel row number, to find the row in the file."""
+
+EXCEL_MAX_ROWS = 1_048_576
+EXCEL_MAX_COLUMNS = 16_384
+EXCEL_MAX_CELL = 32_767
+"""Excel's cell limit, counted in UTF-16 code units."""
+TRUNCATION_MARKER = " …[truncated: cell longer than Excel's 32767 characters]"
+
+_MIN_WIDTH = 6
+_MAX_WIDTH = 60
+_WORKBOOK_OPTIONS = {"constant_memory": True}
+_FAILED_FILL = {"bg_color": "#FFC7CE", "font_color": "#9C0006"}
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+_StringWriter = Callable[..., int]
+_ErrorLine = tuple[int, str, str, str, str]
+"""row, column, value, message, kind"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    """One output column: its header and its cleaned cell texts."""
+
+    header: str
+    values: list[str]
+    truncated: int
+    width: float
+
+
+def default_paths(input_path: Path) -> tuple[Path, Path]:
+    """Return where the results and failed-rows workbooks go by default.
+
+    Args:
+        input_path: The imported file.
+
+    Returns:
+        ``(<dir>/<stem>.results.xlsx, <dir>/<stem>.failed.xlsx)``; neither can equal the input,
+        since both end in a suffix the input's own name cannot end in.
+    """
+    folder, stem = input_path.parent, input_path.stem
+    return folder / f"{stem}.results.xlsx", folder / f"{stem}.failed.xlsx"
+
+
+def write_results(
+    path: Path,
+    table: RawTable,
+    outcomes: Iterable[RowOutcome],
+    issues: Sequence[RowIssue],
+    info: RunInfo,
+) -> None:
+    """Write the results workbook: sheets Results, Summary and Errors.
+
+    Args:
+        path: The workbook to write; replaced atomically, never the input file.
+        table: The input as read.
+        outcomes: Exactly one outcome per table row, in table (Excel row) order.
+        issues: Every validation problem found (several per row are fine).
+        info: The run's command, times, options and audit items.
+
+    Raises:
+        InputError: ``path`` is the input file, or the table is larger than a sheet can hold.
+        ValueError: ``outcomes`` does not match the table's rows one to one.
+    """
+    _refuse_input(path, table)
+    outcome_list = list(outcomes)
+    excel_rows = table.frame.index.tolist()
+    if [o.row for o in outcome_list] != excel_rows:
+        raise ValueError("write_results needs exactly one outcome per table row, in table order")
+    if len(excel_rows) + 1 > EXCEL_MAX_ROWS:
+        raise InputError(f"{len(excel_rows)} rows do not fit in one Excel sheet ({EXCEL_MAX_ROWS - 1} max)")
+
+    dry_run = any(o.current or o.proposed for o in outcome_list)
+    columns = _input_columns(table.headers, table.frame)
+    columns += [_column(header, values) for header, values in _result_values(outcome_list, dry_run)]
+    columns.append(_column(ROW_COLUMN, [str(r) for r in excel_rows]))
+    if len(columns) > EXCEL_MAX_COLUMNS:
+        raise InputError(f"{len(columns)} columns do not fit in one Excel sheet ({EXCEL_MAX_COLUMNS} max)")
+    failed = [o.status is Status.FAILED for o in outcome_list]
+    error_lines = _error_lines(outcome_list, issues)
+
+    with _atomic_workbook(path) as book:
+        bold = book.add_format({"bold": True})
+        fill = book.add_format(_FAILED_FILL)
+        results = book.add_worksheet("Results")
+        summary = book.add_worksheet("Summary")
+        errors = book.add_worksheet("Errors")
+        _write_table(results, columns, bold, fill, failed)
+        errors_written = _write_errors(errors, error_lines, bold)
+        _write_summary(
+            summary,
+            _summary_items(table, outcome_list, issues, info, columns, len(error_lines) - errors_written),
+            bold,
+        )
+
+
+def write_failed_rows(path: Path, table: RawTable, rows: Collection[int]) -> None:
+    """Write only the given rows, in the input's own columns and headers, ready to fix and re-import.
+
+    Args:
+        path: The workbook to write; replaced atomically, never the input file.
+        table: The input as read.
+        rows: Excel row numbers of the rows to keep (rows of ``table``).
+
+    Raises:
+        InputError: ``path`` is the input file.
+        ValueError: A row number is not a row of the table.
+    """
+    _refuse_input(path, table)
+    wanted = set(rows)
+    index = table.frame.index
+    missing = wanted.difference(index.tolist())
+    if missing:
+        raise ValueError(f"rows not in the table: {sorted(missing)[:10]}")
+    columns = _input_columns(table.headers, table.frame[index.isin(wanted)])
+    with _atomic_workbook(path) as book:
+        text = book.add_format({"num_format": "@"})
+        bold = book.add_format({"bold": True, "num_format": "@"})
+        sheet = book.add_worksheet(_sheet_name(table.source.sheet))
+        # Text-formatted columns keep the digits of numbers the user types in while fixing rows.
+        _write_table(sheet, columns, bold, None, [False] * len(wanted), column_format=text)
+
+
+# --- the Results sheet ---------------------------------------------------------------------------------
+
+
+def _input_columns(headers: Sequence[str], frame: pd.DataFrame) -> list[_Column]:
+    """Return the input's columns, in its order, with its header texts and cell texts."""
+    return [
+        _column(header, frame[label].tolist()) for header, label in zip(headers, frame.columns, strict=True)
+    ]
+
+
+def _result_values(outcomes: list[RowOutcome], dry_run: bool) -> Iterator[tuple[str, list[str]]]:
+    def text(value: int | None) -> str:
+        return "" if value is None else str(value)
+
+    yield "import_status", [o.status.value for o in outcomes]
+    yield "import_action", [o.action.value for o in outcomes]
+    yield "import_reason", [o.reason for o in outcomes]
+    yield "import_did_id", [text(o.did_id) for o in outcomes]
+    yield "import_routing_id", [text(o.routing_id) for o in outcomes]
+    yield "import_http_status", [text(o.http_status) for o in outcomes]
+    yield "import_attempts", [str(o.attempts) for o in outcomes]
+    if dry_run:
+        yield "import_current", [o.current for o in outcomes]
+        yield "import_proposed", [o.proposed for o in outcomes]
+
+
+def _column(header: str, values: list[str], min_width: int = _MIN_WIDTH) -> _Column:
+    """Make cell texts safe for Excel and size the column from them."""
+    truncated = 0
+    lengths = list(map(len, values))
+    longest = max(lengths, default=0)
+    # A whole-column encode is C-speed; only columns that fail it pay for a per-cell fix.
+    try:
+        "".join(values).encode("utf-8")
+    except UnicodeEncodeError:
+        values = [_LONE_SURROGATE.sub("\ufffd", v) for v in values]
+    # Half the limit in characters cannot exceed the limit in UTF-16 units.
+    if longest > EXCEL_MAX_CELL // 2:
+        fitted = [_fit_cell(v) for v in values]
+        truncated = sum(a is not b for a, b in zip(values, fitted, strict=True))
+        values = fitted
+    width = min(max(len(header) + 2, min(longest, _MAX_WIDTH) + 1, min_width), max(_MAX_WIDTH, min_width))
+    return _Column(_fit_cell(_LONE_SURROGATE.sub("\ufffd", header)), values, truncated, width)
+
+
+def _fit_cell(value: str) -> str:
+    """Cut a string to Excel's cell limit with a visible marker; return it unchanged when it fits."""
+    if len(value) <= EXCEL_MAX_CELL // 2:
+        return value
+    units = value.encode("utf-16-le")
+    if len(units) // 2 <= EXCEL_MAX_CELL:
+        return value
+    room = (EXCEL_MAX_CELL - len(TRUNCATION_MARKER.encode("utf-16-le")) // 2) * 2
+    # "ignore" drops half of a surrogate pair cut at the boundary.
+    return units[:room].decode("utf-16-le", errors="ignore") + TRUNCATION_MARKER
+
+
+def _write_table(
+    sheet: Any,
+    columns: list[_Column],
+    header_format: Any,
+    fill: Any,
+    highlighted: list[bool],
+    *,
+    column_format: Any = None,
+) -> None:
+    """Stream a header and rows of text cells; highlighted rows get ``fill`` on every cell."""
+    last_col = len(columns) - 1
+    for c, column in enumerate(columns):
+        sheet.set_column(c, c, column.width, column_format)
+        sheet.write_string(0, c, column.header, header_format)
+    sheet.freeze_panes(1, 0)
+    sheet.autofilter(0, 0, len(highlighted), last_col)
+
+    write: _StringWriter = sheet.write_string
+    blank: _StringWriter = sheet.write_blank
+    rows = zip(*(column.values for column in columns), strict=True) if columns else iter(())
+    for r, (values, marked) in enumerate(zip(rows, highlighted, strict=True), start=1):
+        if marked:
+            for c, value in enumerate(values):
+                if value:
+                    write(r, c, value, fill)
+                else:
+                    blank(r, c, None, fill)
+        else:
+            # Empty cells are left out: they read back as empty and keep the file small.
+            for c, value in enumerate(values):
+                if value:
+                    write(r, c, value)
+
+
+# --- the Errors and Summary sheets ---------------------------------------------------------------------
+
+_ERROR_HEADERS = ("row", "column", "value", "message", "kind")
+_ERROR_WIDTHS = (8, 24, 24, 80, 18)
+
+
+def _error_lines(outcomes: list[RowOutcome], issues: Sequence[RowIssue]) -> list[_ErrorLine]:
+    """List every problem: each issue, plus each failed row's reason when no issue explains it."""
+    lines = [(i.row, i.column, i.value, i.message, i.kind) for i in issues]
+    explained = {i.row for i in issues}
+    lines += [
+        (o.row, "", "", o.reason, o.reason_kind)
+        for o in outcomes
+        if o.status is Status.FAILED and o.row not in explained
+    ]
+    lines.sort(key=lambda line: line[0])  # stable: a row's issues keep their order
+    return lines
+
+
+def _write_errors(sheet: Any, lines: list[_ErrorLine], bold: Any) -> int:
+    """Write the problem lines (as many as fit) and return how many were written."""
+    kept = lines[: EXCEL_MAX_ROWS - 1]
+    columns = [
+        _column(header, [str(line[k]) for line in kept], min_width=width)
+        for k, (header, width) in enumerate(zip(_ERROR_HEADERS, _ERROR_WIDTHS, strict=True))
+    ]
+    _write_table(sheet, columns, bold, None, [False] * len(kept))
+    return len(kept)
+
+
+def _summary_items(
+    table: RawTable,
+    outcomes: list[RowOutcome],
+    issues: Sequence[RowIssue],
+    info: RunInfo,
+    columns: list[_Column],
+    errors_left_out: int,
+) -> list[tuple[str, str | int | None]]:
+    """List the Summary sheet's lines; a line whose value is None is a section title."""
+    src = table.source
+    delimiter = {"\t": "tab", " ": "space"}.get(src.delimiter or "", src.delimiter or "")
+    items: list[tuple[str, str | int | None]] = [
+        ("Input", None),
+        ("file", src.path.name),
+        ("path", str(src.path)),
+        ("sha256", src.sha256),
+        ("format", src.format),
+        ("sheet", src.sheet or ""),
+        ("encoding", src.encoding or ""),
+        ("delimiter", delimiter),
+        ("header row", src.header_row),
+        ("rows read", table.row_count),
+        ("Run", None),
+        ("command", info.command),
+        ("started", info.started),
+        ("finished", info.finished),
+    ]
+    items += [(f"option {name}", value) for name, value in info.options.items()]
+    items += [(name, value) for name, value in info.audit.items()]
+    by_status = Counter(o.status for o in outcomes)
+    items.append(("Rows by status", None))
+    items += [(status.value, by_status[status]) for status in Status]
+    items.append(("Rows by reason", None))
+    items += sorted(Counter(o.reason_kind for o in outcomes if o.reason_kind).items())
+    items.append(("Problems by kind", None))
+    items += sorted(Counter(i.kind for i in issues).items())
+    truncated = sum(c.truncated for c in columns)
+    notes: list[tuple[str, str | int | None]] = []
+    if truncated:
+        notes.append(("cells truncated", f"{truncated} cells over Excel's limit were cut, marked at the end"))
+    if errors_left_out:
+        notes.append(("problems left out", f"{errors_left_out} problems did not fit in the Errors sheet"))
+    if notes:
+        items += [("Notes", None), *notes]
+    return items
+
+
+def _write_summary(sheet: Any, items: list[tuple[str, str | int | None]], bold: Any) -> None:
+    sheet.set_column(0, 0, 24)
+    sheet.set_column(1, 1, 70)
+    for r, (name, value) in enumerate(items):
+        if value is None:
+            sheet.write_string(r, 0, name, bold)
+            continue
+        sheet.write_string(r, 0, name)
+        if isinstance(value, int):
+            sheet.write_number(r, 1, value)
+        else:
+            sheet.write_string(r, 1, _fit_cell(_LONE_SURROGATE.sub("\ufffd", value)))
+
+
+# --- files ---------------------------------------------------------------------------------------------
+
+
+def _refuse_input(path: Path, table: RawTable) -> None:
+    source = table.source.path
+    same = path.resolve() == source.resolve()
+    if not same and path.exists() and source.exists():
+        same = os.path.samefile(path, source)
+    if same:
+        raise InputError(f"refusing to overwrite the input file {source.name}: choose another output path")
+
+
+def _sheet_name(name: str | None) -> str:
+    """Return ``name`` made valid as an Excel sheet name, or 'Sheet1'."""
+    cleaned = re.sub(r"[\[\]:*?/\\]", "_", name or "").strip("'")[:31]
+    return cleaned or "Sheet1"
+
+
+@contextlib.contextmanager
+def _atomic_workbook(path: Path) -> Iterator[Any]:
+    """Yield a streaming workbook written to a temp file that replaces ``path`` once complete."""
+    # Not mkstemp: its 0600 mode would stick to the final file; this name is unique enough.
+    temp_name = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
+    try:
+        book = xlsxwriter.Workbook(temp_name, _WORKBOOK_OPTIONS)
+        try:
+            yield book
+        finally:
+            book.close()
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        raise
