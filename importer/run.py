@@ -213,27 +213,41 @@ def _index_routing(routings: Sequence[Routing], dids_by_number: Mapping[str, Did
 class _LiveRouting:
     """Re-read the routing state, sharing one read among workers that ask at the same time."""
 
-    def __init__(self, client: VoiceLinkClient, inventory: _Inventory) -> None:
+    ROUNDS = 3
+    """Rounds of the client's own read retries before the run gives up on settling."""
+
+    def __init__(self, client: VoiceLinkClient, inventory: _Inventory, backoff: float) -> None:
         self._client = client
         self._inventory = inventory
+        self._backoff = backoff
         self._lock = asyncio.Lock()
         self._reads = 0
 
     async def fresh(self) -> dict[int, Routing]:
-        """Return routing read after this call began."""
+        """Return routing read after this call began.
+
+        Raises:
+            ApiError: the state could not be read in several rounds of retries.
+        """
         arrived = self._reads
         async with self._lock:
-            if self._reads > arrived + 0 and self._reads_started_after(arrived):
+            # A read counted in `arrived` may have begun before the caller's write failed, so
+            # only a read begun after arrival is fresh enough to share.
+            if self._reads > arrived:
                 return self._inventory.routing
             self._reads += 1
-            routings = await self._client.read_routing()
+            for round_ in range(1, self.ROUNDS + 1):
+                try:
+                    routings = await self._client.read_routing()
+                    break
+                except AuthError:
+                    raise
+                except ApiError:
+                    if round_ == self.ROUNDS:
+                        raise
+                    await asyncio.sleep(self._backoff * 2 * round_)
             self._inventory.routing = _index_routing(routings, self._inventory.dids_by_number)
             return self._inventory.routing
-
-    def _reads_started_after(self, arrived: int) -> bool:
-        # A read counted in `arrived` may have started before the caller's write failed, so
-        # only reads begun after arrival (their count exceeds it) are fresh enough to share.
-        return self._reads > arrived
 
 
 class _Runner:
@@ -792,13 +806,13 @@ async def _run_async(
                 return runner, counts.text()
             if writes and config.confirm is not None and not config.confirm(counts):
                 runner._stop("not confirmed at the prompt", 3)
-                await runner.apply([], _LiveRouting(client, inventory), stop)
+                await runner.apply([], _LiveRouting(client, inventory, config.retry_backoff), stop)
                 for outcome in _dry_run_outcomes(writes):
                     runner.outcomes[outcome.row] = _replace(
                         outcome, reason="not sent: not confirmed", reason_kind="not_confirmed"
                     )
                 return runner, counts.text()
-            await runner.apply(writes, _LiveRouting(client, inventory), stop)
+            await runner.apply(writes, _LiveRouting(client, inventory, config.retry_backoff), stop)
             if runner.exit_code not in (3, 130) or runner.apply_succeeded:
                 if not stop.is_set() and runner.exit_code != 3:
                     await runner.collect_routing_ids()

@@ -1,0 +1,360 @@
+"""Read a workbook's cells as text with calamine, in this process or in a guarded child process.
+
+Everything here is free of pandas so that the child process (``python -m importer._isolate``)
+starts fast and inside a small memory limit. ``reader.py`` builds the table from the
+``SheetGrid`` this module returns; it also reuses ``find_header`` and ``cell_text`` for CSV.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from importer import fields
+from importer.errors import ImporterError, InputError, UnreadableFileError
+
+HEADER_SCAN_ROWS = 30
+"""How many non-blank rows at the top of a sheet may hold the header row."""
+MIN_HEADER_MATCHES = 2
+CHILD_MEMORY_BYTES = 2 * 1024**3
+CHILD_TIMEOUT_SECONDS = 60.0
+_PRECISE_LIMIT = 1e15
+"""Integral floats below this are exact in 15 significant digits, as Excel shows them."""
+
+REFUSE_PASSWORD = "password-protected or encrypted workbook: remove the password in Excel and save again"
+
+
+@dataclass(frozen=True, slots=True)
+class SheetGrid:
+    """The chosen sheet of a workbook, as text: its header row and its data columns."""
+
+    sheet: str
+    header_row: int
+    """The Excel row number of the header row."""
+    first_column: int
+    """The 0-based sheet column of the grid's first column (calamine skips empty leading columns)."""
+    header: tuple[str, ...]
+    columns: tuple[list[str], ...]
+    """One list per column (as wide as the sheet), rows from header_row + 1 on, blanks included."""
+
+
+def _timedelta_text(value: dt.timedelta) -> str:
+    # Durations read as [h]:mm:ss, as Excel shows a time above 24 hours.
+    total = int(value.total_seconds())
+    sign = "-" if total < 0 else ""
+    hours, rest = divmod(abs(total), 3600)
+    return f"{sign}{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def float_text(value: float) -> str:
+    """Render a numeric cell as the digits the user typed, or as Excel would show a lossy number."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return repr(value)
+    if value.is_integer():
+        if abs(value) < _PRECISE_LIMIT:
+            return str(int(value))
+        # 15 significant digits in scientific notation, as Excel displays such a cell: the digits
+        # beyond are lost already, and validation should see that rather than invented digits.
+        mantissa, exponent = f"{value:.14E}".split("E")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        power = int(exponent)
+        return f"{mantissa}E{'+' if power >= 0 else '-'}{abs(power):02d}"
+    return repr(value)
+
+
+def cell_text(value: object) -> str:
+    """Render one calamine cell value as the text a user sees in the cell."""
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[return-value]
+    if kind is float:
+        return float_text(value)  # type: ignore[arg-type]
+    if kind is bool:
+        return "TRUE" if value else "FALSE"
+    if kind is int:
+        return str(value)
+    if kind is dt.datetime:
+        stamp: dt.datetime = value  # type: ignore[assignment]
+        return stamp.isoformat(sep=" ", timespec="seconds" if not stamp.microsecond else "milliseconds")
+    if kind is dt.date:
+        return value.isoformat()  # type: ignore[attr-defined, no-any-return]
+    if kind is dt.time:
+        moment: dt.time = value  # type: ignore[assignment]
+        return moment.isoformat(timespec="seconds" if not moment.microsecond else "milliseconds")
+    if kind is dt.timedelta:
+        return _timedelta_text(value)  # type: ignore[arg-type]
+    if value is None:
+        return ""
+    return str(value)
+
+
+def column_text(values: Sequence[Any]) -> list[str]:
+    """Render a column of cells as text; columns of only strings and numbers take a fast path."""
+    kinds = set(map(type, values))
+    if kinds <= {str}:
+        return list(values)
+    if kinds <= {str, float}:
+        limit = _PRECISE_LIMIT
+        return [
+            v if type(v) is str else (str(int(v)) if v.is_integer() and -limit < v < limit else float_text(v))
+            for v in values
+        ]
+    return [cell_text(v) for v in values]
+
+
+def is_blank(cells: Iterable[str]) -> bool:
+    """Tell whether a row of text cells is empty or only whitespace."""
+    joined = "".join(cells)
+    return not joined or joined.isspace()
+
+
+def header_score(cells: Sequence[str], extra_keys: frozenset[str]) -> int:
+    """Count the cells of a row that name a field (or a header the user mapped)."""
+    score = 0
+    for cell in cells:
+        if cell and (fields.match_header(cell) is not None or fields.header_key(cell) in extra_keys):
+            score += 1
+    return score
+
+
+def find_header(rows: Sequence[Sequence[str]], extra_keys: frozenset[str]) -> tuple[int, int]:
+    """Find the header among the top non-blank rows.
+
+    Args:
+        rows: Rows of text cells, blank rows included.
+        extra_keys: ``fields.header_key`` of headers the user mapped to fields.
+
+    Returns:
+        The index of the best row (the first non-blank row when none matches) and its score;
+        (-1, 0) when every row is blank.
+    """
+    best, best_score, seen = -1, -1, 0
+    for index, row in enumerate(rows):
+        if is_blank(row):
+            continue
+        score = header_score(row, extra_keys)
+        if score > best_score:
+            best, best_score = index, score
+        seen += 1
+        if seen >= HEADER_SCAN_ROWS:
+            break
+    if best_score < MIN_HEADER_MATCHES:
+        first = next((i for i, row in enumerate(rows) if not is_blank(row)), -1)
+        return first, max(best_score, 0)
+    return best, best_score
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _calamine_failure(name: str, error: BaseException) -> UnreadableFileError:
+    import python_calamine as pc
+
+    if isinstance(error, pc.PasswordError):
+        return UnreadableFileError(f"{name}: {REFUSE_PASSWORD}")
+    detail = _one_line(str(error) or type(error).__name__)
+    return UnreadableFileError(
+        f"{name} cannot be read as a spreadsheet ({detail}); open it in Excel and save as .xlsx"
+    )
+
+
+def _grid(
+    name: str, raw: list[list[object]], start: tuple[int, int], extra_keys: frozenset[str]
+) -> SheetGrid | None:
+    """Turn a sheet's cells into a SheetGrid, or None when the sheet has no non-blank row."""
+    head: list[list[str]] = []
+    nonblank = 0
+    for row in raw:
+        text = [cell_text(v) for v in row]
+        head.append(text)
+        if not is_blank(text):
+            nonblank += 1
+            if nonblank >= HEADER_SCAN_ROWS:
+                break
+    index, _score = find_header(head, extra_keys)
+    if index < 0:
+        return None
+    data = raw[index + 1 :]
+    width = max([len(head[index]), *map(len, data)])
+    if any(len(row) != width for row in data):  # calamine gives a rectangle; be safe anyway
+        data = [[*row, *([""] * (width - len(row)))] for row in data]
+    header = (*head[index], *([""] * (width - len(head[index]))))
+    columns = tuple(column_text(col) for col in zip(*data, strict=True)) if data else ()
+    if not columns:
+        columns = tuple([] for _ in range(width))
+    return SheetGrid(name, start[0] + 1 + index, start[1], header, columns)
+
+
+def _sheet_score(grid: SheetGrid, extra_keys: frozenset[str]) -> int:
+    return header_score(grid.header, extra_keys)
+
+
+def read_workbook(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> SheetGrid:
+    """Read the wanted sheet of a workbook (xlsx, xlsm, xlsb, xls, ods) with calamine.
+
+    Args:
+        path: The workbook.
+        sheet: The sheet name the user asked for, or None to pick the first visible sheet
+            whose header names at least two fields (else the first non-empty visible sheet).
+        extra_keys: ``fields.header_key`` of headers the user mapped to fields.
+
+    Returns:
+        The sheet's header and data columns as text.
+    """
+    import python_calamine as pc
+
+    def load(name: str) -> SheetGrid | None:
+        found = workbook.get_sheet_by_name(name)
+        raw: list[list[object]] = found.to_python()  # type: ignore[assignment]
+        # calamine skips the empty rows and columns before the data; start says where it begins.
+        return _grid(name, raw, found.start or (0, 0), extra_keys)
+
+    try:
+        workbook = pc.CalamineWorkbook.from_path(str(path))
+        metas = workbook.sheets_metadata
+    except Exception as error:
+        raise _calamine_failure(path.name, error) from None
+    names = [m.name for m in metas]
+    if not names:
+        raise UnreadableFileError(f"{path.name} has no sheets; open it in Excel, add the data and save again")
+    if sheet is not None:
+        chosen = _resolve_sheet(sheet, names)
+        if chosen is None:
+            listed = ", ".join(repr(n) for n in names)
+            raise InputError(f"sheet {sheet!r} is not in {path.name}; its sheets are {listed}")
+        try:
+            grid = load(chosen)
+        except Exception as error:
+            raise _calamine_failure(path.name, error) from None
+        if grid is None:
+            raise InputError(f"sheet {chosen!r} of {path.name} is empty; choose another with --sheet")
+        return grid
+    visible = [
+        m.name
+        for m in metas
+        if m.typ == pc.SheetTypeEnum.WorkSheet and m.visible == pc.SheetVisibleEnum.Visible
+    ]
+    fallback: SheetGrid | None = None
+    failure: BaseException | None = None
+    for name in visible:
+        try:
+            grid = load(name)
+        except Exception as error:  # one broken sheet must not hide a good one
+            failure = failure or error
+            continue
+        if grid is None:
+            continue
+        if _sheet_score(grid, extra_keys) >= MIN_HEADER_MATCHES:
+            return grid
+        fallback = fallback or grid
+    if fallback is not None:
+        return fallback
+    if failure is not None:
+        raise _calamine_failure(path.name, failure)
+    raise UnreadableFileError(f"{path.name} has no visible sheet with data; check the file and save again")
+
+
+def _resolve_sheet(wanted: str, names: Sequence[str]) -> str | None:
+    if wanted in names:
+        return wanted
+    # Forgive case and surrounding spaces, but only when that still names one sheet.
+    folded = [n for n in names if n.strip().casefold() == wanted.strip().casefold()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def _limit_child() -> None:
+    """Cap the child's memory and CPU so a hostile file cannot take the machine with it."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_BYTES, CHILD_MEMORY_BYTES))
+    cpu = int(CHILD_TIMEOUT_SECONDS) + 5
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+
+
+def _child_main() -> None:
+    """Read one workbook named on stdin and write the pickled outcome to stdout."""
+    request = json.loads(sys.stdin.read())
+    outcome: tuple[str, object]
+    try:
+        grid = read_workbook(Path(request["path"]), request["sheet"], frozenset(request["extra_keys"]))
+        outcome = ("ok", grid)
+    except ImporterError as error:
+        outcome = ("error", (type(error).__name__, str(error)))
+    except BaseException as error:  # PanicException derives from BaseException
+        outcome = ("error", ("UnreadableFileError", str(_calamine_failure(request["name"], error))))
+    sys.stdout.buffer.write(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+
+
+_CHILD_CODE = "from importer._isolate import _limit_child, _child_main\n_limit_child()\n_child_main()\n"
+
+
+def read_workbook_isolated(
+    path: Path,
+    sheet: str | None,
+    extra_keys: frozenset[str],
+    *,
+    timeout: float = CHILD_TIMEOUT_SECONDS,
+) -> SheetGrid:
+    """Run ``read_workbook`` in a child process with a memory cap and a wall-clock timeout.
+
+    Args:
+        path: The workbook.
+        sheet: As for ``read_workbook``.
+        extra_keys: As for ``read_workbook``.
+        timeout: Seconds before the child is killed.
+
+    Returns:
+        The child's SheetGrid; a crash, kill or timeout of the child becomes UnreadableFileError.
+    """
+    unsafe = UnreadableFileError(
+        f"{path.name} could not be read safely (the reader crashed, ran out of memory or time); "
+        "open it in Excel and save as .xlsx"
+    )
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    # Thread pools reserve address space per thread; keep the child small under its memory cap.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS"):
+        env[var] = "1"
+    env["RUST_BACKTRACE"] = "0"
+    request = json.dumps(
+        {"path": str(path), "name": path.name, "sheet": sheet, "extra_keys": sorted(extra_keys)}
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD_CODE],
+            input=request.encode(),
+            capture_output=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        raise unsafe from None
+    if done.returncode != 0 or not done.stdout:
+        raise unsafe
+    try:
+        status, payload = pickle.loads(done.stdout)
+    except Exception:
+        raise unsafe from None
+    if status == "ok" and isinstance(payload, SheetGrid):
+        return payload
+    kind, message = payload
+    error_class: Callable[[str], ImporterError] = InputError if kind == "InputError" else UnreadableFileError
+    raise error_class(message)
+
+
+if __name__ == "__main__":  # pragma: no cover - the child entry point is _CHILD_CODE
+    _limit_child()
+    _child_main()

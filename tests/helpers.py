@@ -1,0 +1,95 @@
+"""Shared test helpers: generated inventories and the sheets that match them."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "sample_data"
+CONNECTION = "3f6c2a9e-5b1d-4c8e-9a7f-1e2d3c4b5a60"
+SECOND_CONNECTION = "8b0e4d2c-7a19-4f3b-b6c5-0d9e8f7a6b51"
+
+
+def did_number(i: int) -> str:
+    return f"9180{20000000 + i:08d}"
+
+
+def write_inventory(path: Path, n: int, existing: dict[int, dict[str, int]] | None = None) -> Path:
+    """An inventory of ``n`` DIDs (ids 1000+i), bots 93/94 active and 95 inactive."""
+    data: dict[str, Any] = {
+        "connections": [
+            {"connection_id": CONNECTION, "id": CONNECTION, "name": "Primary", "status": "ACTIVE", "is_default": True},
+            {"connection_id": SECOND_CONNECTION, "id": SECOND_CONNECTION, "name": "Second", "status": "ACTIVE",
+             "is_default": False},
+        ],
+        "dids": [
+            {"id": 1000 + i, "did_id": 1000 + i, "did_number": did_number(i), "client_id": 1, "status": "active"}
+            for i in range(n)
+        ],
+        "bots": [
+            {"id": 93, "bot_name": "Support", "client_id": 1, "websocket_url": "wss://b/1", "status": 1},
+            {"id": 94, "bot_name": "Sales", "client_id": 1, "websocket_url": "wss://b/2", "status": 1},
+            {"id": 95, "bot_name": "Retired", "client_id": 1, "websocket_url": "wss://b/3", "status": 0},
+        ],
+        "routing": [
+            {"id": 7000 + i, "did_id": 1000 + i, **record} for i, record in sorted((existing or {}).items())
+        ],
+    }
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def desired_record(i: int) -> dict[str, int]:
+    """The routing row ``i`` of a generated sheet asks for (the API's body form)."""
+    kind = i % 3
+    if kind == 0:
+        return {"for_inbound_call": 3, "inbound_websocket_bot_id": 93, "for_outbound_call": 4, "status": 1}
+    if kind == 1:
+        return {"for_inbound_call": 1, "for_outbound_call": 3, "outbound_websocket_bot_id": 94, "status": 1}
+    return {"for_inbound_call": 2, "inbound_sip_trunk_id": 7, "for_outbound_call": 2,
+            "outbound_sip_trunk_id": 8, "status": 0}
+
+
+def write_sheet(path: Path, n: int) -> Path:
+    """A CSV of ``n`` valid rows for DIDs 0..n-1 of ``write_inventory``."""
+    headers = ["Phone Number", "Inbound Mode", "Inbound Bot ID", "Inbound SIP Trunk", "Outbound Mode",
+               "Outbound Bot ID", "Outbound SIP Trunk", "Status", "Customer"]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(headers)
+        for i in range(n):
+            r = desired_record(i)
+            w.writerow([
+                "+" + did_number(i),
+                r["for_inbound_call"],
+                r.get("inbound_websocket_bot_id", ""),
+                r.get("inbound_sip_trunk_id", ""),
+                r["for_outbound_call"],
+                r.get("outbound_websocket_bot_id", ""),
+                r.get("outbound_sip_trunk_id", ""),
+                "active" if r["status"] else "inactive",
+                f"customer {i}",
+            ])
+    return path
+
+
+def routing_fields(record: dict[str, Any]) -> dict[str, int]:
+    """Keep a routing record's body fields (drop ids, None values and extras)."""
+    keep = ("for_inbound_call", "for_outbound_call", "inbound_websocket_bot_id", "inbound_sip_trunk_id",
+            "outbound_websocket_bot_id", "outbound_sip_trunk_id", "status")
+    return {k: int(record[k]) for k in keep if record.get(k) is not None}
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    import openpyxl
+
+    wb = openpyxl.load_workbook(path, read_only=True)
+    try:
+        rows = list(wb["Results"].iter_rows(values_only=True))
+    finally:
+        wb.close()
+    header = rows[0]
+    return [dict(zip(header, r, strict=False)) for r in rows[1:]]
