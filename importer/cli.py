@@ -69,9 +69,9 @@ def input_options(fn: F) -> F:
         metavar='"Header Text=field"',
         help="Map a column to a field when its header is not recognised (repeatable).",
     )(fn)
-    fn = click.option("--sheet", metavar="NAME", help="The worksheet to read (default: the first that matches).")(
-        fn
-    )
+    fn = click.option(
+        "--sheet", metavar="NAME", help="The worksheet to read (default: the first that matches)."
+    )(fn)
     return click.argument("file", type=click.Path(path_type=Path, dir_okay=True))(fn)
 
 
@@ -182,8 +182,12 @@ def _print_summary(summary: Any) -> None:
 def _api_options(fn: F) -> F:
     for decorator in reversed(
         [
-            click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook."),
-            click.option("--failed-out", type=click.Path(path_type=Path, dir_okay=False), help="Failed-rows file."),
+            click.option(
+                "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook."
+            ),
+            click.option(
+                "--failed-out", type=click.Path(path_type=Path, dir_okay=False), help="Failed-rows file."
+            ),
             click.option(
                 "--base-url",
                 envvar="VOCOBASE_BASE_URL",
@@ -283,7 +287,9 @@ def run(
 
 
 @main.command()
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook path.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook path."
+)
 @click.option("--sample", type=click.Choice(["xlsx", "csv"]), default="xlsx", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @one_line_errors
@@ -329,28 +335,43 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default)."
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--api-key", help="Key the sandbox accepts (default: the fixed sandbox key it prints).")
 @click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--retry-after", is_flag=True, help="Send a Retry-After header with 429 answers.")
 @click.option("--latency-ms", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of requests answered 5xx, NOT applied.")
+@click.option(
+    "--fail-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share of requests answered 5xx, NOT applied.",
+)
 @click.option(
     "--ambiguous-rate",
     type=click.FloatRange(0, 1),
     default=0.0,
     help="Share of writes APPLIED, then answered 500 or the connection dropped.",
 )
-@click.option("--hang-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of writes APPLIED, then hung.")
+@click.option(
+    "--hang-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of writes APPLIED, then hung."
+)
 @click.option("--hang-seconds", type=click.FloatRange(min=0), default=30.0, show_default=True)
-@click.option("--burst-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of requests starting a 429 burst.")
+@click.option(
+    "--burst-rate", type=click.FloatRange(0, 1), default=0.0, help="Share of requests starting a 429 burst."
+)
 @click.option("--burst-length", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--two-connections", is_flag=True, help="Activate a second VoiceLink connection.")
 @click.option("--no-int-did-numbers", is_flag=True, help="Always send did_number as a string.")
-@click.option("--inventory", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Inventory JSON.")
+@click.option(
+    "--inventory", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Inventory JSON."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Makes the injected faults repeatable.")
-@click.option("--state-out", type=click.Path(path_type=Path, dir_okay=False), help="Write the final state here.")
+@click.option(
+    "--state-out", type=click.Path(path_type=Path, dir_okay=False), help="Write the final state here."
+)
 @one_line_errors
 def sandbox(
     host: str,

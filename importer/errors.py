@@ -1,11 +1,11 @@
 """The run-level exceptions. Row problems are values (``model.RowIssue``), never exceptions.
 
-    ImporterError                 one clean line for the CLI; exit code on the class
-    ├── InputError                unusable file or option                    (exit 2)
-    │   └── UnreadableFileError   the file cannot be read as a spreadsheet   (exit 2)
-    ├── ApiError                  the API answered something run-ending      (exit 3)
-    │   └── AuthError             the key was rejected (401/403)             (exit 3)
-    └── AbortedError              the run stopped itself (error rate, ...)   (exit 3)
+ImporterError                 one clean line for the CLI; exit code on the class
+├── InputError                unusable file or option                    (exit 2)
+│   └── UnreadableFileError   the file cannot be read as a spreadsheet   (exit 2)
+├── ApiError                  the API answered something run-ending      (exit 3)
+│   └── AuthError             the key was rejected (401/403)             (exit 3)
+└── AbortedError              the run stopped itself (error rate, ...)   (exit 3)
 """
 
 from __future__ import annotations

@@ -141,7 +141,9 @@ def validation_outcomes(report: ValidationReport) -> Iterator[RowOutcome]:
         if issues:
             yield failed_outcome(row, issues)
         else:
-            yield RowOutcome(row=row, status=Status.NOT_SENT, reason="validated only", reason_kind="validated_only")
+            yield RowOutcome(
+                row=row, status=Status.NOT_SENT, reason="validated only", reason_kind="validated_only"
+            )
 
 
 class OutcomeTally:
@@ -160,7 +162,9 @@ class OutcomeTally:
             yield outcome
 
 
-def top_reasons(issues: Iterable[RowIssue], extra: Iterable[str] = (), limit: int = 5) -> list[tuple[str, int]]:
+def top_reasons(
+    issues: Iterable[RowIssue], extra: Iterable[str] = (), limit: int = 5
+) -> list[tuple[str, int]]:
     """The most common problem kinds with an example message shape."""
     counter: collections.Counter[str] = collections.Counter()
     for issue in issues:

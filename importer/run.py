@@ -348,7 +348,9 @@ class _Runner:
             )
         if row.did_id is not None:
             if row.did_id not in inventory.dids_by_id:
-                problems.append(("did_not_found", f"DID id {row.did_id} is not in this account's purchased DIDs"))
+                problems.append(
+                    ("did_not_found", f"DID id {row.did_id} is not in this account's purchased DIDs")
+                )
             elif by_number is not None and by_number.did_id != row.did_id:
                 problems.append(
                     (
@@ -411,7 +413,9 @@ class _Runner:
                 counts["failed"] += 1
                 continue
             if did_id in seen:
-                self._fail(row.row, "duplicate", f"DID id {did_id} is a duplicate of row {seen[did_id]}", did_id)
+                self._fail(
+                    row.row, "duplicate", f"DID id {did_id} is a duplicate of row {seen[did_id]}", did_id
+                )
                 counts["failed"] += 1
                 continue
             seen[did_id] = row.row
@@ -420,7 +424,16 @@ class _Runner:
             resumed = in_flight.get(row.row)
             if existing is None:
                 writes.append(
-                    _Write(row.row, did_id, Action.CREATE, {"did_id": did_id, **desired}, desired, None, None, resumed)
+                    _Write(
+                        row.row,
+                        did_id,
+                        Action.CREATE,
+                        {"did_id": did_id, **desired},
+                        desired,
+                        None,
+                        None,
+                        resumed,
+                    )
                 )
                 counts["create"] += 1
                 continue
@@ -472,9 +485,15 @@ class _Runner:
                 continue
             writes.append(
                 _Write(
-                    row.row, did_id, Action.UPDATE, dict(desired), desired, existing.routing_id,
-                    dict(existing.record), resumed,
-                )  # fmt: skip
+                    row.row,
+                    did_id,
+                    Action.UPDATE,
+                    dict(desired),
+                    desired,
+                    existing.routing_id,
+                    dict(existing.record),
+                    resumed,
+                )
             )
             counts["update"] += 1
         return writes, PlanCounts(
@@ -512,8 +531,14 @@ class _Runner:
                 attempts=outcome.attempts,
             )
 
-    async def _send(self, w: _Write, action: Action, body: Mapping[str, int | str], routing_id: int | None,
-                    before: Mapping[str, int | None] | None) -> WriteResult:  # fmt: skip
+    async def _send(
+        self,
+        w: _Write,
+        action: Action,
+        body: Mapping[str, int | str],
+        routing_id: int | None,
+        before: Mapping[str, int | None] | None,
+    ) -> WriteResult:
         if self.journal is not None:
             self.journal.record_sending(self.run_id, w.row, f"id:{w.did_id}", action.value, body, before)
         if action is Action.CREATE:
@@ -533,20 +558,30 @@ class _Runner:
             last_status = result.http_status
             if result.ok:
                 return RowOutcome(
-                    row=w.row, status=Status.SUCCEEDED, action=action,
+                    row=w.row,
+                    status=Status.SUCCEEDED,
+                    action=action,
                     reason=f"{'created' if action is Action.CREATE else 'updated'}"
                     + (f" (after {', '.join(causes)})" if causes else ""),
                     reason_kind="created" if action is Action.CREATE else "updated",
-                    did_id=w.did_id, routing_id=result.routing_id or routing_id,
-                    http_status=result.http_status, attempts=attempts,
-                )  # fmt: skip
+                    did_id=w.did_id,
+                    routing_id=result.routing_id or routing_id,
+                    http_status=result.http_status,
+                    attempts=attempts,
+                )
             conflict = action is Action.CREATE and result.http_status == 409
             if result.known and not conflict:
                 return RowOutcome(
-                    row=w.row, status=Status.FAILED, action=action, reason=result.message or "rejected",
-                    reason_kind=f"api_{result.error_code or result.http_status}", did_id=w.did_id,
-                    routing_id=routing_id, http_status=result.http_status, attempts=attempts,
-                )  # fmt: skip
+                    row=w.row,
+                    status=Status.FAILED,
+                    action=action,
+                    reason=result.message or "rejected",
+                    reason_kind=f"api_{result.error_code or result.http_status}",
+                    did_id=w.did_id,
+                    routing_id=routing_id,
+                    http_status=result.http_status,
+                    attempts=attempts,
+                )
             cause = (
                 "409 conflict"
                 if conflict
@@ -558,36 +593,56 @@ class _Runner:
             current = state.get(w.did_id)
             if current is not None and _current_body(current) == w.desired:
                 return RowOutcome(
-                    row=w.row, status=Status.SUCCEEDED, action=action,
+                    row=w.row,
+                    status=Status.SUCCEEDED,
+                    action=action,
                     reason=f"applied; confirmed by re-reading the live state after {cause}",
-                    reason_kind="settled", did_id=w.did_id, routing_id=current.routing_id,
-                    http_status=last_status, attempts=attempts,
-                )  # fmt: skip
+                    reason_kind="settled",
+                    did_id=w.did_id,
+                    routing_id=current.routing_id,
+                    http_status=last_status,
+                    attempts=attempts,
+                )
             if attempts >= MAX_WRITE_ATTEMPTS or self.stop_reason:
                 why = "stopped" if self.stop_reason else f"after {attempts} attempts"
                 return RowOutcome(
-                    row=w.row, status=Status.FAILED, action=action,
+                    row=w.row,
+                    status=Status.FAILED,
+                    action=action,
                     reason=f"not applied {why} ({'; '.join(causes)}); the live state does not match the row",
-                    reason_kind="unsettled", did_id=w.did_id, routing_id=routing_id,
-                    http_status=last_status, attempts=attempts,
-                )  # fmt: skip
+                    reason_kind="unsettled",
+                    did_id=w.did_id,
+                    routing_id=routing_id,
+                    http_status=last_status,
+                    attempts=attempts,
+                )
             if current is None and action is Action.UPDATE:
                 return RowOutcome(
-                    row=w.row, status=Status.FAILED, action=action,
+                    row=w.row,
+                    status=Status.FAILED,
+                    action=action,
                     reason=f"routing {routing_id} no longer exists ({cause}); run again to create it",
-                    reason_kind="vanished", did_id=w.did_id, http_status=last_status, attempts=attempts,
-                )  # fmt: skip
+                    reason_kind="vanished",
+                    did_id=w.did_id,
+                    http_status=last_status,
+                    attempts=attempts,
+                )
             if current is not None and action is Action.CREATE:
                 # Someone else routed this DID meanwhile: treat it as existing routing.
                 if self.config.on_existing != OnExisting.UPDATE:
                     status = Status.SKIPPED if self.config.on_existing == OnExisting.SKIP else Status.FAILED
                     return RowOutcome(
-                        row=w.row, status=status, action=action,
+                        row=w.row,
+                        status=status,
+                        action=action,
                         reason=f"routing {current.routing_id} appeared meanwhile and differs ({cause}); "
                         f"--on-existing {self.config.on_existing}",
-                        reason_kind="exists_" + status.value, did_id=w.did_id, routing_id=current.routing_id,
-                        http_status=last_status, attempts=attempts,
-                    )  # fmt: skip
+                        reason_kind="exists_" + status.value,
+                        did_id=w.did_id,
+                        routing_id=current.routing_id,
+                        http_status=last_status,
+                        attempts=attempts,
+                    )
                 action, routing_id = Action.UPDATE, current.routing_id
                 body, before = dict(w.desired), dict(current.record)
             if self.config.retry_backoff > 0:
@@ -607,18 +662,25 @@ class _Runner:
                     self._stop(f"the API rejected the key ({exc})", 3)
                     self._finish(
                         RowOutcome(
-                            row=w.row, status=Status.NOT_SENT, action=w.action,
-                            reason=f"not applied: {exc}", reason_kind="auth_rejected", did_id=w.did_id,
-                        )  # fmt: skip
+                            row=w.row,
+                            status=Status.NOT_SENT,
+                            action=w.action,
+                            reason=f"not applied: {exc}",
+                            reason_kind="auth_rejected",
+                            did_id=w.did_id,
+                        )
                     )
                     continue
                 except ApiError as exc:
                     self._stop(f"the state could not be re-read ({exc})", 3)
                     outcome = RowOutcome(
-                        row=w.row, status=Status.FAILED, action=w.action,
+                        row=w.row,
+                        status=Status.FAILED,
+                        action=w.action,
                         reason=f"outcome unknown and the state could not be re-read: {exc}",
-                        reason_kind="unsettled", did_id=w.did_id,
-                    )  # fmt: skip
+                        reason_kind="unsettled",
+                        did_id=w.did_id,
+                    )
                 self._finish(outcome)
                 self.apply_done += 1
                 if outcome.status is Status.FAILED:
@@ -635,9 +697,14 @@ class _Runner:
         reason = f"not sent: {self.stop_reason}" if self.stop_reason else "not sent"
         for w in queue:
             self.outcomes[w.row] = RowOutcome(
-                row=w.row, status=Status.NOT_SENT, action=w.action, reason=reason,
-                reason_kind="stopped", did_id=w.did_id, routing_id=w.routing_id,
-            )  # fmt: skip
+                row=w.row,
+                status=Status.NOT_SENT,
+                action=w.action,
+                reason=reason,
+                reason_kind="stopped",
+                did_id=w.did_id,
+                routing_id=w.routing_id,
+            )
 
     def _stop(self, reason: str, code: int) -> None:
         if not self.stop_reason:
@@ -662,7 +729,11 @@ class _Runner:
             return
         by_did = {r.did_id: r for r in routings if r.did_id is not None}
         for row, outcome in list(self.outcomes.items()):
-            if outcome.routing_id is None and outcome.did_id is not None and outcome.status is Status.SUCCEEDED:
+            if (
+                outcome.routing_id is None
+                and outcome.did_id is not None
+                and outcome.status is Status.SUCCEEDED
+            ):
                 found = by_did.get(outcome.did_id)
                 if found is not None:
                     self.outcomes[row] = _replace(outcome, routing_id=found.routing_id)
@@ -671,7 +742,7 @@ class _Runner:
 def _replace(outcome: RowOutcome, **changes: object) -> RowOutcome:
     values = {name: getattr(outcome, name) for name in RowOutcome.__slots__}
     values.update(changes)
-    return RowOutcome(**values)  # type: ignore[arg-type]
+    return RowOutcome(**values)
 
 
 def _dry_run_outcomes(writes: Sequence[_Write]) -> Iterator[RowOutcome]:
@@ -813,9 +884,8 @@ async def _run_async(
                     )
                 return runner, counts.text()
             await runner.apply(writes, _LiveRouting(client, inventory, config.retry_backoff), stop)
-            if runner.exit_code not in (3, 130) or runner.apply_succeeded:
-                if not stop.is_set() and runner.exit_code != 3:
-                    await runner.collect_routing_ids()
+            if not stop.is_set() and runner.exit_code != 3:
+                await runner.collect_routing_ids()
     finally:
         await client.aclose()
     return runner, counts.text()
@@ -848,7 +918,11 @@ def _write_and_summarise(
         started=started,
         finished=now_text(),
         options=config.describe(),
-        audit={**runner.audit, "plan": counts_text, **({"stopped": runner.stop_reason} if runner.stop_reason else {})},
+        audit={
+            **runner.audit,
+            "plan": counts_text,
+            **({"stopped": runner.stop_reason} if runner.stop_reason else {}),
+        },
     )
     try:
         tally = write_outputs(report.table, outcomes(), report.issues, info, results, failed_path)
@@ -883,4 +957,4 @@ def key_fingerprint(key: str) -> str:
     return "..." + key[-4:] if len(key) > 8 else "(hidden)"
 
 
-__all__ += ["ImporterError", "ROUTING_FIELDS", "AbortedError"]
+__all__ += ["ROUTING_FIELDS", "AbortedError", "ImporterError"]

@@ -14,7 +14,7 @@ import re
 import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import overload
+from typing import cast, overload
 
 import pandas as pd
 import pandera.pandas as pa
@@ -342,7 +342,7 @@ def _modes_needing(id_field: str) -> tuple[Direction, set[int]]:
 def _first_occurrence(keys: pd.Series) -> pd.Series:
     """For each row whose key appeared on an earlier row, the Excel row of the first one."""
     present = keys[keys.notna()]
-    firsts = present.index.to_series(index=present.index).groupby(present.values).transform("first")
+    firsts = present.index.to_series(index=present.index).groupby(present).transform("first")
     return firsts[firsts != firsts.index]
 
 
@@ -384,21 +384,22 @@ def build_schema(parsed: _Parsed) -> pa.DataFrameSchema:
         direction, numbers = _modes_needing(id_field)
         mode = values[MODE_FIELD[direction]]
         uses = mode.isin(numbers)
+        known_mode = mode.notna()
         frame_checks.append(
             pa.Check(lambda df, bad=uses & blank[id_field]: ~bad, name=f"mode_id_missing:{id_field}")
         )
         frame_checks.append(
             pa.Check(
-                lambda df, bad=~blank[id_field] & mode.notna() & ~uses: ~bad,
+                lambda df, bad=~blank[id_field] & known_mode & ~uses: ~bad,
                 name=f"mode_id_unused:{id_field}",
             )
         )
     dup_number = _first_occurrence(values["did_number"])
     dup_id = _first_occurrence(values["did_id"])
-    duplicate = clean.index.isin(dup_number.index) | clean.index.isin(dup_id.index)
-    frame_checks.append(
-        pa.Check(lambda df, bad=pd.Series(duplicate, index=clean.index): ~bad, name="duplicate_did")
+    duplicate = pd.Series(
+        clean.index.isin(dup_number.index) | clean.index.isin(dup_id.index), index=clean.index
     )
+    frame_checks.append(pa.Check(lambda df, bad=duplicate: ~bad, name="duplicate_did"))
     return pa.DataFrameSchema(columns, checks=frame_checks, strict=True, coerce=False)
 
 
@@ -424,14 +425,16 @@ class _Messages:
         clean = self.parsed.clean
         if ":" in check:
             check, id_field = check.split(":", 1)
-            direction, numbers = _modes_needing(id_field)
+            direction, _ = _modes_needing(id_field)
             mode_field = MODE_FIELD[direction]
-            mode_text = clean.at[row, mode_field]
-            mode = self.parsed.values[mode_field].at[row]
-            label = MODES[direction][int(mode)].label if mode is not None else mode_text
+            mode_text = str(clean.at[row, mode_field])
+            mode = cast("int | None", self.parsed.values[mode_field].at[row])
+            label = MODES[direction][mode].label if mode is not None else mode_text
             if check == "mode_id_missing":
                 present = id_field in self.mapping
-                where = f'"{self.header(id_field)}" is empty' if present else f"the file has no {id_field} column"
+                where = (
+                    f'"{self.header(id_field)}" is empty' if present else f"the file has no {id_field} column"
+                )
                 return [
                     RowIssue(
                         row,
@@ -447,7 +450,8 @@ class _Messages:
                     row,
                     self.header(id_field),
                     self.raw(row, id_field),
-                    f'"{self.header(id_field)}" is "{self.raw(row, id_field)}" but "{self.header(mode_field)}" '
+                    f'"{self.header(id_field)}" is "{self.raw(row, id_field)}" but '
+                    f'"{self.header(mode_field)}" '
                     f'is "{mode_text}" ({label}), which does not use {id_field}: clear it or change the mode',
                     "id_for_unused_mode",
                 )
@@ -472,7 +476,7 @@ class _Messages:
                             self.header(field),
                             self.raw(row, field),
                             f'"{self.header(field)}": "{self.raw(row, field)}" is a duplicate of row '
-                            f"{int(firsts.at[row])}",
+                            f"{cast(int, firsts.at[row])}",
                             "duplicate",
                         )
                     )
@@ -517,7 +521,9 @@ class _Messages:
             )
         if check == "uuid":
             return RowIssue(row, header, value, f"{quoted} is not a connection UUID", "bad_uuid")
-        return RowIssue(row, header, value, f"{quoted} {describe_bad_int(text)}; ids are positive whole numbers", "bad_id")
+        return RowIssue(
+            row, header, value, f"{quoted} {describe_bad_int(text)}; ids are positive whole numbers", "bad_id"
+        )
 
 
 def _clean_frame(table: RawTable, mapping: Mapping[str, int], rows: pd.Index) -> pd.DataFrame:
@@ -561,7 +567,9 @@ def validate_table(
     if default_region is not None:
         default_region = default_region.upper()
         if default_region not in phonenumbers.SUPPORTED_REGIONS:
-            raise InputError(f'--default-region "{default_region}" is not a known region code (e.g. IN, US, GB)')
+            raise InputError(
+                f'--default-region "{default_region}" is not a known region code (e.g. IN, US, GB)'
+            )
     mapping = map_columns(table.headers, column_map or {})
     issues: list[RowIssue] = [
         RowIssue(row, "", "", problem, "ragged_row") for row, problem in sorted(table.row_problems.items())
@@ -579,12 +587,17 @@ def validate_table(
         messages = _Messages(table, mapping, parsed)
         # pandera reports a dataframe-wide check once per column: keep one per (row, check).
         failures = failures.drop_duplicates(["index", "check", "schema_context"])
-        for rec in failures.itertuples(index=False):
-            row = int(rec.index)
-            if rec.schema_context == "Column":
-                issues.append(messages.column_issue(row, str(rec.column), str(rec.check)))
+        for index, context, column, check in zip(
+            failures["index"].tolist(),
+            failures["schema_context"].tolist(),
+            failures["column"].tolist(),
+            failures["check"].tolist(),
+            strict=True,
+        ):
+            if context == "Column":
+                issues.append(messages.column_issue(int(index), str(column), str(check)))
             else:
-                issues.extend(messages.issue(row, str(rec.check)))
+                issues.extend(messages.issue(int(index), str(check)))
     issues.sort(key=lambda i: (i.row, _column_order(mapping, table.headers, i.column)))
     failed = {i.row for i in issues}
     valid = _LazyRows(parsed, [int(r) for r in rows if r not in failed])
@@ -635,9 +648,7 @@ def _valid_rows(parsed: _Parsed, rows: list[int]) -> list[RoutingRow]:
     for i, row in enumerate(rows):
         inbound = cols["for_inbound_call"][i]
         outbound = cols["for_outbound_call"][i]
-        needed = {
-            f: cols[f][i] for f in MODE_ID_FIELDS if f in _required_ids(int(inbound), int(outbound))
-        }
+        needed = {f: cols[f][i] for f in MODE_ID_FIELDS if f in _required_ids(int(inbound), int(outbound))}
         out.append(
             RoutingRow(
                 row=int(row),

@@ -21,12 +21,29 @@ def write_inventory(path: Path, n: int, existing: dict[int, dict[str, int]] | No
     """An inventory of ``n`` DIDs (ids 1000+i), bots 93/94 active and 95 inactive."""
     data: dict[str, Any] = {
         "connections": [
-            {"connection_id": CONNECTION, "id": CONNECTION, "name": "Primary", "status": "ACTIVE", "is_default": True},
-            {"connection_id": SECOND_CONNECTION, "id": SECOND_CONNECTION, "name": "Second", "status": "ACTIVE",
-             "is_default": False},
+            {
+                "connection_id": CONNECTION,
+                "id": CONNECTION,
+                "name": "Primary",
+                "status": "ACTIVE",
+                "is_default": True,
+            },
+            {
+                "connection_id": SECOND_CONNECTION,
+                "id": SECOND_CONNECTION,
+                "name": "Second",
+                "status": "ACTIVE",
+                "is_default": False,
+            },
         ],
         "dids": [
-            {"id": 1000 + i, "did_id": 1000 + i, "did_number": did_number(i), "client_id": 1, "status": "active"}
+            {
+                "id": 1000 + i,
+                "did_id": 1000 + i,
+                "did_number": did_number(i),
+                "client_id": 1,
+                "status": "active",
+            }
             for i in range(n)
         ],
         "bots": [
@@ -49,37 +66,60 @@ def desired_record(i: int) -> dict[str, int]:
         return {"for_inbound_call": 3, "inbound_websocket_bot_id": 93, "for_outbound_call": 4, "status": 1}
     if kind == 1:
         return {"for_inbound_call": 1, "for_outbound_call": 3, "outbound_websocket_bot_id": 94, "status": 1}
-    return {"for_inbound_call": 2, "inbound_sip_trunk_id": 7, "for_outbound_call": 2,
-            "outbound_sip_trunk_id": 8, "status": 0}
+    return {
+        "for_inbound_call": 2,
+        "inbound_sip_trunk_id": 7,
+        "for_outbound_call": 2,
+        "outbound_sip_trunk_id": 8,
+        "status": 0,
+    }
 
 
 def write_sheet(path: Path, n: int) -> Path:
     """A CSV of ``n`` valid rows for DIDs 0..n-1 of ``write_inventory``."""
-    headers = ["Phone Number", "Inbound Mode", "Inbound Bot ID", "Inbound SIP Trunk", "Outbound Mode",
-               "Outbound Bot ID", "Outbound SIP Trunk", "Status", "Customer"]
+    headers = [
+        "Phone Number",
+        "Inbound Mode",
+        "Inbound Bot ID",
+        "Inbound SIP Trunk",
+        "Outbound Mode",
+        "Outbound Bot ID",
+        "Outbound SIP Trunk",
+        "Status",
+        "Customer",
+    ]
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(headers)
         for i in range(n):
             r = desired_record(i)
-            w.writerow([
-                "+" + did_number(i),
-                r["for_inbound_call"],
-                r.get("inbound_websocket_bot_id", ""),
-                r.get("inbound_sip_trunk_id", ""),
-                r["for_outbound_call"],
-                r.get("outbound_websocket_bot_id", ""),
-                r.get("outbound_sip_trunk_id", ""),
-                "active" if r["status"] else "inactive",
-                f"customer {i}",
-            ])
+            w.writerow(
+                [
+                    "+" + did_number(i),
+                    r["for_inbound_call"],
+                    r.get("inbound_websocket_bot_id", ""),
+                    r.get("inbound_sip_trunk_id", ""),
+                    r["for_outbound_call"],
+                    r.get("outbound_websocket_bot_id", ""),
+                    r.get("outbound_sip_trunk_id", ""),
+                    "active" if r["status"] else "inactive",
+                    f"customer {i}",
+                ]
+            )
     return path
 
 
 def routing_fields(record: dict[str, Any]) -> dict[str, int]:
     """Keep a routing record's body fields (drop ids, None values and extras)."""
-    keep = ("for_inbound_call", "for_outbound_call", "inbound_websocket_bot_id", "inbound_sip_trunk_id",
-            "outbound_websocket_bot_id", "outbound_sip_trunk_id", "status")
+    keep = (
+        "for_inbound_call",
+        "for_outbound_call",
+        "inbound_websocket_bot_id",
+        "inbound_sip_trunk_id",
+        "outbound_websocket_bot_id",
+        "outbound_sip_trunk_id",
+        "status",
+    )
     return {k: int(record[k]) for k in keep if record.get(k) is not None}
 
 

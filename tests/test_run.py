@@ -8,12 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-
-from importer.errors import AuthError, InputError
-from importer.pipeline import InputOptions
-from importer.run import ImportConfig, Progress, run_import
-from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
-
 from helpers import (
     CONNECTION,
     SAMPLE,
@@ -24,6 +18,11 @@ from helpers import (
     write_inventory,
     write_sheet,
 )
+
+from importer.errors import AuthError, InputError
+from importer.pipeline import InputOptions
+from importer.run import ImportConfig, Progress, run_import
+from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 
 
 def config_for(path: Path, tmp: Path, **kw: Any) -> ImportConfig:
@@ -49,13 +48,29 @@ def write_count(state: dict[str, Any]) -> int:
 
 
 SAMPLE_EXPECTED = {
-    4: ("succeeded", "update"), 5: ("unchanged", "unchanged"), 6: ("succeeded", "update"),
-    7: ("succeeded", "create"), 8: ("succeeded", "create"), 9: ("succeeded", "create"),
-    10: ("succeeded", "update"), 11: ("succeeded", "create"), 12: ("failed", None), 13: ("failed", None),
-    14: ("failed", None), 15: ("failed", None), 16: ("failed", None), 18: ("failed", None),
-    19: ("failed", None), 20: ("failed", "fail"), 21: ("failed", "fail"), 22: ("failed", None),
-    23: ("succeeded", "create"), 24: ("succeeded", "create"), 25: ("succeeded", "create"),
-    26: ("succeeded", "create"), 27: ("succeeded", "create"),
+    4: ("succeeded", "update"),
+    5: ("unchanged", "unchanged"),
+    6: ("succeeded", "update"),
+    7: ("succeeded", "create"),
+    8: ("succeeded", "create"),
+    9: ("succeeded", "create"),
+    10: ("succeeded", "update"),
+    11: ("succeeded", "create"),
+    12: ("failed", None),
+    13: ("failed", None),
+    14: ("failed", None),
+    15: ("failed", None),
+    16: ("failed", None),
+    18: ("failed", None),
+    19: ("failed", None),
+    20: ("failed", "fail"),
+    21: ("failed", "fail"),
+    22: ("failed", None),
+    23: ("succeeded", "create"),
+    24: ("succeeded", "create"),
+    25: ("succeeded", "create"),
+    26: ("succeeded", "create"),
+    27: ("succeeded", "create"),
 }
 
 
@@ -105,7 +120,9 @@ def test_run_dry_run_sends_no_write(tmp_path: Path) -> None:
     inv = write_inventory(tmp_path / "inv.json", 6, existing={0: desired_record(1)})
     sheet = write_sheet(tmp_path / "sheet.csv", 6)
     sandbox = create_sandbox(SandboxConfig(inventory=inv))
-    summary = run_import(config_for(sheet, tmp_path, dry_run=True), transport=httpx.ASGITransport(app=sandbox.app))
+    summary = run_import(
+        config_for(sheet, tmp_path, dry_run=True), transport=httpx.ASGITransport(app=sandbox.app)
+    )
     assert write_count(sandbox.state_snapshot()) == 0
     rows = {int(r["import_row"]): r for r in read_results(summary.results_path)}
     assert rows[2]["import_action"] == "update" and rows[2]["import_status"] == "not_sent"
@@ -120,7 +137,9 @@ def test_run_on_existing_skip_or_fail(tmp_path: Path, mode: str, status: str) ->
     inv = write_inventory(tmp_path / "inv.json", 3, existing={1: desired_record(0)})
     sheet = write_sheet(tmp_path / "sheet.csv", 3)
     sandbox = create_sandbox(SandboxConfig(inventory=inv))
-    summary = run_import(config_for(sheet, tmp_path, on_existing=mode), transport=httpx.ASGITransport(app=sandbox.app))
+    summary = run_import(
+        config_for(sheet, tmp_path, on_existing=mode), transport=httpx.ASGITransport(app=sandbox.app)
+    )
     rows = {int(r["import_row"]): r for r in read_results(summary.results_path)}
     assert rows[3]["import_status"] == status and "exists and differs" in rows[3]["import_reason"]
     assert routing_by_did(sandbox.state_snapshot())[1001] == desired_record(0)  # untouched
@@ -129,7 +148,10 @@ def test_run_on_existing_skip_or_fail(tmp_path: Path, mode: str, status: str) ->
 def test_run_rejected_key_exits_3_and_sends_nothing(tmp_path: Path) -> None:
     sandbox = create_sandbox(SandboxConfig(api_key="rg_live_the_real_one_123456"))
     with pytest.raises(AuthError) as info:
-        run_import(config_for(SAMPLE / "carrier_routing.csv", tmp_path), transport=httpx.ASGITransport(app=sandbox.app))
+        run_import(
+            config_for(SAMPLE / "carrier_routing.csv", tmp_path),
+            transport=httpx.ASGITransport(app=sandbox.app),
+        )
     assert info.value.exit_code == 3
     assert SANDBOX_API_KEY not in str(info.value)
     assert write_count(sandbox.state_snapshot()) == 0
@@ -142,10 +164,16 @@ def test_run_two_connections_need_a_choice(tmp_path: Path) -> None:
     transport = httpx.ASGITransport(app=sandbox.app)
     with pytest.raises(InputError) as info:
         run_import(config_for(sheet, tmp_path), transport=transport)
-    assert CONNECTION in str(info.value) and SECOND_CONNECTION in str(info.value) and "default" in str(info.value)
+    assert (
+        CONNECTION in str(info.value)
+        and SECOND_CONNECTION in str(info.value)
+        and "default" in str(info.value)
+    )
     with pytest.raises(InputError, match="not one of this account's connections"):
-        run_import(config_for(sheet, tmp_path, connection_id="00000000-0000-4000-8000-000000000000"),
-                   transport=transport)
+        run_import(
+            config_for(sheet, tmp_path, connection_id="00000000-0000-4000-8000-000000000000"),
+            transport=transport,
+        )
     summary = run_import(config_for(sheet, tmp_path, connection_id=CONNECTION), transport=transport)
     assert summary.counts == {"succeeded": 3}
 
@@ -161,11 +189,18 @@ def test_run_max_error_rate_stops_sending(tmp_path: Path) -> None:
 
         async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
             if request.method == "POST" and "call-routing" in request.url.path:
-                return httpx.Response(400, json={"success": False, "error": {"code": "VALIDATION_ERROR",
-                                                                              "message": "upstream says no"}})
+                return httpx.Response(
+                    400,
+                    json={
+                        "success": False,
+                        "error": {"code": "VALIDATION_ERROR", "message": "upstream says no"},
+                    },
+                )
             return await base.handle_async_request(request)
 
-    summary = run_import(config_for(sheet, tmp_path, max_error_rate=0.2, concurrency=1), transport=RejectWrites())
+    summary = run_import(
+        config_for(sheet, tmp_path, max_error_rate=0.2, concurrency=1), transport=RejectWrites()
+    )
     assert summary.exit_code == 3
     assert summary.counts["failed"] == 20 and summary.counts["not_sent"] == 20
     rows = read_results(summary.results_path)
@@ -187,8 +222,10 @@ def test_run_key_revoked_midway_stops_all_sending(tmp_path: Path) -> None:
             if request.method == "POST" and "call-routing" in request.url.path:
                 writes["n"] += 1
                 if writes["n"] > 5:
-                    return httpx.Response(401, json={"success": False, "error": {"code": "UNAUTHORIZED",
-                                                                                  "message": "key revoked"}})
+                    return httpx.Response(
+                        401,
+                        json={"success": False, "error": {"code": "UNAUTHORIZED", "message": "key revoked"}},
+                    )
             return await base.handle_async_request(request)
 
     summary = run_import(config_for(sheet, tmp_path, concurrency=1), transport=RevokeAfterFive())
@@ -202,16 +239,27 @@ def test_run_progress_reports_every_write(tmp_path: Path) -> None:
     sheet = write_sheet(tmp_path / "sheet.csv", 8)
     sandbox = create_sandbox(SandboxConfig(inventory=inv))
     seen: list[Progress] = []
-    run_import(config_for(sheet, tmp_path), transport=httpx.ASGITransport(app=sandbox.app), on_progress=seen.append)
+    run_import(
+        config_for(sheet, tmp_path), transport=httpx.ASGITransport(app=sandbox.app), on_progress=seen.append
+    )
     assert [p.done for p in seen] == list(range(9))
     assert all(p.total == 8 for p in seen) and seen[-1].succeeded == 8
 
 
 def test_run_over_tcp_with_ambiguous_faults_never_duplicates(tmp_path: Path) -> None:
-    inv = write_inventory(tmp_path / "inv.json", 30, existing={i: desired_record(i + 1) for i in range(0, 30, 5)})
+    inv = write_inventory(
+        tmp_path / "inv.json", 30, existing={i: desired_record(i + 1) for i in range(0, 30, 5)}
+    )
     sheet = write_sheet(tmp_path / "sheet.csv", 30)
-    cfg = SandboxConfig(inventory=inv, requests_per_minute=100_000, ambiguous_rate=0.3, fail_rate=0.15,
-                        hang_rate=0.05, hang_seconds=3, seed=11)
+    cfg = SandboxConfig(
+        inventory=inv,
+        requests_per_minute=100_000,
+        ambiguous_rate=0.3,
+        fail_rate=0.15,
+        hang_rate=0.05,
+        hang_seconds=3,
+        seed=11,
+    )
     with running_sandbox(cfg) as (url, sandbox):
         summary = run_import(config_for(sheet, tmp_path, base_url=url, timeout=1.0, concurrency=4))
         state = sandbox.state_snapshot()

@@ -10,7 +10,7 @@ import phonenumbers
 import pytest
 
 from importer.errors import InputError
-from importer.fields import FIELD_NAMES
+from importer.fields import FIELD_NAMES, Direction
 from importer.model import RawTable, SourceInfo
 from importer.validate import (
     PhoneNormaliser,
@@ -20,7 +20,6 @@ from importer.validate import (
     parse_status,
     validate_table,
 )
-from importer.fields import Direction
 
 HEADERS = (
     "Phone Number",
@@ -41,8 +40,17 @@ def make_table(rows: list[list[str]], headers: tuple[str, ...] = HEADERS, first_
     return RawTable(SourceInfo(Path("sheet.csv"), "csv", "0" * 64), headers, frame, {})
 
 
-def row(number: str = "+91 80 1234 5678", inbound: str = "1", in_bot: str = "", in_trunk: str = "",
-        outbound: str = "4", out_bot: str = "", out_trunk: str = "", status: str = "", customer: str = "c") -> list[str]:
+def row(
+    number: str = "+91 80 1234 5678",
+    inbound: str = "1",
+    in_bot: str = "",
+    in_trunk: str = "",
+    outbound: str = "4",
+    out_bot: str = "",
+    out_trunk: str = "",
+    status: str = "",
+    customer: str = "c",
+) -> list[str]:
     return [number, inbound, in_bot, in_trunk, outbound, out_bot, out_trunk, status, customer]
 
 
@@ -93,7 +101,12 @@ def test_validate_reports_every_problem_of_a_row_at_once() -> None:
     bad = row(number="9.18012E+11", inbound="2", in_trunk="x", outbound="3", status="maybe")
     report = validate_table(make_table([row(), bad]))
     assert {i.row for i in report.issues} == {3}
-    assert {i.column for i in report.issues} == {"Phone Number", "Inbound SIP Trunk", "Outbound Bot ID", "Status"}
+    assert {i.column for i in report.issues} == {
+        "Phone Number",
+        "Inbound SIP Trunk",
+        "Outbound Bot ID",
+        "Status",
+    }
     values = {i.column: i.value for i in report.issues}
     assert values["Phone Number"] == "9.18012E+11" and values["Inbound SIP Trunk"] == "x"
 
@@ -119,8 +132,12 @@ def test_validate_unknown_default_region_is_an_input_error() -> None:
 
 
 def test_validate_duplicates_name_the_first_row() -> None:
-    rows = [row(number="+91 80 1234 5678"), row(number="918012345678"), row(number="+1 415 555 2601"),
-            row(number="0091-80-1234-5678")]
+    rows = [
+        row(number="+91 80 1234 5678"),
+        row(number="918012345678"),
+        row(number="+1 415 555 2601"),
+        row(number="0091-80-1234-5678"),
+    ]
     report = validate_table(make_table(rows))
     dup = {i.row: i.message for i in report.issues}
     assert set(dup) == {3, 5}
@@ -141,7 +158,9 @@ def test_validate_row_numbers_follow_the_header_row() -> None:
 
 def test_validate_ragged_row_fails_alone() -> None:
     table = make_table([row(), row()])
-    table = RawTable(table.source, table.headers, table.frame, {3: "row 3 has 11 fields but the header has 9"})
+    table = RawTable(
+        table.source, table.headers, table.frame, {3: "row 3 has 11 fields but the header has 9"}
+    )
     report = validate_table(table)
     assert [(i.row, i.kind) for i in report.issues] == [(3, "ragged_row")]
     assert len(report.valid) == 1
@@ -206,8 +225,19 @@ def test_parse_mode_numbers_and_labels(direction: Direction, text: str, expected
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("", 1), ("1", 1), ("0", 0), ("Active", 1), ("INACTIVE", 0), ("yes", 1), ("No", 0), ("true", 1),
-     ("FALSE", 0), ("2", None), ("maybe", None)],
+    [
+        ("", 1),
+        ("1", 1),
+        ("0", 0),
+        ("Active", 1),
+        ("INACTIVE", 0),
+        ("yes", 1),
+        ("No", 0),
+        ("true", 1),
+        ("FALSE", 0),
+        ("2", None),
+        ("maybe", None),
+    ],
 )
 def test_parse_status_values(text: str, expected: int | None) -> None:
     assert parse_status(text) == expected
