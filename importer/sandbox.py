@@ -37,10 +37,10 @@ Behaviour choices (where the API reference is unsure):
   ``search`` is a literal substring of did_number (DIDs) or a case-insensitive one of bot_name.
 - With ``int_did_numbers`` (default on), every DID with an odd id has its did_number as a JSON
   integer in dids/purchased and in sync's dids, routing and readiness.remote_did.
-- Rate limit: a 60 s sliding window per key over every accepted /api/v2 request. Requests with a
-  bad key (401) and requests answered 429 do not count. ``Retry-After`` (only with
-  ``retry_after``) is the whole seconds until the oldest counted request leaves the window;
-  during an injected 429 burst it is 1.
+- Rate limit: a 60 s sliding window per key over every accepted /api/v2 request (GETs too, and
+  injected faults). Requests with a bad key (401) and the limiter's own 429s do not count.
+  ``Retry-After`` (only with ``retry_after``) is the whole seconds until the oldest counted
+  request leaves the window; during an injected 429 burst it is 1.
 - The 401 message never contains the key; a key in the query string or body is ignored.
 - Faults (/api/v2 only; never /_sandbox/state): ``fail_rate`` answers 500 (or, for about a
   quarter of them, 503) INTERNAL_ERROR before anything is applied, on any endpoint.
