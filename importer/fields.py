@@ -365,3 +365,14 @@ def columns_markdown() -> str:
         aliases = ", ".join(f'"{a}"' for a in f.aliases)
         lines.append(f"| `{f.name}` | {aliases} | {required_text[f.required]} | {f.description} |")
     return "\n".join(lines)
+
+
+def modes_markdown() -> str:
+    """Render the README's table of modes and the id each one needs, from the spec."""
+    lines = ["| direction | number | label (also accepted) | needs |", "|---|---|---|---|"]
+    for direction, modes in MODES.items():
+        for mode in modes.values():
+            aliases = ", ".join(f'"{a}"' for a in mode.aliases if a.casefold() != mode.label.casefold())
+            need = f"`{mode.requires}`" if mode.requires else "no id"
+            lines.append(f"| {direction.value} | {mode.number} | {mode.label} ({aliases}) | {need} |")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""The command line: exit codes, one-line errors, the README's commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from importer.cli import main
+from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "sample_data"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "importer", *args], capture_output=True, text=True, timeout=120, env=full_env
+    )
+
+
+def test_readme_starts_with_the_two_commands_ci_runs() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```bash\n(.*?)```", readme, re.S)
+    assert block is not None and readme.index(block.group(0)) < 40
+    install_demo, install_test = block.group(1).strip().splitlines()
+    assert install_demo.endswith("voicelink-import demo")
+    test_command = install_test.split("&& ")[-1]
+    assert test_command in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", ["carrier_routing.xlsx", "carrier_routing.csv"])
+def test_cli_validate_sample_reports_failures_with_exit_1(tmp_path: Path, name: str) -> None:
+    sheet = shutil.copy(SAMPLE / name, tmp_path / name)
+    result = CliRunner().invoke(main, ["validate", str(sheet)])
+    assert result.exit_code == 1, result.output
+    assert "rows read: 23" in result.output and "failed 8" in result.output
+    stem = Path(name).stem
+    assert (tmp_path / f"{stem}.results.xlsx").exists() and (tmp_path / f"{stem}.failed.xlsx").exists()
+
+
+def test_cli_validate_clean_file_exits_0(tmp_path: Path) -> None:
+    sheet = tmp_path / "ok.csv"
+    sheet.write_text("DID,Inbound,Outbound\n+918011223344,mobile,only-answer\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(sheet), "-o", str(tmp_path / "r.xlsx")])
+    assert result.exit_code == 0, result.output
+    assert "not_sent 1" in result.output and not (tmp_path / "r.failed.xlsx").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["validate", "missing.csv"], "no such file"),
+        (["validate", "{sheet}", "--map", "X=nope"], 'unknown field "nope"'),
+        (["validate", "{sheet}", "-o", "{sheet}"], "is the input file"),
+        (["validate", "{bad}"], "missing required column"),
+        (["validate", "{zip}"], ""),
+        (["validate", "{sheet}", "--default-region", "XX"], "not a known region"),
+        (["run", "{sheet}", "--base-url", "ftp://x"], "no API key"),
+    ],
+)
+def test_cli_unusable_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], fragment: str) -> None:
+    sheet = tmp_path / "s.csv"
+    sheet.write_text("DID,Inbound,Outbound\n+918011223344,1,4\n", encoding="utf-8")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("Name,Age\nx,1\n", encoding="utf-8")
+    archive = tmp_path / "book.xlsx"
+    archive.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    values = {"sheet": str(sheet), "bad": str(bad), "zip": str(archive)}
+    env = {k: v for k, v in os.environ.items() if k != "VOCOBASE_API_KEY"}
+    result = subprocess.run(
+        [sys.executable, "-m", "importer", *[a.format(**values) for a in args]],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("fmt", ["xlsx", "csv"])
+def test_cli_template_matches_committed_file(tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"t.{fmt}"
+    result = CliRunner().invoke(main, ["template", "--format", fmt, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == (REPO / "templates" / f"voicelink-routing-template.{fmt}").read_bytes()
+
+
+def test_cli_demo_runs_in_the_current_folder(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "importer", "demo", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "succeeded 12, unchanged 1, failed 10" in result.stdout
+    assert (tmp_path / "voicelink-demo.results.xlsx").exists()
+
+
+def test_cli_run_against_tcp_sandbox_and_key_warning(tmp_path: Path) -> None:
+    sheet = shutil.copy(SAMPLE / "carrier_routing.csv", tmp_path / "c.csv")
+    with running_sandbox(SandboxConfig(requests_per_minute=100_000)) as (url, sandbox):
+        wrong = cli(
+            "run",
+            str(sheet),
+            "--base-url",
+            url,
+            "--yes",
+            "--quiet",
+            env={"VOCOBASE_API_KEY": "rg_live_wrong_1234"},
+        )
+        assert wrong.returncode == 3 and wrong.stderr.count("\n") == 1 and "rg_live_wrong" not in wrong.stderr
+        flag = cli("run", str(sheet), "--base-url", url, "--yes", "--quiet", "--api-key", SANDBOX_API_KEY)
+        state = sandbox.state_snapshot()
+    assert "prefer VOCOBASE_API_KEY" in flag.stderr and SANDBOX_API_KEY not in flag.stderr + flag.stdout
+    assert flag.returncode == 1, flag.stderr
+    assert "succeeded 12, unchanged 1, failed 10" in flag.stdout
+    assert len(state["routing"]) == 13
+
+
+def test_cli_sandbox_serves_until_sigterm_and_writes_state(tmp_path: Path) -> None:
+    out = tmp_path / "state.json"
+    command = [sys.executable, "-m", "importer", "sandbox", "--port", "0", "--state-out", str(out)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            url = re.search(r"(http://127\.0\.0\.1:\d+/api/v2)", first)
+            assert url is not None, first
+            assert SANDBOX_API_KEY in proc.stdout.readline()
+            with urllib.request.urlopen(
+                url.group(1).replace("/api/v2", "/_sandbox/state"), timeout=10
+            ) as resp:
+                assert len(json.load(resp)["routing"]) == 4
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert len(json.loads(out.read_text())["routing"]) == 4
