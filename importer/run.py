@@ -852,40 +852,41 @@ async def _run_async(
     runner = _Runner(config, report, journal, client, limiter, on_progress)
     stop = asyncio.Event()
     try:
-        with _stop_on_signals(asyncio.get_running_loop(), stop):
-            connection = await runner.preflight()
-            runner.audit = _audit(config, connection)
-            inventory = await runner.read_inventory()
-            sha = report.table.source.sha256
-            confirmed = journal.confirmed(sha) if journal is not None else {}
-            in_flight = journal.in_flight(sha) if journal is not None else {}
-            writes, counts = runner.plan(inventory, connection, confirmed, in_flight)
-            if journal is not None:
-                runner.run_id = journal.start_run(
-                    input_sha256=sha,
-                    input_name=config.input.path.name,
-                    command=config.command,
-                    audit=runner.audit,
-                    options=config.describe(),
+        # Until writes start, Ctrl-C simply ends the run (nothing was sent); the prompt below
+        # must also stay interruptible, so the settle-on-signal handlers come only with apply.
+        connection = await runner.preflight()
+        runner.audit = _audit(config, connection)
+        inventory = await runner.read_inventory()
+        sha = report.table.source.sha256
+        confirmed = journal.confirmed(sha) if journal is not None else {}
+        in_flight = journal.in_flight(sha) if journal is not None else {}
+        writes, counts = runner.plan(inventory, connection, confirmed, in_flight)
+        if journal is not None:
+            runner.run_id = journal.start_run(
+                input_sha256=sha,
+                input_name=config.input.path.name,
+                command=config.command,
+                audit=runner.audit,
+                options=config.describe(),
+            )
+            for outcome in list(runner.outcomes.values()):
+                if outcome.reason_kind != "done_earlier":
+                    runner._finish(outcome)
+        if config.dry_run:
+            for outcome in _dry_run_outcomes(writes):
+                runner.outcomes[outcome.row] = outcome
+            return runner, counts.text()
+        if writes and config.confirm is not None and not config.confirm(counts):
+            runner._stop("not confirmed at the prompt", 3)
+            for outcome in _dry_run_outcomes(writes):
+                runner.outcomes[outcome.row] = _replace(
+                    outcome, reason="not sent: not confirmed", reason_kind="not_confirmed"
                 )
-                for outcome in list(runner.outcomes.values()):
-                    if outcome.reason_kind != "done_earlier":
-                        runner._finish(outcome)
-            if config.dry_run:
-                for outcome in _dry_run_outcomes(writes):
-                    runner.outcomes[outcome.row] = outcome
-                return runner, counts.text()
-            if writes and config.confirm is not None and not config.confirm(counts):
-                runner._stop("not confirmed at the prompt", 3)
-                await runner.apply([], _LiveRouting(client, inventory, config.retry_backoff), stop)
-                for outcome in _dry_run_outcomes(writes):
-                    runner.outcomes[outcome.row] = _replace(
-                        outcome, reason="not sent: not confirmed", reason_kind="not_confirmed"
-                    )
-                return runner, counts.text()
+            return runner, counts.text()
+        with _stop_on_signals(asyncio.get_running_loop(), stop):
             await runner.apply(writes, _LiveRouting(client, inventory, config.retry_backoff), stop)
-            if not stop.is_set() and runner.exit_code != 3:
-                await runner.collect_routing_ids()
+        if not stop.is_set() and runner.exit_code != 3:
+            await runner.collect_routing_ids()
     finally:
         await client.aclose()
     return runner, counts.text()
