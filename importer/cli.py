@@ -38,8 +38,11 @@ def one_line_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except ImporterError as exc:
             fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            fail("interrupted", EXIT_INTERRUPTED)
+        except (KeyboardInterrupt, click.Abort):
+            fail(
+                "interrupted before anything was sent" if _before_writes(fn) else "interrupted",
+                EXIT_INTERRUPTED,
+            )
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:
@@ -53,6 +56,12 @@ def one_line_errors(fn: F) -> F:
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _before_writes(fn: Callable[..., Any]) -> bool:
+    # run/rollback settle Ctrl-C themselves once writes start (exit 130 with a workbook), so a
+    # KeyboardInterrupt that reaches here came before the first write.
+    return fn.__name__ in ("run", "rollback")
 
 
 def input_options(fn: F) -> F:
@@ -424,3 +433,88 @@ def sandbox(
     serve(config, host=host, port=port, state_out=state_out, on_ready=ready)
     if state_out is not None:
         click.echo(f"state written: {state_out}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--run-id", type=click.IntRange(min=1), help="The journal's run to undo (default: SOURCE's run)."
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook.")
+@click.option(
+    "--base-url",
+    envvar="VOCOBASE_BASE_URL",
+    default="https://api.vocobase.com/api/v2",
+    show_default=True,
+    help="API root (env VOCOBASE_BASE_URL).",
+)
+@click.option("--api-key", help="API key (prefer the env VOCOBASE_API_KEY: flags show in `ps`).")
+@click.option(
+    "--connection-id",
+    envvar="VOCOBASE_CONNECTION_ID",
+    help="VoiceLink connection UUID (default: the one the run used; env VOCOBASE_CONNECTION_ID).",
+)
+@click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 16), default=4, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Plan only: show what would be sent; send nothing.")
+@click.option("--force", is_flag=True, help="Also overwrite rows someone changed since the run.")
+@click.option("--yes", is_flag=True, help="Do not ask before sending.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@one_line_errors
+def rollback(
+    source: Path,
+    run_id: int | None,
+    output: Path | None,
+    base_url: str,
+    api_key: str | None,
+    connection_id: str | None,
+    requests_per_minute: int,
+    concurrency: int,
+    timeout: float,
+    dry_run: bool,
+    force: bool,
+    yes: bool,
+    quiet: bool,
+) -> None:
+    """Undo a run: restore the rows it updated, deactivate (status 0) the routing it created.
+
+    SOURCE is the run's results workbook (its journal is found beside it) or the journal itself.
+    """
+    from .rollback import RollbackConfig
+    from .rollback import rollback as rollback_run
+
+    if api_key:
+        click.echo(
+            "Warning: --api-key is visible to other users in the process list; prefer VOCOBASE_API_KEY.",
+            err=True,
+        )
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+
+    def show(plan: Any) -> None:
+        for line in plan.lines(limit=50):
+            click.echo(line)
+
+    config = RollbackConfig(
+        source=source,
+        api_key=api_key or os.environ.get("VOCOBASE_API_KEY", ""),
+        base_url=base_url,
+        run_id=run_id,
+        output=output,
+        connection_id=connection_id,
+        requests_per_minute=requests_per_minute,
+        concurrency=concurrency,
+        timeout=timeout,
+        dry_run=dry_run,
+        force=force,
+        on_plan=show,
+        confirm=_ask if (interactive and not yes and not dry_run) else None,
+    )
+    update, close = _progress_bar(quiet)
+    try:
+        summary = rollback_run(config, on_progress=update)
+    finally:
+        if close is not None:
+            close()
+    _print_summary(summary)
+    sys.exit(summary.exit_code)

@@ -274,6 +274,7 @@ class _Runner:
         self.exit_code = 0
         self.notes: list[str] = []
         self.audit: dict[str, str] = {}
+        self.plan_text = ""
         self.apply_done = 0
         self.apply_failed = 0
         self.apply_succeeded = 0
@@ -823,73 +824,101 @@ def run_import(
             journal = Journal.open(journal_path)
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot open the journal {journal_path}: {exc}") from None
+    runner: _Runner | None = None
     try:
-        runner, counts_text = asyncio.run(_run_async(config, report, journal, transport, on_progress))
+        with asyncio.Runner() as loop:
+            runner, counts_text = _run_phases(loop, config, report, journal, transport, on_progress)
     finally:
-        if journal is not None and not locals().get("runner"):
+        if journal is not None and runner is None:
             journal.close()
     return _write_and_summarise(config, report, runner, journal, results, failed_path, started, counts_text)
 
 
-async def _run_async(
+def _run_phases(
+    loop: asyncio.Runner,
     config: ImportConfig,
     report: ValidationReport,
     journal: Journal | None,
     transport: httpx.AsyncBaseTransport | None,
     on_progress: ProgressCallback | None,
 ) -> tuple[_Runner, str]:
-    limiter = RateLimiter(config.requests_per_minute, window=config.rate_window)
-    client = VoiceLinkClient(
-        config.base_url,
-        config.api_key,
-        limiter=limiter,
-        transport=transport,
-        timeout=config.timeout,
-        connection_id=config.connection_id,
-        max_connections=max(1, min(config.concurrency, 16)),
-        backoff=config.retry_backoff,
-    )
+    """Prepare (pre-flight, reads, plan), ask, then apply: one event loop, the prompt outside it.
+
+    The question is asked while the loop is not running, so Ctrl-C at the prompt is a plain
+    KeyboardInterrupt (nothing has been sent); during apply, Ctrl-C settles the writes in flight.
+    """
+
+    async def make_client() -> tuple[RateLimiter, VoiceLinkClient]:
+        # Built inside the loop: the limiter's asyncio primitives belong to it.
+        limiter = RateLimiter(config.requests_per_minute, window=config.rate_window)
+        client = VoiceLinkClient(
+            config.base_url,
+            config.api_key,
+            limiter=limiter,
+            transport=transport,
+            timeout=config.timeout,
+            connection_id=config.connection_id,
+            max_connections=max(1, min(config.concurrency, 16)),
+            backoff=config.retry_backoff,
+        )
+        return limiter, client
+
+    limiter, client = loop.run(make_client())
     runner = _Runner(config, report, journal, client, limiter, on_progress)
-    stop = asyncio.Event()
     try:
-        # Until writes start, Ctrl-C simply ends the run (nothing was sent); the prompt below
-        # must also stay interruptible, so the settle-on-signal handlers come only with apply.
-        connection = await runner.preflight()
-        runner.audit = _audit(config, connection)
-        inventory = await runner.read_inventory()
-        sha = report.table.source.sha256
-        confirmed = journal.confirmed(sha) if journal is not None else {}
-        in_flight = journal.in_flight(sha) if journal is not None else {}
-        writes, counts = runner.plan(inventory, connection, confirmed, in_flight)
-        if journal is not None:
-            runner.run_id = journal.start_run(
-                input_sha256=sha,
-                input_name=config.input.path.name,
-                command=config.command,
-                audit=runner.audit,
-                options=config.describe(),
-            )
-            for outcome in list(runner.outcomes.values()):
-                if outcome.reason_kind != "done_earlier":
-                    runner._finish(outcome)
-        if config.dry_run:
-            for outcome in _dry_run_outcomes(writes):
-                runner.outcomes[outcome.row] = outcome
-            return runner, counts.text()
+        prepared = loop.run(_prepare(runner))
+        if prepared is None:
+            return runner, runner.plan_text
+        writes, counts, inventory = prepared
         if writes and config.confirm is not None and not config.confirm(counts):
             runner._stop("not confirmed at the prompt", 3)
             for outcome in _dry_run_outcomes(writes):
                 runner.outcomes[outcome.row] = _replace(
                     outcome, reason="not sent: not confirmed", reason_kind="not_confirmed"
                 )
-            return runner, counts.text()
-        with _stop_on_signals(asyncio.get_running_loop(), stop):
-            await runner.apply(writes, _LiveRouting(client, inventory, config.retry_backoff), stop)
-        if not stop.is_set() and runner.exit_code != 3:
-            await runner.collect_routing_ids()
+            return runner, runner.plan_text
+        loop.run(_apply(runner, writes, inventory))
     finally:
-        await client.aclose()
-    return runner, counts.text()
+        loop.run(client.aclose())
+    return runner, runner.plan_text
+
+
+async def _prepare(runner: _Runner) -> tuple[list[_Write], PlanCounts, _Inventory] | None:
+    """Pre-flight, the reads and the plan; None for a dry run (its outcomes are recorded)."""
+    config, report, journal = runner.config, runner.report, runner.journal
+    connection = await runner.preflight()
+    runner.audit = _audit(config, connection)
+    inventory = await runner.read_inventory()
+    sha = report.table.source.sha256
+    confirmed = journal.confirmed(sha) if journal is not None else {}
+    in_flight = journal.in_flight(sha) if journal is not None else {}
+    writes, counts = runner.plan(inventory, connection, confirmed, in_flight)
+    runner.plan_text = counts.text()
+    if journal is not None:
+        runner.run_id = journal.start_run(
+            input_sha256=sha,
+            input_name=config.input.path.name,
+            command=config.command,
+            audit=runner.audit,
+            options=config.describe(),
+        )
+        for outcome in list(runner.outcomes.values()):
+            if outcome.reason_kind != "done_earlier":
+                runner._finish(outcome)
+    if config.dry_run:
+        for outcome in _dry_run_outcomes(writes):
+            runner.outcomes[outcome.row] = outcome
+        return None
+    return writes, counts, inventory
+
+
+async def _apply(runner: _Runner, writes: list[_Write], inventory: _Inventory) -> None:
+    """Send the writes; Ctrl-C or SIGTERM stops new ones and lets those in flight settle."""
+    stop = asyncio.Event()
+    with _stop_on_signals(asyncio.get_running_loop(), stop):
+        await runner.apply(writes, _LiveRouting(runner.client, inventory, runner.config.retry_backoff), stop)
+    if not stop.is_set() and runner.exit_code != 3:
+        await runner.collect_routing_ids()
 
 
 def _write_and_summarise(
