@@ -347,7 +347,25 @@ class Journal:
             "ORDER BY e.entry_id",
             (input_sha256, IN_FLIGHT, DONE, *DECISIVE),
         )
-        return {r["row"]: r for r in rows}
+        undone = self._undone()
+        # A row a later rollback put back no longer counts as done: re-running the file after a
+        # rollback plans it afresh against the live state.
+        return {r["row"]: r for r in rows if (r["run_id"], r["row"]) not in undone}
+
+    def _undone(self) -> set[tuple[int, int]]:
+        """(run id, row) pairs that a rollback run restored (succeeded) or found already restored."""
+        out: set[tuple[int, int]] = set()
+        for run in self._query("SELECT run_id, audit FROM runs WHERE command = 'rollback'", ()):
+            target = _load(run["audit"]) or {}
+            of = str(target.get("rollback_of_run", ""))
+            if not of.isdigit():
+                continue
+            for e in self._query(
+                "SELECT row FROM entries WHERE run_id = ? AND state = ? AND status IN (?, ?)",
+                (run["run_id"], DONE, *CONFIRMED),
+            ):
+                out.add((int(of), int(e["row"])))
+        return out
 
     def confirmed(self, input_sha256: str) -> dict[int, ConfirmedRow]:
         """Rows that runs of this input content finished as succeeded or unchanged.

@@ -15,6 +15,7 @@ from helpers import desired_record, read_results, routing_fields, write_inventor
 from importer.cli import main
 from importer.errors import AuthError, InputError
 from importer.journal import Journal
+from importer.model import Status
 from importer.pipeline import InputOptions, RunSummary
 from importer.rollback import ROLLBACK_COLUMNS, RollbackConfig, RollbackPlan, default_rollback_path, rollback
 from importer.run import ImportConfig, run_import
@@ -318,3 +319,27 @@ def test_cli_rollback_dry_run_over_tcp(tmp_path: Path) -> None:
     assert "dry run: nothing was sent" in result.output
     assert SANDBOX_API_KEY not in result.output
     assert (tmp_path / "sheet.rollback.xlsx").exists()
+
+
+def test_rerun_after_rollback_plans_rows_afresh(tmp_path: Path) -> None:
+    """A row put back by a rollback is no longer 'done in an earlier run': the file can be applied again."""
+    inv = write_inventory(tmp_path / "inv.json", 4, existing={0: desired_record(1)})
+    sheet = write_sheet(tmp_path / "sheet.csv", 4)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    transport = httpx.ASGITransport(app=sandbox.app)
+    common = dict(api_key=SANDBOX_API_KEY, base_url="http://sandbox.test/api/v2", retry_backoff=0)
+    first = run_import(
+        ImportConfig(input=InputOptions(path=sheet), output=tmp_path / "a.results.xlsx", **common),  # type: ignore[arg-type]
+        transport=transport,
+    )
+    assert first.counts == {Status.SUCCEEDED: 4}
+    rollback(RollbackConfig(source=first.results_path, **common), transport=transport)  # type: ignore[arg-type]
+    assert {int(r["did_id"]): int(r["status"]) for r in sandbox.state_snapshot()["routing"]}[1001] == 0
+    again = run_import(
+        ImportConfig(input=InputOptions(path=sheet), output=tmp_path / "a.results.xlsx", **common),  # type: ignore[arg-type]
+        transport=transport,
+    )
+    # DID 1002's row asks for status 0: the rollback's deactivation already matches it.
+    assert again.counts == {Status.SUCCEEDED: 3, Status.UNCHANGED: 1}
+    routed = {int(r["did_id"]): r for r in sandbox.state_snapshot()["routing"]}
+    assert all(int(routed[1000 + i]["status"]) == desired_record(i)["status"] for i in range(4))
