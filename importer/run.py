@@ -604,7 +604,9 @@ class _Runner:
                     http_status=last_status,
                     attempts=attempts,
                 )
-            if attempts >= MAX_WRITE_ATTEMPTS or self.stop_reason:
+            # Only unknown outcomes use up the budget: a 429 re-send (counted in `attempts`)
+            # was never applied, so it must not make the row give up early.
+            if len(causes) >= MAX_WRITE_ATTEMPTS or self.stop_reason:
                 why = "stopped" if self.stop_reason else f"after {attempts} attempts"
                 return RowOutcome(
                     row=w.row,
@@ -952,6 +954,11 @@ def _write_and_summarise(
             **runner.audit,
             "plan": counts_text,
             **({"stopped": runner.stop_reason} if runner.stop_reason else {}),
+            **(
+                {"journal": str(journal.path.resolve()), "journal run": str(runner.run_id)}
+                if journal is not None and runner.run_id
+                else {}
+            ),
         },
     )
     try:
