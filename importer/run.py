@@ -222,6 +222,8 @@ class _LiveRouting:
         self._backoff = backoff
         self._lock = asyncio.Lock()
         self._reads = 0
+        self._fresh = 0
+        """The number (in ``_reads``) of the last read that succeeded: only it may be shared."""
 
     async def fresh(self) -> dict[int, Routing]:
         """Return routing read after this call began.
@@ -232,10 +234,12 @@ class _LiveRouting:
         arrived = self._reads
         async with self._lock:
             # A read counted in `arrived` may have begun before the caller's write failed, so
-            # only a read begun after arrival is fresh enough to share.
-            if self._reads > arrived:
+            # only a read begun after arrival is fresh enough to share, and only if it succeeded:
+            # after a failed one the routing held is stale and could call an applied write unsent.
+            if self._fresh > arrived:
                 return self._inventory.routing
             self._reads += 1
+            number = self._reads
             for round_ in range(1, self.ROUNDS + 1):
                 try:
                     routings = await self._client.read_routing()
@@ -247,6 +251,7 @@ class _LiveRouting:
                         raise
                     await asyncio.sleep(self._backoff * 2 * round_)
             self._inventory.routing = _index_routing(routings, self._inventory.dids_by_number)
+            self._fresh = number
             return self._inventory.routing
 
 

@@ -88,7 +88,7 @@ from typing import Any
 import httpx
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -568,7 +568,11 @@ class Sandbox:
             self._request_counts[f"{method} {template}"] += 1
         if self.config.latency_ms:
             await asyncio.sleep(self.config.latency_ms / 1000)
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            # The client went away (killed, timed out) before sending its body: nothing to apply.
+            return Response(status_code=499)
         call = _parse_call(request, raw)
         key = _bearer(request)
         if key is None or not hmac.compare_digest(key.encode(), self.config.api_key.encode()):
