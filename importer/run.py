@@ -32,8 +32,8 @@ from pathlib import Path
 import httpx
 
 from .api import Bot, Did, Routing, VoiceLinkClient, WriteResult
-from .errors import AbortedError, ApiError, AuthError, ImporterError, InputError
-from .fields import ROUTING_FIELDS, routing_body
+from .errors import ApiError, AuthError, InputError
+from .fields import routing_body
 from .journal import ConfirmedRow, InFlightRow, Journal
 from .limiter import RateLimiter
 from .model import Action, RoutingRow, RowOutcome, RunInfo, Status, ValidationReport
@@ -49,7 +49,15 @@ from .pipeline import (
     write_outputs,
 )
 
-__all__ = ["DEFAULT_BASE_URL", "ImportConfig", "OnExisting", "PlanCounts", "Progress", "run_import"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "ImportConfig",
+    "OnExisting",
+    "PlanCounts",
+    "Progress",
+    "key_fingerprint",
+    "run_import",
+]
 
 DEFAULT_BASE_URL = "https://api.vocobase.com/api/v2"
 MAX_WRITE_ATTEMPTS = 3
@@ -170,11 +178,10 @@ def _audit(config: ImportConfig, connection: str) -> dict[str, str]:
         user = getpass.getuser()
     except Exception:  # getpass raises various errors when no user name can be found
         user = "(unknown)"
-    key = config.api_key
     return {
         "os_user": user,
         "host": socket.gethostname(),
-        "api_key": ("..." + key[-4:]) if len(key) > 8 else "(short key hidden)",
+        "api_key": key_fingerprint(config.api_key),
         "connection": connection,
         "base_url": config.base_url,
     }
@@ -461,33 +468,21 @@ class _Runner:
                 )
                 counts["unchanged"] += 1
                 continue
-            if self.config.on_existing == OnExisting.SKIP:
+            if self.config.on_existing != OnExisting.UPDATE:
+                skip = self.config.on_existing == OnExisting.SKIP
                 self.outcomes[row.row] = RowOutcome(
                     row=row.row,
-                    status=Status.SKIPPED,
-                    action=Action.SKIP,
-                    reason=f"routing {existing.routing_id} exists and differs; --on-existing skip",
-                    reason_kind="exists_skipped",
+                    status=Status.SKIPPED if skip else Status.FAILED,
+                    action=Action.SKIP if skip else Action.FAIL,
+                    reason=f"routing {existing.routing_id} exists and differs; "
+                    f"--on-existing {self.config.on_existing}",
+                    reason_kind="exists_skipped" if skip else "exists_failed",
                     did_id=did_id,
                     routing_id=existing.routing_id,
                     current=_record_text(existing.record),
                     proposed=_record_text(desired),
                 )
-                counts["skipped"] += 1
-                continue
-            if self.config.on_existing == OnExisting.FAIL:
-                self.outcomes[row.row] = RowOutcome(
-                    row=row.row,
-                    status=Status.FAILED,
-                    action=Action.FAIL,
-                    reason=f"routing {existing.routing_id} exists and differs; --on-existing fail",
-                    reason_kind="exists_failed",
-                    did_id=did_id,
-                    routing_id=existing.routing_id,
-                    current=_record_text(existing.record),
-                    proposed=_record_text(desired),
-                )
-                counts["failed"] += 1
+                counts["skipped" if skip else "failed"] += 1
                 continue
             writes.append(
                 _Write(
@@ -997,6 +992,3 @@ def _write_and_summarise(
 def key_fingerprint(key: str) -> str:
     """The only part of a key that may be shown: its last four characters."""
     return "..." + key[-4:] if len(key) > 8 else "(hidden)"
-
-
-__all__ += ["ROUTING_FIELDS", "AbortedError", "ImporterError"]
