@@ -188,51 +188,72 @@ def _print_summary(summary: Any) -> None:
         click.echo(line)
 
 
-def _api_options(fn: F) -> F:
-    for decorator in reversed(
-        [
-            click.option(
-                "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook."
-            ),
-            click.option(
-                "--failed-out", type=click.Path(path_type=Path, dir_okay=False), help="Failed-rows file."
-            ),
-            click.option(
-                "--base-url",
-                envvar="VOCOBASE_BASE_URL",
-                default="https://api.vocobase.com/api/v2",
-                show_default=True,
-                help="API root (env VOCOBASE_BASE_URL).",
-            ),
-            click.option("--api-key", help="API key (prefer the env VOCOBASE_API_KEY: flags show in `ps`)."),
-            click.option(
-                "--connection-id",
-                envvar="VOCOBASE_CONNECTION_ID",
-                help="VoiceLink connection UUID when several are active (env VOCOBASE_CONNECTION_ID).",
-            ),
-            click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True),
-            click.option("--concurrency", type=click.IntRange(1, 16), default=4, show_default=True),
-            click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True),
-            click.option(
-                "--on-existing",
-                type=click.Choice(["update", "skip", "fail"]),
-                default="update",
-                show_default=True,
-                help="A DID whose routing exists and differs: update it, skip the row, or fail it.",
-            ),
-            click.option("--dry-run", is_flag=True, help="Plan only: show what would be sent; send nothing."),
-            click.option("--yes", is_flag=True, help="Do not ask before sending."),
-            click.option("--journal", type=click.Path(path_type=Path, dir_okay=False), help="Journal path."),
-            click.option(
-                "--max-error-rate",
-                type=click.FloatRange(0, 1),
-                help="Stop when more than this share of writes failed (once 20 are done), e.g. 0.2.",
-            ),
-            click.option("--quiet", is_flag=True, help="No progress bar."),
-        ]
-    ):
-        fn = decorator(fn)
-    return fn
+def _apply_options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(fn: F) -> F:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+_connect_options = _apply_options(
+    click.option(
+        "--base-url",
+        envvar="VOCOBASE_BASE_URL",
+        default="https://api.vocobase.com/api/v2",
+        show_default=True,
+        help="API root (env VOCOBASE_BASE_URL).",
+    ),
+    click.option("--api-key", help="API key (prefer the env VOCOBASE_API_KEY: flags show in `ps`)."),
+    click.option(
+        "--connection-id",
+        envvar="VOCOBASE_CONNECTION_ID",
+        help="VoiceLink connection UUID when several are active (env VOCOBASE_CONNECTION_ID).",
+    ),
+    click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True),
+    click.option("--concurrency", type=click.IntRange(1, 16), default=4, show_default=True),
+    click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True),
+    click.option("--dry-run", is_flag=True, help="Plan only: show what would be sent; send nothing."),
+    click.option("--yes", is_flag=True, help="Do not ask before sending."),
+    click.option("--quiet", is_flag=True, help="No progress bar."),
+)
+
+_api_options = _apply_options(
+    click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook."),
+    click.option("--failed-out", type=click.Path(path_type=Path, dir_okay=False), help="Failed-rows file."),
+    _connect_options,
+    click.option(
+        "--on-existing",
+        type=click.Choice(["update", "skip", "fail"]),
+        default="update",
+        show_default=True,
+        help="A DID whose routing exists and differs: update it, skip the row, or fail it.",
+    ),
+    click.option("--journal", type=click.Path(path_type=Path, dir_okay=False), help="Journal path."),
+    click.option(
+        "--max-error-rate",
+        type=click.FloatRange(0, 1),
+        help="Stop when more than this share of writes failed (once 20 are done), e.g. 0.2.",
+    ),
+)
+
+
+def _api_key(flag: str | None) -> str:
+    """The key from --api-key (with a warning) or VOCOBASE_API_KEY."""
+    if flag:
+        click.echo(
+            "Warning: --api-key is visible to other users in the process list; prefer VOCOBASE_API_KEY.",
+            err=True,
+        )
+        return flag
+    return os.environ.get("VOCOBASE_API_KEY", "")
+
+
+def _confirm_callback(yes: bool, dry_run: bool) -> Callable[[Any], bool] | None:
+    """Ask before sending only on a terminal, and not with --yes or --dry-run."""
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    return _ask if (interactive and not yes and not dry_run) else None
 
 
 @main.command()
@@ -262,16 +283,9 @@ def run(
     """Create or update the routing of every row of FILE through the API."""
     from .run import ImportConfig, run_import
 
-    if api_key:
-        click.echo(
-            "Warning: --api-key is visible to other users in the process list; prefer VOCOBASE_API_KEY.",
-            err=True,
-        )
-    key = api_key or os.environ.get("VOCOBASE_API_KEY", "")
-    interactive = sys.stdin.isatty() and sys.stderr.isatty()
     config = ImportConfig(
         input=build_input(file, sheet, maps, default_region),
-        api_key=key,
+        api_key=_api_key(api_key),
         base_url=base_url,
         output=output,
         failed_out=failed_out,
@@ -283,7 +297,7 @@ def run(
         dry_run=dry_run,
         journal=journal,
         max_error_rate=max_error_rate,
-        confirm=_ask if (interactive and not yes and not dry_run) else None,
+        confirm=_confirm_callback(yes, dry_run),
     )
     update, close = _progress_bar(quiet)
     try:
@@ -441,26 +455,8 @@ def sandbox(
     "--run-id", type=click.IntRange(min=1), help="The journal's run to undo (default: SOURCE's run)."
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook.")
-@click.option(
-    "--base-url",
-    envvar="VOCOBASE_BASE_URL",
-    default="https://api.vocobase.com/api/v2",
-    show_default=True,
-    help="API root (env VOCOBASE_BASE_URL).",
-)
-@click.option("--api-key", help="API key (prefer the env VOCOBASE_API_KEY: flags show in `ps`).")
-@click.option(
-    "--connection-id",
-    envvar="VOCOBASE_CONNECTION_ID",
-    help="VoiceLink connection UUID (default: the one the run used; env VOCOBASE_CONNECTION_ID).",
-)
-@click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True)
-@click.option("--concurrency", type=click.IntRange(1, 16), default=4, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
-@click.option("--dry-run", is_flag=True, help="Plan only: show what would be sent; send nothing.")
+@_connect_options
 @click.option("--force", is_flag=True, help="Also overwrite rows someone changed since the run.")
-@click.option("--yes", is_flag=True, help="Do not ask before sending.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
 @one_line_errors
 def rollback(
     source: Path,
@@ -484,20 +480,13 @@ def rollback(
     from .rollback import RollbackConfig
     from .rollback import rollback as rollback_run
 
-    if api_key:
-        click.echo(
-            "Warning: --api-key is visible to other users in the process list; prefer VOCOBASE_API_KEY.",
-            err=True,
-        )
-    interactive = sys.stdin.isatty() and sys.stderr.isatty()
-
     def show(plan: Any) -> None:
         for line in plan.lines(limit=50):
             click.echo(line)
 
     config = RollbackConfig(
         source=source,
-        api_key=api_key or os.environ.get("VOCOBASE_API_KEY", ""),
+        api_key=_api_key(api_key),
         base_url=base_url,
         run_id=run_id,
         output=output,
@@ -508,7 +497,7 @@ def rollback(
         dry_run=dry_run,
         force=force,
         on_plan=show,
-        confirm=_ask if (interactive and not yes and not dry_run) else None,
+        confirm=_confirm_callback(yes, dry_run),
     )
     update, close = _progress_bar(quiet)
     try:
