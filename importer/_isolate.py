@@ -7,13 +7,15 @@ starts fast and inside a small memory limit. ``reader.py`` builds the table from
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,9 @@ CHILD_MEMORY_BYTES = 2 * 1024**3
 CHILD_TIMEOUT_SECONDS = 60.0
 _PRECISE_LIMIT = 1e15
 """Integral floats below this are exact in 15 significant digits, as Excel shows them."""
+
+UNREADABLE_CELL = "#UNREADABLE!"
+"""Fills every cell of a row calamine cannot convert, so the row fails validation instead of vanishing."""
 
 REFUSE_PASSWORD = "password-protected or encrypted workbook: remove the password in Excel and save again"
 
@@ -215,7 +220,13 @@ def read_workbook(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> 
 
     def load(name: str) -> SheetGrid | None:
         found = workbook.get_sheet_by_name(name)
-        raw: list[list[object]] = found.to_python()  # type: ignore[assignment]
+        try:
+            with _native_stderr_muted():
+                raw: list[list[object]] = found.to_python()  # type: ignore[assignment]
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # PanicException: calamine cannot convert a cell (see _rows_one_by_one)
+            raw = _rows_one_by_one(found)
         # calamine skips the empty rows and columns before the data; start says where it begins.
         return _grid(name, raw, found.start or (0, 0), extra_keys)
 
@@ -262,6 +273,61 @@ def read_workbook(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> 
     if failure is not None:
         raise _calamine_failure(path.name, failure)
     raise UnreadableFileError(f"{path.name} has no visible sheet with data; check the file and save again")
+
+
+def _rows_one_by_one(found: Any) -> list[list[object]]:
+    """Read a sheet row by row, a row calamine cannot convert becoming a row of UNREADABLE_CELL.
+
+    calamine raises for the whole sheet when one cell cannot be converted (a number such as
+    -1e20 in a duration format overflows its time types, and panics); the other rows are fine.
+    ``iter_rows`` starts at the sheet's first row, not at ``start`` as ``to_python`` does.
+    """
+    first_row = (found.start or (0, 0))[0]
+    width = found.width
+    rows: list[list[object]] = []
+    iterator = found.iter_rows()
+    # Bounded: a failing row still advances the iterator, but never loop on a stuck one.
+    for _ in range(first_row + found.height + 1):
+        try:
+            with _native_stderr_muted():
+                row: list[object] = next(iterator)
+        except StopIteration:
+            break
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            row = [UNREADABLE_CELL] * width
+        rows.append(row)
+    return rows[first_row:]
+
+
+@contextlib.contextmanager
+def _native_stderr_muted() -> Iterator[None]:
+    """Keep a Rust panic's message off the user's terminal; pass anything else written through.
+
+    A panic inside calamine prints to file descriptor 2 before Python sees an exception, which
+    would break the one-line error promise. Output of a call that succeeds is replayed.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2: nothing to protect
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                sink.seek(0)
+                captured = sink.read()
+                if captured:
+                    os.write(2, captured)
 
 
 def _resolve_sheet(wanted: str, names: Sequence[str]) -> str | None:

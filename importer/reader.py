@@ -19,6 +19,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import numpy.typing as npt
@@ -49,7 +50,7 @@ MAX_ZIP_MEMBERS = 10_000
 MAX_RATIO = 200
 """Deflate ratio above which a large zip member is taken for a bomb; real sheets stay far below."""
 RATIO_CHECK_BYTES = 1024**2
-XML_PEEK_BYTES = 8192
+PROLOG_CHUNK = 64 * 1024
 MAX_WORKBOOK_XML_BYTES = 32 * 1024**2
 DELIMITERS = (",", ";", "\t", "|")
 SNIFF_CHARS = 64 * 1024
@@ -198,7 +199,8 @@ def _check_zip(path: Path) -> str:
             for info in infos:
                 if info.filename.lower().endswith((".xml", ".rels", ".vml")):
                     with archive.open(info) as handle:
-                        _refuse_doctype(name, handle.read(XML_PEEK_BYTES))
+                        if _prolog_declares_dtd(handle):
+                            raise _xml_bomb(name)
             with archive.open(workbook) as handle:
                 text = handle.read(MAX_WORKBOOK_XML_BYTES)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as error:
@@ -294,10 +296,49 @@ def _sheet_part(
     return None
 
 
-def _refuse_doctype(name: str, head: bytes) -> None:
-    lowered = head.replace(b"\x00", b"").lower()  # the NULs of UTF-16 XML would hide the markers
-    if b"<!doctype" in lowered or b"<!entity" in lowered:
-        raise _xml_bomb(name)
+def _prolog_declares_dtd(handle: IO[bytes]) -> bool:
+    """Tell whether an XML part declares a DTD anywhere before its root element.
+
+    The whole prolog is scanned, not a fixed-size head: a long comment, processing
+    instruction or run of spaces before ``<!DOCTYPE`` is legal XML and would hide it from a peek.
+    Memory stays at one chunk; scanning stops at the root element.
+    """
+    pending = b""
+    closing: bytes | None = None  # the end marker of the comment or PI being skipped
+    first = True
+    while True:
+        chunk = handle.read(PROLOG_CHUNK)
+        if first:
+            first = False
+            for bom in (codecs.BOM_UTF8, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+                chunk = chunk.removeprefix(bom)
+        data = pending + chunk.replace(b"\x00", b"")  # the NULs of UTF-16 XML would hide the markers
+        at_end = not chunk
+        pos = 0
+        while True:
+            if closing is not None:
+                end = data.find(closing, pos)
+                if end < 0:
+                    # Keep a tail that may hold the start of the end marker.
+                    pending = data[max(pos, len(data) - len(closing) + 1) :]
+                    break
+                pos, closing = end + len(closing), None
+                continue
+            while pos < len(data) and data[pos] in b" \t\r\n":
+                pos += 1
+            head = data[pos : pos + 4]
+            if len(head) < 4 and not at_end:
+                pending = data[pos:]
+                break
+            if head.startswith(b"<?"):
+                pos, closing = pos + 2, b"?>"
+            elif head.startswith(b"<!--"):
+                pos, closing = pos + 4, b"-->"
+            else:
+                # Only a DOCTYPE may start with "<!" here; anything else ends the prolog.
+                return head.startswith(b"<!")
+        if at_end:
+            return False
 
 
 def _xml_bomb(name: str) -> UnreadableFileError:
