@@ -45,6 +45,9 @@ Matrix = npt.NDArray[np.object_]
 
 SUPPORTED = ".xlsx, .xlsm, .xls, .xlsb, .ods, or delimited text (.csv, .tsv, .txt)"
 MAX_FILE_BYTES = 1024**3
+MAX_TEXT_BYTES = 256 * 1024**2
+"""Delimited text is held in memory as one string per cell (about 9x the file size): 256 MiB is
+over two million typical routing rows, more than an XLSX sheet can hold, and stays within a few GB."""
 MAX_UNZIPPED_BYTES = 512 * 1024**2
 MAX_ZIP_MEMBERS = 10_000
 MAX_RATIO = 200
@@ -142,6 +145,11 @@ def _read(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> RawTable
             grid, SourceInfo(path, "xls", digest, sheet=grid.sheet, header_row=grid.header_row)
         )
     if suffix in _TEXT_SUFFIXES or suffix in (".xls", ""):
+        if size > MAX_TEXT_BYTES:
+            raise InputError(
+                f"{path.name} is larger than {MAX_TEXT_BYTES // 1024**2} MiB of text; "
+                "split it into files of under a million rows"
+            )
         return _read_text(path, data, digest, extra_keys, strict_table=suffix not in (".csv", ".tsv"))
     if suffix in _WORKBOOK_SUFFIXES:
         raise UnreadableFileError(

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from importer.cli import main
 from importer.errors import InputError
 from importer.model import RawTable
-from importer.reader import MAX_FILE_BYTES, read_table
+from importer.reader import MAX_FILE_BYTES, MAX_TEXT_BYTES, read_table
 from importer.validate import validate_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -738,17 +738,30 @@ def test_read_table_file_over_one_gib_refused_without_reading(tmp_path: Path, su
 
 
 def test_read_table_large_csv_within_limit_is_read_in_bounded_memory(tmp_path: Path) -> None:
-    """A 300 MB sparse CSV (NUL bytes, a real header) is under the limit: read, then refused as binary.
+    """A 200 MB sparse CSV (NUL bytes, a real header) is under the limit: read, then refused as binary.
 
     Run in a capped child: reading it must not need more than a few times its size.
     """
     path = tmp_path / "big.csv"
     with path.open("wb") as handle:
         handle.write(b"DID,Inbound Mode,Outbound Mode\r\n+918012345678,1,4\r\n")
-        handle.truncate(300 * 1024**2)
+        handle.truncate(200 * 1024**2)
     out, seconds = read_in_capped_child(path)
     assert out.startswith("REFUSED ") and "binary" in out, out
     assert seconds < CHILD_SECONDS
+
+
+def test_read_table_text_over_its_limit_refused_without_reading(tmp_path: Path) -> None:
+    """Delimited text has a lower limit than workbooks: it is held in memory cell by cell."""
+    path = tmp_path / "huge.csv"
+    with path.open("wb") as handle:
+        handle.write(b"DID,Inbound Mode,Outbound Mode\r\n")
+        handle.truncate(MAX_TEXT_BYTES + 1)
+    started = time.monotonic()
+    with pytest.raises(InputError, match="MiB of text; split it") as caught:
+        read_table(path)
+    assert time.monotonic() - started < 1
+    assert_one_line(str(caught.value))
 
 
 def test_read_table_file_at_the_limit_boundary(tmp_path: Path) -> None:
