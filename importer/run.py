@@ -39,6 +39,7 @@ from .limiter import RateLimiter
 from .model import Action, RoutingRow, RowOutcome, RunInfo, Status, ValidationReport
 from .pipeline import (
     InputOptions,
+    OutcomeTally,
     RunSummary,
     failed_outcome,
     load_and_validate,
@@ -961,15 +962,19 @@ def _write_and_summarise(
             ),
         },
     )
+    tally: OutcomeTally | None = None
     try:
         tally = write_outputs(report.table, outcomes(), report.issues, info, results, failed_path)
     finally:
         if journal is not None:
-            counts = {s.value: 0 for s in Status}
-            for o in runner.outcomes.values():
-                counts[o.status.value] += 1
             if runner.run_id:
-                journal.finish_run(runner.run_id, counts)
+                # The workbook's counts (every input row); if writing it failed, the API stage's.
+                counted = (
+                    tally.counts
+                    if tally is not None
+                    else collections.Counter(o.status for o in runner.outcomes.values())
+                )
+                journal.finish_run(runner.run_id, {s.value: counted.get(s, 0) for s in Status})
             journal.close()
     extra = [o.reason_kind for o in runner.outcomes.values() if o.status is Status.FAILED]
     exit_code = runner.exit_code or (1 if tally.failed_rows else 0)

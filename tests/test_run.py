@@ -272,3 +272,42 @@ def test_run_over_tcp_with_ambiguous_faults_never_duplicates(tmp_path: Path) -> 
     assert set(creates_applied) == {1000 + i for i in range(30)} - existed
     assert all(n == 1 for n in creates_applied.values()), creates_applied
     assert summary.counts.get("succeeded") == 30 and summary.exit_code == 0
+
+
+def test_run_audit_in_summary_sheet_and_journal(tmp_path: Path) -> None:
+    """Who ran it, when, the input's sha256, the options, the key's last 4, connection, base URL, counts."""
+    import getpass
+    import hashlib
+    import socket
+
+    import openpyxl
+
+    from importer.journal import Journal
+
+    sandbox = create_sandbox(SandboxConfig())
+    sheet = SAMPLE / "carrier_routing.csv"
+    summary = run_import(config_for(sheet, tmp_path), transport=httpx.ASGITransport(app=sandbox.app))
+    wb = openpyxl.load_workbook(summary.results_path, read_only=True)
+    items = {r[0]: r[1] for r in wb["Summary"].iter_rows(values_only=True) if r and r[0]}
+    wb.close()
+    sha = hashlib.sha256(sheet.read_bytes()).hexdigest()
+    expected = {
+        "sha256": sha,
+        "os_user": getpass.getuser(),
+        "host": socket.gethostname(),
+        "api_key": "..." + SANDBOX_API_KEY[-4:],
+        "connection": CONNECTION,
+        "base_url": "http://sandbox.test/api/v2",
+    }
+    for key, value in expected.items():
+        assert items[key] == value, key
+    assert items["option on_existing"] == "update" and items["succeeded"] == 12
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        (run,) = journal.runs()
+    assert run["input_sha256"] == sha and run["finished"]
+    audit = run["audit"]
+    assert isinstance(audit, dict)
+    for key in ("os_user", "host", "api_key", "connection", "base_url"):
+        assert audit[key] == expected[key], key
+    assert run["counts"] == {"succeeded": 12, "unchanged": 1, "failed": 10, "skipped": 0, "not_sent": 0}
+    assert isinstance(run["options"], dict) and run["options"]["requests_per_minute"] == "100000"
