@@ -8,6 +8,7 @@ to a temporary file in the target folder that replaces the target only when comp
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import secrets
@@ -21,7 +22,7 @@ import pandas as pd
 import xlsxwriter
 
 from importer.errors import InputError
-from importer.model import RawTable, RowIssue, RowOutcome, RunInfo, Status
+from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status
 
 RESULT_COLUMNS = (
     "import_status",
@@ -63,6 +64,59 @@ class _Column:
     width: float
 
 
+@dataclass(frozen=True, slots=True)
+class OutcomeColumns:
+    """Every row's outcome as columns, one sequence per ``RowOutcome`` field, in table order.
+
+    A validate-only run of a million rows builds these from a few shared values instead of a
+    million ``RowOutcome`` objects; ``from_outcomes`` turns outcomes of any run into columns.
+    """
+
+    row: Sequence[int]
+    status: Sequence[Status]
+    action: Sequence[Action]
+    reason: Sequence[str]
+    reason_kind: Sequence[str]
+    did_id: Sequence[int | None]
+    routing_id: Sequence[int | None]
+    http_status: Sequence[int | None]
+    attempts: Sequence[int]
+    current: Sequence[str]
+    proposed: Sequence[str]
+
+    @classmethod
+    def from_outcomes(cls, outcomes: Iterable[RowOutcome]) -> OutcomeColumns:
+        """Gather outcomes into columns.
+
+        Args:
+            outcomes: One outcome per row, in table order.
+
+        Returns:
+            The same outcomes as columns.
+        """
+        items = list(outcomes)
+        return cls(
+            row=[o.row for o in items],
+            status=[o.status for o in items],
+            action=[o.action for o in items],
+            reason=[o.reason for o in items],
+            reason_kind=[o.reason_kind for o in items],
+            did_id=[o.did_id for o in items],
+            routing_id=[o.routing_id for o in items],
+            http_status=[o.http_status for o in items],
+            attempts=[o.attempts for o in items],
+            current=[o.current for o in items],
+            proposed=[o.proposed for o in items],
+        )
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def failed(self) -> list[bool]:
+        """Tell, row by row, whether the row failed."""
+        return [s is Status.FAILED for s in self.status]
+
+
 def default_paths(input_path: Path) -> tuple[Path, Path]:
     """Return where the results and failed-rows workbooks go by default.
 
@@ -80,7 +134,7 @@ def default_paths(input_path: Path) -> tuple[Path, Path]:
 def write_results(
     path: Path,
     table: RawTable,
-    outcomes: Iterable[RowOutcome],
+    outcomes: Iterable[RowOutcome] | OutcomeColumns,
     issues: Sequence[RowIssue],
     info: RunInfo,
 ) -> None:
@@ -89,7 +143,8 @@ def write_results(
     Args:
         path: The workbook to write; replaced atomically, never the input file.
         table: The input as read.
-        outcomes: Exactly one outcome per table row, in table (Excel row) order.
+        outcomes: Exactly one outcome per table row, in table (Excel row) order, as outcomes
+            or as columns.
         issues: Every validation problem found (several per row are fine).
         info: The run's command, times, options and audit items.
 
@@ -98,21 +153,23 @@ def write_results(
         ValueError: ``outcomes`` does not match the table's rows one to one.
     """
     _refuse_input(path, table)
-    outcome_list = list(outcomes)
+    outcome_columns = (
+        outcomes if isinstance(outcomes, OutcomeColumns) else OutcomeColumns.from_outcomes(outcomes)
+    )
     excel_rows = table.frame.index.tolist()
-    if [o.row for o in outcome_list] != excel_rows:
+    if list(outcome_columns.row) != excel_rows:
         raise ValueError("write_results needs exactly one outcome per table row, in table order")
     if len(excel_rows) + 1 > EXCEL_MAX_ROWS:
         raise InputError(f"{len(excel_rows)} rows do not fit in one Excel sheet ({EXCEL_MAX_ROWS - 1} max)")
 
-    dry_run = any(o.current or o.proposed for o in outcome_list)
+    dry_run = any(outcome_columns.current) or any(outcome_columns.proposed)
     columns = _input_columns(table.headers, table.frame)
-    columns += [_column(header, values) for header, values in _result_values(outcome_list, dry_run)]
+    columns += [_column(header, values) for header, values in _result_values(outcome_columns, dry_run)]
     columns.append(_column(ROW_COLUMN, [str(r) for r in excel_rows]))
     if len(columns) > EXCEL_MAX_COLUMNS:
         raise InputError(f"{len(columns)} columns do not fit in one Excel sheet ({EXCEL_MAX_COLUMNS} max)")
-    failed = [o.status is Status.FAILED for o in outcome_list]
-    error_lines = _error_lines(outcome_list, issues)
+    failed = outcome_columns.failed()
+    error_lines = _error_lines(outcome_columns, failed, issues)
 
     with _atomic_workbook(path) as book:
         bold = book.add_format({"bold": True})
@@ -124,7 +181,7 @@ def write_results(
         errors_written = _write_errors(errors, error_lines, bold)
         _write_summary(
             summary,
-            _summary_items(table, outcome_list, issues, info, columns, len(error_lines) - errors_written),
+            _summary_items(table, outcome_columns, issues, info, columns, len(error_lines) - errors_written),
             bold,
         )
 
@@ -166,27 +223,35 @@ def _input_columns(headers: Sequence[str], frame: pd.DataFrame) -> list[_Column]
     ]
 
 
-def _result_values(outcomes: list[RowOutcome], dry_run: bool) -> Iterator[tuple[str, list[str]]]:
-    def text(value: int | None) -> str:
-        return "" if value is None else str(value)
+class _Texts(dict[object, str]):
+    """Cell texts of values, each distinct value converted once (None is an empty cell)."""
 
-    yield "import_status", [o.status.value for o in outcomes]
-    yield "import_action", [o.action.value for o in outcomes]
-    yield "import_reason", [o.reason for o in outcomes]
-    yield "import_did_id", [text(o.did_id) for o in outcomes]
-    yield "import_routing_id", [text(o.routing_id) for o in outcomes]
-    yield "import_http_status", [text(o.http_status) for o in outcomes]
-    yield "import_attempts", [str(o.attempts) for o in outcomes]
+    def __missing__(self, key: object) -> str:
+        self[key] = text = "" if key is None else str(getattr(key, "value", key))
+        return text
+
+    def of(self, values: Iterable[object]) -> list[str]:
+        # map over the bound lookup runs in C; most columns repeat a handful of values.
+        return list(map(self.__getitem__, values))
+
+
+def _result_values(outcomes: OutcomeColumns, dry_run: bool) -> Iterator[tuple[str, list[str]]]:
+    yield "import_status", _Texts().of(outcomes.status)
+    yield "import_action", _Texts().of(outcomes.action)
+    yield "import_reason", list(outcomes.reason)
+    yield "import_did_id", _Texts().of(outcomes.did_id)
+    yield "import_routing_id", _Texts().of(outcomes.routing_id)
+    yield "import_http_status", _Texts().of(outcomes.http_status)
+    yield "import_attempts", _Texts().of(outcomes.attempts)
     if dry_run:
-        yield "import_current", [o.current for o in outcomes]
-        yield "import_proposed", [o.proposed for o in outcomes]
+        yield "import_current", list(outcomes.current)
+        yield "import_proposed", list(outcomes.proposed)
 
 
 def _column(header: str, values: list[str], min_width: int = _MIN_WIDTH) -> _Column:
     """Make cell texts safe for Excel and size the column from them."""
     truncated = 0
-    lengths = list(map(len, values))
-    longest = max(lengths, default=0)
+    longest = max(map(len, values), default=0)
     # A whole-column encode is C-speed; only columns that fail it pay for a per-cell fix.
     try:
         "".join(values).encode("utf-8")
@@ -253,14 +318,16 @@ _ERROR_HEADERS = ("row", "column", "value", "message", "kind")
 _ERROR_WIDTHS = (8, 24, 24, 80, 18)
 
 
-def _error_lines(outcomes: list[RowOutcome], issues: Sequence[RowIssue]) -> list[_ErrorLine]:
+def _error_lines(
+    outcomes: OutcomeColumns, failed: list[bool], issues: Sequence[RowIssue]
+) -> list[_ErrorLine]:
     """List every problem: each issue, plus each failed row's reason when no issue explains it."""
     lines = [(i.row, i.column, i.value, i.message, i.kind) for i in issues]
     explained = {i.row for i in issues}
     lines += [
-        (o.row, "", "", o.reason, o.reason_kind)
-        for o in outcomes
-        if o.status is Status.FAILED and o.row not in explained
+        (outcomes.row[k], "", "", outcomes.reason[k], outcomes.reason_kind[k])
+        for k in itertools.compress(range(len(failed)), failed)
+        if outcomes.row[k] not in explained
     ]
     lines.sort(key=lambda line: line[0])  # stable: a row's issues keep their order
     return lines
@@ -279,7 +346,7 @@ def _write_errors(sheet: Any, lines: list[_ErrorLine], bold: Any) -> int:
 
 def _summary_items(
     table: RawTable,
-    outcomes: list[RowOutcome],
+    outcomes: OutcomeColumns,
     issues: Sequence[RowIssue],
     info: RunInfo,
     columns: list[_Column],
@@ -306,11 +373,13 @@ def _summary_items(
     ]
     items += [(f"option {name}", value) for name, value in info.options.items()]
     items += [(name, value) for name, value in info.audit.items()]
-    by_status = Counter(o.status for o in outcomes)
+    by_status = Counter(outcomes.status)
     items.append(("Rows by status", None))
     items += [(status.value, by_status[status]) for status in Status]
     items.append(("Rows by reason", None))
-    items += sorted(Counter(o.reason_kind for o in outcomes if o.reason_kind).items())
+    by_reason = Counter(outcomes.reason_kind)
+    by_reason.pop("", None)
+    items += sorted(by_reason.items())
     items.append(("Problems by kind", None))
     items += sorted(Counter(i.kind for i in issues).items())
     truncated = sum(c.truncated for c in columns)

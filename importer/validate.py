@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast, overload
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pandera.pandas as pa
 import phonenumbers
@@ -44,7 +46,8 @@ __all__ = ["PhoneNormaliser", "map_columns", "parse_column_map", "validate_table
 
 # Characters that sneak in from copy and paste and are invisible in Excel.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
-_INT_TEXT = re.compile(r"\+?(\d+)(?:\.0*)?")
+# At most 19 digits: every id fits in 63 bits, and int() of thousands of digits would raise.
+_INT_TEXT = re.compile(r"\+?(\d{1,19})(?:\.0*)?")
 _SCIENTIFIC = re.compile(r"[+-]?\d+(?:[.,]\d*)?[eE][+-]?\d+")
 _PHONE_SEPARATORS = re.compile(r"[\s\-().\u00a0/]+")
 _MAX_ID = 2**63 - 1
@@ -66,6 +69,8 @@ def parse_positive_int(text: str) -> int | None:
 
 def describe_bad_int(text: str) -> str:
     """Say why a cell is not a positive whole number."""
+    if len(text) > 19 and text.lstrip("+-").isdigit():
+        return "is too large to be an id"
     try:
         number = float(text.replace(",", "."))
     except ValueError:
@@ -139,16 +144,33 @@ class PhoneNormaliser:
     def __init__(self, default_region: str | None = None) -> None:
         self.default_region = default_region
         self._rules: dict[int, _CountryRule | None] = {}
+        self._heads: dict[str, tuple[int, _CountryRule | None]] = {}
 
     def __call__(self, text: str) -> PhoneResult:
         """Normalise one cleaned, non-empty cell."""
+        number = self.quick(text)
+        if number is not None:
+            return PhoneResult(number, "", "")
+        return self.normalise(text)
+
+    def quick(self, text: str) -> str | None:
+        """Return the number of a cleaned cell the fast path can read, or None to ask ``normalise``.
+
+        Besides plain digits, this reads numbers written with separators ("+44 20 7946 0123",
+        "0044-20-...") by compacting them exactly as ``normalise`` does before its full parse.
+        """
         if self.default_region is None or text.startswith("+"):
             m = _PLAIN_INTERNATIONAL.fullmatch(text)
             if m is not None:
-                number = self._fast(m.group(1))
-                if number is not None:
-                    return PhoneResult(number, "", "")
-        return self.normalise(text)
+                return self._fast(m.group(1))
+        compact = _PHONE_SEPARATORS.sub("", text)
+        if compact.startswith("00"):
+            compact = "+" + compact[2:]
+        if compact != text and (self.default_region is None or compact.startswith("+")):
+            m = _PLAIN_INTERNATIONAL.fullmatch(compact)
+            if m is not None:
+                return self._fast(m.group(1))
+        return None
 
     def _rule(self, code: int) -> _CountryRule | None:
         if code not in self._rules:
@@ -167,18 +189,26 @@ class PhoneNormaliser:
                 self._rules[code] = _CountryRule(re.compile(prefix) if prefix else None, lengths)
         return self._rules[code]
 
-    def _fast(self, digits: str) -> str | None:
+    def _head(self, head: str) -> tuple[int, _CountryRule | None]:
+        """Return the country code's length and rule for a number's first three digits."""
         for size in (1, 2, 3):
-            code = int(digits[:size])
+            code = int(head[:size])
             if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
-                rule = self._rule(code)
-                national = digits[size:]
-                if rule is None or len(national) not in rule.lengths:
-                    return None
-                if rule.national_prefix is not None and rule.national_prefix.match(national):
-                    return None
-                return digits
-        return None
+                return size, self._rule(code)
+        return 0, None
+
+    def _fast(self, digits: str) -> str | None:
+        # The first three digits decide the country code: look them up once per distinct head.
+        head = digits[:3]
+        try:
+            size, rule = self._heads[head]
+        except KeyError:
+            size, rule = self._heads[head] = self._head(head)
+        if rule is None or len(digits) - size not in rule.lengths:
+            return None
+        if rule.national_prefix is not None and rule.national_prefix.match(digits[size:]):
+            return None
+        return digits
 
     def normalise(self, text: str) -> PhoneResult:
         """Normalise one cleaned, non-empty cell with a full phonenumbers parse."""
@@ -289,13 +319,14 @@ class _Parsed:
 
     clean: pd.DataFrame
     values: dict[str, pd.Series]
-    phone: dict[Hashable, PhoneResult]
+    phone: dict[int, PhoneResult]
+    """Why each non-empty phone cell that did not parse failed, by Excel row (the others are fine)."""
+    duplicate_of: dict[str, pd.Series]
+    """For did_number and did_id: the Excel row of the first occurrence, for each later row."""
 
 
-def _parse_series(series: pd.Series, fn: Callable[[str], object], *, cache: bool = True) -> pd.Series:
-    """Apply ``fn`` once per distinct value of a text column (or once per cell, for unique columns)."""
-    if not cache:
-        return pd.Series([fn(v) for v in series.tolist()], index=series.index, dtype=object)
+def _parse_series(series: pd.Series, fn: Callable[[str], object]) -> pd.Series:
+    """Apply ``fn`` once per distinct value of a text column."""
     seen: dict[object, object] = {}
     out = []
     for v in series.tolist():
@@ -308,19 +339,32 @@ def _parse_series(series: pd.Series, fn: Callable[[str], object], *, cache: bool
     return pd.Series(out, index=series.index, dtype=object)
 
 
+def _parse_phones(column: pd.Series, normaliser: PhoneNormaliser) -> tuple[pd.Series, dict[int, PhoneResult]]:
+    """Normalise a phone column: the numbers (None when blank or bad) and why the bad ones failed."""
+    quick = normaliser.quick
+    numbers: list[str | None] = []
+    problems: dict[int, PhoneResult] = {}
+    # Phone cells are nearly all distinct, so no cache; the fast path needs no result object.
+    for row, text in zip(column.index.tolist(), column.tolist(), strict=True):
+        number = quick(text) if text else None
+        if number is None and text:
+            result = normaliser.normalise(text)
+            number = result.number
+            if number is None:
+                problems[row] = result
+        numbers.append(number)
+    return pd.Series(numbers, index=column.index, dtype=object), problems
+
+
 def _parse(clean: pd.DataFrame, normaliser: PhoneNormaliser) -> _Parsed:
     values: dict[str, pd.Series] = {}
-    phone_results = _parse_series(clean["did_number"], lambda t: normaliser(t) if t else None, cache=False)
+    problems: dict[int, PhoneResult] = {}
     for f in FIELDS:
         col = clean[f.name]
         if f.kind is Kind.INT_ID:
             values[f.name] = _parse_series(col, parse_positive_int)
         elif f.kind is Kind.PHONE:
-            values[f.name] = pd.Series(
-                [r.number if r is not None else None for r in phone_results.tolist()],
-                index=col.index,
-                dtype=object,
-            )
+            values[f.name], problems = _parse_phones(col, normaliser)
         elif f.kind is Kind.MODE:
             direction = next(d for d, name in MODE_FIELD.items() if name == f.name)
             values[f.name] = _parse_series(col, lambda t, d=direction: parse_mode(d, t))  # type: ignore[misc]
@@ -328,7 +372,8 @@ def _parse(clean: pd.DataFrame, normaliser: PhoneNormaliser) -> _Parsed:
             values[f.name] = _parse_series(col, parse_status)
         else:
             values[f.name] = _parse_series(col, lambda t: parse_uuid(t) if t else None)
-    return _Parsed(clean, values, phone_results.to_dict())
+    duplicate_of = {name: _first_occurrence(values[name]) for name in DID_FIELDS}
+    return _Parsed(clean, values, problems, duplicate_of)
 
 
 def _modes_needing(id_field: str) -> tuple[Direction, set[int]]:
@@ -341,9 +386,22 @@ def _modes_needing(id_field: str) -> tuple[Direction, set[int]]:
 
 def _first_occurrence(keys: pd.Series) -> pd.Series:
     """For each row whose key appeared on an earlier row, the Excel row of the first one."""
-    present = keys[keys.notna()]
-    firsts = present.index.to_series(index=present.index).groupby(present).transform("first")
-    return firsts[firsts != firsts.index]
+    # Hash codes in C, then the first position of each code: no per-cell Python and no sort of
+    # the keys themselves (a groupby on a million distinct strings costs seconds).
+    codes, _ = pd.factorize(keys.to_numpy(dtype=object))  # missing keys get -1
+    positions = np.flatnonzero(codes >= 0)
+    present = codes[positions]
+    _, first_index = np.unique(present, return_index=True)
+    first = positions[first_index][present]
+    later = first != positions
+    rows = keys.index.to_numpy()
+    return pd.Series(rows[first[later]], index=pd.Index(rows[positions[later]]), dtype="int64")
+
+
+def _check(ok: pd.Series, name: str) -> pa.Check:
+    """A check whose answer was computed from the parsed columns (True where the cell is fine)."""
+    # ignore_na=False: cells are never null, and pandera's null scan per check costs a full pass.
+    return pa.Check(lambda _obj: ok, name=name, ignore_na=False)
 
 
 def build_schema(parsed: _Parsed) -> pa.DataFrameSchema:
@@ -359,47 +417,33 @@ def build_schema(parsed: _Parsed) -> pa.DataFrameSchema:
         checks: list[pa.Check] = []
         parsed_ok = values[f.name].notna()
         if f.kind is Kind.PHONE:
-            kinds = pd.Series(
-                [r.kind if r is not None else "" for r in parsed.phone.values()],
-                index=list(parsed.phone.keys()),
-                dtype=object,
-            )
-            sci = kinds == "scientific_notation"
-            checks.append(pa.Check(lambda s, ok=~sci: ok, name="scientific_notation"))
-            checks.append(pa.Check(lambda s, ok=parsed_ok | blank[f.name] | sci: ok, name="phone_number"))
+            scientific = [row for row, r in parsed.phone.items() if r.kind == "scientific_notation"]
+            sci = pd.Series(clean.index.isin(scientific), index=clean.index)
+            checks.append(_check(~sci, "scientific_notation"))
+            checks.append(_check(parsed_ok | blank[f.name] | sci, "phone_number"))
         elif f.kind is Kind.MODE:
-            checks.append(pa.Check(lambda s, ok=~blank[f.name]: ok, name="mode_required"))
-            checks.append(pa.Check(lambda s, ok=parsed_ok | blank[f.name]: ok, name="mode"))
+            checks.append(_check(~blank[f.name], "mode_required"))
+            checks.append(_check(parsed_ok | blank[f.name], "mode"))
         elif f.kind is Kind.STATUS:
-            checks.append(pa.Check(lambda s, ok=parsed_ok: ok, name="status"))
+            checks.append(_check(parsed_ok, "status"))
         else:
             name = "positive_integer" if f.kind is Kind.INT_ID else "uuid"
-            checks.append(pa.Check(lambda s, ok=parsed_ok | blank[f.name]: ok, name=name))
-        columns[f.name] = pa.Column(object, checks=checks, nullable=False)
+            checks.append(_check(parsed_ok | blank[f.name], name))
+        # nullable=True: cleaned cells are always str, so pandera's null scan could never fail.
+        columns[f.name] = pa.Column(object, checks=checks, nullable=True)
 
-    frame_checks = [
-        pa.Check(lambda df: ~(blank["did_id"] & blank["did_number"]), name="did_missing"),
-    ]
+    frame_checks = [_check(~(blank["did_id"] & blank["did_number"]), "did_missing")]
     for id_field in MODE_ID_FIELDS:
         direction, numbers = _modes_needing(id_field)
         mode = values[MODE_FIELD[direction]]
         uses = mode.isin(numbers)
         known_mode = mode.notna()
-        frame_checks.append(
-            pa.Check(lambda df, bad=uses & blank[id_field]: ~bad, name=f"mode_id_missing:{id_field}")
-        )
-        frame_checks.append(
-            pa.Check(
-                lambda df, bad=~blank[id_field] & known_mode & ~uses: ~bad,
-                name=f"mode_id_unused:{id_field}",
-            )
-        )
-    dup_number = _first_occurrence(values["did_number"])
-    dup_id = _first_occurrence(values["did_id"])
-    duplicate = pd.Series(
-        clean.index.isin(dup_number.index) | clean.index.isin(dup_id.index), index=clean.index
+        frame_checks.append(_check(~(uses & blank[id_field]), f"mode_id_missing:{id_field}"))
+        frame_checks.append(_check(~(~blank[id_field] & known_mode & ~uses), f"mode_id_unused:{id_field}"))
+    duplicate = clean.index.isin(parsed.duplicate_of["did_number"].index) | clean.index.isin(
+        parsed.duplicate_of["did_id"].index
     )
-    frame_checks.append(pa.Check(lambda df, bad=duplicate: ~bad, name="duplicate_did"))
+    frame_checks.append(_check(pd.Series(~duplicate, index=clean.index), "duplicate_did"))
     return pa.DataFrameSchema(columns, checks=frame_checks, strict=True, coerce=False)
 
 
@@ -410,25 +454,32 @@ class _Messages:
         self.table = table
         self.mapping = mapping
         self.parsed = parsed
-        self.dup_number = _first_occurrence(parsed.values["did_number"])
-        self.dup_id = _first_occurrence(parsed.values["did_id"])
+        self.dup_number = parsed.duplicate_of["did_number"]
+        self.dup_id = parsed.duplicate_of["did_id"]
+        # Plain arrays and one index lookup per row: DataFrame.at costs ~10 us a call, and a
+        # large file can have tens of thousands of failing rows.
+        self._raw = {field: table.frame[pos].to_numpy() for field, pos in mapping.items()}
+        self._raw_position = table.frame.index.get_loc
+        self._clean = {name: parsed.clean[name].to_numpy() for name in MODE_FIELD.values()}
+        self._values = {name: parsed.values[name].to_numpy() for name in MODE_FIELD.values()}
+        self._clean_position = parsed.clean.index.get_loc
 
     def header(self, field: str) -> str:
         pos = self.mapping.get(field)
         return self.table.headers[pos] if pos is not None else field
 
     def raw(self, row: int, field: str) -> str:
-        pos = self.mapping.get(field)
-        return str(self.table.frame.at[row, pos]) if pos is not None else ""
+        cells = self._raw.get(field)
+        return str(cells[self._raw_position(row)]) if cells is not None else ""
 
     def issue(self, row: int, check: str) -> list[RowIssue]:
-        clean = self.parsed.clean
         if ":" in check:
             check, id_field = check.split(":", 1)
             direction, _ = _modes_needing(id_field)
             mode_field = MODE_FIELD[direction]
-            mode_text = str(clean.at[row, mode_field])
-            mode = cast("int | None", self.parsed.values[mode_field].at[row])
+            at = self._clean_position(row)
+            mode_text = str(self._clean[mode_field][at])
+            mode = cast("int | None", self._values[mode_field][at])
             label = MODES[direction][mode].label if mode is not None else mode_text
             if check == "mode_id_missing":
                 present = id_field in self.mapping
@@ -489,7 +540,7 @@ class _Messages:
         text = clean_text(value)
         quoted = f'"{header}": "{value}"'
         if check == "scientific_notation" or check == "phone_number":
-            result = self.parsed.phone[row]
+            result = self.parsed.phone.get(row)
             problem = result.problem if result is not None else "is not a phone number"
             kind = result.kind if result is not None else "bad_number"
             return RowIssue(row, header, value, f"{quoted} {problem}", kind)
@@ -526,22 +577,23 @@ class _Messages:
         )
 
 
+def _clean_cells(cells: list[object]) -> list[str]:
+    """Clean a column's cells; ASCII text only needs its whitespace trimmed."""
+    # The invisible characters clean_text removes are all non-ASCII, and str.strip returns the
+    # very same object when there is nothing to trim: most cells cost one check and no copy.
+    return [v.strip() if type(v) is str and v.isascii() else clean_text(str(v)) for v in cells]
+
+
 def _clean_frame(table: RawTable, mapping: Mapping[str, int], rows: pd.Index) -> pd.DataFrame:
+    whole = len(rows) == len(table.frame)  # no ragged rows left out: no reindexing needed
     data: dict[str, list[str]] = {}
     for name in FIELD_NAMES:
         pos = mapping.get(name)
         if pos is None:
             data[name] = [""] * len(rows)
         else:
-            seen: dict[str, str] = {}
-            cells: list[str] = []
-            for v in table.frame[pos].loc[rows].tolist():
-                try:
-                    cells.append(seen[v])
-                except KeyError:
-                    seen[v] = c = clean_text(str(v))
-                    cells.append(c)
-            data[name] = cells
+            column = table.frame[pos]
+            data[name] = _clean_cells(column.tolist() if whole else column.loc[rows].tolist())
     return pd.DataFrame(data, index=rows, dtype=object)
 
 
@@ -599,8 +651,8 @@ def validate_table(
             else:
                 issues.extend(messages.issue(int(index), str(check)))
     issues.sort(key=lambda i: (i.row, _column_order(mapping, table.headers, i.column)))
-    failed = {i.row for i in issues}
-    valid = _LazyRows(parsed, [int(r) for r in rows if r not in failed])
+    failed = rows.isin(list({i.row for i in issues}))
+    valid = _LazyRows(parsed.values, rows.to_numpy()[~failed])
     return ValidationReport(table=table, valid=valid, issues=tuple(issues), mapping=dict(mapping))
 
 
@@ -614,16 +666,18 @@ def _column_order(mapping: Mapping[str, int], headers: tuple[str, ...], column: 
 class _LazyRows(Sequence[RoutingRow]):
     """The valid rows as RoutingRow values, built when first read."""
 
-    def __init__(self, parsed: _Parsed, rows: list[int]) -> None:
-        self._parsed: _Parsed | None = parsed
+    def __init__(self, values: dict[str, pd.Series], rows: npt.NDArray[np.int64]) -> None:
+        # Only the parsed values are kept (not the cleaned frame): a validate-only run holds
+        # them while it writes, and never builds the rows.
+        self._values: dict[str, pd.Series] | None = values
         self._numbers = rows
         self._rows: list[RoutingRow] | None = None
 
     def _built(self) -> list[RoutingRow]:
         if self._rows is None:
-            assert self._parsed is not None
-            self._rows = _valid_rows(self._parsed, self._numbers)
-            self._parsed = None
+            assert self._values is not None
+            self._rows = _valid_rows(self._values, self._numbers.tolist())
+            self._values = None
         return self._rows
 
     def __len__(self) -> int:
@@ -640,10 +694,10 @@ class _LazyRows(Sequence[RoutingRow]):
         return f"<{len(self)} valid rows>"
 
 
-def _valid_rows(parsed: _Parsed, rows: list[int]) -> list[RoutingRow]:
+def _valid_rows(values: dict[str, pd.Series], rows: list[int]) -> list[RoutingRow]:
     if not rows:
         return []
-    cols = {name: parsed.values[name].loc[rows].tolist() for name in FIELD_NAMES}
+    cols = {name: values[name].loc[rows].tolist() for name in FIELD_NAMES}
     out: list[RoutingRow] = []
     for i, row in enumerate(rows):
         inbound = cols["for_inbound_call"][i]
