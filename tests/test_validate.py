@@ -267,3 +267,26 @@ def test_validate_schema_covers_every_field() -> None:
     schema = build_schema(_parse(clean, PhoneNormaliser()))
     assert list(schema.columns) == list(FIELD_NAMES)
     assert table.row_count == 1
+
+
+def test_phone_quick_path_agrees_with_full_parse_on_formatted_numbers() -> None:
+    """Numbers written with spaces, dashes, brackets or a 00 prefix take the quick path: same answers."""
+    rng = random.Random(11)
+    normaliser = PhoneNormaliser()
+    checked = quick = 0
+    for code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+        for _ in range(25):
+            national = "".join(rng.choice("0123456789") for _ in range(rng.randint(6, 12)))
+            cut = rng.randint(1, len(national) - 1)
+            for text in (
+                f"+{code} {national[:cut]} {national[cut:]}",
+                f"00{code}-{national[:cut]}-{national[cut:]}",
+                f"+{code} ({national[:cut]}) {national[cut:]}",
+            ):
+                fast = normaliser.quick(text)
+                slow = normaliser.normalise(text)
+                if fast is not None:
+                    quick += 1
+                    assert fast == slow.number, (text, fast, slow)
+                checked += 1
+    assert checked > 15000 and quick > checked // 3
