@@ -188,6 +188,18 @@ def _print_summary(summary: Any) -> None:
         click.echo(line)
 
 
+def _send_and_report(job: Callable[..., Any], config: Any, quiet: bool) -> None:
+    """Run an API job behind the progress bar, print its summary and exit with its code."""
+    update, close = _progress_bar(quiet)
+    try:
+        summary = job(config, on_progress=update)
+    finally:
+        if close is not None:
+            close()
+    _print_summary(summary)
+    sys.exit(summary.exit_code)
+
+
 def _apply_options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     def apply(fn: F) -> F:
         for decorator in reversed(decorators):
@@ -299,14 +311,7 @@ def run(
         max_error_rate=max_error_rate,
         confirm=_confirm_callback(yes, dry_run),
     )
-    update, close = _progress_bar(quiet)
-    try:
-        summary = run_import(config, on_progress=update)
-    finally:
-        if close is not None:
-            close()
-    _print_summary(summary)
-    sys.exit(summary.exit_code)
+    _send_and_report(run_import, config, quiet)
 
 
 @main.command()
@@ -499,11 +504,4 @@ def rollback(
         on_plan=show,
         confirm=_confirm_callback(yes, dry_run),
     )
-    update, close = _progress_bar(quiet)
-    try:
-        summary = rollback_run(config, on_progress=update)
-    finally:
-        if close is not None:
-            close()
-    _print_summary(summary)
-    sys.exit(summary.exit_code)
+    _send_and_report(rollback_run, config, quiet)

@@ -53,6 +53,7 @@ from .run import (
     _stop_on_signals,
     default_journal_path,
     key_fingerprint,
+    open_client,
 )
 
 __all__ = [
@@ -710,22 +711,7 @@ def _rollback_phases(
     is a plain KeyboardInterrupt (nothing sent); during apply, Ctrl-C settles the writes in flight.
     """
 
-    async def make_client() -> tuple[RateLimiter, VoiceLinkClient]:
-        # Built inside the loop: the limiter's asyncio primitives belong to it.
-        limiter = RateLimiter(config.requests_per_minute, window=config.rate_window)
-        client = VoiceLinkClient(
-            config.base_url,
-            config.api_key,
-            limiter=limiter,
-            transport=transport,
-            timeout=config.timeout,
-            connection_id=config.connection_id,
-            max_connections=max(1, min(config.concurrency, 16)),
-            backoff=config.retry_backoff,
-        )
-        return limiter, client
-
-    limiter, client = loop.run(make_client())
+    limiter, client = loop.run(open_client(config, transport))
     job = _Rollback(config, journal, client, limiter, on_progress, run_id)
     try:
         plan, inventory = loop.run(_prepare(job, run, changes))

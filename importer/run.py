@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -837,6 +838,45 @@ def run_import(
     return _write_and_summarise(config, report, runner, journal, results, failed_path, started, counts_text)
 
 
+class ClientSettings(Protocol):
+    """What opening a client needs; ``ImportConfig`` and ``RollbackConfig`` both provide it."""
+
+    @property
+    def api_key(self) -> str: ...
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def requests_per_minute(self) -> int: ...
+    @property
+    def rate_window(self) -> float: ...
+    @property
+    def timeout(self) -> float: ...
+    @property
+    def connection_id(self) -> str | None: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def retry_backoff(self) -> float: ...
+
+
+async def open_client(
+    settings: ClientSettings, transport: httpx.AsyncBaseTransport | None
+) -> tuple[RateLimiter, VoiceLinkClient]:
+    """Open one run's limiter and client, inside the event loop that will use them."""
+    limiter = RateLimiter(settings.requests_per_minute, window=settings.rate_window)
+    client = VoiceLinkClient(
+        settings.base_url,
+        settings.api_key,
+        limiter=limiter,
+        transport=transport,
+        timeout=settings.timeout,
+        connection_id=settings.connection_id,
+        max_connections=max(1, min(settings.concurrency, 16)),
+        backoff=settings.retry_backoff,
+    )
+    return limiter, client
+
+
 def _run_phases(
     loop: asyncio.Runner,
     config: ImportConfig,
@@ -851,22 +891,7 @@ def _run_phases(
     KeyboardInterrupt (nothing has been sent); during apply, Ctrl-C settles the writes in flight.
     """
 
-    async def make_client() -> tuple[RateLimiter, VoiceLinkClient]:
-        # Built inside the loop: the limiter's asyncio primitives belong to it.
-        limiter = RateLimiter(config.requests_per_minute, window=config.rate_window)
-        client = VoiceLinkClient(
-            config.base_url,
-            config.api_key,
-            limiter=limiter,
-            transport=transport,
-            timeout=config.timeout,
-            connection_id=config.connection_id,
-            max_connections=max(1, min(config.concurrency, 16)),
-            backoff=config.retry_backoff,
-        )
-        return limiter, client
-
-    limiter, client = loop.run(make_client())
+    limiter, client = loop.run(open_client(config, transport))
     runner = _Runner(config, report, journal, client, limiter, on_progress)
     try:
         prepared = loop.run(_prepare(runner))
