@@ -7,16 +7,22 @@ plan -> apply -> results), or ``validate_file(config)`` for the offline half.
 from .errors import AbortedError, ApiError, AuthError, ImporterError, InputError, UnreadableFileError
 from .model import Action, RawTable, RoutingRow, RowIssue, RowOutcome, Status, ValidationReport
 from .pipeline import InputOptions, RunSummary, ValidateConfig, validate_file
+from .rollback import RollbackConfig, rollback
+from .run import ImportConfig, OnExisting, Progress, run_import
 
 __all__ = [
     "AbortedError",
     "Action",
     "ApiError",
     "AuthError",
+    "ImportConfig",
     "ImporterError",
     "InputError",
     "InputOptions",
+    "OnExisting",
+    "Progress",
     "RawTable",
+    "RollbackConfig",
     "RoutingRow",
     "RowIssue",
     "RowOutcome",
@@ -25,5 +31,7 @@ __all__ = [
     "UnreadableFileError",
     "ValidateConfig",
     "ValidationReport",
+    "rollback",
+    "run_import",
     "validate_file",
 ]

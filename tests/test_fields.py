@@ -88,3 +88,12 @@ def test_readme_documents_every_command() -> None:
 
     documented = set(re.findall(r"`voicelink-import (\w+)", README))
     assert set(main.commands) <= documented, set(main.commands) - documented
+
+
+def test_package_exports_exactly_its_documented_names() -> None:
+    import importer
+
+    assert sorted(importer.__all__) == importer.__all__
+    for name in importer.__all__:
+        assert getattr(importer, name) is not None
+    assert {"run_import", "validate_file", "rollback", "ImportConfig", "RunSummary"} <= set(importer.__all__)
