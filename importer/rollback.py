@@ -39,6 +39,7 @@ from .errors import ApiError, AuthError, InputError
 from .fields import ROUTING_FIELDS, routing_body
 from .journal import ChangeRecord, Journal
 from .limiter import RateLimiter
+from .live import Inventory, LiveRouting, index_routing, open_client, stop_on_signals
 from .model import Action, RawTable, RowOutcome, RunInfo, SourceInfo, Status
 from .pipeline import RunSummary, now_text
 from .results import write_results
@@ -47,13 +48,8 @@ from .run import (
     MAX_WRITE_ATTEMPTS,
     Progress,
     ProgressCallback,
-    _index_routing,
-    _Inventory,
-    _LiveRouting,
-    _stop_on_signals,
     default_journal_path,
     key_fingerprint,
-    open_client,
 )
 
 __all__ = [
@@ -534,7 +530,7 @@ class _Rollback:
         if not self.stop_reason:
             self.stop_reason, self.exit_code = reason, code
 
-    async def send(self, u: Undo, live: _LiveRouting) -> RowOutcome:
+    async def send(self, u: Undo, live: LiveRouting) -> RowOutcome:
         """Send one undo until its outcome is known; re-read the live state before any re-send."""
         assert u.target is not None and u.routing_id is not None and u.did_id is not None
         expected = u.live  # what the routing must still be for a re-send to be safe
@@ -606,7 +602,7 @@ class _Rollback:
             if self.config.retry_backoff > 0:
                 await asyncio.sleep(min(8.0, self.config.retry_backoff * 2 ** (attempts - 1)))
 
-    async def apply(self, undos: list[Undo], live: _LiveRouting, stop: asyncio.Event) -> None:
+    async def apply(self, undos: list[Undo], live: LiveRouting, stop: asyncio.Event) -> None:
         queue = collections.deque(undos)
         self.total = len(undos)
         self._progress()
@@ -749,7 +745,7 @@ def _rollback_phases(
 
 async def _prepare(
     job: _Rollback, run: Mapping[str, object], changes: Sequence[ChangeRecord]
-) -> tuple[RollbackPlan, _Inventory]:
+) -> tuple[RollbackPlan, Inventory]:
     """Pre-flight on the run's connection, read the live state, plan one undo per change."""
     audit = run.get("audit")
     run_connection = audit.get("connection") if isinstance(audit, Mapping) else None
@@ -758,7 +754,7 @@ async def _prepare(
     dids = await job.client.list_dids()
     by_number = {d.did_number: d for d in dids}
     by_id = {d.did_id: d for d in dids}
-    inventory = _Inventory(by_id, by_number, {}, _index_routing(await job.client.read_routing(), by_number))
+    inventory = Inventory(by_id, by_number, {}, index_routing(await job.client.read_routing(), by_number))
     undos: list[Undo] = []
     for index, change in enumerate(_collapse(changes, by_number), start=2):
         did_id = _did_of(change, by_number)
@@ -770,11 +766,11 @@ async def _prepare(
     return plan, inventory
 
 
-async def _apply(job: _Rollback, sends: list[Undo], inventory: _Inventory) -> None:
+async def _apply(job: _Rollback, sends: list[Undo], inventory: Inventory) -> None:
     """Send the undos; Ctrl-C or SIGTERM stops new ones and lets those in flight settle."""
     stop = asyncio.Event()
-    with _stop_on_signals(asyncio.get_running_loop(), stop):
-        await job.apply(sends, _LiveRouting(job.client, inventory, job.config.retry_backoff), stop)
+    with stop_on_signals(asyncio.get_running_loop(), stop):
+        await job.apply(sends, LiveRouting(job.client, inventory, job.config.retry_backoff), stop)
 
 
 def _sha256(path: Path) -> str:

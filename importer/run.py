@@ -19,24 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import getpass
 import json
-import signal
 import socket
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import httpx
 
-from .api import Bot, Did, Routing, VoiceLinkClient, WriteResult
+from .api import Routing, VoiceLinkClient, WriteResult
 from .errors import ApiError, AuthError, InputError
 from .fields import routing_body
 from .journal import ConfirmedRow, InFlightRow, Journal
 from .limiter import RateLimiter
+from .live import Inventory, LiveRouting, index_routing, open_client, stop_on_signals
 from .model import Action, RoutingRow, RowOutcome, RunInfo, Status, ValidationReport
 from .pipeline import (
     InputOptions,
@@ -165,16 +162,6 @@ class _Write:
     resumed: InFlightRow | None = None
 
 
-@dataclass(slots=True)
-class _Inventory:
-    """The account's live state, read once per run."""
-
-    dids_by_id: dict[int, Did]
-    dids_by_number: dict[str, Did]
-    bots: dict[int, Bot]
-    routing: dict[int, Routing]
-
-
 def _audit(config: ImportConfig, connection: str) -> dict[str, str]:
     try:
         user = getpass.getuser()
@@ -205,63 +192,6 @@ def _record_text(record: Mapping[str, object] | None) -> str:
     if record is None:
         return ""
     return json.dumps({k: v for k, v in record.items() if v is not None}, sort_keys=False)
-
-
-def _index_routing(routings: Sequence[Routing], dids_by_number: Mapping[str, Did]) -> dict[int, Routing]:
-    out: dict[int, Routing] = {}
-    for r in routings:
-        did_id = r.did_id
-        if did_id is None and r.did_number is not None:
-            did = dids_by_number.get(r.did_number)
-            did_id = did.did_id if did is not None else None
-        if did_id is not None:
-            out[did_id] = r
-    return out
-
-
-class _LiveRouting:
-    """Re-read the routing state, sharing one read among workers that ask at the same time."""
-
-    ROUNDS = 3
-    """Rounds of the client's own read retries before the run gives up on settling."""
-
-    def __init__(self, client: VoiceLinkClient, inventory: _Inventory, backoff: float) -> None:
-        self._client = client
-        self._inventory = inventory
-        self._backoff = backoff
-        self._lock = asyncio.Lock()
-        self._reads = 0
-        self._fresh = 0
-        """The number (in ``_reads``) of the last read that succeeded: only it may be shared."""
-
-    async def fresh(self) -> dict[int, Routing]:
-        """Return routing read after this call began.
-
-        Raises:
-            ApiError: the state could not be read in several rounds of retries.
-        """
-        arrived = self._reads
-        async with self._lock:
-            # A read counted in `arrived` may have begun before the caller's write failed, so
-            # only a read begun after arrival is fresh enough to share, and only if it succeeded:
-            # after a failed one the routing held is stale and could call an applied write unsent.
-            if self._fresh > arrived:
-                return self._inventory.routing
-            self._reads += 1
-            number = self._reads
-            for round_ in range(1, self.ROUNDS + 1):
-                try:
-                    routings = await self._client.read_routing()
-                    break
-                except AuthError:
-                    raise
-                except ApiError:
-                    if round_ == self.ROUNDS:
-                        raise
-                    await asyncio.sleep(self._backoff * 2 * round_)
-            self._inventory.routing = _index_routing(routings, self._inventory.dids_by_number)
-            self._fresh = number
-            return self._inventory.routing
 
 
 class _Runner:
@@ -321,16 +251,16 @@ class _Runner:
         self.client.connection_id = chosen.connection_id
         return chosen.connection_id
 
-    async def read_inventory(self) -> _Inventory:
+    async def read_inventory(self) -> Inventory:
         dids = await self.client.list_dids()
         bots = await self.client.list_bots()
         routings = await self.client.read_routing()
         by_number = {d.did_number: d for d in dids}
-        return _Inventory(
+        return Inventory(
             dids_by_id={d.did_id: d for d in dids},
             dids_by_number=by_number,
             bots={b.bot_id: b for b in bots},
-            routing=_index_routing(routings, by_number),
+            routing=index_routing(routings, by_number),
         )
 
     # -- resolve and plan ----------------------------------------------------------
@@ -340,7 +270,7 @@ class _Runner:
             row=row, status=Status.FAILED, action=Action.FAIL, reason=reason, reason_kind=kind, did_id=did_id
         )
 
-    def _near_match(self, number: str, inventory: _Inventory) -> str:
+    def _near_match(self, number: str, inventory: Inventory) -> str:
         tail = number[-9:]
         near = [d for n, d in inventory.dids_by_number.items() if n.endswith(tail) or number.endswith(n)]
         if not near:
@@ -348,7 +278,7 @@ class _Runner:
         d = near[0]
         return f" (did you mean {d.did_number}, id {d.did_id}? check the country code)"
 
-    def resolve(self, row: RoutingRow, inventory: _Inventory, connection: str) -> int | None:
+    def resolve(self, row: RoutingRow, inventory: Inventory, connection: str) -> int | None:
         """Find the row's DID id and check its bots; record a failure and return None if it cannot go."""
         problems: list[tuple[str, str]] = []
         did_id: int | None = None
@@ -401,7 +331,7 @@ class _Runner:
 
     def plan(
         self,
-        inventory: _Inventory,
+        inventory: Inventory,
         connection: str,
         confirmed: Mapping[int, ConfirmedRow],
         in_flight: Mapping[int, InFlightRow],
@@ -549,7 +479,7 @@ class _Runner:
         assert routing_id is not None
         return await self.client.update_routing(routing_id, body)
 
-    async def write_one(self, w: _Write, live: _LiveRouting) -> RowOutcome:
+    async def write_one(self, w: _Write, live: LiveRouting) -> RowOutcome:
         """Send one planned write until its outcome is known; never create twice."""
         action, body, routing_id, before = w.action, w.body, w.routing_id, w.before
         attempts = 0
@@ -653,7 +583,7 @@ class _Runner:
             if self.config.retry_backoff > 0:
                 await asyncio.sleep(min(8.0, self.config.retry_backoff * 2 ** (attempts - 1)))
 
-    async def apply(self, writes: list[_Write], live: _LiveRouting, stop: asyncio.Event) -> None:
+    async def apply(self, writes: list[_Write], live: LiveRouting, stop: asyncio.Event) -> None:
         queue: collections.deque[_Write] = collections.deque(writes)
         self.apply_total = len(writes)
         self._progress()
@@ -765,26 +695,6 @@ def _dry_run_outcomes(writes: Sequence[_Write]) -> Iterator[RowOutcome]:
         )
 
 
-@contextlib.contextmanager
-def _stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
-    """Ctrl-C or SIGTERM: stop sending new writes, let the ones in flight settle."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix loops
-            pass
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
-
 def default_journal_path(results: Path, input_path: Path) -> Path:
     """The journal sits beside the results: <stem>.journal.sqlite."""
     return results.with_name(input_path.stem + ".journal.sqlite")
@@ -838,45 +748,6 @@ def run_import(
     return _write_and_summarise(config, report, runner, journal, results, failed_path, started, counts_text)
 
 
-class ClientSettings(Protocol):
-    """What opening a client needs; ``ImportConfig`` and ``RollbackConfig`` both provide it."""
-
-    @property
-    def api_key(self) -> str: ...
-    @property
-    def base_url(self) -> str: ...
-    @property
-    def requests_per_minute(self) -> int: ...
-    @property
-    def rate_window(self) -> float: ...
-    @property
-    def timeout(self) -> float: ...
-    @property
-    def connection_id(self) -> str | None: ...
-    @property
-    def concurrency(self) -> int: ...
-    @property
-    def retry_backoff(self) -> float: ...
-
-
-async def open_client(
-    settings: ClientSettings, transport: httpx.AsyncBaseTransport | None
-) -> tuple[RateLimiter, VoiceLinkClient]:
-    """Open one run's limiter and client, inside the event loop that will use them."""
-    limiter = RateLimiter(settings.requests_per_minute, window=settings.rate_window)
-    client = VoiceLinkClient(
-        settings.base_url,
-        settings.api_key,
-        limiter=limiter,
-        transport=transport,
-        timeout=settings.timeout,
-        connection_id=settings.connection_id,
-        max_connections=max(1, min(settings.concurrency, 16)),
-        backoff=settings.retry_backoff,
-    )
-    return limiter, client
-
-
 def _run_phases(
     loop: asyncio.Runner,
     config: ImportConfig,
@@ -911,7 +782,7 @@ def _run_phases(
     return runner, runner.plan_text
 
 
-async def _prepare(runner: _Runner) -> tuple[list[_Write], PlanCounts, _Inventory] | None:
+async def _prepare(runner: _Runner) -> tuple[list[_Write], PlanCounts, Inventory] | None:
     """Pre-flight, the reads and the plan; None for a dry run (its outcomes are recorded)."""
     config, report, journal = runner.config, runner.report, runner.journal
     connection = await runner.preflight()
@@ -940,11 +811,11 @@ async def _prepare(runner: _Runner) -> tuple[list[_Write], PlanCounts, _Inventor
     return writes, counts, inventory
 
 
-async def _apply(runner: _Runner, writes: list[_Write], inventory: _Inventory) -> None:
+async def _apply(runner: _Runner, writes: list[_Write], inventory: Inventory) -> None:
     """Send the writes; Ctrl-C or SIGTERM stops new ones and lets those in flight settle."""
     stop = asyncio.Event()
-    with _stop_on_signals(asyncio.get_running_loop(), stop):
-        await runner.apply(writes, _LiveRouting(runner.client, inventory, runner.config.retry_backoff), stop)
+    with stop_on_signals(asyncio.get_running_loop(), stop):
+        await runner.apply(writes, LiveRouting(runner.client, inventory, runner.config.retry_backoff), stop)
     if not stop.is_set() and runner.exit_code != 3:
         await runner.collect_routing_ids()
 
