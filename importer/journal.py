@@ -16,7 +16,9 @@ The API key is never stored: any text that looks like a key is masked before wri
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -26,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any
+
+from .errors import InputError
 
 __all__ = ["ChangeRecord", "ConfirmedRow", "InFlightRow", "Journal"]
 
@@ -152,6 +156,7 @@ class Journal:
         self.path = path
         self._db = connection
         self._lock = threading.RLock()
+        self._claim: int | None = None
 
     @classmethod
     def open(cls, path: Path) -> Journal:
@@ -183,10 +188,36 @@ class Journal:
     ) -> None:
         self.close()
 
+    def claim(self) -> None:
+        """Take the journal for this process's writes; refuse while another live process holds it.
+
+        Two imports writing one journal at once could each take the other's in-flight rows for a
+        crash. The claim is an OS lock (flock) on ``<journal>-lock``, so a killed run frees it at
+        once and a resume is never blocked by a stale file.
+
+        Raises:
+            InputError: another process is running with this journal.
+        """
+        if self._claim is not None:
+            return
+        fd = os.open(self.path.with_name(self.path.name + "-lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise InputError(
+                f"another run is using the journal {self.path.name}; wait for it to finish, "
+                "or give this run its own --journal"
+            ) from None
+        self._claim = fd
+
     def close(self) -> None:
-        """Close the database."""
+        """Close the database (and release the claim, if any)."""
         with self._lock:
             self._db.close()
+            if self._claim is not None:
+                os.close(self._claim)  # closing the descriptor releases the flock
+                self._claim = None
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run one statement as its own committed transaction; return the last row id."""

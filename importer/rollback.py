@@ -848,6 +848,8 @@ def rollback(
     except (OSError, ValueError, sqlite3.Error) as exc:  # sqlite3.DatabaseError: not a journal
         raise InputError(f"cannot open the journal {journal_path}: {exc}") from None
     with contextlib.closing(journal):
+        if not config.dry_run:
+            journal.claim()
         run, run_id = _choose_run(journal, run_id, sha256)
         changes = journal.changes(run_id, include_unsettled=True)
         if not changes:

@@ -22,6 +22,7 @@ import collections
 import getpass
 import json
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -736,8 +737,13 @@ def run_import(
         journal_path = config.journal or default_journal_path(results, config.input.path)
         try:
             journal = Journal.open(journal_path)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, sqlite3.Error) as exc:
             raise InputError(f"cannot open the journal {journal_path}: {exc}") from None
+        try:
+            journal.claim()
+        except InputError:
+            journal.close()
+            raise
     runner: _Runner | None = None
     try:
         with asyncio.Runner() as loop:

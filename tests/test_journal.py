@@ -240,3 +240,37 @@ def test_journal_never_stores_a_key(tmp_path: Path) -> None:
     assert FAKE_KEY[8:].encode() not in data  # not even the random part
     assert not any(FAKE_KEY in text for text in shown)
     assert runs[0]["audit"] == {"key_last4": "i5Op4"[-4:], "header": "Authorization: Bearer [masked]"}
+
+
+def test_journal_claim_refuses_a_second_live_writer_and_frees_on_kill(tmp_path: Path) -> None:
+    """Two runs must not write one journal at once; a killed run must not block the resume."""
+    import subprocess
+    import sys
+
+    from importer.errors import InputError
+
+    path = tmp_path / "j.journal.sqlite"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from importer.journal import Journal; "
+         "j = Journal.open(Path(sys.argv[1])); j.claim(); print('claimed', flush=True); time.sleep(60)",
+         str(path)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "claimed"
+        with (
+            Journal.open(path) as journal,
+            pytest.raises(InputError, match="another run is using the journal"),
+        ):
+            journal.claim()
+        holder.kill()
+        holder.wait(timeout=10)
+        with Journal.open(path) as journal:
+            journal.claim()  # the kill released the OS lock at once
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait(timeout=10)
+        if holder.stdout is not None:
+            holder.stdout.close()

@@ -191,5 +191,11 @@ def test_tool_writes_no_csv_but_the_template_header_line(tmp_path: Path) -> None
     )
     written = {p for p in tmp_path.rglob("*") if p.is_file()} - before
     assert written, "the runs must have written their results"
-    assert {p.suffix for p in written} <= {".xlsx", ".sqlite", ".sqlite-wal", ".sqlite-shm"}, written
+    assert {p.suffix for p in written} <= {
+        ".xlsx",
+        ".sqlite",
+        ".sqlite-wal",
+        ".sqlite-shm",
+        ".sqlite-lock",
+    }, written
     assert template_csv_text() == ",".join(FIELD_NAMES) + "\r\n"
