@@ -308,6 +308,10 @@ def test_chaos_sigkill_then_resume(tmp_path: Path, point: KillPoint, verdicts: l
             kind, k, delay = _kill_at(point, kill_no, rng, remaining)
             trigger = _trigger(kind, snapshots[-1], k)
             run, signalled = run_cli(command, tmp_path, sandbox, trigger=trigger, delay=delay)
+            if signalled and point.trigger == "end" and run.returncode in (0, 1):
+                # The "end" point aims at the workbook write; the run may finish between the
+                # harness's liveness check and the signal (the signal then hits a zombie).
+                signalled = False
             snapshots.append(wait_quiet(sandbox))
             ended = "SIGKILL" if signalled else f"ended by itself ({run.returncode})"
             notes.append(f"{kind}{f' k={k}' if kind != 'start' else ''} +{delay * 1000:.0f}ms {ended}")
