@@ -61,6 +61,8 @@ HEADERS = (
     "Customer",
     "Site Label",
 )
+# importer.results.RESULT_COLUMNS + ROW_COLUMN, spelled out: the floor's child process must not
+# import the package (pandas and pandera would weigh on the floor it measures).
 RESULT_HEADERS = (
     "import_status",
     "import_action",

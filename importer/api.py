@@ -225,9 +225,7 @@ class VoiceLinkClient:
         """
         out: list[Did] = []
         for item in await self._list_all("voicelink/dids/purchased", DID_PAGE_SIZE, ("did_id", "id")):
-            did_id = _as_int(item.get("did_id"))
-            if did_id is None:
-                did_id = _as_int(item.get("id"))
+            did_id = _first_int(item, ("did_id", "id"))
             if did_id is None:
                 self.warnings.append(f"a purchased DID without a usable id was ignored: {_brief(item)}")
                 continue
@@ -244,9 +242,7 @@ class VoiceLinkClient:
         """
         out: list[Bot] = []
         for item in await self._list_all("voicelink/bots", BOT_PAGE_SIZE, ("id", "bot_id")):
-            bot_id = _as_int(item.get("id"))
-            if bot_id is None:
-                bot_id = _as_int(item.get("bot_id"))
+            bot_id = _first_int(item, ("id", "bot_id"))
             if bot_id is None:
                 self.warnings.append(f"a bot without a usable id was ignored: {_brief(item)}")
                 continue
@@ -589,12 +585,18 @@ def _did_number(item: Mapping[str, Any]) -> str | None:
     return phone.lstrip("+") or None
 
 
-def _identity(item: Mapping[str, Any], id_keys: Sequence[str]) -> object:
-    for key in id_keys:
+def _first_int(item: Mapping[str, Any], keys: Sequence[str]) -> int | None:
+    """The first of ``keys`` whose value is a usable integer id."""
+    for key in keys:
         value = _as_int(item.get(key))
         if value is not None:
-            return ("id", value)
-    return json.dumps(item, sort_keys=True, default=str)
+            return value
+    return None
+
+
+def _identity(item: Mapping[str, Any], id_keys: Sequence[str]) -> object:
+    value = _first_int(item, id_keys)
+    return ("id", value) if value is not None else json.dumps(item, sort_keys=True, default=str)
 
 
 def _find_list(payload: object) -> tuple[list[object], Mapping[str, Any]] | None:

@@ -88,6 +88,8 @@ MODE_FIELD: dict[Direction, str] = {
     Direction.INBOUND: "for_inbound_call",
     Direction.OUTBOUND: "for_outbound_call",
 }
+DIRECTION_OF: dict[str, Direction] = {name: direction for direction, name in MODE_FIELD.items()}
+"""The direction a mode field sets: for_inbound_call -> INBOUND."""
 
 STATUS_VALUES: dict[str, int] = {
     "1": 1,
@@ -349,21 +351,24 @@ def routing_body(record: dict[str, int | None]) -> dict[str, int]:
     return body
 
 
+REQUIRED_TEXT: dict[str, str] = {
+    "always": "yes",
+    "did": "did_id or did_number",
+    "mode": "when its mode needs it",
+    "optional": "no",
+}
+"""How each ``Field.required`` value reads in the README and the template's instructions."""
+
+
 def columns_markdown() -> str:
     """Render the README's column table from the spec."""
-    required_text = {
-        "always": "yes",
-        "did": "did_id or did_number",
-        "mode": "when its mode needs it",
-        "optional": "no",
-    }
     lines = [
         "| column | also accepted as | required | what it holds |",
         "|---|---|---|---|",
     ]
     for f in FIELDS:
         aliases = ", ".join(f'"{a}"' for a in f.aliases)
-        lines.append(f"| `{f.name}` | {aliases} | {required_text[f.required]} | {f.description} |")
+        lines.append(f"| `{f.name}` | {aliases} | {REQUIRED_TEXT[f.required]} | {f.description} |")
     return "\n".join(lines)
 
 

@@ -21,7 +21,15 @@ from .api import Bot, Did, Routing, VoiceLinkClient
 from .errors import ApiError, AuthError
 from .limiter import RateLimiter
 
-__all__ = ["ClientSettings", "Inventory", "LiveRouting", "index_routing", "open_client", "stop_on_signals"]
+__all__ = [
+    "ClientSettings",
+    "Inventory",
+    "LiveRouting",
+    "index_routing",
+    "open_client",
+    "sending_options",
+    "stop_on_signals",
+]
 
 
 @dataclass(slots=True)
@@ -131,6 +139,20 @@ class ClientSettings(Protocol):
     def concurrency(self) -> int: ...
     @property
     def retry_backoff(self) -> float: ...
+
+
+def sending_options(settings: ClientSettings, *, dry_run: bool) -> dict[str, str]:
+    """The options every sending command shows in its Summary sheet and journal (never the key)."""
+    out = {
+        "base_url": settings.base_url,
+        "requests_per_minute": str(settings.requests_per_minute),
+        "concurrency": str(settings.concurrency),
+        "timeout": f"{settings.timeout:g}s",
+        "dry_run": "yes" if dry_run else "no",
+    }
+    if settings.connection_id:
+        out["connection_id"] = settings.connection_id
+    return out
 
 
 async def open_client(

@@ -39,7 +39,7 @@ from .errors import ApiError, AuthError, InputError
 from .fields import ROUTING_FIELDS, routing_body
 from .journal import ChangeRecord, Journal
 from .limiter import RateLimiter
-from .live import Inventory, LiveRouting, index_routing, open_client, stop_on_signals
+from .live import Inventory, LiveRouting, index_routing, open_client, sending_options, stop_on_signals
 from .model import Action, RawTable, RowOutcome, RunInfo, SourceInfo, Status
 from .pipeline import RunSummary, now_text
 from .results import write_results
@@ -192,17 +192,7 @@ class RollbackConfig:
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet and the journal (never the key)."""
-        out = {
-            "base_url": self.base_url,
-            "requests_per_minute": str(self.requests_per_minute),
-            "concurrency": str(self.concurrency),
-            "timeout": f"{self.timeout:g}s",
-            "dry_run": "yes" if self.dry_run else "no",
-            "force": "yes" if self.force else "no",
-        }
-        if self.connection_id:
-            out["connection_id"] = self.connection_id
-        return out
+        return {**sending_options(self, dry_run=self.dry_run), "force": "yes" if self.force else "no"}
 
 
 # -- finding the journal and the run --------------------------------------------------

@@ -34,7 +34,7 @@ from .errors import ApiError, AuthError, InputError
 from .fields import routing_body
 from .journal import ConfirmedRow, InFlightRow, Journal
 from .limiter import RateLimiter
-from .live import Inventory, LiveRouting, index_routing, open_client, stop_on_signals
+from .live import Inventory, LiveRouting, index_routing, open_client, sending_options, stop_on_signals
 from .model import Action, RoutingRow, RowOutcome, RunInfo, Status, ValidationReport
 from .pipeline import (
     InputOptions,
@@ -100,21 +100,12 @@ class ImportConfig:
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet and the journal (never the key)."""
-        out = self.input.describe()
-        out.update(
-            {
-                "base_url": self.base_url,
-                "requests_per_minute": str(self.requests_per_minute),
-                "concurrency": str(self.concurrency),
-                "timeout": f"{self.timeout:g}s",
-                "on_existing": self.on_existing,
-                "dry_run": "yes" if self.dry_run else "no",
-                "max_error_rate": "off" if self.max_error_rate is None else f"{self.max_error_rate:g}",
-            }
-        )
-        if self.connection_id:
-            out["connection_id"] = self.connection_id
-        return out
+        return {
+            **self.input.describe(),
+            **sending_options(self, dry_run=self.dry_run),
+            "on_existing": self.on_existing,
+            "max_error_rate": "off" if self.max_error_rate is None else f"{self.max_error_rate:g}",
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from importer.fields import (
     MODE_ID_FIELDS,
     MODE_INDEX,
     MODES,
+    REQUIRED_TEXT,
     STATUS_LABELS,
     STATUS_VALUES,
     Field,
@@ -47,12 +48,6 @@ _FIXED_DATE = datetime(2024, 1, 1)
 _LAST_ROW = 1_048_575
 _INPUT_TITLE_MAX = 32
 _INPUT_MESSAGE_MAX = 255
-_REQUIRED_TEXT = {
-    "always": "yes",
-    "did": "did_id or did_number",
-    "mode": "when its mode needs it",
-    "optional": "no",
-}
 
 
 def template_csv_text() -> str:
@@ -193,7 +188,7 @@ def _write_instructions_sheet(sheet: Any, formats: dict[str, Any]) -> None:
         fmt=formats["header"],
     )
     for f in FIELDS:
-        line(f.name, f.title, ", ".join(f.aliases), _REQUIRED_TEXT[f.required], f.description, f.example)
+        line(f.name, f.title, ", ".join(f.aliases), REQUIRED_TEXT[f.required], f.description, f.example)
 
     row += 1
     line("Which id each mode needs", fmt=formats["bold"])

@@ -25,6 +25,7 @@ import phonenumbers
 from .errors import InputError
 from .fields import (
     DID_FIELDS,
+    DIRECTION_OF,
     FIELD_BY_NAME,
     FIELD_NAMES,
     FIELDS,
@@ -366,7 +367,7 @@ def _parse(clean: pd.DataFrame, normaliser: PhoneNormaliser) -> _Parsed:
         elif f.kind is Kind.PHONE:
             values[f.name], problems = _parse_phones(col, normaliser)
         elif f.kind is Kind.MODE:
-            direction = next(d for d, name in MODE_FIELD.items() if name == f.name)
+            direction = DIRECTION_OF[f.name]
             values[f.name] = _parse_series(col, lambda t, d=direction: parse_mode(d, t))  # type: ignore[misc]
         elif f.kind is Kind.STATUS:
             values[f.name] = _parse_series(col, parse_status)
@@ -545,7 +546,7 @@ class _Messages:
             kind = result.kind if result is not None else "bad_number"
             return RowIssue(row, header, value, f"{quoted} {problem}", kind)
         if check == "mode_required":
-            direction = next(d for d, n in MODE_FIELD.items() if n == field)
+            direction = DIRECTION_OF[field]
             return RowIssue(
                 row,
                 header,
@@ -554,7 +555,7 @@ class _Messages:
                 "missing_mode",
             )
         if check == "mode":
-            direction = next(d for d, n in MODE_FIELD.items() if n == field)
+            direction = DIRECTION_OF[field]
             return RowIssue(
                 row,
                 header,

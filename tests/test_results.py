@@ -336,3 +336,23 @@ def test_write_failed_rows_rejects_unknown_rows(tmp_path: Path) -> None:
     table = make_table(tmp_path, row_values(2))
     with pytest.raises(ValueError, match="not in the table"):
         write_failed_rows(tmp_path / "f.xlsx", table, [2, 99])
+
+
+def test_benchmark_floor_writes_the_same_result_columns() -> None:
+    """bench/ spells the columns out (its floor process must not import the package): keep them equal."""
+    import importlib.util
+    import sys
+
+    from importer.results import RESULT_COLUMNS, ROW_COLUMN
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_validate.py"
+    spec = importlib.util.spec_from_file_location("bench_validate", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    expected = (*RESULT_COLUMNS, ROW_COLUMN)
+    assert expected == module.RESULT_HEADERS
