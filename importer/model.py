@@ -23,6 +23,8 @@ class SourceInfo:
     delimiter: str | None = None
     header_row: int = 1
     """The Excel row number of the header (1 unless title rows sit above it)."""
+    encoding_chosen: str = ""
+    """How ``encoding`` was chosen: "detected", "byte order mark", "--encoding" or "" (plain UTF-8)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -24,7 +24,14 @@ from .reader import read_table
 from .results import OutcomeColumns, default_paths, write_failed_rows, write_results
 from .validate import validate_table
 
-__all__ = ["InputOptions", "RunSummary", "ValidateConfig", "load_and_validate", "validate_file"]
+__all__ = [
+    "InputOptions",
+    "RunSummary",
+    "ValidateConfig",
+    "input_notes",
+    "load_and_validate",
+    "validate_file",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +42,20 @@ class InputOptions:
     sheet: str | None = None
     column_map: Mapping[str, str] = field(default_factory=dict)
     default_region: str | None = None
+    encoding: str | None = None
+    """The text encoding of a CSV (``--encoding``); None detects it."""
+    skip_hidden_rows: bool = False
+    """Skip the rows hidden in Excel (``--skip-hidden-rows``) instead of importing them."""
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet."""
         out = {"sheet": self.sheet or "(auto)", "default_region": self.default_region or "(none)"}
         if self.column_map:
             out["map"] = "; ".join(f"{h}={f}" for h, f in self.column_map.items())
+        if self.encoding:
+            out["encoding"] = self.encoding
+        if self.skip_hidden_rows:
+            out["skip_hidden_rows"] = "yes"
         return out
 
 
@@ -131,13 +146,26 @@ def load_and_validate(options: InputOptions) -> ValidationReport:
     if options.path.is_dir():
         raise InputError(f"{options.path} is a folder; give a .csv or .xlsx file")
     with collector_paused():
-        table = read_table(options.path, sheet=options.sheet, extra_headers=options.column_map)
+        table = read_table(
+            options.path, sheet=options.sheet, extra_headers=options.column_map, encoding=options.encoding
+        )
         if table.row_count == 0:
             raise InputError(
                 f"{options.path.name}: the header is on row {table.source.header_row} "
                 "but no data rows follow it"
             )
         return validate_table(table, column_map=options.column_map, default_region=options.default_region)
+
+
+def input_notes(table: RawTable) -> list[str]:
+    """Say how the input was read where the user may not expect it (printed with the summary)."""
+    notes: list[str] = []
+    source = table.source
+    if source.encoding_chosen == "detected" and not (source.encoding or "").startswith("utf"):
+        notes.append(
+            f"text read as {source.encoding} (detected); if letters look wrong, pass --encoding NAME"
+        )
+    return notes
 
 
 def reasons_by_row(issues: Iterable[RowIssue]) -> dict[int, list[RowIssue]]:
@@ -278,4 +306,5 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         results_path=results,
         failed_path=failed if tally.failed_rows else None,
         exit_code=1 if tally.failed_rows else 0,
+        notes=input_notes(report.table),
     )

@@ -36,10 +36,10 @@ from importer._isolate import (
     read_workbook,
     read_workbook_isolated,
 )
-from importer.errors import ImporterError, InputError, UnreadableFileError
+from importer.errors import ImporterError, InputError, UnreadableFileError, shown
 from importer.model import RawTable, SourceInfo
 
-__all__ = ["read_table"]
+__all__ = ["check_encoding", "read_table"]
 
 Matrix = npt.NDArray[np.object_]
 
@@ -76,7 +76,13 @@ _BOMS = (
 )
 
 
-def read_table(path: Path, *, sheet: str | None = None, extra_headers: Mapping[str, str] = {}) -> RawTable:
+def read_table(
+    path: Path,
+    *,
+    sheet: str | None = None,
+    extra_headers: Mapping[str, str] = {},
+    encoding: str | None = None,
+) -> RawTable:
     """Read a spreadsheet into a RawTable, every cell as text, rows numbered as Excel numbers them.
 
     Args:
@@ -84,6 +90,8 @@ def read_table(path: Path, *, sheet: str | None = None, extra_headers: Mapping[s
         sheet: The workbook sheet to read; None picks the first visible sheet whose header
             row names the fields.
         extra_headers: Header text -> field name mapped by the user; helps find the header row.
+        encoding: The text encoding of delimited text (``--encoding``); None detects it.
+            Workbooks carry their own encoding and ignore it.
 
     Returns:
         The table, its headers and how it was read.
@@ -94,8 +102,9 @@ def read_table(path: Path, *, sheet: str | None = None, extra_headers: Mapping[s
     """
     path = Path(path)
     extra_keys = frozenset(fields.header_key(h) for h in extra_headers)
+    codec = check_encoding(encoding) if encoding is not None else None
     try:
-        return _read(path, sheet, extra_keys)
+        return _read(path, sheet, extra_keys, codec)
     except ImporterError:
         raise
     except (KeyboardInterrupt, SystemExit):
@@ -111,7 +120,7 @@ def read_table(path: Path, *, sheet: str | None = None, extra_headers: Mapping[s
         ) from None
 
 
-def _read(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> RawTable:
+def _read(path: Path, sheet: str | None, extra_keys: frozenset[str], codec: str | None) -> RawTable:
     if not path.is_file():
         raise InputError(f"{path} does not exist or is not a file; check the path")
     try:
@@ -150,7 +159,9 @@ def _read(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> RawTable
                 f"{path.name} is larger than {MAX_TEXT_BYTES // 1024**2} MiB of text; "
                 "split it into files of under a million rows"
             )
-        return _read_text(path, data, digest, extra_keys, strict_table=suffix not in (".csv", ".tsv"))
+        return _read_text(
+            path, data, digest, extra_keys, strict_table=suffix not in (".csv", ".tsv"), codec=codec
+        )
     if suffix in _WORKBOOK_SUFFIXES:
         raise UnreadableFileError(
             f"{path.name} is not a {suffix} workbook (its content is not a spreadsheet); "
@@ -386,11 +397,35 @@ def _frame(
     return tuple(header[:width]), frame
 
 
-def _decode_plan(data: bytes) -> tuple[str, str, bytes]:
-    """Choose how to decode text bytes: (encoding recorded, codec used, bytes to decode)."""
+def check_encoding(name: str) -> str:
+    """Return the codec a ``--encoding`` value names.
+
+    Raises:
+        InputError: the name is not a text encoding Python knows.
+    """
+    hint = "use a text encoding such as utf-8, cp1252, cp1251, cp1253, cp1254 or iso-8859-7"
+    try:
+        codec = codecs.lookup(name.strip()).name
+        "0123456789".encode(codec)  # LookupError for codecs that are not text encodings (base64)
+    except (LookupError, ValueError):
+        raise InputError(f"--encoding {shown(name)!r} is not a known text encoding; {hint}") from None
+    return codec
+
+
+def _decode_plan(data: bytes, given: str | None = None) -> tuple[str, str, bytes, str]:
+    """Choose how to decode text bytes.
+
+    Returns:
+        The encoding recorded, the codec used, the bytes to decode and how the encoding was
+        chosen ("" when the text is plain UTF-8 or ASCII).
+    """
+    if given is not None:
+        if given == "utf-8" and data.startswith(codecs.BOM_UTF8):
+            return "utf-8-sig", "utf-8-sig", data, "--encoding"
+        return given, given, data, "--encoding"
     for bom, label, codec in _BOMS:
         if data.startswith(bom):
-            return label, codec, data
+            return label, codec, data, "byte order mark"
     head = data[:4096]
     if head.count(0) > len(head) // 4 and len(head) >= 4:
         # No BOM but NUL-heavy: UTF-16 text puts the NULs of ASCII on one side.
@@ -400,21 +435,127 @@ def _decode_plan(data: bytes) -> tuple[str, str, bytes]:
         try:
             data.decode(codec)
         except UnicodeDecodeError:
-            return "binary", "", data
-        return codec, codec, data
+            return "binary", "", data, ""
+        return codec, codec, data, "detected"
     if data.isascii():
-        return "utf-8", "utf-8", data
+        return "utf-8", "utf-8", data, ""
     try:
         data.decode("utf-8")
-        return "utf-8", "utf-8", data
+        return "utf-8", "utf-8", data, ""
     except UnicodeDecodeError:
         pass
+    for codec in _legacy_candidates(data):
+        if codec == "cp1252" and not _decodes(data, codec):
+            # cp1252 is the last resort and reads anything: its five undefined bytes as latin-1.
+            return "cp1252", "utf-8", _cp1252_text(data).encode("utf-8"), "detected"
+        if _decodes(data, codec):
+            return codecs.lookup(codec).name, codec, data, "detected"
+    raise AssertionError("unreachable: cp1252 ends the candidates")  # pragma: no cover
+
+
+def _cp1252_text(data: bytes) -> str:
+    return data.decode("cp1252", errors="surrogateescape").translate(_CP1252_HOLES)
+
+
+_LEGACY_CODECS = (
+    # Ordered by how often carriers' tools export them: a tie between candidates that read the
+    # sample equally well goes to the earlier one (cp1252 first, as before detection existed).
+    "cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1257", "cp1255", "cp1256", "cp1258",
+    "iso8859_7", "iso8859_2", "iso8859_9", "iso8859_13", "iso8859_5", "koi8_r", "koi8_u",
+    "cp874", "cp932", "gb18030", "big5", "cp949", "euc_jp",
+)  # fmt: skip
+_SIBLINGS = {
+    # Pairs that differ in a few letters (Greek capitals with tonos sit elsewhere in iso8859_7):
+    # charset-normalizer may rank them equal, so the one that reads more letters wins.
+    "cp1253": ("iso8859_7",),
+    "iso8859_7": ("cp1253",),
+    "cp1250": ("iso8859_2",),
+    "iso8859_2": ("cp1250",),
+    "cp1254": ("iso8859_9",),
+    "iso8859_9": ("cp1254",),
+    "cp1257": ("iso8859_13",),
+    "iso8859_13": ("cp1257",),
+}
+DETECT_SAMPLE_BYTES = 64 * 1024
+"""How much of the text's non-ASCII lines charset-normalizer looks at."""
+DETECT_SCAN_BYTES = 8 * 1024**2
+"""How far into the file to look for those lines (digits and ASCII names say nothing)."""
+_NON_ASCII_LINE = re.compile(rb"[^\n]*[\x80-\xff][^\n]*")
+
+
+def _legacy_candidates(data: bytes) -> list[str]:
+    """Rank the legacy codecs that may have written ``data`` (best first) with charset-normalizer.
+
+    Only lines holding non-ASCII bytes are looked at: in a carrier's sheet they are the few
+    names and notes among thousands of ASCII numbers, and they alone tell the encodings apart.
+    """
+    import charset_normalizer
+
+    lines: list[bytes] = []
+    size = 0
+    for line in _NON_ASCII_LINE.finditer(data, 0, DETECT_SCAN_BYTES):
+        lines.append(line.group(0))
+        size += len(line.group(0)) + 1
+        if size >= DETECT_SAMPLE_BYTES:
+            break
+    sample = b"\n".join(lines)[:DETECT_SAMPLE_BYTES]
+    if not sample:
+        return ["cp1252"]
+    matches = list(
+        charset_normalizer.from_bytes(
+            sample, steps=1, chunk_size=len(sample), cp_isolation=list(_LEGACY_CODECS)
+        )
+    )
+    if not matches:
+        return ["cp1252"]
+    best = matches[0]
+    tied: list[str] = []
+    for match in matches:
+        if abs(match.chaos - best.chaos) < 0.01 and match.coherence == best.coherence:
+            tied += [match.encoding, *match.could_be_from_charset]
+    tied += _SIBLINGS.get(best.encoding, ())
+    rank = {codec: i for i, codec in enumerate(_LEGACY_CODECS)}
+    known = sorted({c for c in tied if c in rank}, key=rank.__getitem__)
+    scored = sorted(known, key=lambda c: (-_letters(sample, c), rank[c]))
+    others = [m.encoding for m in matches if m.encoding not in scored]
+    ranked = [*scored, *others, "cp1252"]
+    # A tiny sample can make a Cyrillic or Greek code page look best for Western text; its words
+    # then mix Latin and other letters ("cafй"), which real text does not: keep cp1252 then.
+    if ranked[0] != "cp1252" and _mixed_words(sample.decode(ranked[0], errors="replace")) > _mixed_words(
+        _cp1252_text(sample)
+    ):
+        ranked.insert(0, "cp1252")
+    return ranked
+
+
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def _mixed_words(text: str) -> int:
+    """Count the words that mix ASCII letters with letters of another script (Greek onwards)."""
+    count = 0
+    for word in _WORD.findall(text):
+        if not word.isascii() and any(c.isascii() for c in word) and max(word) >= "\u0370":
+            count += 1
+    return count
+
+
+def _letters(sample: bytes, codec: str) -> int:
+    """Count the non-ASCII letters ``codec`` reads in ``sample`` (symbols and controls are not)."""
+    text = sample.decode(codec, errors="replace")
+    return sum(1 for char in text if char >= "\x80" and char.isalpha())
+
+
+def _decodes(data: bytes, codec: str) -> bool:
+    """Tell whether the whole of ``data`` is valid in ``codec``, in chunks (no second copy)."""
+    decoder = codecs.getincrementaldecoder(codec)()
     try:
-        data.decode("cp1252")
-        return "cp1252", "cp1252", data
+        for start in range(0, len(data), 1024**2):
+            decoder.decode(data[start : start + 1024**2])
+        decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        text = data.decode("cp1252", errors="surrogateescape").translate(_CP1252_HOLES)
-        return "cp1252", "utf-8", text.encode("utf-8")
+        return False
+    return True
 
 
 def _sniff_delimiter(sample: str, preferred: str, extra_keys: frozenset[str]) -> tuple[str, int]:
@@ -449,11 +590,17 @@ def _sniff_delimiter(sample: str, preferred: str, extra_keys: frozenset[str]) ->
 
 
 def _read_text(
-    path: Path, data: bytes, digest: str, extra_keys: frozenset[str], *, strict_table: bool
+    path: Path,
+    data: bytes,
+    digest: str,
+    extra_keys: frozenset[str],
+    *,
+    strict_table: bool,
+    codec: str | None = None,
 ) -> RawTable:
     """Read delimited text: detect encoding and delimiter, number records as Excel rows."""
     name = path.name
-    encoding, codec, payload = _decode_plan(data)
+    encoding, codec, payload, chosen = _decode_plan(data, codec)
     if encoding == "binary" or (not codec):
         raise UnreadableFileError(f"{name} is binary, not a text table; use {SUPPORTED}")
     head = payload[: SNIFF_CHARS * 4].decode(codec, errors="ignore")[:SNIFF_CHARS]
@@ -489,9 +636,11 @@ def _read_text(
         raise UnreadableFileError(
             f"{name}: row {record + 1} cannot be parsed ({error}); a quote is probably never closed"
         ) from None
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as error:
+        fix = "check --encoding" if chosen == "--encoding" else "save it again as UTF-8 CSV"
         raise UnreadableFileError(
-            f"{name} is not valid {encoding} text; save it again as UTF-8 CSV"
+            f"{name} is not valid {encoding} text (byte {error.object[error.start]:#04x} "
+            f"in row {record + 1}); {fix}"
         ) from None
     if not rows:
         raise UnreadableFileError(f"{name} has no header row (the file is blank); export it again")
@@ -508,7 +657,13 @@ def _read_text(
     del data_rows
     headers, frame = _frame(header, matrix, data_numbers)
     source = SourceInfo(
-        path, "csv", digest, encoding=encoding, delimiter=delimiter, header_row=numbers[index]
+        path,
+        "csv",
+        digest,
+        encoding=encoding,
+        delimiter=delimiter,
+        header_row=numbers[index],
+        encoding_chosen=chosen,
     )
     return RawTable(source, headers, frame, problems)
 

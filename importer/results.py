@@ -362,7 +362,10 @@ def _summary_items(
         ("sha256", src.sha256),
         ("format", src.format),
         ("sheet", src.sheet or ""),
-        ("encoding", src.encoding or ""),
+        (
+            "encoding",
+            f"{src.encoding} ({src.encoding_chosen})" if src.encoding_chosen else src.encoding or "",
+        ),
         ("delimiter", delimiter),
         ("header row", src.header_row),
         ("rows read", table.row_count),

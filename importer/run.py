@@ -41,6 +41,7 @@ from .pipeline import (
     OutcomeTally,
     RunSummary,
     failed_outcome,
+    input_notes,
     load_and_validate,
     now_text,
     output_paths,
@@ -871,7 +872,7 @@ def _write_and_summarise(
             journal.close()
     extra = [o.reason_kind for o in runner.outcomes.values() if o.status is Status.FAILED]
     exit_code = runner.exit_code or (1 if tally.failed_rows else 0)
-    notes = list(runner.notes)
+    notes = [*input_notes(report.table), *runner.notes]
     if runner.stop_reason:
         notes.insert(0, f"stopped: {runner.stop_reason}")
     if config.dry_run:

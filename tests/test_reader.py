@@ -473,3 +473,111 @@ def test_read_workbook_isolated_timeout_is_a_clean_refusal(tmp_path: Path) -> No
     with pytest.raises(UnreadableFileError, match="could not be read safely") as caught:
         read_workbook_isolated(path, None, frozenset(), timeout=0.01)
     _assert_one_line(caught.value)
+
+
+# --- legacy encodings ----------------------------------------------------------------------------
+
+_LEGACY_SHEETS = {
+    "greek": (
+        ["Πελάτης", "Πόλη"],
+        [
+            ("Γεώργιος Παπαδόπουλος", "Αθήνα"),
+            ("Μαρία Ιωάννου", "Θεσσαλονίκη"),
+            ("Νίκος Κωνσταντίνου", "Πάτρα"),
+            ("Ελένη Δημητρίου", "Ηράκλειο"),
+            ("Άννα Ξυδάκη", "Ύδρα"),
+            ("Όλγα Έλληνα", "Ίος"),
+        ],
+    ),
+    "cyrillic": (
+        ["Клиент", "Город"],
+        [
+            ("Иван Петров", "Москва"),
+            ("Ольга Смирнова", "Санкт-Петербург"),
+            ("Сергей Кузнецов", "Новосибирск"),
+            ("Анна Попова", "Екатеринбург"),
+        ],
+    ),
+    "turkish": (
+        ["Müşteri", "Şehir"],
+        [
+            ("Ayşe Yılmaz", "İstanbul"),
+            ("Mehmet Öztürk", "Ankara"),
+            ("Gülşen Çelik", "İzmir"),
+            ("Oğuz Doğan", "Şanlıurfa"),
+        ],
+    ),
+    "western": (
+        ["Client", "Ville"],
+        [("Hélène Dupré", "Orléans"), ("François Lefèvre", "Besançon"), ("Zoë Müller", "Genève")],
+    ),
+}
+
+
+def _legacy_rows(language: str) -> list[list[str]]:
+    extra, people = _LEGACY_SHEETS[language]
+    rows = [[*HEADER[:3], *extra]]
+    rows += [[f"+3021055{i:05d}", "3", "4", name, city] for i, (name, city) in enumerate(people)]
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("language", "written", "recorded"),
+    [
+        ("greek", "cp1253", "cp1253"),
+        ("greek", "iso-8859-7", "iso8859-7"),
+        ("cyrillic", "cp1251", "cp1251"),
+        ("turkish", "cp1254", "cp1254"),
+        ("western", "cp1252", "cp1252"),
+    ],
+)
+def test_read_table_csv_legacy_encoding_detected(
+    tmp_path: Path, language: str, written: str, recorded: str
+) -> None:
+    """Greek, Cyrillic and Turkish exports read as their letters, not as cp1252 mojibake."""
+    rows = _legacy_rows(language)
+    path = tmp_path / f"{language}.csv"
+    path.write_bytes(_csv_text(rows).encode(written))
+    table = read_table(path)
+    assert (table.source.encoding, table.source.encoding_chosen) == (recorded, "detected")
+    assert table.headers == tuple(rows[0])
+    assert _cells(table.frame) == rows[1:]  # the phone digits too, exactly
+
+
+def test_read_table_csv_legacy_detection_sees_past_ascii_rows(tmp_path: Path) -> None:
+    """Thousands of ASCII rows before the first name do not hide the encoding."""
+    rows = _legacy_rows("cyrillic")
+    filler = [[f"+7495{i:07d}", "3", "4", "", ""] for i in range(20_000)]
+    path = tmp_path / "late.csv"
+    path.write_bytes(_csv_text([rows[0], *filler, *rows[1:]]).encode("cp1251"))
+    table = read_table(path)
+    assert table.source.encoding == "cp1251"
+    assert _cells(table.frame)[-4:] == rows[1:]
+    assert _cells(table.frame)[0][0] == "+74950000000"
+
+
+def test_read_table_csv_encoding_given_wins(tmp_path: Path) -> None:
+    rows = _legacy_rows("greek")
+    path = tmp_path / "greek.csv"
+    path.write_bytes(_csv_text(rows).encode("cp1253"))
+    table = read_table(path, encoding="cp1252")
+    assert (table.source.encoding, table.source.encoding_chosen) == ("cp1252", "--encoding")
+    assert table.frame.iloc[0, 3] == rows[1][3].encode("cp1253").decode("cp1252")
+    assert table.frame.iloc[0, 0] == rows[1][0]
+
+
+@pytest.mark.parametrize("name", ["klingon", "base64", "rot13", "DID\nNumber"])
+def test_read_table_csv_encoding_unknown_is_one_line(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "dids.csv"
+    path.write_text(_csv_text([HEADER, *ROWS]), encoding="utf-8")
+    with pytest.raises(InputError, match="is not a known text encoding") as caught:
+        read_table(path, encoding=name)
+    _assert_one_line(caught.value)
+
+
+def test_read_table_csv_encoding_given_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "dids.csv"
+    path.write_bytes(_csv_text(_legacy_rows("greek")).encode("cp1253"))
+    with pytest.raises(UnreadableFileError, match=r"not valid utf-8 text .*check --encoding") as caught:
+        read_table(path, encoding="utf-8")
+    _assert_one_line(caught.value)
