@@ -9,7 +9,9 @@ cap and a timeout, because some such files make calamine abort the whole process
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -18,6 +20,7 @@ import re
 import zipfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -39,7 +42,7 @@ from importer._isolate import (
 from importer.errors import ImporterError, InputError, UnreadableFileError, shown
 from importer.model import RawTable, SourceInfo
 
-__all__ = ["check_encoding", "read_table"]
+__all__ = ["EXCEL_ERRORS", "check_encoding", "column_letters", "describe_hidden", "read_table"]
 
 Matrix = npt.NDArray[np.object_]
 
@@ -137,12 +140,19 @@ def _read(path: Path, sheet: str | None, extra_keys: frozenset[str], codec: str 
     if data.startswith(_ZIP_MAGICS):
         kind = _check_zip(path)
         fmt = "xlsm" if kind == "xlsx" and suffix == ".xlsm" else kind
+        marks = _SheetMarks()
         if kind == "xlsx":
             grid = read_workbook(path, sheet, extra_keys)
-            _restore_error_cells(path, grid)
+            # The sheet itself was read; without its marks it is read as calamine sees it.
+            with contextlib.suppress(Exception):
+                marks = _sheet_marks(path, grid.sheet)
+            _restore_error_cells(grid, marks.errors)
         else:
             grid = read_workbook_isolated(path, sheet, extra_keys)
-        return _grid_table(grid, SourceInfo(path, fmt, digest, sheet=grid.sheet, header_row=grid.header_row))
+        source = SourceInfo(
+            path, fmt, digest, sheet=grid.sheet, header_row=grid.header_row, first_column=grid.first_column
+        )
+        return _marked(_grid_table(grid, source), marks, grid.first_column)
     is_ole = data.startswith(_OLE_MAGIC)
     if is_ole and _ENCRYPTED_STREAM in data:
         raise UnreadableFileError(f"{path.name}: {REFUSE_PASSWORD}")
@@ -243,54 +253,97 @@ def _check_zip(path: Path) -> str:
 _ERROR_TAG = re.compile(rb'<(?:[\w.-]+:)?c\s[^>]*?\bt="e"[^>]*>')
 _CELL_REF = re.compile(rb'\br="([A-Z]{1,3})([0-9]{1,7})"')
 _VALUE = re.compile(rb"<(?:[\w.-]+:)?v>([^<]{1,32})</")
+_HIDDEN_ROW = re.compile(rb'<(?:[\w.-]+:)?row\s[^>]*?\bhidden="(?:1|true)"[^>]*>')
+_HIDDEN_COL = re.compile(rb'<(?:[\w.-]+:)?col\s[^>]*?\bhidden="(?:1|true)"[^>]*>')
+_ROW_NUMBER = re.compile(rb'\br="([0-9]{1,7})"')
+_COL_SPAN = re.compile(rb'\b(min|max)="([0-9]{1,5})"')
+_MERGED = re.compile(
+    rb'<(?:[\w.-]+:)?mergeCell\s[^>]*?\bref="([A-Z]{1,3})([0-9]{1,7}):([A-Z]{1,3})([0-9]{1,7})"'
+)
+_MARKERS = (b't="e"', b"hidden=", b"mergeCell")
+"""What makes a sheet worth a second look: error cells, hidden rows or columns, merged cells."""
 _SCAN_CHUNK = 1024**2
+MAX_CELL_NOTES = 100_000
+"""Merged cells noted at most: a sheet merging whole blocks must not cost a note per cell."""
 
 
-def _restore_error_cells(path: Path, grid: SheetGrid) -> None:
-    """Put Excel's error text (#N/A, #REF!, ...) back into cells calamine reads as empty.
+@dataclass(frozen=True, slots=True)
+class _SheetMarks:
+    """What calamine does not tell about a worksheet, read from its XML."""
 
-    The user sees "#N/A" in Excel; an empty cell instead would be reported as a missing
-    value, which sends them looking for the wrong problem.
+    errors: dict[tuple[int, int], str] = field(default_factory=dict)
+    """{(Excel row, 0-based column): error text} of the error cells."""
+    hidden_rows: frozenset[int] = frozenset()
+    """Excel row numbers of the hidden rows (hidden by hand or by a filter)."""
+    hidden_columns: frozenset[int] = frozenset()
+    """0-based sheet columns that are hidden."""
+    merged: tuple[tuple[int, int, int, int], ...] = ()
+    """Merged ranges as (first row, first column, last row, last column): Excel rows, 0-based columns."""
+
+
+def _column_index(letters: bytes) -> int:
+    """Turn column letters (b"A", b"AB") into a 0-based column number."""
+    column = 0
+    for letter in letters:
+        column = column * 26 + letter - 64
+    return column - 1
+
+
+def column_letters(index: int) -> str:
+    """Turn a 0-based column number into Excel's letters (0 -> "A", 27 -> "AB")."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
+
+
+def _sheet_marks(path: Path, sheet: str) -> _SheetMarks:
+    """Read a worksheet's error cells, hidden rows and columns and merged ranges from its XML.
+
+    The XML is streamed once looking for the markers; only a sheet that has any is read whole
+    and searched, so a large clean sheet costs one pass of decompression and no parsing.
     """
-    try:
-        found = _error_cells(path, grid.sheet)
-    except Exception:  # the sheet itself was read; a failure here only leaves those cells empty
-        return
-    count = len(grid.columns[0]) if grid.columns else 0
-    for (row, column), text in found.items():
-        i = row - grid.header_row - 1
-        j = column - grid.first_column
-        if 0 <= i < count and 0 <= j < len(grid.columns) and grid.columns[j][i] == "":
-            grid.columns[j][i] = text
-
-
-def _error_cells(path: Path, sheet: str) -> dict[tuple[int, int], str]:
-    """Return {(Excel row, 0-based column): error text} of a worksheet's error cells."""
     with zipfile.ZipFile(path) as archive:
         members = {i.filename.replace("\\", "/").lower(): i for i in archive.infolist()}
         part = _sheet_part(archive, members, sheet)
         if part is None:
-            return {}
+            return _SheetMarks()
         with archive.open(part) as handle:
             tail = b""
             while chunk := handle.read(_SCAN_CHUNK):
-                if b't="e"' in tail + chunk:
+                window = tail + chunk
+                if any(marker in window for marker in _MARKERS):
                     break
-                tail = chunk[-8:]
+                tail = chunk[-16:]
             else:
-                return {}
+                return _SheetMarks()
         text = archive.read(part)
-    found: dict[tuple[int, int], str] = {}
+    errors: dict[tuple[int, int], str] = {}
     for match in _ERROR_TAG.finditer(text):
         ref = _CELL_REF.search(match.group(0))
         value = _VALUE.match(text, match.end()) or _VALUE.search(text, match.end(), match.end() + 4096)
         if ref is None or value is None:
             continue
-        column = 0
-        for letter in ref.group(1):
-            column = column * 26 + letter - 64
-        found[(int(ref.group(2)), column - 1)] = value.group(1).decode("ascii", "replace")
-    return found
+        errors[(int(ref.group(2)), _column_index(ref.group(1)))] = value.group(1).decode("ascii", "replace")
+    rows = frozenset(
+        int(number.group(1))
+        for tag in _HIDDEN_ROW.finditer(text)
+        if (number := _ROW_NUMBER.search(tag.group(0))) is not None
+    )
+    columns: set[int] = set()
+    for tag in _HIDDEN_COL.finditer(text):
+        span = {key.decode(): int(value) for key, value in _COL_SPAN.findall(tag.group(0))}
+        low = span.get("min", 0)
+        high = span.get("max", low)
+        if 1 <= low <= high:
+            columns.update(range(low - 1, min(high, 16_384)))
+    merged = tuple(
+        (int(top), _column_index(left), int(bottom), _column_index(right))
+        for left, top, right, bottom in _MERGED.findall(text)
+    )
+    return _SheetMarks(errors, rows, frozenset(columns), merged)
 
 
 def _sheet_part(
@@ -313,6 +366,88 @@ def _sheet_part(
             full = target.lstrip("/") if target.startswith("/") else f"xl/{target}"
             return members.get(posixpath.normpath(full).lower())
     return None
+
+
+EXCEL_ERRORS: Mapping[str, str] = {
+    "#N/A": "a formula that found nothing",
+    "#REF!": "a formula that refers to a deleted cell",
+    "#VALUE!": "a formula given the wrong kind of value",
+    "#DIV/0!": "a division by zero",
+    "#NAME?": "a formula naming something Excel does not know",
+    "#NUM!": "a formula whose number is invalid or too large",
+    "#NULL!": "a formula whose ranges do not meet",
+    "#SPILL!": "a formula whose results have no room",
+    "#CALC!": "a calculation Excel cannot do",
+    "#GETTING_DATA": "a value still loading when the file was saved",
+}
+"""The error values Excel shows in a cell, and what each means."""
+HIDDEN_LISTED = 20
+"""Hidden rows named one by one in the summary; more are counted."""
+
+
+def describe_hidden(table: RawTable) -> list[tuple[str, str]]:
+    """Name the table's rows and columns hidden in Excel, for the summary and the Summary sheet.
+
+    Returns:
+        ("hidden rows", "3 (rows 5, 9, 12)") and ("hidden columns", 'D ("Notes")') when there are any.
+    """
+    out: list[tuple[str, str]] = []
+    rows = table.hidden_rows
+    if rows:
+        listed = ", ".join(map(str, rows[:HIDDEN_LISTED])) + (", ..." if len(rows) > HIDDEN_LISTED else "")
+        out.append(("hidden rows", f"{len(rows)} ({'row' if len(rows) == 1 else 'rows'} {listed})"))
+    if table.hidden_columns:
+        first = table.source.first_column
+        named = [
+            f'{column_letters(first + j)} ("{shown(table.headers[j])}")'
+            if table.headers[j].strip()
+            else column_letters(first + j)
+            for j in table.hidden_columns
+        ]
+        out.append(("hidden columns", ", ".join(named)))
+    return out
+
+
+def _restore_error_cells(grid: SheetGrid, errors: Mapping[tuple[int, int], str]) -> None:
+    """Put Excel's error text (#N/A, #REF!, ...) back into cells calamine reads as empty.
+
+    The user sees "#N/A" in Excel; an empty cell instead would be reported as a missing
+    value, which sends them looking for the wrong problem.
+    """
+    count = len(grid.columns[0]) if grid.columns else 0
+    for (row, column), text in errors.items():
+        i = row - grid.header_row - 1
+        j = column - grid.first_column
+        if 0 <= i < count and 0 <= j < len(grid.columns) and grid.columns[j][i] == "":
+            grid.columns[j][i] = text
+
+
+def _marked(table: RawTable, marks: _SheetMarks, first_column: int) -> RawTable:
+    """Add the hidden rows and columns and the merged-cell notes that fall inside the table."""
+    if not (marks.hidden_rows or marks.hidden_columns or marks.merged):
+        return table
+    rows = table.frame.index
+    width = len(table.headers)
+    present = set(rows.tolist())
+    hidden_rows = tuple(sorted(r for r in marks.hidden_rows if r in present))
+    hidden_columns = tuple(j for j in range(width) if first_column + j in marks.hidden_columns)
+    notes: dict[tuple[int, int], str] = {}
+    for top, left, bottom, right in marks.merged:
+        first = f"{column_letters(left)}{top}"
+        area = f"{first}:{column_letters(right)}{bottom}"
+        for row in range(max(top, table.source.header_row + 1), bottom + 1):
+            if row not in present:
+                continue
+            for column in range(max(left, first_column), min(right, first_column + width - 1) + 1):
+                if (row, column) == (top, left) or len(notes) >= MAX_CELL_NOTES:
+                    continue
+                notes[(row, column - first_column)] = (
+                    f"cell {column_letters(column)}{row} is part of the merged range {area}; "
+                    f"Excel keeps the value only in {first}"
+                )
+    return dataclasses.replace(
+        table, hidden_rows=hidden_rows, hidden_columns=hidden_columns, cell_notes=notes
+    )
 
 
 def _prolog_declares_dtd(handle: IO[bytes]) -> bool:

@@ -23,6 +23,7 @@ import xlsxwriter
 
 from importer.errors import InputError
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status
+from importer.reader import describe_hidden
 
 RESULT_COLUMNS = (
     "import_status",
@@ -369,6 +370,7 @@ def _summary_items(
         ("delimiter", delimiter),
         ("header row", src.header_row),
         ("rows read", table.row_count),
+        *describe_hidden(table),
         ("Run", None),
         ("command", info.command),
         ("started", info.started),

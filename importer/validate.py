@@ -42,6 +42,7 @@ from .fields import (
     match_header,
 )
 from .model import RawTable, RoutingRow, RowIssue, ValidationReport
+from .reader import EXCEL_ERRORS
 
 __all__ = ["PhoneNormaliser", "map_columns", "parse_column_map", "validate_table"]
 
@@ -473,6 +474,12 @@ class _Messages:
         cells = self._raw.get(field)
         return str(cells[self._raw_position(row)]) if cells is not None else ""
 
+    def note(self, row: int, field: str) -> str:
+        """What the reader knows of an empty cell (e.g. that it is merged), as "; ..." or ""."""
+        pos = self.mapping.get(field)
+        note = self.table.cell_notes.get((row, pos)) if pos is not None and self.table.cell_notes else None
+        return f"; {note}" if note else ""
+
     def issue(self, row: int, check: str) -> list[RowIssue]:
         if ":" in check:
             check, id_field = check.split(":", 1)
@@ -493,7 +500,7 @@ class _Messages:
                         self.header(id_field),
                         "",
                         f'"{self.header(mode_field)}" is "{mode_text}" ({label}), which needs '
-                        f"{id_field}, but {where}",
+                        f"{id_field}, but {where}{self.note(row, id_field)}",
                         "missing_mode_id",
                     )
                 ]
@@ -514,7 +521,8 @@ class _Messages:
                     row,
                     self.header("did_number"),
                     "",
-                    f'no DID: fill in "{self.header("did_number")}" or "{self.header("did_id")}"',
+                    f'no DID: fill in "{self.header("did_number")}" or "{self.header("did_id")}"'
+                    f"{self.note(row, 'did_number') or self.note(row, 'did_id')}",
                     "missing_did",
                 )
             ]
@@ -540,6 +548,15 @@ class _Messages:
         value = self.raw(row, field)
         text = clean_text(value)
         quoted = f'"{header}": "{value}"'
+        excel_error = EXCEL_ERRORS.get(text)
+        if excel_error is not None:
+            return RowIssue(
+                row,
+                header,
+                value,
+                f'"{header}": the cell holds the Excel error {text} ({excel_error}); fix it in the sheet',
+                "excel_error",
+            )
         if check == "scientific_notation" or check == "phone_number":
             result = self.parsed.phone.get(row)
             problem = result.problem if result is not None else "is not a phone number"
@@ -551,7 +568,8 @@ class _Messages:
                 row,
                 header,
                 value,
-                f'"{header}" is empty: give the {direction.value} mode ({describe_modes(direction)})',
+                f'"{header}" is empty: give the {direction.value} mode ({describe_modes(direction)})'
+                f"{self.note(row, field)}",
                 "missing_mode",
             )
         if check == "mode":

@@ -69,3 +69,127 @@ def test_cli_encoding_unknown_is_one_line_exit_2(tmp_path: Path, command: str) -
         "Error: --encoding 'klingon' is not a known text encoding; use a text encoding "
         "such as utf-8, cp1252, cp1251, cp1253, cp1254 or iso-8859-7"
     ]
+
+
+def _hidden_book(path: Path) -> Path:
+    """Rows 5, 9 and 12 hidden under a filter, column D hidden, C6:C8 merged (C7, C8 empty)."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append([*HEADER, "Notes"])
+    for i in range(2, 14):
+        sheet.append([f"+91801234{i:04d}", 3, 4, 93, f"note {i}"])
+    sheet.auto_filter.ref = "A1:E13"
+    for row in (5, 9, 12):
+        sheet.row_dimensions[row].hidden = True
+    sheet.column_dimensions["D"].hidden = True
+    sheet["C7"] = None
+    sheet["C8"] = None
+    sheet.merge_cells("C6:C8")
+    book.save(path)
+    return path
+
+
+def test_validate_reports_hidden_rows_and_columns(tmp_path: Path) -> None:
+    summary = validate_file(ValidateConfig(InputOptions(_hidden_book(tmp_path / "hidden.xlsx"))))
+    lines = summary.lines()
+    assert (
+        "hidden rows in Excel: 3 (rows 5, 9, 12) imported like the others (--skip-hidden-rows skips them)"
+        in lines
+    )
+    assert 'hidden columns in Excel: D ("Inbound Bot ID")' in lines
+    sheet = _summary(summary.results_path)
+    assert sheet["hidden rows"] == "3 (rows 5, 9, 12)"
+    assert sheet["hidden columns"] == 'D ("Inbound Bot ID")'
+    statuses = {row["import_row"]: row["import_status"] for row in _results(summary.results_path)}
+    assert statuses["5"] == "not_sent"  # imported: validated like any row
+
+
+def test_cli_skip_hidden_rows_gives_each_hidden_row_an_outcome(tmp_path: Path) -> None:
+    path = _hidden_book(tmp_path / "hidden.xlsx")
+    out = tmp_path / "hidden.results.xlsx"
+    result = CliRunner().invoke(main, ["validate", str(path), "--skip-hidden-rows", "-o", str(out)])
+    assert result.exit_code == 1, result.output  # the merged rows 7 and 8 lack their outbound mode
+    assert "hidden rows in Excel: 3 (rows 5, 9, 12) skipped" in result.output
+    rows = {row["import_row"]: row for row in _results(out)}
+    assert sorted(rows, key=int) == [str(r) for r in range(2, 14)]  # no row vanishes
+    for hidden in ("5", "9", "12"):
+        assert rows[hidden]["import_status"] == "skipped"
+        assert rows[hidden]["import_action"] == "skip"
+        assert rows[hidden]["import_reason"] == "hidden in Excel (--skip-hidden-rows)"
+    assert rows["6"]["import_status"] == "not_sent"
+    assert _summary(out)["option skip_hidden_rows"] == "yes"
+
+
+def test_validate_merged_cell_reason_says_it_is_merged(tmp_path: Path) -> None:
+    summary = validate_file(ValidateConfig(InputOptions(_hidden_book(tmp_path / "merged.xlsx"))))
+    rows = {row["import_row"]: row for row in _results(summary.results_path)}
+    assert rows["7"]["import_status"] == "failed"
+    reason = rows["7"]["import_reason"]
+    assert reason.startswith('"Outbound Mode" is empty: give the outbound mode (')
+    assert reason.endswith("; cell C7 is part of the merged range C6:C8; Excel keeps the value only in C6")
+    assert rows["8"]["import_reason"].endswith(
+        "; cell C8 is part of the merged range C6:C8; Excel keeps the value only in C6"
+    )
+    assert rows["6"]["import_status"] == "not_sent"
+
+
+def test_validate_excel_error_cells_say_so(tmp_path: Path) -> None:
+    import xlsxwriter
+
+    path = tmp_path / "errors.xlsx"
+    book = xlsxwriter.Workbook(path)
+    sheet = book.add_worksheet("DIDs")
+    sheet.write_row(0, 0, HEADER)
+    sheet.write_string(1, 0, "+918012340001")
+    sheet.write_formula(1, 1, "=NA()", None, "#N/A")
+    sheet.write_row(1, 2, [4, 93])
+    sheet.write_formula(2, 0, "=#REF!", None, "#REF!")
+    sheet.write_row(2, 1, [3, 4, 93])
+    book.close()
+    summary = validate_file(ValidateConfig(InputOptions(path)))
+    rows = {row["import_row"]: row for row in _results(summary.results_path)}
+    assert rows["2"]["import_reason"] == (
+        '"Inbound Mode": the cell holds the Excel error #N/A (a formula that found nothing); '
+        "fix it in the sheet"
+    )
+    assert rows["3"]["import_reason"] == (
+        '"DID Number": the cell holds the Excel error #REF! (a formula that refers to a deleted cell); '
+        "fix it in the sheet"
+    )
+    assert ("Excel error in a cell (#N/A, #REF!, ...)", 2) in summary.top_reasons
+
+
+def test_run_skip_hidden_rows_sends_nothing_for_them(tmp_path: Path) -> None:
+    """Against the sandbox: hidden rows are skipped, never written; the others are routed."""
+    import httpx
+    from helpers import did_number, write_inventory
+
+    from importer.run import ImportConfig, run_import
+    from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["Phone Number", "Inbound Mode", "Inbound Bot ID", "Outbound Mode", "Outbound Bot ID"])
+    for i in range(6):
+        sheet.append([f"+{did_number(i)}", 3, 93, 3, 94])
+    sheet.row_dimensions[3].hidden = True
+    sheet.row_dimensions[6].hidden = True
+    path = tmp_path / "hidden.xlsx"
+    book.save(path)
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inv.json", 6)))
+    config = ImportConfig(
+        input=InputOptions(path=path, skip_hidden_rows=True),
+        api_key=SANDBOX_API_KEY,
+        base_url="http://sandbox.test/api/v2",
+        output=tmp_path / "out.results.xlsx",
+        journal=tmp_path / "run.journal.sqlite",
+        requests_per_minute=100_000,
+        retry_backoff=0,
+    )
+    summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.counts == {"succeeded": 4, "skipped": 2}
+    assert "hidden rows in Excel: 2 (rows 3, 6) skipped" in summary.lines()
+    routed = {int(r["did_id"]) for r in sandbox.state_snapshot()["routing"]}
+    assert routed == {1000, 1002, 1003, 1005}
+    rows = {row["import_row"]: row for row in _results(summary.results_path)}
+    assert rows["3"]["import_reason"] == rows["6"]["import_reason"] == "hidden in Excel (--skip-hidden-rows)"

@@ -581,3 +581,67 @@ def test_read_table_csv_encoding_given_that_does_not_fit_is_one_line(tmp_path: P
     with pytest.raises(UnreadableFileError, match=r"not valid utf-8 text .*check --encoding") as caught:
         read_table(path, encoding="utf-8")
     _assert_one_line(caught.value)
+
+
+# --- what calamine does not say: hidden rows and columns, merged cells ---------------------------
+
+
+def _hidden_book(path: Path) -> Path:
+    """Rows 5, 9 and 12 hidden (9 and 12 under a filter), column D hidden, a merged C6:C8."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append([*HEADER, "Notes"])
+    for i in range(2, 14):
+        sheet.append([f"+91801234{i:04d}", 3, 4, 93, f"note {i}"])
+    sheet.auto_filter.ref = "A1:E13"
+    for row in (5, 9, 12):
+        sheet.row_dimensions[row].hidden = True
+    sheet.column_dimensions["D"].hidden = True
+    sheet["C7"] = None
+    sheet["C8"] = None
+    sheet.merge_cells("C6:C8")
+    book.save(path)
+    return path
+
+
+def test_read_table_xlsx_hidden_rows_and_columns(tmp_path: Path) -> None:
+    table = read_table(_hidden_book(tmp_path / "hidden.xlsx"))
+    assert table.hidden_rows == (5, 9, 12)
+    assert table.hidden_columns == (3,)
+    assert list(table.frame.index) == list(range(2, 14))  # hidden rows are still read
+
+
+def test_read_table_xlsx_merged_cells_noted(tmp_path: Path) -> None:
+    table = read_table(_hidden_book(tmp_path / "merged.xlsx"))
+    assert table.frame.loc[7, 2] == "" and table.frame.loc[6, 2] == "4"
+    assert table.cell_notes == {
+        (7, 2): "cell C7 is part of the merged range C6:C8; Excel keeps the value only in C6",
+        (8, 2): "cell C8 is part of the merged range C6:C8; Excel keeps the value only in C6",
+    }
+
+
+def test_read_table_xlsx_marks_follow_an_offset_sheet(tmp_path: Path) -> None:
+    """A table starting at column C and row 4: rows, columns and letters stay the sheet's."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet["C1"] = "Routing export"
+    for r, row in enumerate([[*HEADER[:3], "Notes"], ["918011", 3, 4, "x"], ["918012", 3, None, "y"]], 4):
+        for c, value in enumerate(row, 3):
+            sheet.cell(r, c, value)
+    sheet.row_dimensions[6].hidden = True
+    sheet.row_dimensions[2].hidden = True  # above the header: not a table row
+    sheet.column_dimensions["F"].hidden = True
+    sheet.merge_cells("E5:E6")
+    path = tmp_path / "offset.xlsx"
+    book.save(path)
+    table = read_table(path)
+    assert (table.source.header_row, table.source.first_column) == (4, 2)
+    assert table.hidden_rows == (6,) and table.hidden_columns == (3,)
+    assert table.cell_notes == {
+        (6, 2): "cell E6 is part of the merged range E5:E6; Excel keeps the value only in E5"
+    }
+
+
+def test_read_table_xlsx_plain_sheet_has_no_marks(tmp_path: Path) -> None:
+    table = read_table(_write_xlsx(tmp_path / "plain.xlsx", [("DIDs", [HEADER, *ROWS], "visible")]))
+    assert (table.hidden_rows, table.hidden_columns, dict(table.cell_notes)) == ((), (), {})
