@@ -603,6 +603,26 @@ def _clean_cells(cells: list[object]) -> list[str]:
     return [v.strip() if type(v) is str and v.isascii() else clean_text(str(v)) for v in cells]
 
 
+_PROTECTED = re.compile(r'="(.*)"|\'(.*)', re.DOTALL)
+
+
+def _unprotect(cells: list[str]) -> list[str]:
+    """Read ``="918012345678"`` and ``'918012345678`` as the value they protect from Excel.
+
+    Both are how people keep Excel from turning a long number into 9.18E+11 in a CSV. The
+    results keep the cell as typed; only the parsed value loses the wrapper. One join finds
+    whether a column has any, so the usual column costs no loop in Python.
+    """
+    joined = "\n".join(cells)
+    if not (joined.startswith(("=", "'")) or "\n=" in joined or "\n'" in joined):
+        return cells
+    out = []
+    for cell in cells:
+        m = _PROTECTED.fullmatch(cell) if cell[:1] in ("=", "'") else None
+        out.append(clean_text(m.group(1) if m.group(1) is not None else m.group(2)) if m else cell)
+    return out
+
+
 def _clean_frame(table: RawTable, mapping: Mapping[str, int], rows: pd.Index) -> pd.DataFrame:
     whole = len(rows) == len(table.frame)  # no ragged rows left out: no reindexing needed
     data: dict[str, list[str]] = {}
@@ -612,7 +632,7 @@ def _clean_frame(table: RawTable, mapping: Mapping[str, int], rows: pd.Index) ->
             data[name] = [""] * len(rows)
         else:
             column = table.frame[pos]
-            data[name] = _clean_cells(column.tolist() if whole else column.loc[rows].tolist())
+            data[name] = _unprotect(_clean_cells(column.tolist() if whole else column.loc[rows].tolist()))
     return pd.DataFrame(data, index=rows, dtype=object)
 
 

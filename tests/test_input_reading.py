@@ -193,3 +193,32 @@ def test_run_skip_hidden_rows_sends_nothing_for_them(tmp_path: Path) -> None:
     assert routed == {1000, 1002, 1003, 1005}
     rows = {row["import_row"]: row for row in _results(summary.results_path)}
     assert rows["3"]["import_reason"] == rows["6"]["import_reason"] == "hidden in Excel (--skip-hidden-rows)"
+
+
+@pytest.mark.parametrize(
+    ("did", "did_id"),
+    [('="918012345678"', '="1001"'), ("'918012345678", "'1001"), ('"=""918012345678"""', "1001")],
+)
+def test_validate_excel_protected_csv_cells_read_as_their_number(
+    tmp_path: Path, did: str, did_id: str
+) -> None:
+    """="918..." and '918... (as Excel users protect long numbers) validate as the number."""
+    path = tmp_path / "protected.csv"
+    path.write_text(
+        f"DID Number,DID ID,Inbound Mode,Outbound Mode\r\n{did},{did_id},1,4\r\n", encoding="utf-8"
+    )
+    summary = validate_file(ValidateConfig(InputOptions(path)))
+    assert summary.exit_code == 0, summary.lines()
+    (row,) = _results(summary.results_path)
+    typed = did.replace('""', '"')[1:-1] if did.startswith('"') else did
+    assert (row["DID Number"], row["DID ID"]) == (typed, did_id)  # carried as typed
+
+
+def test_validate_protected_cell_still_checked(tmp_path: Path) -> None:
+    path = tmp_path / "protected.csv"
+    path.write_text("DID Number,Inbound Mode,Outbound Mode\r\n'12ab,'9,4\r\n", encoding="utf-8")
+    summary = validate_file(ValidateConfig(InputOptions(path)))
+    (row,) = _results(summary.results_path)
+    assert row["import_status"] == "failed"
+    assert '"DID Number": "\'12ab" contains letters' in row["import_reason"]
+    assert '"Inbound Mode": "\'9" is not an inbound mode' in row["import_reason"]
