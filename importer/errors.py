@@ -16,6 +16,11 @@ class ImporterError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str) -> None:
+        # Messages quote headers, sheet names and values from the file: escaping their control
+        # characters here keeps every message on one line, whichever message quotes them.
+        super().__init__(shown(str(message)))
+
 
 class InputError(ImporterError):
     """A file or option that cannot be used."""

@@ -22,7 +22,7 @@ import pandas as pd
 import pandera.pandas as pa
 import phonenumbers
 
-from .errors import InputError
+from .errors import InputError, shown
 from .fields import (
     DID_FIELDS,
     DIRECTION_OF,
@@ -468,7 +468,7 @@ class _Messages:
 
     def header(self, field: str) -> str:
         pos = self.mapping.get(field)
-        return self.table.headers[pos] if pos is not None else field
+        return shown(self.table.headers[pos]) if pos is not None else field
 
     def raw(self, row: int, field: str) -> str:
         cells = self._raw.get(field)
@@ -689,7 +689,8 @@ def validate_table(
                 issues.append(messages.column_issue(int(index), str(column), str(check)))
             else:
                 issues.extend(messages.issue(int(index), str(check)))
-    issues.sort(key=lambda i: (i.row, _column_order(mapping, table.headers, i.column)))
+    headers = tuple(map(shown, table.headers))  # as issues name them
+    issues.sort(key=lambda i: (i.row, _column_order(mapping, headers, i.column)))
     failed = rows.isin(list({i.row for i in issues}))
     valid = _LazyRows(parsed.values, rows.to_numpy()[~failed])
     return ValidationReport(table=table, valid=valid, issues=tuple(issues), mapping=dict(mapping))

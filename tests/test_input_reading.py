@@ -222,3 +222,30 @@ def test_validate_protected_cell_still_checked(tmp_path: Path) -> None:
     assert row["import_status"] == "failed"
     assert '"DID Number": "\'12ab" contains letters' in row["import_reason"]
     assert '"Inbound Mode": "\'9" is not an inbound mode' in row["import_reason"]
+
+
+@pytest.mark.parametrize(
+    ("header", "args", "fragment"),
+    [
+        ('"DID\nNumber","DID Number"', [], r'columns "DID\nNumber" and "DID Number" both mean did_number'),
+        ('"Weird\x07Col","Inbound\r\nNotes"', [], r'columns found: "Weird\x07Col", "Inbound\r\nNotes"'),
+        ('"DID\tNumber","Notes"', ["--map", "Nope\x07=did_number"], r'--map names the column "Nope\x07"'),
+    ],
+)
+def test_cli_headers_with_control_characters_stay_on_one_line(
+    tmp_path: Path, header: str, args: list[str], fragment: str
+) -> None:
+    path = tmp_path / "odd.csv"
+    path.write_text(f"{header},Inbound Mode,Outbound Mode\r\n918012345678,x,3,4\r\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["validate", str(path), *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: "), result.output
+    assert fragment in result.output
+
+
+def test_validate_row_reason_shows_header_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "odd.csv"
+    path.write_text('"DID\nNumber","Inbound Mode","Outbound Mode"\r\n12ab,3,4\r\n', encoding="utf-8")
+    summary = validate_file(ValidateConfig(InputOptions(path)))
+    (row,) = _results(summary.results_path)
+    assert row["import_reason"].startswith('"DID\\nNumber": "12ab" contains letters')
