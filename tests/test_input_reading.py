@@ -249,3 +249,39 @@ def test_validate_row_reason_shows_header_escaped(tmp_path: Path) -> None:
     summary = validate_file(ValidateConfig(InputOptions(path)))
     (row,) = _results(summary.results_path)
     assert row["import_reason"].startswith('"DID\\nNumber": "12ab" contains letters')
+
+
+def test_validate_carries_other_cells_as_the_sheet_shows_them(tmp_path: Path) -> None:
+    """Dates, times, booleans and numbers the user did not ask to change: ISO dates, no ".0"."""
+    import datetime as dt
+    import zipfile
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append([*HEADER[:3], "Since", "Updated", "Opens", "Amount", "Share", "Active", "Ref"])
+    sheet.append([918012345678, 1, 4, dt.date(2024, 1, 5), dt.datetime(2024, 1, 5, 13, 45), dt.time(9, 30)])
+    sheet.append([918012345679, 1, 4, dt.datetime(2024, 2, 1), None, None, 12.0, 0.25, True, 1001.0])
+    for cell in ("G2", "H2", "I2", "J2"):
+        sheet[cell] = 0.5
+    plain = tmp_path / "plain.xlsx"
+    book.save(plain)
+    # Excel writes the double it holds: 0.1 + 0.2 appears in the XML as 0.30000000000000004.
+    path = tmp_path / "dates.xlsx"
+    with zipfile.ZipFile(plain) as old, zipfile.ZipFile(path, "w") as new:
+        for info in old.infolist():
+            data = old.read(info)
+            if info.filename == "xl/worksheets/sheet1.xml":
+                data = data.replace(
+                    b'<c r="G2" t="n"><v>0.5</v>', b'<c r="G2" t="n"><v>0.30000000000000004</v>'
+                )
+            new.writestr(info, data)
+    summary = validate_file(ValidateConfig(InputOptions(path)))
+    rows = _results(summary.results_path)
+    shown = [
+        [row[h] for h in ("DID Number", "Since", "Updated", "Opens", "Amount", "Share", "Active", "Ref")]
+        for row in rows
+    ]
+    assert shown == [
+        ["918012345678", "2024-01-05", "2024-01-05 13:45:00", "09:30:00", "0.3", "0.5", "0.5", "0.5"],
+        ["918012345679", "2024-02-01", None, None, "12", "0.25", "TRUE", "1001"],
+    ]

@@ -235,6 +235,9 @@ def test_read_table_xlsx_cells_read_as_the_user_sees_them(tmp_path: Path) -> Non
         (3.10101195608231e17, "3.10101195608231E+17"),
         (1e15, "1E+15"),
         (1.5e-7, "1.5e-07"),
+        (0.1 + 0.2, "0.3"),
+        (45296.57291666666, "45296.5729166667"),
+        (-1234.5678, "-1234.5678"),
     ],
 )
 def test_float_text_integral_digits_and_excel_scientific(value: float, text: str) -> None:
