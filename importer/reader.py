@@ -19,7 +19,7 @@ import posixpath
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -250,16 +250,12 @@ def _check_zip(path: Path) -> str:
     return "xlsx"
 
 
-_ERROR_TAG = re.compile(rb'<(?:[\w.-]+:)?c\s[^>]*?\bt="e"[^>]*>')
+_TAG_NAME = re.compile(rb"<(?:[\w.-]+:)?([\w]+)[\s/>]")
 _CELL_REF = re.compile(rb'\br="([A-Z]{1,3})([0-9]{1,7})"')
 _VALUE = re.compile(rb"<(?:[\w.-]+:)?v>([^<]{1,32})</")
-_HIDDEN_ROW = re.compile(rb'<(?:[\w.-]+:)?row\s[^>]*?\bhidden="(?:1|true)"[^>]*>')
-_HIDDEN_COL = re.compile(rb'<(?:[\w.-]+:)?col\s[^>]*?\bhidden="(?:1|true)"[^>]*>')
 _ROW_NUMBER = re.compile(rb'\br="([0-9]{1,7})"')
 _COL_SPAN = re.compile(rb'\b(min|max)="([0-9]{1,5})"')
-_MERGED = re.compile(
-    rb'<(?:[\w.-]+:)?mergeCell\s[^>]*?\bref="([A-Z]{1,3})([0-9]{1,7}):([A-Z]{1,3})([0-9]{1,7})"'
-)
+_MERGED_REF = re.compile(rb'\bref="([A-Z]{1,3})([0-9]{1,7}):([A-Z]{1,3})([0-9]{1,7})"')
 _MARKERS = (b't="e"', b"hidden=", b"mergeCell")
 """What makes a sheet worth a second look: error cells, hidden rows or columns, merged cells."""
 _SCAN_CHUNK = 1024**2
@@ -321,29 +317,49 @@ def _sheet_marks(path: Path, sheet: str) -> _SheetMarks:
                 return _SheetMarks()
         text = archive.read(part)
     errors: dict[tuple[int, int], str] = {}
-    for match in _ERROR_TAG.finditer(text):
-        ref = _CELL_REF.search(match.group(0))
-        value = _VALUE.match(text, match.end()) or _VALUE.search(text, match.end(), match.end() + 4096)
-        if ref is None or value is None:
-            continue
-        errors[(int(ref.group(2)), _column_index(ref.group(1)))] = value.group(1).decode("ascii", "replace")
-    rows = frozenset(
-        int(number.group(1))
-        for tag in _HIDDEN_ROW.finditer(text)
-        if (number := _ROW_NUMBER.search(tag.group(0))) is not None
-    )
+    for tag, end in _tags_holding(text, b't="e"', b"c"):
+        ref = _CELL_REF.search(tag)
+        value = _VALUE.match(text, end) or _VALUE.search(text, end, end + 4096)
+        if ref is not None and value is not None:
+            errors[(int(ref.group(2)), _column_index(ref.group(1)))] = value.group(1).decode(
+                "ascii", "replace"
+            )
+    rows: set[int] = set()
     columns: set[int] = set()
-    for tag in _HIDDEN_COL.finditer(text):
-        span = {key.decode(): int(value) for key, value in _COL_SPAN.findall(tag.group(0))}
-        low = span.get("min", 0)
-        high = span.get("max", low)
-        if 1 <= low <= high:
-            columns.update(range(low - 1, min(high, 16_384)))
+    for needle in (b'hidden="1"', b'hidden="true"'):
+        for tag, _end in _tags_holding(text, needle, b"row"):
+            if (number := _ROW_NUMBER.search(tag)) is not None:
+                rows.add(int(number.group(1)))
+        for tag, _end in _tags_holding(text, needle, b"col"):
+            span = {key.decode(): int(value) for key, value in _COL_SPAN.findall(tag)}
+            low = span.get("min", 0)
+            high = span.get("max", low)
+            if 1 <= low <= high:
+                columns.update(range(low - 1, min(high, 16_384)))
     merged = tuple(
-        (int(top), _column_index(left), int(bottom), _column_index(right))
-        for left, top, right, bottom in _MERGED.findall(text)
+        (int(ref.group(2)), _column_index(ref.group(1)), int(ref.group(4)), _column_index(ref.group(3)))
+        for tag, _end in _tags_holding(text, b"mergeCell ", b"mergeCell")
+        if (ref := _MERGED_REF.search(tag)) is not None
     )
-    return _SheetMarks(errors, rows, frozenset(columns), merged)
+    return _SheetMarks(errors, frozenset(rows), frozenset(columns), merged)
+
+
+def _tags_holding(text: bytes, needle: bytes, name: bytes) -> Iterator[tuple[bytes, int]]:
+    """Yield each start tag called ``name`` (any namespace prefix) that contains ``needle``, and its end.
+
+    The needle is searched as plain bytes (C speed); only its few hits are looked at in Python,
+    where a regular expression over every tag of a large sheet would take a good part of a second.
+    """
+    pos = text.find(needle)
+    while pos >= 0:
+        start = text.rfind(b"<", 0, pos)
+        end = text.find(b">", pos)
+        if start >= 0 and end >= 0:
+            tag = text[start : end + 1]
+            found = _TAG_NAME.match(tag)
+            if found is not None and found.group(1) == name:
+                yield tag, end + 1
+        pos = text.find(needle, pos + len(needle))
 
 
 def _sheet_part(
