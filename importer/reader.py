@@ -629,9 +629,7 @@ _SIBLINGS = {
 }
 DETECT_SAMPLE_BYTES = 64 * 1024
 """How much of the text's non-ASCII lines charset-normalizer looks at."""
-DETECT_SCAN_BYTES = 8 * 1024**2
-"""How far into the file to look for those lines (digits and ASCII names say nothing)."""
-_NON_ASCII_LINE = re.compile(rb"[^\n]*[\x80-\xff][^\n]*")
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
 
 
 def _legacy_candidates(data: bytes) -> list[str]:
@@ -644,11 +642,14 @@ def _legacy_candidates(data: bytes) -> list[str]:
 
     lines: list[bytes] = []
     size = 0
-    for line in _NON_ASCII_LINE.finditer(data, 0, DETECT_SCAN_BYTES):
-        lines.append(line.group(0))
-        size += len(line.group(0)) + 1
-        if size >= DETECT_SAMPLE_BYTES:
-            break
+    found = _NON_ASCII.search(data)
+    while found is not None and size < DETECT_SAMPLE_BYTES:
+        start = data.rfind(b"\n", 0, found.start()) + 1
+        end = data.find(b"\n", found.start())
+        end = len(data) if end < 0 else end
+        lines.append(data[start:end])
+        size += end - start + 1
+        found = _NON_ASCII.search(data, end)
     sample = b"\n".join(lines)[:DETECT_SAMPLE_BYTES]
     if not sample:
         return ["cp1252"]
