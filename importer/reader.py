@@ -668,33 +668,56 @@ def _legacy_candidates(data: bytes) -> list[str]:
     tied += _SIBLINGS.get(best.encoding, ())
     rank = {codec: i for i, codec in enumerate(_LEGACY_CODECS)}
     known = sorted({c for c in tied if c in rank}, key=rank.__getitem__)
-    scored = sorted(known, key=lambda c: (-_letters(sample, c), rank[c]))
+    # A few lines give charset-normalizer little to go on, and then it ties; the tie goes to
+    # the reading with the fewest implausible words, then the most letters, then the commoner codec.
+    texts = {codec: sample.decode(codec, errors="replace") for codec in known}
+    scored = sorted(known, key=lambda c: (_odd_words(texts[c]), -_letters(texts[c]), rank[c]))
     others = [m.encoding for m in matches if m.encoding not in scored]
     ranked = [*scored, *others, "cp1252"]
-    # A tiny sample can make a Cyrillic or Greek code page look best for Western text; its words
-    # then mix Latin and other letters ("cafй"), which real text does not: keep cp1252 then.
-    if ranked[0] != "cp1252" and _mixed_words(sample.decode(ranked[0], errors="replace")) > _mixed_words(
-        _cp1252_text(sample)
+    # cp1252 drops out of charset-normalizer's list when a byte it leaves undefined occurs, and
+    # a Cyrillic code page may then win on Western text ("cafй"): keep cp1252 when it reads better.
+    # (Its five undefined bytes are left out of that judgment: they are junk in any reading.)
+    if ranked[0] != "cp1252" and _odd_words(sample.decode(ranked[0], errors="replace")) > _odd_words(
+        sample.decode("cp1252", errors="ignore")
     ):
         ranked.insert(0, "cp1252")
     return ranked
 
 
-_WORD = re.compile(r"[^\W\d_]+")
+_WORD = re.compile(r"[^\s\d!-/:-@\[-`{-~]+")
+"""A word: a run of anything but spaces, digits and ASCII punctuation (combining marks included)."""
+_C1_CONTROL = re.compile("[\x80-\x9f]")
+_TURKISH_AS_CP1252 = frozenset("ÐðÞþ")
+"""What ğ and ş become when Turkish is read as cp1252; outside Icelandic, no language writes them."""
 
 
-def _mixed_words(text: str) -> int:
-    """Count the words that mix ASCII letters with letters of another script (Greek onwards)."""
+def _odd_words(text: str) -> int:
+    """Count the words that a wrong code page makes and real text does not.
+
+    Such a word mixes ASCII letters with another script ("cafй", or Thai marks after a "t"),
+    is three or more Latin letters none of which is ASCII (Russian read as cp1250: "Ìîńęâŕ"),
+    holds a byte the code page leaves undefined or reads as a C1 control, or holds the
+    Icelandic letters Turkish turns into under cp1252 ("Þiþli" for "Şişli").
+    """
     count = 0
     for word in _WORD.findall(text):
-        if not word.isascii() and any(c.isascii() for c in word) and max(word) >= "\u0370":
+        if word.isascii():
+            continue
+        top = max(word)
+        has_ascii = any(c.isascii() for c in word)
+        if (
+            (has_ascii and top >= "\u0370")
+            or (not has_ascii and len(word) >= 3 and top < "\u0250")
+            or "\ufffd" in word
+            or _C1_CONTROL.search(word) is not None
+            or not _TURKISH_AS_CP1252.isdisjoint(word)
+        ):
             count += 1
     return count
 
 
-def _letters(sample: bytes, codec: str) -> int:
-    """Count the non-ASCII letters ``codec`` reads in ``sample`` (symbols and controls are not)."""
-    text = sample.decode(codec, errors="replace")
+def _letters(text: str) -> int:
+    """Count the non-ASCII letters of a decoded sample (symbols and controls are not letters)."""
     return sum(1 for char in text if char >= "\x80" and char.isalpha())
 
 

@@ -648,3 +648,25 @@ def test_read_table_xlsx_marks_follow_an_offset_sheet(tmp_path: Path) -> None:
 def test_read_table_xlsx_plain_sheet_has_no_marks(tmp_path: Path) -> None:
     table = read_table(_write_xlsx(tmp_path / "plain.xlsx", [("DIDs", [HEADER, *ROWS], "visible")]))
     assert (table.hidden_rows, table.hidden_columns, dict(table.cell_notes)) == ((), (), {})
+
+
+@pytest.mark.parametrize(
+    ("text", "written"),
+    [
+        ("Müller GmbH Straße 5", "cp1252"),
+        ("Éé été", "cp1252"),
+        ("«Ça va?» – Ó", "cp1252"),
+        ("Åsa Øberg Ærø", "cp1252"),
+        ("Москва", "cp1251"),
+        ("Ул. Ленина 5", "cp1251"),
+        ("Łukasz Wójcik Łódź", "cp1250"),
+        ("Αθήνα", "cp1253"),
+    ],
+)
+def test_read_table_csv_one_line_of_legacy_text(tmp_path: Path, text: str, written: str) -> None:
+    """With one name to go on, a reading full of impossible words (Ìîńęâŕ, t + Thai marks) loses."""
+    path = tmp_path / "one.csv"
+    path.write_bytes(_csv_text([[*HEADER[:3], "Name"], ["+918012345678", "3", "4", text]]).encode(written))
+    table = read_table(path)
+    assert table.source.encoding == written
+    assert table.frame.iloc[0, 3] == text
