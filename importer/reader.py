@@ -4,6 +4,11 @@ The format is told by content, not trusted from the name: a zip holding a workbo
 (.xls or an encrypted workbook) or delimited text. Workbooks go to calamine: .xlsx/.xlsm in this
 process after the zip has been checked for bombs, .xls/.xlsb/.ods in a child process with a memory
 cap and a timeout, because some such files make calamine abort the whole process.
+
+What calamine does not tell about an .xlsx sheet (its error cells, hidden rows and columns,
+merged ranges) is read from the sheet's XML in one guarded pass and carried in the RawTable.
+Delimited text that is neither UTF-8 nor marked by a BOM gets its code page from
+charset-normalizer, looking only at the lines that hold non-ASCII bytes.
 """
 
 from __future__ import annotations
