@@ -256,12 +256,12 @@ def _check_zip(path: Path) -> str:
 
 
 _TAG_NAME = re.compile(rb"<(?:[\w.-]+:)?([\w]+)[\s/>]")
-_CELL_REF = re.compile(rb'\br="([A-Z]{1,3})([0-9]{1,7})"')
+_CELL_REF = re.compile(rb"""\br=["']([A-Z]{1,3})([0-9]{1,7})["']""")
 _VALUE = re.compile(rb"<(?:[\w.-]+:)?v>([^<]{1,32})</")
-_ROW_NUMBER = re.compile(rb'\br="([0-9]{1,7})"')
-_COL_SPAN = re.compile(rb'\b(min|max)="([0-9]{1,5})"')
-_MERGED_REF = re.compile(rb'\bref="([A-Z]{1,3})([0-9]{1,7}):([A-Z]{1,3})([0-9]{1,7})"')
-_MARKERS = (b't="e"', b"hidden=", b"mergeCell")
+_ROW_NUMBER = re.compile(rb"""\br=["']([0-9]{1,7})["']""")
+_COL_SPAN = re.compile(rb"""\b(min|max)=["']([0-9]{1,5})["']""")
+_MERGED_REF = re.compile(rb"""\bref=["']([A-Z]{1,3})([0-9]{1,7}):([A-Z]{1,3})([0-9]{1,7})["']""")
+_MARKERS = (b't="e"', b"t='e'", b"hidden=", b"mergeCell")
 """What makes a sheet worth a second look: error cells, hidden rows or columns, merged cells."""
 _SCAN_CHUNK = 1024**2
 MAX_CELL_NOTES = 100_000
@@ -322,7 +322,8 @@ def _sheet_marks(path: Path, sheet: str) -> _SheetMarks:
                 return _SheetMarks()
         text = archive.read(part)
     errors: dict[tuple[int, int], str] = {}
-    for tag, end in _tags_holding(text, b't="e"', b"c"):
+    error_tags = (tag for needle in (b't="e"', b"t='e'") for tag in _tags_holding(text, needle, b"c"))
+    for tag, end in error_tags:
         ref = _CELL_REF.search(tag)
         value = _VALUE.match(text, end) or _VALUE.search(text, end, end + 4096)
         if ref is not None and value is not None:
@@ -331,7 +332,7 @@ def _sheet_marks(path: Path, sheet: str) -> _SheetMarks:
             )
     rows: set[int] = set()
     columns: set[int] = set()
-    for needle in (b'hidden="1"', b'hidden="true"'):
+    for needle in (b'hidden="1"', b'hidden="true"', b"hidden='1'", b"hidden='true'"):
         for tag, _end in _tags_holding(text, needle, b"row"):
             if (number := _ROW_NUMBER.search(tag)) is not None:
                 rows.add(int(number.group(1)))

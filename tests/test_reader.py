@@ -670,3 +670,19 @@ def test_read_table_csv_one_line_of_legacy_text(tmp_path: Path, text: str, writt
     table = read_table(path)
     assert table.source.encoding == written
     assert table.frame.iloc[0, 3] == text
+
+
+def test_read_table_xlsx_marks_in_single_quoted_xml(tmp_path: Path) -> None:
+    """XML may quote attributes with apostrophes; the marks are found all the same."""
+
+    def requote(data: bytes) -> bytes:
+        for attribute in (b"hidden", b"ref", b"r", b"min", b"max"):
+            data = re.sub(rb"\b(" + attribute + rb')="([^"]*)"', rb"\1='\2'", data)
+        return data
+
+    source = _hidden_book(tmp_path / "double.xlsx")
+    path = _rewrite_member(source, tmp_path / "single.xlsx", "xl/worksheets/sheet1.xml", requote)
+    assert b"hidden='1'" in zipfile.ZipFile(path).read("xl/worksheets/sheet1.xml")
+    table = read_table(path)
+    assert table.hidden_rows == (5, 9, 12) and table.hidden_columns == (3,)
+    assert set(table.cell_notes) == {(7, 2), (8, 2)}
