@@ -49,6 +49,10 @@ class SheetGrid:
     header: tuple[str, ...]
     columns: tuple[list[str], ...]
     """One list per column (as wide as the sheet), rows from header_row + 1 on, blanks included."""
+    dated: tuple[int, ...] = ()
+    """Positions of the columns holding date or time cells (their number format may show them otherwise)."""
+    numeric: tuple[int, ...] = ()
+    """Positions of the columns holding non-integral or numeric cells read as numbers."""
 
 
 def _timedelta_text(value: dt.timedelta) -> str:
@@ -104,7 +108,10 @@ def cell_text(value: object) -> str:
 
 def column_text(values: Sequence[Any]) -> list[str]:
     """Render a column of cells as text; columns of only strings and numbers take a fast path."""
-    kinds = set(map(type, values))
+    return _column_text(values, set(map(type, values)))
+
+
+def _column_text(values: Sequence[Any], kinds: set[type]) -> list[str]:
     if kinds <= {str}:
         return list(values)
     if kinds <= {str, float}:
@@ -114,6 +121,9 @@ def column_text(values: Sequence[Any]) -> list[str]:
             for v in values
         ]
     return [cell_text(v) for v in values]
+
+
+_DATE_KINDS = frozenset({dt.date, dt.datetime, dt.time})
 
 
 def is_blank(cells: Iterable[str]) -> bool:
@@ -195,10 +205,18 @@ def _grid(
     if any(len(row) != width for row in data):  # calamine gives a rectangle; be safe anyway
         data = [[*row, *([""] * (width - len(row)))] for row in data]
     header = (*head[index], *([""] * (width - len(head[index]))))
-    columns = tuple(column_text(col) for col in zip(*data, strict=True)) if data else ()
-    if not columns:
-        columns = tuple([] for _ in range(width))
-    return SheetGrid(name, start[0] + 1 + index, start[1], header, columns)
+    texts: list[list[str]] = []
+    dated: list[int] = []
+    numeric: list[int] = []
+    for j, col in enumerate(zip(*data, strict=True) if data else ()):
+        kinds = set(map(type, col))
+        texts.append(_column_text(col, kinds))
+        if kinds & _DATE_KINDS:
+            dated.append(j)
+        if float in kinds:
+            numeric.append(j)
+    columns = tuple(texts) if texts else tuple([] for _ in range(width))
+    return SheetGrid(name, start[0] + 1 + index, start[1], header, columns, tuple(dated), tuple(numeric))
 
 
 def _sheet_score(grid: SheetGrid, extra_keys: frozenset[str]) -> int:

@@ -44,6 +44,7 @@ from importer._isolate import (
     read_workbook,
     read_workbook_isolated,
 )
+from importer.display import format_kind, render, renderable_formats
 from importer.errors import ImporterError, InputError, UnreadableFileError, shown
 from importer.model import RawTable, SourceInfo
 
@@ -150,8 +151,9 @@ def _read(path: Path, sheet: str | None, extra_keys: frozenset[str], codec: str 
             grid = read_workbook(path, sheet, extra_keys)
             # The sheet itself was read; without its marks it is read as calamine sees it.
             with contextlib.suppress(Exception):
-                marks = _sheet_marks(path, grid.sheet)
+                marks = _sheet_marks(path, grid)
             _restore_error_cells(grid, marks.errors)
+            _show_formatted(grid, marks.formats)
         else:
             grid = read_workbook_isolated(path, sheet, extra_keys)
         source = SourceInfo(
@@ -280,6 +282,8 @@ class _SheetMarks:
     """0-based sheet columns that are hidden."""
     merged: tuple[tuple[int, int, int, int], ...] = ()
     """Merged ranges as (first row, first column, last row, last column): Excel rows, 0-based columns."""
+    formats: dict[int, str] = field(default_factory=dict)
+    """{grid column: number format} of the date and percent columns to show as Excel does."""
 
 
 def _column_index(letters: bytes) -> int:
@@ -300,26 +304,31 @@ def column_letters(index: int) -> str:
     return letters
 
 
-def _sheet_marks(path: Path, sheet: str) -> _SheetMarks:
-    """Read a worksheet's error cells, hidden rows and columns and merged ranges from its XML.
+def _sheet_marks(path: Path, grid: SheetGrid) -> _SheetMarks:
+    """Read a worksheet's error cells, hidden rows and columns, merged ranges and display formats.
 
     The XML is streamed once looking for the markers; only a sheet that has any is read whole
-    and searched, so a large clean sheet costs one pass of decompression and no parsing.
+    and searched, so a large clean sheet costs one pass of decompression and no parsing. The
+    number formats of date and numeric columns are looked up in the first chunk (their first
+    data cells), and only when the workbook has a date or percent format to apply.
     """
     with zipfile.ZipFile(path) as archive:
         members = {i.filename.replace("\\", "/").lower(): i for i in archive.infolist()}
-        part = _sheet_part(archive, members, sheet)
+        part = _sheet_part(archive, members, grid.sheet)
         if part is None:
             return _SheetMarks()
+        styles = _display_styles(archive, members) if grid.dated or grid.numeric else {}
+        head = b""
         with archive.open(part) as handle:
             tail = b""
             while chunk := handle.read(_SCAN_CHUNK):
+                head = head or chunk
                 window = tail + chunk
                 if any(marker in window for marker in _MARKERS):
                     break
                 tail = chunk[-16:]
             else:
-                return _SheetMarks()
+                return _SheetMarks(formats=_column_formats(head, grid, styles) if styles else {})
         text = archive.read(part)
     errors: dict[tuple[int, int], str] = {}
     error_tags = (tag for needle in (b't="e"', b"t='e'") for tag in _tags_holding(text, needle, b"c"))
@@ -347,7 +356,84 @@ def _sheet_marks(path: Path, sheet: str) -> _SheetMarks:
         for tag, _end in _tags_holding(text, b"mergeCell ", b"mergeCell")
         if (ref := _MERGED_REF.search(tag)) is not None
     )
-    return _SheetMarks(errors, frozenset(rows), frozenset(columns), merged)
+    formats = _column_formats(head, grid, styles) if styles else {}
+    return _SheetMarks(errors, frozenset(rows), frozenset(columns), merged, formats)
+
+
+_CELL_STYLE = re.compile(rb"""\bs=["']([0-9]{1,6})["']""")
+_CELL_TYPE = re.compile(rb"""\bt=["']([A-Za-z]+)["']""")
+PROBE_ROWS = 20
+"""Data rows searched for a column's first value, whose number format is taken for the column."""
+
+
+def _display_styles(archive: zipfile.ZipFile, members: Mapping[str, zipfile.ZipInfo]) -> dict[int, str]:
+    """Return {cell style index: format code} of the styles with a date, time or percent format."""
+    info = members.get("xl/styles.xml")
+    if info is None or info.file_size > MAX_WORKBOOK_XML_BYTES:
+        return {}
+    codes: dict[int, str] = {}
+    styles: list[int] = []
+    for element in SafeET.fromstring(archive.read(info), forbid_dtd=True).iter():
+        tag = element.tag.rsplit("}", 1)[-1]
+        if tag == "numFmt" and (element.get("numFmtId") or "").isdigit():
+            codes[int(element.get("numFmtId") or 0)] = element.get("formatCode") or ""
+        elif tag == "cellXfs":
+            styles = [
+                int(xf.get("numFmtId") or 0) if (xf.get("numFmtId") or "0").isdigit() else 0 for xf in element
+            ]
+    return renderable_formats(codes, styles)
+
+
+def _column_formats(head: bytes, grid: SheetGrid, styles: Mapping[int, str]) -> dict[int, str]:
+    """Find the display format of each date or numeric grid column from its first data cell.
+
+    A column is formatted as a whole in practice; its first value decides (a percent format
+    for a numeric column, a date or time format for a date column).
+    """
+    wanted = [(j, "date") for j in grid.dated] + [(j, "percent") for j in grid.numeric if j not in grid.dated]
+    found: dict[int, str] = {}
+    first = grid.header_row + 1
+    for j, kind in wanted:
+        letters = column_letters(grid.first_column + j).encode()
+        cells = grid.columns[j]
+        for i in range(min(PROBE_ROWS, len(cells))):
+            if not cells[i]:
+                continue
+            row = str(first + i).encode()
+            tag = next(
+                (
+                    t
+                    for q in (b'"', b"'")
+                    for t, _ in _tags_holding(head, b"r=" + q + letters + row + q, b"c")
+                ),
+                None,
+            )
+            if tag is None:
+                break
+            typed = _CELL_TYPE.search(tag)
+            style = _CELL_STYLE.search(tag)
+            code = styles.get(int(style.group(1))) if style is not None else None
+            if (
+                (typed is None or typed.group(1) in (b"n", b"d"))
+                and code is not None
+                and format_kind(code) == kind
+            ):
+                found[j] = code
+            break
+    return found
+
+
+def _show_formatted(grid: SheetGrid, formats: Mapping[int, str]) -> None:
+    """Show the cells of formatted columns as Excel does ("05/01/2024", "25%"), each distinct text once."""
+    for j, code in formats.items():
+        column = grid.columns[j]
+        seen: dict[str, str] = {}
+        for i, text in enumerate(column):
+            if text:
+                shown_text = seen.get(text)
+                if shown_text is None:
+                    shown_text = seen[text] = render(code, text) or text
+                column[i] = shown_text
 
 
 def _tags_holding(text: bytes, needle: bytes, name: bytes) -> Iterator[tuple[bytes, int]]:

@@ -252,17 +252,23 @@ def test_validate_row_reason_shows_header_escaped(tmp_path: Path) -> None:
 
 
 def test_validate_carries_other_cells_as_the_sheet_shows_them(tmp_path: Path) -> None:
-    """Dates, times, booleans and numbers the user did not ask to change: ISO dates, no ".0"."""
+    """Dates, times, percents, booleans and numbers the user did not ask to change, as Excel shows them."""
     import datetime as dt
     import zipfile
 
     book = openpyxl.Workbook()
     sheet = book.active
-    sheet.append([*HEADER[:3], "Since", "Updated", "Opens", "Amount", "Share", "Active", "Ref"])
-    sheet.append([918012345678, 1, 4, dt.date(2024, 1, 5), dt.datetime(2024, 1, 5, 13, 45), dt.time(9, 30)])
+    columns = ["Since", "Updated", "Opens", "Amount", "Share", "Active", "Ref", "Due", "Rate", "Local"]
+    sheet.append([*HEADER[:3], *columns])
+    day, last = dt.date(2024, 1, 5), dt.date(2024, 12, 31)
+    sheet.append([918012345678, 1, 4, day, dt.datetime(2024, 1, 5, 13, 45), dt.time(9, 30), *[0.5] * 4])
+    sheet["K2"], sheet["L2"], sheet["M2"] = day, 0.125, day
     sheet.append([918012345679, 1, 4, dt.datetime(2024, 2, 1), None, None, 12.0, 0.25, True, 1001.0])
-    for cell in ("G2", "H2", "I2", "J2"):
-        sheet[cell] = 0.5
+    sheet["K3"], sheet["L3"], sheet["M3"] = last, 1, last
+    for row in (2, 3):
+        sheet[f"K{row}"].number_format = "dd/mm/yyyy"
+        sheet[f"L{row}"].number_format = "0.0%"
+        sheet[f"M{row}"].number_format = "mm-dd-yy"  # built-in 14: the reader's locale decides
     plain = tmp_path / "plain.xlsx"
     book.save(plain)
     # Excel writes the double it holds: 0.1 + 0.2 appears in the XML as 0.30000000000000004.
@@ -277,11 +283,12 @@ def test_validate_carries_other_cells_as_the_sheet_shows_them(tmp_path: Path) ->
             new.writestr(info, data)
     summary = validate_file(ValidateConfig(InputOptions(path)))
     rows = _results(summary.results_path)
-    shown = [
-        [row[h] for h in ("DID Number", "Since", "Updated", "Opens", "Amount", "Share", "Active", "Ref")]
-        for row in rows
+    shown = [[row[h] for h in ("DID Number", *columns)] for row in rows]
+    assert shown[0] == [
+        *("918012345678", "2024-01-05", "2024-01-05 13:45:00", "9:30:00", "0.3", "0.5", "0.5", "0.5"),
+        *("05/01/2024", "12.5%", "2024-01-05"),
     ]
-    assert shown == [
-        ["918012345678", "2024-01-05", "2024-01-05 13:45:00", "09:30:00", "0.3", "0.5", "0.5", "0.5"],
-        ["918012345679", "2024-02-01", None, None, "12", "0.25", "TRUE", "1001"],
+    assert shown[1] == [
+        *("918012345679", "2024-02-01", None, None, "12", "0.25", "TRUE", "1001"),
+        *("31/12/2024", "100.0%", "2024-12-31"),
     ]

@@ -14,6 +14,7 @@ import openpyxl
 import pytest
 
 from importer._isolate import float_text, read_workbook_isolated
+from importer.display import render
 from importer.errors import InputError, UnreadableFileError
 from importer.reader import read_table
 
@@ -686,3 +687,46 @@ def test_read_table_xlsx_marks_in_single_quoted_xml(tmp_path: Path) -> None:
     table = read_table(path)
     assert table.hidden_rows == (5, 9, 12) and table.hidden_columns == (3,)
     assert set(table.cell_notes) == {(7, 2), (8, 2)}
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "shown"),
+    [
+        ("dd/mm/yyyy", "2024-01-05", "05/01/2024"),
+        ("m/d/yyyy", "2024-01-05", "1/5/2024"),
+        ("d-mmm-yy", "2024-01-05", "5-Jan-24"),
+        ("dddd, mmmm d, yyyy", "2024-01-05", "Friday, January 5, 2024"),
+        ("[$-409]mmm d, yyyy", "2024-01-05", "Jan 5, 2024"),
+        ('"Date: "dd.mm.yyyy', "2024-01-05", "Date: 05.01.2024"),
+        ("yyyy\\-mm\\-dd", "2021-01-02", "2021-01-02"),
+        ("[Red]dd/mm/yy;@", "2024-01-05", "05/01/24"),
+        ("yyyy-mm-dd h:mm:ss", "2024-01-31 10:15:00", "2024-01-31 10:15:00"),
+        ("yyyy-mm-dd hh:mm:ss.000", "2024-01-05 13:45:00.123", "2024-01-05 13:45:00.123"),
+        ("h:mm AM/PM", "2024-01-05 13:45:00", "1:45 PM"),
+        ("h:mm:ss AM/PM", "09:30:00", "9:30:00 AM"),
+        ("mm:ss", "2024-01-05 00:03:07", "03:07"),
+        ("0%", "0.25", "25%"),
+        ("0.00%", "0.1234", "12.34%"),
+        ("0.0%", "1", "100.0%"),
+        ("[h]:mm:ss", "255:10:10", None),  # elapsed time: calamine's text already reads so
+        ("dd/mm/yyyy", "not a date", None),
+        ("General", "0.25", None),
+        ("0.00", "1.5", None),
+        ("#,##0", "918012345678", None),
+        ("@", "x", None),
+    ],
+)
+def test_display_render_number_formats(code: str, text: str, shown: str | None) -> None:
+    assert render(code, text) == shown
+
+
+def test_read_table_xlsx_number_formats_leave_phone_digits_alone(tmp_path: Path) -> None:
+    """A numeric DID column with a thousands format still reads as its exact digits."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append([*HEADER[:3], "Rate"])
+    sheet.append([918012345678, 3, 4, 0.5])
+    sheet["A2"].number_format = "#,##0"
+    sheet["D2"].number_format = "0%"
+    book.save(tmp_path / "formats.xlsx")
+    assert _cells(read_table(tmp_path / "formats.xlsx").frame) == [["918012345678", "3", "4", "50%"]]
