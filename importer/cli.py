@@ -324,22 +324,25 @@ def run(
 def demo(output: Path | None, sample: str, quiet: bool) -> None:
     """Import the sample sheet into an in-process sandbox, end to end, and show the results."""
     import tempfile
+    from importlib import resources
 
     import httpx
 
     from .run import ImportConfig, run_import
-    from .sandbox import DEFAULT_INVENTORY, SANDBOX_API_KEY, SandboxConfig, create_sandbox
+    from .sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 
-    sample_path = DEFAULT_INVENTORY.parent / f"carrier_routing.{sample}"
-    if not sample_path.exists():
-        fail(f"the sample sheet {sample_path} is missing (run from a clone of the repository)", EXIT_INPUT)
+    # Package data, so an installed wheel has the sheet and the inventory wherever it runs.
+    data = resources.files("importer.data")
+    sample_data = data.joinpath(f"carrier_routing.{sample}")
+    if not sample_data.is_file():
+        fail(f"the sample sheet carrier_routing.{sample} is missing from the installed package", EXIT_INPUT)
     stem = "voicelink-demo" if sample == "xlsx" else "voicelink-demo-csv"
     results = output or Path.cwd() / f"{stem}.results.xlsx"
     sandbox = create_sandbox(SandboxConfig(api_key=SANDBOX_API_KEY, requests_per_minute=6000))
-    click.echo(f"sandbox: in-process emulator of the VoiceLink API, inventory {DEFAULT_INVENTORY.name}")
-    click.echo(f"importing {sample_path} ...")
+    click.echo("sandbox: in-process emulator of the VoiceLink API, inventory inventory.json")
     update, close = _progress_bar(quiet)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, resources.as_file(sample_data) as sample_path:
+        click.echo(f"importing {sample_path} ...")
         config = ImportConfig(
             input=build_input(sample_path, None, (), None),
             api_key=SANDBOX_API_KEY,
@@ -397,6 +400,7 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
     "--inventory", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Inventory JSON."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Makes the injected faults repeatable.")
+@click.option("--lean-sync", is_flag=True, help="Answer sync with routing only (no DIDs, no bots).")
 @click.option(
     "--state-out", type=click.Path(path_type=Path, dir_okay=False), help="Write the final state here."
 )
@@ -418,6 +422,7 @@ def sandbox(
     no_int_did_numbers: bool,
     inventory: Path | None,
     seed: int,
+    lean_sync: bool,
     state_out: Path | None,
 ) -> None:
     """Serve a local emulator of the VoiceLink API to rehearse an import (Ctrl-C stops it)."""
@@ -438,6 +443,7 @@ def sandbox(
         int_did_numbers=not no_int_did_numbers,
         inventory=inventory,
         seed=seed,
+        lean_sync=lean_sync,
     )
 
     def ready(url: str) -> None:

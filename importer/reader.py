@@ -28,7 +28,8 @@ from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
 from importer import fields
-from importer._isolate import (
+from importer.errors import ImporterError, InputError, UnreadableFileError
+from importer.isolated_reader import (
     REFUSE_PASSWORD,
     SheetGrid,
     find_header,
@@ -36,7 +37,6 @@ from importer._isolate import (
     read_workbook,
     read_workbook_isolated,
 )
-from importer.errors import ImporterError, InputError, UnreadableFileError
 from importer.model import RawTable, SourceInfo
 
 __all__ = ["read_table"]
