@@ -50,13 +50,13 @@ Behaviour choices (where the API reference is unsure):
   the answer for ``hang_seconds`` on any endpoint. A burst 429 is one more 429 LIMIT_REACHED.
 - In-process (``httpx.ASGITransport``) a dropped connection raises ``SandboxConnectionDropped``,
   a subclass of ``httpx.RemoteProtocolError``, so a client sees the same exception type as over TCP.
-- State counts: requests by "METHOD /template" (every /api/v2 request, even 401/429/faulted);
+- State counts: ``request_counts`` by "METHOD /template", e.g. "GET /voicelink/dids/purchased"
+  (every /api/v2 request, even 401/429/faulted);
   create attempts per DID for every authenticated create naming it (successful or not,
   including 429s and faults; keyed by the DID id, or "did_id=<v>"/"did_number=<v>" when the DID
   is unknown); writes applied per DID for creates and for updates that changed the record.
-
 - With ``lean_sync``, sync answers routing only: ``dids``, ``bots`` and ``readiness`` are empty
-  lists, so a client must read the paged lists for them (the fallback of issue 10).
+  lists, so a client must read the paged lists for them (how a client's fallback is tested).
 
 The account's records and counters live in ``state``, the body rules in ``rules``, the fault
 decisions in ``faults``; serving over loopback TCP is ``server``.
