@@ -81,18 +81,43 @@ def input_options(fn: F) -> F:
     fn = click.option(
         "--sheet", metavar="NAME", help="The worksheet to read (default: the first that matches)."
     )(fn)
+    # These reach build_input through the click context, so the commands' signatures stay as they are.
+    fn = click.option(
+        "--encoding",
+        metavar="NAME",
+        expose_value=False,
+        callback=_keep_input_option,
+        help="The text encoding of a CSV, e.g. cp1251 or iso-8859-7 (default: detected).",
+    )(fn)
+    fn = click.option(
+        "--skip-hidden-rows",
+        is_flag=True,
+        expose_value=False,
+        callback=_keep_input_option,
+        help="Skip rows hidden in Excel (filtered out or hidden) instead of importing them.",
+    )(fn)
     return click.argument("file", type=click.Path(path_type=Path, dir_okay=True))(fn)
+
+
+def _keep_input_option(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    ctx.meta[f"input.{param.name}"] = value
+    return value
 
 
 def build_input(file: Path, sheet: str | None, maps: tuple[str, ...], default_region: str | None) -> Any:
     from .pipeline import InputOptions
+    from .reader import check_encoding
     from .validate import parse_column_map
 
+    meta = ctx.meta if (ctx := click.get_current_context(silent=True)) is not None else {}
+    encoding = meta.get("input.encoding")
     return InputOptions(
         path=file,
         sheet=sheet,
         column_map=parse_column_map(list(maps)),
         default_region=default_region,
+        encoding=check_encoding(encoding) if encoding else None,
+        skip_hidden_rows=bool(meta.get("input.skip_hidden_rows")),
     )
 
 

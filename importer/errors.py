@@ -16,6 +16,11 @@ class ImporterError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str) -> None:
+        # Messages quote headers, sheet names and values from the file: escaping their control
+        # characters here keeps every message on one line, whichever message quotes them.
+        super().__init__(shown(str(message)))
+
 
 class InputError(ImporterError):
     """A file or option that cannot be used."""
@@ -41,3 +46,22 @@ class AbortedError(ImporterError):
     """The run stopped itself before finishing (e.g. --max-error-rate)."""
 
     exit_code = 3
+
+
+_ESCAPES = {
+    **{c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))},
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def shown(text: str) -> str:
+    """Write text from a file (a header, a sheet name) so it stays on one line in a message.
+
+    A header typed as "DID" + Alt-Enter + "Number" holds a newline; printed raw it would break
+    the one-line error. Control characters are shown as Python escapes (``DID\\nNumber``).
+    """
+    return text.translate(_ESCAPES)

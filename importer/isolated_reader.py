@@ -76,7 +76,8 @@ def float_text(value: float) -> str:
         mantissa = mantissa.rstrip("0").rstrip(".")
         power = int(exponent)
         return f"{mantissa}E{'+' if power >= 0 else '-'}{abs(power):02d}"
-    return repr(value)
+    # Excel shows at most 15 significant digits: 0.1 + 0.2, stored as 0.30000000000000004, shows 0.3.
+    return f"{value:.15g}"
 
 
 def cell_text(value: object) -> str:

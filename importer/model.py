@@ -23,6 +23,10 @@ class SourceInfo:
     delimiter: str | None = None
     header_row: int = 1
     """The Excel row number of the header (1 unless title rows sit above it)."""
+    first_column: int = 0
+    """The 0-based sheet column of the table's first column (a sheet may start at column C)."""
+    encoding_chosen: str = ""
+    """How ``encoding`` was chosen: "detected", "byte order mark", "--encoding" or "" (plain UTF-8)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -40,6 +44,13 @@ class RawTable:
     frame: pd.DataFrame
     row_problems: Mapping[int, str] = field(default_factory=dict)
     """Structural problems of single rows (e.g. a ragged CSV row), by Excel row number."""
+    hidden_rows: tuple[int, ...] = ()
+    """Excel row numbers of the table's rows hidden in Excel (by hand or by a filter)."""
+    hidden_columns: tuple[int, ...] = ()
+    """Positions (0..n-1) of the table's columns hidden in Excel."""
+    cell_notes: Mapping[tuple[int, int], str] = field(default_factory=dict)
+    """What a cell's text alone does not say, by (Excel row, column position): e.g. that the
+    cell is part of a merged range whose value Excel keeps in its first cell."""
 
     @property
     def row_count(self) -> int:
@@ -138,6 +149,8 @@ class ValidationReport:
     issues: tuple[RowIssue, ...]
     mapping: Mapping[str, int]
     """Field name -> input column position, for the fields the file has."""
+    skipped: Mapping[int, str] = field(default_factory=dict)
+    """Rows left out of validation on purpose (``--skip-hidden-rows``): Excel row -> reason."""
 
     @property
     def failed_rows(self) -> frozenset[int]:

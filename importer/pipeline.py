@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import gc
 import itertools
@@ -19,12 +20,20 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import InputError
-from .model import RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
-from .reader import read_table
+from .model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
+from .reader import describe_hidden, read_table
 from .results import OutcomeColumns, default_paths, write_failed_rows, write_results
 from .validate import validate_table
 
-__all__ = ["InputOptions", "RunSummary", "ValidateConfig", "load_and_validate", "validate_file"]
+__all__ = [
+    "InputOptions",
+    "RunSummary",
+    "ValidateConfig",
+    "input_notes",
+    "load_and_validate",
+    "skipped_outcome",
+    "validate_file",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +44,20 @@ class InputOptions:
     sheet: str | None = None
     column_map: Mapping[str, str] = field(default_factory=dict)
     default_region: str | None = None
+    encoding: str | None = None
+    """The text encoding of a CSV (``--encoding``); None detects it."""
+    skip_hidden_rows: bool = False
+    """Skip the rows hidden in Excel (``--skip-hidden-rows``) instead of importing them."""
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet."""
         out = {"sheet": self.sheet or "(auto)", "default_region": self.default_region or "(none)"}
         if self.column_map:
             out["map"] = "; ".join(f"{h}={f}" for h, f in self.column_map.items())
+        if self.encoding:
+            out["encoding"] = self.encoding
+        if self.skip_hidden_rows:
+            out["skip_hidden_rows"] = "yes"
         return out
 
 
@@ -131,13 +148,54 @@ def load_and_validate(options: InputOptions) -> ValidationReport:
     if options.path.is_dir():
         raise InputError(f"{options.path} is a folder; give a .csv or .xlsx file")
     with collector_paused():
-        table = read_table(options.path, sheet=options.sheet, extra_headers=options.column_map)
+        table = read_table(
+            options.path, sheet=options.sheet, extra_headers=options.column_map, encoding=options.encoding
+        )
         if table.row_count == 0:
             raise InputError(
                 f"{options.path.name}: the header is on row {table.source.header_row} "
                 "but no data rows follow it"
             )
-        return validate_table(table, column_map=options.column_map, default_region=options.default_region)
+        hidden = table.hidden_rows if options.skip_hidden_rows else ()
+        if not hidden:
+            return validate_table(table, column_map=options.column_map, default_region=options.default_region)
+        # The hidden rows are left out of validation (a duplicate of a skipped row is no duplicate)
+        # but stay in the table, so each still gets its outcome: skipped, with the reason.
+        visible = dataclasses.replace(table, frame=table.frame.drop(index=list(hidden)))
+        report = validate_table(visible, column_map=options.column_map, default_region=options.default_region)
+        return dataclasses.replace(report, table=table, skipped=dict.fromkeys(hidden, HIDDEN_ROW_REASON))
+
+
+HIDDEN_ROW_REASON = "hidden in Excel (--skip-hidden-rows)"
+
+
+def skipped_outcome(report: ValidationReport, row: int) -> RowOutcome | None:
+    """The outcome of a row left out on purpose (a hidden row with --skip-hidden-rows), or None."""
+    reason = report.skipped.get(row)
+    if reason is None:
+        return None
+    return RowOutcome(
+        row=row, status=Status.SKIPPED, action=Action.SKIP, reason=reason, reason_kind="hidden_row"
+    )
+
+
+def input_notes(table: RawTable, skip_hidden_rows: bool = False) -> list[str]:
+    """Say how the input was read where the user may not expect it (printed with the summary)."""
+    notes: list[str] = []
+    for name, text in describe_hidden(table):
+        if name == "hidden rows":
+            text += (
+                " skipped"
+                if skip_hidden_rows
+                else " imported like the others (--skip-hidden-rows skips them)"
+            )
+        notes.append(f"{name} in Excel: {text}")
+    source = table.source
+    if source.encoding_chosen == "detected" and not (source.encoding or "").startswith("utf"):
+        notes.append(
+            f"text read as {source.encoding} (detected); if letters look wrong, pass --encoding NAME"
+        )
+    return notes
 
 
 def reasons_by_row(issues: Iterable[RowIssue]) -> dict[int, list[RowIssue]]:
@@ -172,6 +230,16 @@ def validation_outcomes(report: ValidationReport) -> OutcomeColumns:
     # Shared values, not a RowOutcome per row: the valid rows all say the same thing.
     status, reason, kind = [ok.status] * count, [ok.reason] * count, [ok.reason_kind] * count
     grouped = reasons_by_row(report.issues)
+    action = [ok.action] * count
+    if report.skipped:
+        positions = report.table.frame.index.get_indexer(pd.Index(list(report.skipped), dtype="int64"))
+        for row, position in zip(report.skipped, positions.tolist(), strict=True):
+            skipped = skipped_outcome(report, row)
+            if position >= 0 and skipped is not None:
+                status[position] = skipped.status
+                action[position] = skipped.action
+                reason[position] = skipped.reason
+                kind[position] = skipped.reason_kind
     positions = report.table.frame.index.get_indexer(pd.Index(list(grouped), dtype="int64"))
     for row, position in zip(grouped, positions.tolist(), strict=True):
         if position >= 0:  # as before: an issue of a row the table does not have adds no outcome
@@ -184,7 +252,7 @@ def validation_outcomes(report: ValidationReport) -> OutcomeColumns:
     return OutcomeColumns(
         row=rows,
         status=status,
-        action=[ok.action] * count,
+        action=action,
         reason=reason,
         reason_kind=kind,
         did_id=nothing,
@@ -229,6 +297,7 @@ _KIND_TEXT = {
     "bad_status": "unknown status",
     "bad_uuid": "connection id is not a UUID",
     "duplicate": "duplicate DID",
+    "excel_error": "Excel error in a cell (#N/A, #REF!, ...)",
     "ragged_row": "row has the wrong number of fields",
 }
 
@@ -278,4 +347,5 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         results_path=results,
         failed_path=failed if tally.failed_rows else None,
         exit_code=1 if tally.failed_rows else 0,
+        notes=input_notes(report.table, config.input.skip_hidden_rows),
     )

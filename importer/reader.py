@@ -9,7 +9,9 @@ cap and a timeout, because some such files make calamine abort the whole process
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -17,7 +19,8 @@ import posixpath
 import re
 import zipfile
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -28,7 +31,7 @@ from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
 from importer import fields
-from importer.errors import ImporterError, InputError, UnreadableFileError
+from importer.errors import ImporterError, InputError, UnreadableFileError, shown
 from importer.isolated_reader import (
     REFUSE_PASSWORD,
     SheetGrid,
@@ -39,7 +42,7 @@ from importer.isolated_reader import (
 )
 from importer.model import RawTable, SourceInfo
 
-__all__ = ["read_table"]
+__all__ = ["EXCEL_ERRORS", "check_encoding", "column_letters", "describe_hidden", "read_table"]
 
 Matrix = npt.NDArray[np.object_]
 
@@ -76,7 +79,13 @@ _BOMS = (
 )
 
 
-def read_table(path: Path, *, sheet: str | None = None, extra_headers: Mapping[str, str] = {}) -> RawTable:
+def read_table(
+    path: Path,
+    *,
+    sheet: str | None = None,
+    extra_headers: Mapping[str, str] = {},
+    encoding: str | None = None,
+) -> RawTable:
     """Read a spreadsheet into a RawTable, every cell as text, rows numbered as Excel numbers them.
 
     Args:
@@ -84,6 +93,8 @@ def read_table(path: Path, *, sheet: str | None = None, extra_headers: Mapping[s
         sheet: The workbook sheet to read; None picks the first visible sheet whose header
             row names the fields.
         extra_headers: Header text -> field name mapped by the user; helps find the header row.
+        encoding: The text encoding of delimited text (``--encoding``); None detects it.
+            Workbooks carry their own encoding and ignore it.
 
     Returns:
         The table, its headers and how it was read.
@@ -94,8 +105,9 @@ def read_table(path: Path, *, sheet: str | None = None, extra_headers: Mapping[s
     """
     path = Path(path)
     extra_keys = frozenset(fields.header_key(h) for h in extra_headers)
+    codec = check_encoding(encoding) if encoding is not None else None
     try:
-        return _read(path, sheet, extra_keys)
+        return _read(path, sheet, extra_keys, codec)
     except ImporterError:
         raise
     except (KeyboardInterrupt, SystemExit):
@@ -111,7 +123,7 @@ def read_table(path: Path, *, sheet: str | None = None, extra_headers: Mapping[s
         ) from None
 
 
-def _read(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> RawTable:
+def _read(path: Path, sheet: str | None, extra_keys: frozenset[str], codec: str | None) -> RawTable:
     if not path.is_file():
         raise InputError(f"{path} does not exist or is not a file; check the path")
     try:
@@ -128,12 +140,19 @@ def _read(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> RawTable
     if data.startswith(_ZIP_MAGICS):
         kind = _check_zip(path)
         fmt = "xlsm" if kind == "xlsx" and suffix == ".xlsm" else kind
+        marks = _SheetMarks()
         if kind == "xlsx":
             grid = read_workbook(path, sheet, extra_keys)
-            _restore_error_cells(path, grid)
+            # The sheet itself was read; without its marks it is read as calamine sees it.
+            with contextlib.suppress(Exception):
+                marks = _sheet_marks(path, grid.sheet)
+            _restore_error_cells(grid, marks.errors)
         else:
             grid = read_workbook_isolated(path, sheet, extra_keys)
-        return _grid_table(grid, SourceInfo(path, fmt, digest, sheet=grid.sheet, header_row=grid.header_row))
+        source = SourceInfo(
+            path, fmt, digest, sheet=grid.sheet, header_row=grid.header_row, first_column=grid.first_column
+        )
+        return _marked(_grid_table(grid, source), marks, grid.first_column)
     is_ole = data.startswith(_OLE_MAGIC)
     if is_ole and _ENCRYPTED_STREAM in data:
         raise UnreadableFileError(f"{path.name}: {REFUSE_PASSWORD}")
@@ -150,7 +169,9 @@ def _read(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> RawTable
                 f"{path.name} is larger than {MAX_TEXT_BYTES // 1024**2} MiB of text; "
                 "split it into files of under a million rows"
             )
-        return _read_text(path, data, digest, extra_keys, strict_table=suffix not in (".csv", ".tsv"))
+        return _read_text(
+            path, data, digest, extra_keys, strict_table=suffix not in (".csv", ".tsv"), codec=codec
+        )
     if suffix in _WORKBOOK_SUFFIXES:
         raise UnreadableFileError(
             f"{path.name} is not a {suffix} workbook (its content is not a spreadsheet); "
@@ -229,57 +250,116 @@ def _check_zip(path: Path) -> str:
     return "xlsx"
 
 
-_ERROR_TAG = re.compile(rb'<(?:[\w.-]+:)?c\s[^>]*?\bt="e"[^>]*>')
+_TAG_NAME = re.compile(rb"<(?:[\w.-]+:)?([\w]+)[\s/>]")
 _CELL_REF = re.compile(rb'\br="([A-Z]{1,3})([0-9]{1,7})"')
 _VALUE = re.compile(rb"<(?:[\w.-]+:)?v>([^<]{1,32})</")
+_ROW_NUMBER = re.compile(rb'\br="([0-9]{1,7})"')
+_COL_SPAN = re.compile(rb'\b(min|max)="([0-9]{1,5})"')
+_MERGED_REF = re.compile(rb'\bref="([A-Z]{1,3})([0-9]{1,7}):([A-Z]{1,3})([0-9]{1,7})"')
+_MARKERS = (b't="e"', b"hidden=", b"mergeCell")
+"""What makes a sheet worth a second look: error cells, hidden rows or columns, merged cells."""
 _SCAN_CHUNK = 1024**2
+MAX_CELL_NOTES = 100_000
+"""Merged cells noted at most: a sheet merging whole blocks must not cost a note per cell."""
 
 
-def _restore_error_cells(path: Path, grid: SheetGrid) -> None:
-    """Put Excel's error text (#N/A, #REF!, ...) back into cells calamine reads as empty.
+@dataclass(frozen=True, slots=True)
+class _SheetMarks:
+    """What calamine does not tell about a worksheet, read from its XML."""
 
-    The user sees "#N/A" in Excel; an empty cell instead would be reported as a missing
-    value, which sends them looking for the wrong problem.
+    errors: dict[tuple[int, int], str] = field(default_factory=dict)
+    """{(Excel row, 0-based column): error text} of the error cells."""
+    hidden_rows: frozenset[int] = frozenset()
+    """Excel row numbers of the hidden rows (hidden by hand or by a filter)."""
+    hidden_columns: frozenset[int] = frozenset()
+    """0-based sheet columns that are hidden."""
+    merged: tuple[tuple[int, int, int, int], ...] = ()
+    """Merged ranges as (first row, first column, last row, last column): Excel rows, 0-based columns."""
+
+
+def _column_index(letters: bytes) -> int:
+    """Turn column letters (b"A", b"AB") into a 0-based column number."""
+    column = 0
+    for letter in letters:
+        column = column * 26 + letter - 64
+    return column - 1
+
+
+def column_letters(index: int) -> str:
+    """Turn a 0-based column number into Excel's letters (0 -> "A", 27 -> "AB")."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(65 + rest) + letters
+    return letters
+
+
+def _sheet_marks(path: Path, sheet: str) -> _SheetMarks:
+    """Read a worksheet's error cells, hidden rows and columns and merged ranges from its XML.
+
+    The XML is streamed once looking for the markers; only a sheet that has any is read whole
+    and searched, so a large clean sheet costs one pass of decompression and no parsing.
     """
-    try:
-        found = _error_cells(path, grid.sheet)
-    except Exception:  # the sheet itself was read; a failure here only leaves those cells empty
-        return
-    count = len(grid.columns[0]) if grid.columns else 0
-    for (row, column), text in found.items():
-        i = row - grid.header_row - 1
-        j = column - grid.first_column
-        if 0 <= i < count and 0 <= j < len(grid.columns) and grid.columns[j][i] == "":
-            grid.columns[j][i] = text
-
-
-def _error_cells(path: Path, sheet: str) -> dict[tuple[int, int], str]:
-    """Return {(Excel row, 0-based column): error text} of a worksheet's error cells."""
     with zipfile.ZipFile(path) as archive:
         members = {i.filename.replace("\\", "/").lower(): i for i in archive.infolist()}
         part = _sheet_part(archive, members, sheet)
         if part is None:
-            return {}
+            return _SheetMarks()
         with archive.open(part) as handle:
             tail = b""
             while chunk := handle.read(_SCAN_CHUNK):
-                if b't="e"' in tail + chunk:
+                window = tail + chunk
+                if any(marker in window for marker in _MARKERS):
                     break
-                tail = chunk[-8:]
+                tail = chunk[-16:]
             else:
-                return {}
+                return _SheetMarks()
         text = archive.read(part)
-    found: dict[tuple[int, int], str] = {}
-    for match in _ERROR_TAG.finditer(text):
-        ref = _CELL_REF.search(match.group(0))
-        value = _VALUE.match(text, match.end()) or _VALUE.search(text, match.end(), match.end() + 4096)
-        if ref is None or value is None:
-            continue
-        column = 0
-        for letter in ref.group(1):
-            column = column * 26 + letter - 64
-        found[(int(ref.group(2)), column - 1)] = value.group(1).decode("ascii", "replace")
-    return found
+    errors: dict[tuple[int, int], str] = {}
+    for tag, end in _tags_holding(text, b't="e"', b"c"):
+        ref = _CELL_REF.search(tag)
+        value = _VALUE.match(text, end) or _VALUE.search(text, end, end + 4096)
+        if ref is not None and value is not None:
+            errors[(int(ref.group(2)), _column_index(ref.group(1)))] = value.group(1).decode(
+                "ascii", "replace"
+            )
+    rows: set[int] = set()
+    columns: set[int] = set()
+    for needle in (b'hidden="1"', b'hidden="true"'):
+        for tag, _end in _tags_holding(text, needle, b"row"):
+            if (number := _ROW_NUMBER.search(tag)) is not None:
+                rows.add(int(number.group(1)))
+        for tag, _end in _tags_holding(text, needle, b"col"):
+            span = {key.decode(): int(value) for key, value in _COL_SPAN.findall(tag)}
+            low = span.get("min", 0)
+            high = span.get("max", low)
+            if 1 <= low <= high:
+                columns.update(range(low - 1, min(high, 16_384)))
+    merged = tuple(
+        (int(ref.group(2)), _column_index(ref.group(1)), int(ref.group(4)), _column_index(ref.group(3)))
+        for tag, _end in _tags_holding(text, b"mergeCell ", b"mergeCell")
+        if (ref := _MERGED_REF.search(tag)) is not None
+    )
+    return _SheetMarks(errors, frozenset(rows), frozenset(columns), merged)
+
+
+def _tags_holding(text: bytes, needle: bytes, name: bytes) -> Iterator[tuple[bytes, int]]:
+    """Yield each start tag called ``name`` (any namespace prefix) that contains ``needle``, and its end.
+
+    The needle is searched as plain bytes (C speed); only its few hits are looked at in Python,
+    where a regular expression over every tag of a large sheet would take a good part of a second.
+    """
+    pos = text.find(needle)
+    while pos >= 0:
+        start = text.rfind(b"<", 0, pos)
+        end = text.find(b">", pos)
+        if start >= 0 and end >= 0:
+            tag = text[start : end + 1]
+            found = _TAG_NAME.match(tag)
+            if found is not None and found.group(1) == name:
+                yield tag, end + 1
+        pos = text.find(needle, pos + len(needle))
 
 
 def _sheet_part(
@@ -302,6 +382,88 @@ def _sheet_part(
             full = target.lstrip("/") if target.startswith("/") else f"xl/{target}"
             return members.get(posixpath.normpath(full).lower())
     return None
+
+
+EXCEL_ERRORS: Mapping[str, str] = {
+    "#N/A": "a formula that found nothing",
+    "#REF!": "a formula that refers to a deleted cell",
+    "#VALUE!": "a formula given the wrong kind of value",
+    "#DIV/0!": "a division by zero",
+    "#NAME?": "a formula naming something Excel does not know",
+    "#NUM!": "a formula whose number is invalid or too large",
+    "#NULL!": "a formula whose ranges do not meet",
+    "#SPILL!": "a formula whose results have no room",
+    "#CALC!": "a calculation Excel cannot do",
+    "#GETTING_DATA": "a value still loading when the file was saved",
+}
+"""The error values Excel shows in a cell, and what each means."""
+HIDDEN_LISTED = 20
+"""Hidden rows named one by one in the summary; more are counted."""
+
+
+def describe_hidden(table: RawTable) -> list[tuple[str, str]]:
+    """Name the table's rows and columns hidden in Excel, for the summary and the Summary sheet.
+
+    Returns:
+        ("hidden rows", "3 (rows 5, 9, 12)") and ("hidden columns", 'D ("Notes")') when there are any.
+    """
+    out: list[tuple[str, str]] = []
+    rows = table.hidden_rows
+    if rows:
+        listed = ", ".join(map(str, rows[:HIDDEN_LISTED])) + (", ..." if len(rows) > HIDDEN_LISTED else "")
+        out.append(("hidden rows", f"{len(rows)} ({'row' if len(rows) == 1 else 'rows'} {listed})"))
+    if table.hidden_columns:
+        first = table.source.first_column
+        named = [
+            f'{column_letters(first + j)} ("{shown(table.headers[j])}")'
+            if table.headers[j].strip()
+            else column_letters(first + j)
+            for j in table.hidden_columns
+        ]
+        out.append(("hidden columns", ", ".join(named)))
+    return out
+
+
+def _restore_error_cells(grid: SheetGrid, errors: Mapping[tuple[int, int], str]) -> None:
+    """Put Excel's error text (#N/A, #REF!, ...) back into cells calamine reads as empty.
+
+    The user sees "#N/A" in Excel; an empty cell instead would be reported as a missing
+    value, which sends them looking for the wrong problem.
+    """
+    count = len(grid.columns[0]) if grid.columns else 0
+    for (row, column), text in errors.items():
+        i = row - grid.header_row - 1
+        j = column - grid.first_column
+        if 0 <= i < count and 0 <= j < len(grid.columns) and grid.columns[j][i] == "":
+            grid.columns[j][i] = text
+
+
+def _marked(table: RawTable, marks: _SheetMarks, first_column: int) -> RawTable:
+    """Add the hidden rows and columns and the merged-cell notes that fall inside the table."""
+    if not (marks.hidden_rows or marks.hidden_columns or marks.merged):
+        return table
+    rows = table.frame.index
+    width = len(table.headers)
+    present = set(rows.tolist())
+    hidden_rows = tuple(sorted(r for r in marks.hidden_rows if r in present))
+    hidden_columns = tuple(j for j in range(width) if first_column + j in marks.hidden_columns)
+    notes: dict[tuple[int, int], str] = {}
+    for top, left, bottom, right in marks.merged:
+        first = f"{column_letters(left)}{top}"
+        area = f"{first}:{column_letters(right)}{bottom}"
+        for row in range(max(top, table.source.header_row + 1), bottom + 1):
+            if row not in present:
+                continue
+            for column in range(max(left, first_column), min(right, first_column + width - 1) + 1):
+                if (row, column) == (top, left) or len(notes) >= MAX_CELL_NOTES:
+                    continue
+                notes[(row, column - first_column)] = (
+                    f"cell {column_letters(column)}{row} is part of the merged range {area}; "
+                    f"Excel keeps the value only in {first}"
+                )
+    return dataclasses.replace(
+        table, hidden_rows=hidden_rows, hidden_columns=hidden_columns, cell_notes=notes
+    )
 
 
 def _prolog_declares_dtd(handle: IO[bytes]) -> bool:
@@ -386,11 +548,35 @@ def _frame(
     return tuple(header[:width]), frame
 
 
-def _decode_plan(data: bytes) -> tuple[str, str, bytes]:
-    """Choose how to decode text bytes: (encoding recorded, codec used, bytes to decode)."""
+def check_encoding(name: str) -> str:
+    """Return the codec a ``--encoding`` value names.
+
+    Raises:
+        InputError: the name is not a text encoding Python knows.
+    """
+    hint = "use a text encoding such as utf-8, cp1252, cp1251, cp1253, cp1254 or iso-8859-7"
+    try:
+        codec = codecs.lookup(name.strip()).name
+        "0123456789".encode(codec)  # LookupError for codecs that are not text encodings (base64)
+    except (LookupError, ValueError):
+        raise InputError(f"--encoding {shown(name)!r} is not a known text encoding; {hint}") from None
+    return codec
+
+
+def _decode_plan(data: bytes, given: str | None = None) -> tuple[str, str, bytes, str]:
+    """Choose how to decode text bytes.
+
+    Returns:
+        The encoding recorded, the codec used, the bytes to decode and how the encoding was
+        chosen ("" when the text is plain UTF-8 or ASCII).
+    """
+    if given is not None:
+        if given == "utf-8" and data.startswith(codecs.BOM_UTF8):
+            return "utf-8-sig", "utf-8-sig", data, "--encoding"
+        return given, given, data, "--encoding"
     for bom, label, codec in _BOMS:
         if data.startswith(bom):
-            return label, codec, data
+            return label, codec, data, "byte order mark"
     head = data[:4096]
     if head.count(0) > len(head) // 4 and len(head) >= 4:
         # No BOM but NUL-heavy: UTF-16 text puts the NULs of ASCII on one side.
@@ -400,21 +586,127 @@ def _decode_plan(data: bytes) -> tuple[str, str, bytes]:
         try:
             data.decode(codec)
         except UnicodeDecodeError:
-            return "binary", "", data
-        return codec, codec, data
+            return "binary", "", data, ""
+        return codec, codec, data, "detected"
     if data.isascii():
-        return "utf-8", "utf-8", data
+        return "utf-8", "utf-8", data, ""
     try:
         data.decode("utf-8")
-        return "utf-8", "utf-8", data
+        return "utf-8", "utf-8", data, ""
     except UnicodeDecodeError:
         pass
+    for codec in _legacy_candidates(data):
+        if codec == "cp1252" and not _decodes(data, codec):
+            # cp1252 is the last resort and reads anything: its five undefined bytes as latin-1.
+            return "cp1252", "utf-8", _cp1252_text(data).encode("utf-8"), "detected"
+        if _decodes(data, codec):
+            return codecs.lookup(codec).name, codec, data, "detected"
+    raise AssertionError("unreachable: cp1252 ends the candidates")  # pragma: no cover
+
+
+def _cp1252_text(data: bytes) -> str:
+    return data.decode("cp1252", errors="surrogateescape").translate(_CP1252_HOLES)
+
+
+_LEGACY_CODECS = (
+    # Ordered by how often carriers' tools export them: a tie between candidates that read the
+    # sample equally well goes to the earlier one (cp1252 first, as before detection existed).
+    "cp1252", "cp1250", "cp1251", "cp1253", "cp1254", "cp1257", "cp1255", "cp1256", "cp1258",
+    "iso8859_7", "iso8859_2", "iso8859_9", "iso8859_13", "iso8859_5", "koi8_r", "koi8_u",
+    "cp874", "cp932", "gb18030", "big5", "cp949", "euc_jp",
+)  # fmt: skip
+_SIBLINGS = {
+    # Pairs that differ in a few letters (Greek capitals with tonos sit elsewhere in iso8859_7):
+    # charset-normalizer may rank them equal, so the one that reads more letters wins.
+    "cp1253": ("iso8859_7",),
+    "iso8859_7": ("cp1253",),
+    "cp1250": ("iso8859_2",),
+    "iso8859_2": ("cp1250",),
+    "cp1254": ("iso8859_9",),
+    "iso8859_9": ("cp1254",),
+    "cp1257": ("iso8859_13",),
+    "iso8859_13": ("cp1257",),
+}
+DETECT_SAMPLE_BYTES = 64 * 1024
+"""How much of the text's non-ASCII lines charset-normalizer looks at."""
+DETECT_SCAN_BYTES = 8 * 1024**2
+"""How far into the file to look for those lines (digits and ASCII names say nothing)."""
+_NON_ASCII_LINE = re.compile(rb"[^\n]*[\x80-\xff][^\n]*")
+
+
+def _legacy_candidates(data: bytes) -> list[str]:
+    """Rank the legacy codecs that may have written ``data`` (best first) with charset-normalizer.
+
+    Only lines holding non-ASCII bytes are looked at: in a carrier's sheet they are the few
+    names and notes among thousands of ASCII numbers, and they alone tell the encodings apart.
+    """
+    import charset_normalizer
+
+    lines: list[bytes] = []
+    size = 0
+    for line in _NON_ASCII_LINE.finditer(data, 0, DETECT_SCAN_BYTES):
+        lines.append(line.group(0))
+        size += len(line.group(0)) + 1
+        if size >= DETECT_SAMPLE_BYTES:
+            break
+    sample = b"\n".join(lines)[:DETECT_SAMPLE_BYTES]
+    if not sample:
+        return ["cp1252"]
+    matches = list(
+        charset_normalizer.from_bytes(
+            sample, steps=1, chunk_size=len(sample), cp_isolation=list(_LEGACY_CODECS)
+        )
+    )
+    if not matches:
+        return ["cp1252"]
+    best = matches[0]
+    tied: list[str] = []
+    for match in matches:
+        if abs(match.chaos - best.chaos) < 0.01 and match.coherence == best.coherence:
+            tied += [match.encoding, *match.could_be_from_charset]
+    tied += _SIBLINGS.get(best.encoding, ())
+    rank = {codec: i for i, codec in enumerate(_LEGACY_CODECS)}
+    known = sorted({c for c in tied if c in rank}, key=rank.__getitem__)
+    scored = sorted(known, key=lambda c: (-_letters(sample, c), rank[c]))
+    others = [m.encoding for m in matches if m.encoding not in scored]
+    ranked = [*scored, *others, "cp1252"]
+    # A tiny sample can make a Cyrillic or Greek code page look best for Western text; its words
+    # then mix Latin and other letters ("cafй"), which real text does not: keep cp1252 then.
+    if ranked[0] != "cp1252" and _mixed_words(sample.decode(ranked[0], errors="replace")) > _mixed_words(
+        _cp1252_text(sample)
+    ):
+        ranked.insert(0, "cp1252")
+    return ranked
+
+
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def _mixed_words(text: str) -> int:
+    """Count the words that mix ASCII letters with letters of another script (Greek onwards)."""
+    count = 0
+    for word in _WORD.findall(text):
+        if not word.isascii() and any(c.isascii() for c in word) and max(word) >= "\u0370":
+            count += 1
+    return count
+
+
+def _letters(sample: bytes, codec: str) -> int:
+    """Count the non-ASCII letters ``codec`` reads in ``sample`` (symbols and controls are not)."""
+    text = sample.decode(codec, errors="replace")
+    return sum(1 for char in text if char >= "\x80" and char.isalpha())
+
+
+def _decodes(data: bytes, codec: str) -> bool:
+    """Tell whether the whole of ``data`` is valid in ``codec``, in chunks (no second copy)."""
+    decoder = codecs.getincrementaldecoder(codec)()
     try:
-        data.decode("cp1252")
-        return "cp1252", "cp1252", data
+        for start in range(0, len(data), 1024**2):
+            decoder.decode(data[start : start + 1024**2])
+        decoder.decode(b"", final=True)
     except UnicodeDecodeError:
-        text = data.decode("cp1252", errors="surrogateescape").translate(_CP1252_HOLES)
-        return "cp1252", "utf-8", text.encode("utf-8")
+        return False
+    return True
 
 
 def _sniff_delimiter(sample: str, preferred: str, extra_keys: frozenset[str]) -> tuple[str, int]:
@@ -449,11 +741,17 @@ def _sniff_delimiter(sample: str, preferred: str, extra_keys: frozenset[str]) ->
 
 
 def _read_text(
-    path: Path, data: bytes, digest: str, extra_keys: frozenset[str], *, strict_table: bool
+    path: Path,
+    data: bytes,
+    digest: str,
+    extra_keys: frozenset[str],
+    *,
+    strict_table: bool,
+    codec: str | None = None,
 ) -> RawTable:
     """Read delimited text: detect encoding and delimiter, number records as Excel rows."""
     name = path.name
-    encoding, codec, payload = _decode_plan(data)
+    encoding, codec, payload, chosen = _decode_plan(data, codec)
     if encoding == "binary" or (not codec):
         raise UnreadableFileError(f"{name} is binary, not a text table; use {SUPPORTED}")
     head = payload[: SNIFF_CHARS * 4].decode(codec, errors="ignore")[:SNIFF_CHARS]
@@ -489,9 +787,11 @@ def _read_text(
         raise UnreadableFileError(
             f"{name}: row {record + 1} cannot be parsed ({error}); a quote is probably never closed"
         ) from None
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as error:
+        fix = "check --encoding" if chosen == "--encoding" else "save it again as UTF-8 CSV"
         raise UnreadableFileError(
-            f"{name} is not valid {encoding} text; save it again as UTF-8 CSV"
+            f"{name} is not valid {encoding} text (byte {error.object[error.start]:#04x} "
+            f"in row {record + 1}); {fix}"
         ) from None
     if not rows:
         raise UnreadableFileError(f"{name} has no header row (the file is blank); export it again")
@@ -508,7 +808,13 @@ def _read_text(
     del data_rows
     headers, frame = _frame(header, matrix, data_numbers)
     source = SourceInfo(
-        path, "csv", digest, encoding=encoding, delimiter=delimiter, header_row=numbers[index]
+        path,
+        "csv",
+        digest,
+        encoding=encoding,
+        delimiter=delimiter,
+        header_row=numbers[index],
+        encoding_chosen=chosen,
     )
     return RawTable(source, headers, frame, problems)
 

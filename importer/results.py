@@ -23,6 +23,7 @@ import xlsxwriter
 
 from importer.errors import InputError
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status
+from importer.reader import describe_hidden
 
 RESULT_COLUMNS = (
     "import_status",
@@ -362,10 +363,14 @@ def _summary_items(
         ("sha256", src.sha256),
         ("format", src.format),
         ("sheet", src.sheet or ""),
-        ("encoding", src.encoding or ""),
+        (
+            "encoding",
+            f"{src.encoding} ({src.encoding_chosen})" if src.encoding_chosen else src.encoding or "",
+        ),
         ("delimiter", delimiter),
         ("header row", src.header_row),
         ("rows read", table.row_count),
+        *describe_hidden(table),
         ("Run", None),
         ("command", info.command),
         ("started", info.started),

@@ -41,10 +41,12 @@ from .pipeline import (
     OutcomeTally,
     RunSummary,
     failed_outcome,
+    input_notes,
     load_and_validate,
     now_text,
     output_paths,
     reasons_by_row,
+    skipped_outcome,
     top_reasons,
     write_outputs,
 )
@@ -835,8 +837,10 @@ def _write_and_summarise(
             if issues:
                 yield failed_outcome(row, issues)
             else:
-                yield runner.outcomes.get(row) or RowOutcome(
-                    row=row, status=Status.NOT_SENT, reason="not sent", reason_kind="not_sent"
+                yield (
+                    runner.outcomes.get(row)
+                    or skipped_outcome(report, row)
+                    or RowOutcome(row=row, status=Status.NOT_SENT, reason="not sent", reason_kind="not_sent")
                 )
 
     info = RunInfo(
@@ -871,7 +875,7 @@ def _write_and_summarise(
             journal.close()
     extra = [o.reason_kind for o in runner.outcomes.values() if o.status is Status.FAILED]
     exit_code = runner.exit_code or (1 if tally.failed_rows else 0)
-    notes = list(runner.notes)
+    notes = [*input_notes(report.table, config.input.skip_hidden_rows), *runner.notes]
     if runner.stop_reason:
         notes.insert(0, f"stopped: {runner.stop_reason}")
     if config.dry_run:

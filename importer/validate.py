@@ -22,7 +22,7 @@ import pandas as pd
 import pandera.pandas as pa
 import phonenumbers
 
-from .errors import InputError
+from .errors import InputError, shown
 from .fields import (
     DID_FIELDS,
     DIRECTION_OF,
@@ -42,6 +42,7 @@ from .fields import (
     match_header,
 )
 from .model import RawTable, RoutingRow, RowIssue, ValidationReport
+from .reader import EXCEL_ERRORS
 
 __all__ = ["PhoneNormaliser", "map_columns", "parse_column_map", "validate_table"]
 
@@ -467,11 +468,17 @@ class _Messages:
 
     def header(self, field: str) -> str:
         pos = self.mapping.get(field)
-        return self.table.headers[pos] if pos is not None else field
+        return shown(self.table.headers[pos]) if pos is not None else field
 
     def raw(self, row: int, field: str) -> str:
         cells = self._raw.get(field)
         return str(cells[self._raw_position(row)]) if cells is not None else ""
+
+    def note(self, row: int, field: str) -> str:
+        """What the reader knows of an empty cell (e.g. that it is merged), as "; ..." or ""."""
+        pos = self.mapping.get(field)
+        note = self.table.cell_notes.get((row, pos)) if pos is not None and self.table.cell_notes else None
+        return f"; {note}" if note else ""
 
     def issue(self, row: int, check: str) -> list[RowIssue]:
         if ":" in check:
@@ -493,7 +500,7 @@ class _Messages:
                         self.header(id_field),
                         "",
                         f'"{self.header(mode_field)}" is "{mode_text}" ({label}), which needs '
-                        f"{id_field}, but {where}",
+                        f"{id_field}, but {where}{self.note(row, id_field)}",
                         "missing_mode_id",
                     )
                 ]
@@ -514,7 +521,8 @@ class _Messages:
                     row,
                     self.header("did_number"),
                     "",
-                    f'no DID: fill in "{self.header("did_number")}" or "{self.header("did_id")}"',
+                    f'no DID: fill in "{self.header("did_number")}" or "{self.header("did_id")}"'
+                    f"{self.note(row, 'did_number') or self.note(row, 'did_id')}",
                     "missing_did",
                 )
             ]
@@ -540,6 +548,15 @@ class _Messages:
         value = self.raw(row, field)
         text = clean_text(value)
         quoted = f'"{header}": "{value}"'
+        excel_error = EXCEL_ERRORS.get(text)
+        if excel_error is not None:
+            return RowIssue(
+                row,
+                header,
+                value,
+                f'"{header}": the cell holds the Excel error {text} ({excel_error}); fix it in the sheet',
+                "excel_error",
+            )
         if check == "scientific_notation" or check == "phone_number":
             result = self.parsed.phone.get(row)
             problem = result.problem if result is not None else "is not a phone number"
@@ -551,7 +568,8 @@ class _Messages:
                 row,
                 header,
                 value,
-                f'"{header}" is empty: give the {direction.value} mode ({describe_modes(direction)})',
+                f'"{header}" is empty: give the {direction.value} mode ({describe_modes(direction)})'
+                f"{self.note(row, field)}",
                 "missing_mode",
             )
         if check == "mode":
@@ -585,6 +603,26 @@ def _clean_cells(cells: list[object]) -> list[str]:
     return [v.strip() if type(v) is str and v.isascii() else clean_text(str(v)) for v in cells]
 
 
+_PROTECTED = re.compile(r'="(.*)"|\'(.*)', re.DOTALL)
+
+
+def _unprotect(cells: list[str]) -> list[str]:
+    """Read ``="918012345678"`` and ``'918012345678`` as the value they protect from Excel.
+
+    Both are how people keep Excel from turning a long number into 9.18E+11 in a CSV. The
+    results keep the cell as typed; only the parsed value loses the wrapper. A column with
+    neither character anywhere (nearly all) costs one join and two C-speed character searches.
+    """
+    joined = "".join(cells)
+    if "=" not in joined and "'" not in joined:
+        return cells
+    out = []
+    for cell in cells:
+        m = _PROTECTED.fullmatch(cell) if cell[:1] in ("=", "'") else None
+        out.append(clean_text(m.group(1) if m.group(1) is not None else m.group(2)) if m else cell)
+    return out
+
+
 def _clean_frame(table: RawTable, mapping: Mapping[str, int], rows: pd.Index) -> pd.DataFrame:
     whole = len(rows) == len(table.frame)  # no ragged rows left out: no reindexing needed
     data: dict[str, list[str]] = {}
@@ -594,7 +632,7 @@ def _clean_frame(table: RawTable, mapping: Mapping[str, int], rows: pd.Index) ->
             data[name] = [""] * len(rows)
         else:
             column = table.frame[pos]
-            data[name] = _clean_cells(column.tolist() if whole else column.loc[rows].tolist())
+            data[name] = _unprotect(_clean_cells(column.tolist() if whole else column.loc[rows].tolist()))
     return pd.DataFrame(data, index=rows, dtype=object)
 
 
@@ -651,7 +689,8 @@ def validate_table(
                 issues.append(messages.column_issue(int(index), str(column), str(check)))
             else:
                 issues.extend(messages.issue(int(index), str(check)))
-    issues.sort(key=lambda i: (i.row, _column_order(mapping, table.headers, i.column)))
+    headers = tuple(map(shown, table.headers))  # as issues name them
+    issues.sort(key=lambda i: (i.row, _column_order(mapping, headers, i.column)))
     failed = rows.isin(list({i.row for i in issues}))
     valid = _LazyRows(parsed.values, rows.to_numpy()[~failed])
     return ValidationReport(table=table, valid=valid, issues=tuple(issues), mapping=dict(mapping))

@@ -235,6 +235,9 @@ def test_read_table_xlsx_cells_read_as_the_user_sees_them(tmp_path: Path) -> Non
         (3.10101195608231e17, "3.10101195608231E+17"),
         (1e15, "1E+15"),
         (1.5e-7, "1.5e-07"),
+        (0.1 + 0.2, "0.3"),
+        (45296.57291666666, "45296.5729166667"),
+        (-1234.5678, "-1234.5678"),
     ],
 )
 def test_float_text_integral_digits_and_excel_scientific(value: float, text: str) -> None:
@@ -473,3 +476,175 @@ def test_read_workbook_isolated_timeout_is_a_clean_refusal(tmp_path: Path) -> No
     with pytest.raises(UnreadableFileError, match="could not be read safely") as caught:
         read_workbook_isolated(path, None, frozenset(), timeout=0.01)
     _assert_one_line(caught.value)
+
+
+# --- legacy encodings ----------------------------------------------------------------------------
+
+_LEGACY_SHEETS = {
+    "greek": (
+        ["Πελάτης", "Πόλη"],
+        [
+            ("Γεώργιος Παπαδόπουλος", "Αθήνα"),
+            ("Μαρία Ιωάννου", "Θεσσαλονίκη"),
+            ("Νίκος Κωνσταντίνου", "Πάτρα"),
+            ("Ελένη Δημητρίου", "Ηράκλειο"),
+            ("Άννα Ξυδάκη", "Ύδρα"),
+            ("Όλγα Έλληνα", "Ίος"),
+        ],
+    ),
+    "cyrillic": (
+        ["Клиент", "Город"],
+        [
+            ("Иван Петров", "Москва"),
+            ("Ольга Смирнова", "Санкт-Петербург"),
+            ("Сергей Кузнецов", "Новосибирск"),
+            ("Анна Попова", "Екатеринбург"),
+        ],
+    ),
+    "turkish": (
+        ["Müşteri", "Şehir"],
+        [
+            ("Ayşe Yılmaz", "İstanbul"),
+            ("Mehmet Öztürk", "Ankara"),
+            ("Gülşen Çelik", "İzmir"),
+            ("Oğuz Doğan", "Şanlıurfa"),
+        ],
+    ),
+    "western": (
+        ["Client", "Ville"],
+        [("Hélène Dupré", "Orléans"), ("François Lefèvre", "Besançon"), ("Zoë Müller", "Genève")],
+    ),
+}
+
+
+def _legacy_rows(language: str) -> list[list[str]]:
+    extra, people = _LEGACY_SHEETS[language]
+    rows = [[*HEADER[:3], *extra]]
+    rows += [[f"+3021055{i:05d}", "3", "4", name, city] for i, (name, city) in enumerate(people)]
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("language", "written", "recorded"),
+    [
+        ("greek", "cp1253", "cp1253"),
+        ("greek", "iso-8859-7", "iso8859-7"),
+        ("cyrillic", "cp1251", "cp1251"),
+        ("turkish", "cp1254", "cp1254"),
+        ("western", "cp1252", "cp1252"),
+    ],
+)
+def test_read_table_csv_legacy_encoding_detected(
+    tmp_path: Path, language: str, written: str, recorded: str
+) -> None:
+    """Greek, Cyrillic and Turkish exports read as their letters, not as cp1252 mojibake."""
+    rows = _legacy_rows(language)
+    path = tmp_path / f"{language}.csv"
+    path.write_bytes(_csv_text(rows).encode(written))
+    table = read_table(path)
+    assert (table.source.encoding, table.source.encoding_chosen) == (recorded, "detected")
+    assert table.headers == tuple(rows[0])
+    assert _cells(table.frame) == rows[1:]  # the phone digits too, exactly
+
+
+def test_read_table_csv_legacy_detection_sees_past_ascii_rows(tmp_path: Path) -> None:
+    """Thousands of ASCII rows before the first name do not hide the encoding."""
+    rows = _legacy_rows("cyrillic")
+    filler = [[f"+7495{i:07d}", "3", "4", "", ""] for i in range(20_000)]
+    path = tmp_path / "late.csv"
+    path.write_bytes(_csv_text([rows[0], *filler, *rows[1:]]).encode("cp1251"))
+    table = read_table(path)
+    assert table.source.encoding == "cp1251"
+    assert _cells(table.frame)[-4:] == rows[1:]
+    assert _cells(table.frame)[0][0] == "+74950000000"
+
+
+def test_read_table_csv_encoding_given_wins(tmp_path: Path) -> None:
+    rows = _legacy_rows("greek")
+    path = tmp_path / "greek.csv"
+    path.write_bytes(_csv_text(rows).encode("cp1253"))
+    table = read_table(path, encoding="cp1252")
+    assert (table.source.encoding, table.source.encoding_chosen) == ("cp1252", "--encoding")
+    assert table.frame.iloc[0, 3] == rows[1][3].encode("cp1253").decode("cp1252")
+    assert table.frame.iloc[0, 0] == rows[1][0]
+
+
+@pytest.mark.parametrize("name", ["klingon", "base64", "rot13", "DID\nNumber"])
+def test_read_table_csv_encoding_unknown_is_one_line(tmp_path: Path, name: str) -> None:
+    path = tmp_path / "dids.csv"
+    path.write_text(_csv_text([HEADER, *ROWS]), encoding="utf-8")
+    with pytest.raises(InputError, match="is not a known text encoding") as caught:
+        read_table(path, encoding=name)
+    _assert_one_line(caught.value)
+
+
+def test_read_table_csv_encoding_given_that_does_not_fit_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "dids.csv"
+    path.write_bytes(_csv_text(_legacy_rows("greek")).encode("cp1253"))
+    with pytest.raises(UnreadableFileError, match=r"not valid utf-8 text .*check --encoding") as caught:
+        read_table(path, encoding="utf-8")
+    _assert_one_line(caught.value)
+
+
+# --- what calamine does not say: hidden rows and columns, merged cells ---------------------------
+
+
+def _hidden_book(path: Path) -> Path:
+    """Rows 5, 9 and 12 hidden (9 and 12 under a filter), column D hidden, a merged C6:C8."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append([*HEADER, "Notes"])
+    for i in range(2, 14):
+        sheet.append([f"+91801234{i:04d}", 3, 4, 93, f"note {i}"])
+    sheet.auto_filter.ref = "A1:E13"
+    for row in (5, 9, 12):
+        sheet.row_dimensions[row].hidden = True
+    sheet.column_dimensions["D"].hidden = True
+    sheet["C7"] = None
+    sheet["C8"] = None
+    sheet.merge_cells("C6:C8")
+    book.save(path)
+    return path
+
+
+def test_read_table_xlsx_hidden_rows_and_columns(tmp_path: Path) -> None:
+    table = read_table(_hidden_book(tmp_path / "hidden.xlsx"))
+    assert table.hidden_rows == (5, 9, 12)
+    assert table.hidden_columns == (3,)
+    assert list(table.frame.index) == list(range(2, 14))  # hidden rows are still read
+
+
+def test_read_table_xlsx_merged_cells_noted(tmp_path: Path) -> None:
+    table = read_table(_hidden_book(tmp_path / "merged.xlsx"))
+    assert table.frame.loc[7, 2] == "" and table.frame.loc[6, 2] == "4"
+    assert table.cell_notes == {
+        (7, 2): "cell C7 is part of the merged range C6:C8; Excel keeps the value only in C6",
+        (8, 2): "cell C8 is part of the merged range C6:C8; Excel keeps the value only in C6",
+    }
+
+
+def test_read_table_xlsx_marks_follow_an_offset_sheet(tmp_path: Path) -> None:
+    """A table starting at column C and row 4: rows, columns and letters stay the sheet's."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet["C1"] = "Routing export"
+    for r, row in enumerate([[*HEADER[:3], "Notes"], ["918011", 3, 4, "x"], ["918012", 3, None, "y"]], 4):
+        for c, value in enumerate(row, 3):
+            sheet.cell(r, c, value)
+    sheet.row_dimensions[6].hidden = True
+    sheet.row_dimensions[2].hidden = True  # above the header: not a table row
+    sheet.column_dimensions["F"].hidden = True
+    sheet.merge_cells("E5:E6")
+    path = tmp_path / "offset.xlsx"
+    book.save(path)
+    table = read_table(path)
+    assert (table.source.header_row, table.source.first_column) == (4, 2)
+    assert table.hidden_rows == (6,) and table.hidden_columns == (3,)
+    assert table.cell_notes == {
+        (6, 2): "cell E6 is part of the merged range E5:E6; Excel keeps the value only in E5"
+    }
+
+
+def test_read_table_xlsx_plain_sheet_has_no_marks(tmp_path: Path) -> None:
+    table = read_table(_write_xlsx(tmp_path / "plain.xlsx", [("DIDs", [HEADER, *ROWS], "visible")]))
+    assert (table.hidden_rows, table.hidden_columns, dict(table.cell_notes)) == ((), (), {})
