@@ -532,7 +532,7 @@ class _Messages:
                             "duplicate",
                         )
                     )
-            return issues[:1]
+            return issues
         raise KeyError(check)  # pragma: no cover - every dataframe check is handled above
 
     def column_issue(self, row: int, field: str, check: str) -> RowIssue:
@@ -638,8 +638,12 @@ def validate_table(
         failures = exc.failure_cases
     if failures is not None and len(failures):
         messages = _Messages(table, mapping, parsed)
-        # pandera reports a dataframe-wide check once per column: keep one per (row, check).
-        failures = failures.drop_duplicates(["index", "check", "schema_context"])
+        # pandera reports a dataframe-wide check once per column: keep one per (row, check). A
+        # column check is kept per column too, so two bad ids (or two empty modes) of one row
+        # are two problems, each naming its own column.
+        failures = failures.assign(
+            _column=failures["column"].where(failures["schema_context"] == "Column", "")
+        ).drop_duplicates(["index", "check", "schema_context", "_column"])
         for index, context, column, check in zip(
             failures["index"].tolist(),
             failures["schema_context"].tolist(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import openpyxl
 import pandas as pd
 import phonenumbers
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from importer.errors import InputError
 from importer.fields import FIELD_NAMES, Direction
 from importer.model import RawTable, SourceInfo
+from importer.pipeline import InputOptions, ValidateConfig, validate_file
 from importer.validate import (
     PhoneNormaliser,
     map_columns,
@@ -109,6 +111,65 @@ def test_validate_reports_every_problem_of_a_row_at_once() -> None:
     }
     values = {i.column: i.value for i in report.issues}
     assert values["Phone Number"] == "9.18012E+11" and values["Inbound SIP Trunk"] == "x"
+
+
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        (
+            row(inbound="2", in_trunk="x", outbound="2", out_trunk="y"),
+            {"Inbound SIP Trunk": "bad_id", "Outbound SIP Trunk": "bad_id"},
+        ),
+        (row(inbound="voicemail", outbound="fax"), {"Inbound Mode": "bad_mode", "Outbound Mode": "bad_mode"}),
+        (row(inbound="", outbound=""), {"Inbound Mode": "missing_mode", "Outbound Mode": "missing_mode"}),
+        (
+            row(inbound="3", outbound="3"),
+            {"Inbound Bot ID": "missing_mode_id", "Outbound Bot ID": "missing_mode_id"},
+        ),
+    ],
+)
+def test_validate_reports_each_column_of_the_same_kind_of_problem(
+    cells: list[str], expected: dict[str, str]
+) -> None:
+    """Two problems of one kind in two columns of a row are two issues, not one."""
+    report = validate_table(make_table([row(number="+1 415 555 2601"), cells]))
+    assert {(i.column, i.kind) for i in report.issues} == set(expected.items())
+    assert all(i.row == 3 for i in report.issues)
+
+
+def test_validate_duplicate_number_and_id_are_both_reported() -> None:
+    headers = ("DID", "DID ID", "Inbound", "Outbound")
+    report = validate_table(
+        make_table([["+91 80 1234 5678", "812", "1", "4"], ["918012345678", "812", "1", "4"]], headers)
+    )
+    assert [(i.row, i.column, i.kind) for i in report.issues] == [
+        (3, "DID", "duplicate"),
+        (3, "DID ID", "duplicate"),
+    ]
+
+
+def test_validate_file_errors_sheet_and_reason_list_every_column(tmp_path: Path) -> None:
+    """The results workbook read back: the Errors sheet has a line per column, the reason names both."""
+    source = tmp_path / "carrier.csv"
+    source.write_text(
+        "DID,Inbound,Inbound Trunk,Outbound,Outbound Trunk\n"
+        "+91 80 1234 5678,SIP,x,SIP,y\n"
+        "+91 80 1234 5679,,,,\n",
+        encoding="utf-8",
+    )
+    summary = validate_file(ValidateConfig(InputOptions(source)))
+    book = openpyxl.load_workbook(summary.results_path, read_only=True)
+    errors = [tuple(r) for r in book["Errors"].iter_rows(min_row=2, values_only=True)]
+    assert [(int(str(r[0])), r[1], r[4]) for r in errors] == [
+        (2, "Inbound Trunk", "bad_id"),
+        (2, "Outbound Trunk", "bad_id"),
+        (3, "Inbound", "missing_mode"),
+        (3, "Outbound", "missing_mode"),
+    ]
+    results = list(book["Results"].iter_rows(values_only=True))
+    reason = dict(zip(results[0], results[1], strict=True))["import_reason"]
+    assert '"Inbound Trunk": "x"' in reason and '"Outbound Trunk": "y"' in reason
+    book.close()
 
 
 def test_validate_normalises_numbers_and_ids() -> None:
