@@ -10,6 +10,7 @@ either in ``ValidationReport.valid`` or has at least one issue.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -122,29 +123,192 @@ class PhoneResult:
 
 _PLAIN_INTERNATIONAL = re.compile(r"\+?([1-9]\d{6,16})")
 
+# The number types phonenumbers' validity check tries, in its order (fixed line and mobile last).
+_NUMBER_TYPES = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+    "mobile",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _RegionPatterns:
+    """One region's valid national numbers, as one compiled pattern per national length.
+
+    phonenumbers calls a national number valid when it matches the general description and
+    one number type (each with its own lengths); here each length gets one alternation of the
+    types that allow it, behind a lookahead for the general pattern, so validity costs a dict
+    lookup and one ``fullmatch`` instead of up to eleven.
+    """
+
+    leading_digits: re.Pattern[str] | None
+    by_length: Mapping[int, re.Pattern[str]]
+
+    def valid(self, national: str) -> bool:
+        pattern = self.by_length.get(len(national))
+        return pattern is not None and pattern.fullmatch(national) is not None
+
+
+def _region_patterns(meta: phonenumbers.PhoneMetadata) -> _RegionPatterns:
+    general = meta.general_desc
+    types = [getattr(meta, name) for name in _NUMBER_TYPES]
+    if meta.same_mobile_and_fixed_line_pattern:
+        types = types[:-1]  # phonenumbers then never tries the mobile pattern on its own
+    by_length: dict[int, re.Pattern[str]] = {}
+    if general is not None and general.national_number_pattern:
+        for length in sorted(set(general.possible_length or ())):
+            branches = [
+                f"(?:{desc.national_number_pattern})"
+                for desc in types
+                if desc is not None
+                and desc.national_number_pattern
+                and (not desc.possible_length or length in desc.possible_length)
+            ]
+            if branches:
+                by_length[length] = re.compile(
+                    rf"(?=(?:{general.national_number_pattern})\Z)(?:{'|'.join(branches)})"
+                )
+    leading = re.compile(meta.leading_digits) if meta.leading_digits else None
+    return _RegionPatterns(leading, by_length)
+
 
 @dataclass(frozen=True, slots=True)
 class _CountryRule:
     """What phonenumbers' metadata says about one country code, for the fast path."""
 
     national_prefix: re.Pattern[str] | None
-    lengths: frozenset[int]
+    regions: tuple[_RegionPatterns, ...]
+
+    def valid(self, national: str) -> bool:
+        """Say whether ``phonenumbers.is_valid_number`` holds for this code and national number."""
+        if len(self.regions) == 1:
+            return self.regions[0].valid(national)
+        # As phonenumbers picks the region: the first whose leading digits match decides; a
+        # region without leading digits claims the number when the number is valid there.
+        for region in self.regions:
+            if region.leading_digits is not None:
+                if region.leading_digits.match(national):
+                    return region.valid(national)
+            elif region.valid(national):
+                return True
+        return False
+
+
+@functools.cache
+def _country_rule(code: int) -> _CountryRule | None:
+    """Compile a country code's rule from phonenumbers' metadata (once per process: it is constant)."""
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code)
+    if not regions:
+        return None
+    metas = [phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, r) for r in regions]
+    if len(metas) > 1:
+        metas = [phonenumbers.PhoneMetadata.metadata_for_region(r) for r in regions]
+    main = metas[0]
+    if main is None or main.general_desc is None:
+        return None
+    prefix = main.national_prefix_for_parsing or main.national_prefix
+    return _CountryRule(
+        re.compile(prefix) if prefix else None,
+        tuple(_region_patterns(m) for m in metas if m is not None),
+    )
+
+
+@functools.cache
+def _region_rule(region: str) -> tuple[int, str | None, _RegionPatterns]:
+    """A region's country code, national prefix and valid national numbers."""
+    meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    assert meta is not None and meta.country_code is not None
+    return meta.country_code, meta.national_prefix, _region_patterns(meta)
+
+
+SUGGESTED_REGIONS: tuple[str, ...] = (
+    "US",
+    "CA",
+    "GB",
+    "IN",
+    "AU",
+    "DE",
+    "FR",
+    "IT",
+    "ES",
+    "NL",
+    "IE",
+    "BR",
+    "MX",
+    "SG",
+    "AE",
+    "ZA",
+    "NZ",
+    "PH",
+)
+"""Regions whose national numbers a missing-country-code message suggests, in this order."""
+
+
+def national_readings(digits: str, limit: int = 3) -> list[tuple[str, str]]:
+    """List (region, +international form) for the regions in which ``digits`` is a valid national number.
+
+    Only the regions of ``SUGGESTED_REGIONS`` are tried (a random string of ten digits is a
+    valid number somewhere in dozens of countries; these are where carrier sheets come from).
+    A leading national prefix (the 0 of a London 020 ...) is dropped before the check.
+    """
+    out: list[tuple[str, str]] = []
+    for region in SUGGESTED_REGIONS:
+        code, prefix, patterns = _region_rule(region)
+        national = digits[len(prefix) :] if prefix and digits.startswith(prefix) else digits
+        rule = _country_rule(code)
+        if not national or not patterns.valid(national) or rule is None or not rule.valid(national):
+            continue
+        number = phonenumbers.parse(f"+{code}{national}")
+        # Spaces, not the dashes of the US style: the form a sheet's cell is easiest to fix with.
+        text = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        out.append((region, text.replace("-", " ")))
+        if len(out) == limit:
+            break
+    return out
+
+
+def _suggest_country_code(digits: str) -> str:
+    """Say which country codes would make ``digits`` a valid number, or '' when none would."""
+    readings = national_readings(digits)
+    if not readings:
+        return ""
+    (region, first), others = readings[0], readings[1:]
+    more = f" ({', '.join(f'{r}: {number}' for r, number in others)})" if others else ""
+    article = "an" if region[0] in "AEFHILMNORSX" else "a"  # as the letters are read: an IN, a US
+    return (
+        f"if it is {article} {region} number add the country code: {first}{more}, "
+        f"or pass --default-region {region}"
+    )
+
+
+def _describe_code(code: int) -> str:
+    regions = [r for r in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, ()) if r != "001"]
+    return f"+{code} ({', '.join(regions[:3])})" if regions else f"+{code}"
 
 
 class PhoneNormaliser:
     """Normalise phone cells to the API's form with the phonenumbers library, with a cache.
 
-    Most carrier sheets hold plain international numbers ("+918012345678" or
-    "918012345678"). For those, a fast path reads the country code and the possible
-    national lengths from phonenumbers' own metadata and gives the same answer as a full
-    ``phonenumbers.parse`` at a fraction of the cost; it steps aside (to the full parse)
-    whenever the national part could start with a national prefix or its length is not a
-    possible one. ``tests/test_validate.py`` checks the two agree across every country code.
+    A number is accepted only when phonenumbers calls it *valid* for the country its code
+    names (a possible length is not enough: 4805550123, a US number without its +1, has a
+    possible length for Poland's +48). Most carrier sheets hold plain international numbers
+    ("+918012345678" or "918012345678"). For those, a fast path reads the country code and
+    checks the national number against phonenumbers' own metadata patterns, compiled once per
+    country code, and gives the same answer as a full ``phonenumbers.parse`` plus
+    ``is_valid_number`` at a fraction of the cost; it steps aside (to the full parse) whenever
+    the national part could start with a national prefix or is not valid.
+    ``tests/test_validate.py`` checks the two agree across every country code.
     """
 
     def __init__(self, default_region: str | None = None) -> None:
         self.default_region = default_region
-        self._rules: dict[int, _CountryRule | None] = {}
         self._heads: dict[str, tuple[int, _CountryRule | None]] = {}
 
     def __call__(self, text: str) -> PhoneResult:
@@ -173,29 +337,12 @@ class PhoneNormaliser:
                 return self._fast(m.group(1))
         return None
 
-    def _rule(self, code: int) -> _CountryRule | None:
-        if code not in self._rules:
-            regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code)
-            meta = (
-                phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, regions[0])
-                if regions
-                else None
-            )
-            if meta is None or meta.general_desc is None:
-                self._rules[code] = None
-            else:
-                prefix = meta.national_prefix_for_parsing or meta.national_prefix
-                desc = meta.general_desc
-                lengths = frozenset((desc.possible_length or ()) + (desc.possible_length_local_only or ()))
-                self._rules[code] = _CountryRule(re.compile(prefix) if prefix else None, lengths)
-        return self._rules[code]
-
     def _head(self, head: str) -> tuple[int, _CountryRule | None]:
         """Return the country code's length and rule for a number's first three digits."""
         for size in (1, 2, 3):
             code = int(head[:size])
             if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
-                return size, self._rule(code)
+                return size, _country_rule(code)
         return 0, None
 
     def _fast(self, digits: str) -> str | None:
@@ -205,11 +352,12 @@ class PhoneNormaliser:
             size, rule = self._heads[head]
         except KeyError:
             size, rule = self._heads[head] = self._head(head)
-        if rule is None or len(digits) - size not in rule.lengths:
+        if rule is None:
             return None
-        if rule.national_prefix is not None and rule.national_prefix.match(digits[size:]):
+        national = digits[size:]
+        if rule.national_prefix is not None and rule.national_prefix.match(national):
             return None
-        return digits
+        return digits if rule.valid(national) else None
 
     def normalise(self, text: str) -> PhoneResult:
         """Normalise one cleaned, non-empty cell with a full phonenumbers parse."""
@@ -225,32 +373,66 @@ class PhoneNormaliser:
         compact = _PHONE_SEPARATORS.sub("", text)
         if compact.startswith("00"):
             compact = "+" + compact[2:]
-        candidates: list[tuple[str, str | None]] = []
         if compact.startswith("+"):
-            candidates.append((compact, None))
-        elif self.default_region is not None:
-            candidates.append((compact, self.default_region))
-        elif not compact.startswith("0"):
-            candidates.append(("+" + compact, None))
-        for candidate, region in candidates:
-            try:
-                parsed = phonenumbers.parse(candidate, region)
-            except phonenumbers.NumberParseException:
-                continue
-            if parsed.extension:
-                return PhoneResult(None, "has an extension; give the DID alone", "bad_number")
-            if phonenumbers.is_possible_number(parsed):
-                e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-                return PhoneResult(e164.lstrip("+"), "", "")
-        if self.default_region is None and not compact.startswith("+"):
+            return self._parse(compact, None) or self._invalid_international(compact)
+        if self.default_region is not None:
+            # The region's national reading first; a number that is already valid with its
+            # country code is taken as it is and never gets the region's code in front.
+            found = self._parse(compact, self.default_region)
+            if found is None and not compact.startswith("0"):
+                found = self._parse("+" + compact, None)
+            return found or PhoneResult(
+                None,
+                f"is not a valid number of region {self.default_region} (nor with a country code)",
+                "bad_number",
+            )
+        if not compact.startswith("0"):
+            found = self._parse("+" + compact, None)
+            if found is not None:
+                return found
+        return self._missing_country_code(compact)
+
+    @staticmethod
+    def _parse(candidate: str, region: str | None) -> PhoneResult | None:
+        """Return the E.164 digits of a valid number, None when it does not parse or is not valid."""
+        try:
+            parsed = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            return None
+        if not phonenumbers.is_valid_number(parsed):
+            return None
+        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        return PhoneResult(e164.lstrip("+"), "", "")
+
+    @staticmethod
+    def _invalid_international(compact: str) -> PhoneResult:
+        try:
+            code = phonenumbers.parse(compact, None).country_code
+        except phonenumbers.NumberParseException:
+            return PhoneResult(None, "is not a valid phone number", "bad_number")
+        return PhoneResult(None, f"is not a valid number of {_describe_code(code or 0)}", "bad_number")
+
+    @staticmethod
+    def _missing_country_code(compact: str) -> PhoneResult:
+        digits = compact.lstrip("+")
+        suggestion = _suggest_country_code(digits) if digits.isdigit() else ""
+        if compact.startswith("0"):
             return PhoneResult(
                 None,
-                "is not an international number: add the country code (e.g. +91 80 1234 5678), "
+                f"is a national number (no country code): {suggestion}"
+                if suggestion
+                else "is not an international number: add the country code (e.g. +91 80 1234 5678), "
                 "or pass --default-region to read national numbers",
                 "no_country_code",
             )
-        where = f" for region {self.default_region}" if self.default_region else ""
-        return PhoneResult(None, f"is not a valid phone number{where}", "bad_number")
+        if suggestion:
+            return PhoneResult(None, f"is not a valid number of any country; {suggestion}", "no_country_code")
+        return PhoneResult(
+            None,
+            "is not a valid number of any country: check the digits and write it with its country "
+            "code (e.g. +91 80 1234 5678)",
+            "bad_number",
+        )
 
 
 def parse_column_map(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
