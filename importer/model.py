@@ -138,6 +138,8 @@ class ValidationReport:
     issues: tuple[RowIssue, ...]
     mapping: Mapping[str, int]
     """Field name -> input column position, for the fields the file has."""
+    notes: tuple[str, ...] = ()
+    """File-level findings for the summary, e.g. a column that looks wrongly matched."""
 
     @property
     def failed_rows(self) -> frozenset[int]:

@@ -230,6 +230,7 @@ _KIND_TEXT = {
     "bad_uuid": "connection id is not a UUID",
     "duplicate": "duplicate DID",
     "ragged_row": "row has the wrong number of fields",
+    "wrong_column": "column does not look like the field its header matched",
 }
 
 
@@ -278,4 +279,5 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         results_path=results,
         failed_path=failed if tally.failed_rows else None,
         exit_code=1 if tally.failed_rows else 0,
+        notes=report.notes,
     )

@@ -581,17 +581,76 @@ def _first_occurrence(keys: pd.Series) -> pd.Series:
     return pd.Series(rows[first[later]], index=pd.Index(rows[positions[later]]), dtype="int64")
 
 
+WRONG_MATCH_SHARE = 0.2
+"""A column matched by its header (not by ``--map``) whose non-empty cells fit its field less often
+than this (with at least 3 cells and 2 different misfits) is taken for a wrong match (a "State"
+column of NY, CA matched to status): its rows fail with one reason that names the column and the
+fix, and the report carries a note, instead of one "is not a status" per value. The column is not
+dropped silently: a status column in another vocabulary (Enabled/Disabled) would turn every row
+active."""
+
+_PHONE_LIKE = re.compile(r"\+?\d{6,17}")
+
+_ACCEPTED: dict[Kind, str] = {
+    Kind.PHONE: "a DID is a phone number",
+    Kind.INT_ID: "ids are positive whole numbers",
+    Kind.STATUS: "a status is active/inactive, 1/0, yes/no, y/n or true/false",
+    Kind.UUID: "a connection id is a UUID",
+}
+
+
+def _fits(name: str, text: str) -> bool:
+    """Say whether a cell that did not parse still looks like its field's kind of value."""
+    if FIELD_BY_NAME[name].kind is not Kind.PHONE:
+        return False
+    # A national or mistyped number is still a phone number: its own message says what to fix.
+    compact = _PHONE_SEPARATORS.sub("", text)
+    return bool(_PHONE_LIKE.fullmatch(compact.replace("00", "+", 1) if compact.startswith("00") else compact))
+
+
+def wrong_matches(parsed: _Parsed, auto: Sequence[str]) -> dict[str, str]:
+    """Find the header-matched fields whose column's values mostly do not fit the field.
+
+    Args:
+        parsed: The parsed table.
+        auto: The fields matched by their header (a ``--map`` is taken at its word).
+
+    Returns:
+        {field: up to three of its values that do not fit, quoted and comma-separated}.
+    """
+    out: dict[str, str] = {}
+    for name in auto:
+        text = parsed.clean[name]
+        filled = text != ""
+        count = int(filled.sum())
+        if not count:
+            continue
+        bad = filled & parsed.values[name].isna()
+        failing = int(bad.sum())
+        if failing <= count * (1 - WRONG_MATCH_SHARE):
+            continue  # the common case: one cheap count and no per-cell work
+        fit = {t: _fits(name, t) for t in dict.fromkeys(text[bad].tolist())}
+        fitting = count - failing + sum(fit[t] for t in text[bad].tolist())
+        misfits = [t for t, ok in fit.items() if not ok]
+        # A few cells, or one value over and over (a typo copied down), get their own messages.
+        if fitting < count * WRONG_MATCH_SHARE and count >= 3 and len(misfits) >= 2:
+            out[name] = ", ".join(f'"{t}"' for t in misfits[:3])
+    return out
+
+
 def _check(ok: pd.Series, name: str) -> pa.Check:
     """A check whose answer was computed from the parsed columns (True where the cell is fine)."""
     # ignore_na=False: cells are never null, and pandera's null scan per check costs a full pass.
     return pa.Check(lambda _obj: ok, name=name, ignore_na=False)
 
 
-def build_schema(parsed: _Parsed) -> pa.DataFrameSchema:
+def build_schema(parsed: _Parsed, wrong: Mapping[str, str] | None = None) -> pa.DataFrameSchema:
     """Build the pandera schema for one table from the field spec.
 
     Column checks test each cell's parse; dataframe-wide checks test the rules that span
     columns (a DID on every row, the id each mode needs, ids for unused modes, duplicates).
+    A column in ``wrong`` (see ``wrong_matches``) fails each non-empty cell once, as a column
+    that is not its field, instead of once per value.
     """
     clean, values = parsed.clean, parsed.values
     blank = {name: clean[name] == "" for name in FIELD_NAMES}
@@ -599,7 +658,12 @@ def build_schema(parsed: _Parsed) -> pa.DataFrameSchema:
     for f in FIELDS:
         checks: list[pa.Check] = []
         parsed_ok = values[f.name].notna()
-        if f.kind is Kind.PHONE:
+        if wrong and f.name in wrong:
+            # Not trusted at all, not even its few values that parse: they fit by chance.
+            checks.append(_check(blank[f.name], "wrong_column"))
+            if f.kind is Kind.MODE:
+                checks.append(_check(~blank[f.name], "mode_required"))
+        elif f.kind is Kind.PHONE:
             scientific = [row for row, r in parsed.phone.items() if r.kind == "scientific_notation"]
             sci = pd.Series(clean.index.isin(scientific), index=clean.index)
             checks.append(_check(~sci, "scientific_notation"))
@@ -633,10 +697,13 @@ def build_schema(parsed: _Parsed) -> pa.DataFrameSchema:
 class _Messages:
     """Turn pandera failure cases into RowIssues that name the user's column and value."""
 
-    def __init__(self, table: RawTable, mapping: Mapping[str, int], parsed: _Parsed) -> None:
+    def __init__(
+        self, table: RawTable, mapping: Mapping[str, int], parsed: _Parsed, wrong: Mapping[str, str]
+    ) -> None:
         self.table = table
         self.mapping = mapping
         self.parsed = parsed
+        self.wrong = wrong
         self.dup_number = parsed.duplicate_of["did_number"]
         self.dup_id = parsed.duplicate_of["did_id"]
         # Plain arrays and one index lookup per row: DataFrame.at costs ~10 us a call, and a
@@ -722,6 +789,10 @@ class _Messages:
         value = self.raw(row, field)
         text = clean_text(value)
         quoted = f'"{header}": "{value}"'
+        if check == "wrong_column":
+            return RowIssue(
+                row, header, value, wrong_column_text(header, field, self.wrong[field]), "wrong_column"
+            )
         if check == "scientific_notation" or check == "phone_number":
             result = self.parsed.phone.get(row)
             problem = result.problem if result is not None else "is not a phone number"
@@ -758,6 +829,16 @@ class _Messages:
         return RowIssue(
             row, header, value, f"{quoted} {describe_bad_int(text)}; ids are positive whole numbers", "bad_id"
         )
+
+
+def wrong_column_text(header: str, field: str, values: str) -> str:
+    """The reason of a row whose value sits in a column that does not look like its field."""
+    kind = FIELD_BY_NAME[field].kind
+    accepted = f"modes are {describe_modes(DIRECTION_OF[field])}" if kind is Kind.MODE else _ACCEPTED[kind]
+    return (
+        f'column "{header}" does not look like {field} (values {values}; {accepted}): leave it out '
+        f'with --ignore-column "{header}", or if it is {field} confirm with --map "{header}={field}"'
+    )
 
 
 def _clean_cells(cells: list[object]) -> list[str]:
@@ -812,14 +893,16 @@ def validate_table(
     rows = table.frame.index[~table.frame.index.isin(list(table.row_problems))]
     clean = _clean_frame(table, mapping, rows)
     parsed = _parse(clean, PhoneNormaliser(default_region))
-    schema = build_schema(parsed)
+    chosen = set((column_map or {}).values())
+    wrong = wrong_matches(parsed, [f for f in mapping if f not in chosen])
+    schema = build_schema(parsed, wrong)
     failures: pd.DataFrame | None = None
     try:
         schema.validate(clean, lazy=True)
     except pa.errors.SchemaErrors as exc:
         failures = exc.failure_cases
     if failures is not None and len(failures):
-        messages = _Messages(table, mapping, parsed)
+        messages = _Messages(table, mapping, parsed, wrong)
         # pandera reports a dataframe-wide check once per column: keep one per (row, check). A
         # column check is kept per column too, so two bad ids (or two empty modes) of one row
         # are two problems, each naming its own column.
@@ -840,7 +923,15 @@ def validate_table(
     issues.sort(key=lambda i: (i.row, _column_order(mapping, table.headers, i.column)))
     failed = rows.isin(list({i.row for i in issues}))
     valid = _LazyRows(parsed.values, rows.to_numpy()[~failed])
-    return ValidationReport(table=table, valid=valid, issues=tuple(issues), mapping=dict(mapping))
+    notes = tuple(
+        f'column "{table.headers[mapping[f]]}" was matched to {f} by its header, but its values '
+        f"({values}) do not look like {f}: its rows failed; leave it out with "
+        f'--ignore-column "{table.headers[mapping[f]]}" or map the right column with --map'
+        for f, values in wrong.items()
+    )
+    return ValidationReport(
+        table=table, valid=valid, issues=tuple(issues), mapping=dict(mapping), notes=notes
+    )
 
 
 def _column_order(mapping: Mapping[str, int], headers: tuple[str, ...], column: str) -> int:

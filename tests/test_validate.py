@@ -172,6 +172,68 @@ def test_validate_file_errors_sheet_and_reason_list_every_column(tmp_path: Path)
     book.close()
 
 
+def test_validate_us_export_with_a_state_column_is_valid() -> None:
+    """ "State" holds NY, CA: it is carried, not read as a status."""
+    headers = ("TN", "Inbound", "Outbound", "State")
+    rows = [["+1 480 555 0123", "1", "4", "NY"], ["+1 415 555 2601", "1", "4", "CA"]]
+    report = validate_table(make_table(rows, headers))
+    assert not report.issues and len(report.valid) == 2 and "status" not in report.mapping
+
+
+LIKE_STATUS = ("Phone Number", "Inbound", "Outbound", "Status")
+PORTED = [
+    ["+1 480 555 0123", "1", "4", "Ported"],
+    ["+1 415 555 2601", "1", "4", "In Service"],
+    ["+1 312 555 0100", "1", "4", "Pending"],
+    ["+1 617 555 0199", "1", "4", "In Service"],
+    ["+1 646 555 0142", "1", "4", ""],
+]
+
+
+def test_validate_column_whose_values_do_not_fit_is_a_likely_wrong_match() -> None:
+    """One reason per row naming the column and the fix, and one note for the file."""
+    report = validate_table(make_table(PORTED, LIKE_STATUS))
+    assert [(i.row, i.kind) for i in report.issues] == [
+        (2, "wrong_column"),
+        (3, "wrong_column"),
+        (4, "wrong_column"),
+        (5, "wrong_column"),
+    ]
+    message = report.issues[0].message
+    assert 'column "Status" does not look like status' in message
+    assert '"Ported", "In Service", "Pending"' in message
+    assert '--ignore-column "Status"' in message and '--map "Status=status"' in message
+    assert [r.row for r in report.valid] == [6]
+    (note,) = report.notes
+    assert '"Status"' in note and "--ignore-column" in note
+
+
+def test_validate_mapped_column_is_taken_at_its_word() -> None:
+    """--map confirms the column: each value gets its own message, and there is no note."""
+    report = validate_table(make_table(PORTED, LIKE_STATUS), column_map={"Status": "status"})
+    assert {i.kind for i in report.issues} == {"bad_status"} and not report.notes
+
+
+def test_validate_a_repeated_typo_is_not_a_wrong_match() -> None:
+    rows = [[n, "1", "4", "actve"] for n, *_ in PORTED]
+    report = validate_table(make_table(rows, LIKE_STATUS))
+    assert {i.kind for i in report.issues} == {"bad_status"} and not report.notes
+
+
+def test_validate_national_numbers_are_not_a_wrong_match() -> None:
+    """A DID column of numbers without country code is a DID column: each number says what to add."""
+    rows = [[n, "1", "4", ""] for n in ("4805550123", "4155552601", "3125550100", "6175550199")]
+    report = validate_table(make_table(rows, LIKE_STATUS))
+    assert {i.kind for i in report.issues} == {"no_country_code"} and not report.notes
+
+
+def test_validate_file_prints_the_wrong_match_note(tmp_path: Path) -> None:
+    source = tmp_path / "carrier.csv"
+    source.write_text("\n".join(",".join(r) for r in [list(LIKE_STATUS), *PORTED]) + "\n", encoding="utf-8")
+    summary = validate_file(ValidateConfig(InputOptions(source)))
+    assert any('column "Status" was matched to status' in line for line in summary.lines())
+
+
 def test_validate_normalises_numbers_and_ids() -> None:
     report = validate_table(
         make_table([row(number=" +1 (415) 555-2601 ", inbound="3", in_bot="93.0", status="NO")])
