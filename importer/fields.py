@@ -95,12 +95,17 @@ STATUS_VALUES: dict[str, int] = {
     "1": 1,
     "active": 1,
     "yes": 1,
+    "y": 1,
     "true": 1,
+    "enabled": 1,
     "0": 0,
     "inactive": 0,
     "no": 0,
+    "n": 0,
     "false": 0,
+    "disabled": 0,
 }
+"""Status cell texts, case-folded: what carriers write for on and off."""
 STATUS_LABELS: dict[int, str] = {1: "active", 0: "inactive"}
 DEFAULT_STATUS = 1
 
@@ -231,7 +236,7 @@ FIELDS: tuple[Field, ...] = (
         "status",
         Kind.STATUS,
         "Status",
-        "1/active/yes/true or 0/inactive/no/false. Blank means 1 (active).",
+        "1/active/yes/y/true/enabled or 0/inactive/no/n/false/disabled (any case). Blank means 1 (active).",
         ("Status", "Active", "Enabled", "Routing Status"),
         "optional",
         "active",

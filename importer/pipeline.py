@@ -220,6 +220,7 @@ _KIND_TEXT = {
     "scientific_notation": "DID in scientific notation (Excel lost digits)",
     "no_country_code": "DID without a country code",
     "bad_number": "not a valid phone number",
+    "extension": "DID with an extension",
     "missing_did": "no DID on the row",
     "missing_mode": "mode missing",
     "bad_mode": "unknown mode",

@@ -122,6 +122,10 @@ class PhoneResult:
 
 
 _PLAIN_INTERNATIONAL = re.compile(r"\+?([1-9]\d{6,16})")
+# An extension after the number, as people and phonenumbers write it: "ext. 12", "x12", ";ext=12".
+_EXTENSION = re.compile(
+    r"(?P<ext>(?:;\s*ext\s*=|[\s,]*(?:ext(?:ension)?\.?|x|#))\s*:?\s*\d{1,7})\s*\Z", re.IGNORECASE
+)
 
 # The number types phonenumbers' validity check tries, in its order (fixed line and mobile last).
 _NUMBER_TYPES = (
@@ -367,6 +371,12 @@ class PhoneNormaliser:
                 "is in scientific notation, so Excel has lost digits: format the column as Text "
                 "in Excel, type the numbers again and export again",
                 "scientific_notation",
+            )
+        extension = _EXTENSION.search(text)
+        if extension is not None and any(c.isdigit() for c in text[: extension.start()]):
+            written = extension.group("ext").strip(" ,")
+            return PhoneResult(
+                None, f"has an extension, but DIDs have no extension: remove '{written}'", "extension"
             )
         if any(c.isalpha() for c in text):
             return PhoneResult(None, "contains letters; write the number with digits only", "bad_number")
@@ -821,7 +831,7 @@ class _Messages:
                 row,
                 header,
                 value,
-                f"{quoted} is not a status; use active/inactive, 1/0, yes/no or true/false",
+                f"{quoted} is not a status; use active/inactive, 1/0, yes/no, y/n or true/false",
                 "bad_status",
             )
         if check == "uuid":
