@@ -23,6 +23,8 @@ class SourceInfo:
     delimiter: str | None = None
     header_row: int = 1
     """The Excel row number of the header (1 unless title rows sit above it)."""
+    first_column: int = 0
+    """The 0-based sheet column of the table's first column (a sheet can start at column B)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)

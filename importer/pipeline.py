@@ -34,13 +34,18 @@ class InputOptions:
     path: Path
     sheet: str | None = None
     column_map: Mapping[str, str] = field(default_factory=dict)
+    """--map: header text or column letter -> field; wins over header matching."""
     default_region: str | None = None
+    ignore_columns: tuple[str, ...] = ()
+    """--ignore-column: header texts or column letters left out of matching."""
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet."""
         out = {"sheet": self.sheet or "(auto)", "default_region": self.default_region or "(none)"}
         if self.column_map:
             out["map"] = "; ".join(f"{h}={f}" for h, f in self.column_map.items())
+        if self.ignore_columns:
+            out["ignore_column"] = "; ".join(self.ignore_columns)
         return out
 
 
@@ -137,7 +142,12 @@ def load_and_validate(options: InputOptions) -> ValidationReport:
                 f"{options.path.name}: the header is on row {table.source.header_row} "
                 "but no data rows follow it"
             )
-        return validate_table(table, column_map=options.column_map, default_region=options.default_region)
+        return validate_table(
+            table,
+            column_map=options.column_map,
+            default_region=options.default_region,
+            ignore_columns=options.ignore_columns,
+        )
 
 
 def reasons_by_row(issues: Iterable[RowIssue]) -> dict[int, list[RowIssue]]:

@@ -44,7 +44,7 @@ from .fields import (
 )
 from .model import RawTable, RoutingRow, RowIssue, ValidationReport
 
-__all__ = ["PhoneNormaliser", "map_columns", "parse_column_map", "validate_table"]
+__all__ = ["PhoneNormaliser", "column_letter", "map_columns", "parse_column_map", "validate_table"]
 
 # Characters that sneak in from copy and paste and are invisible in Excel.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
@@ -446,7 +446,7 @@ class PhoneNormaliser:
 
 
 def parse_column_map(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """Parse ``--map "Header Text=field"`` options into {header text: field}.
+    """Parse ``--map "Header Text=field"`` options into {header text or column letter: field}.
 
     Raises:
         InputError: a pair without '=' or naming an unknown field.
@@ -456,39 +456,112 @@ def parse_column_map(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
         header, sep, field = pair.rpartition("=")
         field = field.strip()
         if not sep or not header.strip():
-            raise InputError(f'--map "{pair}" must look like "Header Text=field"')
+            raise InputError(f'--map "{pair}" must look like "Header Text=field" or "C=field"')
         if field not in FIELD_BY_NAME:
             raise InputError(f'--map "{pair}": unknown field "{field}"; fields are: {", ".join(FIELD_NAMES)}')
         out[header.strip()] = field
     return out
 
 
-def map_columns(headers: tuple[str, ...], column_map: Mapping[str, str]) -> dict[str, int]:
-    """Match the input's headers to fields; return {field: column position}.
+_LETTERS = re.compile(r"[A-Za-z]{1,3}")
+
+
+def column_letter(position: int) -> str:
+    """Return Excel's letter for a 0-based column: 0 -> A, 26 -> AA."""
+    letters = ""
+    position += 1
+    while position:
+        position, rest = divmod(position - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
+def _letter_position(text: str) -> int | None:
+    """Return the 0-based column a letter names ("C" -> 2, "AA" -> 26), or None."""
+    if not _LETTERS.fullmatch(text):
+        return None
+    position = 0
+    for char in text.upper():
+        position = position * 26 + ord(char) - ord("A") + 1
+    return position - 1
+
+
+def _column_position(name: str, headers: tuple[str, ...], first_column: int, option: str) -> int:
+    """Find the column a --map or --ignore-column names: by its header text, else by its letter.
 
     Raises:
-        InputError: a --map header that is not in the file, two columns for one field, or a
-            required column that is missing (naming the columns found and the closest match).
+        InputError: no such column, or a header text that several columns share.
     """
-    mapped_keys = {header_key(h): f for h, f in column_map.items()}
-    for header in column_map:
-        if not any(header_key(h) == header_key(header) for h in headers):
-            raise InputError(
-                f'--map names the column "{header}", which is not in the file; columns found: '
-                + ", ".join(f'"{h}"' for h in headers)
-            )
+    key = header_key(name)
+    found = [pos for pos, header in enumerate(headers) if key and header_key(header) == key]
+    if len(found) == 1:
+        return found[0]
+    letters = [column_letter(first_column + pos) for pos in range(len(headers))]
+    if len(found) > 1:
+        where = ", ".join(letters[pos] for pos in found)
+        raise InputError(
+            f'{option} "{name}": columns {where} all have this header; '
+            f'name one by its letter, e.g. "{letters[found[0]]}"'
+        )
+    position = _letter_position(name)
+    if position is not None and 0 <= position - first_column < len(headers):
+        return position - first_column
+    columns = ", ".join(f'{letters[pos]} "{h}"' for pos, h in enumerate(headers)) or "none"
+    raise InputError(
+        f'{option} names the column "{name}", which is not in the file; columns found: {columns}'
+    )
+
+
+def map_columns(
+    headers: tuple[str, ...],
+    column_map: Mapping[str, str],
+    ignore: Sequence[str] = (),
+    *,
+    first_column: int = 0,
+) -> dict[str, int]:
+    """Match the input's headers to fields; return {field: column position}.
+
+    Args:
+        headers: The input's header texts, in column order.
+        column_map: ``--map`` entries: header text (or column letter) -> field. They win over
+            header matching: a column mapped to a field is that field, and another column whose
+            header also names the field is left out.
+        ignore: ``--ignore-column`` entries (header text or letter): columns left out of matching.
+        first_column: The 0-based sheet column of ``headers[0]`` (for letters).
+
+    Raises:
+        InputError: a --map or --ignore-column column that is not in the file, one field or
+            column mapped twice, two columns whose headers name one field, or a required column
+            that is missing (naming the columns found and the closest match).
+    """
+    ignored = {_column_position(name, headers, first_column, "--ignore-column") for name in ignore}
     mapping: dict[str, int] = {}
-    for pos, header in enumerate(headers):
-        field = mapped_keys.get(header_key(header)) or match_header(header)
-        if field is None:
-            continue
-        if field in mapping:
-            first = headers[mapping[field]]
-            raise InputError(
-                f'columns "{first}" and "{header}" both mean {field}; rename one or pick one with '
-                f'--map "{header}={field}"'
-            )
+    mapped_by: dict[str, str] = {}
+    for name, field in column_map.items():
+        pos = _column_position(name, headers, first_column, "--map")
+        if pos in ignored:
+            raise InputError(f'--map "{name}={field}" names a column that --ignore-column leaves out')
+        if field in mapping and mapping[field] != pos:
+            raise InputError(f'--map gives {field} twice ("{mapped_by[field]}" and "{name}"); keep one')
+        other = next((f for f, p in mapping.items() if p == pos and f != field), None)
+        if other is not None:
+            raise InputError(f'--map gives the column "{name}" two fields ({other} and {field}); keep one')
         mapping[field] = pos
+        mapped_by[field] = name
+    taken = set(mapping.values())
+    for pos, header in enumerate(headers):
+        if pos in ignored or pos in taken:
+            continue
+        matched = match_header(header)
+        if matched is None or matched in mapped_by:
+            continue
+        if matched in mapping:
+            first = headers[mapping[matched]]
+            raise InputError(
+                f'columns "{first}" and "{header}" both mean {matched}; pick one with '
+                f'--map "{header}={matched}" or leave one out with --ignore-column "{first}"'
+            )
+        mapping[matched] = pos
     found = ", ".join(f'"{h}"' for h in headers if h.strip()) or "none"
     missing: list[str] = []
     if not any(f in mapping for f in DID_FIELDS):
@@ -498,7 +571,8 @@ def map_columns(headers: tuple[str, ...], column_map: Mapping[str, str]) -> dict
         hints = []
         for name in missing:
             wanted = name.split(" ")[0]
-            near = closest_header(wanted, [h for i, h in enumerate(headers) if i not in mapping.values()])
+            unused = [h for i, h in enumerate(headers) if i not in mapping.values() and i not in ignored]
+            near = closest_header(wanted, unused)
             if near is not None:
                 hints.append(f'"{near}" looks like {wanted}: add --map "{near}={wanted}"')
         hint = ("; " + "; ".join(hints)) if hints else ""
@@ -876,13 +950,15 @@ def validate_table(
     *,
     column_map: Mapping[str, str] | None = None,
     default_region: str | None = None,
+    ignore_columns: Sequence[str] = (),
 ) -> ValidationReport:
     """Validate every row of ``table``; return the valid rows and every problem.
 
     Args:
         table: the table as read.
-        column_map: ``--map`` entries, header text -> field name.
+        column_map: ``--map`` entries, header text (or column letter) -> field name.
         default_region: ISO region (e.g. "IN") used to read national numbers.
+        ignore_columns: ``--ignore-column`` entries (header text or letter) left out of matching.
 
     Returns:
         A report in which each input row is either valid or has at least one issue.
@@ -896,7 +972,9 @@ def validate_table(
             raise InputError(
                 f'--default-region "{default_region}" is not a known region code (e.g. IN, US, GB)'
             )
-    mapping = map_columns(table.headers, column_map or {})
+    mapping = map_columns(
+        table.headers, column_map or {}, ignore_columns, first_column=table.source.first_column
+    )
     issues: list[RowIssue] = [
         RowIssue(row, "", "", problem, "ragged_row") for row, problem in sorted(table.row_problems.items())
     ]

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import openpyxl
 import pandas as pd
 import phonenumbers
 import pytest
+from click.testing import CliRunner
 
+from importer.cli import main
 from importer.errors import InputError
 from importer.fields import FIELD_NAMES, Direction
 from importer.model import RawTable, SourceInfo
 from importer.pipeline import InputOptions, ValidateConfig, validate_file
+from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
 from importer.validate import (
     PhoneNormaliser,
+    column_letter,
     map_columns,
     parse_column_map,
     parse_mode,
@@ -375,6 +380,133 @@ def test_parse_column_map_rejects_bad_pairs(pairs: list[str], fragment: str) -> 
 def test_map_columns_two_columns_for_one_field() -> None:
     with pytest.raises(InputError, match="both mean did_number"):
         map_columns(("DID", "Phone Number", "Inbound", "Outbound"), {})
+
+
+def test_map_columns_map_wins_over_header_matching() -> None:
+    """The --map that the two-columns error suggests resolves it (it used to repeat the error)."""
+    headers = ("DID", "Phone Number", "Inbound", "Outbound")
+    with pytest.raises(InputError) as info:
+        map_columns(headers, {})
+    suggested = re.search(r'--map "([^"]+)"', str(info.value))
+    assert suggested is not None
+    mapping = map_columns(headers, parse_column_map([suggested.group(1)]))
+    assert mapping["did_number"] == 1 and 0 not in mapping.values()
+
+
+def test_map_columns_ignore_column_leaves_a_column_out() -> None:
+    headers = ("DID", "Phone Number", "Inbound", "Outbound", "Status")
+    assert map_columns(headers, {}, ["Phone Number", "status"]) == {
+        "did_number": 0,
+        "for_inbound_call": 2,
+        "for_outbound_call": 3,
+    }
+    assert map_columns(headers, {}, ["A"])["did_number"] == 1
+
+
+@pytest.mark.parametrize(
+    ("column_map", "first_column", "expected"),
+    [
+        ({"B": "did_number"}, 0, 1),
+        ({"b": "did_number"}, 0, 1),
+        ({"C": "did_number"}, 1, 1),  # the sheet's data starts at column B
+        ({"AA": "did_number"}, 0, 26),
+        ({"Tel": "did_number"}, 0, 1),
+    ],
+)
+def test_map_columns_by_letter(column_map: dict[str, str], first_column: int, expected: int) -> None:
+    headers = ("Customer", "Tel", "Inbound", "Outbound", *(f"x{i}" for i in range(30)))
+    assert map_columns(headers, column_map, first_column=first_column)["did_number"] == expected
+
+
+def test_column_letter_round_trip() -> None:
+    assert [column_letter(p) for p in (0, 1, 25, 26, 27, 51, 52, 701, 702)] == [
+        "A",
+        "B",
+        "Z",
+        "AA",
+        "AB",
+        "AZ",
+        "BA",
+        "ZZ",
+        "AAA",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("column_map", "ignore", "fragment"),
+    [
+        ({"Carrier": "did_number"}, (), '--map names the column "Carrier", which is not in the file'),
+        ({"Z": "did_number"}, (), 'columns found: A "Tel", B "Inbound", C "Outbound"'),
+        ({}, ("Notes",), '--ignore-column names the column "Notes"'),
+        ({"Tel": "did_number", "A": "did_id"}, (), "two fields"),
+        ({"Tel": "did_number", "Inbound": "did_number"}, (), "did_number twice"),
+        ({"Tel": "did_number"}, ("A",), "--ignore-column leaves out"),
+    ],
+)
+def test_map_columns_bad_options_are_one_line_errors(
+    column_map: dict[str, str], ignore: tuple[str, ...], fragment: str
+) -> None:
+    with pytest.raises(InputError) as info:
+        map_columns(("Tel", "Inbound", "Outbound"), column_map, ignore)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def _carrier_xlsx(path: Path, start_column: int) -> Path:
+    """A workbook whose table starts at ``start_column`` (1 = A): Customer, Tel, Inbound, Outbound, State.
+
+    The number is one of the sandbox's default inventory."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    rows = [("Customer", "Tel", "Inbound", "Outbound", "State"), ("Acme", "+91 80 1122 3344", "1", "4", "NY")]
+    for r, values in enumerate(rows, start=1):
+        for c, value in enumerate(values, start=start_column):
+            sheet.cell(r, c, value)
+    book.save(path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_map_by_letter_and_ignore_column(tmp_path: Path, command: str) -> None:
+    """Through the CLI, on a sheet that starts at column B: "C" is the Tel column, "F" the State."""
+    sheet = _carrier_xlsx(tmp_path / "carrier.xlsx", start_column=2)
+    args = [command, str(sheet), "--map", "C=did_number", "--ignore-column", "F", "--map", "F=status"]
+    result = CliRunner().invoke(main, args, env={"VOCOBASE_API_KEY": "k"})
+    assert result.exit_code == 2 and "--ignore-column leaves out" in result.output, result.output
+    args = [command, str(sheet), "--map", "C=did_number", "--ignore-column", "F"]
+    if command == "validate":
+        result = CliRunner().invoke(main, args)
+    else:
+        with running_sandbox(SandboxConfig(requests_per_minute=100_000)) as (url, _sandbox):
+            args += ["--base-url", url, "--dry-run", "--quiet"]
+            result = CliRunner().invoke(main, args, env={"VOCOBASE_API_KEY": SANDBOX_API_KEY})
+    assert result.exit_code == 0, result.output
+    assert "rows read: 1" in result.output
+    book = openpyxl.load_workbook(tmp_path / "carrier.results.xlsx", read_only=True)
+    summary = {r[0]: r[1] for r in book["Summary"].iter_rows(values_only=True)}
+    assert summary["option map"] == "C=did_number" and summary["option ignore_column"] == "F"
+    results = list(book["Results"].iter_rows(values_only=True))
+    assert dict(zip(results[0], results[1], strict=True))["import_status"] != "failed"
+    book.close()
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize(
+    ("option", "fragment"),
+    [
+        (["--map", "Tel=phone"], 'unknown field "phone"; fields are: did_id, did_number'),
+        (["--map", "Fax=did_number"], 'columns found: B "Customer", C "Tel"'),
+        (["--ignore-column", "Fax"], '--ignore-column names the column "Fax"'),
+    ],
+)
+def test_cli_bad_map_or_ignore_column_exits_2_with_one_line(
+    tmp_path: Path, command: str, option: list[str], fragment: str
+) -> None:
+    sheet = _carrier_xlsx(tmp_path / "carrier.xlsx", start_column=2)
+    result = CliRunner().invoke(main, [command, str(sheet), *option], env={"VOCOBASE_API_KEY": "k"})
+    assert result.exit_code == 2, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and fragment in line
 
 
 @pytest.mark.parametrize(
