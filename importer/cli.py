@@ -72,11 +72,19 @@ def input_options(fn: F) -> F:
         help="Read national numbers (no country code) as numbers of this region, e.g. IN or US.",
     )(fn)
     fn = click.option(
+        "--ignore-column",
+        "ignore_columns",
+        multiple=True,
+        metavar="NAME",
+        help="Leave a column out of matching, by header text or letter (repeatable).",
+    )(fn)
+    fn = click.option(
         "--map",
         "maps",
         multiple=True,
         metavar='"Header Text=field"',
-        help="Map a column to a field when its header is not recognised (repeatable).",
+        help='Map a column (header text or letter: "C=did_number") to a field; wins over '
+        "header matching (repeatable).",
     )(fn)
     fn = click.option(
         "--sheet", metavar="NAME", help="The worksheet to read (default: the first that matches)."
@@ -104,7 +112,13 @@ def _keep_input_option(ctx: click.Context, param: click.Parameter, value: Any) -
     return value
 
 
-def build_input(file: Path, sheet: str | None, maps: tuple[str, ...], default_region: str | None) -> Any:
+def build_input(
+    file: Path,
+    sheet: str | None,
+    maps: tuple[str, ...],
+    default_region: str | None,
+    ignore_columns: tuple[str, ...] = (),
+) -> Any:
     from .pipeline import InputOptions
     from .reader import check_encoding
     from .validate import parse_column_map
@@ -118,6 +132,7 @@ def build_input(file: Path, sheet: str | None, maps: tuple[str, ...], default_re
         default_region=default_region,
         encoding=check_encoding(encoding) if encoding else None,
         skip_hidden_rows=bool(meta.get("input.skip_hidden_rows")),
+        ignore_columns=ignore_columns,
     )
 
 
@@ -146,6 +161,7 @@ def validate(
     file: Path,
     sheet: str | None,
     maps: tuple[str, ...],
+    ignore_columns: tuple[str, ...],
     default_region: str | None,
     output: Path | None,
     failed_out: Path | None,
@@ -155,7 +171,9 @@ def validate(
 
     summary = validate_file(
         ValidateConfig(
-            input=build_input(file, sheet, maps, default_region), output=output, failed_out=failed_out
+            input=build_input(file, sheet, maps, default_region, ignore_columns),
+            output=output,
+            failed_out=failed_out,
         )
     )
     for line in summary.lines():
@@ -301,6 +319,7 @@ def run(
     file: Path,
     sheet: str | None,
     maps: tuple[str, ...],
+    ignore_columns: tuple[str, ...],
     default_region: str | None,
     output: Path | None,
     failed_out: Path | None,
@@ -321,7 +340,7 @@ def run(
     from .run import ImportConfig, run_import
 
     config = ImportConfig(
-        input=build_input(file, sheet, maps, default_region),
+        input=build_input(file, sheet, maps, default_region, ignore_columns),
         api_key=_api_key(api_key),
         base_url=base_url,
         output=output,

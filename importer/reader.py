@@ -531,7 +531,8 @@ def _grid_table(grid: SheetGrid, source: SourceInfo) -> RawTable:
         numbers = list(itertools.compress(numbers, keep))
         matrix = matrix[np.array(keep, dtype=bool)]
     headers, frame = _frame(grid.header, matrix, numbers)
-    return RawTable(source, headers, frame)
+    # --map "C=field" names columns by the sheet's letters, so keep where the grid starts.
+    return RawTable(dataclasses.replace(source, first_column=grid.first_column), headers, frame)
 
 
 def _frame(
