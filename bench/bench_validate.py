@@ -40,7 +40,7 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 DEFAULT_OUT = BENCH_DIR / "out"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 """Bump when the generated data changes, so cached inputs are made again."""
 
 GOALS: dict[str, tuple[float, float | None]] = {
@@ -75,18 +75,20 @@ RESULT_HEADERS = (
 )
 
 # (country code, national length, leading national digits): national numbers never start with a
-# trunk prefix, so they are what carriers export as international numbers.
+# trunk prefix, so they are what carriers export as international numbers. The digits after the
+# lead are drawn again until phonenumbers calls the number valid (validation rejects numbers that
+# are merely of a possible length).
 _COUNTRIES = (
-    ("91", 10, "6789"),
-    ("1", 10, "2345678"),
-    ("44", 10, "12378"),
-    ("49", 11, "2345689"),
-    ("55", 11, "123456789"),
-    ("61", 9, "2378"),
-    ("65", 8, "689"),
-    ("971", 9, "2345"),
-    ("33", 9, "1234569"),
-    ("27", 9, "12345678"),
+    ("91", 10, ("6", "7", "8", "9")),
+    ("1", 10, ("212", "312", "415", "480", "617", "646", "206", "303")),
+    ("44", 10, ("20", "113", "121", "161", "74", "75", "77", "78", "79")),
+    ("49", 11, ("151", "152", "160", "170", "171", "172", "175", "176", "177", "178", "179")),
+    ("55", 11, ("11", "21", "31", "41", "51", "61", "71", "81")),
+    ("61", 9, ("2", "3", "7", "8", "4")),
+    ("65", 8, ("6", "8", "9")),
+    ("971", 9, ("50", "52", "54", "55", "56", "58")),
+    ("33", 9, ("1", "2", "3", "4", "5", "6", "7")),
+    ("27", 9, ("11", "21", "31", "60", "71", "72", "73", "74", "76", "82", "83", "84")),
 )
 _CUSTOMERS = ("Acme Telecom", "Globex", "Initech GmbH", "Umbrella Ltd", "Société Générale", "Tata Comm")
 _SITES = ("Mumbai DC", "Frankfurt-1", "London Ops", "São Paulo", "Sydney NOC", "Singapore", "Dubai")
@@ -118,9 +120,17 @@ class GeneratedFile:
 
 def _phone(rng: random.Random, serial: int) -> tuple[str, str]:
     """Return (E.164 digits, the cell as a carrier writes it); unique per serial."""
+    import phonenumbers
+
     code, length, leads = _COUNTRIES[serial % len(_COUNTRIES)]
-    tail = f"{serial // len(_COUNTRIES):0{length - 2}d}"
-    national = rng.choice(leads) + rng.choice("0123456789") + tail[-(length - 2) :]
+    # The last six digits come from the serial, so numbers stay unique up to 10M rows per country.
+    tail = f"{serial // len(_COUNTRIES) % 1_000_000:06d}"
+    for _ in range(200):
+        lead = rng.choice(leads)
+        middle = "".join(rng.choice("0123456789") for _ in range(length - len(lead) - len(tail)))
+        national = lead + middle + tail
+        if phonenumbers.is_valid_number(phonenumbers.parse("+" + code + national)):
+            break
     digits = code + national
     style = rng.random()
     if style < 0.55:

@@ -72,11 +72,19 @@ def input_options(fn: F) -> F:
         help="Read national numbers (no country code) as numbers of this region, e.g. IN or US.",
     )(fn)
     fn = click.option(
+        "--ignore-column",
+        "ignore_columns",
+        multiple=True,
+        metavar="NAME",
+        help="Leave a column out of matching, by header text or letter (repeatable).",
+    )(fn)
+    fn = click.option(
         "--map",
         "maps",
         multiple=True,
         metavar='"Header Text=field"',
-        help="Map a column to a field when its header is not recognised (repeatable).",
+        help='Map a column (header text or letter: "C=did_number") to a field; wins over '
+        "header matching (repeatable).",
     )(fn)
     fn = click.option(
         "--sheet", metavar="NAME", help="The worksheet to read (default: the first that matches)."
@@ -104,7 +112,13 @@ def _keep_input_option(ctx: click.Context, param: click.Parameter, value: Any) -
     return value
 
 
-def build_input(file: Path, sheet: str | None, maps: tuple[str, ...], default_region: str | None) -> Any:
+def build_input(
+    file: Path,
+    sheet: str | None,
+    maps: tuple[str, ...],
+    default_region: str | None,
+    ignore_columns: tuple[str, ...] = (),
+) -> Any:
     from .pipeline import InputOptions
     from .reader import check_encoding
     from .validate import parse_column_map
@@ -118,6 +132,7 @@ def build_input(file: Path, sheet: str | None, maps: tuple[str, ...], default_re
         default_region=default_region,
         encoding=check_encoding(encoding) if encoding else None,
         skip_hidden_rows=bool(meta.get("input.skip_hidden_rows")),
+        ignore_columns=ignore_columns,
     )
 
 
@@ -146,6 +161,7 @@ def validate(
     file: Path,
     sheet: str | None,
     maps: tuple[str, ...],
+    ignore_columns: tuple[str, ...],
     default_region: str | None,
     output: Path | None,
     failed_out: Path | None,
@@ -155,7 +171,9 @@ def validate(
 
     summary = validate_file(
         ValidateConfig(
-            input=build_input(file, sheet, maps, default_region), output=output, failed_out=failed_out
+            input=build_input(file, sheet, maps, default_region, ignore_columns),
+            output=output,
+            failed_out=failed_out,
         )
     )
     for line in summary.lines():
@@ -301,6 +319,7 @@ def run(
     file: Path,
     sheet: str | None,
     maps: tuple[str, ...],
+    ignore_columns: tuple[str, ...],
     default_region: str | None,
     output: Path | None,
     failed_out: Path | None,
@@ -321,7 +340,7 @@ def run(
     from .run import ImportConfig, run_import
 
     config = ImportConfig(
-        input=build_input(file, sheet, maps, default_region),
+        input=build_input(file, sheet, maps, default_region, ignore_columns),
         api_key=_api_key(api_key),
         base_url=base_url,
         output=output,
@@ -349,22 +368,25 @@ def run(
 def demo(output: Path | None, sample: str, quiet: bool) -> None:
     """Import the sample sheet into an in-process sandbox, end to end, and show the results."""
     import tempfile
+    from importlib import resources
 
     import httpx
 
     from .run import ImportConfig, run_import
-    from .sandbox import DEFAULT_INVENTORY, SANDBOX_API_KEY, SandboxConfig, create_sandbox
+    from .sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 
-    sample_path = DEFAULT_INVENTORY.parent / f"carrier_routing.{sample}"
-    if not sample_path.exists():
-        fail(f"the sample sheet {sample_path} is missing (run from a clone of the repository)", EXIT_INPUT)
+    # Package data, so an installed wheel has the sheet and the inventory wherever it runs.
+    data = resources.files("importer.data")
+    sample_data = data.joinpath(f"carrier_routing.{sample}")
+    if not sample_data.is_file():
+        fail(f"the sample sheet carrier_routing.{sample} is missing from the installed package", EXIT_INPUT)
     stem = "voicelink-demo" if sample == "xlsx" else "voicelink-demo-csv"
     results = output or Path.cwd() / f"{stem}.results.xlsx"
     sandbox = create_sandbox(SandboxConfig(api_key=SANDBOX_API_KEY, requests_per_minute=6000))
-    click.echo(f"sandbox: in-process emulator of the VoiceLink API, inventory {DEFAULT_INVENTORY.name}")
-    click.echo(f"importing {sample_path} ...")
+    click.echo("sandbox: in-process emulator of the VoiceLink API, inventory inventory.json")
     update, close = _progress_bar(quiet)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, resources.as_file(sample_data) as sample_path:
+        click.echo(f"importing {sample_path} ...")
         config = ImportConfig(
             input=build_input(sample_path, None, (), None),
             api_key=SANDBOX_API_KEY,
@@ -422,6 +444,7 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
     "--inventory", type=click.Path(path_type=Path, dir_okay=False, exists=True), help="Inventory JSON."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Makes the injected faults repeatable.")
+@click.option("--lean-sync", is_flag=True, help="Answer sync with routing only (no DIDs, no bots).")
 @click.option(
     "--state-out", type=click.Path(path_type=Path, dir_okay=False), help="Write the final state here."
 )
@@ -443,6 +466,7 @@ def sandbox(
     no_int_did_numbers: bool,
     inventory: Path | None,
     seed: int,
+    lean_sync: bool,
     state_out: Path | None,
 ) -> None:
     """Serve a local emulator of the VoiceLink API to rehearse an import (Ctrl-C stops it)."""
@@ -463,6 +487,7 @@ def sandbox(
         int_did_numbers=not no_int_did_numbers,
         inventory=inventory,
         seed=seed,
+        lean_sync=lean_sync,
     )
 
     def ready(url: str) -> None:

@@ -95,15 +95,26 @@ STATUS_VALUES: dict[str, int] = {
     "1": 1,
     "active": 1,
     "yes": 1,
+    "y": 1,
     "true": 1,
+    "enabled": 1,
     "0": 0,
     "inactive": 0,
     "no": 0,
+    "n": 0,
     "false": 0,
+    "disabled": 0,
 }
+"""Status cell texts, case-folded: what carriers write for on and off."""
 STATUS_LABELS: dict[int, str] = {1: "active", 0: "inactive"}
 DEFAULT_STATUS = 1
 
+# Aliases are spellings that mean the field in a carrier's export and little else. Left out on
+# purpose, because they commonly mean something else: "State" (a US state or province, not a
+# status), "Connection" (a connection type or name, not a VoiceLink UUID), "Inbound SIP" and
+# "Outbound SIP" (a SIP URI or host, not a trunk id), "Number ID" and "Inventory ID" (a carrier's
+# or billing system's own record id: matched as did_id it would route another DID). A column
+# that still matches wrongly is caught by its values (see ``validate.WRONG_MATCH_SHARE``).
 FIELDS: tuple[Field, ...] = (
     Field(
         "did_id",
@@ -111,7 +122,7 @@ FIELDS: tuple[Field, ...] = (
         "DID ID",
         "The DID's id in your VoiceLink inventory (the id from the purchased-DIDs list). "
         "Give this or did_number, or both.",
-        ("DID ID", "DIDID", "Number ID", "DID Ref", "Inventory ID"),
+        ("DID ID", "DIDID", "DID Ref"),
         "did",
         "812",
     ),
@@ -186,7 +197,7 @@ FIELDS: tuple[Field, ...] = (
         "Inbound SIP Trunk ID",
         "The SIP trunk for inbound calls. Required when Inbound Mode is 2 (SIP), "
         "and must be empty otherwise.",
-        ("Inbound SIP Trunk", "Inbound SIP Trunk ID", "Inbound Trunk", "Inbound Trunk ID", "Inbound SIP"),
+        ("Inbound SIP Trunk", "Inbound SIP Trunk ID", "Inbound Trunk", "Inbound Trunk ID"),
         "mode",
         "7",
     ),
@@ -217,7 +228,6 @@ FIELDS: tuple[Field, ...] = (
             "Outbound SIP Trunk ID",
             "Outbound Trunk",
             "Outbound Trunk ID",
-            "Outbound SIP",
         ),
         "mode",
         "7",
@@ -226,8 +236,8 @@ FIELDS: tuple[Field, ...] = (
         "status",
         Kind.STATUS,
         "Status",
-        "1/active/yes/true or 0/inactive/no/false. Blank means 1 (active).",
-        ("Status", "Active", "Enabled", "Routing Status", "State"),
+        "1/active/yes/y/true/enabled or 0/inactive/no/n/false/disabled (any case). Blank means 1 (active).",
+        ("Status", "Active", "Enabled", "Routing Status"),
         "optional",
         "active",
         DEFAULT_STATUS,
@@ -238,7 +248,7 @@ FIELDS: tuple[Field, ...] = (
         "Connection ID",
         "Only when your account has several active VoiceLink connections: the connection's UUID. "
         "Blank uses the connection chosen for the run.",
-        ("Connection", "Connection ID", "Connection UUID", "VoiceLink Connection"),
+        ("Connection ID", "Connection UUID", "VoiceLink Connection"),
         "optional",
         "",
     ),

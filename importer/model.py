@@ -151,6 +151,8 @@ class ValidationReport:
     """Field name -> input column position, for the fields the file has."""
     skipped: Mapping[int, str] = field(default_factory=dict)
     """Rows left out of validation on purpose (``--skip-hidden-rows``): Excel row -> reason."""
+    notes: tuple[str, ...] = ()
+    """File-level findings for the summary, e.g. a column that looks wrongly matched."""
 
     @property
     def failed_rows(self) -> frozenset[int]:

@@ -43,11 +43,14 @@ class InputOptions:
     path: Path
     sheet: str | None = None
     column_map: Mapping[str, str] = field(default_factory=dict)
+    """--map: header text or column letter -> field; wins over header matching."""
     default_region: str | None = None
     encoding: str | None = None
     """The text encoding of a CSV (``--encoding``); None detects it."""
     skip_hidden_rows: bool = False
     """Skip the rows hidden in Excel (``--skip-hidden-rows``) instead of importing them."""
+    ignore_columns: tuple[str, ...] = ()
+    """--ignore-column: header texts or column letters left out of matching."""
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet."""
@@ -58,6 +61,8 @@ class InputOptions:
             out["encoding"] = self.encoding
         if self.skip_hidden_rows:
             out["skip_hidden_rows"] = "yes"
+        if self.ignore_columns:
+            out["ignore_column"] = "; ".join(self.ignore_columns)
         return out
 
 
@@ -158,11 +163,21 @@ def load_and_validate(options: InputOptions) -> ValidationReport:
             )
         hidden = table.hidden_rows if options.skip_hidden_rows else ()
         if not hidden:
-            return validate_table(table, column_map=options.column_map, default_region=options.default_region)
+            return validate_table(
+                table,
+                column_map=options.column_map,
+                default_region=options.default_region,
+                ignore_columns=options.ignore_columns,
+            )
         # The hidden rows are left out of validation (a duplicate of a skipped row is no duplicate)
         # but stay in the table, so each still gets its outcome: skipped, with the reason.
         visible = dataclasses.replace(table, frame=table.frame.drop(index=list(hidden)))
-        report = validate_table(visible, column_map=options.column_map, default_region=options.default_region)
+        report = validate_table(
+            visible,
+            column_map=options.column_map,
+            default_region=options.default_region,
+            ignore_columns=options.ignore_columns,
+        )
         return dataclasses.replace(report, table=table, skipped=dict.fromkeys(hidden, HIDDEN_ROW_REASON))
 
 
@@ -288,6 +303,7 @@ _KIND_TEXT = {
     "scientific_notation": "DID in scientific notation (Excel lost digits)",
     "no_country_code": "DID without a country code",
     "bad_number": "not a valid phone number",
+    "extension": "DID with an extension",
     "missing_did": "no DID on the row",
     "missing_mode": "mode missing",
     "bad_mode": "unknown mode",
@@ -299,6 +315,7 @@ _KIND_TEXT = {
     "duplicate": "duplicate DID",
     "excel_error": "Excel error in a cell (#N/A, #REF!, ...)",
     "ragged_row": "row has the wrong number of fields",
+    "wrong_column": "column does not look like the field its header matched",
 }
 
 
@@ -347,5 +364,5 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         results_path=results,
         failed_path=failed if tally.failed_rows else None,
         exit_code=1 if tally.failed_rows else 0,
-        notes=input_notes(report.table, config.input.skip_hidden_rows),
+        notes=[*input_notes(report.table, config.input.skip_hidden_rows), *report.notes],
     )

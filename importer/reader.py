@@ -36,7 +36,9 @@ from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
 from importer import fields
-from importer._isolate import (
+from importer.display import format_kind, render, renderable_formats
+from importer.errors import ImporterError, InputError, UnreadableFileError, shown
+from importer.isolated_reader import (
     REFUSE_PASSWORD,
     SheetGrid,
     find_header,
@@ -44,8 +46,6 @@ from importer._isolate import (
     read_workbook,
     read_workbook_isolated,
 )
-from importer.display import format_kind, render, renderable_formats
-from importer.errors import ImporterError, InputError, UnreadableFileError, shown
 from importer.model import RawTable, SourceInfo
 
 __all__ = ["EXCEL_ERRORS", "check_encoding", "column_letters", "describe_hidden", "read_table"]
@@ -623,7 +623,8 @@ def _grid_table(grid: SheetGrid, source: SourceInfo) -> RawTable:
         numbers = list(itertools.compress(numbers, keep))
         matrix = matrix[np.array(keep, dtype=bool)]
     headers, frame = _frame(grid.header, matrix, numbers)
-    return RawTable(source, headers, frame)
+    # --map "C=field" names columns by the sheet's letters, so keep where the grid starts.
+    return RawTable(dataclasses.replace(source, first_column=grid.first_column), headers, frame)
 
 
 def _frame(

@@ -10,6 +10,7 @@ either in ``ValidationReport.valid`` or has at least one issue.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -44,7 +45,7 @@ from .fields import (
 from .model import RawTable, RoutingRow, RowIssue, ValidationReport
 from .reader import EXCEL_ERRORS
 
-__all__ = ["PhoneNormaliser", "map_columns", "parse_column_map", "validate_table"]
+__all__ = ["PhoneNormaliser", "column_letter", "map_columns", "parse_column_map", "validate_table"]
 
 # Characters that sneak in from copy and paste and are invisible in Excel.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
@@ -122,6 +123,65 @@ class PhoneResult:
 
 
 _PLAIN_INTERNATIONAL = re.compile(r"\+?([1-9]\d{6,16})")
+# An extension after the number, as people and phonenumbers write it: "ext. 12", "x12", ";ext=12".
+_EXTENSION = re.compile(
+    r"(?P<ext>(?:;\s*ext\s*=|[\s,]*(?:ext(?:ension)?\.?|x|#))\s*:?\s*\d{1,7})\s*\Z", re.IGNORECASE
+)
+
+# The number types phonenumbers' validity check tries, in its order (fixed line and mobile last).
+_NUMBER_TYPES = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+    "mobile",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _RegionPatterns:
+    """One region's valid national numbers, as one compiled pattern per national length.
+
+    phonenumbers calls a national number valid when it matches the general description and
+    one number type (each with its own lengths); here each length gets one alternation of the
+    types that allow it, behind a lookahead for the general pattern, so validity costs a dict
+    lookup and one ``fullmatch`` instead of up to eleven.
+    """
+
+    leading_digits: re.Pattern[str] | None
+    by_length: Mapping[int, re.Pattern[str]]
+
+    def valid(self, national: str) -> bool:
+        pattern = self.by_length.get(len(national))
+        return pattern is not None and pattern.fullmatch(national) is not None
+
+
+def _region_patterns(meta: phonenumbers.PhoneMetadata) -> _RegionPatterns:
+    general = meta.general_desc
+    types = [getattr(meta, name) for name in _NUMBER_TYPES]
+    if meta.same_mobile_and_fixed_line_pattern:
+        types = types[:-1]  # phonenumbers then never tries the mobile pattern on its own
+    by_length: dict[int, re.Pattern[str]] = {}
+    if general is not None and general.national_number_pattern:
+        for length in sorted(set(general.possible_length or ())):
+            branches = [
+                f"(?:{desc.national_number_pattern})"
+                for desc in types
+                if desc is not None
+                and desc.national_number_pattern
+                and (not desc.possible_length or length in desc.possible_length)
+            ]
+            if branches:
+                by_length[length] = re.compile(
+                    rf"(?=(?:{general.national_number_pattern})\Z)(?:{'|'.join(branches)})"
+                )
+    leading = re.compile(meta.leading_digits) if meta.leading_digits else None
+    return _RegionPatterns(leading, by_length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,23 +189,131 @@ class _CountryRule:
     """What phonenumbers' metadata says about one country code, for the fast path."""
 
     national_prefix: re.Pattern[str] | None
-    lengths: frozenset[int]
+    regions: tuple[_RegionPatterns, ...]
+
+    def valid(self, national: str) -> bool:
+        """Say whether ``phonenumbers.is_valid_number`` holds for this code and national number."""
+        if len(self.regions) == 1:
+            return self.regions[0].valid(national)
+        # As phonenumbers picks the region: the first whose leading digits match decides; a
+        # region without leading digits claims the number when the number is valid there.
+        for region in self.regions:
+            if region.leading_digits is not None:
+                if region.leading_digits.match(national):
+                    return region.valid(national)
+            elif region.valid(national):
+                return True
+        return False
+
+
+@functools.cache
+def _country_rule(code: int) -> _CountryRule | None:
+    """Compile a country code's rule from phonenumbers' metadata (once per process: it is constant)."""
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code)
+    if not regions:
+        return None
+    metas = [phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, r) for r in regions]
+    if len(metas) > 1:
+        metas = [phonenumbers.PhoneMetadata.metadata_for_region(r) for r in regions]
+    main = metas[0]
+    if main is None or main.general_desc is None:
+        return None
+    prefix = main.national_prefix_for_parsing or main.national_prefix
+    return _CountryRule(
+        re.compile(prefix) if prefix else None,
+        tuple(_region_patterns(m) for m in metas if m is not None),
+    )
+
+
+@functools.cache
+def _region_rule(region: str) -> tuple[int, str | None, _RegionPatterns]:
+    """A region's country code, national prefix and valid national numbers."""
+    meta = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    assert meta is not None and meta.country_code is not None
+    return meta.country_code, meta.national_prefix, _region_patterns(meta)
+
+
+SUGGESTED_REGIONS: tuple[str, ...] = (
+    "US",
+    "CA",
+    "GB",
+    "IN",
+    "AU",
+    "DE",
+    "FR",
+    "IT",
+    "ES",
+    "NL",
+    "IE",
+    "BR",
+    "MX",
+    "SG",
+    "AE",
+    "ZA",
+    "NZ",
+    "PH",
+)
+"""Regions whose national numbers a missing-country-code message suggests, in this order."""
+
+
+def national_readings(digits: str, limit: int = 3) -> list[tuple[str, str]]:
+    """List (region, +international form) for the regions in which ``digits`` is a valid national number.
+
+    Only the regions of ``SUGGESTED_REGIONS`` are tried (a random string of ten digits is a
+    valid number somewhere in dozens of countries; these are where carrier sheets come from).
+    A leading national prefix (the 0 of a London 020 ...) is dropped before the check.
+    """
+    out: list[tuple[str, str]] = []
+    for region in SUGGESTED_REGIONS:
+        code, prefix, patterns = _region_rule(region)
+        national = digits[len(prefix) :] if prefix and digits.startswith(prefix) else digits
+        rule = _country_rule(code)
+        if not national or not patterns.valid(national) or rule is None or not rule.valid(national):
+            continue
+        number = phonenumbers.parse(f"+{code}{national}")
+        # Spaces, not the dashes of the US style: the form a sheet's cell is easiest to fix with.
+        text = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+        out.append((region, text.replace("-", " ")))
+        if len(out) == limit:
+            break
+    return out
+
+
+def _suggest_country_code(digits: str) -> str:
+    """Say which country codes would make ``digits`` a valid number, or '' when none would."""
+    readings = national_readings(digits)
+    if not readings:
+        return ""
+    (region, first), others = readings[0], readings[1:]
+    more = f" ({', '.join(f'{r}: {number}' for r, number in others)})" if others else ""
+    article = "an" if region[0] in "AEFHILMNORSX" else "a"  # as the letters are read: an IN, a US
+    return (
+        f"if it is {article} {region} number add the country code: {first}{more}, "
+        f"or pass --default-region {region}"
+    )
+
+
+def _describe_code(code: int) -> str:
+    regions = [r for r in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, ()) if r != "001"]
+    return f"+{code} ({', '.join(regions[:3])})" if regions else f"+{code}"
 
 
 class PhoneNormaliser:
     """Normalise phone cells to the API's form with the phonenumbers library, with a cache.
 
-    Most carrier sheets hold plain international numbers ("+918012345678" or
-    "918012345678"). For those, a fast path reads the country code and the possible
-    national lengths from phonenumbers' own metadata and gives the same answer as a full
-    ``phonenumbers.parse`` at a fraction of the cost; it steps aside (to the full parse)
-    whenever the national part could start with a national prefix or its length is not a
-    possible one. ``tests/test_validate.py`` checks the two agree across every country code.
+    A number is accepted only when phonenumbers calls it *valid* for the country its code
+    names (a possible length is not enough: 4805550123, a US number without its +1, has a
+    possible length for Poland's +48). Most carrier sheets hold plain international numbers
+    ("+918012345678" or "918012345678"). For those, a fast path reads the country code and
+    checks the national number against phonenumbers' own metadata patterns, compiled once per
+    country code, and gives the same answer as a full ``phonenumbers.parse`` plus
+    ``is_valid_number`` at a fraction of the cost; it steps aside (to the full parse) whenever
+    the national part could start with a national prefix or is not valid.
+    ``tests/test_validate.py`` checks the two agree across every country code.
     """
 
     def __init__(self, default_region: str | None = None) -> None:
         self.default_region = default_region
-        self._rules: dict[int, _CountryRule | None] = {}
         self._heads: dict[str, tuple[int, _CountryRule | None]] = {}
 
     def __call__(self, text: str) -> PhoneResult:
@@ -174,29 +342,12 @@ class PhoneNormaliser:
                 return self._fast(m.group(1))
         return None
 
-    def _rule(self, code: int) -> _CountryRule | None:
-        if code not in self._rules:
-            regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code)
-            meta = (
-                phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, regions[0])
-                if regions
-                else None
-            )
-            if meta is None or meta.general_desc is None:
-                self._rules[code] = None
-            else:
-                prefix = meta.national_prefix_for_parsing or meta.national_prefix
-                desc = meta.general_desc
-                lengths = frozenset((desc.possible_length or ()) + (desc.possible_length_local_only or ()))
-                self._rules[code] = _CountryRule(re.compile(prefix) if prefix else None, lengths)
-        return self._rules[code]
-
     def _head(self, head: str) -> tuple[int, _CountryRule | None]:
         """Return the country code's length and rule for a number's first three digits."""
         for size in (1, 2, 3):
             code = int(head[:size])
             if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
-                return size, self._rule(code)
+                return size, _country_rule(code)
         return 0, None
 
     def _fast(self, digits: str) -> str | None:
@@ -206,11 +357,12 @@ class PhoneNormaliser:
             size, rule = self._heads[head]
         except KeyError:
             size, rule = self._heads[head] = self._head(head)
-        if rule is None or len(digits) - size not in rule.lengths:
+        if rule is None:
             return None
-        if rule.national_prefix is not None and rule.national_prefix.match(digits[size:]):
+        national = digits[size:]
+        if rule.national_prefix is not None and rule.national_prefix.match(national):
             return None
-        return digits
+        return digits if rule.valid(national) else None
 
     def normalise(self, text: str) -> PhoneResult:
         """Normalise one cleaned, non-empty cell with a full phonenumbers parse."""
@@ -221,41 +373,81 @@ class PhoneNormaliser:
                 "in Excel, type the numbers again and export again",
                 "scientific_notation",
             )
+        extension = _EXTENSION.search(text)
+        if extension is not None and any(c.isdigit() for c in text[: extension.start()]):
+            written = extension.group("ext").strip(" ,")
+            return PhoneResult(
+                None, f"has an extension, but DIDs have no extension: remove '{written}'", "extension"
+            )
         if any(c.isalpha() for c in text):
             return PhoneResult(None, "contains letters; write the number with digits only", "bad_number")
         compact = _PHONE_SEPARATORS.sub("", text)
         if compact.startswith("00"):
             compact = "+" + compact[2:]
-        candidates: list[tuple[str, str | None]] = []
         if compact.startswith("+"):
-            candidates.append((compact, None))
-        elif self.default_region is not None:
-            candidates.append((compact, self.default_region))
-        elif not compact.startswith("0"):
-            candidates.append(("+" + compact, None))
-        for candidate, region in candidates:
-            try:
-                parsed = phonenumbers.parse(candidate, region)
-            except phonenumbers.NumberParseException:
-                continue
-            if parsed.extension:
-                return PhoneResult(None, "has an extension; give the DID alone", "bad_number")
-            if phonenumbers.is_possible_number(parsed):
-                e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-                return PhoneResult(e164.lstrip("+"), "", "")
-        if self.default_region is None and not compact.startswith("+"):
+            return self._parse(compact, None) or self._invalid_international(compact)
+        if self.default_region is not None:
+            # The region's national reading first; a number that is already valid with its
+            # country code is taken as it is and never gets the region's code in front.
+            found = self._parse(compact, self.default_region)
+            if found is None and not compact.startswith("0"):
+                found = self._parse("+" + compact, None)
+            return found or PhoneResult(
+                None,
+                f"is not a valid number of region {self.default_region} (nor with a country code)",
+                "bad_number",
+            )
+        if not compact.startswith("0"):
+            found = self._parse("+" + compact, None)
+            if found is not None:
+                return found
+        return self._missing_country_code(compact)
+
+    @staticmethod
+    def _parse(candidate: str, region: str | None) -> PhoneResult | None:
+        """Return the E.164 digits of a valid number, None when it does not parse or is not valid."""
+        try:
+            parsed = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            return None
+        if not phonenumbers.is_valid_number(parsed):
+            return None
+        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        return PhoneResult(e164.lstrip("+"), "", "")
+
+    @staticmethod
+    def _invalid_international(compact: str) -> PhoneResult:
+        try:
+            code = phonenumbers.parse(compact, None).country_code
+        except phonenumbers.NumberParseException:
+            return PhoneResult(None, "is not a valid phone number", "bad_number")
+        return PhoneResult(None, f"is not a valid number of {_describe_code(code or 0)}", "bad_number")
+
+    @staticmethod
+    def _missing_country_code(compact: str) -> PhoneResult:
+        digits = compact.lstrip("+")
+        suggestion = _suggest_country_code(digits) if digits.isdigit() else ""
+        if compact.startswith("0"):
             return PhoneResult(
                 None,
-                "is not an international number: add the country code (e.g. +91 80 1234 5678), "
+                f"is a national number (no country code): {suggestion}"
+                if suggestion
+                else "is not an international number: add the country code (e.g. +91 80 1234 5678), "
                 "or pass --default-region to read national numbers",
                 "no_country_code",
             )
-        where = f" for region {self.default_region}" if self.default_region else ""
-        return PhoneResult(None, f"is not a valid phone number{where}", "bad_number")
+        if suggestion:
+            return PhoneResult(None, f"is not a valid number of any country; {suggestion}", "no_country_code")
+        return PhoneResult(
+            None,
+            "is not a valid number of any country: check the digits and write it with its country "
+            "code (e.g. +91 80 1234 5678)",
+            "bad_number",
+        )
 
 
 def parse_column_map(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
-    """Parse ``--map "Header Text=field"`` options into {header text: field}.
+    """Parse ``--map "Header Text=field"`` options into {header text or column letter: field}.
 
     Raises:
         InputError: a pair without '=' or naming an unknown field.
@@ -265,39 +457,112 @@ def parse_column_map(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
         header, sep, field = pair.rpartition("=")
         field = field.strip()
         if not sep or not header.strip():
-            raise InputError(f'--map "{pair}" must look like "Header Text=field"')
+            raise InputError(f'--map "{pair}" must look like "Header Text=field" or "C=field"')
         if field not in FIELD_BY_NAME:
             raise InputError(f'--map "{pair}": unknown field "{field}"; fields are: {", ".join(FIELD_NAMES)}')
         out[header.strip()] = field
     return out
 
 
-def map_columns(headers: tuple[str, ...], column_map: Mapping[str, str]) -> dict[str, int]:
-    """Match the input's headers to fields; return {field: column position}.
+_LETTERS = re.compile(r"[A-Za-z]{1,3}")
+
+
+def column_letter(position: int) -> str:
+    """Return Excel's letter for a 0-based column: 0 -> A, 26 -> AA."""
+    letters = ""
+    position += 1
+    while position:
+        position, rest = divmod(position - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
+def _letter_position(text: str) -> int | None:
+    """Return the 0-based column a letter names ("C" -> 2, "AA" -> 26), or None."""
+    if not _LETTERS.fullmatch(text):
+        return None
+    position = 0
+    for char in text.upper():
+        position = position * 26 + ord(char) - ord("A") + 1
+    return position - 1
+
+
+def _column_position(name: str, headers: tuple[str, ...], first_column: int, option: str) -> int:
+    """Find the column a --map or --ignore-column names: by its header text, else by its letter.
 
     Raises:
-        InputError: a --map header that is not in the file, two columns for one field, or a
-            required column that is missing (naming the columns found and the closest match).
+        InputError: no such column, or a header text that several columns share.
     """
-    mapped_keys = {header_key(h): f for h, f in column_map.items()}
-    for header in column_map:
-        if not any(header_key(h) == header_key(header) for h in headers):
-            raise InputError(
-                f'--map names the column "{header}", which is not in the file; columns found: '
-                + ", ".join(f'"{h}"' for h in headers)
-            )
+    key = header_key(name)
+    found = [pos for pos, header in enumerate(headers) if key and header_key(header) == key]
+    if len(found) == 1:
+        return found[0]
+    letters = [column_letter(first_column + pos) for pos in range(len(headers))]
+    if len(found) > 1:
+        where = ", ".join(letters[pos] for pos in found)
+        raise InputError(
+            f'{option} "{name}": columns {where} all have this header; '
+            f'name one by its letter, e.g. "{letters[found[0]]}"'
+        )
+    position = _letter_position(name)
+    if position is not None and 0 <= position - first_column < len(headers):
+        return position - first_column
+    columns = ", ".join(f'{letters[pos]} "{h}"' for pos, h in enumerate(headers)) or "none"
+    raise InputError(
+        f'{option} names the column "{name}", which is not in the file; columns found: {columns}'
+    )
+
+
+def map_columns(
+    headers: tuple[str, ...],
+    column_map: Mapping[str, str],
+    ignore: Sequence[str] = (),
+    *,
+    first_column: int = 0,
+) -> dict[str, int]:
+    """Match the input's headers to fields; return {field: column position}.
+
+    Args:
+        headers: The input's header texts, in column order.
+        column_map: ``--map`` entries: header text (or column letter) -> field. They win over
+            header matching: a column mapped to a field is that field, and another column whose
+            header also names the field is left out.
+        ignore: ``--ignore-column`` entries (header text or letter): columns left out of matching.
+        first_column: The 0-based sheet column of ``headers[0]`` (for letters).
+
+    Raises:
+        InputError: a --map or --ignore-column column that is not in the file, one field or
+            column mapped twice, two columns whose headers name one field, or a required column
+            that is missing (naming the columns found and the closest match).
+    """
+    ignored = {_column_position(name, headers, first_column, "--ignore-column") for name in ignore}
     mapping: dict[str, int] = {}
-    for pos, header in enumerate(headers):
-        field = mapped_keys.get(header_key(header)) or match_header(header)
-        if field is None:
-            continue
-        if field in mapping:
-            first = headers[mapping[field]]
-            raise InputError(
-                f'columns "{first}" and "{header}" both mean {field}; rename one or pick one with '
-                f'--map "{header}={field}"'
-            )
+    mapped_by: dict[str, str] = {}
+    for name, field in column_map.items():
+        pos = _column_position(name, headers, first_column, "--map")
+        if pos in ignored:
+            raise InputError(f'--map "{name}={field}" names a column that --ignore-column leaves out')
+        if field in mapping and mapping[field] != pos:
+            raise InputError(f'--map gives {field} twice ("{mapped_by[field]}" and "{name}"); keep one')
+        other = next((f for f, p in mapping.items() if p == pos and f != field), None)
+        if other is not None:
+            raise InputError(f'--map gives the column "{name}" two fields ({other} and {field}); keep one')
         mapping[field] = pos
+        mapped_by[field] = name
+    taken = set(mapping.values())
+    for pos, header in enumerate(headers):
+        if pos in ignored or pos in taken:
+            continue
+        matched = match_header(header)
+        if matched is None or matched in mapped_by:
+            continue
+        if matched in mapping:
+            first = headers[mapping[matched]]
+            raise InputError(
+                f'columns "{first}" and "{header}" both mean {matched}; pick one with '
+                f'--map "{header}={matched}" or leave one out with --ignore-column "{first}"'
+            )
+        mapping[matched] = pos
     found = ", ".join(f'"{h}"' for h in headers if h.strip()) or "none"
     missing: list[str] = []
     if not any(f in mapping for f in DID_FIELDS):
@@ -307,7 +572,8 @@ def map_columns(headers: tuple[str, ...], column_map: Mapping[str, str]) -> dict
         hints = []
         for name in missing:
             wanted = name.split(" ")[0]
-            near = closest_header(wanted, [h for i, h in enumerate(headers) if i not in mapping.values()])
+            unused = [h for i, h in enumerate(headers) if i not in mapping.values() and i not in ignored]
+            near = closest_header(wanted, unused)
             if near is not None:
                 hints.append(f'"{near}" looks like {wanted}: add --map "{near}={wanted}"')
         hint = ("; " + "; ".join(hints)) if hints else ""
@@ -400,17 +666,76 @@ def _first_occurrence(keys: pd.Series) -> pd.Series:
     return pd.Series(rows[first[later]], index=pd.Index(rows[positions[later]]), dtype="int64")
 
 
+WRONG_MATCH_SHARE = 0.2
+"""A column matched by its header (not by ``--map``) whose non-empty cells fit its field less often
+than this (with at least 3 cells and 2 different misfits) is taken for a wrong match (a "State"
+column of NY, CA matched to status): its rows fail with one reason that names the column and the
+fix, and the report carries a note, instead of one "is not a status" per value. The column is not
+dropped silently: a status column in another vocabulary (Enabled/Disabled) would turn every row
+active."""
+
+_PHONE_LIKE = re.compile(r"\+?\d{6,17}")
+
+_ACCEPTED: dict[Kind, str] = {
+    Kind.PHONE: "a DID is a phone number",
+    Kind.INT_ID: "ids are positive whole numbers",
+    Kind.STATUS: "a status is active/inactive, 1/0, yes/no, y/n or true/false",
+    Kind.UUID: "a connection id is a UUID",
+}
+
+
+def _fits(name: str, text: str) -> bool:
+    """Say whether a cell that did not parse still looks like its field's kind of value."""
+    if FIELD_BY_NAME[name].kind is not Kind.PHONE:
+        return False
+    # A national or mistyped number is still a phone number: its own message says what to fix.
+    compact = _PHONE_SEPARATORS.sub("", text)
+    return bool(_PHONE_LIKE.fullmatch(compact.replace("00", "+", 1) if compact.startswith("00") else compact))
+
+
+def wrong_matches(parsed: _Parsed, auto: Sequence[str]) -> dict[str, str]:
+    """Find the header-matched fields whose column's values mostly do not fit the field.
+
+    Args:
+        parsed: The parsed table.
+        auto: The fields matched by their header (a ``--map`` is taken at its word).
+
+    Returns:
+        {field: up to three of its values that do not fit, quoted and comma-separated}.
+    """
+    out: dict[str, str] = {}
+    for name in auto:
+        text = parsed.clean[name]
+        filled = text != ""
+        count = int(filled.sum())
+        if not count:
+            continue
+        bad = filled & parsed.values[name].isna()
+        failing = int(bad.sum())
+        if failing <= count * (1 - WRONG_MATCH_SHARE):
+            continue  # the common case: one cheap count and no per-cell work
+        fit = {t: _fits(name, t) for t in dict.fromkeys(text[bad].tolist())}
+        fitting = count - failing + sum(fit[t] for t in text[bad].tolist())
+        misfits = [t for t, ok in fit.items() if not ok]
+        # A few cells, or one value over and over (a typo copied down), get their own messages.
+        if fitting < count * WRONG_MATCH_SHARE and count >= 3 and len(misfits) >= 2:
+            out[name] = ", ".join(f'"{t}"' for t in misfits[:3])
+    return out
+
+
 def _check(ok: pd.Series, name: str) -> pa.Check:
     """A check whose answer was computed from the parsed columns (True where the cell is fine)."""
     # ignore_na=False: cells are never null, and pandera's null scan per check costs a full pass.
     return pa.Check(lambda _obj: ok, name=name, ignore_na=False)
 
 
-def build_schema(parsed: _Parsed) -> pa.DataFrameSchema:
+def build_schema(parsed: _Parsed, wrong: Mapping[str, str] | None = None) -> pa.DataFrameSchema:
     """Build the pandera schema for one table from the field spec.
 
     Column checks test each cell's parse; dataframe-wide checks test the rules that span
     columns (a DID on every row, the id each mode needs, ids for unused modes, duplicates).
+    A column in ``wrong`` (see ``wrong_matches``) fails each non-empty cell once, as a column
+    that is not its field, instead of once per value.
     """
     clean, values = parsed.clean, parsed.values
     blank = {name: clean[name] == "" for name in FIELD_NAMES}
@@ -418,7 +743,12 @@ def build_schema(parsed: _Parsed) -> pa.DataFrameSchema:
     for f in FIELDS:
         checks: list[pa.Check] = []
         parsed_ok = values[f.name].notna()
-        if f.kind is Kind.PHONE:
+        if wrong and f.name in wrong:
+            # Not trusted at all, not even its few values that parse: they fit by chance.
+            checks.append(_check(blank[f.name], "wrong_column"))
+            if f.kind is Kind.MODE:
+                checks.append(_check(~blank[f.name], "mode_required"))
+        elif f.kind is Kind.PHONE:
             scientific = [row for row, r in parsed.phone.items() if r.kind == "scientific_notation"]
             sci = pd.Series(clean.index.isin(scientific), index=clean.index)
             checks.append(_check(~sci, "scientific_notation"))
@@ -452,10 +782,13 @@ def build_schema(parsed: _Parsed) -> pa.DataFrameSchema:
 class _Messages:
     """Turn pandera failure cases into RowIssues that name the user's column and value."""
 
-    def __init__(self, table: RawTable, mapping: Mapping[str, int], parsed: _Parsed) -> None:
+    def __init__(
+        self, table: RawTable, mapping: Mapping[str, int], parsed: _Parsed, wrong: Mapping[str, str]
+    ) -> None:
         self.table = table
         self.mapping = mapping
         self.parsed = parsed
+        self.wrong = wrong
         self.dup_number = parsed.duplicate_of["did_number"]
         self.dup_id = parsed.duplicate_of["did_id"]
         # Plain arrays and one index lookup per row: DataFrame.at costs ~10 us a call, and a
@@ -540,7 +873,7 @@ class _Messages:
                             "duplicate",
                         )
                     )
-            return issues[:1]
+            return issues
         raise KeyError(check)  # pragma: no cover - every dataframe check is handled above
 
     def column_issue(self, row: int, field: str, check: str) -> RowIssue:
@@ -548,6 +881,10 @@ class _Messages:
         value = self.raw(row, field)
         text = clean_text(value)
         quoted = f'"{header}": "{value}"'
+        if check == "wrong_column":
+            return RowIssue(
+                row, header, value, wrong_column_text(header, field, self.wrong[field]), "wrong_column"
+            )
         excel_error = EXCEL_ERRORS.get(text)
         if excel_error is not None:
             return RowIssue(
@@ -586,7 +923,7 @@ class _Messages:
                 row,
                 header,
                 value,
-                f"{quoted} is not a status; use active/inactive, 1/0, yes/no or true/false",
+                f"{quoted} is not a status; use active/inactive, 1/0, yes/no, y/n or true/false",
                 "bad_status",
             )
         if check == "uuid":
@@ -594,6 +931,16 @@ class _Messages:
         return RowIssue(
             row, header, value, f"{quoted} {describe_bad_int(text)}; ids are positive whole numbers", "bad_id"
         )
+
+
+def wrong_column_text(header: str, field: str, values: str) -> str:
+    """The reason of a row whose value sits in a column that does not look like its field."""
+    kind = FIELD_BY_NAME[field].kind
+    accepted = f"modes are {describe_modes(DIRECTION_OF[field])}" if kind is Kind.MODE else _ACCEPTED[kind]
+    return (
+        f'column "{header}" does not look like {field} (values {values}; {accepted}): leave it out '
+        f'with --ignore-column "{header}", or if it is {field} confirm with --map "{header}={field}"'
+    )
 
 
 def _clean_cells(cells: list[object]) -> list[str]:
@@ -641,13 +988,15 @@ def validate_table(
     *,
     column_map: Mapping[str, str] | None = None,
     default_region: str | None = None,
+    ignore_columns: Sequence[str] = (),
 ) -> ValidationReport:
     """Validate every row of ``table``; return the valid rows and every problem.
 
     Args:
         table: the table as read.
-        column_map: ``--map`` entries, header text -> field name.
+        column_map: ``--map`` entries, header text (or column letter) -> field name.
         default_region: ISO region (e.g. "IN") used to read national numbers.
+        ignore_columns: ``--ignore-column`` entries (header text or letter) left out of matching.
 
     Returns:
         A report in which each input row is either valid or has at least one issue.
@@ -661,23 +1010,31 @@ def validate_table(
             raise InputError(
                 f'--default-region "{default_region}" is not a known region code (e.g. IN, US, GB)'
             )
-    mapping = map_columns(table.headers, column_map or {})
+    mapping = map_columns(
+        table.headers, column_map or {}, ignore_columns, first_column=table.source.first_column
+    )
     issues: list[RowIssue] = [
         RowIssue(row, "", "", problem, "ragged_row") for row, problem in sorted(table.row_problems.items())
     ]
     rows = table.frame.index[~table.frame.index.isin(list(table.row_problems))]
     clean = _clean_frame(table, mapping, rows)
     parsed = _parse(clean, PhoneNormaliser(default_region))
-    schema = build_schema(parsed)
+    chosen = set((column_map or {}).values())
+    wrong = wrong_matches(parsed, [f for f in mapping if f not in chosen])
+    schema = build_schema(parsed, wrong)
     failures: pd.DataFrame | None = None
     try:
         schema.validate(clean, lazy=True)
     except pa.errors.SchemaErrors as exc:
         failures = exc.failure_cases
     if failures is not None and len(failures):
-        messages = _Messages(table, mapping, parsed)
-        # pandera reports a dataframe-wide check once per column: keep one per (row, check).
-        failures = failures.drop_duplicates(["index", "check", "schema_context"])
+        messages = _Messages(table, mapping, parsed, wrong)
+        # pandera reports a dataframe-wide check once per column: keep one per (row, check). A
+        # column check is kept per column too, so two bad ids (or two empty modes) of one row
+        # are two problems, each naming its own column.
+        failures = failures.assign(
+            _column=failures["column"].where(failures["schema_context"] == "Column", "")
+        ).drop_duplicates(["index", "check", "schema_context", "_column"])
         for index, context, column, check in zip(
             failures["index"].tolist(),
             failures["schema_context"].tolist(),
@@ -693,7 +1050,15 @@ def validate_table(
     issues.sort(key=lambda i: (i.row, _column_order(mapping, headers, i.column)))
     failed = rows.isin(list({i.row for i in issues}))
     valid = _LazyRows(parsed.values, rows.to_numpy()[~failed])
-    return ValidationReport(table=table, valid=valid, issues=tuple(issues), mapping=dict(mapping))
+    notes = tuple(
+        f'column "{table.headers[mapping[f]]}" was matched to {f} by its header, but its values '
+        f"({values}) do not look like {f}: its rows failed; leave it out with "
+        f'--ignore-column "{table.headers[mapping[f]]}" or map the right column with --map'
+        for f, values in wrong.items()
+    )
+    return ValidationReport(
+        table=table, valid=valid, issues=tuple(issues), mapping=dict(mapping), notes=notes
+    )
 
 
 def _column_order(mapping: Mapping[str, int], headers: tuple[str, ...], column: str) -> int:

@@ -6,7 +6,11 @@ of each common mistake, each explained in its "Notes" cell. The XLSX has a "Note
 and two title rows above the header; the CSV uses another dialect (semicolons, UTF-8 with BOM,
 CRLF) and other header spellings, with the header on line 1.
 
-    python sample_data/make_samples.py            # write both files next to this script
+The source of truth is the package data in ``importer/data/`` (the demo and the sandbox read it
+from the installed package); this folder holds copies for users browsing the repository, and a
+test checks they are equal.
+
+    python sample_data/make_samples.py            # write both into importer/data, copy all here
     python sample_data/make_samples.py --expected # also print each row's intended outcome
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import sys
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +27,9 @@ from pathlib import Path
 import xlsxwriter
 
 HERE = Path(__file__).resolve().parent
+DATA = HERE.parent / "importer" / "data"
+"""The package data: the one source of truth for the sample files."""
+INVENTORY_NAME = "inventory.json"
 XLSX_NAME = "carrier_routing.xlsx"
 CSV_NAME = "carrier_routing.csv"
 SHEET = "DID Routing"
@@ -263,9 +271,14 @@ def write_csv(path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """Write both sample files next to this script; with --expected, print the intended outcomes."""
-    write_xlsx(HERE / XLSX_NAME)
-    write_csv(HERE / CSV_NAME)
+    """Write both sample files into the package data and copy them (and the inventory) here.
+
+    With --expected, also print the intended outcomes.
+    """
+    write_xlsx(DATA / XLSX_NAME)
+    write_csv(DATA / CSV_NAME)
+    for name in (XLSX_NAME, CSV_NAME, INVENTORY_NAME):
+        shutil.copyfile(DATA / name, HERE / name)
     if "--expected" in argv:
         print("xlsx row | csv line | intended outcome")
         for xlsx_row, csv_line, expected in expected_outcomes():

@@ -27,6 +27,15 @@ def test_fields_every_spelling_matches_its_own_field(field: fields.Field) -> Non
         assert match_header(spelling) == field.name, spelling
 
 
+@pytest.mark.parametrize(
+    "header",
+    ["State", "Connection", "Inbound SIP", "Outbound SIP", "Number ID", "Inventory ID", "Province"],
+)
+def test_fields_headers_that_commonly_mean_something_else_match_no_field(header: str) -> None:
+    """A US export's State (NY, CA), a connection type, a SIP URI, a carrier's own record id."""
+    assert match_header(header) is None
+
+
 def test_fields_header_key_ignores_case_space_and_punctuation() -> None:
     assert header_key(" Outbound (Bot) ID ") == header_key("outbound-bot_id") == "outboundbotid"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from importer._isolate import float_text, read_workbook_isolated
 from importer.display import render
 from importer.errors import InputError, UnreadableFileError
+from importer.isolated_reader import float_text, read_workbook_isolated
 from importer.reader import read_table
 
 HEADER = ["DID Number", "Inbound Mode", "Outbound Mode", "Inbound Bot ID"]

@@ -1,8 +1,13 @@
-"""Read a workbook's cells as text with calamine, in this process or in a guarded child process.
+"""Read a workbook's cells as text with calamine, in this process or in a capped child process.
 
-Everything here is free of pandas so that the child process (``python -m importer._isolate``)
-starts fast and inside a small memory limit. ``reader.py`` builds the table from the
-``SheetGrid`` this module returns; it also reuses ``find_header`` and ``cell_text`` for CSV.
+Formats whose parsers are less hardened (.xls, .ods) are parsed in a child process with memory
+and CPU limits and a wall-clock timeout, so a hostile file can crash or exhaust only the child.
+The child answers with JSON (the cells are text), never a pickle: unpickling what a process that
+just parsed a hostile file wrote would let that file run code in the parent.
+
+Everything here is free of pandas so that the child starts fast and inside a small memory limit.
+``reader.py`` builds the table from the ``SheetGrid`` this module returns; it also reuses
+``find_header`` and ``cell_text`` for CSV.
 """
 
 from __future__ import annotations
@@ -11,14 +16,13 @@ import contextlib
 import datetime as dt
 import json
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from importer import fields
 from importer.errors import ImporterError, InputError, UnreadableFileError
@@ -367,21 +371,80 @@ def _limit_child() -> None:
 
 
 def _child_main() -> None:
-    """Read one workbook named on stdin and write the pickled outcome to stdout."""
+    """Read one workbook named on stdin and write the outcome to stdout as JSON."""
     request = json.loads(sys.stdin.read())
-    outcome: tuple[str, object]
+    outcome: dict[str, object]
     try:
         grid = read_workbook(Path(request["path"]), request["sheet"], frozenset(request["extra_keys"]))
-        outcome = ("ok", grid)
+        outcome = {"ok": grid_to_json(grid)}
     except ImporterError as error:
-        outcome = ("error", (type(error).__name__, str(error)))
+        outcome = {"error": {"kind": type(error).__name__, "message": str(error)}}
     except BaseException as error:  # PanicException derives from BaseException
-        outcome = ("error", ("UnreadableFileError", str(_calamine_failure(request["name"], error))))
-    sys.stdout.buffer.write(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
-    sys.stdout.buffer.flush()
+        message = str(_calamine_failure(request["name"], error))
+        outcome = {"error": {"kind": "UnreadableFileError", "message": message}}
+    # ensure_ascii: any text calamine hands over (lone surrogates included) encodes and decodes back.
+    sys.stdout.write(json.dumps(outcome, separators=(",", ":")))
+    sys.stdout.flush()
 
 
-_CHILD_CODE = "from importer._isolate import _limit_child, _child_main\n_limit_child()\n_child_main()\n"
+def grid_to_json(grid: SheetGrid) -> dict[str, object]:
+    """Return a SheetGrid as JSON-ready data (the child's answer)."""
+    return {
+        "sheet": grid.sheet,
+        "header_row": grid.header_row,
+        "first_column": grid.first_column,
+        "header": list(grid.header),
+        "columns": list(grid.columns),
+    }
+
+
+def grid_from_json(data: object) -> SheetGrid:
+    """Rebuild a SheetGrid from the child's JSON, checking every type (the child is not trusted).
+
+    Raises:
+        ValueError: The data is not a grid of text.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("the grid is not an object")
+    sheet, header_row, first_column = data.get("sheet"), data.get("header_row"), data.get("first_column")
+    header, columns = data.get("header"), data.get("columns")
+    if not (
+        isinstance(sheet, str)
+        and type(header_row) is int
+        and type(first_column) is int
+        and _is_text_list(header)
+        and isinstance(columns, list)
+        and all(_is_text_list(column) for column in columns)
+    ):
+        raise ValueError("the grid's fields have the wrong types")
+    return SheetGrid(sheet, header_row, first_column, tuple(header), tuple(columns))
+
+
+def _is_text_list(value: object) -> TypeGuard[list[str]]:
+    return isinstance(value, list) and all(type(cell) is str for cell in value)
+
+
+def _outcome(stdout: bytes) -> SheetGrid | ImporterError:
+    """Decode the child's answer: the grid, or the error it reported.
+
+    Raises:
+        ValueError: The answer is not one the child writes.
+    """
+    answer = json.loads(stdout)
+    if isinstance(answer, dict) and set(answer) == {"ok"}:
+        return grid_from_json(answer["ok"])
+    error = answer.get("error") if isinstance(answer, dict) and set(answer) == {"error"} else None
+    if not (isinstance(error, dict) and isinstance(error.get("message"), str)):
+        raise ValueError("the answer is neither a grid nor an error")
+    error_class: Callable[[str], ImporterError] = (
+        InputError if error.get("kind") == "InputError" else UnreadableFileError
+    )
+    return error_class(error["message"])
+
+
+_CHILD_CODE = (
+    "from importer.isolated_reader import _limit_child, _child_main\n_limit_child()\n_child_main()\n"
+)
 
 
 def read_workbook_isolated(
@@ -430,14 +493,12 @@ def read_workbook_isolated(
     if done.returncode != 0 or not done.stdout:
         raise unsafe
     try:
-        status, payload = pickle.loads(done.stdout)
-    except Exception:
+        outcome = _outcome(done.stdout)
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         raise unsafe from None
-    if status == "ok" and isinstance(payload, SheetGrid):
-        return payload
-    kind, message = payload
-    error_class: Callable[[str], ImporterError] = InputError if kind == "InputError" else UnreadableFileError
-    raise error_class(message)
+    if isinstance(outcome, ImporterError):
+        raise outcome
+    return outcome
 
 
 if __name__ == "__main__":  # pragma: no cover - the child entry point is _CHILD_CODE

@@ -13,10 +13,10 @@ import enum
 import hashlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from importer.sandbox import SandboxConfig
+from importer.sandbox.state import SandboxConfig
+
+__all__ = ["FaultInjector", "FaultKind", "FaultPlan"]
 
 
 class FaultKind(enum.StrEnum):
