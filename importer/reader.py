@@ -387,8 +387,8 @@ def _display_styles(archive: zipfile.ZipFile, members: Mapping[str, zipfile.ZipI
 def _column_formats(head: bytes, grid: SheetGrid, styles: Mapping[int, str]) -> dict[int, str]:
     """Find the display format of each date or numeric grid column from its first data cell.
 
-    A column is formatted as a whole in practice; its first value decides (a percent format
-    for a numeric column, a date or time format for a date column).
+    A column is formatted as a whole in practice; its first number or date decides (a percent
+    format for a numeric column, a date or time format for a date column).
     """
     wanted = [(j, "date") for j in grid.dated] + [(j, "percent") for j in grid.numeric if j not in grid.dated]
     found: dict[int, str] = {}
@@ -411,13 +411,11 @@ def _column_formats(head: bytes, grid: SheetGrid, styles: Mapping[int, str]) -> 
             if tag is None:
                 break
             typed = _CELL_TYPE.search(tag)
+            if typed is not None and typed.group(1) not in (b"n", b"d"):
+                continue  # text ("n/a") shows as typed whatever the format: the next value decides
             style = _CELL_STYLE.search(tag)
             code = styles.get(int(style.group(1))) if style is not None else None
-            if (
-                (typed is None or typed.group(1) in (b"n", b"d"))
-                and code is not None
-                and format_kind(code) == kind
-            ):
+            if code is not None and format_kind(code) == kind:
                 found[j] = code
             break
     return found

@@ -721,12 +721,22 @@ def test_display_render_number_formats(code: str, text: str, shown: str | None) 
 
 
 def test_read_table_xlsx_number_formats_leave_phone_digits_alone(tmp_path: Path) -> None:
-    """A numeric DID column with a thousands format still reads as its exact digits."""
+    """A numeric DID column with a thousands format still reads as its exact digits; text cells as typed."""
     book = openpyxl.Workbook()
     sheet = book.active
-    sheet.append([*HEADER[:3], "Rate"])
-    sheet.append([918012345678, 3, 4, 0.5])
-    sheet["A2"].number_format = "#,##0"
-    sheet["D2"].number_format = "0%"
+    sheet.append([*HEADER[:3], "Rate", "Due"])
+    sheet.append([918012345678, 3, 4, "n/a", "n/a"])
+    sheet.append([918012345679, 3, 4, 0.5, dt.date(2024, 1, 5)])
+    for cell, code in (
+        ("A2", "#,##0"),
+        ("A3", "#,##0"),
+        ("D3", "0%"),
+        ("E2", "dd/mm/yyyy"),
+        ("E3", "dd/mm/yyyy"),
+    ):
+        sheet[cell].number_format = code
     book.save(tmp_path / "formats.xlsx")
-    assert _cells(read_table(tmp_path / "formats.xlsx").frame) == [["918012345678", "3", "4", "50%"]]
+    assert _cells(read_table(tmp_path / "formats.xlsx").frame) == [
+        ["918012345678", "3", "4", "n/a", "n/a"],
+        ["918012345679", "3", "4", "50%", "05/01/2024"],
+    ]
