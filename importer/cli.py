@@ -16,14 +16,18 @@ from typing import Any, TypeVar
 
 import click
 
+from .apply import SendOptions
 from .errors import ImporterError
+from .live import DEFAULT_BASE_URL
+from .vocab import ExitCode, OnExisting
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK, EXIT_ROWS_FAILED, EXIT_INPUT, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+SEND_DEFAULTS = SendOptions()
+"""The library's defaults for --requests-per-minute, --concurrency, --timeout."""
 
 
-def fail(message: str, code: int) -> None:
+def fail(message: str, code: ExitCode) -> None:
     """Print one error line and exit."""
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
@@ -38,10 +42,14 @@ def one_line_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except ImporterError as exc:
             fail(str(exc), exc.exit_code)
+        except BrokenPipeError:
+            # The reader of our output (e.g. `| head`) left: stop quietly, as other tools do.
+            _silence_stdout()
+            sys.exit(ExitCode.ROWS_FAILED)
         except (KeyboardInterrupt, click.Abort):
             fail(
                 "interrupted before anything was sent" if _before_writes(fn) else "interrupted",
-                EXIT_INTERRUPTED,
+                ExitCode.INTERRUPTED,
             )
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
@@ -51,11 +59,18 @@ def one_line_errors(fn: F) -> F:
             first = str(exc).splitlines()[0] if str(exc) else ""
             fail(
                 f"unexpected {type(exc).__name__}: {first} (set VOICELINK_DEBUG=1 for details)",
-                EXIT_INPUT,
+                ExitCode.INPUT,
             )
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush meets no closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _before_writes(fn: Callable[..., Any]) -> bool:
@@ -102,7 +117,7 @@ def main() -> None:
     """Create or update VoiceLink call routing from a carrier's spreadsheet, safely.
 
     Exit codes: 0 every row done or valid, 1 some rows failed, 2 unusable file or option,
-    3 run aborted (key rejected, error rate), 130 interrupted.
+    3 run aborted (key rejected, error rate), 130 interrupted (``vocab.ExitCode``).
     """
 
 
@@ -133,8 +148,7 @@ def validate(
             input=build_input(file, sheet, maps, default_region), output=output, failed_out=failed_out
         )
     )
-    for line in summary.lines():
-        click.echo(line)
+    _print_summary(summary)
     sys.exit(summary.exit_code)
 
 
@@ -168,7 +182,10 @@ def _progress_bar(quiet: bool) -> tuple[Any, Any]:
             bar = tqdm(total=p.total, unit="row", file=sys.stderr, dynamic_ncols=True, desc="sending")
         bar.n = p.done
         eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s" if p.eta_seconds else "0s"
-        bar.set_postfix_str(f"ok {p.succeeded}, failed {p.failed}, rate-limit ETA {eta}", refresh=False)
+        paused = f", paused {p.paused_seconds:.0f}s (429)" if p.paused_seconds >= 1 else ""
+        bar.set_postfix_str(
+            f"ok {p.succeeded}, failed {p.failed}, rate-limit ETA {eta}{paused}", refresh=False
+        )
         bar.refresh()
 
     def close() -> None:
@@ -178,14 +195,18 @@ def _progress_bar(quiet: bool) -> tuple[Any, Any]:
     return update, close
 
 
-def _ask(counts: Any) -> bool:
-    click.echo(f"Plan: {counts.text()}", err=True)
+def _ask(plan: Any) -> bool:
+    click.echo(f"Plan: {plan.text()}", err=True)
     return click.confirm("Send these writes now?", default=False, err=True)
 
 
 def _print_summary(summary: Any) -> None:
-    for line in summary.lines():
-        click.echo(line)
+    try:
+        for line in summary.lines():
+            click.echo(line)
+    except BrokenPipeError:
+        # `| head` stopped reading: the job is done, so keep its exit code and stay quiet.
+        _silence_stdout()
 
 
 def _send_and_report(job: Callable[..., Any], config: Any, quiet: bool) -> None:
@@ -213,7 +234,7 @@ _connect_options = _apply_options(
     click.option(
         "--base-url",
         envvar="VOCOBASE_BASE_URL",
-        default="https://api.vocobase.com/api/v2",
+        default=DEFAULT_BASE_URL,
         show_default=True,
         help="API root (env VOCOBASE_BASE_URL).",
     ),
@@ -223,9 +244,23 @@ _connect_options = _apply_options(
         envvar="VOCOBASE_CONNECTION_ID",
         help="VoiceLink connection UUID when several are active (env VOCOBASE_CONNECTION_ID).",
     ),
-    click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True),
-    click.option("--concurrency", type=click.IntRange(1, 16), default=4, show_default=True),
-    click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True),
+    click.option(
+        "--requests-per-minute",
+        type=click.IntRange(min=1),
+        default=SEND_DEFAULTS.requests_per_minute,
+        show_default=True,
+    ),
+    click.option(
+        "--concurrency", type=click.IntRange(1, 16), default=SEND_DEFAULTS.concurrency, show_default=True
+    ),
+    click.option(
+        "--timeout", type=click.FloatRange(min=0.1), default=SEND_DEFAULTS.timeout, show_default=True
+    ),
+    click.option(
+        "--max-error-rate",
+        type=click.FloatRange(0, 1),
+        help="Stop when more than this share of writes failed (once 20 are done), e.g. 0.2.",
+    ),
     click.option("--dry-run", is_flag=True, help="Plan only: show what would be sent; send nothing."),
     click.option("--yes", is_flag=True, help="Do not ask before sending."),
     click.option("--quiet", is_flag=True, help="No progress bar."),
@@ -237,17 +272,14 @@ _api_options = _apply_options(
     _connect_options,
     click.option(
         "--on-existing",
-        type=click.Choice(["update", "skip", "fail"]),
-        default="update",
+        type=click.Choice([c.value for c in OnExisting]),
+        default=OnExisting.UPDATE.value,
         show_default=True,
-        help="A DID whose routing exists and differs: update it, skip the row, or fail it.",
+        help="A DID whose routing exists and differs: "
+        + ", ".join(f"{c.value} ({c.label})" for c in OnExisting)
+        + ".",
     ),
     click.option("--journal", type=click.Path(path_type=Path, dir_okay=False), help="Journal path."),
-    click.option(
-        "--max-error-rate",
-        type=click.FloatRange(0, 1),
-        help="Stop when more than this share of writes failed (once 20 are done), e.g. 0.2.",
-    ),
 )
 
 
@@ -305,7 +337,7 @@ def run(
         requests_per_minute=requests_per_minute,
         concurrency=concurrency,
         timeout=timeout,
-        on_existing=on_existing,
+        on_existing=OnExisting(on_existing),
         dry_run=dry_run,
         journal=journal,
         max_error_rate=max_error_rate,
@@ -332,7 +364,9 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
 
     sample_path = DEFAULT_INVENTORY.parent / f"carrier_routing.{sample}"
     if not sample_path.exists():
-        fail(f"the sample sheet {sample_path} is missing (run from a clone of the repository)", EXIT_INPUT)
+        fail(
+            f"the sample sheet {sample_path} is missing (run from a clone of the repository)", ExitCode.INPUT
+        )
     stem = "voicelink-demo" if sample == "xlsx" else "voicelink-demo-csv"
     results = output or Path.cwd() / f"{stem}.results.xlsx"
     sandbox = create_sandbox(SandboxConfig(api_key=SANDBOX_API_KEY, requests_per_minute=6000))
@@ -359,7 +393,7 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
     state = sandbox.state_snapshot()
     click.echo(f"sandbox now holds {len(state.get('routing', []))} routing records")
     # The demo shows failed rows on purpose; it succeeded if it ran to the end.
-    sys.exit(EXIT_OK if summary.exit_code in (EXIT_OK, EXIT_ROWS_FAILED) else summary.exit_code)
+    sys.exit(ExitCode.OK if summary.exit_code in (ExitCode.OK, ExitCode.ROWS_FAILED) else summary.exit_code)
 
 
 @main.command()
@@ -473,6 +507,7 @@ def rollback(
     requests_per_minute: int,
     concurrency: int,
     timeout: float,
+    max_error_rate: float | None,
     dry_run: bool,
     force: bool,
     yes: bool,
@@ -482,8 +517,7 @@ def rollback(
 
     SOURCE is the run's results workbook (its journal is found beside it) or the journal itself.
     """
-    from .rollback import RollbackConfig
-    from .rollback import rollback as rollback_run
+    from .rollback import RollbackConfig, rollback_run
 
     def show(plan: Any) -> None:
         for line in plan.lines(limit=50):
@@ -499,6 +533,7 @@ def rollback(
         requests_per_minute=requests_per_minute,
         concurrency=concurrency,
         timeout=timeout,
+        max_error_rate=max_error_rate,
         dry_run=dry_run,
         force=force,
         on_plan=show,

@@ -1,8 +1,8 @@
-"""The whole job, top to bottom: read -> validate -> (resolve -> plan -> apply) -> results.
+"""The offline stages every job shares: read -> validate -> results, and the ``RunSummary``.
 
-``validate_file`` is the offline half; ``run_import`` (in ``run.py``) adds the API half and
-reuses everything here. Both return a ``RunSummary`` and never raise for bad rows, only for
-run-level problems (see ``errors.py``).
+``validate_file`` is the offline job; ``run_import`` (``run.py``) adds resolve -> plan -> apply
+between validate and results and reuses everything here. Both return a ``RunSummary`` and
+never raise for bad rows, only for run-level problems (see ``errors.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .model import RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationRe
 from .reader import read_table
 from .results import OutcomeColumns, default_paths, write_failed_rows, write_results
 from .validate import validate_table
+from .vocab import Action, ExitCode, describe_kind
 
 __all__ = ["InputOptions", "RunSummary", "ValidateConfig", "load_and_validate", "validate_file"]
 
@@ -35,6 +36,10 @@ class InputOptions:
     sheet: str | None = None
     column_map: Mapping[str, str] = field(default_factory=dict)
     default_region: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.path, str):
+            object.__setattr__(self, "path", Path(self.path))
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet."""
@@ -52,26 +57,48 @@ class ValidateConfig:
     output: Path | None = None
     failed_out: Path | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("output", "failed_out"):
+            as_path(self, name)
+
+
+def as_path(config: object, name: str) -> None:
+    """Let a frozen config take a ``str`` where it wants a ``Path`` (library callers pass either)."""
+    value = getattr(config, name)
+    if isinstance(value, str):
+        object.__setattr__(config, name, Path(value))
+
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
-    """What a run did, for the CLI's summary and for callers of the library."""
+    """What a job did, for the CLI's summary and for callers of the library."""
 
     rows: int
     counts: Mapping[Status, int]
     top_reasons: Sequence[tuple[str, int]]
+    """The most common problems, each as a label for people and how many rows had it."""
     results_path: Path
     failed_path: Path | None
-    exit_code: int
+    exit_code: ExitCode
     notes: Sequence[str] = ()
+    outcomes: tuple[RowOutcome, ...] = ()
+    """One outcome per input row, in input order (``validate_file`` leaves it empty: read its workbook)."""
 
     @property
     def failed(self) -> int:
         return self.counts.get(Status.FAILED, 0)
 
+    def frame(self) -> pd.DataFrame:
+        """The outcomes as a DataFrame, one row per input row (statuses and actions as their codes)."""
+        columns = list(RowOutcome.__slots__)
+        records = [[getattr(o, name) for name in columns] for o in self.outcomes]
+        # StrEnum members become their plain codes, so the frame compares and saves as text.
+        records = [[str(v) if isinstance(v, Status | Action) else v for v in r] for r in records]
+        return pd.DataFrame.from_records(records, columns=columns)
+
     def lines(self) -> list[str]:
-        """A short human summary."""
-        parts = [f"{s.value} {self.counts.get(s, 0)}" for s in Status if self.counts.get(s, 0)]
+        """A short human summary (labels, never internal codes)."""
+        parts = [f"{s.label} {self.counts.get(s, 0)}" for s in Status if self.counts.get(s, 0)]
         out = [f"rows read: {self.rows}; " + (", ".join(parts) if parts else "nothing to do")]
         if self.top_reasons:
             out.append("most common problems:")
@@ -207,12 +234,12 @@ class OutcomeTally:
 def top_reasons(
     issues: Iterable[RowIssue], extra: Iterable[str] = (), limit: int = 5
 ) -> list[tuple[str, int]]:
-    """The most common problem kinds with an example message shape."""
+    """The most common problems as labels for people (validation's and the engine's kinds alike)."""
     counter: collections.Counter[str] = collections.Counter()
     for issue in issues:
         counter[_KIND_TEXT.get(issue.kind, issue.kind)] += 1
-    for reason in extra:
-        counter[reason] += 1
+    for kind in extra:
+        counter[describe_kind(kind)] += 1
     return counter.most_common(limit)
 
 
@@ -277,5 +304,5 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         top_reasons=top_reasons(report.issues),
         results_path=results,
         failed_path=failed if tally.failed_rows else None,
-        exit_code=1 if tally.failed_rows else 0,
+        exit_code=ExitCode.ROWS_FAILED if tally.failed_rows else ExitCode.OK,
     )

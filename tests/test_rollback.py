@@ -17,7 +17,9 @@ from importer.errors import AuthError, InputError
 from importer.journal import Journal
 from importer.model import Status
 from importer.pipeline import InputOptions, RunSummary
-from importer.rollback import ROLLBACK_COLUMNS, RollbackConfig, RollbackPlan, default_rollback_path, rollback
+from importer.plan import Plan
+from importer.rollback import ROLLBACK_COLUMNS, RollbackConfig, default_rollback_path
+from importer.rollback import rollback_run as rollback
 from importer.run import ImportConfig, run_import
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 
@@ -98,14 +100,14 @@ def test_rollback_restores_updates_and_deactivates_creates(
     tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
 ) -> None:
     sandbox, run, before = imported
-    plans: list[RollbackPlan] = []
+    plans: list[Plan] = []
     summary = rollback(
         undo_config(run.results_path, on_plan=plans.append), transport=httpx.ASGITransport(app=sandbox.app)
     )
     assert summary.exit_code == 0 and summary.counts == {"succeeded": 4, "unchanged": 1}
     # updated rows have their exact previous records; created rows are inactive with the run's modes
     assert routing_by_did(sandbox) == expected_after_rollback(before)
-    assert plans[0].counts() == {"restore": 2, "deactivate": 2, "unchanged": 1, "skip": 0, "fail": 0}
+    assert dict(plans[0].counts) == {"restore": 2, "deactivate": 2, "unchanged": 1, "skip": 0, "fail": 0}
     assert any("the API has no delete" in line for line in plans[0].lines())
     assert summary.results_path == default_rollback_path(tmp_path / "sheet.journal.sqlite")
     assert summary.results_path.name == "sheet.rollback.xlsx"
@@ -123,9 +125,9 @@ def test_rollback_restores_updates_and_deactivates_creates(
         assert by_did[1000 + i]["import_routing_id"] == str(7000 + i)
     with Journal.open(tmp_path / "sheet.journal.sqlite") as journal:
         runs = journal.runs()
-        assert [r["command"] for r in runs] == ["run", "rollback"]
-        assert runs[1]["audit"]["rollback_of_run"] == "1"  # type: ignore[index]
-        assert len(journal.changes(int(str(runs[1]["run_id"])))) == 4  # every rollback write journalled
+        assert [r.command for r in runs] == ["run", "rollback"]
+        assert runs[1].audit["rollback_of_run"] == "1"
+        assert len(journal.changes(runs[1].run_id)) == 4  # every rollback write journalled
 
 
 def test_rollback_twice_is_idempotent(
@@ -162,7 +164,7 @@ def test_rollback_dry_run_sends_nothing(
     assert '"outbound_websocket_bot_id": 94' in rows[1000]["import_proposed"]  # DID 0's record before
     assert '"status": 0' in rows[1003]["import_proposed"]
     with Journal.open(tmp_path / "sheet.journal.sqlite") as journal:
-        assert [r["command"] for r in journal.runs()] == ["run"]  # a dry run journals nothing
+        assert [r.command for r in journal.runs()] == ["run"]  # a dry run journals nothing
 
 
 def test_rollback_skips_a_row_changed_since_and_force_overwrites_it(
@@ -370,9 +372,7 @@ class Scripted(httpx.AsyncBaseTransport):
     "job",
     [
         "run",
-        pytest.param(
-            "rollback", marks=pytest.mark.xfail(strict=True, reason="rollback counts 429 re-sends as tries")
-        ),
+        "rollback",
     ],
 )
 def test_rollback_and_run_settle_429_429_500_alike(tmp_path: Path, job: str) -> None:

@@ -19,9 +19,10 @@ from helpers import (
     write_sheet,
 )
 
+from importer.apply import Progress
 from importer.errors import AuthError, InputError
 from importer.pipeline import InputOptions
-from importer.run import ImportConfig, Progress, run_import
+from importer.run import ImportConfig, run_import
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 
 
@@ -304,10 +305,8 @@ def test_run_audit_in_summary_sheet_and_journal(tmp_path: Path) -> None:
     assert items["option on_existing"] == "update" and items["succeeded"] == 12
     with Journal.open(tmp_path / "run.journal.sqlite") as journal:
         (run,) = journal.runs()
-    assert run["input_sha256"] == sha and run["finished"]
-    audit = run["audit"]
-    assert isinstance(audit, dict)
+    assert run.input_sha256 == sha and run.finished
     for key in ("os_user", "host", "api_key", "connection", "base_url"):
-        assert audit[key] == expected[key], key
-    assert run["counts"] == {"succeeded": 12, "unchanged": 1, "failed": 10, "skipped": 0, "not_sent": 0}
-    assert isinstance(run["options"], dict) and run["options"]["requests_per_minute"] == "100000"
+        assert run.audit[key] == expected[key], key
+    assert run.counts == {"succeeded": 12, "unchanged": 1, "failed": 10, "skipped": 0, "not_sent": 0}
+    assert run.options["requests_per_minute"] == "100000"
