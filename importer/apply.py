@@ -43,6 +43,7 @@ from .journal import Journal
 from .limiter import RateLimiter
 from .live import DEFAULT_BASE_URL, ClientSettings, Inventory, LiveRouting, open_client, read_inventory
 from .model import RowOutcome
+from .pipeline import now_text
 from .plan import Plan, Write, body_of, record_text
 from .retry import MAX_ATTEMPTS, backoff_delay
 from .vocab import Action, ExitCode, OnExisting, ReasonKind, Status
@@ -127,6 +128,8 @@ class ConnectOptions(SendOptions):
     """The VoiceLink connection; None: the only active one (a rollback: the run's)."""
     dry_run: bool = False
     """Plan only: read the live state, send nothing, journal nothing."""
+    confirm: Callable[[Plan], bool] | None = None
+    """Asked with the plan before any write (not for a dry run); False sends nothing."""
 
     def check(self) -> None:
         """Refuse options no job can use (InputError), the key and base URL included."""
@@ -437,29 +440,12 @@ class _Engine:
                 outcome = await self.write(w)
             except AuthError as exc:
                 self.stop(f"the API rejected the key ({exc})", ExitCode.ABORTED)
-                self.record(
-                    RowOutcome(
-                        row=w.row,
-                        status=Status.NOT_SENT,
-                        action=w.action,
-                        reason=f"not applied: {exc}",
-                        reason_kind=ReasonKind.AUTH_REJECTED,
-                        did_id=w.did_id,
-                        routing_id=w.routing_id,
-                    )
-                )
+                self.record(w.outcome(Status.NOT_SENT, f"not applied: {exc}", ReasonKind.AUTH_REJECTED))
                 continue
             except ApiError as exc:
                 self.stop(f"the state could not be re-read ({exc})", ExitCode.ABORTED)
-                outcome = RowOutcome(
-                    row=w.row,
-                    status=Status.FAILED,
-                    action=w.action,
-                    reason=f"outcome unknown and the state could not be re-read: {exc}",
-                    reason_kind=ReasonKind.UNSETTLED,
-                    did_id=w.did_id,
-                    routing_id=w.routing_id,
-                )
+                reason = f"outcome unknown and the state could not be re-read: {exc}"
+                outcome = w.outcome(Status.FAILED, reason, ReasonKind.UNSETTLED)
             self.record(outcome)
             self.done += 1
             self.failed += outcome.status is Status.FAILED
@@ -540,17 +526,7 @@ async def apply_plan(
         notes = await engine.read_back_routing_ids()
     reason = f"not sent: {engine.stop_reason}" if engine.stop_reason else "not sent"
     for w in queue:
-        engine.record(
-            RowOutcome(
-                row=w.row,
-                status=Status.NOT_SENT,
-                action=w.action,
-                reason=reason,
-                reason_kind=ReasonKind.STOPPED,
-                did_id=w.did_id,
-                routing_id=w.routing_id,
-            )
-        )
+        engine.record(w.outcome(Status.NOT_SENT, reason, ReasonKind.STOPPED))
     return Applied(tuple(engine.outcomes.values()), engine.stop_reason, engine.exit_code, notes)
 
 
@@ -578,35 +554,122 @@ def skipped_by_parser(client: VoiceLinkClient, shown: int = 3) -> ParserNotes:
 # -- driving a job ---------------------------------------------------------------------
 
 R = TypeVar("R")
+C = TypeVar("C", bound="ConnectOptions")
 
 
-class Job(Generic[R]):
-    """A job's stages in the order they run; :func:`drive` and :func:`drive_async` run them.
+class Job(Generic[C, R]):
+    """A job that sends a plan, its stages in the order they run (:func:`drive` runs them).
 
-    ``prepare`` reads and plans, ``approve`` asks the user (synchronously), ``apply`` sends,
-    ``disconnect`` closes the client, ``report`` writes the results, ``close`` the journal.
+    ``prepare`` reads and plans; ``approve`` asks ``config.confirm`` (synchronously, outside the
+    event loop when driven from sync code); ``apply`` sends through :func:`apply_plan`;
+    ``disconnect`` closes the client; ``report`` writes the results; ``close`` the journal.
+    Subclasses (``run``, ``rollback``) write ``prepare``, ``start_run`` and ``report``: what
+    differs; the rest is here once (as httpx keeps its clients thin over one base).
     """
+
+    def __init__(
+        self,
+        config: C,
+        transport: httpx.AsyncBaseTransport | None,
+        on_progress: ProgressCallback | None,
+        cancel: asyncio.Event | None,
+        limiter: RateLimiter | None,
+    ) -> None:
+        self.config, self.transport, self.on_progress = config, transport, on_progress
+        self.cancel, self.limiter = cancel, limiter
+        self.started = now_text()
+        self.journal: Journal | None = None
+        self.session: Session | None = None
+        self.plan: Plan | None = None
+        self.run_id = 0
+        """The journal's run of this job (0: none started: a dry run, or nothing confirmed)."""
+        self.applied = Applied(())
 
     async def prepare(self) -> None:
         raise NotImplementedError
 
-    def approve(self) -> bool:
-        raise NotImplementedError
-
-    async def apply(self, approved: bool) -> None:
-        raise NotImplementedError
-
-    async def disconnect(self) -> None:
+    def start_run(self, journal: Journal, session: Session) -> int:
+        """Record the job's start in the journal; return its run id."""
         raise NotImplementedError
 
     def report(self) -> R:
         raise NotImplementedError
 
+    def approve(self) -> bool:
+        """Ask ``config.confirm`` when there is something to send."""
+        assert self.plan is not None
+        if self.config.dry_run or not self.plan.writes or self.config.confirm is None:
+            return True
+        return self.config.confirm(self.plan)
+
+    async def apply(self, approved: bool) -> None:
+        """Send the plan (journalled as a new run), or record why nothing was sent."""
+        plan, session, config, journal = self.plan, self.session, self.config, self.journal
+        assert plan is not None and session is not None
+        if config.dry_run:
+            self.applied = Applied(plan.dry_run())
+            return
+        if not approved:
+            outcomes = plan.not_sent("not sent: not confirmed", ReasonKind.NOT_CONFIRMED)
+            self.applied = Applied(plan.outcomes + outcomes, "not confirmed at the prompt", ExitCode.ABORTED)
+            return
+        assert journal is not None
+        self.run_id = self.start_run(journal, session)
+        cancel = self.cancel or asyncio.Event()
+        with stop_on_signals(cancel):
+            applied = await apply_plan(
+                plan,
+                client=session.client,
+                live=LiveRouting(session.client, session.inventory, config.retry_backoff),
+                journal=journal,
+                run_id=self.run_id,
+                options=config,
+                cancel=cancel,
+                on_progress=self.on_progress,
+                limiter=session.limiter,
+            )
+        self.applied = replace(applied, outcomes=plan.outcomes + applied.outcomes)
+
+    def notes(self) -> list[str]:
+        """The summary's notes every job has: why it stopped, a dry run, what the parsers skipped."""
+        assert self.plan is not None and self.session is not None
+        out = [*self.applied.notes, *skipped_by_parser(self.session.client).notes]
+        if self.applied.stop_reason:
+            out.insert(0, f"stopped: {self.applied.stop_reason}")
+        if self.config.dry_run:
+            out.insert(0, f"dry run: nothing was sent. Plan: {self.plan.text()}")
+        return out
+
+    def audit(self) -> dict[str, str]:
+        """The Summary sheet's audit lines every job has: who, where, the plan, the journal's run."""
+        assert self.plan is not None and self.session is not None
+        return {
+            **self.session.audit,
+            "plan": self.plan.text(),
+            **({"stopped": self.applied.stop_reason} if self.applied.stop_reason else {}),
+            **(
+                {"journal": str(self.journal.path.resolve()), "journal run": str(self.run_id)}
+                if self.journal is not None and self.run_id
+                else {}
+            ),
+            **skipped_by_parser(self.session.client).audit,
+        }
+
+    def finish_run(self, counts: Mapping[Status, int]) -> None:
+        """Record the end of the job's journal run with its counts per status."""
+        if self.journal is not None and self.run_id:
+            self.journal.finish_run(self.run_id, {s.value: counts.get(s, 0) for s in Status})
+
+    async def disconnect(self) -> None:
+        if self.session is not None:
+            await self.session.client.aclose()
+
     def close(self) -> None:
-        raise NotImplementedError
+        if self.journal is not None:
+            self.journal.close()
 
 
-def drive(job: Job[R], async_name: str) -> R:
+def drive(job: Job[C, R], async_name: str) -> R:
     """Run a job from synchronous code, asking ``approve`` while no event loop runs.
 
     Prepare and apply are separate turns of one event loop, so Ctrl-C at a confirmation prompt
@@ -636,7 +699,7 @@ def drive(job: Job[R], async_name: str) -> R:
         job.close()
 
 
-async def drive_async(job: Job[R]) -> R:
+async def drive_async(job: Job[C, R]) -> R:
     """Run a job inside a running event loop (``approve`` is called in it)."""
     try:
         try:
@@ -647,8 +710,3 @@ async def drive_async(job: Job[R]) -> R:
         return job.report()
     finally:
         job.close()
-
-
-def merged(plan: Plan, applied: Applied) -> Applied:
-    """The plan's settled outcomes followed by the engine's."""
-    return replace(applied, outcomes=plan.outcomes + applied.outcomes)

@@ -92,6 +92,22 @@ class Write:
     note: str = ""
     """What the plan says about it, for people (shown in plan lines and dry runs)."""
 
+    def outcome(
+        self, status: Status, reason: str, kind: str, *, current: str = "", proposed: str = ""
+    ) -> RowOutcome:
+        """This write's row ending as ``status`` without the engine's answer (not sent, not settled)."""
+        return RowOutcome(
+            row=self.row,
+            status=status,
+            action=self.action,
+            reason=reason,
+            reason_kind=kind,
+            did_id=self.did_id,
+            routing_id=self.routing_id,
+            current=current,
+            proposed=proposed,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Undo:
@@ -165,14 +181,10 @@ class Plan:
     def dry_run(self) -> tuple[RowOutcome, ...]:
         """Every row's outcome when nothing is sent: the settled ones, and each write as 'would ...'."""
         would = tuple(
-            RowOutcome(
-                row=w.row,
-                status=Status.NOT_SENT,
-                action=w.action,
-                reason=w.dry_kind.label + (f"; {w.note}" if w.note else ""),
-                reason_kind=w.dry_kind,
-                did_id=w.did_id,
-                routing_id=w.routing_id,
+            w.outcome(
+                Status.NOT_SENT,
+                w.dry_kind.label + (f"; {w.note}" if w.note else ""),
+                w.dry_kind,
                 current=record_text(w.before),
                 proposed=record_text(w.body),
             )
@@ -182,18 +194,7 @@ class Plan:
 
     def not_sent(self, reason: str, kind: ReasonKind) -> tuple[RowOutcome, ...]:
         """The outcome of every write when none is sent (e.g. not confirmed)."""
-        return tuple(
-            RowOutcome(
-                row=w.row,
-                status=Status.NOT_SENT,
-                action=w.action,
-                reason=reason,
-                reason_kind=kind,
-                did_id=w.did_id,
-                routing_id=w.routing_id,
-            )
-            for w in self.writes
-        )
+        return tuple(w.outcome(Status.NOT_SENT, reason, kind) for w in self.writes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,29 +30,23 @@ import httpx
 import pandas as pd
 
 from .apply import (
-    Applied,
     ConnectOptions,
     Job,
     ProgressCallback,
     Session,
-    apply_plan,
     drive,
     drive_async,
-    merged,
     open_session,
-    skipped_by_parser,
-    stop_on_signals,
 )
 from .errors import InputError
 from .journal import Journal, RunRecord
 from .limiter import RateLimiter
-from .live import LiveRouting
 from .model import RawTable, RunInfo, SourceInfo, Status
 from .pipeline import RunSummary, as_path, now_text
 from .plan import NO_DELETE, Plan, Undo, plan_rollback, record_text
 from .results import write_results
 from .run import default_journal_path, open_journal
-from .vocab import Action, ExitCode, ReasonKind, describe_kind
+from .vocab import Action, ExitCode, describe_kind
 
 __all__ = [
     "ROLLBACK_COLUMNS",
@@ -95,8 +89,6 @@ class RollbackConfig(ConnectOptions):
     """Overwrite rows someone changed since the run instead of skipping them."""
     on_plan: Callable[[Plan], None] | None = None
     """Shown the plan once it is made (dry runs too)."""
-    confirm: Callable[[Plan], bool] | None = None
-    """Asked before any write; False sends nothing."""
 
     def __post_init__(self) -> None:
         ConnectOptions.__post_init__(self)
@@ -279,25 +271,9 @@ async def rollback_run_async(
     return await drive_async(_RollbackJob(config, transport, on_progress, cancel, limiter))
 
 
-class _RollbackJob(Job[RunSummary]):
-    """One rollback's stages, in order: prepare (find -> read -> plan), approve, apply, report."""
-
-    def __init__(
-        self,
-        config: RollbackConfig,
-        transport: httpx.AsyncBaseTransport | None,
-        on_progress: ProgressCallback | None,
-        cancel: asyncio.Event | None,
-        limiter: RateLimiter | None,
-    ) -> None:
-        self.config, self.transport, self.on_progress = config, transport, on_progress
-        self.cancel, self.limiter = cancel, limiter
-        self.started = now_text()
-        self.journal: Journal | None = None
-        self.session: Session | None = None
-        self.plan: Plan | None = None
-        self.journal_run = 0
-        self.applied = Applied(())
+class _RollbackJob(Job[RollbackConfig, RunSummary]):
+    """One rollback's stages, in order: prepare (find the run -> live state -> plan), then the
+    engine's approve and apply (``apply.Job``), then report (the rollback's results workbook)."""
 
     async def prepare(self) -> None:
         """Check the options, find the journal and the run, read the live state, plan the undos."""
@@ -328,88 +304,41 @@ class _RollbackJob(Job[RunSummary]):
         if config.on_plan is not None:
             config.on_plan(self.plan)
 
-    def approve(self) -> bool:
-        """Ask ``config.confirm`` (when there is something to send)."""
-        assert self.plan is not None
-        if self.config.dry_run or not self.plan.writes or self.config.confirm is None:
-            return True
-        return self.config.confirm(self.plan)
-
-    async def apply(self, approved: bool) -> None:
-        """Send the undos (journalled as a new run), or record why nothing was sent."""
-        plan, session, config, journal = self.plan, self.session, self.config, self.journal
-        assert plan is not None and session is not None and journal is not None
-        if config.dry_run:
-            self.applied = Applied(plan.dry_run())
-            return
-        if not approved:
-            outcomes = plan.not_sent("not sent: not confirmed", ReasonKind.NOT_CONFIRMED)
-            self.applied = Applied(plan.outcomes + outcomes, "not confirmed at the prompt", ExitCode.ABORTED)
-            return
-        self.journal_run = journal.start_run(
+    def start_run(self, journal: Journal, session: Session) -> int:
+        return journal.start_run(
             input_sha256=f"{COMMAND}:{self.run.input_sha256}",
             input_name=f"rollback of run {self.run.run_id} ({self.run.input_name})",
             command=COMMAND,
             audit={**session.audit, "rollback_of_run": str(self.run.run_id)},
-            options=config.describe(),
+            options=self.config.describe(),
         )
-        cancel = self.cancel or asyncio.Event()
-        with stop_on_signals(cancel):
-            applied = await apply_plan(
-                plan,
-                client=session.client,
-                live=LiveRouting(session.client, session.inventory, config.retry_backoff),
-                journal=journal,
-                run_id=self.journal_run,
-                options=config,
-                cancel=cancel,
-                on_progress=self.on_progress,
-                limiter=session.limiter,
-            )
-        self.applied = merged(plan, applied)
-
-    async def disconnect(self) -> None:
-        if self.session is not None:
-            await self.session.client.aclose()
 
     def report(self) -> RunSummary:
         """Write the rollback's results workbook and close its journal run."""
-        config, plan, journal, applied = self.config, self.plan, self.journal, self.applied
-        assert plan is not None and journal is not None and self.session is not None
+        config, plan, applied = self.config, self.plan, self.applied
+        assert plan is not None and self.journal is not None
         by_row = {o.row: o for o in applied.outcomes}
         outcomes = tuple(by_row[u.index] for u in plan.undos)
-        parser_notes = skipped_by_parser(self.session.client)
         info = RunInfo(
             command=COMMAND + (" (dry run)" if config.dry_run else ""),
             started=self.started,
             finished=now_text(),
             options=config.describe(),
             audit={
-                **self.session.audit,
-                "journal": str(journal.path),
                 "rollback of run": str(self.run.run_id),
                 "run input": self.run.input_name,
                 "run input sha256": self.run.input_sha256,
-                **({"journal run": str(self.journal_run)} if self.journal_run else {}),
-                "plan": plan.text(),
-                **({"stopped": applied.stop_reason} if applied.stop_reason else {}),
-                **parser_notes.audit,
+                **self.audit(),
+                "journal": str(self.journal.path),
             },
         )
-        try:
-            write_results(
-                self.results, _table(journal.path, self.journal_sha, plan.undos), outcomes, (), info
-            )
-        finally:
-            if self.journal_run:
-                counts = collections.Counter(o.status for o in outcomes)
-                journal.finish_run(self.journal_run, {s.value: counts[s] for s in Status})
         tally = collections.Counter(o.status for o in outcomes)
-        notes: list[str] = [*applied.notes, *parser_notes.notes]
-        if applied.stop_reason:
-            notes.insert(0, f"stopped: {applied.stop_reason}")
-        if config.dry_run:
-            notes.append(f"dry run: nothing was sent. Plan: {plan.text()}")
+        try:
+            table = _table(self.journal.path, self.journal_sha, plan.undos)
+            write_results(self.results, table, outcomes, (), info)
+        finally:
+            self.finish_run(tally)
+        notes = self.notes()
         deactivated = sum(
             1
             for u, o in zip(plan.undos, outcomes, strict=True)
@@ -436,7 +365,3 @@ class _RollbackJob(Job[RunSummary]):
             notes=notes,
             outcomes=outcomes,
         )
-
-    def close(self) -> None:
-        if self.journal is not None:
-            self.journal.close()

@@ -16,30 +16,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from .apply import (
-    Applied,
     ConnectOptions,
     Job,
     ProgressCallback,
     Session,
-    apply_plan,
     drive,
     drive_async,
-    merged,
     open_session,
-    skipped_by_parser,
-    stop_on_signals,
 )
 from .errors import InputError
 from .journal import Journal
 from .limiter import RateLimiter
-from .live import DEFAULT_BASE_URL, LiveRouting
+from .live import DEFAULT_BASE_URL
 from .model import RowOutcome, RunInfo, Status, ValidationReport
 from .pipeline import (
     InputOptions,
@@ -54,7 +49,7 @@ from .pipeline import (
     top_reasons,
     write_outputs,
 )
-from .plan import History, Plan, plan_import
+from .plan import History, plan_import
 from .retry import MAX_ATTEMPTS
 from .vocab import ExitCode, OnExisting, ReasonKind
 
@@ -79,8 +74,6 @@ class ImportConfig(ConnectOptions):
     output: Path | None = None
     failed_out: Path | None = None
     on_existing: OnExisting = OnExisting.UPDATE
-    confirm: Callable[[Plan], bool] | None = None
-    """Asked with the plan before any write; False sends nothing."""
     command: str = "run"
 
     def __post_init__(self) -> None:
@@ -174,130 +167,64 @@ async def run_import_async(
     return await drive_async(_ImportJob(config, transport, on_progress, cancel, limiter))
 
 
-class _ImportJob(Job[RunSummary]):
-    """One run's stages, in order: prepare (read -> plan), approve, apply, report."""
-
-    def __init__(
-        self,
-        config: ImportConfig,
-        transport: httpx.AsyncBaseTransport | None,
-        on_progress: ProgressCallback | None,
-        cancel: asyncio.Event | None,
-        limiter: RateLimiter | None,
-    ) -> None:
-        self.config, self.transport, self.on_progress = config, transport, on_progress
-        self.cancel, self.limiter = cancel, limiter
-        self.started = now_text()
-        self.journal: Journal | None = None
-        self.session: Session | None = None
-        self.report_: ValidationReport | None = None
-        self.plan: Plan | None = None
-        self.run_id = 0
-        self.applied = Applied(())
+class _ImportJob(Job[ImportConfig, RunSummary]):
+    """One run's stages, in order: prepare (read -> validate -> live state -> plan), then the
+    engine's approve and apply (``apply.Job``), then report (the results workbook)."""
 
     async def prepare(self) -> None:
-        """Check the options, read and validate the file, read the live state, plan."""
+        """Check the options, read and validate the file, open the journal, read the live state, plan."""
         config = self.config
         config.check()
         self.results, self.failed_path = output_paths(config.input.path, config.output, config.failed_out)
-        report = self.report_ = load_and_validate(config.input)
+        self.validation = load_and_validate(config.input)
         if not config.dry_run:
             path = config.journal or default_journal_path(self.results, config.input.path)
             self.journal = open_journal(path, claim=True)
         session = self.session = await open_session(config, self.transport, self.limiter)
-        sha = report.table.source.sha256
-        history = (
-            History(self.journal.confirmed(sha), self.journal.in_flight(sha)) if self.journal else History()
-        )
         self.plan = plan_import(
-            report.valid, session.inventory, session.inventory.connection, history, config.on_existing
+            self.validation.valid,
+            session.inventory,
+            session.inventory.connection,
+            self.history(self.validation.table.source.sha256),
+            config.on_existing,
         )
 
-    def approve(self) -> bool:
-        """Ask ``config.confirm`` (when there is something to send)."""
-        assert self.plan is not None
-        if self.config.dry_run or not self.plan.writes or self.config.confirm is None:
-            return True
-        return self.config.confirm(self.plan)
+    def history(self, sha256: str) -> History:
+        """What earlier runs of this input did (nothing for a dry run: it opens no journal)."""
+        if self.journal is None:
+            return History()
+        return History(self.journal.confirmed(sha256), self.journal.in_flight(sha256))
 
-    async def apply(self, approved: bool) -> None:
-        """Send the plan (journalled as a new run), or record why nothing was sent."""
-        plan, session, config = self.plan, self.session, self.config
-        assert plan is not None and session is not None and self.report_ is not None
-        if config.dry_run:
-            self.applied = Applied(plan.dry_run())
-            return
-        if not approved:
-            outcomes = plan.not_sent("not sent: not confirmed", ReasonKind.NOT_CONFIRMED)
-            self.applied = Applied(plan.outcomes + outcomes, "not confirmed at the prompt", ExitCode.ABORTED)
-            return
-        assert self.journal is not None
-        self.run_id = self.journal.start_run(
-            input_sha256=self.report_.table.source.sha256,
-            input_name=config.input.path.name,
-            command=config.command,
+    def start_run(self, journal: Journal, session: Session) -> int:
+        return journal.start_run(
+            input_sha256=self.validation.table.source.sha256,
+            input_name=self.config.input.path.name,
+            command=self.config.command,
             audit=session.audit,
-            options=config.describe(),
+            options=self.config.describe(),
         )
-        cancel = self.cancel or asyncio.Event()
-        with stop_on_signals(cancel):
-            applied = await apply_plan(
-                plan,
-                client=session.client,
-                live=LiveRouting(session.client, session.inventory, config.retry_backoff),
-                journal=self.journal,
-                run_id=self.run_id,
-                options=config,
-                cancel=cancel,
-                on_progress=self.on_progress,
-                limiter=session.limiter,
-            )
-        self.applied = merged(plan, applied)
-
-    async def disconnect(self) -> None:
-        if self.session is not None:
-            await self.session.client.aclose()
 
     def report(self) -> RunSummary:
         """Write the results workbook (every input row) and close the journal's run."""
-        config, report, applied = self.config, self.report_, self.applied
-        assert report is not None and self.session is not None and self.plan is not None
+        config, report, applied = self.config, self.validation, self.applied
         by_row = {o.row: o for o in applied.outcomes}
         outcomes = tuple(_every_row(report, by_row))
-        parser_notes = skipped_by_parser(self.session.client)
         info = RunInfo(
             command=config.command + (" (dry run)" if config.dry_run else ""),
             started=self.started,
             finished=now_text(),
             options=config.describe(),
-            audit={
-                **self.session.audit,
-                "plan": self.plan.text(),
-                **({"stopped": applied.stop_reason} if applied.stop_reason else {}),
-                **(
-                    {"journal": str(self.journal.path.resolve()), "journal run": str(self.run_id)}
-                    if self.journal is not None and self.run_id
-                    else {}
-                ),
-                **parser_notes.audit,
-            },
+            audit=self.audit(),
         )
         tally: OutcomeTally | None = None
         try:
             tally = write_outputs(report.table, outcomes, report.issues, info, self.results, self.failed_path)
         finally:
-            if self.journal is not None and self.run_id:
-                # The workbook's counts (every input row); if writing it failed, the API stage's.
-                counted = (
-                    tally.counts if tally is not None else collections.Counter(o.status for o in outcomes)
-                )
-                self.journal.finish_run(self.run_id, {s.value: counted.get(s, 0) for s in Status})
+            # The workbook's counts (every input row); if writing it failed, the API stage's.
+            self.finish_run(
+                tally.counts if tally is not None else collections.Counter(o.status for o in outcomes)
+            )
         failed_kinds = [o.reason_kind for o in applied.outcomes if o.status is Status.FAILED]
-        notes = [*applied.notes, *parser_notes.notes]
-        if applied.stop_reason:
-            notes.insert(0, f"stopped: {applied.stop_reason}")
-        if config.dry_run:
-            notes.insert(0, f"dry run: nothing was sent. Plan: {self.plan.text()}")
         return RunSummary(
             rows=report.table.row_count,
             counts=dict(tally.counts),
@@ -305,13 +232,9 @@ class _ImportJob(Job[RunSummary]):
             results_path=self.results,
             failed_path=self.failed_path if tally.failed_rows else None,
             exit_code=applied.exit_code or (ExitCode.ROWS_FAILED if tally.failed_rows else ExitCode.OK),
-            notes=notes,
+            notes=self.notes(),
             outcomes=outcomes,
         )
-
-    def close(self) -> None:
-        if self.journal is not None:
-            self.journal.close()
 
 
 def _every_row(report: ValidationReport, by_row: dict[int, RowOutcome]) -> Iterator[RowOutcome]:
