@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -338,3 +340,89 @@ def test_cli_output_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
         err = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert err == "" and proc.returncode == ExitCode.ROWS_FAILED  # its rows' verdict, and no traceback
+
+
+def test_cancel_while_writes_wait_for_the_rate_limit_stops_them_at_once(tmp_path: Path) -> None:
+    """The window is full (4 reads + 2 writes of 6): queued writes are dropped, not sent later."""
+    inv = write_inventory(tmp_path / "inv.json", 10)
+    sheet = write_sheet(tmp_path / "sheet.csv", 10)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000))
+    seen: list[Progress] = []
+    took: list[float] = []
+
+    async def main() -> importer.RunSummary:
+        cancel = asyncio.Event()
+
+        async def stop_when_full() -> None:
+            while sum(1 for p in seen if p.outcome) < 2:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # the other workers are waiting for a slot by now
+            took.append(asyncio.get_running_loop().time())
+            cancel.set()
+
+        stopper = asyncio.create_task(stop_when_full())
+        config = config_for(sheet, tmp_path, requests_per_minute=6, rate_window=4.0, concurrency=4)
+        summary = await run_import_async(
+            config, transport=httpx.ASGITransport(app=sandbox.app), on_progress=seen.append, cancel=cancel
+        )
+        took.append(asyncio.get_running_loop().time())
+        await stopper
+        return summary
+
+    summary = asyncio.run(main())
+    assert took[1] - took[0] < 1.5  # not the window's 4 s: waiting writes are cancelled at once
+    assert summary.exit_code is ExitCode.INTERRUPTED
+    assert summary.counts == {Status.SUCCEEDED: 2, Status.NOT_SENT: 8} and write_count(sandbox) == 2
+    notes = [p.note for p in seen if p.note]
+    assert notes == ["stopping: 0 writes in flight, settling"]
+    reasons = {
+        r["import_reason"] for r in read_results(summary.results_path) if r["import_status"] == "not_sent"
+    }
+    assert all("interrupted" in r for r in reasons)
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        assert journal.in_flight(summary_sha(summary)) == {}  # the queued writes are settled as not sent
+
+
+class CtrlCTwice(httpx.AsyncBaseTransport):
+    """Writes hang (never applied); once two are in flight, Ctrl-C arrives twice."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.base = httpx.ASGITransport(app=sandbox.app)
+        self.writes = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and "call-routing" in request.url.path:
+            self.writes += 1
+            if self.writes == 2:
+                signal.raise_signal(signal.SIGINT)  # stop: settle what is in flight
+                await asyncio.sleep(0.05)
+                signal.raise_signal(signal.SIGINT)  # stop now: leave it for the next run
+            await asyncio.sleep(30)
+        return await self.base.handle_async_request(request)
+
+
+def test_second_ctrl_c_leaves_writes_in_flight_for_the_next_run(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 6)
+    sheet = write_sheet(tmp_path / "sheet.csv", 6)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    seen: list[Progress] = []
+    started = time.monotonic()
+    first = run_import(
+        config_for(sheet, tmp_path, concurrency=2),
+        transport=CtrlCTwice(sandbox),
+        on_progress=seen.append,
+    )
+    assert time.monotonic() - started < 10  # not the hung writes' 30 s
+    assert first.exit_code is ExitCode.INTERRUPTED
+    assert first.counts == {Status.FAILED: 2, Status.NOT_SENT: 4}
+    assert [p.note for p in seen if p.note] == [
+        "stopping: 2 writes in flight, settling",
+        "stopping now: 2 writes left unsettled; running the same file again settles them",
+    ]
+    sha = summary_sha(first)
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        assert sorted(journal.in_flight(sha)) == [2, 3]  # consistent: sent, outcome unknown
+    again = run_import(config_for(sheet, tmp_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert again.counts == {Status.SUCCEEDED: 6} and write_count(sandbox) == 6  # each DID routed once
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        assert journal.in_flight(sha) == {}
