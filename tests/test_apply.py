@@ -426,3 +426,46 @@ def test_second_ctrl_c_leaves_writes_in_flight_for_the_next_run(tmp_path: Path) 
     assert again.counts == {Status.SUCCEEDED: 6} and write_count(sandbox) == 6  # each DID routed once
     with Journal.open(tmp_path / "run.journal.sqlite") as journal:
         assert journal.in_flight(sha) == {}
+
+
+def change_routing(sandbox: Sandbox, did_id: int, body: dict[str, int]) -> None:
+    """Someone else updating a routing through the API (not through the importer)."""
+
+    async def send() -> None:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=sandbox.app), base_url=BASE + "/"
+        ) as client:
+            reply = await client.post(
+                f"voicelink/call-routing/{routed_id(sandbox, did_id)}",
+                json=body,
+                headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
+            )
+            assert reply.status_code == 200, reply.text
+
+    asyncio.run(send())
+
+
+def test_rerun_plans_rows_done_earlier_against_the_live_state(tmp_path: Path) -> None:
+    """Drift: a row done in run 1 whose routing someone changed since is updated back, and the
+    plan says so before anything is sent; rows still as asked are unchanged."""
+    inv = write_inventory(tmp_path / "inv.json", 4)
+    sheet = write_sheet(tmp_path / "sheet.csv", 4)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    transport = httpx.ASGITransport(app=sandbox.app)
+    assert run_import(config_for(sheet, tmp_path), transport=transport).counts == {Status.SUCCEEDED: 4}
+    someone = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}
+    change_routing(sandbox, 1001, someone)
+    plans: list[importer.Plan] = []
+
+    def confirm(plan: importer.Plan) -> bool:
+        plans.append(plan)
+        return True
+
+    again = run_import(config_for(sheet, tmp_path, confirm=confirm), transport=transport)
+    assert again.counts == {Status.UNCHANGED: 3, Status.SUCCEEDED: 1}
+    assert routed(sandbox)[1001] == desired_record(1)
+    assert [line for line in plans[0].lines() if "changed since run 1" in line]
+    assert plans[0].counts["update"] == 1
+    by_row = {o.row: o for o in again.outcomes}
+    assert "changed since run 1" in by_row[3].reason and by_row[3].action is Action.UPDATE
+    assert all(by_row[r].reason.startswith("done in an earlier run at ") for r in (2, 4, 5))

@@ -111,7 +111,7 @@ def test_run_routes_every_row_exactly_once_and_rerun_skips(tmp_path: Path) -> No
     assert 1001 not in {int(k) for k in state["create_attempts"]}  # existed: updated, never created
     before = write_count(state)
     again = run_import(config_for(sheet, tmp_path), transport=transport)
-    assert again.counts == {"skipped": 30}
+    assert again.counts == {"unchanged": 30}
     assert write_count(sandbox.state_snapshot()) == before
     reasons = {r["import_reason"] for r in read_results(again.results_path)}
     assert all(reason.startswith("done in an earlier run at ") for reason in reasons)
