@@ -469,3 +469,17 @@ def test_rerun_plans_rows_done_earlier_against_the_live_state(tmp_path: Path) ->
     by_row = {o.row: o for o in again.outcomes}
     assert "changed since run 1" in by_row[3].reason and by_row[3].action is Action.UPDATE
     assert all(by_row[r].reason.startswith("done in an earlier run at ") for r in (2, 4, 5))
+
+
+def test_declining_the_prompt_sends_nothing_and_exits_0(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 3)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    summary = run_import(
+        config_for(sheet, tmp_path, confirm=lambda plan: False),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    assert summary.exit_code is ExitCode.OK and write_count(sandbox) == 0
+    assert summary.counts == {Status.NOT_SENT: 3}
+    assert summary.notes[0] == "nothing sent: not confirmed at the prompt"
+    assert "nothing sent" in "\n".join(summary.lines())

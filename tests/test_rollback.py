@@ -286,9 +286,10 @@ def test_rollback_rejected_key_sends_nothing(
     assert "rg_live_wrong_key_123456" not in str(info.value) and write_count(sandbox) == writes
 
 
-def test_rollback_not_confirmed_sends_nothing_and_exits_3(
+def test_rollback_not_confirmed_sends_nothing_and_exits_0(
     tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
 ) -> None:
+    """Declining the prompt is a choice, not a failure: exit 0, 'nothing sent'."""
     sandbox, run, _ = imported
     writes = write_count(sandbox)
     asked: list[str] = []
@@ -297,11 +298,12 @@ def test_rollback_not_confirmed_sends_nothing_and_exits_3(
         transport=httpx.ASGITransport(app=sandbox.app),
     )
     assert (
-        summary.exit_code == 3
+        summary.exit_code == 0
         and summary.counts == {"not_sent": 4, "unchanged": 1}
         and write_count(sandbox) == writes
     )
     assert asked and asked[0].startswith("restore 2, deactivate 2")
+    assert summary.notes[0] == "nothing sent: not confirmed at the prompt"
 
 
 def test_cli_rollback_dry_run_over_tcp(tmp_path: Path) -> None:
