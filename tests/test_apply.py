@@ -483,3 +483,33 @@ def test_declining_the_prompt_sends_nothing_and_exits_0(tmp_path: Path) -> None:
     assert summary.counts == {Status.NOT_SENT: 3}
     assert summary.notes[0] == "nothing sent: not confirmed at the prompt"
     assert "nothing sent" in "\n".join(summary.lines())
+
+
+def test_an_unwritable_results_path_is_refused_before_any_write(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 3)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    (tmp_path / "not-a-folder").write_text("a file where the results' folder should be")
+    config = config_for(sheet, tmp_path, output=tmp_path / "not-a-folder" / "out.results.xlsx")
+    with pytest.raises(InputError, match=r"cannot write .*not-a-folder"):
+        run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
+    assert write_count(sandbox) == 0
+
+
+def test_results_that_cannot_be_saved_after_the_writes_go_to_a_fallback_path(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 3)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    wanted = tmp_path / "out.results.xlsx"
+
+    def confirm_then_lock(plan: importer.Plan) -> bool:
+        wanted.mkdir()  # after the check and before the save: the save itself fails
+        return True
+
+    summary = run_import(
+        config_for(sheet, tmp_path, confirm=confirm_then_lock), transport=httpx.ASGITransport(app=sandbox.app)
+    )
+    assert write_count(sandbox) == 3 and summary.exit_code is ExitCode.OK
+    assert summary.results_path != wanted and summary.results_path.is_file()
+    assert any(f"saved to {summary.results_path}" in n and str(wanted) in n for n in summary.notes)
+    assert [r["import_status"] for r in read_results(summary.results_path)] == ["succeeded"] * 3
