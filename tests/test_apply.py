@@ -15,7 +15,17 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import REPO, SAMPLE, desired_record, read_results, routing_fields, write_inventory, write_sheet
+from helpers import (
+    REPO,
+    SAMPLE,
+    change_routing,
+    config_for,
+    desired_record,
+    read_results,
+    routing_fields,
+    write_inventory,
+    write_sheet,
+)
 
 import importer
 from importer.api import Bot, Did, Routing
@@ -26,27 +36,12 @@ from importer.fields import ROUTING_FIELDS
 from importer.journal import Journal
 from importer.live import Inventory
 from importer.model import RoutingRow
-from importer.pipeline import InputOptions
 from importer.plan import History, Write, plan_import
-from importer.run import ImportConfig, run_import, run_import_async
-from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
+from importer.run import run_import, run_import_async
+from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
 from importer.vocab import Action, ExitCode, OnExisting, ReasonKind, Status
 
 BASE = "http://sandbox.test/api/v2"
-
-
-def config_for(sheet: Path | str, tmp: Path, **kw: Any) -> ImportConfig:
-    defaults: dict[str, Any] = dict(
-        input=InputOptions(path=sheet),
-        api_key=SANDBOX_API_KEY,
-        base_url=BASE,
-        output=tmp / "out.results.xlsx",
-        journal=tmp / "run.journal.sqlite",
-        requests_per_minute=100_000,
-        retry_backoff=0,
-    )
-    defaults.update(kw)
-    return ImportConfig(**defaults)
 
 
 def routed(sandbox: Sandbox) -> dict[int, dict[str, int]]:
@@ -426,23 +421,6 @@ def test_second_ctrl_c_leaves_writes_in_flight_for_the_next_run(tmp_path: Path) 
     assert again.counts == {Status.SUCCEEDED: 6} and write_count(sandbox) == 6  # each DID routed once
     with Journal.open(tmp_path / "run.journal.sqlite") as journal:
         assert journal.in_flight(sha) == {}
-
-
-def change_routing(sandbox: Sandbox, did_id: int, body: dict[str, int]) -> None:
-    """Someone else updating a routing through the API (not through the importer)."""
-
-    async def send() -> None:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=sandbox.app), base_url=BASE + "/"
-        ) as client:
-            reply = await client.post(
-                f"voicelink/call-routing/{routed_id(sandbox, did_id)}",
-                json=body,
-                headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
-            )
-            assert reply.status_code == 200, reply.text
-
-    asyncio.run(send())
 
 
 def test_rerun_plans_rows_done_earlier_against_the_live_state(tmp_path: Path) -> None:

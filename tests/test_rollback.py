@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,14 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from helpers import desired_record, read_results, routing_fields, write_inventory, write_sheet
+from helpers import (
+    change_routing,
+    desired_record,
+    read_results,
+    routing_fields,
+    write_inventory,
+    write_sheet,
+)
 
 from importer.cli import main
 from importer.errors import AuthError, InputError
@@ -72,24 +78,6 @@ def imported(tmp_path: Path) -> tuple[Sandbox, RunSummary, dict[int, dict[str, i
     sandbox = create_sandbox(SandboxConfig(inventory=inv))
     before = routing_by_did(sandbox)
     return sandbox, do_import(tmp_path, sandbox), before
-
-
-def change_routing(sandbox: Sandbox, did_id: int, body: dict[str, int]) -> None:
-    """Someone else updating a routing through the API (not through the importer)."""
-    routing_id = next(int(r["id"]) for r in sandbox.state_snapshot()["routing"] if int(r["did_id"]) == did_id)
-
-    async def send() -> None:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=sandbox.app), base_url=BASE + "/"
-        ) as client:
-            reply = await client.post(
-                f"voicelink/call-routing/{routing_id}",
-                json=body,
-                headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
-            )
-            assert reply.status_code == 200, reply.text
-
-    asyncio.run(send())
 
 
 def expected_after_rollback(before: dict[int, dict[str, int]]) -> dict[int, dict[str, int]]:
