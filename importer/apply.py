@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import getpass
+import math
 import signal
 import socket
 import threading
@@ -107,6 +108,13 @@ class SendOptions:
             raise InputError("--requests-per-minute, --concurrency and --timeout must be positive")
         if self.max_error_rate is not None and not 0 <= self.max_error_rate <= 1:
             raise InputError("--max-error-rate must be between 0 and 1")
+
+    def estimate(self, writes: int) -> str:
+        """How long ``writes`` writes take at this rate: "9,690 writes, about 2 h 42 min at 60/min"."""
+        per_minute = self.requests_per_minute * 60 / self.rate_window
+        minutes = math.ceil(writes / per_minute) if writes else 0
+        took = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+        return f"{writes:,} writes, about {took} at {per_minute:g}/min"
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet and the journal."""
@@ -735,7 +743,8 @@ class Job(Generic[C, R]):
         if self.applied.stop_reason:
             out.insert(0, f"stopped: {self.applied.stop_reason}")
         if self.config.dry_run:
-            out.insert(0, f"dry run: nothing was sent. Plan: {self.plan.text()}")
+            took = self.config.estimate(len(self.plan.writes))
+            out.insert(0, f"dry run: nothing was sent. Plan: {self.plan.text()}; {took}")
         return out
 
     def audit(self) -> dict[str, str]:

@@ -202,14 +202,14 @@ def _progress_bar(quiet: bool) -> tuple[Any, Any]:
     return update, close
 
 
-def _ask(plan: Any, details: bool = True) -> bool:
+def _ask(plan: Any, estimate: Callable[[int], str], details: bool = True) -> bool:
     if details:  # e.g. the rows changed since an earlier run: seen before anything is sent
         for line in plan.details[:20]:
             click.echo(f"  {line}", err=True)
         if len(plan.details) > 20:
             click.echo(f"  ... and {len(plan.details) - 20} more", err=True)
     click.echo(f"Plan: {plan.text()}", err=True)
-    return click.confirm("Send these writes now?", default=False, err=True)
+    return click.confirm(f"Send {estimate(len(plan.writes))} now?", default=False, err=True)
 
 
 def _print_summary(summary: Any) -> None:
@@ -288,8 +288,8 @@ _api_options = _apply_options(
         default=OnExisting.UPDATE.value,
         show_default=True,
         help="A DID whose routing exists and differs: "
-        + ", ".join(f"{c.value} ({c.label})" for c in OnExisting)
-        + ".",
+        + ", ".join(c.label for c in list(OnExisting)[:-1])
+        + f" or {list(OnExisting)[-1].label}.",
     ),
     click.option("--journal", type=click.Path(path_type=Path, dir_okay=False), help="Journal path."),
 )
@@ -306,10 +306,15 @@ def _api_key(flag: str | None) -> str:
     return os.environ.get("VOCOBASE_API_KEY", "")
 
 
-def _confirm_callback(yes: bool, dry_run: bool, details: bool = True) -> Callable[[Any], bool] | None:
+def _confirm_callback(
+    yes: bool, dry_run: bool, requests_per_minute: int, details: bool = True
+) -> Callable[[Any], bool] | None:
     """Ask before sending only on a terminal, and not with --yes or --dry-run."""
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
-    return functools.partial(_ask, details=details) if (interactive and not yes and not dry_run) else None
+    if not interactive or yes or dry_run:
+        return None
+    estimate = SendOptions(requests_per_minute=requests_per_minute).estimate
+    return functools.partial(_ask, estimate=estimate, details=details)
 
 
 @main.command()
@@ -353,7 +358,7 @@ def run(
         dry_run=dry_run,
         journal=journal,
         max_error_rate=max_error_rate,
-        confirm=_confirm_callback(yes, dry_run),
+        confirm=_confirm_callback(yes, dry_run, requests_per_minute),
     )
     _send_and_report(run_import, config, quiet)
 
@@ -549,6 +554,6 @@ def rollback(
         dry_run=dry_run,
         force=force,
         on_plan=show,
-        confirm=_confirm_callback(yes, dry_run, details=False),  # `show` printed them
+        confirm=_confirm_callback(yes, dry_run, requests_per_minute, details=False),  # `show` printed them
     )
     _send_and_report(rollback_run, config, quiet)

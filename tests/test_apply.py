@@ -491,3 +491,29 @@ def test_results_that_cannot_be_saved_after_the_writes_go_to_a_fallback_path(tmp
     assert summary.results_path != wanted and summary.results_path.is_file()
     assert any(f"saved to {summary.results_path}" in n and str(wanted) in n for n in summary.notes)
     assert [r["import_status"] for r in read_results(summary.results_path)] == ["succeeded"] * 3
+
+
+@pytest.mark.parametrize(
+    ("writes", "per_minute", "window", "text"),
+    [
+        (9690, 60, 60.0, "9,690 writes, about 2 h 42 min at 60/min"),
+        (12, 60, 60.0, "12 writes, about 1 min at 60/min"),
+        (0, 60, 60.0, "0 writes, about 1 min at 60/min"),
+        (300, 10, 1.0, "300 writes, about 1 min at 600/min"),
+    ],
+)
+def test_send_options_estimate_the_duration_at_the_rate_limit(
+    writes: int, per_minute: int, window: float, text: str
+) -> None:
+    assert SendOptions(requests_per_minute=per_minute, rate_window=window).estimate(writes) == text
+
+
+def test_dry_run_summary_says_how_long_the_writes_would_take(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 3)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    summary = run_import(
+        config_for(sheet, tmp_path, dry_run=True, requests_per_minute=60),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    assert summary.notes[0].endswith("; 3 writes, about 1 min at 60/min")
