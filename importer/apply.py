@@ -369,23 +369,22 @@ class _Engine:
         self.on_progress(Progress(self.done, total, self.succeeded, self.failed, eta, paused, outcome, note))
 
     async def watch(self) -> None:
-        """On cancel: drop the writes still waiting for a rate-limit slot, say what is left to settle.
+        """On cancel: drop the writes waiting for a rate-limit slot, say what is left to settle.
 
         A write waiting in the limiter has not been sent, so cancelling it is safe and immediate;
-        writes already sent are left to finish and settle. On ``abandon`` (a second Ctrl-C) even
-        those stop: they stay in flight in the journal, for the next run to settle.
+        writes already sent are left to finish and settle. A write that comes to wait later (the
+        client re-sending after a 429) is dropped as well. On ``abandon`` (a second Ctrl-C) the
+        writes in flight stop too: they stay in flight in the journal, for the next run to settle.
         """
         await self.cancel.wait()
-        limiter = self.limiter
-        for task in list(self.sending):
-            if limiter is not None and limiter.is_waiting(task):
-                self.dropped.add(task)
-                task.cancel()
-        in_flight = len(self.busy - self.dropped)
-        self.progress(None, f"stopping: {in_flight} writes in flight, settling")
-        if self.abandon is None:
-            return
-        await self.abandon.wait()
+        self.drop_waiting()
+        self.progress(None, f"stopping: {len(self.busy - self.dropped)} writes in flight, settling")
+        abandon = self.abandon or asyncio.Event()
+        while not abandon.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await abandon.wait()
+            self.drop_waiting()
         self.abandoning = True
         left = [t for t in self.busy - self.dropped if not t.done()]
         for task in left:
@@ -393,6 +392,15 @@ class _Engine:
         self.progress(
             None, f"stopping now: {len(left)} writes left unsettled; running the same file again settles them"
         )
+
+    def drop_waiting(self) -> None:
+        """Cancel the workers whose write waits for a rate-limit slot (it has not been sent)."""
+        if self.limiter is None:
+            return
+        for task in self.sending - self.dropped:
+            if self.limiter.is_waiting(task):
+                self.dropped.add(task)
+                task.cancel()
 
     async def send(self, a: _Attempt) -> WriteResult:
         if self.journal is not None:
