@@ -557,3 +557,17 @@ def rollback(
         confirm=_confirm_callback(yes, dry_run, requests_per_minute, details=False),  # `show` printed them
     )
     _send_and_report(rollback_run, config, quiet)
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@one_line_errors
+def history(source: Path) -> None:
+    """List the runs a journal records: when, who, which input, the counts, rolled back or not.
+
+    SOURCE is a results workbook (its journal is found beside it) or the journal itself.
+    """
+    from .rollback import run_history
+
+    for entry in run_history(source):
+        click.echo(entry.line())

@@ -405,14 +405,13 @@ class Journal:
         out: set[tuple[int, int]] = set()
         for run in self._query("SELECT run_id, audit FROM runs WHERE command = 'rollback'", ()):
             target = _load(run["audit"]) or {}
-            of = str(target.get("rollback_of_run", ""))
-            if not of.isdigit():
-                continue
+            # One run ("3"), or every run of an input a rollback covered ("1,3").
+            of = [int(i) for i in str(target.get("rollback_of_run", "")).split(",") if i.strip().isdigit()]
             for e in self._query(
                 "SELECT row FROM entries WHERE run_id = ? AND state = ? AND status IN (?, ?)",
                 (run["run_id"], DONE, *CONFIRMED),
             ):
-                out.add((int(of), int(e["row"])))
+                out.update((i, int(e["row"])) for i in of)
         return out
 
     def confirmed(self, input_sha256: str) -> dict[int, ConfirmedRow]:

@@ -115,6 +115,8 @@ class Undo:
 
     index: int
     """This undo's row in the rollback's Results sheet (Excel numbering, first data row 2)."""
+    run_id: int
+    """The (first) run that made the change."""
     run_row: int
     """The row of the run's input file that made the change."""
     did_id: int | None
@@ -134,7 +136,7 @@ class Undo:
     def line(self) -> str:
         """One plan line for people."""
         did = f"DID {self.did_number or '?'} (id {self.did_id})"
-        return f"row {self.run_row}, {did}, {self.action_undone}d by the run: {self.reason}"
+        return f"row {self.run_row}, {did}, {self.action_undone}d by run {self.run_id}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +440,7 @@ def _decide(
     def undo(decision: Decision, kind: ReasonKind, reason: str) -> tuple[Undo, Mapping[str, int] | None]:
         made = Undo(
             index=index,
+            run_id=change.run_id,
             run_row=change.row,
             did_id=did_id,
             did_number=did.did_number if did is not None else "",
@@ -510,7 +513,7 @@ _DRY_KIND = {
 
 
 def plan_rollback(
-    changes: Sequence[ChangeRecord], inventory: Inventory, force: bool, *, run_id: int = 0, heading: str = ""
+    changes: Sequence[ChangeRecord], inventory: Inventory, force: bool, *, heading: str = ""
 ) -> Plan:
     """Plan one undo per DID the run changed: restore an update, deactivate a create.
 
@@ -518,7 +521,6 @@ def plan_rollback(
         changes: The run's writes from the journal (unsettled ones included).
         inventory: The account's live state.
         force: Overwrite rows someone changed since the run instead of skipping them.
-        run_id: The run being rolled back (named in the success reasons).
         heading: The plan's first line for people.
 
     Returns:
@@ -550,7 +552,7 @@ def plan_rollback(
         done = (
             f"{NO_DELETE}: routing {u.routing_id} deactivated (status 0), modes kept"
             if created
-            else f"routing {u.routing_id} restored to its record before run {run_id}"
+            else f"routing {u.routing_id} restored to its record before run {u.run_id}"
         ) + (IN_FLIGHT_APPLIED if u.reason.endswith(IN_FLIGHT_APPLIED) else "")
         writes.append(
             Write(

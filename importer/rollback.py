@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,10 +52,12 @@ from .vocab import Action, ExitCode, describe_kind
 __all__ = [
     "ROLLBACK_COLUMNS",
     "RollbackConfig",
+    "RunHistory",
     "default_rollback_path",
     "locate_run",
     "rollback_run",
     "rollback_run_async",
+    "run_history",
 ]
 
 COMMAND = "rollback"
@@ -125,7 +128,7 @@ def _summary_lines(workbook: Path) -> dict[str, str]:
 
 
 def locate_run(source: Path, run_id: int | None = None) -> tuple[Path, int | None, str | None]:
-    """Find the journal a results workbook (or journal path) points to.
+    """Find the journal a results workbook (or journal path) points to, and the input it was run on.
 
     A results workbook names its journal on a ``journal`` Summary line when the writer records
     one; otherwise the journal is where ``run`` puts it by default: beside the workbook, named
@@ -133,11 +136,11 @@ def locate_run(source: Path, run_id: int | None = None) -> tuple[Path, int | Non
 
     Args:
         source: A results workbook or a journal.
-        run_id: The run asked for, if any (it wins over what the workbook says).
+        run_id: The run asked for (``--run-id``), if any.
 
     Returns:
-        The journal path, the run id (None: choose by ``input_sha256`` or the latest) and the
-        input's sha256 from the workbook (None for a journal argument).
+        The journal path, the run id asked for (or, from a workbook that names no input sha256,
+        the workbook's own run) and the input's sha256 from the workbook (None for a journal).
 
     Raises:
         InputError: the file is missing or says nothing usable.
@@ -161,36 +164,92 @@ def locate_run(source: Path, run_id: int | None = None) -> tuple[Path, int | Non
         journal = default_journal_path(source, Path(lines["file"]))
     else:
         raise InputError(f"{source.name}: its Summary sheet names neither the journal nor the input file")
-    if run_id is None:
+    sha256 = lines.get("sha256") or None
+    if run_id is None and sha256 is None:
         for key in ("journal run", "journal_run", "run id", "run_id"):
             text = lines.get(key, "")
             if text.isdigit():
                 run_id = int(text)
                 break
-    return journal, run_id, lines.get("sha256") or None
+    return journal, run_id, sha256
 
 
-def _choose_run(journal: Journal, run_id: int | None, sha256: str | None) -> RunRecord:
-    """Pick the run: the one asked for, else the latest run (of this input) that changed something.
+def _choose_runs(journal: Journal, run_id: int | None, sha256: str | None) -> tuple[RunRecord, ...]:
+    """Pick the runs to undo: the one asked for, else every run of the input that changed something.
 
-    Rollback runs are never picked by default: a second rollback must not undo the first.
+    The input is the workbook's (by sha256), or, given the journal itself, the latest run's that
+    changed something. Covering every run matters after an interrupted run and its resume: the
+    first run's changes are the import's too. Rollback runs are never picked by default: a
+    second rollback must not undo the first.
     """
     runs = {r.run_id: r for r in journal.runs()}
     if run_id is not None:
         if run_id not in runs:
             known = ", ".join(str(i) for i in sorted(runs)) or "none"
             raise InputError(f"the journal {journal.path} has no run {run_id} (runs: {known})")
-        return runs[run_id]
+        return (runs[run_id],)
     changed = {c.run_id for c in journal.changes(include_unsettled=True)}
-    candidates = [
-        i
-        for i, r in runs.items()
-        if i in changed and not r.command.startswith(COMMAND) and (sha256 is None or r.input_sha256 == sha256)
-    ]
-    if not candidates:
-        which = "of that results workbook's input " if sha256 else ""
-        raise InputError(f"the journal {journal.path} records no run {which}that changed anything")
-    return runs[max(candidates)]
+    imports = [r for i, r in sorted(runs.items()) if i in changed and not r.command.startswith(COMMAND)]
+    if sha256 is None and imports:
+        sha256 = imports[-1].input_sha256
+    chosen = tuple(r for r in imports if r.input_sha256 == sha256)
+    if chosen:
+        return chosen
+    if not imports:
+        raise InputError(f"the journal {journal.path} records no run that changed anything")
+    others = "; ".join(f"run {r.run_id} ({r.input_name}, {r.started})" for r in imports)
+    raise InputError(
+        f"no run of that results workbook's input changed anything; runs that did: {others} "
+        "(pass the journal with --run-id to undo one)"
+    )
+
+
+def _runs_text(runs: Sequence[RunRecord]) -> str:
+    ids = ", ".join(str(r.run_id) for r in runs)
+    names = ", ".join(dict.fromkeys(r.input_name for r in runs))
+    return f"run{'s' if len(runs) > 1 else ''} {ids} ({names})"
+
+
+@dataclass(frozen=True, slots=True)
+class RunHistory:
+    """One run of a journal, and the rollbacks that undid it."""
+
+    run: RunRecord
+    rolled_back_by: tuple[int, ...]
+
+    def line(self) -> str:
+        """The run as one line for people: when, who, what, on which input, with what result."""
+        r = self.run
+        who = f"{r.audit.get('os_user', '?')}@{r.audit.get('host', '?')}"
+        counts = ", ".join(f"{Status(k).label} {n}" for k, n in (r.counts or {}).items() if n) or "no rows"
+        state = "" if r.finished else "; never finished (interrupted or killed)"
+        undone = (
+            f"; rolled back by run {', '.join(map(str, self.rolled_back_by))}" if self.rolled_back_by else ""
+        )
+        return (
+            f"run {r.run_id}: {r.command}, {r.started}, {who}, {r.input_name} "
+            f"(sha256 {r.input_sha256.rpartition(':')[2][:12]}): {counts}{state}{undone}"
+        )
+
+
+def run_history(source: Path) -> tuple[RunHistory, ...]:
+    """Every run the journal of ``source`` (a results workbook or the journal) records, oldest first.
+
+    Raises:
+        InputError: no journal can be found or opened.
+    """
+    journal_path = locate_run(source)[0]
+    if not journal_path.exists():
+        raise InputError(f"no journal at {journal_path}")
+    with contextlib.closing(open_journal(journal_path, claim=False)) as journal:
+        runs = journal.runs()
+    undone: dict[int, list[int]] = collections.defaultdict(list)
+    for r in runs:
+        if r.command.startswith(COMMAND):
+            for of in r.audit.get("rollback_of_run", "").split(","):
+                if of.strip().isdigit():
+                    undone[int(of)].append(r.run_id)
+    return tuple(RunHistory(r, tuple(undone.get(r.run_id, ()))) for r in runs)
 
 
 def default_rollback_path(journal: Path) -> Path:
@@ -291,26 +350,27 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
         check_writable(self.results)
         self.journal_sha = _sha256(journal_path)
         journal = self.journal = open_journal(journal_path, claim=not config.dry_run)
-        run = self.run = _choose_run(journal, run_id, sha256)
-        changes = journal.changes(run.run_id, include_unsettled=True)
+        runs = self.runs = _choose_runs(journal, run_id, sha256)
+        ids = {r.run_id for r in runs}
+        changes = [c for c in journal.changes(include_unsettled=True) if c.run_id in ids]
         if not changes:
-            raise InputError(f"run {run.run_id} of {journal_path.name} changed nothing: nothing to roll back")
+            raise InputError(
+                f"{_runs_text(runs)} of {journal_path.name} changed nothing: nothing to roll back"
+            )
         session = self.session = await open_session(
-            config, self.transport, self.limiter, used_before=run.audit.get("connection") or None
+            config, self.transport, self.limiter, used_before=runs[-1].audit.get("connection") or None
         )
-        heading = f"rollback of run {run.run_id} ({run.input_name}) from {journal.path}:"
-        self.plan = plan_rollback(
-            changes, session.inventory, config.force, run_id=run.run_id, heading=heading
-        )
+        heading = f"rollback of {_runs_text(runs)} from {journal.path}:"
+        self.plan = plan_rollback(changes, session.inventory, config.force, heading=heading)
         if config.on_plan is not None:
             config.on_plan(self.plan)
 
     def start_run(self, journal: Journal, session: Session) -> int:
         return journal.start_run(
-            input_sha256=f"{COMMAND}:{self.run.input_sha256}",
-            input_name=f"rollback of run {self.run.run_id} ({self.run.input_name})",
+            input_sha256=f"{COMMAND}:{self.runs[-1].input_sha256}",
+            input_name=f"rollback of {_runs_text(self.runs)}",
             command=COMMAND,
-            audit={**session.audit, "rollback_of_run": str(self.run.run_id)},
+            audit={**session.audit, "rollback_of_run": ",".join(str(r.run_id) for r in self.runs)},
             options=self.config.describe(),
         )
 
@@ -326,9 +386,9 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
             finished=now_text(),
             options=config.describe(),
             audit={
-                "rollback of run": str(self.run.run_id),
-                "run input": self.run.input_name,
-                "run input sha256": self.run.input_sha256,
+                "rollback of run": ", ".join(str(r.run_id) for r in self.runs),
+                "run input": self.runs[-1].input_name,
+                "run input sha256": self.runs[-1].input_sha256,
                 **self.audit(),
                 "journal": str(self.journal.path),
             },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from helpers import (
     change_routing,
+    config_for,
     desired_record,
     read_results,
     routing_fields,
@@ -18,6 +20,7 @@ from helpers import (
     write_sheet,
 )
 
+from importer.apply import Progress
 from importer.cli import main
 from importer.errors import AuthError, InputError
 from importer.journal import Journal
@@ -26,7 +29,7 @@ from importer.pipeline import InputOptions, RunSummary
 from importer.plan import Plan
 from importer.rollback import ROLLBACK_COLUMNS, RollbackConfig, default_rollback_path
 from importer.rollback import rollback_run as rollback
-from importer.run import ImportConfig, run_import
+from importer.run import ImportConfig, run_import, run_import_async
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 
 BASE = "http://sandbox.test/api/v2"
@@ -384,3 +387,90 @@ def test_rollback_and_run_settle_429_429_500_alike(tmp_path: Path, job: str) -> 
     assert row["import_status"] == "succeeded", row["import_reason"]
     assert "HTTP 500" in row["import_reason"]  # the unknown outcome is named in the reason
     assert transport.sent == 4 and row["import_attempts"] == "4"  # 429, 429, 500, then the re-send
+
+
+def interrupted_then_resumed(tmp_path: Path, sandbox: Sandbox) -> tuple[RunSummary, RunSummary]:
+    """Run 1 stops after two writes (cancelled from another task); run 2, the same file, does the rest."""
+    sheet = write_sheet(tmp_path / "sheet.csv", N)
+    transport = httpx.ASGITransport(app=sandbox.app)
+    config = config_for(sheet, tmp_path, output=tmp_path / "sheet.results.xlsx", journal=None, concurrency=1)
+
+    async def first() -> RunSummary:
+        cancel = asyncio.Event()
+
+        def progress(p: Progress) -> None:
+            if p.done >= 2:
+                cancel.set()
+
+        return await run_import_async(config, transport=transport, on_progress=progress, cancel=cancel)
+
+    one = asyncio.run(first())
+    assert one.exit_code == 130 and one.counts[Status.SUCCEEDED] == 2
+    two = run_import(config, transport=transport)
+    assert two.counts == {"succeeded": 3, "unchanged": 3}  # run 1's two rows: still as asked
+    return one, two
+
+
+def test_rollback_covers_every_run_of_the_input(tmp_path: Path) -> None:
+    """Rolling back after an interrupted run and its resume undoes both runs, and says so."""
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    before = routing_by_did(sandbox)
+    _, two = interrupted_then_resumed(tmp_path, sandbox)
+    plans: list[Plan] = []
+    summary = rollback(
+        undo_config(two.results_path, on_plan=plans.append), transport=httpx.ASGITransport(app=sandbox.app)
+    )
+    assert plans[0].heading.startswith("rollback of runs 1, 2 (sheet.csv)")
+    assert summary.exit_code == 0 and routing_by_did(sandbox) == expected_after_rollback(before)
+
+
+def test_rollback_run_id_narrows_to_one_run(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    one, _ = interrupted_then_resumed(tmp_path, sandbox)
+    run1_dids = {o.did_id for o in one.outcomes if o.status is Status.SUCCEEDED}
+    after = routing_by_did(sandbox)
+    summary = rollback(
+        undo_config(tmp_path / "sheet.journal.sqlite", run_id=2),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    now = routing_by_did(sandbox)
+    assert summary.exit_code == 0 and all(now[d] == after[d] for d in run1_dids)  # run 1's rows untouched
+    assert now != after
+
+
+def test_rollback_of_a_run_that_changed_nothing_names_the_runs_that_did(
+    tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
+) -> None:
+    sandbox, _, _ = imported
+    other = write_sheet(tmp_path / "other.csv", N)
+    with other.open("a", encoding="utf-8") as fh:
+        fh.write("\n")  # the same rows, another file (another sha256)
+    config = config_for(
+        other, tmp_path, output=tmp_path / "other.results.xlsx", journal=tmp_path / "sheet.journal.sqlite"
+    )
+    nothing = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
+    assert nothing.counts == {"unchanged": N}
+    with pytest.raises(
+        InputError,
+        match=r"no run of that results workbook's input changed anything; runs that did: run 1 \(sheet\.csv",
+    ):
+        rollback(undo_config(nothing.results_path), transport=httpx.ASGITransport(app=sandbox.app))
+
+
+def test_cli_history_lists_runs_and_what_rolled_them_back(
+    tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
+) -> None:
+    sandbox, run, _ = imported
+    rollback(undo_config(run.results_path), transport=httpx.ASGITransport(app=sandbox.app))
+    for source in (run.results_path, tmp_path / "sheet.journal.sqlite"):
+        result = CliRunner().invoke(main, ["history", str(source)])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert len(lines) == 2
+        assert lines[0].startswith("run 1: run, ") and "sheet.csv" in lines[0]
+        assert "succeeded 5, unchanged 1" in lines[0] and lines[0].endswith("; rolled back by run 2")
+        assert lines[1].startswith("run 2: rollback, ") and "rolled back by" not in lines[1]
+    missing = CliRunner().invoke(main, ["history", str(tmp_path / "nope.sqlite")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
