@@ -6,9 +6,10 @@ of DIDs, the bots, the existing routing: ``live.read_inventory``); ``plan.plan_i
 every row into a write or a settled outcome; ``apply.apply_plan`` sends the writes.
 
 Guarantees (kept by the engine in ``apply.py``): never a duplicate, never a lost row, within
-the rate limit. Resume: rows an earlier run of the same file (same sha256) confirmed are
-skipped; rows a crash left in flight are planned against the live state like any other, so
-a write that had landed shows as done and one that had not is sent once.
+the rate limit. Resume: every row is planned against the live state, whatever earlier runs of
+the same file (same sha256) did: a row they confirmed is unchanged if still as asked and updated
+back ("changed since run N") if not; a write a crash left in flight shows as done if it had
+landed and is sent once if not.
 """
 
 from __future__ import annotations
