@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -168,31 +169,42 @@ def template(fmt: str, output: Path | None) -> None:
     click.echo(f"template written: {path}")
 
 
+def _eta_text(p: Any) -> str:
+    eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s" if p.eta_seconds else "0s"
+    paused = f", paused {p.paused_seconds:.0f}s (429)" if p.paused_seconds >= 1 else ""
+    return f"ok {p.succeeded}, failed {p.failed}, rate-limit ETA {eta}{paused}"
+
+
 def _progress_bar(quiet: bool) -> tuple[Any, Any]:
     """A tqdm bar on stderr fed by the library's progress callback (the library never imports tqdm).
 
-    Progress notes (e.g. "stopping: 3 writes in flight, settling") are printed even with --quiet.
+    When stderr is not a terminal (a log file, CI), no bar frames: one line a minute and one at
+    the end. Progress notes (e.g. "stopping: 3 writes in flight, settling") are printed even
+    with --quiet.
     """
     bar: Any = None
+    last_line = float("-inf")
 
     def update(p: Any) -> None:
-        nonlocal bar
+        nonlocal bar, last_line
         if p.note and bar is not None:
             bar.write(p.note, file=sys.stderr)  # above the bar, which stays drawn
         elif p.note:
             click.echo(p.note, err=True)
-        if quiet:
+        if quiet or p.note:
+            return
+        if not sys.stderr.isatty():
+            now = time.monotonic()
+            if p.done == p.total or now - last_line >= 60:
+                last_line = now
+                click.echo(f"sending: {p.done}/{p.total} done, {_eta_text(p)}", err=True)
             return
         if bar is None:
             from tqdm import tqdm
 
             bar = tqdm(total=p.total, unit="row", file=sys.stderr, dynamic_ncols=True, desc="sending")
         bar.n = p.done
-        eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s" if p.eta_seconds else "0s"
-        paused = f", paused {p.paused_seconds:.0f}s (429)" if p.paused_seconds >= 1 else ""
-        bar.set_postfix_str(
-            f"ok {p.succeeded}, failed {p.failed}, rate-limit ETA {eta}{paused}", refresh=False
-        )
+        bar.set_postfix_str(_eta_text(p), refresh=False)
         bar.refresh()
 
     def close() -> None:

@@ -149,3 +149,14 @@ def test_cli_sandbox_serves_until_sigterm_and_writes_state(tmp_path: Path) -> No
             proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert len(json.loads(out.read_text())["routing"]) == 4
+
+
+def test_cli_progress_into_a_log_is_lines_not_bar_frames(tmp_path: Path) -> None:
+    """stderr is a pipe here, as in CI or a log file: no carriage-return frames, a line instead."""
+    result = subprocess.run(
+        [sys.executable, "-m", "importer", "demo"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("sending:")]
+    assert progress[-1].startswith("sending: 12/12 done, ok 12, failed 0") and len(progress) <= 2
