@@ -87,6 +87,8 @@ class RunSummary:
     notes: Sequence[str] = ()
     outcomes: tuple[RowOutcome, ...] = ()
     """One outcome per input row, in input order (``validate_file`` leaves it empty: read its workbook)."""
+    status_labels: Mapping[Status, str] = field(default_factory=dict)
+    """Words for statuses where the job means more than the status's label (validate: "valid")."""
 
     @property
     def failed(self) -> int:
@@ -102,7 +104,11 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         """A short human summary (labels, never internal codes)."""
-        parts = [f"{s.label} {self.counts.get(s, 0)}" for s in Status if self.counts.get(s, 0)]
+        parts = [
+            f"{self.status_labels.get(s, s.label)} {self.counts.get(s, 0)}"
+            for s in Status
+            if self.counts.get(s, 0)
+        ]
         out = [f"rows read: {self.rows}; " + (", ".join(parts) if parts else "nothing to do")]
         if self.top_reasons:
             out.append("most common problems:")
@@ -370,4 +376,5 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         results_path=results,
         failed_path=failed if tally.failed_rows else None,
         exit_code=ExitCode.ROWS_FAILED if tally.failed_rows else ExitCode.OK,
+        status_labels={Status.NOT_SENT: "valid"},  # every valid row of a validate-only run is not sent
     )
