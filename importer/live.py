@@ -43,6 +43,8 @@ class Inventory:
     routing: dict[int, Routing]
     connection: str = ""
     """The VoiceLink connection the job uses (every request carries it)."""
+    connections: tuple[str, ...] = ()
+    """Every connection id of the account (a row naming another one is told apart from a typo)."""
 
 
 def index_routing(routings: Sequence[Routing], dids_by_number: Mapping[str, Did]) -> dict[int, Routing]:
@@ -202,7 +204,8 @@ async def read_inventory(
         AuthError: the key was rejected.
         InputError, ApiError: see :func:`choose_connection`; ApiError when a read fails.
     """
-    connection = choose_connection(await client.list_connections(), connection_id, used_before)
+    connections = await client.list_connections()
+    connection = choose_connection(connections, connection_id, used_before)
     client.connection_id = connection
     dids = await client.list_dids()
     bots = await client.list_bots()
@@ -214,4 +217,5 @@ async def read_inventory(
         bots={b.bot_id: b for b in bots},
         routing=index_routing(routings, by_number),
         connection=connection,
+        connections=tuple(c.connection_id for c in connections),
     )

@@ -95,11 +95,21 @@ def resolve_row(row: RoutingRow, inventory: Inventory, connection: str) -> Resol
         elif not bot.active:
             problems.append((ReasonKind.BOT_INACTIVE, f"{name} {bot_id} ({bot.name}) is inactive"))
     if row.connection_id and row.connection_id.lower() != connection.lower():
-        problems.append(
-            (
-                ReasonKind.OTHER_CONNECTION,
-                f"connection_id {row.connection_id} differs from this run's connection {connection}; "
-                "import each connection's rows in a run of their own",
+        known = {c.lower() for c in inventory.connections}
+        if row.connection_id.lower() in known:
+            problems.append(
+                (
+                    ReasonKind.OTHER_CONNECTION,
+                    f"connection_id {row.connection_id} is another of this account's connections; one run "
+                    f"serves one connection ({connection}): import its rows in a run of their own with "
+                    f"--connection-id {row.connection_id}",
+                )
             )
-        )
+        else:
+            problems.append(
+                (
+                    ReasonKind.UNKNOWN_CONNECTION,
+                    f"connection_id {row.connection_id} is not one of this account's connections",
+                )
+            )
     return Resolution(did_id, tuple(problems))

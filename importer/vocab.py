@@ -88,6 +88,7 @@ class ReasonKind(Coded):
     BOT_NOT_FOUND = "bot_not_found", "no such bot"
     BOT_INACTIVE = "bot_inactive", "bot inactive"
     OTHER_CONNECTION = "other_connection", "row names another connection"
+    UNKNOWN_CONNECTION = "unknown_connection", "row names an unknown connection"
     DUPLICATE = "duplicate", "duplicate DID"
     AUTH_REJECTED = "auth_rejected", "the API rejected the key"
     STOPPED = "stopped", "not sent: the run stopped"

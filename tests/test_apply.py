@@ -517,3 +517,27 @@ def test_dry_run_summary_says_how_long_the_writes_would_take(tmp_path: Path) -> 
         transport=httpx.ASGITransport(app=sandbox.app),
     )
     assert summary.notes[0].endswith("; 3 writes, about 1 min at 60/min")
+
+
+@pytest.mark.parametrize(
+    ("connection_id", "kind", "fragment"),
+    [
+        ("c-2", ReasonKind.OTHER_CONNECTION, "one run serves one connection (c-1): import its rows"),
+        ("c-9", ReasonKind.UNKNOWN_CONNECTION, "c-9 is not one of this account's connections"),
+        ("C-1", None, ""),
+    ],
+)
+def test_plan_tells_another_connection_from_an_unknown_one(
+    connection_id: str, kind: ReasonKind | None, fragment: str
+) -> None:
+    inventory = _inventory()
+    inventory.connections = ("c-1", "c-2")
+    row = RoutingRow(
+        row=2, did_id=None, did_number="918020000000", connection_id=connection_id, **desired_record(0)
+    )
+    plan = plan_import([row], inventory, "c-1", History(), OnExisting.UPDATE)
+    if kind is None:
+        assert [w.row for w in plan.writes] == [2] and not plan.outcomes
+    else:
+        (failed,) = plan.outcomes
+        assert failed.reason_kind == kind and fragment in failed.reason
