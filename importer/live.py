@@ -204,7 +204,16 @@ async def read_inventory(
         AuthError: the key was rejected.
         InputError, ApiError: see :func:`choose_connection`; ApiError when a read fails.
     """
-    connections = await client.list_connections()
+    try:
+        connections = await client.list_connections()
+    except AuthError:
+        raise
+    except ApiError as exc:
+        # The first request of a job: a 404 here means the base URL, not the account, is wrong.
+        if ": HTTP 404" in str(exc):
+            hint = f"check --base-url: it must be the API root ending in /api/v2 (it is {client.base_url})"
+            raise ApiError(f"{exc}; {hint}") from None
+        raise
     connection = choose_connection(connections, connection_id, used_before)
     client.connection_id = connection
     dids = await client.list_dids()

@@ -541,3 +541,16 @@ def test_plan_tells_another_connection_from_an_unknown_one(
     else:
         (failed,) = plan.outcomes
         assert failed.reason_kind == kind and fragment in failed.reason
+
+
+def test_a_base_url_without_api_v2_says_to_check_it(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 2)
+    sheet = write_sheet(tmp_path / "sheet.csv", 2)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    with pytest.raises(
+        importer.ApiError, match=r"check --base-url: it must be the API root ending in /api/v2"
+    ):
+        run_import(
+            config_for(sheet, tmp_path, base_url="http://sandbox.test/api"),
+            transport=httpx.ASGITransport(app=sandbox.app),
+        )
