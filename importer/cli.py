@@ -408,7 +408,6 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
             api_key=SANDBOX_API_KEY,
             base_url="http://sandbox.invalid/api/v2",
             output=results,
-            failed_out=results.with_name(results.name.replace(".results.xlsx", ".failed.xlsx")),
             requests_per_minute=6000,
             journal=Path(tmp) / "demo.journal.sqlite",
             command="demo",

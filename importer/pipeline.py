@@ -129,12 +129,19 @@ def output_paths(input_path: Path, output: Path | None, failed_out: Path | None)
     """Resolve the results and failed-rows paths; refuse any that would overwrite the input."""
     default_results, default_failed = default_paths(input_path)
     results = output or default_results
-    failed = failed_out or (
-        results.with_name(results.name.replace(".results.xlsx", "") + ".failed.xlsx")
-        if output is not None
-        else default_failed
-    )
     source = input_path.resolve()
+    if results.resolve() != source and results.suffix.lower() != ".xlsx":
+        raise InputError(
+            f"the results workbook must be an .xlsx file, not {results.name} "
+            f"(e.g. {results.with_suffix('.xlsx').name})"
+        )
+    # x.results.xlsx -> x.failed.xlsx; any other name.xlsx -> name.failed.xlsx
+    stem = (
+        results.name.removesuffix(".results.xlsx") if results.name.endswith(".results.xlsx") else results.stem
+    )
+    failed = failed_out or (
+        results.with_name(stem + ".failed.xlsx") if output is not None else default_failed
+    )
     for path in (results, failed):
         if path.resolve() == source:
             raise InputError(f"{path} is the input file; choose another output path")

@@ -161,3 +161,30 @@ def test_cli_progress_into_a_log_is_lines_not_bar_frames(tmp_path: Path) -> None
     assert "\r" not in result.stderr
     progress = [line for line in result.stderr.splitlines() if line.startswith("sending:")]
     assert progress[-1].startswith("sending: 12/12 done, ok 12, failed 0") and len(progress) <= 2
+
+
+@pytest.mark.parametrize(
+    ("output", "failed", "error"),
+    [
+        ("plain.xlsx", "plain.failed.xlsx", ""),
+        ("x.results.xlsx", "x.failed.xlsx", ""),
+        ("out.csv", "", "the results workbook must be an .xlsx file, not out.csv"),
+    ],
+)
+def test_cli_output_names_are_checked_and_the_failed_file_follows(
+    tmp_path: Path, output: str, failed: str, error: str
+) -> None:
+    result = CliRunner().invoke(
+        main, ["validate", str(SAMPLE / "carrier_routing.csv"), "-o", str(tmp_path / "sub" / output)]
+    )
+    if error:
+        assert result.exit_code == 2 and error in result.output and not (tmp_path / "sub" / output).exists()
+    else:
+        assert result.exit_code == 1, result.output  # the sample has failing rows
+        assert (tmp_path / "sub" / output).exists() and (tmp_path / "sub" / failed).exists()
+
+
+def test_cli_demo_takes_any_xlsx_name(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--quiet", "-o", str(tmp_path / "mine.xlsx")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mine.xlsx").exists() and (tmp_path / "mine.failed.xlsx").exists()
