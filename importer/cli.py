@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .apply import SendOptions
+from .apply import ERROR_RATE_MIN_WRITES, SendOptions
 from .errors import ImporterError
 from .live import DEFAULT_BASE_URL
 from .vocab import ExitCode, OnExisting
@@ -283,7 +283,8 @@ _connect_options = _apply_options(
     click.option(
         "--max-error-rate",
         type=click.FloatRange(0, 1),
-        help="Stop when more than this share of writes failed (once 20 are done), e.g. 0.2.",
+        help="Stop when more than this share of writes failed "
+        f"(once {ERROR_RATE_MIN_WRITES} are done), e.g. 0.2.",
     ),
     click.option("--dry-run", is_flag=True, help="Plan only: show what would be sent; send nothing."),
     click.option("--yes", is_flag=True, help="Do not ask before sending."),
