@@ -1,37 +1,49 @@
 """voicelink-importer: create or update VoiceLink call routing from a spreadsheet, safely.
 
-The library's whole job in one call: ``run_import(config)`` (read -> validate -> resolve ->
-plan -> apply -> results), or ``validate_file(config)`` for the offline half.
+The library's jobs, one call each: ``run_import(config)`` (read -> validate -> resolve -> plan
+-> apply -> results; ``await run_import_async(config)`` inside an event loop),
+``validate_file(config)`` for the offline half and ``rollback_run(config)`` to undo a run.
+``importer.rollback`` is the rollback module.
 """
 
-from .errors import AbortedError, ApiError, AuthError, ImporterError, InputError, UnreadableFileError
-from .model import Action, RawTable, RoutingRow, RowIssue, RowOutcome, Status, ValidationReport
+from .apply import Progress, SendOptions
+from .errors import ApiError, AuthError, ImporterError, InputError, ResultsNotSavedError, UnreadableFileError
+from .model import RawTable, RoutingRow, RowIssue, RowOutcome, ValidationReport
 from .pipeline import InputOptions, RunSummary, ValidateConfig, validate_file
-from .rollback import RollbackConfig, rollback
-from .run import ImportConfig, OnExisting, Progress, run_import
+from .plan import Plan, Write
+from .rollback import RollbackConfig, rollback_run, rollback_run_async
+from .run import ImportConfig, run_import, run_import_async
+from .vocab import Action, ExitCode, OnExisting, ReasonKind, Status
 
 __all__ = [
-    "AbortedError",
     "Action",
     "ApiError",
     "AuthError",
+    "ExitCode",
     "ImportConfig",
     "ImporterError",
     "InputError",
     "InputOptions",
     "OnExisting",
+    "Plan",
     "Progress",
     "RawTable",
+    "ReasonKind",
+    "ResultsNotSavedError",
     "RollbackConfig",
     "RoutingRow",
     "RowIssue",
     "RowOutcome",
     "RunSummary",
+    "SendOptions",
     "Status",
     "UnreadableFileError",
     "ValidateConfig",
     "ValidationReport",
-    "rollback",
+    "Write",
+    "rollback_run",
+    "rollback_run_async",
     "run_import",
+    "run_import_async",
     "validate_file",
 ]

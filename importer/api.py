@@ -36,12 +36,13 @@ import httpx
 from importer.errors import ApiError, AuthError
 from importer.fields import ROUTING_FIELDS
 from importer.limiter import RateLimiter
+from importer.retry import MAX_ATTEMPTS, backoff_delay
 
 __all__ = ["Bot", "Connection", "Did", "Routing", "VoiceLinkClient", "WriteResult"]
 
 DID_PAGE_SIZE = 100
 BOT_PAGE_SIZE = 1000  # the documented maximum for /voicelink/bots
-READ_ATTEMPTS = 3
+READ_ATTEMPTS = MAX_ATTEMPTS
 MAX_RETRY_AFTER = 600.0
 """A Retry-After longer than this is cut to it; the next 429 pauses again if needed."""
 
@@ -425,8 +426,7 @@ class VoiceLinkClient:
             sent += n
             transient = reply.status is None or reply.status >= 500
             if transient and attempt < READ_ATTEMPTS:
-                delay = self._backoff * 2 ** (attempt - 1) * (0.5 + self._rng.random() / 2)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(backoff_delay(attempt, self._backoff, self._rng))
                 continue
             status = "no response" if reply.status is None else f"HTTP {reply.status}"
             if reply.status is None or not 200 <= reply.status < 300:

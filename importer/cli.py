@@ -10,20 +10,25 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from .apply import ERROR_RATE_MIN_WRITES, SendOptions
 from .errors import ImporterError
+from .live import DEFAULT_BASE_URL
+from .vocab import ExitCode, OnExisting
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK, EXIT_ROWS_FAILED, EXIT_INPUT, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+SEND_DEFAULTS = SendOptions()
+"""The library's defaults for --requests-per-minute, --concurrency, --timeout."""
 
 
-def fail(message: str, code: int) -> None:
+def fail(message: str, code: ExitCode) -> None:
     """Print one error line and exit."""
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
@@ -38,10 +43,14 @@ def one_line_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except ImporterError as exc:
             fail(str(exc), exc.exit_code)
+        except BrokenPipeError:
+            # The reader of our output (e.g. `| head`) left: stop quietly, as other tools do.
+            _silence_stdout()
+            sys.exit(ExitCode.ROWS_FAILED)
         except (KeyboardInterrupt, click.Abort):
             fail(
                 "interrupted before anything was sent" if _before_writes(fn) else "interrupted",
-                EXIT_INTERRUPTED,
+                ExitCode.INTERRUPTED,
             )
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
@@ -51,11 +60,18 @@ def one_line_errors(fn: F) -> F:
             first = str(exc).splitlines()[0] if str(exc) else ""
             fail(
                 f"unexpected {type(exc).__name__}: {first} (set VOICELINK_DEBUG=1 for details)",
-                EXIT_INPUT,
+                ExitCode.INPUT,
             )
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush meets no closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _before_writes(fn: Callable[..., Any]) -> bool:
@@ -142,7 +158,7 @@ def main() -> None:
     """Create or update VoiceLink call routing from a carrier's spreadsheet, safely.
 
     Exit codes: 0 every row done or valid, 1 some rows failed, 2 unusable file or option,
-    3 run aborted (key rejected, error rate), 130 interrupted.
+    3 run aborted (key rejected, error rate), 130 interrupted (``vocab.ExitCode``).
     """
 
 
@@ -176,8 +192,7 @@ def validate(
             failed_out=failed_out,
         )
     )
-    for line in summary.lines():
-        click.echo(line)
+    _print_summary(summary)
     sys.exit(summary.exit_code)
 
 
@@ -197,21 +212,42 @@ def template(fmt: str, output: Path | None) -> None:
     click.echo(f"template written: {path}")
 
 
-def _progress_bar(quiet: bool) -> tuple[Any, Any]:
-    """A tqdm bar on stderr fed by the library's progress callback (the library never imports tqdm)."""
-    if quiet:
-        return None, None
-    from tqdm import tqdm
+def _eta_text(p: Any) -> str:
+    eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s" if p.eta_seconds else "0s"
+    paused = f", paused {p.paused_seconds:.0f}s (429)" if p.paused_seconds >= 1 else ""
+    return f"ok {p.succeeded}, failed {p.failed}, rate-limit ETA {eta}{paused}"
 
+
+def _progress_bar(quiet: bool) -> tuple[Any, Any]:
+    """A tqdm bar on stderr fed by the library's progress callback (the library never imports tqdm).
+
+    When stderr is not a terminal (a log file, CI), no bar frames: one line a minute and one at
+    the end. Progress notes (e.g. "stopping: 3 writes in flight, settling") are printed even
+    with --quiet.
+    """
     bar: Any = None
+    last_line = float("-inf")
 
     def update(p: Any) -> None:
-        nonlocal bar
+        nonlocal bar, last_line
+        if p.note and bar is not None:
+            bar.write(p.note, file=sys.stderr)  # above the bar, which stays drawn
+        elif p.note:
+            click.echo(p.note, err=True)
+        if quiet or p.note:
+            return
+        if not sys.stderr.isatty():
+            now = time.monotonic()
+            if p.done == p.total or now - last_line >= 60:
+                last_line = now
+                click.echo(f"sending: {p.done}/{p.total} done, {_eta_text(p)}", err=True)
+            return
         if bar is None:
+            from tqdm import tqdm
+
             bar = tqdm(total=p.total, unit="row", file=sys.stderr, dynamic_ncols=True, desc="sending")
         bar.n = p.done
-        eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s" if p.eta_seconds else "0s"
-        bar.set_postfix_str(f"ok {p.succeeded}, failed {p.failed}, rate-limit ETA {eta}", refresh=False)
+        bar.set_postfix_str(_eta_text(p), refresh=False)
         bar.refresh()
 
     def close() -> None:
@@ -221,14 +257,23 @@ def _progress_bar(quiet: bool) -> tuple[Any, Any]:
     return update, close
 
 
-def _ask(counts: Any) -> bool:
-    click.echo(f"Plan: {counts.text()}", err=True)
-    return click.confirm("Send these writes now?", default=False, err=True)
+def _ask(plan: Any, estimate: Callable[[int], str], details: bool = True) -> bool:
+    if details:  # e.g. the rows changed since an earlier run: seen before anything is sent
+        for line in plan.details[:20]:
+            click.echo(f"  {line}", err=True)
+        if len(plan.details) > 20:
+            click.echo(f"  ... and {len(plan.details) - 20} more", err=True)
+    click.echo(f"Plan: {plan.text()}", err=True)
+    return click.confirm(f"Send {estimate(len(plan.writes))} now?", default=False, err=True)
 
 
 def _print_summary(summary: Any) -> None:
-    for line in summary.lines():
-        click.echo(line)
+    try:
+        for line in summary.lines():
+            click.echo(line)
+    except BrokenPipeError:
+        # `| head` stopped reading: the job is done, so keep its exit code and stay quiet.
+        _silence_stdout()
 
 
 def _send_and_report(job: Callable[..., Any], config: Any, quiet: bool) -> None:
@@ -256,7 +301,7 @@ _connect_options = _apply_options(
     click.option(
         "--base-url",
         envvar="VOCOBASE_BASE_URL",
-        default="https://api.vocobase.com/api/v2",
+        default=DEFAULT_BASE_URL,
         show_default=True,
         help="API root (env VOCOBASE_BASE_URL).",
     ),
@@ -266,9 +311,24 @@ _connect_options = _apply_options(
         envvar="VOCOBASE_CONNECTION_ID",
         help="VoiceLink connection UUID when several are active (env VOCOBASE_CONNECTION_ID).",
     ),
-    click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True),
-    click.option("--concurrency", type=click.IntRange(1, 16), default=4, show_default=True),
-    click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True),
+    click.option(
+        "--requests-per-minute",
+        type=click.IntRange(min=1),
+        default=SEND_DEFAULTS.requests_per_minute,
+        show_default=True,
+    ),
+    click.option(
+        "--concurrency", type=click.IntRange(1, 16), default=SEND_DEFAULTS.concurrency, show_default=True
+    ),
+    click.option(
+        "--timeout", type=click.FloatRange(min=0.1), default=SEND_DEFAULTS.timeout, show_default=True
+    ),
+    click.option(
+        "--max-error-rate",
+        type=click.FloatRange(0, 1),
+        help="Stop when more than this share of writes failed "
+        f"(once {ERROR_RATE_MIN_WRITES} are done), e.g. 0.2.",
+    ),
     click.option("--dry-run", is_flag=True, help="Plan only: show what would be sent; send nothing."),
     click.option("--yes", is_flag=True, help="Do not ask before sending."),
     click.option("--quiet", is_flag=True, help="No progress bar."),
@@ -280,17 +340,14 @@ _api_options = _apply_options(
     _connect_options,
     click.option(
         "--on-existing",
-        type=click.Choice(["update", "skip", "fail"]),
-        default="update",
+        type=click.Choice([c.value for c in OnExisting]),
+        default=OnExisting.UPDATE.value,
         show_default=True,
-        help="A DID whose routing exists and differs: update it, skip the row, or fail it.",
+        help="A DID whose routing exists and differs: "
+        + ", ".join(c.label for c in list(OnExisting)[:-1])
+        + f" or {list(OnExisting)[-1].label}.",
     ),
     click.option("--journal", type=click.Path(path_type=Path, dir_okay=False), help="Journal path."),
-    click.option(
-        "--max-error-rate",
-        type=click.FloatRange(0, 1),
-        help="Stop when more than this share of writes failed (once 20 are done), e.g. 0.2.",
-    ),
 )
 
 
@@ -305,10 +362,15 @@ def _api_key(flag: str | None) -> str:
     return os.environ.get("VOCOBASE_API_KEY", "")
 
 
-def _confirm_callback(yes: bool, dry_run: bool) -> Callable[[Any], bool] | None:
+def _confirm_callback(
+    yes: bool, dry_run: bool, requests_per_minute: int, details: bool = True
+) -> Callable[[Any], bool] | None:
     """Ask before sending only on a terminal, and not with --yes or --dry-run."""
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
-    return _ask if (interactive and not yes and not dry_run) else None
+    if not interactive or yes or dry_run:
+        return None
+    estimate = SendOptions(requests_per_minute=requests_per_minute).estimate
+    return functools.partial(_ask, estimate=estimate, details=details)
 
 
 @main.command()
@@ -349,11 +411,11 @@ def run(
         requests_per_minute=requests_per_minute,
         concurrency=concurrency,
         timeout=timeout,
-        on_existing=on_existing,
+        on_existing=OnExisting(on_existing),
         dry_run=dry_run,
         journal=journal,
         max_error_rate=max_error_rate,
-        confirm=_confirm_callback(yes, dry_run),
+        confirm=_confirm_callback(yes, dry_run, requests_per_minute),
     )
     _send_and_report(run_import, config, quiet)
 
@@ -379,7 +441,9 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
     data = resources.files("importer.data")
     sample_data = data.joinpath(f"carrier_routing.{sample}")
     if not sample_data.is_file():
-        fail(f"the sample sheet carrier_routing.{sample} is missing from the installed package", EXIT_INPUT)
+        fail(
+            f"the sample sheet carrier_routing.{sample} is missing from the installed package", ExitCode.INPUT
+        )
     stem = "voicelink-demo" if sample == "xlsx" else "voicelink-demo-csv"
     results = output or Path.cwd() / f"{stem}.results.xlsx"
     sandbox = create_sandbox(SandboxConfig(api_key=SANDBOX_API_KEY, requests_per_minute=6000))
@@ -392,7 +456,6 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
             api_key=SANDBOX_API_KEY,
             base_url="http://sandbox.invalid/api/v2",
             output=results,
-            failed_out=results.with_name(results.name.replace(".results.xlsx", ".failed.xlsx")),
             requests_per_minute=6000,
             journal=Path(tmp) / "demo.journal.sqlite",
             command="demo",
@@ -406,7 +469,7 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
     state = sandbox.state_snapshot()
     click.echo(f"sandbox now holds {len(state.get('routing', []))} routing records")
     # The demo shows failed rows on purpose; it succeeded if it ran to the end.
-    sys.exit(EXIT_OK if summary.exit_code in (EXIT_OK, EXIT_ROWS_FAILED) else summary.exit_code)
+    sys.exit(ExitCode.OK if summary.exit_code in (ExitCode.OK, ExitCode.ROWS_FAILED) else summary.exit_code)
 
 
 @main.command()
@@ -523,6 +586,7 @@ def rollback(
     requests_per_minute: int,
     concurrency: int,
     timeout: float,
+    max_error_rate: float | None,
     dry_run: bool,
     force: bool,
     yes: bool,
@@ -532,8 +596,7 @@ def rollback(
 
     SOURCE is the run's results workbook (its journal is found beside it) or the journal itself.
     """
-    from .rollback import RollbackConfig
-    from .rollback import rollback as rollback_run
+    from .rollback import RollbackConfig, rollback_run
 
     def show(plan: Any) -> None:
         for line in plan.lines(limit=50):
@@ -549,9 +612,24 @@ def rollback(
         requests_per_minute=requests_per_minute,
         concurrency=concurrency,
         timeout=timeout,
+        max_error_rate=max_error_rate,
         dry_run=dry_run,
         force=force,
         on_plan=show,
-        confirm=_confirm_callback(yes, dry_run),
+        confirm=_confirm_callback(yes, dry_run, requests_per_minute, details=False),  # `show` printed them
     )
     _send_and_report(rollback_run, config, quiet)
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@one_line_errors
+def history(source: Path) -> None:
+    """List the runs a journal records: when, who, which input, the counts, rolled back or not.
+
+    SOURCE is a results workbook (its journal is found beside it) or the journal itself.
+    """
+    from .rollback import run_history
+
+    for entry in run_history(source):
+        click.echo(entry.line())

@@ -5,16 +5,22 @@ ImporterError                 one clean line for the CLI; exit code on the class
 │   └── UnreadableFileError   the file cannot be read as a spreadsheet   (exit 2)
 ├── ApiError                  the API answered something run-ending      (exit 3)
 │   └── AuthError             the key was rejected (401/403)             (exit 3)
-└── AbortedError              the run stopped itself (error rate, ...)   (exit 3)
+└── ResultsNotSavedError      writes were sent, but no results file could be saved (exit 3)
+
+A job that stops itself once writes have begun (``--max-error-rate``, a key revoked midway,
+Ctrl-C) raises nothing: it settles what is in flight and returns a summary whose
+``exit_code`` says so (``vocab.ExitCode``).
 """
 
 from __future__ import annotations
+
+from .vocab import ExitCode
 
 
 class ImporterError(Exception):
     """Base of every error that ends a run; its message is one line for the user."""
 
-    exit_code = 2
+    exit_code: ExitCode = ExitCode.INPUT
 
     def __init__(self, message: str) -> None:
         # Messages quote headers, sheet names and values from the file: escaping their control
@@ -25,7 +31,7 @@ class ImporterError(Exception):
 class InputError(ImporterError):
     """A file or option that cannot be used."""
 
-    exit_code = 2
+    exit_code = ExitCode.INPUT
 
 
 class UnreadableFileError(InputError):
@@ -35,17 +41,17 @@ class UnreadableFileError(InputError):
 class ApiError(ImporterError):
     """The API answered in a way that ends the run."""
 
-    exit_code = 3
+    exit_code = ExitCode.ABORTED
 
 
 class AuthError(ApiError):
     """The API key was rejected."""
 
 
-class AbortedError(ImporterError):
-    """The run stopped itself before finishing (e.g. --max-error-rate)."""
+class ResultsNotSavedError(ImporterError):
+    """Writes were sent (the journal has them) but the results could be saved nowhere."""
 
-    exit_code = 3
+    exit_code = ExitCode.ABORTED
 
 
 _ESCAPES = {

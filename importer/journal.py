@@ -31,7 +31,7 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["ChangeRecord", "ConfirmedRow", "InFlightRow", "Journal"]
+__all__ = ["ChangeRecord", "ConfirmedRow", "InFlightRow", "Journal", "RunRecord"]
 
 IN_FLIGHT = "in_flight"
 DONE = "done"
@@ -90,7 +90,6 @@ class ConfirmedRow:
     action: str
     did_id: int | None
     routing_id: int | None
-    body: Mapping[str, object] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +119,24 @@ class ChangeRecord:
     body: Mapping[str, object]
     settled: bool
     """False for a write still in flight: it may or may not have been applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run (an import, a demo, a rollback) as the journal recorded it."""
+
+    run_id: int
+    input_sha256: str
+    input_name: str
+    command: str
+    audit: Mapping[str, str]
+    """Who and where: OS user, host, the key's last 4 characters, connection, base URL."""
+    options: Mapping[str, str]
+    started: str
+    finished: str | None
+    """None while the run is going on, or when it was killed."""
+    counts: Mapping[str, int] | None
+    """Rows per status, once finished."""
 
 
 def _now() -> str:
@@ -251,7 +268,7 @@ class Journal:
         Args:
             input_sha256: The input file's content hash; re-runs of the same content find each other by it.
             input_name: The input file's name, for people.
-            command: The command that was run (e.g. 'apply').
+            command: The command that was run ('run', 'demo', 'rollback').
             audit: Who and where (OS user, host, key's last 4 characters, connection, base URL).
             options: The run's options as text.
 
@@ -388,14 +405,13 @@ class Journal:
         out: set[tuple[int, int]] = set()
         for run in self._query("SELECT run_id, audit FROM runs WHERE command = 'rollback'", ()):
             target = _load(run["audit"]) or {}
-            of = str(target.get("rollback_of_run", ""))
-            if not of.isdigit():
-                continue
+            # One run ("3"), or every run of an input a rollback covered ("1,3").
+            of = [int(i) for i in str(target.get("rollback_of_run", "")).split(",") if i.strip().isdigit()]
             for e in self._query(
                 "SELECT row FROM entries WHERE run_id = ? AND state = ? AND status IN (?, ?)",
                 (run["run_id"], DONE, *CONFIRMED),
             ):
-                out.add((int(of), int(e["row"])))
+                out.update((i, int(e["row"])) for i in of)
         return out
 
     def confirmed(self, input_sha256: str) -> dict[int, ConfirmedRow]:
@@ -411,9 +427,8 @@ class Journal:
         for row, e in self._decisive(input_sha256).items():
             if e["state"] == DONE and e["status"] in CONFIRMED:
                 out[row] = ConfirmedRow(
-                    e["run_id"], e["done_at"], e["status"], e["action"], e["did_id"], e["routing_id"],
-                    _load(e["body"]),
-                )  # fmt: skip
+                    e["run_id"], e["done_at"], e["status"], e["action"], e["did_id"], e["routing_id"]
+                )
         return out
 
     def in_flight(self, input_sha256: str) -> dict[int, InFlightRow]:
@@ -468,13 +483,29 @@ class Journal:
             for e in self._query(sql + " ORDER BY entry_id", params)
         ]
 
-    def runs(self) -> list[Mapping[str, object]]:
-        """Every run, oldest first, as plain mappings (for ``history``-style listings)."""
-        out: list[Mapping[str, object]] = []
-        for r in self._query("SELECT * FROM runs ORDER BY run_id", ()):
-            item: dict[str, object] = dict(zip(r.keys(), tuple(r), strict=True))
-            for key in ("audit", "options", "counts"):
-                text = item[key]
-                item[key] = json.loads(text) if isinstance(text, str) else None
-            out.append(MappingProxyType(item))
-        return out
+    def runs(self) -> list[RunRecord]:
+        """Every run, oldest first (for ``history``-style listings and choosing a run to roll back)."""
+        return [
+            RunRecord(
+                run_id=r["run_id"],
+                input_sha256=r["input_sha256"],
+                input_name=r["input_name"],
+                command=r["command"],
+                audit=_text_map(r["audit"]),
+                options=_text_map(r["options"]),
+                started=r["started"],
+                finished=r["finished"],
+                counts=None if r["counts"] is None else _count_map(r["counts"]),
+            )
+            for r in self._query("SELECT * FROM runs ORDER BY run_id", ())
+        ]
+
+
+def _text_map(text: str | None) -> Mapping[str, str]:
+    loaded = _load(text) or {}
+    return MappingProxyType({str(k): str(v) for k, v in loaded.items()})
+
+
+def _count_map(text: str) -> Mapping[str, int]:
+    loaded = _load(text) or {}
+    return MappingProxyType({str(k): int(str(v)) for k, v in loaded.items()})

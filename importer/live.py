@@ -1,45 +1,50 @@
-"""The account's live state during a run: the inventory read once, coalesced re-reads, the client.
+"""The account's live state during a job: the inventory read once, coalesced re-reads, the client.
 
-Shared by ``run`` and ``rollback``: both read the state once, settle unknown outcomes by
-re-reading it (one read shared by the workers that ask at the same time), open their client
-inside the event loop that uses it, and settle in-flight writes on Ctrl-C or SIGTERM.
+Shared by ``run`` and ``rollback`` (and any caller of ``apply.apply_plan``): the state is read
+once (:func:`read_inventory`), unknown outcomes are settled by re-reading it (one read shared
+by the workers that ask at the same time), and the client is opened inside the event loop that
+uses it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
 
-from .api import Bot, Did, Routing, VoiceLinkClient
-from .errors import ApiError, AuthError
+from .api import Bot, Connection, Did, Routing, VoiceLinkClient
+from .errors import ApiError, AuthError, InputError
 from .limiter import RateLimiter
+from .retry import MAX_ATTEMPTS, backoff_delay
 
 __all__ = [
+    "DEFAULT_BASE_URL",
     "ClientSettings",
     "Inventory",
     "LiveRouting",
     "index_routing",
     "open_client",
-    "sending_options",
-    "stop_on_signals",
+    "read_inventory",
 ]
+
+DEFAULT_BASE_URL = "https://api.vocobase.com/api/v2"
 
 
 @dataclass(slots=True)
 class Inventory:
-    """The account's live state, read once per run."""
+    """The account's live state, read once per job (``routing`` is refreshed by re-reads)."""
 
     dids_by_id: dict[int, Did]
     dids_by_number: dict[str, Did]
     bots: dict[int, Bot]
     routing: dict[int, Routing]
+    connection: str = ""
+    """The VoiceLink connection the job uses (every request carries it)."""
+    connections: tuple[str, ...] = ()
+    """Every connection id of the account (a row naming another one is told apart from a typo)."""
 
 
 def index_routing(routings: Sequence[Routing], dids_by_number: Mapping[str, Did]) -> dict[int, Routing]:
@@ -58,7 +63,7 @@ def index_routing(routings: Sequence[Routing], dids_by_number: Mapping[str, Did]
 class LiveRouting:
     """Re-read the routing state, sharing one read among workers that ask at the same time."""
 
-    ROUNDS = 3
+    ROUNDS = MAX_ATTEMPTS
     """Rounds of the client's own read retries before the run gives up on settling."""
 
     def __init__(self, client: VoiceLinkClient, inventory: Inventory, backoff: float) -> None:
@@ -94,34 +99,14 @@ class LiveRouting:
                 except ApiError:
                     if round_ == self.ROUNDS:
                         raise
-                    await asyncio.sleep(self._backoff * 2 * round_)
+                    await asyncio.sleep(backoff_delay(round_ + 1, self._backoff))
             self._inventory.routing = index_routing(routings, self._inventory.dids_by_number)
             self._fresh = number
             return self._inventory.routing
 
 
-@contextlib.contextmanager
-def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[None]:
-    """Ctrl-C or SIGTERM: stop sending new writes, let the ones in flight settle."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix loops
-            pass
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
-
 class ClientSettings(Protocol):
-    """What opening a client needs; ``ImportConfig`` and ``RollbackConfig`` both provide it."""
+    """What opening a client needs (``apply.ConnectOptions`` provides it)."""
 
     @property
     def api_key(self) -> str: ...
@@ -141,25 +126,19 @@ class ClientSettings(Protocol):
     def retry_backoff(self) -> float: ...
 
 
-def sending_options(settings: ClientSettings, *, dry_run: bool) -> dict[str, str]:
-    """The options every sending command shows in its Summary sheet and journal (never the key)."""
-    out = {
-        "base_url": settings.base_url,
-        "requests_per_minute": str(settings.requests_per_minute),
-        "concurrency": str(settings.concurrency),
-        "timeout": f"{settings.timeout:g}s",
-        "dry_run": "yes" if dry_run else "no",
-    }
-    if settings.connection_id:
-        out["connection_id"] = settings.connection_id
-    return out
-
-
 async def open_client(
-    settings: ClientSettings, transport: httpx.AsyncBaseTransport | None
+    settings: ClientSettings,
+    transport: httpx.AsyncBaseTransport | None,
+    limiter: RateLimiter | None = None,
 ) -> tuple[RateLimiter, VoiceLinkClient]:
-    """Open one run's limiter and client, inside the event loop that will use them."""
-    limiter = RateLimiter(settings.requests_per_minute, window=settings.rate_window)
+    """Open one job's client, inside the event loop that will use it.
+
+    Args:
+        settings: The key, the base URL and the sending options.
+        transport: An httpx transport instead of the network (the sandbox in-process, tests).
+        limiter: A limiter shared with other jobs on the same key; None: a new one for this job.
+    """
+    limiter = limiter or RateLimiter(settings.requests_per_minute, window=settings.rate_window)
     client = VoiceLinkClient(
         settings.base_url,
         settings.api_key,
@@ -171,3 +150,81 @@ async def open_client(
         backoff=settings.retry_backoff,
     )
     return limiter, client
+
+
+def _listing(connections: Sequence[Connection]) -> str:
+    return "; ".join(
+        f"{c.name} ({c.connection_id}{', default' if c.is_default else ''})" for c in connections
+    )
+
+
+def choose_connection(connections: Sequence[Connection], wanted: str | None, used_before: str | None) -> str:
+    """Pick the connection: the one asked for, else the one an earlier run used, else the only active one.
+
+    Raises:
+        InputError: the asked one is unknown or differs from the one the earlier run used, or
+            several are active and none was asked for.
+        ApiError: no connection is active.
+    """
+    if wanted and used_before and wanted.lower() != used_before.lower():
+        raise InputError(f"the run used connection {used_before}, not {wanted}")
+    wanted = wanted or used_before
+    if wanted:
+        for c in connections:
+            if c.connection_id.lower() == wanted.lower():
+                return c.connection_id
+        raise InputError(
+            f"connection {wanted} is not one of this account's connections: {_listing(connections)}"
+        )
+    active = [c for c in connections if c.status.upper() == "ACTIVE"]
+    if len(active) == 1:
+        return active[0].connection_id
+    if not active:
+        raise ApiError("this account has no active VoiceLink connection")
+    raise InputError(
+        "several VoiceLink connections are active; choose one with --connection-id or "
+        f"VOCOBASE_CONNECTION_ID: {_listing(connections)}"
+    )
+
+
+async def read_inventory(
+    client: VoiceLinkClient, connection_id: str | None = None, *, used_before: str | None = None
+) -> Inventory:
+    """Check the key, choose the connection and read the account's state once.
+
+    Args:
+        client: The job's client; its ``connection_id`` is set to the chosen connection.
+        connection_id: The connection asked for (``--connection-id``), if any.
+        used_before: The connection an earlier run used (a rollback must use the run's).
+
+    Returns:
+        Every purchased DID, bot and routing record, and the chosen connection.
+
+    Raises:
+        AuthError: the key was rejected.
+        InputError, ApiError: see :func:`choose_connection`; ApiError when a read fails.
+    """
+    try:
+        connections = await client.list_connections()
+    except AuthError:
+        raise
+    except ApiError as exc:
+        # The first request of a job: a 404 here means the base URL, not the account, is wrong.
+        if ": HTTP 404" in str(exc):
+            hint = f"check --base-url: it must be the API root ending in /api/v2 (it is {client.base_url})"
+            raise ApiError(f"{exc}; {hint}") from None
+        raise
+    connection = choose_connection(connections, connection_id, used_before)
+    client.connection_id = connection
+    dids = await client.list_dids()
+    bots = await client.list_bots()
+    routings = await client.read_routing()
+    by_number = {d.did_number: d for d in dids}
+    return Inventory(
+        dids_by_id={d.did_id: d for d in dids},
+        dids_by_number=by_number,
+        bots={b.bot_id: b for b in bots},
+        routing=index_routing(routings, by_number),
+        connection=connection,
+        connections=tuple(c.connection_id for c in connections),
+    )

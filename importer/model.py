@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from .vocab import Action, Status
+
+__all__ = [
+    "Action",
+    "RawTable",
+    "RoutingRow",
+    "RowIssue",
+    "RowOutcome",
+    "RunInfo",
+    "SourceInfo",
+    "Status",
+    "ValidationReport",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,27 +110,6 @@ class RoutingRow:
             "outbound_sip_trunk_id": self.outbound_sip_trunk_id,
             "status": self.status,
         }
-
-
-class Status(enum.StrEnum):
-    """The final status of an input row in the results workbook."""
-
-    SUCCEEDED = "succeeded"
-    UNCHANGED = "unchanged"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-    NOT_SENT = "not_sent"
-
-
-class Action(enum.StrEnum):
-    """What the plan decided for a row."""
-
-    CREATE = "create"
-    UPDATE = "update"
-    UNCHANGED = "unchanged"
-    SKIP = "skip"
-    FAIL = "fail"
-    NONE = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
-"""The whole job, top to bottom: read -> validate -> (resolve -> plan -> apply) -> results.
+"""The offline stages every job shares: read -> validate -> results, and the ``RunSummary``.
 
-``validate_file`` is the offline half; ``run_import`` (in ``run.py``) adds the API half and
-reuses everything here. Both return a ``RunSummary`` and never raise for bad rows, only for
-run-level problems (see ``errors.py``).
+``validate_file`` is the offline job; ``run_import`` (``run.py``) adds resolve -> plan -> apply
+between validate and results and reuses everything here. Both return a ``RunSummary`` and
+never raise for bad rows, only for run-level problems (see ``errors.py``).
 """
 
 from __future__ import annotations
@@ -13,17 +13,22 @@ import dataclasses
 import datetime as dt
 import gc
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
+from xlsxwriter.exceptions import FileCreateError
 
-from .errors import InputError
-from .model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
+from .errors import InputError, ResultsNotSavedError
+from .model import RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
 from .reader import describe_hidden, read_table
 from .results import OutcomeColumns, default_paths, write_failed_rows, write_results
 from .validate import validate_table
+from .vocab import Action, ExitCode, describe_kind
 
 __all__ = [
     "InputOptions",
@@ -52,6 +57,10 @@ class InputOptions:
     ignore_columns: tuple[str, ...] = ()
     """--ignore-column: header texts or column letters left out of matching."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.path, str):
+            object.__setattr__(self, "path", Path(self.path))
+
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet."""
         out = {"sheet": self.sheet or "(auto)", "default_region": self.default_region or "(none)"}
@@ -74,26 +83,54 @@ class ValidateConfig:
     output: Path | None = None
     failed_out: Path | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("output", "failed_out"):
+            as_path(self, name)
+
+
+def as_path(config: object, name: str) -> None:
+    """Let a frozen config take a ``str`` where it wants a ``Path`` (library callers pass either)."""
+    value = getattr(config, name)
+    if isinstance(value, str):
+        object.__setattr__(config, name, Path(value))
+
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
-    """What a run did, for the CLI's summary and for callers of the library."""
+    """What a job did, for the CLI's summary and for callers of the library."""
 
     rows: int
     counts: Mapping[Status, int]
     top_reasons: Sequence[tuple[str, int]]
+    """The most common problems, each as a label for people and how many rows had it."""
     results_path: Path
     failed_path: Path | None
-    exit_code: int
+    exit_code: ExitCode
     notes: Sequence[str] = ()
+    outcomes: tuple[RowOutcome, ...] = ()
+    """One outcome per input row, in input order (``validate_file`` leaves it empty: read its workbook)."""
+    status_labels: Mapping[Status, str] = field(default_factory=dict)
+    """Words for statuses where the job means more than the status's label (validate: "valid")."""
 
     @property
     def failed(self) -> int:
         return self.counts.get(Status.FAILED, 0)
 
+    def frame(self) -> pd.DataFrame:
+        """The outcomes as a DataFrame, one row per input row (statuses and actions as their codes)."""
+        columns = list(RowOutcome.__slots__)
+        records = [[getattr(o, name) for name in columns] for o in self.outcomes]
+        # StrEnum members become their plain codes, so the frame compares and saves as text.
+        records = [[str(v) if isinstance(v, Status | Action) else v for v in r] for r in records]
+        return pd.DataFrame.from_records(records, columns=columns)
+
     def lines(self) -> list[str]:
-        """A short human summary."""
-        parts = [f"{s.value} {self.counts.get(s, 0)}" for s in Status if self.counts.get(s, 0)]
+        """A short human summary (labels, never internal codes)."""
+        parts = [
+            f"{self.status_labels.get(s, s.label)} {self.counts.get(s, 0)}"
+            for s in Status
+            if self.counts.get(s, 0)
+        ]
         out = [f"rows read: {self.rows}; " + (", ".join(parts) if parts else "nothing to do")]
         if self.top_reasons:
             out.append("most common problems:")
@@ -114,18 +151,85 @@ def output_paths(input_path: Path, output: Path | None, failed_out: Path | None)
     """Resolve the results and failed-rows paths; refuse any that would overwrite the input."""
     default_results, default_failed = default_paths(input_path)
     results = output or default_results
-    failed = failed_out or (
-        results.with_name(results.name.replace(".results.xlsx", "") + ".failed.xlsx")
-        if output is not None
-        else default_failed
-    )
     source = input_path.resolve()
+    if results.resolve() != source and results.suffix.lower() != ".xlsx":
+        raise InputError(
+            f"the results workbook must be an .xlsx file, not {results.name} "
+            f"(e.g. {results.with_suffix('.xlsx').name})"
+        )
+    # x.results.xlsx -> x.failed.xlsx; any other name.xlsx -> name.failed.xlsx
+    stem = (
+        results.name.removesuffix(".results.xlsx") if results.name.endswith(".results.xlsx") else results.stem
+    )
+    failed = failed_out or (
+        results.with_name(stem + ".failed.xlsx") if output is not None else default_failed
+    )
     for path in (results, failed):
         if path.resolve() == source:
             raise InputError(f"{path} is the input file; choose another output path")
     if results.resolve() == failed.resolve():
         raise InputError("the results and failed-rows files must be different paths")
     return results, failed
+
+
+def check_writable(*paths: Path) -> None:
+    """Refuse, before anything is sent, an output that cannot be written (its folder is made).
+
+    Raises:
+        InputError: the folder cannot be made or written, or the file is a folder or locked.
+    """
+    for path in paths:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                raise IsADirectoryError(21, "it is a folder")
+            # The writer writes a temp file beside the target, then renames it over the target.
+            probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            probe.unlink()
+            if path.exists():
+                with path.open("r+b"):  # a file open in Excel (Windows) refuses this
+                    pass
+        except OSError as exc:
+            raise InputError(
+                f"cannot write {path}: {exc.strerror or exc}; choose another path, "
+                "or close the file if it is open in Excel"
+            ) from None
+
+
+SAVE_ERRORS = (OSError, FileCreateError)
+"""What saving a workbook raises when the place cannot be written."""
+T = TypeVar("T")
+
+
+def fallback_paths(path: Path) -> list[Path]:
+    """Where a results file goes when its own path fails: beside it (timestamped), here, the temp folder."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = path.name.replace(".results.xlsx", "").removesuffix(".xlsx") + f"-{stamp}.results.xlsx"
+    return [path.with_name(name), Path.cwd() / name, Path(tempfile.gettempdir()) / name]
+
+
+def save_with_fallback(save: Callable[[Path], T], path: Path) -> tuple[T, Path, str]:
+    """Save to ``path``, else to the first fallback that works (writes were sent: never lose the record).
+
+    Returns:
+        What ``save`` returned, where it saved, and a note for the summary ("" when ``path`` worked).
+
+    Raises:
+        ResultsNotSavedError: no fallback could be written either.
+    """
+    try:
+        return save(path), path, ""
+    except SAVE_ERRORS as first:
+        for alt in fallback_paths(path):
+            with contextlib.suppress(*SAVE_ERRORS):
+                note = f"the results could not be saved to {path} ({first}); saved to {alt} instead"
+                return save(alt), alt, note
+        tried = ", ".join(str(p) for p in fallback_paths(path))
+        raise ResultsNotSavedError(
+            f"the writes were sent and journalled, but the results could not be saved to {path} ({first}) "
+            f"nor to {tried}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -290,12 +394,12 @@ class OutcomeTally:
 def top_reasons(
     issues: Iterable[RowIssue], extra: Iterable[str] = (), limit: int = 5
 ) -> list[tuple[str, int]]:
-    """The most common problem kinds with an example message shape."""
+    """The most common problems as labels for people (validation's and the engine's kinds alike)."""
     counter: collections.Counter[str] = collections.Counter()
     for issue in issues:
         counter[_KIND_TEXT.get(issue.kind, issue.kind)] += 1
-    for reason in extra:
-        counter[reason] += 1
+    for kind in extra:
+        counter[describe_kind(kind)] += 1
     return counter.most_common(limit)
 
 
@@ -349,6 +453,7 @@ def validate_file(config: ValidateConfig) -> RunSummary:
     """
     started = now_text()
     results, failed = output_paths(config.input.path, config.output, config.failed_out)
+    check_writable(results, failed)
     report = load_and_validate(config.input)
     info = RunInfo(
         command="validate",
@@ -363,6 +468,7 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         top_reasons=top_reasons(report.issues),
         results_path=results,
         failed_path=failed if tally.failed_rows else None,
-        exit_code=1 if tally.failed_rows else 0,
+        exit_code=ExitCode.ROWS_FAILED if tally.failed_rows else ExitCode.OK,
+        status_labels={Status.NOT_SENT: "valid"},  # every valid row of a validate-only run is not sent
         notes=[*input_notes(report.table, config.input.skip_hidden_rows), *report.notes],
     )

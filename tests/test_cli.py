@@ -54,7 +54,8 @@ def test_cli_validate_clean_file_exits_0(tmp_path: Path) -> None:
     sheet.write_text("DID,Inbound,Outbound\n+918011223344,mobile,only-answer\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["validate", str(sheet), "-o", str(tmp_path / "r.xlsx")])
     assert result.exit_code == 0, result.output
-    assert "not_sent 1" in result.output and not (tmp_path / "r.failed.xlsx").exists()
+    assert "valid 1" in result.output and "not sent" not in result.output  # a label, never a code
+    assert not (tmp_path / "r.failed.xlsx").exists()
 
 
 @pytest.mark.parametrize(
@@ -149,3 +150,41 @@ def test_cli_sandbox_serves_until_sigterm_and_writes_state(tmp_path: Path) -> No
             proc.communicate(timeout=20)
     assert proc.returncode == 0
     assert len(json.loads(out.read_text())["routing"]) == 4
+
+
+def test_cli_progress_into_a_log_is_lines_not_bar_frames(tmp_path: Path) -> None:
+    """stderr is a pipe here, as in CI or a log file: no carriage-return frames, a line instead."""
+    result = subprocess.run(
+        [sys.executable, "-m", "importer", "demo"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("sending:")]
+    assert progress[-1].startswith("sending: 12/12 done, ok 12, failed 0") and len(progress) <= 2
+
+
+@pytest.mark.parametrize(
+    ("output", "failed", "error"),
+    [
+        ("plain.xlsx", "plain.failed.xlsx", ""),
+        ("x.results.xlsx", "x.failed.xlsx", ""),
+        ("out.csv", "", "the results workbook must be an .xlsx file, not out.csv"),
+    ],
+)
+def test_cli_output_names_are_checked_and_the_failed_file_follows(
+    tmp_path: Path, output: str, failed: str, error: str
+) -> None:
+    result = CliRunner().invoke(
+        main, ["validate", str(SAMPLE / "carrier_routing.csv"), "-o", str(tmp_path / "sub" / output)]
+    )
+    if error:
+        assert result.exit_code == 2 and error in result.output and not (tmp_path / "sub" / output).exists()
+    else:
+        assert result.exit_code == 1, result.output  # the sample has failing rows
+        assert (tmp_path / "sub" / output).exists() and (tmp_path / "sub" / failed).exists()
+
+
+def test_cli_demo_takes_any_xlsx_name(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "--quiet", "-o", str(tmp_path / "mine.xlsx")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mine.xlsx").exists() and (tmp_path / "mine.failed.xlsx").exists()

@@ -105,4 +105,11 @@ def test_package_exports_exactly_its_documented_names() -> None:
     assert sorted(importer.__all__) == importer.__all__
     for name in importer.__all__:
         assert getattr(importer, name) is not None
-    assert {"run_import", "validate_file", "rollback", "ImportConfig", "RunSummary"} <= set(importer.__all__)
+    assert {
+        "run_import",
+        "run_import_async",
+        "validate_file",
+        "rollback_run",
+        "ImportConfig",
+        "RunSummary",
+    } <= set(importer.__all__)

@@ -74,17 +74,15 @@ def test_journal_full_cycle_survives_reopen(tmp_path: Path) -> None:
 
     assert sorted(confirmed) == [2, 4]
     assert confirmed[2].status == "succeeded" and confirmed[2].action == "update"
-    assert dict(confirmed[2].body or {}) == BODY
     assert (confirmed[2].did_id, confirmed[2].routing_id, confirmed[2].run_id) == (812, 5, run)
-    assert confirmed[4].body is None
     assert list(in_flight) == [3]
     assert in_flight[3].did_key == "num:918011223344" and in_flight[3].action == "create"
     assert in_flight[3].body["did_id"] == 813 and in_flight[3].before is None
     assert [(c.row, c.action, dict(c.before or {}), dict(c.body), c.settled) for c in changes] == [
         (2, "update", BEFORE, BODY, True)
     ]
-    assert runs[0]["counts"] == {"succeeded": 1, "unchanged": 1, "failed": 1}
-    assert runs[0]["audit"] == {"user": "ops", "key": "…Op4"}
+    assert runs[0].counts == {"succeeded": 1, "unchanged": 1, "failed": 1}
+    assert runs[0].audit == {"user": "ops", "key": "…Op4"}
 
 
 # Each step: (run number, row 2's event). The expected answer is (confirmed?, in flight?).
@@ -155,9 +153,12 @@ def test_journal_is_safe_from_worker_threads(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         confirmed = journal.confirmed(SHA)
+        changes = journal.changes(run)
 
     assert sorted(confirmed) == list(range(2, 2 + 240))
-    assert all(c.body is not None and c.body["did_id"] == row for row, c in confirmed.items())
+    # each outcome settled its own row's write, never another thread's
+    assert sorted(c.row for c in changes) == sorted(confirmed)
+    assert all(c.body["did_id"] == c.row for c in changes)
 
 
 _CHILD = textwrap.dedent(
@@ -239,7 +240,7 @@ def test_journal_never_stores_a_key(tmp_path: Path) -> None:
     assert FAKE_KEY.encode() not in data
     assert FAKE_KEY[8:].encode() not in data  # not even the random part
     assert not any(FAKE_KEY in text for text in shown)
-    assert runs[0]["audit"] == {"key_last4": "i5Op4"[-4:], "header": "Authorization: Bearer [masked]"}
+    assert runs[0].audit == {"key_last4": "i5Op4"[-4:], "header": "Authorization: Bearer [masked]"}
 
 
 def test_journal_claim_refuses_a_second_live_writer_and_frees_on_kill(tmp_path: Path) -> None:

@@ -156,7 +156,10 @@ def test_failed_rows_file_keeps_a_hostile_sheet_name_and_headers(tmp_path: Path)
             sheet.write_row(r, 0, row)
     table = read_table(path)
     failed = tmp_path / "x.failed.xlsx"
-    validate_file(ValidateConfig(InputOptions(path), output=tmp_path / "x.results.xlsx", failed_out=failed))
+    # One valid row among many hostile ones would read as a wrongly matched column: confirm the mapping.
+    confirmed = {"DID": "did_number", "Inbound Bot ID": "inbound_websocket_bot_id", "Status": "status"}
+    options = InputOptions(path, column_map=confirmed)
+    validate_file(ValidateConfig(options, output=tmp_path / "x.results.xlsx", failed_out=failed))
     assert_no_formulas(failed)
     book = openpyxl.load_workbook(failed, read_only=True)
     try:

@@ -10,15 +10,26 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from helpers import desired_record, read_results, routing_fields, write_inventory, write_sheet
+from helpers import (
+    change_routing,
+    config_for,
+    desired_record,
+    read_results,
+    routing_fields,
+    write_inventory,
+    write_sheet,
+)
 
+from importer.apply import Progress
 from importer.cli import main
 from importer.errors import AuthError, InputError
 from importer.journal import Journal
 from importer.model import Status
 from importer.pipeline import InputOptions, RunSummary
-from importer.rollback import ROLLBACK_COLUMNS, RollbackConfig, RollbackPlan, default_rollback_path, rollback
-from importer.run import ImportConfig, run_import
+from importer.plan import Plan
+from importer.rollback import ROLLBACK_COLUMNS, RollbackConfig, default_rollback_path
+from importer.rollback import rollback_run as rollback
+from importer.run import ImportConfig, run_import, run_import_async
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 
 BASE = "http://sandbox.test/api/v2"
@@ -72,24 +83,6 @@ def imported(tmp_path: Path) -> tuple[Sandbox, RunSummary, dict[int, dict[str, i
     return sandbox, do_import(tmp_path, sandbox), before
 
 
-def change_routing(sandbox: Sandbox, did_id: int, body: dict[str, int]) -> None:
-    """Someone else updating a routing through the API (not through the importer)."""
-    routing_id = next(int(r["id"]) for r in sandbox.state_snapshot()["routing"] if int(r["did_id"]) == did_id)
-
-    async def send() -> None:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=sandbox.app), base_url=BASE + "/"
-        ) as client:
-            reply = await client.post(
-                f"voicelink/call-routing/{routing_id}",
-                json=body,
-                headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
-            )
-            assert reply.status_code == 200, reply.text
-
-    asyncio.run(send())
-
-
 def expected_after_rollback(before: dict[int, dict[str, int]]) -> dict[int, dict[str, int]]:
     return {**before, **{1000 + i: {**desired_record(i), "status": 0} for i in CREATED}}
 
@@ -98,14 +91,14 @@ def test_rollback_restores_updates_and_deactivates_creates(
     tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
 ) -> None:
     sandbox, run, before = imported
-    plans: list[RollbackPlan] = []
+    plans: list[Plan] = []
     summary = rollback(
         undo_config(run.results_path, on_plan=plans.append), transport=httpx.ASGITransport(app=sandbox.app)
     )
     assert summary.exit_code == 0 and summary.counts == {"succeeded": 4, "unchanged": 1}
     # updated rows have their exact previous records; created rows are inactive with the run's modes
     assert routing_by_did(sandbox) == expected_after_rollback(before)
-    assert plans[0].counts() == {"restore": 2, "deactivate": 2, "unchanged": 1, "skip": 0, "fail": 0}
+    assert dict(plans[0].counts) == {"restore": 2, "deactivate": 2, "unchanged": 1, "skip": 0, "fail": 0}
     assert any("the API has no delete" in line for line in plans[0].lines())
     assert summary.results_path == default_rollback_path(tmp_path / "sheet.journal.sqlite")
     assert summary.results_path.name == "sheet.rollback.xlsx"
@@ -123,9 +116,9 @@ def test_rollback_restores_updates_and_deactivates_creates(
         assert by_did[1000 + i]["import_routing_id"] == str(7000 + i)
     with Journal.open(tmp_path / "sheet.journal.sqlite") as journal:
         runs = journal.runs()
-        assert [r["command"] for r in runs] == ["run", "rollback"]
-        assert runs[1]["audit"]["rollback_of_run"] == "1"  # type: ignore[index]
-        assert len(journal.changes(int(str(runs[1]["run_id"])))) == 4  # every rollback write journalled
+        assert [r.command for r in runs] == ["run", "rollback"]
+        assert runs[1].audit["rollback_of_run"] == "1"
+        assert len(journal.changes(runs[1].run_id)) == 4  # every rollback write journalled
 
 
 def test_rollback_twice_is_idempotent(
@@ -162,7 +155,7 @@ def test_rollback_dry_run_sends_nothing(
     assert '"outbound_websocket_bot_id": 94' in rows[1000]["import_proposed"]  # DID 0's record before
     assert '"status": 0' in rows[1003]["import_proposed"]
     with Journal.open(tmp_path / "sheet.journal.sqlite") as journal:
-        assert [r["command"] for r in journal.runs()] == ["run"]  # a dry run journals nothing
+        assert [r.command for r in journal.runs()] == ["run"]  # a dry run journals nothing
 
 
 def test_rollback_skips_a_row_changed_since_and_force_overwrites_it(
@@ -284,9 +277,10 @@ def test_rollback_rejected_key_sends_nothing(
     assert "rg_live_wrong_key_123456" not in str(info.value) and write_count(sandbox) == writes
 
 
-def test_rollback_not_confirmed_sends_nothing_and_exits_3(
+def test_rollback_not_confirmed_sends_nothing_and_exits_0(
     tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
 ) -> None:
+    """Declining the prompt is a choice, not a failure: exit 0, 'nothing sent'."""
     sandbox, run, _ = imported
     writes = write_count(sandbox)
     asked: list[str] = []
@@ -295,11 +289,12 @@ def test_rollback_not_confirmed_sends_nothing_and_exits_3(
         transport=httpx.ASGITransport(app=sandbox.app),
     )
     assert (
-        summary.exit_code == 3
+        summary.exit_code == 0
         and summary.counts == {"not_sent": 4, "unchanged": 1}
         and write_count(sandbox) == writes
     )
     assert asked and asked[0].startswith("restore 2, deactivate 2")
+    assert summary.notes[0] == "nothing sent: not confirmed at the prompt"
 
 
 def test_cli_rollback_dry_run_over_tcp(tmp_path: Path) -> None:
@@ -343,3 +338,139 @@ def test_rerun_after_rollback_plans_rows_afresh(tmp_path: Path) -> None:
     assert again.counts == {Status.SUCCEEDED: 3, Status.UNCHANGED: 1}
     routed = {int(r["did_id"]): r for r in sandbox.state_snapshot()["routing"]}
     assert all(int(routed[1000 + i]["status"]) == desired_record(i)["status"] for i in range(4))
+
+
+class Scripted(httpx.AsyncBaseTransport):
+    """The sandbox, except that writes to one path first get scripted answers (never applied)."""
+
+    def __init__(self, sandbox: Sandbox, path: str, answers: list[int]) -> None:
+        self.base = httpx.ASGITransport(app=sandbox.app)
+        self.path = path
+        self.answers = list(answers)
+        self.sent = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith(self.path):
+            self.sent += 1
+            if self.answers:
+                status = self.answers.pop(0)
+                # Retry-After 0: the limiter's pause must not hold the test for a window.
+                headers = {"Retry-After": "0"} if status == 429 else {}
+                error = {"code": "RATE_LIMITED" if status == 429 else "INTERNAL", "message": "scripted"}
+                return httpx.Response(status, json={"success": False, "error": error}, headers=headers)
+        return await self.base.handle_async_request(request)
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        "run",
+        "rollback",
+    ],
+)
+def test_rollback_and_run_settle_429_429_500_alike(tmp_path: Path, job: str) -> None:
+    """429, 429, 500 on one write: the 429s are re-sent and cost no try; the 500 is settled by
+    re-reading, then the write is sent again and succeeds, in a run and in a rollback alike."""
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    path = "/voicelink/call-routing/7000"  # DID 1000's routing: the run updates it, the rollback restores it
+    if job == "run":
+        transport = Scripted(sandbox, path, [429, 429, 500])
+        summary = do_import(tmp_path, sandbox, transport)
+        row = next(r for r in read_results(summary.results_path) if r["import_did_id"] == "1000")
+    else:
+        run = do_import(tmp_path, sandbox)
+        transport = Scripted(sandbox, path, [429, 429, 500])
+        summary = rollback(undo_config(run.results_path), transport=transport)
+        assert summary.exit_code == 0 and summary.counts == {"succeeded": 4, "unchanged": 1}
+        row = next(r for r in read_results(summary.results_path) if r["did_id"] == "1000")
+    assert row["import_status"] == "succeeded", row["import_reason"]
+    assert "HTTP 500" in row["import_reason"]  # the unknown outcome is named in the reason
+    assert transport.sent == 4 and row["import_attempts"] == "4"  # 429, 429, 500, then the re-send
+
+
+def interrupted_then_resumed(tmp_path: Path, sandbox: Sandbox) -> tuple[RunSummary, RunSummary]:
+    """Run 1 stops after two writes (cancelled from another task); run 2, the same file, does the rest."""
+    sheet = write_sheet(tmp_path / "sheet.csv", N)
+    transport = httpx.ASGITransport(app=sandbox.app)
+    config = config_for(sheet, tmp_path, output=tmp_path / "sheet.results.xlsx", journal=None, concurrency=1)
+
+    async def first() -> RunSummary:
+        cancel = asyncio.Event()
+
+        def progress(p: Progress) -> None:
+            if p.done >= 2:
+                cancel.set()
+
+        return await run_import_async(config, transport=transport, on_progress=progress, cancel=cancel)
+
+    one = asyncio.run(first())
+    assert one.exit_code == 130 and one.counts[Status.SUCCEEDED] == 2
+    two = run_import(config, transport=transport)
+    assert two.counts == {"succeeded": 3, "unchanged": 3}  # run 1's two rows: still as asked
+    return one, two
+
+
+def test_rollback_covers_every_run_of_the_input(tmp_path: Path) -> None:
+    """Rolling back after an interrupted run and its resume undoes both runs, and says so."""
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    before = routing_by_did(sandbox)
+    _, two = interrupted_then_resumed(tmp_path, sandbox)
+    plans: list[Plan] = []
+    summary = rollback(
+        undo_config(two.results_path, on_plan=plans.append), transport=httpx.ASGITransport(app=sandbox.app)
+    )
+    assert plans[0].heading.startswith("rollback of runs 1, 2 (sheet.csv)")
+    assert summary.exit_code == 0 and routing_by_did(sandbox) == expected_after_rollback(before)
+
+
+def test_rollback_run_id_narrows_to_one_run(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    one, _ = interrupted_then_resumed(tmp_path, sandbox)
+    run1_dids = {o.did_id for o in one.outcomes if o.status is Status.SUCCEEDED}
+    after = routing_by_did(sandbox)
+    summary = rollback(
+        undo_config(tmp_path / "sheet.journal.sqlite", run_id=2),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    now = routing_by_did(sandbox)
+    assert summary.exit_code == 0 and all(now[d] == after[d] for d in run1_dids)  # run 1's rows untouched
+    assert now != after
+
+
+def test_rollback_of_a_run_that_changed_nothing_names_the_runs_that_did(
+    tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
+) -> None:
+    sandbox, _, _ = imported
+    other = write_sheet(tmp_path / "other.csv", N)
+    with other.open("a", encoding="utf-8") as fh:
+        fh.write("\n")  # the same rows, another file (another sha256)
+    config = config_for(
+        other, tmp_path, output=tmp_path / "other.results.xlsx", journal=tmp_path / "sheet.journal.sqlite"
+    )
+    nothing = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
+    assert nothing.counts == {"unchanged": N}
+    with pytest.raises(
+        InputError,
+        match=r"no run of that results workbook's input changed anything; runs that did: run 1 \(sheet\.csv",
+    ):
+        rollback(undo_config(nothing.results_path), transport=httpx.ASGITransport(app=sandbox.app))
+
+
+def test_cli_history_lists_runs_and_what_rolled_them_back(
+    tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
+) -> None:
+    sandbox, run, _ = imported
+    rollback(undo_config(run.results_path), transport=httpx.ASGITransport(app=sandbox.app))
+    for source in (run.results_path, tmp_path / "sheet.journal.sqlite"):
+        result = CliRunner().invoke(main, ["history", str(source)])
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert len(lines) == 2
+        assert lines[0].startswith("run 1: run, ") and "sheet.csv" in lines[0]
+        assert "succeeded 5, unchanged 1" in lines[0] and lines[0].endswith("; rolled back by run 2")
+        assert lines[1].startswith("run 2: rollback, ") and "rolled back by" not in lines[1]
+    missing = CliRunner().invoke(main, ["history", str(tmp_path / "nope.sqlite")])
+    assert missing.exit_code == 2 and "no such file" in missing.output

@@ -1,0 +1,591 @@
+"""Plans as data: what a job will write, and what it settled without writing (pure).
+
+``plan_import`` and ``plan_rollback`` take what was read (the rows or the journal's changes,
+the account's live state, the journal's history) and return a :class:`Plan`: the writes as
+frozen data plus the outcomes already settled at planning time. No I/O happens here and
+nothing shared is changed, so a plan can be shown, tested and applied by any caller
+(``apply.apply_plan``).
+
+A :class:`Write` says what the live record must equal once it is applied (``expect``) and
+what it must still equal for a re-send to be safe (``guard``): that is all the engine needs
+to settle an unknown outcome by re-reading, for a run and a rollback alike.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from .api import Did, Routing
+from .fields import ROUTING_FIELDS, routing_body
+from .journal import ChangeRecord, ConfirmedRow, InFlightRow
+from .live import Inventory
+from .model import RoutingRow, RowOutcome
+from .resolve import resolve_row
+from .vocab import Action, Decision, OnExisting, ReasonKind, Status
+
+__all__ = [
+    "NO_DELETE",
+    "History",
+    "Plan",
+    "Undo",
+    "Write",
+    "body_of",
+    "plan_import",
+    "plan_rollback",
+    "record_text",
+]
+
+NO_DELETE = "the API has no delete"
+IN_FLIGHT_APPLIED = " (the run's in-flight write had been applied)"
+
+
+def body_of(values: Mapping[str, object] | None) -> dict[str, int] | None:
+    """The full replacement body of a record or body, or None when it is incomplete or not integers."""
+    if values is None:
+        return None
+    record: dict[str, int | None] = {}
+    for name in ROUTING_FIELDS:
+        value = values.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return None
+        record[name] = value
+    try:
+        return routing_body(record)
+    except (ValueError, KeyError):
+        return None
+
+
+def record_text(values: Mapping[str, object] | None) -> str:
+    """A record or body as one line of JSON for people (null fields left out)."""
+    if values is None:
+        return ""
+    return json.dumps({k: v for k, v in values.items() if v is not None})
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One write to send: the data the engine needs to send it, settle it and report it."""
+
+    row: int
+    """The outcome's row: the input's Excel row (a rollback: its own results sheet's row)."""
+    did_id: int
+    did_number: str
+    action: Action
+    """CREATE or UPDATE."""
+    routing_id: int | None
+    """The record an update replaces (None for a create)."""
+    body: Mapping[str, int | str]
+    before: Mapping[str, int | None] | None
+    """The live record when planned (None for a create): journalled, shown by a dry run."""
+    expect: Mapping[str, int]
+    """What the live record (as a body) must equal once the write is applied."""
+    guard: Mapping[str, int] | None = None
+    """What the live record must still equal for a re-send to be safe; None: no check."""
+    done: str = ""
+    """The success reason; "" is the kind's label ("created", "updated")."""
+    done_kind: ReasonKind = ReasonKind.UPDATED
+    dry_kind: ReasonKind = ReasonKind.DRY_RUN_UPDATE
+    note: str = ""
+    """What the plan says about it, for people (shown in plan lines and dry runs)."""
+
+    def outcome(
+        self, status: Status, reason: str, kind: str, *, current: str = "", proposed: str = ""
+    ) -> RowOutcome:
+        """This write's row ending as ``status`` without the engine's answer (not sent, not settled)."""
+        return RowOutcome(
+            row=self.row,
+            status=status,
+            action=self.action,
+            reason=reason,
+            reason_kind=kind,
+            did_id=self.did_id,
+            routing_id=self.routing_id,
+            current=current,
+            proposed=proposed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Undo:
+    """A rollback's decision about one change of the run: a row of the rollback's results sheet."""
+
+    index: int
+    """This undo's row in the rollback's Results sheet (Excel numbering, first data row 2)."""
+    run_id: int
+    """The (first) run that made the change."""
+    run_row: int
+    """The row of the run's input file that made the change."""
+    did_id: int | None
+    did_number: str
+    action_undone: str
+    """'create' or 'update': what the run did."""
+    run_wrote: Mapping[str, int] | None
+    target: Mapping[str, int] | None
+    """The body the rollback sends: the record before the run, or the created one with status 0."""
+    live_record: Mapping[str, int | None] | None
+    """The live routing when the rollback planned (None: no routing)."""
+    routing_id: int | None
+    decision: Decision
+    reason: str
+    reason_kind: ReasonKind
+
+    def line(self) -> str:
+        """One plan line for people."""
+        did = f"DID {self.did_number or '?'} (id {self.did_id})"
+        return f"row {self.run_row}, {did}, {self.action_undone}d by run {self.run_id}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a job will do: writes to send, outcomes settled without a write, and the counts."""
+
+    writes: tuple[Write, ...]
+    outcomes: tuple[RowOutcome, ...]
+    """Rows settled at planning time (unchanged, skipped, failed), one outcome each."""
+    counts: Mapping[str, int]
+    """How many rows each plan step got, in the order people read them."""
+    on_existing: OnExisting = OnExisting.UPDATE
+    """What a create that meets routing created meanwhile does (``apply_plan`` follows it)."""
+    note: str = ""
+    """Said after the counts, in parentheses."""
+    heading: str = ""
+    details: tuple[str, ...] = ()
+    """One line per row worth a look before confirming."""
+    journal_rows: Mapping[int, int] = field(default_factory=dict)
+    """Outcome row -> the row the journal records it under, where they differ (a rollback)."""
+    undos: tuple[Undo, ...] = ()
+    """A rollback's decisions, one per change of the run, in results order (empty for an import)."""
+
+    def text(self) -> str:
+        """The counts as one line."""
+        line = ", ".join(f"{name} {n}" for name, n in self.counts.items())
+        return line + (f" ({self.note})" if self.note else "")
+
+    def lines(self, limit: int | None = None) -> list[str]:
+        """The plan for people: a heading, one line per detail (up to ``limit``), the counts."""
+        out = [self.heading] if self.heading else []
+        shown = self.details if limit is None else self.details[:limit]
+        out += ["  " + d for d in shown]
+        if len(shown) < len(self.details):
+            out.append(
+                f"  ... and {len(self.details) - len(shown)} more (every one is in the results workbook)"
+            )
+        out.append(f"plan: {self.text()}")
+        return out
+
+    def journal_row(self, row: int) -> int:
+        return self.journal_rows.get(row, row)
+
+    def dry_run(self) -> tuple[RowOutcome, ...]:
+        """Every row's outcome when nothing is sent: the settled ones, and each write as 'would ...'."""
+        would = tuple(
+            w.outcome(
+                Status.NOT_SENT,
+                w.dry_kind.label + (f"; {w.note}" if w.note else ""),
+                w.dry_kind,
+                current=record_text(w.before),
+                proposed=record_text(w.body),
+            )
+            for w in self.writes
+        )
+        return self.outcomes + would
+
+    def not_sent(self, reason: str, kind: ReasonKind) -> tuple[RowOutcome, ...]:
+        """The outcome of every write when none is sent (e.g. not confirmed)."""
+        return tuple(w.outcome(Status.NOT_SENT, reason, kind) for w in self.writes)
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What the journal says about earlier runs of the same input."""
+
+    confirmed: Mapping[int, ConfirmedRow] = field(default_factory=dict)
+    in_flight: Mapping[int, InFlightRow] = field(default_factory=dict)
+
+
+# -- import ----------------------------------------------------------------------------
+
+
+def _failed(row: int, kind: ReasonKind, reason: str, did_id: int | None) -> RowOutcome:
+    return RowOutcome(
+        row=row, status=Status.FAILED, action=Action.FAIL, reason=reason, reason_kind=kind, did_id=did_id
+    )
+
+
+def plan_import(
+    rows: Iterable[RoutingRow],
+    inventory: Inventory,
+    connection: str,
+    history: History,
+    on_existing: OnExisting,
+) -> Plan:
+    """Plan every valid row against the live state: create, update, unchanged, skip or fail.
+
+    A row an earlier run of this input already did is planned against the live state too:
+    still as asked, it is unchanged ("done in an earlier run"); changed since (drift), it gets
+    the write it needs like any other row, marked "changed since run N" in the plan.
+
+    Args:
+        rows: The valid rows, in input order.
+        inventory: The account's live state.
+        connection: The run's connection id.
+        history: Rows earlier runs of this input confirmed or left in flight.
+        on_existing: What to do with a DID whose routing exists and differs.
+
+    Returns:
+        The plan; a create is planned only for a DID with no routing in ``inventory``.
+    """
+    writes: list[Write] = []
+    outcomes: list[RowOutcome] = []
+    details: list[str] = []
+    seen: dict[int, int] = {}
+    counts: collections.Counter[str] = collections.Counter()
+    for row in rows:
+        found = resolve_row(row, inventory, connection)
+        if not found.ok:
+            outcomes.append(_failed(row.row, found.kind, found.reason, found.did_id))
+            counts["fail"] += 1
+            continue
+        did_id = found.did_id
+        assert did_id is not None
+        if did_id in seen:
+            outcomes.append(
+                _failed(
+                    row.row,
+                    ReasonKind.DUPLICATE,
+                    f"DID id {did_id} is a duplicate of row {seen[did_id]}",
+                    did_id,
+                )
+            )
+            counts["fail"] += 1
+            continue
+        seen[did_id] = row.row
+        desired = routing_body(row.record())
+        existing = inventory.routing.get(did_id)
+        earlier = history.confirmed.get(row.row)
+        did = inventory.dids_by_id.get(did_id)
+        number = did.did_number if did is not None else (row.did_number or "")
+        if existing is not None and body_of(existing.record) == desired:
+            if earlier is not None:
+                outcomes.append(
+                    RowOutcome(
+                        row=row.row,
+                        status=Status.UNCHANGED,
+                        action=Action.UNCHANGED,
+                        reason=f"done in an earlier run at {earlier.when} ({earlier.status}); "
+                        "the routing is still as requested, nothing sent",
+                        reason_kind=ReasonKind.DONE_EARLIER,
+                        did_id=did_id,
+                        routing_id=existing.routing_id,
+                    )
+                )
+                counts["done_before"] += 1
+            else:
+                outcomes.append(_already(row.row, did_id, existing, history.in_flight.get(row.row)))
+                counts["unchanged"] += 1
+            continue
+        drift = ""
+        if earlier is not None:
+            now = "its routing is gone" if existing is None else f"now {record_text(existing.record)}"
+            drift = f"changed since run {earlier.run_id} ({now})"
+            details.append(f"row {row.row}, DID {number} (id {did_id}): {drift}")
+            counts["drifted"] += 1
+        if existing is None:
+            writes.append(
+                Write(
+                    row=row.row,
+                    did_id=did_id,
+                    did_number=number,
+                    action=Action.CREATE,
+                    routing_id=None,
+                    body=MappingProxyType({"did_id": did_id, **desired}),
+                    before=None,
+                    expect=MappingProxyType(desired),
+                    done=f"created; {drift}" if drift else "",
+                    done_kind=ReasonKind.CREATED,
+                    dry_kind=ReasonKind.DRY_RUN_CREATE,
+                    note=drift,
+                )
+            )
+            counts["create"] += 1
+            continue
+        if on_existing is not OnExisting.UPDATE:
+            skip = on_existing is OnExisting.SKIP
+            outcomes.append(
+                RowOutcome(
+                    row=row.row,
+                    status=Status.SKIPPED if skip else Status.FAILED,
+                    action=Action.SKIP if skip else Action.FAIL,
+                    reason=f"routing {existing.routing_id} exists and differs"
+                    + (f" ({drift})" if drift else "")
+                    + f"; --on-existing {on_existing}",
+                    reason_kind=ReasonKind.EXISTS_SKIPPED if skip else ReasonKind.EXISTS_FAILED,
+                    did_id=did_id,
+                    routing_id=existing.routing_id,
+                    current=record_text(existing.record),
+                    proposed=record_text(desired),
+                )
+            )
+            counts["skip" if skip else "fail"] += 1
+            continue
+        writes.append(
+            Write(
+                row=row.row,
+                did_id=did_id,
+                did_number=number,
+                action=Action.UPDATE,
+                routing_id=existing.routing_id,
+                body=MappingProxyType(dict(desired)),
+                before=MappingProxyType(dict(existing.record)),
+                expect=MappingProxyType(desired),
+                done=f"updated; {drift}" if drift else "",
+                note=drift,
+            )
+        )
+        counts["update"] += 1
+    order = ("create", "update", "unchanged", "skip", "fail")
+    shown = {name: counts[name] for name in order}
+    shown["done in an earlier run"] = counts["done_before"]
+    if counts["drifted"]:
+        shown["changed since an earlier run"] = counts["drifted"]
+    return Plan(
+        tuple(writes),
+        tuple(outcomes),
+        MappingProxyType(shown),
+        on_existing=on_existing,
+        details=tuple(details),
+    )
+
+
+def _already(row: int, did_id: int, existing: Routing, resumed: InFlightRow | None) -> RowOutcome:
+    """A row whose routing is already as asked (perhaps by the write an interrupted run sent)."""
+    if resumed is None:
+        return RowOutcome(
+            row=row,
+            status=Status.UNCHANGED,
+            action=Action.UNCHANGED,
+            reason="routing already as requested; nothing sent",
+            reason_kind=ReasonKind.UNCHANGED,
+            did_id=did_id,
+            routing_id=existing.routing_id,
+        )
+    return RowOutcome(
+        row=row,
+        status=Status.SUCCEEDED,
+        action=Action(resumed.action),
+        reason=f"the write sent by an interrupted run at {resumed.when} had been applied",
+        reason_kind=ReasonKind.SETTLED_ON_RESUME,
+        did_id=did_id,
+        routing_id=existing.routing_id,
+    )
+
+
+# -- rollback --------------------------------------------------------------------------
+
+
+def _did_of(change: ChangeRecord, dids_by_number: Mapping[str, Did]) -> int | None:
+    if change.did_id is not None:
+        return change.did_id
+    kind, _, value = change.did_key.partition(":")
+    if kind == "id" and value.isdigit():
+        return int(value)
+    did = dids_by_number.get(value) if kind == "num" else None
+    return did.did_id if did is not None else None
+
+
+def collapse(changes: Sequence[ChangeRecord], dids_by_number: Mapping[str, Did]) -> list[ChangeRecord]:
+    """One change per DID: the first one's before and action, the last one's body."""
+    by_did: dict[object, list[ChangeRecord]] = collections.defaultdict(list)
+    for c in changes:
+        did = _did_of(c, dids_by_number)
+        by_did[did if did is not None else ("row", c.row)].append(c)
+    out: list[ChangeRecord] = []
+    for group in by_did.values():
+        first, last = group[0], group[-1]
+        out.append(
+            replace(
+                first,
+                when=last.when,
+                did_id=first.did_id if first.did_id is not None else last.did_id,
+                routing_id=last.routing_id if last.routing_id is not None else first.routing_id,
+                body=last.body,
+                settled=last.settled,
+            )
+        )
+    return sorted(out, key=lambda c: c.row)
+
+
+def _decide(
+    index: int, change: ChangeRecord, inventory: Inventory, force: bool
+) -> tuple[Undo, Mapping[str, int] | None]:
+    """Decide the undo of one change against the live state; also return the re-send guard."""
+    did_id = _did_of(change, inventory.dids_by_number)
+    did = inventory.dids_by_id.get(did_id) if did_id is not None else None
+    live_routing = inventory.routing.get(did_id) if did_id is not None else None
+    run_wrote = body_of(change.body)
+    created = change.action == Action.CREATE
+    target: dict[str, int] | None
+    if created:
+        target = None if run_wrote is None else {**run_wrote, "status": 0}
+    else:
+        target = body_of(change.before)
+    live_record = None if live_routing is None else dict(live_routing.record)
+    live = body_of(live_record)
+    routing_id = live_routing.routing_id if live_routing is not None else change.routing_id
+
+    def undo(decision: Decision, kind: ReasonKind, reason: str) -> tuple[Undo, Mapping[str, int] | None]:
+        made = Undo(
+            index=index,
+            run_id=change.run_id,
+            run_row=change.row,
+            did_id=did_id,
+            did_number=did.did_number if did is not None else "",
+            action_undone=change.action,
+            run_wrote=run_wrote,
+            target=target,
+            live_record=live_record,
+            routing_id=routing_id,
+            decision=decision,
+            reason=reason,
+            reason_kind=kind,
+        )
+        return made, live
+
+    if did_id is None:
+        return undo(
+            Decision.FAIL, ReasonKind.UNKNOWN_DID, f"the journal does not say which DID ({change.did_key!r})"
+        )
+    if run_wrote is None or target is None:
+        what = "what the run sent" if run_wrote is None else "the record before the run"
+        return undo(
+            Decision.FAIL, ReasonKind.UNREADABLE_JOURNAL, f"the journal's copy of {what} is incomplete"
+        )
+    if live is not None and live == target:
+        done = "already inactive with the run's modes" if created else "already as before the run"
+        return undo(Decision.UNCHANGED, ReasonKind.UNCHANGED, f"{done}; nothing to send")
+    if not change.settled and live != run_wrote:
+        return undo(
+            Decision.UNCHANGED,
+            ReasonKind.NEVER_APPLIED,
+            f"the run's {change.action} was in flight when it stopped and the live routing is not what it "
+            "sent: it was never applied, nothing to undo",
+        )
+    if live_routing is None:
+        return undo(
+            Decision.SKIP, ReasonKind.VANISHED, "this DID has no routing any more; nothing to restore"
+        )
+    if created:
+        action = f"{NO_DELETE}: routing {routing_id} will be deactivated (status 0), modes kept"
+    else:
+        action = f"routing {routing_id} will be restored to {record_text(target)}"
+    kind = ReasonKind.DEACTIVATE if created else ReasonKind.RESTORE
+    if live == run_wrote:
+        return undo(Decision.SEND, kind, action + ("" if change.settled else IN_FLIGHT_APPLIED))
+    now = record_text(live_record)
+    if force:
+        return undo(
+            Decision.SEND,
+            ReasonKind.FORCED,
+            f"changed since the run (now {now}), overwriting because of --force: {action}",
+        )
+    return undo(
+        Decision.SKIP,
+        ReasonKind.CHANGED_SINCE,
+        f"changed since the run (now {now}, the run wrote {record_text(run_wrote)}); skipped so as not to "
+        "overwrite someone's change (--force overwrites it)",
+    )
+
+
+_SETTLED = {
+    Decision.UNCHANGED: (Status.UNCHANGED, Action.UNCHANGED),
+    Decision.SKIP: (Status.SKIPPED, Action.SKIP),
+    Decision.FAIL: (Status.FAILED, Action.FAIL),
+}
+_DRY_KIND = {
+    ReasonKind.RESTORE: ReasonKind.DRY_RUN_RESTORE,
+    ReasonKind.DEACTIVATE: ReasonKind.DRY_RUN_DEACTIVATE,
+    ReasonKind.FORCED: ReasonKind.DRY_RUN_FORCED,
+}
+
+
+def plan_rollback(
+    changes: Sequence[ChangeRecord], inventory: Inventory, force: bool, *, heading: str = ""
+) -> Plan:
+    """Plan one undo per DID the run changed: restore an update, deactivate a create.
+
+    Args:
+        changes: The run's writes from the journal (unsettled ones included).
+        inventory: The account's live state.
+        force: Overwrite rows someone changed since the run instead of skipping them.
+        heading: The plan's first line for people.
+
+    Returns:
+        The plan: one update per undo to send, guarded by the live record it was planned
+        against; every other change settled (unchanged, skipped, failed).
+    """
+    writes: list[Write] = []
+    outcomes: list[RowOutcome] = []
+    undos: list[Undo] = []
+    for index, change in enumerate(collapse(changes, inventory.dids_by_number), start=2):
+        u, live = _decide(index, change, inventory, force)
+        undos.append(u)
+        if u.decision is not Decision.SEND:
+            status, action = _SETTLED[u.decision]
+            outcomes.append(
+                RowOutcome(
+                    row=u.index,
+                    status=status,
+                    action=action,
+                    reason=u.reason,
+                    reason_kind=u.reason_kind,
+                    did_id=u.did_id,
+                    routing_id=u.routing_id,
+                )
+            )
+            continue
+        assert u.did_id is not None and u.target is not None and u.routing_id is not None
+        created = u.action_undone == Action.CREATE
+        done = (
+            f"{NO_DELETE}: routing {u.routing_id} deactivated (status 0), modes kept"
+            if created
+            else f"routing {u.routing_id} restored to its record before run {u.run_id}"
+        ) + (IN_FLIGHT_APPLIED if u.reason.endswith(IN_FLIGHT_APPLIED) else "")
+        writes.append(
+            Write(
+                row=u.index,
+                did_id=u.did_id,
+                did_number=u.did_number,
+                action=Action.UPDATE,
+                routing_id=u.routing_id,
+                body=MappingProxyType(dict(u.target)),
+                before=None if u.live_record is None else MappingProxyType(dict(u.live_record)),
+                expect=MappingProxyType(dict(u.target)),
+                guard=live,
+                done=done,
+                done_kind=u.reason_kind,
+                dry_kind=_DRY_KIND[u.reason_kind],
+                note=u.reason,
+            )
+        )
+    tally = collections.Counter(
+        ("deactivate" if u.action_undone == Action.CREATE else "restore")
+        if u.decision is Decision.SEND
+        else u.decision.value
+        for u in undos
+    )
+    counts = {name: tally[name] for name in ("restore", "deactivate", "unchanged", "skip", "fail")}
+    return Plan(
+        tuple(writes),
+        tuple(outcomes),
+        MappingProxyType(counts),
+        on_existing=OnExisting.FAIL,
+        note=f"{NO_DELETE}: deactivate sets status 0, modes kept",
+        heading=heading,
+        details=tuple(u.line() for u in undos),
+        journal_rows=MappingProxyType({u.index: u.run_row for u in undos}),
+        undos=tuple(undos),
+    )

@@ -1,0 +1,115 @@
+"""Resolve a valid row against the account: its DID's id, its bots, its connection (pure).
+
+Nothing here reads the network: the account's state comes in as an ``Inventory`` read once
+per run (``live.read_inventory``), so a row's checks are a function of the row and that state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .live import Inventory
+from .model import RoutingRow
+from .vocab import ReasonKind
+
+__all__ = ["Resolution", "near_match", "resolve_row"]
+
+BOT_FIELDS = ("inbound_websocket_bot_id", "outbound_websocket_bot_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What the account says about one row: its DID id and every problem found."""
+
+    did_id: int | None
+    problems: tuple[tuple[ReasonKind, str], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.did_id is not None and not self.problems
+
+    @property
+    def kind(self) -> ReasonKind:
+        """The first problem's kind (the row's reason lists every problem)."""
+        return self.problems[0][0]
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(text for _, text in self.problems)
+
+
+def near_match(number: str, inventory: Inventory) -> str:
+    """A hint naming a purchased DID that differs only in its country code, or ""."""
+    tail = number[-9:]
+    for known, did in inventory.dids_by_number.items():
+        if known.endswith(tail) or number.endswith(known):
+            return f" (did you mean {did.did_number}, id {did.did_id}? check the country code)"
+    return ""
+
+
+def resolve_row(row: RoutingRow, inventory: Inventory, connection: str) -> Resolution:
+    """Find the row's DID id and check its bots and connection against the account.
+
+    Args:
+        row: A valid row.
+        inventory: The account's live state.
+        connection: The run's connection id.
+
+    Returns:
+        The DID id (None when it cannot be found) and every problem, each with its kind.
+    """
+    problems: list[tuple[ReasonKind, str]] = []
+    did_id: int | None = None
+    by_number = inventory.dids_by_number.get(row.did_number) if row.did_number else None
+    if row.did_number and by_number is None:
+        problems.append(
+            (
+                ReasonKind.DID_NOT_FOUND,
+                f"DID {row.did_number} is not in this account's purchased DIDs"
+                + near_match(row.did_number, inventory),
+            )
+        )
+    if row.did_id is not None:
+        if row.did_id not in inventory.dids_by_id:
+            problems.append(
+                (ReasonKind.DID_NOT_FOUND, f"DID id {row.did_id} is not in this account's purchased DIDs")
+            )
+        elif by_number is not None and by_number.did_id != row.did_id:
+            problems.append(
+                (
+                    ReasonKind.DID_MISMATCH,
+                    f"did_id {row.did_id} and did_number {row.did_number} are different DIDs "
+                    f"({row.did_number} has id {by_number.did_id})",
+                )
+            )
+        did_id = row.did_id
+    elif by_number is not None:
+        did_id = by_number.did_id
+    for name in BOT_FIELDS:
+        bot_id = getattr(row, name)
+        if bot_id is None:
+            continue
+        bot = inventory.bots.get(bot_id)
+        if bot is None:
+            problems.append((ReasonKind.BOT_NOT_FOUND, f"{name} {bot_id}: no such bot in this account"))
+        elif not bot.active:
+            problems.append((ReasonKind.BOT_INACTIVE, f"{name} {bot_id} ({bot.name}) is inactive"))
+    if row.connection_id and row.connection_id.lower() != connection.lower():
+        known = {c.lower() for c in inventory.connections}
+        if row.connection_id.lower() in known:
+            problems.append(
+                (
+                    ReasonKind.OTHER_CONNECTION,
+                    f"connection_id {row.connection_id} is another of this account's connections; one run "
+                    f"serves one connection ({connection}): import its rows in a run of their own with "
+                    f"--connection-id {row.connection_id}",
+                )
+            )
+        else:
+            problems.append(
+                (
+                    ReasonKind.UNKNOWN_CONNECTION,
+                    f"connection_id {row.connection_id} is not one of this account's connections",
+                )
+            )
+    return Resolution(did_id, tuple(problems))
