@@ -404,15 +404,14 @@ class Journal:
         """(run id, row) pairs that a rollback run restored (succeeded) or found already restored."""
         out: set[tuple[int, int]] = set()
         for run in self._query("SELECT run_id, audit FROM runs WHERE command = 'rollback'", ()):
-            target = _load(run["audit"]) or {}
-            of = str(target.get("rollback_of_run", ""))
-            if not of.isdigit():
-                continue
+            covered = rollback_of(_text_map(run["audit"]))
             for e in self._query(
                 "SELECT row FROM entries WHERE run_id = ? AND state = ? AND status IN (?, ?)",
                 (run["run_id"], DONE, *CONFIRMED),
             ):
-                out.add((int(of), int(e["row"])))
+                # A rollback of several runs of one input undoes the row in each of them: the
+                # deciding entry may be any of theirs (e.g. a resume that settled a write in flight).
+                out.update((of, int(e["row"])) for of in covered)
         return out
 
     def confirmed(self, input_sha256: str) -> dict[int, ConfirmedRow]:
@@ -500,6 +499,12 @@ class Journal:
             )
             for r in self._query("SELECT * FROM runs ORDER BY run_id", ())
         ]
+
+
+def rollback_of(audit: Mapping[str, str]) -> tuple[int, ...]:
+    """The runs a rollback run undid, from its audit's ``rollback_of_run`` ("3" or "1,2")."""
+    parts = audit.get("rollback_of_run", "").split(",")
+    return tuple(int(p) for p in (part.strip() for part in parts) if p.isdigit())
 
 
 def _text_map(text: str | None) -> Mapping[str, str]:

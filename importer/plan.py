@@ -130,6 +130,8 @@ class Undo:
     decision: Decision
     reason: str
     reason_kind: ReasonKind
+    run_id: int = 0
+    """The run whose change this undoes (across several runs: the first that changed the DID)."""
 
     def line(self) -> str:
         """One plan line for people."""
@@ -424,6 +426,7 @@ def _decide(
             decision=decision,
             reason=reason,
             reason_kind=kind,
+            run_id=change.run_id,
         )
         return made, live
 
@@ -485,15 +488,17 @@ _DRY_KIND = {
 
 
 def plan_rollback(
-    changes: Sequence[ChangeRecord], inventory: Inventory, force: bool, *, run_id: int = 0, heading: str = ""
+    changes: Sequence[ChangeRecord], inventory: Inventory, force: bool, *, heading: str = ""
 ) -> Plan:
-    """Plan one undo per DID the run changed: restore an update, deactivate a create.
+    """Plan one undo per DID the runs changed: restore an update, deactivate a create.
+
+    The changes of several runs (an interrupted run and its resume) collapse per DID: the
+    record before the first of them touched it is put back, guarded by what the last one sent.
 
     Args:
-        changes: The run's writes from the journal (unsettled ones included).
+        changes: The runs' writes from the journal, oldest first (unsettled ones included).
         inventory: The account's live state.
         force: Overwrite rows someone changed since the run instead of skipping them.
-        run_id: The run being rolled back (named in the success reasons).
         heading: The plan's first line for people.
 
     Returns:
@@ -525,7 +530,7 @@ def plan_rollback(
         done = (
             f"{NO_DELETE}: routing {u.routing_id} deactivated (status 0), modes kept"
             if created
-            else f"routing {u.routing_id} restored to its record before run {run_id}"
+            else f"routing {u.routing_id} restored to its record before run {u.run_id}"
         ) + (IN_FLIGHT_APPLIED if u.reason.endswith(IN_FLIGHT_APPLIED) else "")
         writes.append(
             Write(

@@ -1,9 +1,13 @@
-"""Roll back a run: put back the routing it changed, paced, settled and journalled like the run.
+"""Roll back an import: put back the routing it changed, paced, settled and journalled like a run.
 
 ``rollback_run`` is the whole job in one call; its stages are the methods of ``_RollbackJob``
-in the order they run: find the journal and the run -> read the live state -> plan one undo
-per change (``plan.plan_rollback``) -> (confirm) -> send (``apply.apply_plan``, the engine
+in the order they run: find the journal and the runs -> read the live state -> plan one undo
+per DID changed (``plan.plan_rollback``) -> (confirm) -> send (``apply.apply_plan``, the engine
 ``run`` uses) -> results workbook.
+
+- Every run of the same input (same content hash) that changed something is undone together,
+  so an interrupted run and its resume are one rollback; ``run_ids`` narrows it to the runs
+  named (``choose_runs``). Per DID, the record before the first of them is put back.
 
 - A row the run **updated** gets its previous record back: the full replacement body built
   from the record the run read before writing (status included).
@@ -22,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +43,7 @@ from .apply import (
     open_session,
 )
 from .errors import InputError
-from .journal import Journal, RunRecord
+from .journal import ChangeRecord, Journal, RunRecord
 from .limiter import RateLimiter
 from .model import RawTable, RunInfo, SourceInfo, Status
 from .pipeline import RunSummary, as_path, now_text
@@ -50,7 +54,9 @@ from .vocab import Action, ExitCode, describe_kind
 
 __all__ = [
     "ROLLBACK_COLUMNS",
+    "Coverage",
     "RollbackConfig",
+    "choose_runs",
     "default_rollback_path",
     "locate_run",
     "rollback_run",
@@ -82,8 +88,11 @@ class RollbackConfig(ConnectOptions):
 
     source: Path
     """A results workbook of a run, or the journal itself."""
+    run_ids: Sequence[int] = ()
+    """The runs to roll back, and only those. Empty: every run of the input ``source`` names
+    (its results workbook's, else the journal's latest import) that changed something."""
     run_id: int | None = None
-    """The run to roll back; None: the run the results workbook belongs to, else the journal's latest."""
+    """One run to roll back: the same as ``run_ids=(run_id,)``."""
     output: Path | None = None
     force: bool = False
     """Overwrite rows someone changed since the run instead of skipping them."""
@@ -94,10 +103,15 @@ class RollbackConfig(ConnectOptions):
         ConnectOptions.__post_init__(self)
         for name in ("source", "output"):
             as_path(self, name)
+        asked = {*self.run_ids, *(() if self.run_id is None else (self.run_id,))}
+        object.__setattr__(self, "run_ids", tuple(sorted(int(i) for i in asked)))
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet and the journal (never the key)."""
-        return {**ConnectOptions.describe(self), "force": "yes" if self.force else "no"}
+        out = {**ConnectOptions.describe(self), "force": "yes" if self.force else "no"}
+        if self.run_ids:
+            out["run_ids"] = ", ".join(map(str, self.run_ids))
+        return out
 
 
 # -- finding the journal and the run --------------------------------------------------
@@ -170,27 +184,105 @@ def locate_run(source: Path, run_id: int | None = None) -> tuple[Path, int | Non
     return journal, run_id, lines.get("sha256") or None
 
 
-def _choose_run(journal: Journal, run_id: int | None, sha256: str | None) -> RunRecord:
-    """Pick the run: the one asked for, else the latest run (of this input) that changed something.
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """The runs a rollback undoes and their writes, oldest first."""
 
-    Rollback runs are never picked by default: a second rollback must not undo the first.
+    runs: tuple[RunRecord, ...]
+    changes: tuple[ChangeRecord, ...]
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return tuple(r.run_id for r in self.runs)
+
+    def label(self) -> str:
+        """'run 3' or 'runs 1, 2'."""
+        return _runs_label(self.ids, last=", ")
+
+    def inputs(self) -> str:
+        """The runs' input names, each once."""
+        return ", ".join(dict.fromkeys(r.input_name for r in self.runs))
+
+
+def _runs_label(ids: Sequence[int], last: str = " and ") -> str:
+    """'run 3', 'runs 1 and 2' (or with ``last`` ", ": 'runs 1, 2')."""
+    if len(ids) == 1:
+        return f"run {ids[0]}"
+    return "runs " + ", ".join(map(str, ids[:-1])) + last + str(ids[-1])
+
+
+def choose_runs(
+    journal: Journal, asked: Sequence[int] = (), anchor: int | None = None, sha256: str | None = None
+) -> Coverage:
+    """Pick the runs to roll back and their writes.
+
+    Asked runs (``--run-id``) are taken as they are. Otherwise every import of one input that
+    changed something is covered: an interrupted run and its resume are one rollback. The
+    input is the one of the results workbook's run (``anchor``) or hash, else the journal's
+    latest import that changed something. Rollback runs are never covered by default: a second
+    rollback must not undo the first.
+
+    Args:
+        journal: The journal.
+        asked: Run ids the user named; empty: choose as above.
+        anchor: The results workbook's run, if any.
+        sha256: The results workbook's input hash, if any.
+
+    Returns:
+        The runs (oldest first) and their writes that changed or may have changed something.
+
+    Raises:
+        InputError: a run that does not exist, or nothing to roll back (naming the runs that
+            did change something, when there are some).
     """
     runs = {r.run_id: r for r in journal.runs()}
-    if run_id is not None:
-        if run_id not in runs:
-            known = ", ".join(str(i) for i in sorted(runs)) or "none"
-            raise InputError(f"the journal {journal.path} has no run {run_id} (runs: {known})")
-        return runs[run_id]
-    changed = {c.run_id for c in journal.changes(include_unsettled=True)}
-    candidates = [
-        i
-        for i, r in runs.items()
-        if i in changed and not r.command.startswith(COMMAND) and (sha256 is None or r.input_sha256 == sha256)
-    ]
-    if not candidates:
-        which = "of that results workbook's input " if sha256 else ""
-        raise InputError(f"the journal {journal.path} records no run {which}that changed anything")
-    return runs[max(candidates)]
+    changes = journal.changes(include_unsettled=True)
+    changed = {c.run_id for c in changes}
+    for i in (*asked, *(() if anchor is None else (anchor,))):
+        if i not in runs:
+            known = ", ".join(str(k) for k in sorted(runs)) or "none"
+            raise InputError(f"the journal {journal.path} has no run {i} (runs: {known})")
+    imports = [r for r in runs.values() if not r.command.startswith(COMMAND) and r.run_id in changed]
+    if asked:
+        chosen = [runs[i] for i in asked if i in changed]
+        if not chosen:
+            raise InputError(_changed_nothing(journal, list(asked), runs, imports, changes))
+    else:
+        if anchor is not None:
+            if anchor not in changed:
+                raise InputError(_changed_nothing(journal, [anchor], runs, imports, changes))
+            sha256 = runs[anchor].input_sha256
+        elif sha256 is None and imports:
+            sha256 = imports[-1].input_sha256
+        chosen = [r for r in imports if r.input_sha256 == sha256]
+        if not chosen:
+            which = "of that results workbook's input " if sha256 else ""
+            raise InputError(f"the journal {journal.path} records no run {which}that changed anything")
+    ids = {r.run_id for r in chosen}
+    return Coverage(tuple(chosen), tuple(c for c in changes if c.run_id in ids))
+
+
+def _changed_nothing(
+    journal: Journal,
+    ids: list[int],
+    runs: Mapping[int, RunRecord],
+    imports: Sequence[RunRecord],
+    changes: Sequence[ChangeRecord],
+) -> str:
+    """Say which runs of the same input did change something, and how to roll them back."""
+    said = f"{_runs_label(ids)} changed nothing"
+    shas = {runs[i].input_sha256 for i in ids}
+    others = [r.run_id for r in imports if r.input_sha256 in shas and r.run_id not in ids]
+    if not others:
+        return f"{said}, nor did any other run of the same input: nothing to roll back"
+    rows = len({c.row for c in changes if c.run_id in others})
+    how = " ".join(f"--run-id {i}" for i in others)
+    # Passing the journal covers its latest import's input: suggest it only when that is this one.
+    journal_too = f" or pass the journal {journal.path.name}" if imports[-1].input_sha256 in shas else ""
+    return (
+        f"{said}; {_runs_label(others)} of the same input changed {rows} rows: "
+        f"roll back with {how}{journal_too}"
+    )
 
 
 def default_rollback_path(journal: Path) -> Path:
@@ -279,7 +371,7 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
         """Check the options, find the journal and the run, read the live state, plan the undos."""
         config = self.config
         config.check()
-        journal_path, run_id, sha256 = locate_run(config.source, config.run_id)
+        journal_path, anchor, sha256 = locate_run(config.source)
         journal_path = config.journal or journal_path
         if not journal_path.exists():
             raise InputError(
@@ -290,26 +382,24 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
             raise InputError(f"the results workbook must be an .xlsx file, not {self.results.name}")
         self.journal_sha = _sha256(journal_path)
         journal = self.journal = open_journal(journal_path, claim=not config.dry_run)
-        run = self.run = _choose_run(journal, run_id, sha256)
-        changes = journal.changes(run.run_id, include_unsettled=True)
-        if not changes:
-            raise InputError(f"run {run.run_id} of {journal_path.name} changed nothing: nothing to roll back")
+        covered = self.covered = choose_runs(journal, config.run_ids, anchor, sha256)
         session = self.session = await open_session(
-            config, self.transport, self.limiter, used_before=run.audit.get("connection") or None
+            config,
+            self.transport,
+            self.limiter,
+            used_before=covered.runs[-1].audit.get("connection") or None,
         )
-        heading = f"rollback of run {run.run_id} ({run.input_name}) from {journal.path}:"
-        self.plan = plan_rollback(
-            changes, session.inventory, config.force, run_id=run.run_id, heading=heading
-        )
+        heading = f"rollback of {covered.label()} ({covered.inputs()}) from {journal.path}:"
+        self.plan = plan_rollback(covered.changes, session.inventory, config.force, heading=heading)
         if config.on_plan is not None:
             config.on_plan(self.plan)
 
     def start_run(self, journal: Journal, session: Session) -> int:
         return journal.start_run(
-            input_sha256=f"{COMMAND}:{self.run.input_sha256}",
-            input_name=f"rollback of run {self.run.run_id} ({self.run.input_name})",
+            input_sha256=f"{COMMAND}:{self.covered.runs[-1].input_sha256}",
+            input_name=f"rollback of {self.covered.label()} ({self.covered.inputs()})",
             command=COMMAND,
-            audit={**session.audit, "rollback_of_run": str(self.run.run_id)},
+            audit={**session.audit, "rollback_of_run": ",".join(map(str, self.covered.ids))},
             options=self.config.describe(),
         )
 
@@ -325,9 +415,9 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
             finished=now_text(),
             options=config.describe(),
             audit={
-                "rollback of run": str(self.run.run_id),
-                "run input": self.run.input_name,
-                "run input sha256": self.run.input_sha256,
+                "rollback of runs": ", ".join(map(str, self.covered.ids)),
+                "run input": self.covered.inputs(),
+                "run input sha256": ", ".join(dict.fromkeys(r.input_sha256 for r in self.covered.runs)),
                 **self.audit(),
                 "journal": str(self.journal.path),
             },

@@ -20,7 +20,7 @@ from importer.pipeline import InputOptions, RunSummary
 from importer.plan import Plan
 from importer.rollback import ROLLBACK_COLUMNS, RollbackConfig, default_rollback_path
 from importer.rollback import rollback_run as rollback
-from importer.run import ImportConfig, run_import
+from importer.run import ImportConfig, run_import, run_import_async
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 
 BASE = "http://sandbox.test/api/v2"
@@ -394,3 +394,141 @@ def test_rollback_and_run_settle_429_429_500_alike(tmp_path: Path, job: str) -> 
     assert row["import_status"] == "succeeded", row["import_reason"]
     assert "HTTP 500" in row["import_reason"]  # the unknown outcome is named in the reason
     assert transport.sent == 4 and row["import_attempts"] == "4"  # 429, 429, 500, then the re-send
+
+
+# -- rollback across the runs of one input (an interrupted run and its resume) ---------
+
+
+def interrupted_then_resumed(
+    tmp: Path, sandbox: Sandbox, stop_after: int = 2
+) -> tuple[RunSummary, RunSummary]:
+    """Run 1 is stopped (cancel) after ``stop_after`` writes; run 2 resumes the same file to the end."""
+    sheet = write_sheet(tmp / "sheet.csv", N)
+    config = ImportConfig(
+        input=InputOptions(path=sheet),
+        api_key=SANDBOX_API_KEY,
+        base_url=BASE,
+        requests_per_minute=100_000,
+        retry_backoff=0,
+        concurrency=1,  # one write at a time: the stop lands after exactly ``stop_after`` writes
+    )
+    transport = httpx.ASGITransport(app=sandbox.app)
+
+    async def first() -> RunSummary:
+        cancel = asyncio.Event()
+
+        def progress(p: Any) -> None:
+            if p.done >= stop_after:
+                cancel.set()
+
+        return await run_import_async(config, transport=transport, on_progress=progress, cancel=cancel)
+
+    stopped = asyncio.run(first())
+    assert stopped.exit_code == 130 and stopped.counts[Status.SUCCEEDED] == stop_after
+    resumed = run_import(config, transport=transport)
+    assert resumed.exit_code == 0 and resumed.counts[Status.SUCCEEDED] == 5 - stop_after
+    return stopped, resumed
+
+
+def test_rollback_of_a_resumed_run_covers_every_run_of_the_input(tmp_path: Path) -> None:
+    """Run 1 stopped after 2 updates, run 2 finished: rolling back run 2's workbook undoes both runs."""
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    before = routing_by_did(sandbox)
+    _, resumed = interrupted_then_resumed(tmp_path, sandbox)
+    plans: list[Plan] = []
+    summary = rollback(
+        undo_config(resumed.results_path, on_plan=plans.append),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    assert summary.exit_code == 0 and summary.counts == {"succeeded": 4, "unchanged": 1}
+    assert routing_by_did(sandbox) == expected_after_rollback(before)  # run 1's updates are undone too
+    assert plans[0].heading.startswith("rollback of runs 1, 2 (sheet.csv) from ")
+    with Journal.open(tmp_path / "sheet.journal.sqlite") as journal:
+        assert journal.runs()[-1].audit["rollback_of_run"] == "1,2"
+    # the rolled-back rows are no longer "done": the file can be applied again
+    again = run_import(
+        ImportConfig(
+            input=InputOptions(path=tmp_path / "sheet.csv"),
+            api_key=SANDBOX_API_KEY,
+            base_url=BASE,
+            requests_per_minute=100_000,
+            retry_backoff=0,
+        ),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    assert again.counts == {"succeeded": 4, "unchanged": 1, "skipped": 1}  # 1005: asked inactive
+    (skipped,) = (o for o in again.outcomes if o.status is Status.SKIPPED)
+    assert skipped.row == 2 + SAME  # as asked before run 1 and never changed: still done
+
+
+def test_rollback_run_id_narrows_to_the_runs_named(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    before = routing_by_did(sandbox)
+    _, resumed = interrupted_then_resumed(tmp_path, sandbox)
+    transport = httpx.ASGITransport(app=sandbox.app)
+    plans: list[Plan] = []
+    second = rollback(
+        undo_config(resumed.results_path, run_ids=[2], on_plan=plans.append), transport=transport
+    )
+    assert plans[0].heading.startswith("rollback of run 2 (sheet.csv) from ")
+    assert second.counts == {"succeeded": 2, "unchanged": 1}  # run 2's creates only
+    state = routing_by_did(sandbox)
+    assert state[1000] == desired_record(0) and state[1001] == desired_record(1)  # run 1's updates stay
+    first = rollback(undo_config(tmp_path / "sheet.journal.sqlite", run_ids=(1,)), transport=transport)
+    assert first.counts == {"succeeded": 2}
+    assert routing_by_did(sandbox) == expected_after_rollback(before)
+
+
+def test_rollback_across_runs_restores_the_record_before_the_first_run(
+    tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
+) -> None:
+    """A DID changed by run 1 and again by run 2: the first run's before, the last run's body."""
+    sandbox, _, before = imported
+    someone = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}
+    change_routing(sandbox, 1000, someone)
+    with Journal.open(tmp_path / "sheet.journal.sqlite") as journal:
+        first = journal.runs()[0]
+        second = journal.start_run(
+            input_sha256=first.input_sha256, input_name="sheet.csv", command="run", audit={}, options={}
+        )
+        journal.record_sending(second, 2, "id:1000", "update", desired_record(0), someone)
+        journal.record_outcome(
+            second, 2, status="succeeded", action="update", reason="", did_id=1000, routing_id=7000,
+            http_status=200, attempts=1,
+        )  # fmt: skip
+        journal.finish_run(second, {"succeeded": 1})
+    change_routing(sandbox, 1000, desired_record(0))  # what run 2 sent
+    # the journal: its latest input's runs (run 2 alone would put back `someone`)
+    journal_path = tmp_path / "sheet.journal.sqlite"
+    summary = rollback(undo_config(journal_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.exit_code == 0
+    assert routing_by_did(sandbox)[1000] == before[1000]  # not `someone`: the record before run 1
+    assert routing_by_did(sandbox) == expected_after_rollback(before)
+
+
+def test_rollback_from_a_run_that_changed_nothing_names_the_runs_that_did(
+    tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
+) -> None:
+    sandbox, _, _ = imported
+    again = do_import_again(tmp_path, sandbox)  # run 2: every row done in run 1, nothing sent
+    with pytest.raises(InputError) as info:
+        rollback(undo_config(again.results_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert str(info.value) == (
+        "run 2 changed nothing; run 1 of the same input changed 5 rows: "
+        "roll back with --run-id 1 or pass the journal sheet.journal.sqlite"
+    )
+
+
+def do_import_again(tmp: Path, sandbox: Sandbox) -> RunSummary:
+    config = ImportConfig(
+        input=InputOptions(path=tmp / "sheet.csv"),
+        api_key=SANDBOX_API_KEY,
+        base_url=BASE,
+        requests_per_minute=100_000,
+        retry_backoff=0,
+    )
+    summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.counts == {"skipped": 6}
+    return summary
