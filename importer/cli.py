@@ -546,3 +546,17 @@ def rollback(
         confirm=_confirm_callback(yes, dry_run),
     )
     _send_and_report(rollback_run, config, quiet)
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@one_line_errors
+def history(source: Path) -> None:
+    """List the runs a journal records: when, who, input, counts, and what rolled them back.
+
+    SOURCE is a results workbook (its journal is found as rollback finds it) or the journal itself.
+    """
+    from .history import history_lines, run_history
+
+    for line in history_lines(run_history(source)):
+        click.echo(line)

@@ -16,6 +16,7 @@ The API key is never stored: any text that looks like a key is masked before wri
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import os
@@ -31,7 +32,15 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["ChangeRecord", "ConfirmedRow", "InFlightRow", "Journal", "RunRecord"]
+__all__ = [
+    "ChangeRecord",
+    "ConfirmedRow",
+    "InFlightRow",
+    "Journal",
+    "RunHistory",
+    "RunRecord",
+    "rollback_of",
+]
 
 IN_FLIGHT = "in_flight"
 DONE = "done"
@@ -137,6 +146,27 @@ class RunRecord:
     """None while the run is going on, or when it was killed."""
     counts: Mapping[str, int] | None
     """Rows per status, once finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunHistory:
+    """One run as ``history`` lists it: the run, what it did, and what undid it."""
+
+    run: RunRecord
+    counts: Mapping[str, int]
+    """Rows per status: as recorded at the finish, else (a killed run) its outcomes so far."""
+    no_outcome: int
+    """Writes sent whose outcome this run never recorded (it was killed while they were in flight)."""
+    changed: int
+    """Rows whose routing it changed: creates and updates that succeeded."""
+    rolled_back_by: tuple[int, ...]
+    """The rollback runs that covered it, oldest first."""
+    rollback_of: tuple[int, ...]
+    """For a rollback run: the runs it undid."""
+
+    @property
+    def is_rollback(self) -> bool:
+        return self.run.command == "rollback"
 
 
 def _now() -> str:
@@ -498,6 +528,42 @@ class Journal:
                 counts=None if r["counts"] is None else _count_map(r["counts"]),
             )
             for r in self._query("SELECT * FROM runs ORDER BY run_id", ())
+        ]
+
+    def history(self) -> list[RunHistory]:
+        """Every run, oldest first, with its counts, the rows it changed and the rollbacks of it.
+
+        Returns:
+            One record per run; a rollback run lists the runs it undid, and each of those
+            lists the rollback runs that covered it.
+        """
+        runs = self.runs()
+        outcomes: dict[int, dict[str, int]] = collections.defaultdict(dict)
+        for e in self._query(
+            "SELECT run_id, status, COUNT(*) AS n FROM entries WHERE state = ? GROUP BY run_id, status",
+            (DONE,),
+        ):
+            outcomes[e["run_id"]][e["status"]] = e["n"]
+        no_outcome = {
+            e["run_id"]: e["n"]
+            for e in self._query(
+                "SELECT run_id, COUNT(*) AS n FROM entries WHERE state = ? GROUP BY run_id", (IN_FLIGHT,)
+            )
+        }
+        changed: dict[int, set[int]] = collections.defaultdict(set)
+        for c in self.changes():
+            changed[c.run_id].add(c.row)
+        undid = {r.run_id: rollback_of(r.audit) for r in runs if r.command == "rollback"}
+        return [
+            RunHistory(
+                run=r,
+                counts=r.counts if r.counts is not None else MappingProxyType(outcomes[r.run_id]),
+                no_outcome=no_outcome.get(r.run_id, 0),
+                changed=len(changed[r.run_id]),
+                rolled_back_by=tuple(by for by, of in undid.items() if r.run_id in of),
+                rollback_of=undid.get(r.run_id, ()),
+            )
+            for r in runs
         ]
 
 

@@ -138,7 +138,9 @@ def _summary_lines(workbook: Path) -> dict[str, str]:
         book.close()
 
 
-def locate_run(source: Path, run_id: int | None = None) -> tuple[Path, int | None, str | None]:
+def locate_run(
+    source: Path, run_id: int | None = None, *, rollback_results: bool = False
+) -> tuple[Path, int | None, str | None]:
     """Find the journal a results workbook (or journal path) points to.
 
     A results workbook names its journal on a ``journal`` Summary line when the writer records
@@ -148,6 +150,8 @@ def locate_run(source: Path, run_id: int | None = None) -> tuple[Path, int | Non
     Args:
         source: A results workbook or a journal.
         run_id: The run asked for, if any (it wins over what the workbook says).
+        rollback_results: Accept a rollback's own results workbook (``history`` reads it; a
+            rollback refuses it, since undoing a rollback takes its --run-id).
 
     Returns:
         The journal path, the run id (None: choose by ``input_sha256`` or the latest) and the
@@ -163,7 +167,7 @@ def locate_run(source: Path, run_id: int | None = None) -> tuple[Path, int | Non
     if source.suffix.lower() in JOURNAL_SUFFIXES:
         return source, run_id, None
     lines = _summary_lines(source)
-    if lines.get("command", "").startswith(COMMAND):
+    if lines.get("command", "").startswith(COMMAND) and not rollback_results:
         raise InputError(
             f"{source.name} is a rollback's own results; to undo a rollback pass the journal and its --run-id"
         )
