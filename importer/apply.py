@@ -165,6 +165,8 @@ class Progress:
     """How much longer the limiter holds every request after a 429 (0 when not paused)."""
     outcome: RowOutcome | None = None
     """The outcome just finished (None for the report before the first write)."""
+    note: str = ""
+    """A message for people, e.g. "stopping: 3 writes in flight, settling" the moment a stop begins."""
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -232,16 +234,22 @@ async def open_session(
 
 
 @contextlib.contextmanager
-def stop_on_signals(cancel: asyncio.Event) -> Iterator[None]:
-    """Ctrl-C or SIGTERM set ``cancel``: no new writes, the ones in flight settle."""
+def stop_on_signals(cancel: asyncio.Event, abandon: asyncio.Event | None = None) -> Iterator[None]:
+    """Ctrl-C or SIGTERM set ``cancel`` (no new writes; those sent settle); a second one ``abandon``."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        if cancel.is_set() and abandon is not None:
+            abandon.set()
+        cancel.set()
+
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, cancel.set)
+            loop.add_signal_handler(sig, stop)
             installed.append(sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix loops
             pass
@@ -301,15 +309,25 @@ class _Engine:
         run_id: int,
         options: SendOptions,
         cancel: asyncio.Event,
+        abandon: asyncio.Event | None,
         on_progress: ProgressCallback | None,
         limiter: RateLimiter | None,
     ) -> None:
         self.plan, self.client, self.live, self.journal, self.run_id = plan, client, live, journal, run_id
         self.options, self.cancel, self.on_progress, self.limiter = options, cancel, on_progress, limiter
+        self.abandon = abandon
         self.outcomes: dict[int, RowOutcome] = {}
         self.stop_reason = ""
         self.exit_code: ExitCode | None = None
         self.done = self.succeeded = self.failed = 0
+        self.workers: list[asyncio.Task[None]] = []
+        self.sending: set[asyncio.Task[None]] = set()
+        """Workers inside the client's send of a write (perhaps still waiting for a rate-limit slot)."""
+        self.busy: set[asyncio.Task[None]] = set()
+        """Workers with a write taken from the queue and not finished."""
+        self.dropped: set[asyncio.Task[None]] = set()
+        """Workers cancelled on purpose while waiting for a slot: their write was never sent."""
+        self.abandoning = False
 
     def stop(self, reason: str, code: ExitCode) -> None:
         if not self.stop_reason:
@@ -331,7 +349,7 @@ class _Engine:
                 attempts=outcome.attempts,
             )
 
-    def progress(self, outcome: RowOutcome | None) -> None:
+    def progress(self, outcome: RowOutcome | None, note: str = "") -> None:
         if self.on_progress is None:
             return
         total = len(self.plan.writes)
@@ -340,7 +358,33 @@ class _Engine:
         if self.limiter is not None:
             eta = self.limiter.eta(left + 1) if left else 0.0
             paused = self.limiter.paused_for
-        self.on_progress(Progress(self.done, total, self.succeeded, self.failed, eta, paused, outcome))
+        self.on_progress(Progress(self.done, total, self.succeeded, self.failed, eta, paused, outcome, note))
+
+    async def watch(self) -> None:
+        """On cancel: drop the writes still waiting for a rate-limit slot, say what is left to settle.
+
+        A write waiting in the limiter has not been sent, so cancelling it is safe and immediate;
+        writes already sent are left to finish and settle. On ``abandon`` (a second Ctrl-C) even
+        those stop: they stay in flight in the journal, for the next run to settle.
+        """
+        await self.cancel.wait()
+        limiter = self.limiter
+        for task in list(self.sending):
+            if limiter is not None and limiter.is_waiting(task):
+                self.dropped.add(task)
+                task.cancel()
+        in_flight = len(self.busy - self.dropped)
+        self.progress(None, f"stopping: {in_flight} writes in flight, settling")
+        if self.abandon is None:
+            return
+        await self.abandon.wait()
+        self.abandoning = True
+        left = [t for t in self.busy - self.dropped if not t.done()]
+        for task in left:
+            task.cancel()
+        self.progress(
+            None, f"stopping now: {len(left)} writes left unsettled; running the same file again settles them"
+        )
 
     async def send(self, a: _Attempt) -> WriteResult:
         if self.journal is not None:
@@ -361,7 +405,27 @@ class _Engine:
         """Send one write until its outcome is known; never re-send without re-reading first."""
         a = _Attempt(w, w.action, w.routing_id, w.body, w.before, w.done or w.done_kind.label, w.done_kind)
         while True:
-            result = await self.send(a)
+            if a.causes and self.cancel.is_set():
+                return self.not_resent(a)
+            task = asyncio.current_task()
+            assert task is not None
+            self.sending.add(task)
+            try:
+                result = await self.send(a)
+            except asyncio.CancelledError:
+                if task not in self.dropped or self.abandoning:
+                    raise
+                task.uncancel()
+                # Cancelled while waiting for a rate-limit slot: this attempt never left.
+                if a.causes:
+                    return self.not_resent(a)
+                return w.outcome(
+                    Status.NOT_SENT,
+                    "not sent: interrupted while waiting for a rate-limit slot",
+                    ReasonKind.STOPPED,
+                )
+            finally:
+                self.sending.discard(task)
             a.attempts += result.attempts
             a.last_status = result.http_status
             if result.ok:
@@ -382,6 +446,11 @@ class _Engine:
             if settled is not None:
                 return settled
             await asyncio.sleep(backoff_delay(len(a.causes), self.options.retry_backoff))
+
+    def not_resent(self, a: _Attempt) -> RowOutcome:
+        """A write whose unknown outcomes all proved not applied, and that a stop keeps from re-sending."""
+        reason = f"not applied: stopped ({'; '.join(a.causes)}); the live state does not match what was sent"
+        return a.outcome(Status.FAILED, ReasonKind.UNSETTLED, reason)
 
     async def settle(self, a: _Attempt, cause: str) -> RowOutcome | None:
         """Re-read the live state after an unknown outcome; return the outcome, or None to re-send."""
@@ -434,10 +503,23 @@ class _Engine:
             )
 
     async def worker(self, queue: collections.deque[Write]) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while queue and not self.stop_reason and not self.cancel.is_set():
             w = queue.popleft()
+            self.busy.add(task)
             try:
                 outcome = await self.write(w)
+            except asyncio.CancelledError:
+                if not self.abandoning:
+                    raise
+                # A second stop: leave the write in flight in the journal for the next run to settle.
+                reason = (
+                    "outcome unknown: stopped before it was settled; "
+                    "running the same file again settles it against the live state"
+                )
+                self.outcomes[w.row] = w.outcome(Status.FAILED, reason, ReasonKind.UNSETTLED)
+                return
             except AuthError as exc:
                 self.stop(f"the API rejected the key ({exc})", ExitCode.ABORTED)
                 self.record(w.outcome(Status.NOT_SENT, f"not applied: {exc}", ReasonKind.AUTH_REJECTED))
@@ -446,6 +528,8 @@ class _Engine:
                 self.stop(f"the state could not be re-read ({exc})", ExitCode.ABORTED)
                 reason = f"outcome unknown and the state could not be re-read: {exc}"
                 outcome = w.outcome(Status.FAILED, reason, ReasonKind.UNSETTLED)
+            finally:
+                self.busy.discard(task)
             self.record(outcome)
             self.done += 1
             self.failed += outcome.status is Status.FAILED
@@ -485,6 +569,7 @@ async def apply_plan(
     run_id: int,
     options: SendOptions,
     cancel: asyncio.Event | None = None,
+    abandon: asyncio.Event | None = None,
     on_progress: ProgressCallback | None = None,
     limiter: RateLimiter | None = None,
 ) -> Applied:
@@ -497,8 +582,10 @@ async def apply_plan(
         journal: Where each write is recorded before it is sent; None: unjournalled (tests).
         run_id: The journal's run these writes belong to.
         options: Concurrency, error rate and re-send backoff.
-        cancel: Set it (from any task, or a signal handler) to stop sending new writes; the
-            writes in flight settle as usual.
+        cancel: Set it (from any task, or a signal handler) to stop: writes waiting for a
+            rate-limit slot are dropped at once (never sent), the writes in flight settle.
+        abandon: Set it after ``cancel`` (a second Ctrl-C) to stop settling too: the writes in
+            flight stay in flight in the journal, and the next run of the same input settles them.
         on_progress: Called before the first write and after each one.
         limiter: The client's rate limiter, for the ETA and the pause in the progress reports.
 
@@ -509,7 +596,7 @@ async def apply_plan(
         Nothing for a row: a rejected key or an unreadable state stops the job (``Applied.exit_code``).
     """
     engine = _Engine(
-        plan, client, live, journal, run_id, options, cancel or asyncio.Event(), on_progress, limiter
+        plan, client, live, journal, run_id, options, cancel or asyncio.Event(), abandon, on_progress, limiter
     )
     for outcome in plan.outcomes:
         if outcome.reason_kind != ReasonKind.DONE_EARLIER and journal is not None:
@@ -517,8 +604,15 @@ async def apply_plan(
     engine.outcomes.clear()
     queue = collections.deque(plan.writes)
     engine.progress(None)
-    workers = max(1, min(options.concurrency, len(queue)))
-    await asyncio.gather(*(engine.worker(queue) for _ in range(workers)))
+    count = max(1, min(options.concurrency, len(queue)))
+    engine.workers = [asyncio.create_task(engine.worker(queue)) for _ in range(count)]
+    watcher = asyncio.create_task(engine.watch())
+    try:
+        await asyncio.gather(*engine.workers)
+    finally:
+        watcher.cancel()
+        for task in engine.workers:
+            task.cancel()  # only matters when this call itself is cancelled
     if engine.cancel.is_set():
         engine.stop("interrupted", ExitCode.INTERRUPTED)
     notes: tuple[str, ...] = ()
@@ -615,8 +709,8 @@ class Job(Generic[C, R]):
             return
         assert journal is not None
         self.run_id = self.start_run(journal, session)
-        cancel = self.cancel or asyncio.Event()
-        with stop_on_signals(cancel):
+        cancel, abandon = self.cancel or asyncio.Event(), asyncio.Event()
+        with stop_on_signals(cancel, abandon):
             applied = await apply_plan(
                 plan,
                 client=session.client,
@@ -625,6 +719,7 @@ class Job(Generic[C, R]):
                 run_id=self.run_id,
                 options=config,
                 cancel=cancel,
+                abandon=abandon,
                 on_progress=self.on_progress,
                 limiter=session.limiter,
             )

@@ -169,16 +169,23 @@ def template(fmt: str, output: Path | None) -> None:
 
 
 def _progress_bar(quiet: bool) -> tuple[Any, Any]:
-    """A tqdm bar on stderr fed by the library's progress callback (the library never imports tqdm)."""
-    if quiet:
-        return None, None
-    from tqdm import tqdm
+    """A tqdm bar on stderr fed by the library's progress callback (the library never imports tqdm).
 
+    Progress notes (e.g. "stopping: 3 writes in flight, settling") are printed even with --quiet.
+    """
     bar: Any = None
 
     def update(p: Any) -> None:
         nonlocal bar
+        if p.note and bar is not None:
+            bar.write(p.note, file=sys.stderr)  # above the bar, which stays drawn
+        elif p.note:
+            click.echo(p.note, err=True)
+        if quiet:
+            return
         if bar is None:
+            from tqdm import tqdm
+
             bar = tqdm(total=p.total, unit="row", file=sys.stderr, dynamic_ncols=True, desc="sending")
         bar.n = p.done
         eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s" if p.eta_seconds else "0s"

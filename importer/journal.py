@@ -298,7 +298,7 @@ class Journal:
         Args:
             input_sha256: The input file's content hash; re-runs of the same content find each other by it.
             input_name: The input file's name, for people.
-            command: The command that was run (e.g. 'apply').
+            command: The command that was run ('run', 'demo', 'rollback').
             audit: Who and where (OS user, host, key's last 4 characters, connection, base URL).
             options: The run's options as text.
 

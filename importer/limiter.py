@@ -65,6 +65,7 @@ class RateLimiter:
         self._paused_until = float("-inf")
         self._queue = asyncio.Lock()  # asyncio.Lock wakes its waiters in FIFO order
         self._changed = asyncio.Event()
+        self._waiting: set[asyncio.Task[object]] = set()
 
     def __repr__(self) -> str:
         return (
@@ -76,6 +77,14 @@ class RateLimiter:
     def in_flight(self) -> int:
         """Requests acquired and not yet released."""
         return len(self._in_flight)
+
+    def is_waiting(self, task: asyncio.Task[object]) -> bool:
+        """Whether ``task`` is inside :meth:`acquire`: its request has not been sent yet.
+
+        Cancelling such a task is safe: :meth:`acquire` takes no slot once cancelled, so the
+        request it waited to send never leaves (``apply`` uses this to stop queued writes at once).
+        """
+        return task in self._waiting
 
     def _expire(self, now: float) -> None:
         # A stamp at exactly now - window still counts: that covers a server whose
@@ -99,6 +108,15 @@ class RateLimiter:
         Returns:
             The slot's handle, to pass to :meth:`release` once the response (or the failure) arrived.
         """
+        task = asyncio.current_task()
+        if task is not None:
+            self._waiting.add(task)
+        try:
+            return await self._acquire()
+        finally:
+            self._waiting.discard(task)
+
+    async def _acquire(self) -> Slot:
         async with self._queue:
             while True:
                 self._changed.clear()

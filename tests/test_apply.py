@@ -1,0 +1,428 @@
+"""The one write engine and the job entry points around it, against the real sandbox (in-process ASGI)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from helpers import REPO, SAMPLE, desired_record, read_results, routing_fields, write_inventory, write_sheet
+
+import importer
+from importer.api import Bot, Did, Routing
+from importer.apply import Progress, SendOptions
+from importer.cli import main
+from importer.errors import InputError
+from importer.fields import ROUTING_FIELDS
+from importer.journal import Journal
+from importer.live import Inventory
+from importer.model import RoutingRow
+from importer.pipeline import InputOptions
+from importer.plan import History, Write, plan_import
+from importer.run import ImportConfig, run_import, run_import_async
+from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
+from importer.vocab import Action, ExitCode, OnExisting, ReasonKind, Status
+
+BASE = "http://sandbox.test/api/v2"
+
+
+def config_for(sheet: Path | str, tmp: Path, **kw: Any) -> ImportConfig:
+    defaults: dict[str, Any] = dict(
+        input=InputOptions(path=sheet),
+        api_key=SANDBOX_API_KEY,
+        base_url=BASE,
+        output=tmp / "out.results.xlsx",
+        journal=tmp / "run.journal.sqlite",
+        requests_per_minute=100_000,
+        retry_backoff=0,
+    )
+    defaults.update(kw)
+    return ImportConfig(**defaults)
+
+
+def routed(sandbox: Sandbox) -> dict[int, dict[str, int]]:
+    return {int(r["did_id"]): routing_fields(r) for r in sandbox.state_snapshot()["routing"]}
+
+
+def write_count(sandbox: Sandbox) -> int:
+    counts = sandbox.state_snapshot()["request_counts"]
+    return sum(n for k, n in counts.items() if k.startswith("POST /voicelink/call-routing"))
+
+
+# -- planning is pure ----------------------------------------------------------------------
+
+
+def _inventory() -> Inventory:
+    dids = [Did(1000 + i, f"91802000000{i}", "active") for i in range(4)]
+    existing = {1001: desired_record(1), 1002: {**desired_record(0), "status": 0}}
+    routing = {
+        did: Routing(7000 + did, did, None, {**dict.fromkeys(ROUTING_FIELDS), **rec})
+        for did, rec in existing.items()
+    }
+    return Inventory(
+        dids_by_id={d.did_id: d for d in dids},
+        dids_by_number={d.did_number: d for d in dids},
+        bots={93: Bot(93, "Support", True), 94: Bot(94, "Sales", True)},
+        routing=routing,
+        connection="c-1",
+    )
+
+
+def _row(row: int, i: int, number: str | None = None) -> RoutingRow:
+    rec = desired_record(i)
+    return RoutingRow(row=row, did_id=None, did_number=number or f"91802000000{i}", **rec)
+
+
+@pytest.mark.parametrize(
+    ("on_existing", "updates", "settled"),
+    [
+        (OnExisting.UPDATE, 1, {3: Status.UNCHANGED, 6: Status.FAILED}),
+        (OnExisting.SKIP, 0, {3: Status.UNCHANGED, 4: Status.SKIPPED, 6: Status.FAILED}),
+        (OnExisting.FAIL, 0, {3: Status.UNCHANGED, 4: Status.FAILED, 6: Status.FAILED}),
+    ],
+)
+def test_plan_import_plans_every_row_without_touching_the_state(
+    on_existing: OnExisting, updates: int, settled: dict[int, Status]
+) -> None:
+    inventory = _inventory()
+    before = copy.deepcopy(inventory)
+    rows = [_row(2, 0), _row(3, 1), _row(4, 2), _row(5, 3), _row(6, 9, number="918020000099")]
+    # row 4 asks DID 1002 for its sheet record; live holds another record: an update, or skip/fail
+    rows[2] = RoutingRow(row=4, did_id=None, did_number="918020000002", **desired_record(0))
+    plan = plan_import(rows, inventory, "c-1", History(), on_existing)
+    assert inventory == before  # nothing read or changed besides the arguments
+    assert [w.action for w in plan.writes].count(Action.UPDATE) == updates
+    assert {w.row for w in plan.writes if w.action is Action.CREATE} == {2, 5}
+    assert {o.row: o.status for o in plan.outcomes} == settled
+    failed = next(o for o in plan.outcomes if o.row == 6)
+    assert failed.reason_kind == ReasonKind.DID_NOT_FOUND and "not in this account" in failed.reason
+    assert plan.counts["create"] == 2 and plan.text().startswith("create 2, update")
+    create = next(w for w in plan.writes if w.row == 2)
+    assert (
+        dict(create.expect) == desired_record(0) and create.body["did_id"] == 1000 and create.before is None
+    )
+    with pytest.raises(AttributeError):
+        create.row = 3  # type: ignore[misc]
+    assert isinstance(create, Write)
+
+
+# -- the engine ----------------------------------------------------------------------------
+
+
+def test_run_import_async_with_str_paths_returns_every_rows_outcome(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 6, existing={0: desired_record(0)})
+    sheet = write_sheet(tmp_path / "sheet.csv", 6)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    config = config_for(
+        str(sheet), tmp_path, output=str(tmp_path / "o.results.xlsx"), journal=str(tmp_path / "j")
+    )
+    summary = asyncio.run(run_import_async(config, transport=httpx.ASGITransport(app=sandbox.app)))
+    assert summary.results_path == tmp_path / "o.results.xlsx" and (tmp_path / "j").exists()
+    assert [o.row for o in summary.outcomes] == list(range(2, 8))
+    frame = summary.frame()
+    assert list(frame["status"]) == ["unchanged"] + ["succeeded"] * 5
+    assert frame.loc[1, "routing_id"] == routed_id(sandbox, 1001)
+    assert summary.exit_code is ExitCode.OK
+
+
+def routed_id(sandbox: Sandbox, did_id: int) -> int:
+    return next(int(r["id"]) for r in sandbox.state_snapshot()["routing"] if int(r["did_id"]) == did_id)
+
+
+def test_run_import_inside_a_running_loop_says_to_await_the_async_one(tmp_path: Path) -> None:
+    sheet = write_sheet(tmp_path / "sheet.csv", 1)
+
+    async def notebook_cell() -> None:
+        run_import(config_for(sheet, tmp_path))
+
+    with pytest.raises(InputError, match=r"await run_import_async"):
+        asyncio.run(notebook_cell())
+
+
+class SlowWrites(httpx.AsyncBaseTransport):
+    """The sandbox, with every write answered after ``delay`` seconds (applied first)."""
+
+    def __init__(self, sandbox: Sandbox, delay: float) -> None:
+        self.base = httpx.ASGITransport(app=sandbox.app)
+        self.delay = delay
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.base.handle_async_request(request)
+        if request.method == "POST":
+            await asyncio.sleep(self.delay)
+        return response
+
+
+def test_cancel_from_another_task_stops_new_writes_and_settles_those_in_flight(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 20)
+    sheet = write_sheet(tmp_path / "sheet.csv", 20)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+
+    async def main() -> importer.RunSummary:
+        cancel = asyncio.Event()
+        seen: list[Progress] = []
+
+        def progress(p: Progress) -> None:
+            seen.append(p)
+
+        async def stop_soon() -> None:
+            while not any(p.outcome for p in seen):
+                await asyncio.sleep(0.01)
+            cancel.set()  # as a web handler would: another task, no signal
+
+        stopper = asyncio.create_task(stop_soon())
+        summary = await run_import_async(
+            config_for(sheet, tmp_path, concurrency=2),
+            transport=SlowWrites(sandbox, 0.05),
+            on_progress=progress,
+            cancel=cancel,
+        )
+        await stopper
+        return summary
+
+    summary = asyncio.run(main())
+    assert summary.exit_code is ExitCode.INTERRUPTED
+    sent = summary.counts[Status.SUCCEEDED]
+    assert 1 <= sent < 20 and summary.counts[Status.NOT_SENT] == 20 - sent
+    assert write_count(sandbox) == sent == len(routed(sandbox))  # in flight settled, nothing else sent
+    assert any("stopped: interrupted" in n for n in summary.notes)
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        assert journal.in_flight(summary_sha(summary)) == {}  # every write sent has its outcome
+
+
+def summary_sha(summary: importer.RunSummary) -> str:
+    rows = {k: v for k, v in _summary_sheet(summary.results_path).items()}
+    return str(rows["sha256"])
+
+
+def _summary_sheet(path: Path) -> dict[str, Any]:
+    import openpyxl
+
+    book = openpyxl.load_workbook(path, read_only=True)
+    try:
+        return {str(r[0]).strip(): r[1] for r in book["Summary"].iter_rows(values_only=True) if r and r[0]}
+    finally:
+        book.close()
+
+
+class PauseThenSlow(httpx.AsyncBaseTransport):
+    """The first write is answered slowly; the second meets a 429 (Retry-After 1 s) meanwhile."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.base = httpx.ASGITransport(app=sandbox.app)
+        self.writes = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and "call-routing" in request.url.path:
+            self.writes += 1
+            n = self.writes
+            if n == 1:
+                await asyncio.sleep(0.3)
+            if n == 2:
+                error = {"code": "RATE_LIMITED", "message": "slow down"}
+                return httpx.Response(
+                    429, json={"success": False, "error": error}, headers={"Retry-After": "1"}
+                )
+        return await self.base.handle_async_request(request)
+
+
+def test_progress_carries_each_outcome_and_the_limiters_pause(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 2)
+    sheet = write_sheet(tmp_path / "sheet.csv", 2)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    seen: list[Progress] = []
+    summary = run_import(
+        config_for(sheet, tmp_path, concurrency=2), transport=PauseThenSlow(sandbox), on_progress=seen.append
+    )
+    assert summary.counts == {Status.SUCCEEDED: 2}
+    assert seen[0].outcome is None and sorted(p.outcome.row for p in seen[1:] if p.outcome) == [2, 3]
+    assert max(p.paused_seconds for p in seen) > 0.3  # the slow write finished inside the 429's pause
+
+
+class AlwaysLost(httpx.AsyncBaseTransport):
+    """Every write answered 500 and not applied: the outcome stays unknown."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.base = httpx.ASGITransport(app=sandbox.app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and "call-routing" in request.url.path:
+            return httpx.Response(500, json={"success": False, "error": {"code": "INTERNAL", "message": "x"}})
+        return await self.base.handle_async_request(request)
+
+
+def test_summary_prints_labels_never_internal_codes(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 2)
+    sheet = write_sheet(tmp_path / "sheet.csv", 2)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    summary = run_import(config_for(sheet, tmp_path), transport=AlwaysLost(sandbox))
+    text = "\n".join(summary.lines())
+    assert summary.counts == {Status.FAILED: 2} and write_count(sandbox) == 0
+    assert ReasonKind.UNSETTLED.label in text and "unsettled" not in text
+    rows = read_results(summary.results_path)
+    assert all(r["import_attempts"] == "3" for r in rows)  # three unknown outcomes, then give up
+
+
+def test_vocabulary_members_have_distinct_labels() -> None:
+    for vocab in (Status, Action, OnExisting, importer.vocab.Decision, ReasonKind, ExitCode):
+        labels = [m.label for m in vocab]
+        assert all(labels) and len(set(labels)) == len(labels), vocab
+    assert importer.vocab.describe_kind("api_VALIDATION_ERROR") == "the API refused (VALIDATION_ERROR)"
+
+
+class GarbledDids(httpx.AsyncBaseTransport):
+    """The sandbox, with a DID the client cannot use (no id) added to the first page."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.base = httpx.ASGITransport(app=sandbox.app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.base.handle_async_request(request)
+        if request.url.path.endswith("/dids/purchased") and request.url.params.get("page") == "1":
+            payload = json.loads(await response.aread())
+            payload["data"]["data"].append({"did_number": "918099999999", "status": "active"})
+            return httpx.Response(response.status_code, json=payload)
+        return response
+
+
+def test_items_the_parser_skipped_are_reported_in_the_summary_and_summary_sheet(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 2)
+    sheet = write_sheet(tmp_path / "sheet.csv", 2)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    summary = run_import(config_for(sheet, tmp_path), transport=GarbledDids(sandbox))
+    note = next(n for n in summary.notes if "could not be used" in n)
+    assert "918099999999" in note
+    sheet_lines = _summary_sheet(summary.results_path)
+    assert "918099999999" in str(sheet_lines["skipped from the API's lists"])
+
+
+# -- package and command ---------------------------------------------------------------------
+
+
+def test_importer_rollback_names_the_module() -> None:
+    import importer.rollback
+
+    assert isinstance(importer.rollback, types.ModuleType)
+    assert importer.rollback_run is importer.rollback.rollback_run
+
+
+def test_cli_takes_choices_and_defaults_from_the_library() -> None:
+    defaults = SendOptions()
+    for command in ("run", "rollback"):
+        params = {p.name: p for p in main.commands[command].params}
+        for name in ("requests_per_minute", "concurrency", "timeout"):
+            assert params[name].default == getattr(defaults, name), (command, name)
+    on_existing = next(p for p in main.commands["run"].params if p.name == "on_existing")
+    assert list(on_existing.type.choices) == [c.value for c in OnExisting]  # type: ignore[attr-defined]
+
+
+def test_cli_output_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """`voicelink-import validate FILE | head -0`: the reader is gone before the first line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "importer", "validate", str(SAMPLE / "carrier_routing.csv"), "-o",
+         str(tmp_path / "v.results.xlsx")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the pipe's reader leaves at once
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert err == "" and proc.returncode == ExitCode.ROWS_FAILED  # its rows' verdict, and no traceback
+
+
+def test_cancel_while_writes_wait_for_the_rate_limit_stops_them_at_once(tmp_path: Path) -> None:
+    """The window is full (4 reads + 2 writes of 6): queued writes are dropped, not sent later."""
+    inv = write_inventory(tmp_path / "inv.json", 10)
+    sheet = write_sheet(tmp_path / "sheet.csv", 10)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000))
+    seen: list[Progress] = []
+    took: list[float] = []
+
+    async def main() -> importer.RunSummary:
+        cancel = asyncio.Event()
+
+        async def stop_when_full() -> None:
+            while sum(1 for p in seen if p.outcome) < 2:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # the other workers are waiting for a slot by now
+            took.append(asyncio.get_running_loop().time())
+            cancel.set()
+
+        stopper = asyncio.create_task(stop_when_full())
+        config = config_for(sheet, tmp_path, requests_per_minute=6, rate_window=4.0, concurrency=4)
+        summary = await run_import_async(
+            config, transport=httpx.ASGITransport(app=sandbox.app), on_progress=seen.append, cancel=cancel
+        )
+        took.append(asyncio.get_running_loop().time())
+        await stopper
+        return summary
+
+    summary = asyncio.run(main())
+    assert took[1] - took[0] < 1.5  # not the window's 4 s: waiting writes are cancelled at once
+    assert summary.exit_code is ExitCode.INTERRUPTED
+    assert summary.counts == {Status.SUCCEEDED: 2, Status.NOT_SENT: 8} and write_count(sandbox) == 2
+    notes = [p.note for p in seen if p.note]
+    assert notes == ["stopping: 0 writes in flight, settling"]
+    reasons = {
+        r["import_reason"] for r in read_results(summary.results_path) if r["import_status"] == "not_sent"
+    }
+    assert all("interrupted" in r for r in reasons)
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        assert journal.in_flight(summary_sha(summary)) == {}  # the queued writes are settled as not sent
+
+
+class CtrlCTwice(httpx.AsyncBaseTransport):
+    """Writes hang (never applied); once two are in flight, Ctrl-C arrives twice."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.base = httpx.ASGITransport(app=sandbox.app)
+        self.writes = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and "call-routing" in request.url.path:
+            self.writes += 1
+            if self.writes == 2:
+                signal.raise_signal(signal.SIGINT)  # stop: settle what is in flight
+                await asyncio.sleep(0.05)
+                signal.raise_signal(signal.SIGINT)  # stop now: leave it for the next run
+            await asyncio.sleep(30)
+        return await self.base.handle_async_request(request)
+
+
+def test_second_ctrl_c_leaves_writes_in_flight_for_the_next_run(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 6)
+    sheet = write_sheet(tmp_path / "sheet.csv", 6)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    seen: list[Progress] = []
+    started = time.monotonic()
+    first = run_import(
+        config_for(sheet, tmp_path, concurrency=2),
+        transport=CtrlCTwice(sandbox),
+        on_progress=seen.append,
+    )
+    assert time.monotonic() - started < 10  # not the hung writes' 30 s
+    assert first.exit_code is ExitCode.INTERRUPTED
+    assert first.counts == {Status.FAILED: 2, Status.NOT_SENT: 4}
+    assert [p.note for p in seen if p.note] == [
+        "stopping: 2 writes in flight, settling",
+        "stopping now: 2 writes left unsettled; running the same file again settles them",
+    ]
+    sha = summary_sha(first)
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        assert sorted(journal.in_flight(sha)) == [2, 3]  # consistent: sent, outcome unknown
+    again = run_import(config_for(sheet, tmp_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert again.counts == {Status.SUCCEEDED: 6} and write_count(sandbox) == 6  # each DID routed once
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        assert journal.in_flight(sha) == {}
