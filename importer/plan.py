@@ -136,7 +136,8 @@ class Undo:
     def line(self) -> str:
         """One plan line for people."""
         did = f"DID {self.did_number or '?'} (id {self.did_id})"
-        return f"row {self.run_row}, {did}, {self.action_undone}d by the run: {self.reason}"
+        by = f"run {self.run_id}" if self.run_id else "the run"
+        return f"row {self.run_row}, {did}, {self.action_undone}d by {by}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -444,6 +445,13 @@ def test_rollback_of_a_resumed_run_covers_every_run_of_the_input(tmp_path: Path)
     assert summary.exit_code == 0 and summary.counts == {"succeeded": 4, "unchanged": 1}
     assert routing_by_did(sandbox) == expected_after_rollback(before)  # run 1's updates are undone too
     assert plans[0].heading.startswith("rollback of runs 1, 2 (sheet.csv) from ")
+    assert [d.split(":")[0] for d in plans[0].details] == [
+        "row 2, DID 918020000000 (id 1000), updated by run 1",
+        "row 3, DID 918020000001 (id 1001), updated by run 1",
+        "row 5, DID 918020000003 (id 1003), created by run 2",
+        "row 6, DID 918020000004 (id 1004), created by run 2",
+        "row 7, DID 918020000005 (id 1005), created by run 2",
+    ]
     with Journal.open(tmp_path / "sheet.journal.sqlite") as journal:
         assert journal.runs()[-1].audit["rollback_of_run"] == "1,2"
     # the rolled-back rows are no longer "done": the file can be applied again
@@ -519,6 +527,15 @@ def test_rollback_from_a_run_that_changed_nothing_names_the_runs_that_did(
         "run 2 changed nothing; run 1 of the same input changed 5 rows: "
         "roll back with --run-id 1 or pass the journal sheet.journal.sqlite"
     )
+    journal = tmp_path / "sheet.journal.sqlite"
+    with pytest.raises(InputError, match=r"^run 2 changed nothing; run 1 of the same input changed 5 rows"):
+        rollback(undo_config(journal, run_ids=[2]), transport=httpx.ASGITransport(app=sandbox.app))
+    with Journal.open(journal) as j:
+        alone = j.start_run(
+            input_sha256="z" * 64, input_name="other.csv", command="run", audit={}, options={}
+        )
+    with pytest.raises(InputError, match=r"^run 3 changed nothing, nor did any other run of the same input"):
+        rollback(undo_config(journal, run_ids=[alone]), transport=httpx.ASGITransport(app=sandbox.app))
 
 
 def do_import_again(tmp: Path, sandbox: Sandbox) -> RunSummary:
@@ -532,3 +549,66 @@ def do_import_again(tmp: Path, sandbox: Sandbox) -> RunSummary:
     summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
     assert summary.counts == {"skipped": 6}
     return summary
+
+
+def create_routing(sandbox: Sandbox, body: dict[str, int]) -> int:
+    """A create landing on the API (as a killed run's write may have), outside the importer."""
+
+    async def send() -> None:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=sandbox.app), base_url=BASE + "/"
+        ) as client:
+            reply = await client.post(
+                "voicelink/call-routing", json=body, headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"}
+            )
+            assert reply.status_code in (200, 201), reply.text
+
+    asyncio.run(send())
+    return next(
+        int(r["id"]) for r in sandbox.state_snapshot()["routing"] if int(r["did_id"]) == body["did_id"]
+    )
+
+
+def test_rollback_after_a_killed_run_and_its_resume_undoes_both(tmp_path: Path) -> None:
+    """Run 1 killed (never finished) with one create confirmed and one in flight but applied;
+    run 2 resumes the file: rolling back run 2's workbook deactivates run 1's creates too."""
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    before = routing_by_did(sandbox)
+    sheet = write_sheet(tmp_path / "sheet.csv", N)
+    with Journal.open(tmp_path / "sheet.journal.sqlite") as journal:
+        killed = journal.start_run(
+            input_sha256=hashlib.sha256(sheet.read_bytes()).hexdigest(),
+            input_name="sheet.csv",
+            command="run",
+            audit={},
+            options={},
+        )
+        for i in (3, 4):  # rows 5 and 6: DIDs 1003 and 1004, not routed before
+            body = {"did_id": 1000 + i, **desired_record(i)}
+            journal.record_sending(killed, 2 + i, f"id:{1000 + i}", "create", body, None)
+            routing_id = create_routing(sandbox, body)
+            if i == 3:  # the second write's answer never got recorded: the process was killed
+                journal.record_outcome(
+                    killed, 2 + i, status="succeeded", action="create", reason="", did_id=1003,
+                    routing_id=routing_id, http_status=201, attempts=1,
+                )  # fmt: skip
+    resumed = run_import(
+        ImportConfig(
+            input=InputOptions(path=sheet),
+            api_key=SANDBOX_API_KEY,
+            base_url=BASE,
+            requests_per_minute=100_000,
+            retry_backoff=0,
+        ),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    assert resumed.counts == {"succeeded": 4, "unchanged": 1, "skipped": 1}  # row 6 settled on resume
+    plans: list[Plan] = []
+    summary = rollback(
+        undo_config(resumed.results_path, on_plan=plans.append),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    assert plans[0].heading.startswith("rollback of runs 1, 2 (sheet.csv)")
+    assert summary.exit_code == 0 and summary.counts == {"succeeded": 4, "unchanged": 1}
+    assert routing_by_did(sandbox) == expected_after_rollback(before)
