@@ -432,8 +432,19 @@ class Journal:
 
     def _undone(self) -> set[tuple[int, int]]:
         """(run id, row) pairs that a rollback run restored (succeeded) or found already restored."""
-        out: set[tuple[int, int]] = set()
-        for run in self._query("SELECT run_id, audit FROM runs WHERE command = 'rollback'", ()):
+        return set(self.undone_by())
+
+    def undone_by(self) -> dict[tuple[int, int], int]:
+        """Which rollback last put back each row a run changed.
+
+        Returns:
+            (run id, row) -> the latest rollback run that restored that row of that run
+            (succeeded) or found it already restored (unchanged).
+        """
+        out: dict[tuple[int, int], int] = {}
+        for run in self._query(
+            "SELECT run_id, audit FROM runs WHERE command = 'rollback' ORDER BY run_id", ()
+        ):
             covered = rollback_of(_text_map(run["audit"]))
             for e in self._query(
                 "SELECT row FROM entries WHERE run_id = ? AND state = ? AND status IN (?, ?)",
@@ -441,7 +452,7 @@ class Journal:
             ):
                 # A rollback of several runs of one input undoes the row in each of them: the
                 # deciding entry may be any of theirs (e.g. a resume that settled a write in flight).
-                out.update((of, int(e["row"])) for of in covered)
+                out.update(((of, int(e["row"])), run["run_id"]) for of in covered)
         return out
 
     def confirmed(self, input_sha256: str) -> dict[int, ConfirmedRow]:

@@ -262,8 +262,33 @@ def choose_runs(
         if not chosen:
             which = "of that results workbook's input " if sha256 else ""
             raise InputError(f"the journal {journal.path} records no run {which}that changed anything")
+        ids = {r.run_id for r in chosen}
+        changes = _since_last_rollback([c for c in changes if c.run_id in ids], journal.undone_by())
+        chosen = [r for r in chosen if r.run_id in {c.run_id for c in changes}]
     ids = {r.run_id for r in chosen}
     return Coverage(tuple(chosen), tuple(c for c in changes if c.run_id in ids))
+
+
+def _since_last_rollback(
+    changes: Sequence[ChangeRecord], undone_by: Mapping[tuple[int, int], int]
+) -> list[ChangeRecord]:
+    """Per row, leave out the changes an earlier rollback already put back, if later ones followed.
+
+    After run 1, its rollback and a re-run, the record to restore is the one before the re-run
+    (someone may have changed it between), not the one before run 1. A row with no change since
+    its last rollback keeps the changes that rollback undid, so rolling back again finds it as
+    before (unchanged) or reports what changed since.
+    """
+    rows: dict[int, list[int]] = collections.defaultdict(list)
+    for i, c in enumerate(changes):
+        rows[c.row].append(i)
+    keep: set[int] = set()
+    for row, picked in rows.items():
+        by = {i: undone_by.get((changes[i].run_id, row), 0) for i in picked}
+        latest = max(by.values())
+        live = [i for i in picked if changes[i].run_id > latest]
+        keep.update(live or [i for i in picked if by[i] == latest])
+    return [c for i, c in enumerate(changes) if i in keep]
 
 
 def _changed_nothing(

@@ -612,3 +612,32 @@ def test_rollback_after_a_killed_run_and_its_resume_undoes_both(tmp_path: Path) 
     assert plans[0].heading.startswith("rollback of runs 1, 2 (sheet.csv)")
     assert summary.exit_code == 0 and summary.counts == {"succeeded": 4, "unchanged": 1}
     assert routing_by_did(sandbox) == expected_after_rollback(before)
+
+
+def test_rollback_after_rollback_and_rerun_restores_the_record_before_the_rerun(
+    tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
+) -> None:
+    """Run 1, its rollback (run 2), someone's change, run 3: the record before run 3 comes back."""
+    sandbox, run, before = imported
+    transport = httpx.ASGITransport(app=sandbox.app)
+    rollback(undo_config(run.results_path), transport=transport)
+    someone = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}
+    change_routing(sandbox, 1000, someone)
+    rerun = run_import(
+        ImportConfig(
+            input=InputOptions(path=tmp_path / "sheet.csv"),
+            api_key=SANDBOX_API_KEY,
+            base_url=BASE,
+            requests_per_minute=100_000,
+            retry_backoff=0,
+        ),
+        transport=transport,
+    )
+    assert rerun.counts == {"succeeded": 4, "unchanged": 1, "skipped": 1}  # 1000 back to the sheet's
+    plans: list[Plan] = []
+    summary = rollback(undo_config(rerun.results_path, on_plan=plans.append), transport=transport)
+    # run 1 still covers DID 1005 (created inactive, unchanged since its rollback): nothing to send
+    assert plans[0].heading.startswith("rollback of runs 1, 3 (sheet.csv)")
+    assert summary.counts == {"succeeded": 4, "unchanged": 1}
+    assert summary.exit_code == 0
+    assert routing_by_did(sandbox) == {**expected_after_rollback(before), 1000: someone}
