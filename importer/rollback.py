@@ -465,7 +465,7 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
         )
         if deactivated:
             notes.append(
-                f"{NO_DELETE}: {deactivated} routing records the run created were deactivated "
+                f"{NO_DELETE}: {deactivated} routing records {self.covered.label()} created were deactivated "
                 "(status 0), modes kept"
             )
         if tally[Status.SKIPPED]:

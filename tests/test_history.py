@@ -107,6 +107,9 @@ def test_cli_history_prints_the_table_and_one_line_errors(tmp_path: Path) -> Non
     assert (
         missing.exit_code == 2 and missing.output.startswith("Error: ") and "no such file" in missing.output
     )
+    (tmp_path / "sheet.journal.sqlite").rename(tmp_path / "moved.sqlite")
+    lost = CliRunner().invoke(main, ["history", str(results)])
+    assert lost.exit_code == 2 and "no journal at" in lost.output and "sheet.journal.sqlite" in lost.output
 
 
 def test_cli_rollback_run_id_is_repeatable(tmp_path: Path) -> None:
