@@ -7,7 +7,7 @@ The library's jobs, one call each: ``run_import(config)`` (read -> validate -> r
 """
 
 from .apply import Progress, SendOptions
-from .errors import ApiError, AuthError, ImporterError, InputError, UnreadableFileError
+from .errors import ApiError, AuthError, ImporterError, InputError, ResultsNotSavedError, UnreadableFileError
 from .model import RawTable, RoutingRow, RowIssue, RowOutcome, ValidationReport
 from .pipeline import InputOptions, RunSummary, ValidateConfig, validate_file
 from .plan import Plan, Write
@@ -29,6 +29,7 @@ __all__ = [
     "Progress",
     "RawTable",
     "ReasonKind",
+    "ResultsNotSavedError",
     "RollbackConfig",
     "RoutingRow",
     "RowIssue",

@@ -704,8 +704,11 @@ class Job(Generic[C, R]):
             self.applied = Applied(plan.dry_run())
             return
         if not approved:
+            # Declining is a choice, not a failure: exit 0, and the summary says nothing was sent.
             outcomes = plan.not_sent("not sent: not confirmed", ReasonKind.NOT_CONFIRMED)
-            self.applied = Applied(plan.outcomes + outcomes, "not confirmed at the prompt", ExitCode.ABORTED)
+            self.applied = Applied(
+                plan.outcomes + outcomes, notes=("nothing sent: not confirmed at the prompt",)
+            )
             return
         assert journal is not None
         self.run_id = self.start_run(journal, session)

@@ -202,7 +202,12 @@ def _progress_bar(quiet: bool) -> tuple[Any, Any]:
     return update, close
 
 
-def _ask(plan: Any) -> bool:
+def _ask(plan: Any, details: bool = True) -> bool:
+    if details:  # e.g. the rows changed since an earlier run: seen before anything is sent
+        for line in plan.details[:20]:
+            click.echo(f"  {line}", err=True)
+        if len(plan.details) > 20:
+            click.echo(f"  ... and {len(plan.details) - 20} more", err=True)
     click.echo(f"Plan: {plan.text()}", err=True)
     return click.confirm("Send these writes now?", default=False, err=True)
 
@@ -301,10 +306,10 @@ def _api_key(flag: str | None) -> str:
     return os.environ.get("VOCOBASE_API_KEY", "")
 
 
-def _confirm_callback(yes: bool, dry_run: bool) -> Callable[[Any], bool] | None:
+def _confirm_callback(yes: bool, dry_run: bool, details: bool = True) -> Callable[[Any], bool] | None:
     """Ask before sending only on a terminal, and not with --yes or --dry-run."""
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
-    return _ask if (interactive and not yes and not dry_run) else None
+    return functools.partial(_ask, details=details) if (interactive and not yes and not dry_run) else None
 
 
 @main.command()
@@ -550,7 +555,7 @@ def rollback(
         dry_run=dry_run,
         force=force,
         on_plan=show,
-        confirm=_confirm_callback(yes, dry_run),
+        confirm=_confirm_callback(yes, dry_run, details=False),  # `show` printed them
     )
     _send_and_report(rollback_run, config, quiet)
 

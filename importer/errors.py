@@ -3,8 +3,9 @@
 ImporterError                 one clean line for the CLI; exit code on the class
 ├── InputError                unusable file or option                    (exit 2)
 │   └── UnreadableFileError   the file cannot be read as a spreadsheet   (exit 2)
-└── ApiError                  the API answered something run-ending      (exit 3)
-    └── AuthError             the key was rejected (401/403)             (exit 3)
+├── ApiError                  the API answered something run-ending      (exit 3)
+│   └── AuthError             the key was rejected (401/403)             (exit 3)
+└── ResultsNotSavedError      writes were sent, but no results file could be saved (exit 3)
 
 A job that stops itself once writes have begun (``--max-error-rate``, a key revoked midway,
 Ctrl-C) raises nothing: it settles what is in flight and returns a summary whose
@@ -40,3 +41,9 @@ class ApiError(ImporterError):
 
 class AuthError(ApiError):
     """The API key was rejected."""
+
+
+class ResultsNotSavedError(ImporterError):
+    """Writes were sent (the journal has them) but the results could be saved nowhere."""
+
+    exit_code = ExitCode.ABORTED

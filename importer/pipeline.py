@@ -12,13 +12,17 @@ import contextlib
 import datetime as dt
 import gc
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
+from xlsxwriter.exceptions import FileCreateError
 
-from .errors import InputError
+from .errors import InputError, ResultsNotSavedError
 from .model import RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
 from .reader import read_table
 from .results import OutcomeColumns, default_paths, write_failed_rows, write_results
@@ -131,6 +135,66 @@ def output_paths(input_path: Path, output: Path | None, failed_out: Path | None)
     if results.resolve() == failed.resolve():
         raise InputError("the results and failed-rows files must be different paths")
     return results, failed
+
+
+def check_writable(*paths: Path) -> None:
+    """Refuse, before anything is sent, an output that cannot be written (its folder is made).
+
+    Raises:
+        InputError: the folder cannot be made or written, or the file is a folder or locked.
+    """
+    for path in paths:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir():
+                raise IsADirectoryError(21, "it is a folder")
+            # The writer writes a temp file beside the target, then renames it over the target.
+            probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            probe.unlink()
+            if path.exists():
+                with path.open("r+b"):  # a file open in Excel (Windows) refuses this
+                    pass
+        except OSError as exc:
+            raise InputError(
+                f"cannot write {path}: {exc.strerror or exc}; choose another path, "
+                "or close the file if it is open in Excel"
+            ) from None
+
+
+SAVE_ERRORS = (OSError, FileCreateError)
+"""What saving a workbook raises when the place cannot be written."""
+T = TypeVar("T")
+
+
+def fallback_paths(path: Path) -> list[Path]:
+    """Where a results file goes when its own path fails: beside it (timestamped), here, the temp folder."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = path.name.replace(".results.xlsx", "").removesuffix(".xlsx") + f"-{stamp}.results.xlsx"
+    return [path.with_name(name), Path.cwd() / name, Path(tempfile.gettempdir()) / name]
+
+
+def save_with_fallback(save: Callable[[Path], T], path: Path) -> tuple[T, Path, str]:
+    """Save to ``path``, else to the first fallback that works (writes were sent: never lose the record).
+
+    Returns:
+        What ``save`` returned, where it saved, and a note for the summary ("" when ``path`` worked).
+
+    Raises:
+        ResultsNotSavedError: no fallback could be written either.
+    """
+    try:
+        return save(path), path, ""
+    except SAVE_ERRORS as first:
+        for alt in fallback_paths(path):
+            with contextlib.suppress(*SAVE_ERRORS):
+                note = f"the results could not be saved to {path} ({first}); saved to {alt} instead"
+                return save(alt), alt, note
+        tried = ", ".join(str(p) for p in fallback_paths(path))
+        raise ResultsNotSavedError(
+            f"the writes were sent and journalled, but the results could not be saved to {path} ({first}) "
+            f"nor to {tried}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -290,6 +354,7 @@ def validate_file(config: ValidateConfig) -> RunSummary:
     """
     started = now_text()
     results, failed = output_paths(config.input.path, config.output, config.failed_out)
+    check_writable(results, failed)
     report = load_and_validate(config.input)
     info = RunInfo(
         command="validate",

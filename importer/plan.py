@@ -226,6 +226,10 @@ def plan_import(
 ) -> Plan:
     """Plan every valid row against the live state: create, update, unchanged, skip or fail.
 
+    A row an earlier run of this input already did is planned against the live state too:
+    still as asked, it is unchanged ("done in an earlier run"); changed since (drift), it gets
+    the write it needs like any other row, marked "changed since run N" in the plan.
+
     Args:
         rows: The valid rows, in input order.
         inventory: The account's live state.
@@ -238,24 +242,10 @@ def plan_import(
     """
     writes: list[Write] = []
     outcomes: list[RowOutcome] = []
+    details: list[str] = []
     seen: dict[int, int] = {}
     counts: collections.Counter[str] = collections.Counter()
     for row in rows:
-        earlier = history.confirmed.get(row.row)
-        if earlier is not None:
-            outcomes.append(
-                RowOutcome(
-                    row=row.row,
-                    status=Status.SKIPPED,
-                    action=Action.SKIP,
-                    reason=f"done in an earlier run at {earlier.when} ({earlier.status})",
-                    reason_kind=ReasonKind.DONE_EARLIER,
-                    did_id=earlier.did_id,
-                    routing_id=earlier.routing_id,
-                )
-            )
-            counts["done_before"] += 1
-            continue
         found = resolve_row(row, inventory, connection)
         if not found.ok:
             outcomes.append(_failed(row.row, found.kind, found.reason, found.did_id))
@@ -277,9 +267,34 @@ def plan_import(
         seen[did_id] = row.row
         desired = routing_body(row.record())
         existing = inventory.routing.get(did_id)
-        resumed = history.in_flight.get(row.row)
+        earlier = history.confirmed.get(row.row)
         did = inventory.dids_by_id.get(did_id)
         number = did.did_number if did is not None else (row.did_number or "")
+        if existing is not None and body_of(existing.record) == desired:
+            if earlier is not None:
+                outcomes.append(
+                    RowOutcome(
+                        row=row.row,
+                        status=Status.UNCHANGED,
+                        action=Action.UNCHANGED,
+                        reason=f"done in an earlier run at {earlier.when} ({earlier.status}); "
+                        "the routing is still as requested, nothing sent",
+                        reason_kind=ReasonKind.DONE_EARLIER,
+                        did_id=did_id,
+                        routing_id=existing.routing_id,
+                    )
+                )
+                counts["done_before"] += 1
+            else:
+                outcomes.append(_already(row.row, did_id, existing, history.in_flight.get(row.row)))
+                counts["unchanged"] += 1
+            continue
+        drift = ""
+        if earlier is not None:
+            now = "its routing is gone" if existing is None else f"now {record_text(existing.record)}"
+            drift = f"changed since run {earlier.run_id} ({now})"
+            details.append(f"row {row.row}, DID {number} (id {did_id}): {drift}")
+            counts["drifted"] += 1
         if existing is None:
             writes.append(
                 Write(
@@ -291,15 +306,13 @@ def plan_import(
                     body=MappingProxyType({"did_id": did_id, **desired}),
                     before=None,
                     expect=MappingProxyType(desired),
+                    done=f"created; {drift}" if drift else "",
                     done_kind=ReasonKind.CREATED,
                     dry_kind=ReasonKind.DRY_RUN_CREATE,
+                    note=drift,
                 )
             )
             counts["create"] += 1
-            continue
-        if body_of(existing.record) == desired:
-            outcomes.append(_already(row.row, did_id, existing, resumed))
-            counts["unchanged"] += 1
             continue
         if on_existing is not OnExisting.UPDATE:
             skip = on_existing is OnExisting.SKIP
@@ -308,7 +321,9 @@ def plan_import(
                     row=row.row,
                     status=Status.SKIPPED if skip else Status.FAILED,
                     action=Action.SKIP if skip else Action.FAIL,
-                    reason=f"routing {existing.routing_id} exists and differs; --on-existing {on_existing}",
+                    reason=f"routing {existing.routing_id} exists and differs"
+                    + (f" ({drift})" if drift else "")
+                    + f"; --on-existing {on_existing}",
                     reason_kind=ReasonKind.EXISTS_SKIPPED if skip else ReasonKind.EXISTS_FAILED,
                     did_id=did_id,
                     routing_id=existing.routing_id,
@@ -328,13 +343,23 @@ def plan_import(
                 body=MappingProxyType(dict(desired)),
                 before=MappingProxyType(dict(existing.record)),
                 expect=MappingProxyType(desired),
+                done=f"updated; {drift}" if drift else "",
+                note=drift,
             )
         )
         counts["update"] += 1
     order = ("create", "update", "unchanged", "skip", "fail")
     shown = {name: counts[name] for name in order}
     shown["done in an earlier run"] = counts["done_before"]
-    return Plan(tuple(writes), tuple(outcomes), MappingProxyType(shown), on_existing=on_existing)
+    if counts["drifted"]:
+        shown["changed since an earlier run"] = counts["drifted"]
+    return Plan(
+        tuple(writes),
+        tuple(outcomes),
+        MappingProxyType(shown),
+        on_existing=on_existing,
+        details=tuple(details),
+    )
 
 
 def _already(row: int, did_id: int, existing: Routing, resumed: InFlightRow | None) -> RowOutcome:

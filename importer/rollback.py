@@ -46,7 +46,7 @@ from .errors import InputError
 from .journal import ChangeRecord, Journal, RunRecord
 from .limiter import RateLimiter
 from .model import RawTable, RunInfo, SourceInfo, Status
-from .pipeline import RunSummary, as_path, now_text
+from .pipeline import RunSummary, as_path, check_writable, now_text, save_with_fallback
 from .plan import NO_DELETE, Plan, Undo, plan_rollback, record_text
 from .results import write_results
 from .run import default_journal_path, open_journal
@@ -409,6 +409,7 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
         self.results = config.output or default_rollback_path(journal_path)
         if self.results.suffix.lower() != ".xlsx":
             raise InputError(f"the results workbook must be an .xlsx file, not {self.results.name}")
+        check_writable(self.results)
         self.journal_sha = _sha256(journal_path)
         journal = self.journal = open_journal(journal_path, claim=not config.dry_run)
         covered = self.covered = choose_runs(journal, config.run_ids, anchor, sha256)
@@ -452,12 +453,14 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
             },
         )
         tally = collections.Counter(o.status for o in outcomes)
+        table = _table(self.journal.path, self.journal_sha, plan.undos)
         try:
-            table = _table(self.journal.path, self.journal_sha, plan.undos)
-            write_results(self.results, table, outcomes, (), info)
+            _, self.results, saved = save_with_fallback(
+                lambda path: write_results(path, table, outcomes, (), info), self.results
+            )
         finally:
             self.finish_run(tally)
-        notes = self.notes()
+        notes = [*self.notes(), *([saved] if saved else [])]
         deactivated = sum(
             1
             for u, o in zip(plan.undos, outcomes, strict=True)

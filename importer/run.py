@@ -41,11 +41,13 @@ from .pipeline import (
     OutcomeTally,
     RunSummary,
     as_path,
+    check_writable,
     failed_outcome,
     load_and_validate,
     now_text,
     output_paths,
     reasons_by_row,
+    save_with_fallback,
     top_reasons,
     write_outputs,
 )
@@ -176,6 +178,7 @@ class _ImportJob(Job[ImportConfig, RunSummary]):
         config = self.config
         config.check()
         self.results, self.failed_path = output_paths(config.input.path, config.output, config.failed_out)
+        check_writable(self.results, self.failed_path)
         self.validation = load_and_validate(config.input)
         if not config.dry_run:
             path = config.journal or default_journal_path(self.results, config.input.path)
@@ -216,14 +219,16 @@ class _ImportJob(Job[ImportConfig, RunSummary]):
             options=config.describe(),
             audit=self.audit(),
         )
-        tally: OutcomeTally | None = None
+
+        def save(results: Path) -> OutcomeTally:
+            if results != self.results:  # a fallback: its failed-rows file goes beside it
+                self.failed_path = results.with_name(results.name.replace(".results.xlsx", ".failed.xlsx"))
+            return write_outputs(report.table, outcomes, report.issues, info, results, self.failed_path)
+
         try:
-            tally = write_outputs(report.table, outcomes, report.issues, info, self.results, self.failed_path)
+            tally, self.results, saved = save_with_fallback(save, self.results)
         finally:
-            # The workbook's counts (every input row); if writing it failed, the API stage's.
-            self.finish_run(
-                tally.counts if tally is not None else collections.Counter(o.status for o in outcomes)
-            )
+            self.finish_run(collections.Counter(o.status for o in outcomes))  # every input row's
         failed_kinds = [o.reason_kind for o in applied.outcomes if o.status is Status.FAILED]
         return RunSummary(
             rows=report.table.row_count,
@@ -232,7 +237,7 @@ class _ImportJob(Job[ImportConfig, RunSummary]):
             results_path=self.results,
             failed_path=self.failed_path if tally.failed_rows else None,
             exit_code=applied.exit_code or (ExitCode.ROWS_FAILED if tally.failed_rows else ExitCode.OK),
-            notes=self.notes(),
+            notes=[*self.notes(), *([saved] if saved else [])],
             outcomes=outcomes,
         )
 

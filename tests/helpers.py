@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from importer.run import ImportConfig
+    from importer.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_data"
@@ -133,3 +140,45 @@ def read_results(path: Path) -> list[dict[str, Any]]:
         wb.close()
     header = rows[0]
     return [dict(zip(header, r, strict=False)) for r in rows[1:]]
+
+
+SANDBOX_BASE = "http://sandbox.test/api/v2"
+
+
+def config_for(sheet: Path | str, tmp: Path, **kw: Any) -> ImportConfig:
+    """An import of ``sheet`` into the in-process sandbox: results and journal in ``tmp``, no waits."""
+    from importer.pipeline import InputOptions
+    from importer.run import ImportConfig
+    from importer.sandbox import SANDBOX_API_KEY
+
+    defaults: dict[str, Any] = dict(
+        input=InputOptions(path=sheet),
+        api_key=SANDBOX_API_KEY,
+        base_url=SANDBOX_BASE,
+        output=tmp / "out.results.xlsx",
+        journal=tmp / "run.journal.sqlite",
+        requests_per_minute=100_000,
+        retry_backoff=0,
+    )
+    defaults.update(kw)
+    return ImportConfig(**defaults)
+
+
+def change_routing(sandbox: Sandbox, did_id: int, body: dict[str, int]) -> None:
+    """Someone else updating a routing through the API (not through the importer)."""
+    from importer.sandbox import SANDBOX_API_KEY
+
+    routing_id = next(int(r["id"]) for r in sandbox.state_snapshot()["routing"] if int(r["did_id"]) == did_id)
+
+    async def send() -> None:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=sandbox.app), base_url=SANDBOX_BASE + "/"
+        ) as client:
+            reply = await client.post(
+                f"voicelink/call-routing/{routing_id}",
+                json=body,
+                headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
+            )
+            assert reply.status_code == 200, reply.text
+
+    asyncio.run(send())

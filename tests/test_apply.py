@@ -15,7 +15,17 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import REPO, SAMPLE, desired_record, read_results, routing_fields, write_inventory, write_sheet
+from helpers import (
+    REPO,
+    SAMPLE,
+    change_routing,
+    config_for,
+    desired_record,
+    read_results,
+    routing_fields,
+    write_inventory,
+    write_sheet,
+)
 
 import importer
 from importer.api import Bot, Did, Routing
@@ -26,27 +36,12 @@ from importer.fields import ROUTING_FIELDS
 from importer.journal import Journal
 from importer.live import Inventory
 from importer.model import RoutingRow
-from importer.pipeline import InputOptions
 from importer.plan import History, Write, plan_import
-from importer.run import ImportConfig, run_import, run_import_async
-from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
+from importer.run import run_import, run_import_async
+from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
 from importer.vocab import Action, ExitCode, OnExisting, ReasonKind, Status
 
 BASE = "http://sandbox.test/api/v2"
-
-
-def config_for(sheet: Path | str, tmp: Path, **kw: Any) -> ImportConfig:
-    defaults: dict[str, Any] = dict(
-        input=InputOptions(path=sheet),
-        api_key=SANDBOX_API_KEY,
-        base_url=BASE,
-        output=tmp / "out.results.xlsx",
-        journal=tmp / "run.journal.sqlite",
-        requests_per_minute=100_000,
-        retry_backoff=0,
-    )
-    defaults.update(kw)
-    return ImportConfig(**defaults)
 
 
 def routed(sandbox: Sandbox) -> dict[int, dict[str, int]]:
@@ -426,3 +421,73 @@ def test_second_ctrl_c_leaves_writes_in_flight_for_the_next_run(tmp_path: Path) 
     assert again.counts == {Status.SUCCEEDED: 6} and write_count(sandbox) == 6  # each DID routed once
     with Journal.open(tmp_path / "run.journal.sqlite") as journal:
         assert journal.in_flight(sha) == {}
+
+
+def test_rerun_plans_rows_done_earlier_against_the_live_state(tmp_path: Path) -> None:
+    """Drift: a row done in run 1 whose routing someone changed since is updated back, and the
+    plan says so before anything is sent; rows still as asked are unchanged."""
+    inv = write_inventory(tmp_path / "inv.json", 4)
+    sheet = write_sheet(tmp_path / "sheet.csv", 4)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    transport = httpx.ASGITransport(app=sandbox.app)
+    assert run_import(config_for(sheet, tmp_path), transport=transport).counts == {Status.SUCCEEDED: 4}
+    someone = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}
+    change_routing(sandbox, 1001, someone)
+    plans: list[importer.Plan] = []
+
+    def confirm(plan: importer.Plan) -> bool:
+        plans.append(plan)
+        return True
+
+    again = run_import(config_for(sheet, tmp_path, confirm=confirm), transport=transport)
+    assert again.counts == {Status.UNCHANGED: 3, Status.SUCCEEDED: 1}
+    assert routed(sandbox)[1001] == desired_record(1)
+    assert [line for line in plans[0].lines() if "changed since run 1" in line]
+    assert plans[0].counts["update"] == 1
+    by_row = {o.row: o for o in again.outcomes}
+    assert "changed since run 1" in by_row[3].reason and by_row[3].action is Action.UPDATE
+    assert all(by_row[r].reason.startswith("done in an earlier run at ") for r in (2, 4, 5))
+
+
+def test_declining_the_prompt_sends_nothing_and_exits_0(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 3)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    summary = run_import(
+        config_for(sheet, tmp_path, confirm=lambda plan: False),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    assert summary.exit_code is ExitCode.OK and write_count(sandbox) == 0
+    assert summary.counts == {Status.NOT_SENT: 3}
+    assert summary.notes[0] == "nothing sent: not confirmed at the prompt"
+    assert "nothing sent" in "\n".join(summary.lines())
+
+
+def test_an_unwritable_results_path_is_refused_before_any_write(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 3)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    (tmp_path / "not-a-folder").write_text("a file where the results' folder should be")
+    config = config_for(sheet, tmp_path, output=tmp_path / "not-a-folder" / "out.results.xlsx")
+    with pytest.raises(InputError, match=r"cannot write .*not-a-folder"):
+        run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
+    assert write_count(sandbox) == 0
+
+
+def test_results_that_cannot_be_saved_after_the_writes_go_to_a_fallback_path(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 3)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    wanted = tmp_path / "out.results.xlsx"
+
+    def confirm_then_lock(plan: importer.Plan) -> bool:
+        wanted.mkdir()  # after the check and before the save: the save itself fails
+        return True
+
+    summary = run_import(
+        config_for(sheet, tmp_path, confirm=confirm_then_lock), transport=httpx.ASGITransport(app=sandbox.app)
+    )
+    assert write_count(sandbox) == 3 and summary.exit_code is ExitCode.OK
+    assert summary.results_path != wanted and summary.results_path.is_file()
+    assert any(f"saved to {summary.results_path}" in n and str(wanted) in n for n in summary.notes)
+    assert [r["import_status"] for r in read_results(summary.results_path)] == ["succeeded"] * 3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import hashlib
 from pathlib import Path
@@ -11,7 +10,14 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from helpers import desired_record, read_results, routing_fields, write_inventory, write_sheet
+from helpers import (
+    change_routing,
+    desired_record,
+    read_results,
+    routing_fields,
+    write_inventory,
+    write_sheet,
+)
 
 from importer.cli import main
 from importer.errors import AuthError, InputError
@@ -73,24 +79,6 @@ def imported(tmp_path: Path) -> tuple[Sandbox, RunSummary, dict[int, dict[str, i
     sandbox = create_sandbox(SandboxConfig(inventory=inv))
     before = routing_by_did(sandbox)
     return sandbox, do_import(tmp_path, sandbox), before
-
-
-def change_routing(sandbox: Sandbox, did_id: int, body: dict[str, int]) -> None:
-    """Someone else updating a routing through the API (not through the importer)."""
-    routing_id = next(int(r["id"]) for r in sandbox.state_snapshot()["routing"] if int(r["did_id"]) == did_id)
-
-    async def send() -> None:
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=sandbox.app), base_url=BASE + "/"
-        ) as client:
-            reply = await client.post(
-                f"voicelink/call-routing/{routing_id}",
-                json=body,
-                headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
-            )
-            assert reply.status_code == 200, reply.text
-
-    asyncio.run(send())
 
 
 def expected_after_rollback(before: dict[int, dict[str, int]]) -> dict[int, dict[str, int]]:
@@ -287,9 +275,10 @@ def test_rollback_rejected_key_sends_nothing(
     assert "rg_live_wrong_key_123456" not in str(info.value) and write_count(sandbox) == writes
 
 
-def test_rollback_not_confirmed_sends_nothing_and_exits_3(
+def test_rollback_not_confirmed_sends_nothing_and_exits_0(
     tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
 ) -> None:
+    """Declining the prompt is a choice, not a failure: exit 0, 'nothing sent'."""
     sandbox, run, _ = imported
     writes = write_count(sandbox)
     asked: list[str] = []
@@ -298,11 +287,12 @@ def test_rollback_not_confirmed_sends_nothing_and_exits_3(
         transport=httpx.ASGITransport(app=sandbox.app),
     )
     assert (
-        summary.exit_code == 3
+        summary.exit_code == 0
         and summary.counts == {"not_sent": 4, "unchanged": 1}
         and write_count(sandbox) == writes
     )
     assert asked and asked[0].startswith("restore 2, deactivate 2")
+    assert summary.notes[0] == "nothing sent: not confirmed at the prompt"
 
 
 def test_cli_rollback_dry_run_over_tcp(tmp_path: Path) -> None:

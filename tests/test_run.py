@@ -12,6 +12,7 @@ from helpers import (
     CONNECTION,
     SAMPLE,
     SECOND_CONNECTION,
+    config_for,
     desired_record,
     read_results,
     routing_fields,
@@ -21,23 +22,8 @@ from helpers import (
 
 from importer.apply import Progress
 from importer.errors import AuthError, InputError
-from importer.pipeline import InputOptions
-from importer.run import ImportConfig, run_import
+from importer.run import run_import
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
-
-
-def config_for(path: Path, tmp: Path, **kw: Any) -> ImportConfig:
-    defaults: dict[str, Any] = dict(
-        input=InputOptions(path=path),
-        api_key=SANDBOX_API_KEY,
-        base_url="http://sandbox.test/api/v2",
-        output=tmp / "out.results.xlsx",
-        journal=tmp / "run.journal.sqlite",
-        requests_per_minute=100_000,
-        retry_backoff=0,
-    )
-    defaults.update(kw)
-    return ImportConfig(**defaults)
 
 
 def routing_by_did(state: dict[str, Any]) -> dict[int, dict[str, int]]:
@@ -111,7 +97,7 @@ def test_run_routes_every_row_exactly_once_and_rerun_skips(tmp_path: Path) -> No
     assert 1001 not in {int(k) for k in state["create_attempts"]}  # existed: updated, never created
     before = write_count(state)
     again = run_import(config_for(sheet, tmp_path), transport=transport)
-    assert again.counts == {"skipped": 30}
+    assert again.counts == {"unchanged": 30}
     assert write_count(sandbox.state_snapshot()) == before
     reasons = {r["import_reason"] for r in read_results(again.results_path)}
     assert all(reason.startswith("done in an earlier run at ") for reason in reasons)
