@@ -35,7 +35,7 @@ def test_history_records_counts_changes_and_rollbacks(tmp_path: Path) -> None:
     first, second, undo = log.runs
     assert [h.run.command for h in log.runs] == ["run", "run", "rollback"]
     assert dict(first.counts) == {"succeeded": 2, "unchanged": 1, "skipped": 0, "failed": 0, "not_sent": 3}
-    assert dict(second.counts)["succeeded"] == 3 and dict(second.counts)["skipped"] == 3
+    assert dict(second.counts)["succeeded"] == 3 and dict(second.counts)["unchanged"] == 3
     assert (first.changed, second.changed, undo.changed) == (2, 3, 4)
     assert first.rolled_back_by == second.rolled_back_by == (3,)
     assert undo.rollback_of == (1, 2) and undo.rolled_back_by == ()
@@ -54,7 +54,7 @@ def test_history_table_says_when_who_what_and_rolled_back(tmp_path: Path) -> Non
         assert who in line and sha in line
     assert one.startswith("1 ") and "sheet.csv" in one
     assert "succeeded 2, unchanged 1, not sent 3" in one and "by run 3" in one
-    assert two.startswith("2* ") and "succeeded 3, skipped 3" in two and "by run 3" in two
+    assert two.startswith("2* ") and "succeeded 3, unchanged 3" in two and "by run 3" in two
     assert "rollback" in three and "undoes 1, 2" in three and "succeeded 4, unchanged 1" in three
     assert lines[5] == "* the run of the results workbook given (run 2)"
     # the rollback's own workbook finds the same journal, and marks the rollback's run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
 from pathlib import Path
@@ -455,9 +456,9 @@ def test_rollback_of_a_resumed_run_covers_every_run_of_the_input(tmp_path: Path)
         ),
         transport=httpx.ASGITransport(app=sandbox.app),
     )
-    assert again.counts == {"succeeded": 4, "unchanged": 1, "skipped": 1}  # 1005: asked inactive
-    (skipped,) = (o for o in again.outcomes if o.status is Status.SKIPPED)
-    assert skipped.row == 2 + SAME  # as asked before run 1 and never changed: still done
+    assert again.counts == {"succeeded": 4, "unchanged": 2}  # 1005: asked inactive
+    done = [o.row for o in again.outcomes if o.reason.startswith("done in an earlier run")]
+    assert done == [2 + SAME]  # as asked before run 1 and never changed: still done
 
 
 def test_rollback_run_id_narrows_to_the_runs_named(tmp_path: Path) -> None:
@@ -537,7 +538,7 @@ def do_import_again(tmp: Path, sandbox: Sandbox) -> RunSummary:
         retry_backoff=0,
     )
     summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
-    assert summary.counts == {"skipped": 6}
+    assert summary.counts == {"unchanged": 6}
     return summary
 
 
@@ -593,7 +594,7 @@ def test_rollback_after_a_killed_run_and_its_resume_undoes_both(tmp_path: Path) 
         ),
         transport=httpx.ASGITransport(app=sandbox.app),
     )
-    assert resumed.counts == {"succeeded": 4, "unchanged": 1, "skipped": 1}  # row 6 settled on resume
+    assert resumed.counts == {"succeeded": 4, "unchanged": 2}  # row 5 done, row 6 settled on resume
     plans: list[Plan] = []
     summary = rollback(
         undo_config(resumed.results_path, on_plan=plans.append),
@@ -623,7 +624,7 @@ def test_rollback_after_rollback_and_rerun_restores_the_record_before_the_rerun(
         ),
         transport=transport,
     )
-    assert rerun.counts == {"succeeded": 4, "unchanged": 1, "skipped": 1}  # 1000 back to the sheet's
+    assert rerun.counts == {"succeeded": 4, "unchanged": 2}  # 1000 back to the sheet's
     plans: list[Plan] = []
     summary = rollback(undo_config(rerun.results_path, on_plan=plans.append), transport=transport)
     # run 1 still covers DID 1005 (created inactive, unchanged since its rollback): nothing to send
