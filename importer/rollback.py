@@ -304,12 +304,21 @@ def _changed_nothing(
     others = [r.run_id for r in imports if r.input_sha256 in shas and r.run_id not in ids]
     if not others:
         return f"{said}, nor did any other run of the same input: nothing to roll back"
-    rows = len({c.row for c in changes if c.run_id in others})
-    how = " ".join(f"--run-id {i}" for i in others)
+    undone_by = journal.undone_by()
+    theirs = [c for c in changes if c.run_id in others]
+    pending = [c for c in theirs if (c.run_id, c.row) not in undone_by]
+    if not pending:
+        by = sorted({undone_by[(c.run_id, c.row)] for c in theirs})
+        return (
+            f"{said}; {_runs_label(others)} of the same input changed {len({c.row for c in theirs})} "
+            f"rows and {_runs_label(by)} rolled them back already"
+        )
+    named = sorted({c.run_id for c in pending})
+    how = " ".join(f"--run-id {i}" for i in named)
     # Passing the journal covers its latest import's input: suggest it only when that is this one.
     journal_too = f" or pass the journal {journal.path.name}" if imports[-1].input_sha256 in shas else ""
     return (
-        f"{said}; {_runs_label(others)} of the same input changed {rows} rows: "
+        f"{said}; {_runs_label(named)} of the same input changed {len({c.row for c in pending})} rows: "
         f"roll back with {how}{journal_too}"
     )
 
@@ -461,15 +470,15 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
         finally:
             self.finish_run(tally)
         notes = [*self.notes(), *([saved] if saved else [])]
-        deactivated = sum(
-            1
+        deactivated = [
+            u.run_id
             for u, o in zip(plan.undos, outcomes, strict=True)
             if u.action_undone == Action.CREATE and o.status is Status.SUCCEEDED
-        )
+        ]
         if deactivated:
             notes.append(
-                f"{NO_DELETE}: {deactivated} routing records {self.covered.label()} created were deactivated "
-                "(status 0), modes kept"
+                f"{NO_DELETE}: {len(deactivated)} routing records {_runs_label(sorted(set(deactivated)))} "
+                "created were deactivated (status 0), modes kept"
             )
         if tally[Status.SKIPPED]:
             notes.append(

@@ -435,6 +435,7 @@ def test_rollback_of_a_resumed_run_covers_every_run_of_the_input(tmp_path: Path)
     )
     assert summary.exit_code == 0 and summary.counts == {"succeeded": 4, "unchanged": 1}
     assert routing_by_did(sandbox) == expected_after_rollback(before)  # run 1's updates are undone too
+    assert "2 routing records run 2 created were deactivated (status 0), modes kept" in summary.notes[-1]
     assert plans[0].heading.startswith("rollback of runs 1, 2 (sheet.csv) from ")
     assert [d.split(":")[0] for d in plans[0].details] == [
         "row 2, DID 918020000000 (id 1000), updated by run 1",
@@ -521,15 +522,32 @@ def test_rollback_from_a_run_that_changed_nothing_names_the_runs_that_did(
     journal = tmp_path / "sheet.journal.sqlite"
     with pytest.raises(InputError, match=r"^run 2 changed nothing; run 1 of the same input changed 5 rows"):
         rollback(undo_config(journal, run_ids=[2]), transport=httpx.ASGITransport(app=sandbox.app))
+    rollback(undo_config(journal), transport=httpx.ASGITransport(app=sandbox.app))  # run 3 undoes run 1
+    third = do_import_again(tmp_path, sandbox, {"succeeded": 4, "unchanged": 2})  # run 4 applies it again
+    with pytest.raises(InputError) as info:  # run 5: nothing to do
+        rollback(
+            undo_config(do_import_again(tmp_path, sandbox).results_path),
+            transport=httpx.ASGITransport(app=sandbox.app),
+        )
+    assert str(info.value).startswith(
+        "run 5 changed nothing; run 4 of the same input changed 4 rows: roll back with --run-id 4 or"
+    )
+    rollback(undo_config(third.results_path, run_ids=[4]), transport=httpx.ASGITransport(app=sandbox.app))
+    with pytest.raises(InputError) as info:  # run 6 undid run 4
+        rollback(undo_config(journal, run_ids=[5]), transport=httpx.ASGITransport(app=sandbox.app))
+    assert str(info.value) == (
+        "run 5 changed nothing; runs 1 and 4 of the same input changed 5 rows "
+        "and runs 3 and 6 rolled them back already"
+    )
     with Journal.open(journal) as j:
         alone = j.start_run(
             input_sha256="z" * 64, input_name="other.csv", command="run", audit={}, options={}
         )
-    with pytest.raises(InputError, match=r"^run 3 changed nothing, nor did any other run of the same input"):
+    with pytest.raises(InputError, match=r"^run 7 changed nothing, nor did any other run of the same input"):
         rollback(undo_config(journal, run_ids=[alone]), transport=httpx.ASGITransport(app=sandbox.app))
 
 
-def do_import_again(tmp: Path, sandbox: Sandbox) -> RunSummary:
+def do_import_again(tmp: Path, sandbox: Sandbox, counts: dict[str, int] | None = None) -> RunSummary:
     config = ImportConfig(
         input=InputOptions(path=tmp / "sheet.csv"),
         api_key=SANDBOX_API_KEY,
@@ -538,7 +556,7 @@ def do_import_again(tmp: Path, sandbox: Sandbox) -> RunSummary:
         retry_backoff=0,
     )
     summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
-    assert summary.counts == {"unchanged": 6}
+    assert summary.counts == (counts or {"unchanged": 6})
     return summary
 
 
