@@ -370,7 +370,10 @@ def rollback_run(
     transport: httpx.AsyncBaseTransport | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> RunSummary:
-    """Roll back one run: restore what it updated, deactivate what it created, write the results.
+    """Roll back an import: restore what it updated, deactivate what it created, write the results.
+
+    Every run of the input ``config.source`` names is covered (an interrupted run and its
+    resume together) unless ``config.run_ids`` names the runs; see ``choose_runs``.
 
     Args:
         config: the rollback's options.
@@ -382,7 +385,8 @@ def rollback_run(
         Skipped rows (changed since the run) do not fail the rollback; the notes count them.
 
     Raises:
-        InputError: no journal, no such run, a run that changed nothing, a bad option (exit 2);
+        InputError: no journal, no such run, a run that changed nothing (the message names the
+            runs of the same input that did), a bad option (exit 2);
             also when called inside a running event loop (``await rollback_run_async`` there).
         AuthError: the key was rejected before anything was sent (exit 3).
     """
