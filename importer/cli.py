@@ -570,7 +570,11 @@ def sandbox(
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
-    "--run-id", type=click.IntRange(min=1), help="The journal's run to undo (default: SOURCE's run)."
+    "--run-id",
+    "run_ids",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="Undo only this journal run (repeatable; default: every run of SOURCE's input).",
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook.")
 @_connect_options
@@ -578,7 +582,7 @@ def sandbox(
 @one_line_errors
 def rollback(
     source: Path,
-    run_id: int | None,
+    run_ids: tuple[int, ...],
     output: Path | None,
     base_url: str,
     api_key: str | None,
@@ -592,9 +596,11 @@ def rollback(
     yes: bool,
     quiet: bool,
 ) -> None:
-    """Undo a run: restore the rows it updated, deactivate (status 0) the routing it created.
+    """Undo an import: restore the rows it updated, deactivate (status 0) the routing it created.
 
     SOURCE is the run's results workbook (its journal is found beside it) or the journal itself.
+    Every run of the same input is undone (an interrupted run and its resume) unless --run-id
+    names the runs.
     """
     from .rollback import RollbackConfig, rollback_run
 
@@ -606,7 +612,7 @@ def rollback(
         source=source,
         api_key=_api_key(api_key),
         base_url=base_url,
-        run_id=run_id,
+        run_ids=run_ids,
         output=output,
         connection_id=connection_id,
         requests_per_minute=requests_per_minute,
@@ -625,11 +631,11 @@ def rollback(
 @click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
 @one_line_errors
 def history(source: Path) -> None:
-    """List the runs a journal records: when, who, which input, the counts, rolled back or not.
+    """List the runs a journal records: when, who, input, counts, and what rolled them back.
 
-    SOURCE is a results workbook (its journal is found beside it) or the journal itself.
+    SOURCE is a results workbook (its journal is found as rollback finds it) or the journal itself.
     """
-    from .rollback import run_history
+    from .history import history_lines, run_history
 
-    for entry in run_history(source):
-        click.echo(entry.line())
+    for line in history_lines(run_history(source)):
+        click.echo(line)

@@ -16,6 +16,7 @@ The API key is never stored: any text that looks like a key is masked before wri
 
 from __future__ import annotations
 
+import collections
 import fcntl
 import json
 import os
@@ -31,7 +32,15 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["ChangeRecord", "ConfirmedRow", "InFlightRow", "Journal", "RunRecord"]
+__all__ = [
+    "ChangeRecord",
+    "ConfirmedRow",
+    "InFlightRow",
+    "Journal",
+    "RunHistory",
+    "RunRecord",
+    "rollback_of",
+]
 
 IN_FLIGHT = "in_flight"
 DONE = "done"
@@ -137,6 +146,27 @@ class RunRecord:
     """None while the run is going on, or when it was killed."""
     counts: Mapping[str, int] | None
     """Rows per status, once finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunHistory:
+    """One run as ``history`` lists it: the run, what it did, and what undid it."""
+
+    run: RunRecord
+    counts: Mapping[str, int]
+    """Rows per status: as recorded at the finish, else (a killed run) its outcomes so far."""
+    no_outcome: int
+    """Writes sent whose outcome this run never recorded (it was killed while they were in flight)."""
+    changed: int
+    """Rows whose routing it changed: creates and updates that succeeded."""
+    rolled_back_by: tuple[int, ...]
+    """The rollback runs that covered it, oldest first."""
+    rollback_of: tuple[int, ...]
+    """For a rollback run: the runs it undid."""
+
+    @property
+    def is_rollback(self) -> bool:
+        return self.run.command == "rollback"
 
 
 def _now() -> str:
@@ -402,16 +432,27 @@ class Journal:
 
     def _undone(self) -> set[tuple[int, int]]:
         """(run id, row) pairs that a rollback run restored (succeeded) or found already restored."""
-        out: set[tuple[int, int]] = set()
-        for run in self._query("SELECT run_id, audit FROM runs WHERE command = 'rollback'", ()):
-            target = _load(run["audit"]) or {}
-            # One run ("3"), or every run of an input a rollback covered ("1,3").
-            of = [int(i) for i in str(target.get("rollback_of_run", "")).split(",") if i.strip().isdigit()]
+        return set(self.undone_by())
+
+    def undone_by(self) -> dict[tuple[int, int], int]:
+        """Which rollback last put back each row a run changed.
+
+        Returns:
+            (run id, row) -> the latest rollback run that restored that row of that run
+            (succeeded) or found it already restored (unchanged).
+        """
+        out: dict[tuple[int, int], int] = {}
+        for run in self._query(
+            "SELECT run_id, audit FROM runs WHERE command = 'rollback' ORDER BY run_id", ()
+        ):
+            covered = rollback_of(_text_map(run["audit"]))
             for e in self._query(
                 "SELECT row FROM entries WHERE run_id = ? AND state = ? AND status IN (?, ?)",
                 (run["run_id"], DONE, *CONFIRMED),
             ):
-                out.update((i, int(e["row"])) for i in of)
+                # A rollback of several runs of one input undoes the row in each of them: the
+                # deciding entry may be any of theirs (e.g. a resume that settled a write in flight).
+                out.update(((of, int(e["row"])), run["run_id"]) for of in covered)
         return out
 
     def confirmed(self, input_sha256: str) -> dict[int, ConfirmedRow]:
@@ -499,6 +540,48 @@ class Journal:
             )
             for r in self._query("SELECT * FROM runs ORDER BY run_id", ())
         ]
+
+    def history(self) -> list[RunHistory]:
+        """Every run, oldest first, with its counts, the rows it changed and the rollbacks of it.
+
+        Returns:
+            One record per run; a rollback run lists the runs it undid, and each of those
+            lists the rollback runs that covered it.
+        """
+        runs = self.runs()
+        outcomes: dict[int, dict[str, int]] = collections.defaultdict(dict)
+        for e in self._query(
+            "SELECT run_id, status, COUNT(*) AS n FROM entries WHERE state = ? GROUP BY run_id, status",
+            (DONE,),
+        ):
+            outcomes[e["run_id"]][e["status"]] = e["n"]
+        no_outcome = {
+            e["run_id"]: e["n"]
+            for e in self._query(
+                "SELECT run_id, COUNT(*) AS n FROM entries WHERE state = ? GROUP BY run_id", (IN_FLIGHT,)
+            )
+        }
+        changed: dict[int, set[int]] = collections.defaultdict(set)
+        for c in self.changes():
+            changed[c.run_id].add(c.row)
+        undid = {r.run_id: rollback_of(r.audit) for r in runs if r.command == "rollback"}
+        return [
+            RunHistory(
+                run=r,
+                counts=r.counts if r.counts is not None else MappingProxyType(outcomes[r.run_id]),
+                no_outcome=no_outcome.get(r.run_id, 0),
+                changed=len(changed[r.run_id]),
+                rolled_back_by=tuple(by for by, of in undid.items() if r.run_id in of),
+                rollback_of=undid.get(r.run_id, ()),
+            )
+            for r in runs
+        ]
+
+
+def rollback_of(audit: Mapping[str, str]) -> tuple[int, ...]:
+    """The runs a rollback run undid, from its audit's ``rollback_of_run`` ("3" or "1,2")."""
+    parts = audit.get("rollback_of_run", "").split(",")
+    return tuple(int(p) for p in (part.strip() for part in parts) if p.isdigit())
 
 
 def _text_map(text: str | None) -> Mapping[str, str]:

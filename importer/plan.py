@@ -115,8 +115,6 @@ class Undo:
 
     index: int
     """This undo's row in the rollback's Results sheet (Excel numbering, first data row 2)."""
-    run_id: int
-    """The (first) run that made the change."""
     run_row: int
     """The row of the run's input file that made the change."""
     did_id: int | None
@@ -132,11 +130,14 @@ class Undo:
     decision: Decision
     reason: str
     reason_kind: ReasonKind
+    run_id: int = 0
+    """The run whose change this undoes (across several runs: the first that changed the DID)."""
 
     def line(self) -> str:
         """One plan line for people."""
         did = f"DID {self.did_number or '?'} (id {self.did_id})"
-        return f"row {self.run_row}, {did}, {self.action_undone}d by run {self.run_id}: {self.reason}"
+        by = f"run {self.run_id}" if self.run_id else "the run"
+        return f"row {self.run_row}, {did}, {self.action_undone}d by {by}: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +441,6 @@ def _decide(
     def undo(decision: Decision, kind: ReasonKind, reason: str) -> tuple[Undo, Mapping[str, int] | None]:
         made = Undo(
             index=index,
-            run_id=change.run_id,
             run_row=change.row,
             did_id=did_id,
             did_number=did.did_number if did is not None else "",
@@ -452,6 +452,7 @@ def _decide(
             decision=decision,
             reason=reason,
             reason_kind=kind,
+            run_id=change.run_id,
         )
         return made, live
 
@@ -515,10 +516,13 @@ _DRY_KIND = {
 def plan_rollback(
     changes: Sequence[ChangeRecord], inventory: Inventory, force: bool, *, heading: str = ""
 ) -> Plan:
-    """Plan one undo per DID the run changed: restore an update, deactivate a create.
+    """Plan one undo per DID the runs changed: restore an update, deactivate a create.
+
+    The changes of several runs (an interrupted run and its resume) collapse per DID: the
+    record before the first of them touched it is put back, guarded by what the last one sent.
 
     Args:
-        changes: The run's writes from the journal (unsettled ones included).
+        changes: The runs' writes from the journal, oldest first (unsettled ones included).
         inventory: The account's live state.
         force: Overwrite rows someone changed since the run instead of skipping them.
         heading: The plan's first line for people.

@@ -1,9 +1,13 @@
-"""Roll back a run: put back the routing it changed, paced, settled and journalled like the run.
+"""Roll back an import: put back the routing it changed, paced, settled and journalled like a run.
 
 ``rollback_run`` is the whole job in one call; its stages are the methods of ``_RollbackJob``
-in the order they run: find the journal and the run -> read the live state -> plan one undo
-per change (``plan.plan_rollback``) -> (confirm) -> send (``apply.apply_plan``, the engine
+in the order they run: find the journal and the runs -> read the live state -> plan one undo
+per DID changed (``plan.plan_rollback``) -> (confirm) -> send (``apply.apply_plan``, the engine
 ``run`` uses) -> results workbook.
+
+- Every run of the same input (same content hash) that changed something is undone together,
+  so an interrupted run and its resume are one rollback; ``run_ids`` narrows it to the runs
+  named (``choose_runs``). Per DID, the record before the first of them is put back.
 
 - A row the run **updated** gets its previous record back: the full replacement body built
   from the record the run read before writing (status included).
@@ -21,9 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +43,7 @@ from .apply import (
     open_session,
 )
 from .errors import InputError
-from .journal import Journal, RunRecord
+from .journal import ChangeRecord, Journal, RunRecord
 from .limiter import RateLimiter
 from .model import RawTable, RunInfo, SourceInfo, Status
 from .pipeline import RunSummary, as_path, check_writable, now_text, save_with_fallback
@@ -51,13 +54,13 @@ from .vocab import Action, ExitCode, describe_kind
 
 __all__ = [
     "ROLLBACK_COLUMNS",
+    "Coverage",
     "RollbackConfig",
-    "RunHistory",
+    "choose_runs",
     "default_rollback_path",
     "locate_run",
     "rollback_run",
     "rollback_run_async",
-    "run_history",
 ]
 
 COMMAND = "rollback"
@@ -85,8 +88,11 @@ class RollbackConfig(ConnectOptions):
 
     source: Path
     """A results workbook of a run, or the journal itself."""
+    run_ids: Sequence[int] = ()
+    """The runs to roll back, and only those. Empty: every run of the input ``source`` names
+    (its results workbook's, else the journal's latest import) that changed something."""
     run_id: int | None = None
-    """The run to roll back; None: the run the results workbook belongs to, else the journal's latest."""
+    """One run to roll back: the same as ``run_ids=(run_id,)``."""
     output: Path | None = None
     force: bool = False
     """Overwrite rows someone changed since the run instead of skipping them."""
@@ -97,10 +103,15 @@ class RollbackConfig(ConnectOptions):
         ConnectOptions.__post_init__(self)
         for name in ("source", "output"):
             as_path(self, name)
+        asked = {*self.run_ids, *(() if self.run_id is None else (self.run_id,))}
+        object.__setattr__(self, "run_ids", tuple(sorted(int(i) for i in asked)))
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet and the journal (never the key)."""
-        return {**ConnectOptions.describe(self), "force": "yes" if self.force else "no"}
+        out = {**ConnectOptions.describe(self), "force": "yes" if self.force else "no"}
+        if self.run_ids:
+            out["run_ids"] = ", ".join(map(str, self.run_ids))
+        return out
 
 
 # -- finding the journal and the run --------------------------------------------------
@@ -127,8 +138,10 @@ def _summary_lines(workbook: Path) -> dict[str, str]:
         book.close()
 
 
-def locate_run(source: Path, run_id: int | None = None) -> tuple[Path, int | None, str | None]:
-    """Find the journal a results workbook (or journal path) points to, and the input it was run on.
+def locate_run(
+    source: Path, run_id: int | None = None, *, rollback_results: bool = False
+) -> tuple[Path, int | None, str | None]:
+    """Find the journal a results workbook (or journal path) points to.
 
     A results workbook names its journal on a ``journal`` Summary line when the writer records
     one; otherwise the journal is where ``run`` puts it by default: beside the workbook, named
@@ -136,11 +149,13 @@ def locate_run(source: Path, run_id: int | None = None) -> tuple[Path, int | Non
 
     Args:
         source: A results workbook or a journal.
-        run_id: The run asked for (``--run-id``), if any.
+        run_id: The run asked for, if any (it wins over what the workbook says).
+        rollback_results: Accept a rollback's own results workbook (``history`` reads it; a
+            rollback refuses it, since undoing a rollback takes its --run-id).
 
     Returns:
-        The journal path, the run id asked for (or, from a workbook that names no input sha256,
-        the workbook's own run) and the input's sha256 from the workbook (None for a journal).
+        The journal path, the run id (None: choose by ``input_sha256`` or the latest) and the
+        input's sha256 from the workbook (None for a journal argument).
 
     Raises:
         InputError: the file is missing or says nothing usable.
@@ -152,7 +167,7 @@ def locate_run(source: Path, run_id: int | None = None) -> tuple[Path, int | Non
     if source.suffix.lower() in JOURNAL_SUFFIXES:
         return source, run_id, None
     lines = _summary_lines(source)
-    if lines.get("command", "").startswith(COMMAND):
+    if lines.get("command", "").startswith(COMMAND) and not rollback_results:
         raise InputError(
             f"{source.name} is a rollback's own results; to undo a rollback pass the journal and its --run-id"
         )
@@ -164,92 +179,148 @@ def locate_run(source: Path, run_id: int | None = None) -> tuple[Path, int | Non
         journal = default_journal_path(source, Path(lines["file"]))
     else:
         raise InputError(f"{source.name}: its Summary sheet names neither the journal nor the input file")
-    sha256 = lines.get("sha256") or None
-    if run_id is None and sha256 is None:
+    if run_id is None:
         for key in ("journal run", "journal_run", "run id", "run_id"):
             text = lines.get(key, "")
             if text.isdigit():
                 run_id = int(text)
                 break
-    return journal, run_id, sha256
-
-
-def _choose_runs(journal: Journal, run_id: int | None, sha256: str | None) -> tuple[RunRecord, ...]:
-    """Pick the runs to undo: the one asked for, else every run of the input that changed something.
-
-    The input is the workbook's (by sha256), or, given the journal itself, the latest run's that
-    changed something. Covering every run matters after an interrupted run and its resume: the
-    first run's changes are the import's too. Rollback runs are never picked by default: a
-    second rollback must not undo the first.
-    """
-    runs = {r.run_id: r for r in journal.runs()}
-    if run_id is not None:
-        if run_id not in runs:
-            known = ", ".join(str(i) for i in sorted(runs)) or "none"
-            raise InputError(f"the journal {journal.path} has no run {run_id} (runs: {known})")
-        return (runs[run_id],)
-    changed = {c.run_id for c in journal.changes(include_unsettled=True)}
-    imports = [r for i, r in sorted(runs.items()) if i in changed and not r.command.startswith(COMMAND)]
-    if sha256 is None and imports:
-        sha256 = imports[-1].input_sha256
-    chosen = tuple(r for r in imports if r.input_sha256 == sha256)
-    if chosen:
-        return chosen
-    if not imports:
-        raise InputError(f"the journal {journal.path} records no run that changed anything")
-    others = "; ".join(f"run {r.run_id} ({r.input_name}, {r.started})" for r in imports)
-    raise InputError(
-        f"no run of that results workbook's input changed anything; runs that did: {others} "
-        "(pass the journal with --run-id to undo one)"
-    )
-
-
-def _runs_text(runs: Sequence[RunRecord]) -> str:
-    ids = ", ".join(str(r.run_id) for r in runs)
-    names = ", ".join(dict.fromkeys(r.input_name for r in runs))
-    return f"run{'s' if len(runs) > 1 else ''} {ids} ({names})"
+    return journal, run_id, lines.get("sha256") or None
 
 
 @dataclass(frozen=True, slots=True)
-class RunHistory:
-    """One run of a journal, and the rollbacks that undid it."""
+class Coverage:
+    """The runs a rollback undoes and their writes, oldest first."""
 
-    run: RunRecord
-    rolled_back_by: tuple[int, ...]
+    runs: tuple[RunRecord, ...]
+    changes: tuple[ChangeRecord, ...]
 
-    def line(self) -> str:
-        """The run as one line for people: when, who, what, on which input, with what result."""
-        r = self.run
-        who = f"{r.audit.get('os_user', '?')}@{r.audit.get('host', '?')}"
-        counts = ", ".join(f"{Status(k).label} {n}" for k, n in (r.counts or {}).items() if n) or "no rows"
-        state = "" if r.finished else "; never finished (interrupted or killed)"
-        undone = (
-            f"; rolled back by run {', '.join(map(str, self.rolled_back_by))}" if self.rolled_back_by else ""
-        )
-        return (
-            f"run {r.run_id}: {r.command}, {r.started}, {who}, {r.input_name} "
-            f"(sha256 {r.input_sha256.rpartition(':')[2][:12]}): {counts}{state}{undone}"
-        )
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return tuple(r.run_id for r in self.runs)
+
+    def label(self) -> str:
+        """'run 3' or 'runs 1, 2'."""
+        return _runs_label(self.ids, last=", ")
+
+    def inputs(self) -> str:
+        """The runs' input names, each once."""
+        return ", ".join(dict.fromkeys(r.input_name for r in self.runs))
 
 
-def run_history(source: Path) -> tuple[RunHistory, ...]:
-    """Every run the journal of ``source`` (a results workbook or the journal) records, oldest first.
+def _runs_label(ids: Sequence[int], last: str = " and ") -> str:
+    """'run 3', 'runs 1 and 2' (or with ``last`` ", ": 'runs 1, 2')."""
+    if len(ids) == 1:
+        return f"run {ids[0]}"
+    return "runs " + ", ".join(map(str, ids[:-1])) + last + str(ids[-1])
+
+
+def choose_runs(
+    journal: Journal, asked: Sequence[int] = (), anchor: int | None = None, sha256: str | None = None
+) -> Coverage:
+    """Pick the runs to roll back and their writes.
+
+    Asked runs (``--run-id``) are taken as they are. Otherwise every import of one input that
+    changed something is covered: an interrupted run and its resume are one rollback. The
+    input is the one of the results workbook's run (``anchor``) or hash, else the journal's
+    latest import that changed something. Rollback runs are never covered by default: a second
+    rollback must not undo the first.
+
+    Args:
+        journal: The journal.
+        asked: Run ids the user named; empty: choose as above.
+        anchor: The results workbook's run, if any.
+        sha256: The results workbook's input hash, if any.
+
+    Returns:
+        The runs (oldest first) and their writes that changed or may have changed something.
 
     Raises:
-        InputError: no journal can be found or opened.
+        InputError: a run that does not exist, or nothing to roll back (naming the runs that
+            did change something, when there are some).
     """
-    journal_path = locate_run(source)[0]
-    if not journal_path.exists():
-        raise InputError(f"no journal at {journal_path}")
-    with contextlib.closing(open_journal(journal_path, claim=False)) as journal:
-        runs = journal.runs()
-    undone: dict[int, list[int]] = collections.defaultdict(list)
-    for r in runs:
-        if r.command.startswith(COMMAND):
-            for of in r.audit.get("rollback_of_run", "").split(","):
-                if of.strip().isdigit():
-                    undone[int(of)].append(r.run_id)
-    return tuple(RunHistory(r, tuple(undone.get(r.run_id, ()))) for r in runs)
+    runs = {r.run_id: r for r in journal.runs()}
+    changes = journal.changes(include_unsettled=True)
+    changed = {c.run_id for c in changes}
+    for i in (*asked, *(() if anchor is None else (anchor,))):
+        if i not in runs:
+            known = ", ".join(str(k) for k in sorted(runs)) or "none"
+            raise InputError(f"the journal {journal.path} has no run {i} (runs: {known})")
+    imports = [r for r in runs.values() if not r.command.startswith(COMMAND) and r.run_id in changed]
+    if asked:
+        chosen = [runs[i] for i in asked if i in changed]
+        if not chosen:
+            raise InputError(_changed_nothing(journal, list(asked), runs, imports, changes))
+    else:
+        if anchor is not None:
+            if anchor not in changed:
+                raise InputError(_changed_nothing(journal, [anchor], runs, imports, changes))
+            sha256 = runs[anchor].input_sha256
+        elif sha256 is None and imports:
+            sha256 = imports[-1].input_sha256
+        chosen = [r for r in imports if r.input_sha256 == sha256]
+        if not chosen:
+            which = "of that results workbook's input " if sha256 else ""
+            raise InputError(f"the journal {journal.path} records no run {which}that changed anything")
+        ids = {r.run_id for r in chosen}
+        changes = _since_last_rollback([c for c in changes if c.run_id in ids], journal.undone_by())
+        chosen = [r for r in chosen if r.run_id in {c.run_id for c in changes}]
+    ids = {r.run_id for r in chosen}
+    return Coverage(tuple(chosen), tuple(c for c in changes if c.run_id in ids))
+
+
+def _since_last_rollback(
+    changes: Sequence[ChangeRecord], undone_by: Mapping[tuple[int, int], int]
+) -> list[ChangeRecord]:
+    """Per row, leave out the changes an earlier rollback already put back, if later ones followed.
+
+    After run 1, its rollback and a re-run, the record to restore is the one before the re-run
+    (someone may have changed it between), not the one before run 1. A row with no change since
+    its last rollback keeps the changes that rollback undid, so rolling back again finds it as
+    before (unchanged) or reports what changed since.
+    """
+    rows: dict[int, list[int]] = collections.defaultdict(list)
+    for i, c in enumerate(changes):
+        rows[c.row].append(i)
+    keep: set[int] = set()
+    for row, picked in rows.items():
+        by = {i: undone_by.get((changes[i].run_id, row), 0) for i in picked}
+        latest = max(by.values())
+        live = [i for i in picked if changes[i].run_id > latest]
+        keep.update(live or [i for i in picked if by[i] == latest])
+    return [c for i, c in enumerate(changes) if i in keep]
+
+
+def _changed_nothing(
+    journal: Journal,
+    ids: list[int],
+    runs: Mapping[int, RunRecord],
+    imports: Sequence[RunRecord],
+    changes: Sequence[ChangeRecord],
+) -> str:
+    """Say which runs of the same input did change something, and how to roll them back."""
+    said = f"{_runs_label(ids)} changed nothing"
+    shas = {runs[i].input_sha256 for i in ids}
+    others = [r.run_id for r in imports if r.input_sha256 in shas and r.run_id not in ids]
+    if not others:
+        return f"{said}, nor did any other run of the same input: nothing to roll back"
+    undone_by = journal.undone_by()
+    theirs = [c for c in changes if c.run_id in others]
+    pending = [c for c in theirs if (c.run_id, c.row) not in undone_by]
+    if not pending:
+        by = sorted({undone_by[(c.run_id, c.row)] for c in theirs})
+        return (
+            f"{said}; {_runs_label(others)} of the same input changed {len({c.row for c in theirs})} "
+            f"rows and {_runs_label(by)} rolled them back already"
+        )
+    named = sorted({c.run_id for c in pending})
+    how = " ".join(f"--run-id {i}" for i in named)
+    # Passing the journal covers its latest import's input: suggest it only when that is this one.
+    journal_too = f" or pass the journal {journal.path.name}" if imports[-1].input_sha256 in shas else ""
+    return (
+        f"{said}; {_runs_label(named)} of the same input changed {len({c.row for c in pending})} rows: "
+        f"roll back with {how}{journal_too}"
+    )
 
 
 def default_rollback_path(journal: Path) -> Path:
@@ -299,7 +370,10 @@ def rollback_run(
     transport: httpx.AsyncBaseTransport | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> RunSummary:
-    """Roll back one run: restore what it updated, deactivate what it created, write the results.
+    """Roll back an import: restore what it updated, deactivate what it created, write the results.
+
+    Every run of the input ``config.source`` names is covered (an interrupted run and its
+    resume together) unless ``config.run_ids`` names the runs; see ``choose_runs``.
 
     Args:
         config: the rollback's options.
@@ -311,7 +385,8 @@ def rollback_run(
         Skipped rows (changed since the run) do not fail the rollback; the notes count them.
 
     Raises:
-        InputError: no journal, no such run, a run that changed nothing, a bad option (exit 2);
+        InputError: no journal, no such run, a run that changed nothing (the message names the
+            runs of the same input that did), a bad option (exit 2);
             also when called inside a running event loop (``await rollback_run_async`` there).
         AuthError: the key was rejected before anything was sent (exit 3).
     """
@@ -338,7 +413,7 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
         """Check the options, find the journal and the run, read the live state, plan the undos."""
         config = self.config
         config.check()
-        journal_path, run_id, sha256 = locate_run(config.source, config.run_id)
+        journal_path, anchor, sha256 = locate_run(config.source)
         journal_path = config.journal or journal_path
         if not journal_path.exists():
             raise InputError(
@@ -350,27 +425,24 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
         check_writable(self.results)
         self.journal_sha = _sha256(journal_path)
         journal = self.journal = open_journal(journal_path, claim=not config.dry_run)
-        runs = self.runs = _choose_runs(journal, run_id, sha256)
-        ids = {r.run_id for r in runs}
-        changes = [c for c in journal.changes(include_unsettled=True) if c.run_id in ids]
-        if not changes:
-            raise InputError(
-                f"{_runs_text(runs)} of {journal_path.name} changed nothing: nothing to roll back"
-            )
+        covered = self.covered = choose_runs(journal, config.run_ids, anchor, sha256)
         session = self.session = await open_session(
-            config, self.transport, self.limiter, used_before=runs[-1].audit.get("connection") or None
+            config,
+            self.transport,
+            self.limiter,
+            used_before=covered.runs[-1].audit.get("connection") or None,
         )
-        heading = f"rollback of {_runs_text(runs)} from {journal.path}:"
-        self.plan = plan_rollback(changes, session.inventory, config.force, heading=heading)
+        heading = f"rollback of {covered.label()} ({covered.inputs()}) from {journal.path}:"
+        self.plan = plan_rollback(covered.changes, session.inventory, config.force, heading=heading)
         if config.on_plan is not None:
             config.on_plan(self.plan)
 
     def start_run(self, journal: Journal, session: Session) -> int:
         return journal.start_run(
-            input_sha256=f"{COMMAND}:{self.runs[-1].input_sha256}",
-            input_name=f"rollback of {_runs_text(self.runs)}",
+            input_sha256=f"{COMMAND}:{self.covered.runs[-1].input_sha256}",
+            input_name=f"rollback of {self.covered.label()} ({self.covered.inputs()})",
             command=COMMAND,
-            audit={**session.audit, "rollback_of_run": ",".join(str(r.run_id) for r in self.runs)},
+            audit={**session.audit, "rollback_of_run": ",".join(map(str, self.covered.ids))},
             options=self.config.describe(),
         )
 
@@ -386,9 +458,9 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
             finished=now_text(),
             options=config.describe(),
             audit={
-                "rollback of run": ", ".join(str(r.run_id) for r in self.runs),
-                "run input": self.runs[-1].input_name,
-                "run input sha256": self.runs[-1].input_sha256,
+                "rollback of runs": ", ".join(map(str, self.covered.ids)),
+                "run input": self.covered.inputs(),
+                "run input sha256": ", ".join(dict.fromkeys(r.input_sha256 for r in self.covered.runs)),
                 **self.audit(),
                 "journal": str(self.journal.path),
             },
@@ -402,15 +474,15 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
         finally:
             self.finish_run(tally)
         notes = [*self.notes(), *([saved] if saved else [])]
-        deactivated = sum(
-            1
+        deactivated = [
+            u.run_id
             for u, o in zip(plan.undos, outcomes, strict=True)
             if u.action_undone == Action.CREATE and o.status is Status.SUCCEEDED
-        )
+        ]
         if deactivated:
             notes.append(
-                f"{NO_DELETE}: {deactivated} routing records the run created were deactivated "
-                "(status 0), modes kept"
+                f"{NO_DELETE}: {len(deactivated)} routing records {_runs_label(sorted(set(deactivated)))} "
+                "created were deactivated (status 0), modes kept"
             )
         if tally[Status.SKIPPED]:
             notes.append(

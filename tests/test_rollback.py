@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,6 @@ import pytest
 from click.testing import CliRunner
 from helpers import (
     change_routing,
-    config_for,
     desired_record,
     read_results,
     routing_fields,
@@ -20,7 +20,6 @@ from helpers import (
     write_sheet,
 )
 
-from importer.apply import Progress
 from importer.cli import main
 from importer.errors import AuthError, InputError
 from importer.journal import Journal
@@ -389,88 +388,265 @@ def test_rollback_and_run_settle_429_429_500_alike(tmp_path: Path, job: str) -> 
     assert transport.sent == 4 and row["import_attempts"] == "4"  # 429, 429, 500, then the re-send
 
 
-def interrupted_then_resumed(tmp_path: Path, sandbox: Sandbox) -> tuple[RunSummary, RunSummary]:
-    """Run 1 stops after two writes (cancelled from another task); run 2, the same file, does the rest."""
-    sheet = write_sheet(tmp_path / "sheet.csv", N)
+# -- rollback across the runs of one input (an interrupted run and its resume) ---------
+
+
+def interrupted_then_resumed(
+    tmp: Path, sandbox: Sandbox, stop_after: int = 2
+) -> tuple[RunSummary, RunSummary]:
+    """Run 1 is stopped (cancel) after ``stop_after`` writes; run 2 resumes the same file to the end."""
+    sheet = write_sheet(tmp / "sheet.csv", N)
+    config = ImportConfig(
+        input=InputOptions(path=sheet),
+        api_key=SANDBOX_API_KEY,
+        base_url=BASE,
+        requests_per_minute=100_000,
+        retry_backoff=0,
+        concurrency=1,  # one write at a time: the stop lands after exactly ``stop_after`` writes
+    )
     transport = httpx.ASGITransport(app=sandbox.app)
-    config = config_for(sheet, tmp_path, output=tmp_path / "sheet.results.xlsx", journal=None, concurrency=1)
 
     async def first() -> RunSummary:
         cancel = asyncio.Event()
 
-        def progress(p: Progress) -> None:
-            if p.done >= 2:
+        def progress(p: Any) -> None:
+            if p.done >= stop_after:
                 cancel.set()
 
         return await run_import_async(config, transport=transport, on_progress=progress, cancel=cancel)
 
-    one = asyncio.run(first())
-    assert one.exit_code == 130 and one.counts[Status.SUCCEEDED] == 2
-    two = run_import(config, transport=transport)
-    assert two.counts == {"succeeded": 3, "unchanged": 3}  # run 1's two rows: still as asked
-    return one, two
+    stopped = asyncio.run(first())
+    assert stopped.exit_code == 130 and stopped.counts[Status.SUCCEEDED] == stop_after
+    resumed = run_import(config, transport=transport)
+    assert resumed.exit_code == 0 and resumed.counts[Status.SUCCEEDED] == 5 - stop_after
+    return stopped, resumed
 
 
-def test_rollback_covers_every_run_of_the_input(tmp_path: Path) -> None:
-    """Rolling back after an interrupted run and its resume undoes both runs, and says so."""
+def test_rollback_of_a_resumed_run_covers_every_run_of_the_input(tmp_path: Path) -> None:
+    """Run 1 stopped after 2 updates, run 2 finished: rolling back run 2's workbook undoes both runs."""
     inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
     sandbox = create_sandbox(SandboxConfig(inventory=inv))
     before = routing_by_did(sandbox)
-    _, two = interrupted_then_resumed(tmp_path, sandbox)
+    _, resumed = interrupted_then_resumed(tmp_path, sandbox)
     plans: list[Plan] = []
     summary = rollback(
-        undo_config(two.results_path, on_plan=plans.append), transport=httpx.ASGITransport(app=sandbox.app)
-    )
-    assert plans[0].heading.startswith("rollback of runs 1, 2 (sheet.csv)")
-    assert summary.exit_code == 0 and routing_by_did(sandbox) == expected_after_rollback(before)
-
-
-def test_rollback_run_id_narrows_to_one_run(tmp_path: Path) -> None:
-    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
-    sandbox = create_sandbox(SandboxConfig(inventory=inv))
-    one, _ = interrupted_then_resumed(tmp_path, sandbox)
-    run1_dids = {o.did_id for o in one.outcomes if o.status is Status.SUCCEEDED}
-    after = routing_by_did(sandbox)
-    summary = rollback(
-        undo_config(tmp_path / "sheet.journal.sqlite", run_id=2),
+        undo_config(resumed.results_path, on_plan=plans.append),
         transport=httpx.ASGITransport(app=sandbox.app),
     )
-    now = routing_by_did(sandbox)
-    assert summary.exit_code == 0 and all(now[d] == after[d] for d in run1_dids)  # run 1's rows untouched
-    assert now != after
+    assert summary.exit_code == 0 and summary.counts == {"succeeded": 4, "unchanged": 1}
+    assert routing_by_did(sandbox) == expected_after_rollback(before)  # run 1's updates are undone too
+    assert "2 routing records run 2 created were deactivated (status 0), modes kept" in summary.notes[-1]
+    assert plans[0].heading.startswith("rollback of runs 1, 2 (sheet.csv) from ")
+    assert [d.split(":")[0] for d in plans[0].details] == [
+        "row 2, DID 918020000000 (id 1000), updated by run 1",
+        "row 3, DID 918020000001 (id 1001), updated by run 1",
+        "row 5, DID 918020000003 (id 1003), created by run 2",
+        "row 6, DID 918020000004 (id 1004), created by run 2",
+        "row 7, DID 918020000005 (id 1005), created by run 2",
+    ]
+    with Journal.open(tmp_path / "sheet.journal.sqlite") as journal:
+        assert journal.runs()[-1].audit["rollback_of_run"] == "1,2"
+    # the rolled-back rows are no longer "done": the file can be applied again
+    again = run_import(
+        ImportConfig(
+            input=InputOptions(path=tmp_path / "sheet.csv"),
+            api_key=SANDBOX_API_KEY,
+            base_url=BASE,
+            requests_per_minute=100_000,
+            retry_backoff=0,
+        ),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    assert again.counts == {"succeeded": 4, "unchanged": 2}  # 1005: asked inactive
+    done = [o.row for o in again.outcomes if o.reason.startswith("done in an earlier run")]
+    assert done == [2 + SAME]  # as asked before run 1 and never changed: still done
 
 
-def test_rollback_of_a_run_that_changed_nothing_names_the_runs_that_did(
+def test_rollback_run_id_narrows_to_the_runs_named(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    before = routing_by_did(sandbox)
+    _, resumed = interrupted_then_resumed(tmp_path, sandbox)
+    transport = httpx.ASGITransport(app=sandbox.app)
+    plans: list[Plan] = []
+    second = rollback(
+        undo_config(resumed.results_path, run_ids=[2], on_plan=plans.append), transport=transport
+    )
+    assert plans[0].heading.startswith("rollback of run 2 (sheet.csv) from ")
+    assert second.counts == {"succeeded": 2, "unchanged": 1}  # run 2's creates only
+    state = routing_by_did(sandbox)
+    assert state[1000] == desired_record(0) and state[1001] == desired_record(1)  # run 1's updates stay
+    first = rollback(undo_config(tmp_path / "sheet.journal.sqlite", run_ids=(1,)), transport=transport)
+    assert first.counts == {"succeeded": 2}
+    assert routing_by_did(sandbox) == expected_after_rollback(before)
+
+
+def test_rollback_across_runs_restores_the_record_before_the_first_run(
+    tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
+) -> None:
+    """A DID changed by run 1 and again by run 2: the first run's before, the last run's body."""
+    sandbox, _, before = imported
+    someone = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}
+    change_routing(sandbox, 1000, someone)
+    with Journal.open(tmp_path / "sheet.journal.sqlite") as journal:
+        first = journal.runs()[0]
+        second = journal.start_run(
+            input_sha256=first.input_sha256, input_name="sheet.csv", command="run", audit={}, options={}
+        )
+        journal.record_sending(second, 2, "id:1000", "update", desired_record(0), someone)
+        journal.record_outcome(
+            second, 2, status="succeeded", action="update", reason="", did_id=1000, routing_id=7000,
+            http_status=200, attempts=1,
+        )  # fmt: skip
+        journal.finish_run(second, {"succeeded": 1})
+    change_routing(sandbox, 1000, desired_record(0))  # what run 2 sent
+    # the journal: its latest input's runs (run 2 alone would put back `someone`)
+    journal_path = tmp_path / "sheet.journal.sqlite"
+    summary = rollback(undo_config(journal_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.exit_code == 0
+    assert routing_by_did(sandbox)[1000] == before[1000]  # not `someone`: the record before run 1
+    assert routing_by_did(sandbox) == expected_after_rollback(before)
+
+
+def test_rollback_from_a_run_that_changed_nothing_names_the_runs_that_did(
     tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
 ) -> None:
     sandbox, _, _ = imported
-    other = write_sheet(tmp_path / "other.csv", N)
-    with other.open("a", encoding="utf-8") as fh:
-        fh.write("\n")  # the same rows, another file (another sha256)
-    config = config_for(
-        other, tmp_path, output=tmp_path / "other.results.xlsx", journal=tmp_path / "sheet.journal.sqlite"
+    again = do_import_again(tmp_path, sandbox)  # run 2: every row done in run 1, nothing sent
+    with pytest.raises(InputError) as info:
+        rollback(undo_config(again.results_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert str(info.value) == (
+        "run 2 changed nothing; run 1 of the same input changed 5 rows: "
+        "roll back with --run-id 1 or pass the journal sheet.journal.sqlite"
     )
-    nothing = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
-    assert nothing.counts == {"unchanged": N}
-    with pytest.raises(
-        InputError,
-        match=r"no run of that results workbook's input changed anything; runs that did: run 1 \(sheet\.csv",
-    ):
-        rollback(undo_config(nothing.results_path), transport=httpx.ASGITransport(app=sandbox.app))
+    journal = tmp_path / "sheet.journal.sqlite"
+    with pytest.raises(InputError, match=r"^run 2 changed nothing; run 1 of the same input changed 5 rows"):
+        rollback(undo_config(journal, run_ids=[2]), transport=httpx.ASGITransport(app=sandbox.app))
+    rollback(undo_config(journal), transport=httpx.ASGITransport(app=sandbox.app))  # run 3 undoes run 1
+    third = do_import_again(tmp_path, sandbox, {"succeeded": 4, "unchanged": 2})  # run 4 applies it again
+    with pytest.raises(InputError) as info:  # run 5: nothing to do
+        rollback(
+            undo_config(do_import_again(tmp_path, sandbox).results_path),
+            transport=httpx.ASGITransport(app=sandbox.app),
+        )
+    assert str(info.value).startswith(
+        "run 5 changed nothing; run 4 of the same input changed 4 rows: roll back with --run-id 4 or"
+    )
+    rollback(undo_config(third.results_path, run_ids=[4]), transport=httpx.ASGITransport(app=sandbox.app))
+    with pytest.raises(InputError) as info:  # run 6 undid run 4
+        rollback(undo_config(journal, run_ids=[5]), transport=httpx.ASGITransport(app=sandbox.app))
+    assert str(info.value) == (
+        "run 5 changed nothing; runs 1 and 4 of the same input changed 5 rows "
+        "and runs 3 and 6 rolled them back already"
+    )
+    with Journal.open(journal) as j:
+        alone = j.start_run(
+            input_sha256="z" * 64, input_name="other.csv", command="run", audit={}, options={}
+        )
+    with pytest.raises(InputError, match=r"^run 7 changed nothing, nor did any other run of the same input"):
+        rollback(undo_config(journal, run_ids=[alone]), transport=httpx.ASGITransport(app=sandbox.app))
 
 
-def test_cli_history_lists_runs_and_what_rolled_them_back(
+def do_import_again(tmp: Path, sandbox: Sandbox, counts: dict[str, int] | None = None) -> RunSummary:
+    config = ImportConfig(
+        input=InputOptions(path=tmp / "sheet.csv"),
+        api_key=SANDBOX_API_KEY,
+        base_url=BASE,
+        requests_per_minute=100_000,
+        retry_backoff=0,
+    )
+    summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.counts == (counts or {"unchanged": 6})
+    return summary
+
+
+def create_routing(sandbox: Sandbox, body: dict[str, int]) -> int:
+    """A create landing on the API (as a killed run's write may have), outside the importer."""
+
+    async def send() -> None:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=sandbox.app), base_url=BASE + "/"
+        ) as client:
+            reply = await client.post(
+                "voicelink/call-routing", json=body, headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"}
+            )
+            assert reply.status_code in (200, 201), reply.text
+
+    asyncio.run(send())
+    return next(
+        int(r["id"]) for r in sandbox.state_snapshot()["routing"] if int(r["did_id"]) == body["did_id"]
+    )
+
+
+def test_rollback_after_a_killed_run_and_its_resume_undoes_both(tmp_path: Path) -> None:
+    """Run 1 killed (never finished) with one create confirmed and one in flight but applied;
+    run 2 resumes the file: rolling back run 2's workbook deactivates run 1's creates too."""
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    before = routing_by_did(sandbox)
+    sheet = write_sheet(tmp_path / "sheet.csv", N)
+    with Journal.open(tmp_path / "sheet.journal.sqlite") as journal:
+        killed = journal.start_run(
+            input_sha256=hashlib.sha256(sheet.read_bytes()).hexdigest(),
+            input_name="sheet.csv",
+            command="run",
+            audit={},
+            options={},
+        )
+        for i in (3, 4):  # rows 5 and 6: DIDs 1003 and 1004, not routed before
+            body = {"did_id": 1000 + i, **desired_record(i)}
+            journal.record_sending(killed, 2 + i, f"id:{1000 + i}", "create", body, None)
+            routing_id = create_routing(sandbox, body)
+            if i == 3:  # the second write's answer never got recorded: the process was killed
+                journal.record_outcome(
+                    killed, 2 + i, status="succeeded", action="create", reason="", did_id=1003,
+                    routing_id=routing_id, http_status=201, attempts=1,
+                )  # fmt: skip
+    resumed = run_import(
+        ImportConfig(
+            input=InputOptions(path=sheet),
+            api_key=SANDBOX_API_KEY,
+            base_url=BASE,
+            requests_per_minute=100_000,
+            retry_backoff=0,
+        ),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    assert resumed.counts == {"succeeded": 4, "unchanged": 2}  # row 5 done, row 6 settled on resume
+    plans: list[Plan] = []
+    summary = rollback(
+        undo_config(resumed.results_path, on_plan=plans.append),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    assert plans[0].heading.startswith("rollback of runs 1, 2 (sheet.csv)")
+    assert summary.exit_code == 0 and summary.counts == {"succeeded": 4, "unchanged": 1}
+    assert routing_by_did(sandbox) == expected_after_rollback(before)
+
+
+def test_rollback_after_rollback_and_rerun_restores_the_record_before_the_rerun(
     tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
 ) -> None:
-    sandbox, run, _ = imported
-    rollback(undo_config(run.results_path), transport=httpx.ASGITransport(app=sandbox.app))
-    for source in (run.results_path, tmp_path / "sheet.journal.sqlite"):
-        result = CliRunner().invoke(main, ["history", str(source)])
-        assert result.exit_code == 0, result.output
-        lines = result.output.splitlines()
-        assert len(lines) == 2
-        assert lines[0].startswith("run 1: run, ") and "sheet.csv" in lines[0]
-        assert "succeeded 5, unchanged 1" in lines[0] and lines[0].endswith("; rolled back by run 2")
-        assert lines[1].startswith("run 2: rollback, ") and "rolled back by" not in lines[1]
-    missing = CliRunner().invoke(main, ["history", str(tmp_path / "nope.sqlite")])
-    assert missing.exit_code == 2 and "no such file" in missing.output
+    """Run 1, its rollback (run 2), someone's change, run 3: the record before run 3 comes back."""
+    sandbox, run, before = imported
+    transport = httpx.ASGITransport(app=sandbox.app)
+    rollback(undo_config(run.results_path), transport=transport)
+    someone = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}
+    change_routing(sandbox, 1000, someone)
+    rerun = run_import(
+        ImportConfig(
+            input=InputOptions(path=tmp_path / "sheet.csv"),
+            api_key=SANDBOX_API_KEY,
+            base_url=BASE,
+            requests_per_minute=100_000,
+            retry_backoff=0,
+        ),
+        transport=transport,
+    )
+    assert rerun.counts == {"succeeded": 4, "unchanged": 2}  # 1000 back to the sheet's
+    plans: list[Plan] = []
+    summary = rollback(undo_config(rerun.results_path, on_plan=plans.append), transport=transport)
+    # run 1 still covers DID 1005 (created inactive, unchanged since its rollback): nothing to send
+    assert plans[0].heading.startswith("rollback of runs 1, 3 (sheet.csv)")
+    assert summary.counts == {"succeeded": 4, "unchanged": 1}
+    assert summary.exit_code == 0
+    assert routing_by_did(sandbox) == {**expected_after_rollback(before), 1000: someone}
