@@ -158,3 +158,5 @@ class RunInfo:
     options: Mapping[str, str]
     audit: Mapping[str, str] = field(default_factory=dict)
     """Who/where: OS user, host, key's last 4, connection, base URL."""
+    status_labels: Mapping[str, str] = field(default_factory=dict)
+    """Words shown instead of status codes in the workbook (validate: not_sent -> valid)."""

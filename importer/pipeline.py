@@ -69,6 +69,8 @@ class RunSummary:
     failed_path: Path | None
     exit_code: int
     notes: Sequence[str] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Words printed instead of status codes (validate: not_sent -> valid)."""
 
     @property
     def failed(self) -> int:
@@ -76,7 +78,11 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         """A short human summary."""
-        parts = [f"{s.value} {self.counts.get(s, 0)}" for s in Status if self.counts.get(s, 0)]
+        parts = [
+            f"{self.labels.get(s.value, s.value)} {self.counts.get(s, 0)}"
+            for s in Status
+            if self.counts.get(s, 0)
+        ]
         out = [f"rows read: {self.rows}; " + (", ".join(parts) if parts else "nothing to do")]
         if self.top_reasons:
             out.append("most common problems:")
@@ -167,6 +173,9 @@ def failed_outcome(row: int, issues: Sequence[RowIssue]) -> RowOutcome:
         reason_kind=issues[0].kind,
     )
 
+
+VALIDATE_LABELS: Mapping[str, str] = {Status.NOT_SENT.value: "valid"}
+"""A validate-only run sends nothing by design: its valid rows are "valid", not "not_sent"."""
 
 _VALIDATED_ONLY = RowOutcome(
     row=0, status=Status.NOT_SENT, reason="validated only", reason_kind="validated_only"
@@ -281,6 +290,7 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         started=started,
         finished=now_text(),
         options=config.input.describe(),
+        status_labels=VALIDATE_LABELS,
     )
     tally = write_outputs(report.table, validation_outcomes(report), report.issues, info, results, failed)
     return RunSummary(
@@ -291,4 +301,5 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         failed_path=failed if tally.failed_rows else None,
         exit_code=1 if tally.failed_rows else 0,
         notes=report.notes,
+        labels=VALIDATE_LABELS,
     )

@@ -668,10 +668,10 @@ def _first_occurrence(keys: pd.Series) -> pd.Series:
 WRONG_MATCH_SHARE = 0.2
 """A column matched by its header (not by ``--map``) whose non-empty cells fit its field less often
 than this (with at least 3 cells and 2 different misfits) is taken for a wrong match (a "State"
-column of NY, CA matched to status): its rows fail with one reason that names the column and the
-fix, and the report carries a note, instead of one "is not a status" per value. The column is not
-dropped silently: a status column in another vocabulary (Enabled/Disabled) would turn every row
-active."""
+column of NY, CA matched to status): its rows whose value does not fit fail with one reason that
+names the column and the fix, and the report carries a note, instead of one "is not a status" per
+value. The column is not dropped silently: a status column in another vocabulary (On/Off) would
+turn every row active."""
 
 _PHONE_LIKE = re.compile(r"\+?\d{6,17}")
 
@@ -733,8 +733,8 @@ def build_schema(parsed: _Parsed, wrong: Mapping[str, str] | None = None) -> pa.
 
     Column checks test each cell's parse; dataframe-wide checks test the rules that span
     columns (a DID on every row, the id each mode needs, ids for unused modes, duplicates).
-    A column in ``wrong`` (see ``wrong_matches``) fails each non-empty cell once, as a column
-    that is not its field, instead of once per value.
+    A column in ``wrong`` (see ``wrong_matches``) fails each cell that does not parse as a column
+    that is not its field, instead of with a message about the value.
     """
     clean, values = parsed.clean, parsed.values
     blank = {name: clean[name] == "" for name in FIELD_NAMES}
@@ -743,8 +743,9 @@ def build_schema(parsed: _Parsed, wrong: Mapping[str, str] | None = None) -> pa.
         checks: list[pa.Check] = []
         parsed_ok = values[f.name].notna()
         if wrong and f.name in wrong:
-            # Not trusted at all, not even its few values that parse: they fit by chance.
-            checks.append(_check(blank[f.name], "wrong_column"))
+            # Its few values that parse are taken as they are; the others get one reason that
+            # names the column instead of one per value.
+            checks.append(_check(parsed_ok | blank[f.name], "wrong_column"))
             if f.kind is Kind.MODE:
                 checks.append(_check(~blank[f.name], "mode_required"))
         elif f.kind is Kind.PHONE:

@@ -54,7 +54,8 @@ def test_cli_validate_clean_file_exits_0(tmp_path: Path) -> None:
     sheet.write_text("DID,Inbound,Outbound\n+918011223344,mobile,only-answer\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["validate", str(sheet), "-o", str(tmp_path / "r.xlsx")])
     assert result.exit_code == 0, result.output
-    assert "not_sent 1" in result.output and not (tmp_path / "r.failed.xlsx").exists()
+    assert "valid 1" in result.output and "not_sent" not in result.output
+    assert not (tmp_path / "r.failed.xlsx").exists()
 
 
 @pytest.mark.parametrize(

@@ -248,6 +248,23 @@ def test_validate_file_prints_the_wrong_match_note(tmp_path: Path) -> None:
     assert any('column "Status" was matched to status' in line for line in summary.lines())
 
 
+def test_validate_file_calls_valid_rows_valid(tmp_path: Path) -> None:
+    """The printed summary, the Summary sheet and the status column say "valid", never "not_sent"."""
+    source = tmp_path / "carrier.csv"
+    source.write_text(
+        "DID,Inbound,Outbound\n+91 80 1122 3344,1,4\n+91 80 1122 4455,voicemail,4\n", encoding="utf-8"
+    )
+    summary = validate_file(ValidateConfig(InputOptions(source)))
+    assert summary.lines()[0] == "rows read: 2; failed 1, valid 1"
+    book = openpyxl.load_workbook(summary.results_path, read_only=True)
+    sheet = {r[0]: r[1] for r in book["Summary"].iter_rows(values_only=True)}
+    assert sheet["valid"] == 1 and sheet["failed"] == 1 and "not_sent" not in sheet
+    results = list(book["Results"].iter_rows(values_only=True))
+    status = results[0].index("import_status")
+    assert [r[status] for r in results[1:]] == ["valid", "failed"]
+    book.close()
+
+
 def test_validate_normalises_numbers_and_ids() -> None:
     report = validate_table(
         make_table([row(number=" +1 (415) 555-2601 ", inbound="3", in_bot="93.0", status="NO")])
