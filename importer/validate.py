@@ -269,7 +269,14 @@ def national_readings(digits: str, limit: int = 3) -> list[tuple[str, str]]:
         rule = _country_rule(code)
         if not national or not patterns.valid(national) or rule is None or not rule.valid(national):
             continue
-        number = phonenumbers.parse(f"+{code}{national}")
+        # Built, not parsed: a parse costs most of the time of a suggestion.
+        zeros = len(national) - len(national.lstrip("0"))
+        number = phonenumbers.PhoneNumber(
+            country_code=code,
+            national_number=int(national),
+            italian_leading_zero=True if zeros else None,
+            number_of_leading_zeros=min(zeros, len(national) - 1) if zeros > 1 else None,
+        )
         # Spaces, not the dashes of the US style: the form a sheet's cell is easiest to fix with.
         text = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
         out.append((region, text.replace("-", " ")))
@@ -590,6 +597,8 @@ class _Parsed:
     """Why each non-empty phone cell that did not parse failed, by Excel row (the others are fine)."""
     duplicate_of: dict[str, pd.Series]
     """For did_number and did_id: the Excel row of the first occurrence, for each later row."""
+    blank: dict[str, pd.Series]
+    """True where a field's cell is empty (computed once: each costs a pass over the column)."""
 
 
 def _parse_series(series: pd.Series, fn: Callable[[str], object]) -> pd.Series:
@@ -640,7 +649,8 @@ def _parse(clean: pd.DataFrame, normaliser: PhoneNormaliser) -> _Parsed:
         else:
             values[f.name] = _parse_series(col, lambda t: parse_uuid(t) if t else None)
     duplicate_of = {name: _first_occurrence(values[name]) for name in DID_FIELDS}
-    return _Parsed(clean, values, problems, duplicate_of)
+    blank = {name: clean[name] == "" for name in FIELD_NAMES}
+    return _Parsed(clean, values, problems, duplicate_of, blank)
 
 
 def _modes_needing(id_field: str) -> tuple[Direction, set[int]]:
@@ -705,7 +715,7 @@ def wrong_matches(parsed: _Parsed, auto: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in auto:
         text = parsed.clean[name]
-        filled = text != ""
+        filled = ~parsed.blank[name]
         count = int(filled.sum())
         if not count:
             continue
@@ -736,8 +746,7 @@ def build_schema(parsed: _Parsed, wrong: Mapping[str, str] | None = None) -> pa.
     A column in ``wrong`` (see ``wrong_matches``) fails each cell that does not parse as a column
     that is not its field, instead of with a message about the value.
     """
-    clean, values = parsed.clean, parsed.values
-    blank = {name: clean[name] == "" for name in FIELD_NAMES}
+    clean, values, blank = parsed.clean, parsed.values, parsed.blank
     columns: dict[str, pa.Column] = {}
     for f in FIELDS:
         checks: list[pa.Check] = []
