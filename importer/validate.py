@@ -482,6 +482,10 @@ def parse_column_map(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
             raise InputError(f'--map "{pair}" must look like "Header Text=field" or "C=field"')
         if field not in FIELD_BY_NAME:
             raise InputError(f'--map "{pair}": unknown field "{field}"; fields are: {", ".join(FIELD_NAMES)}')
+        if out.get(header.strip(), field) != field:
+            raise InputError(
+                f'--map gives "{header.strip()}" two fields ({out[header.strip()]} and {field}); keep one'
+            )
         out[header.strip()] = field
     return out
 

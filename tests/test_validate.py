@@ -387,7 +387,11 @@ def test_map_columns_matches_spellings_and_maps() -> None:
 
 @pytest.mark.parametrize(
     ("pairs", "fragment"),
-    [(["Carrier Bot"], "must look like"), (["Carrier Bot=bot"], 'unknown field "bot"')],
+    [
+        (["Carrier Bot"], "must look like"),
+        (["Carrier Bot=bot"], 'unknown field "bot"'),
+        (["Tel=did_number", "Tel=did_id"], r"two fields \(did_number and did_id\)"),
+    ],
 )
 def test_parse_column_map_rejects_bad_pairs(pairs: list[str], fragment: str) -> None:
     with pytest.raises(InputError, match=fragment):
