@@ -322,8 +322,8 @@ class PhoneNormaliser:
     names (a possible length is not enough: 4805550123, a US number without its +1, has a
     possible length for Poland's +48). Most carrier sheets hold plain international numbers
     ("+918012345678" or "918012345678"). For those, a fast path reads the country code and
-    checks the national number against phonenumbers' own metadata patterns, compiled once per
-    country code, and gives the same answer as a full ``phonenumbers.parse`` plus
+    checks the national number against phonenumbers' own metadata patterns, compiled on first
+    use, and gives the same answer as a full ``phonenumbers.parse`` plus
     ``is_valid_number`` at a fraction of the cost; it steps aside (to the full parse) whenever
     the national part could start with a national prefix or is not valid.
     ``tests/test_validate.py`` checks the two agree across every country code.
@@ -427,11 +427,13 @@ class PhoneNormaliser:
 
     @staticmethod
     def _parse(candidate: str, region: str | None) -> PhoneResult | None:
-        """Return the E.164 digits of a valid number, None when it does not parse or is not valid."""
+        """Return the E.164 digits of a valid number (or why it has an extension), else None."""
         try:
             parsed = phonenumbers.parse(candidate, region)
         except phonenumbers.NumberParseException:
             return None
+        if parsed.extension:  # a spelling of an extension that _EXTENSION does not know
+            return PhoneResult(None, "has an extension, but DIDs have no extension: remove it", "extension")
         if not phonenumbers.is_valid_number(parsed):
             return None
         e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
