@@ -195,9 +195,10 @@ class _CountryRule:
 
     national_prefix: re.Pattern[str] | None
     regions: tuple[_RegionPatterns, ...]
-    only: Mapping[int, re.Pattern[str]] | None
-    """The compiled patterns by length of the code's one region (most codes): the fast path's
-    shortcut (a length not compiled yet goes through ``valid``, which compiles it)."""
+    first: Mapping[int, re.Pattern[str]] | None
+    """The compiled patterns by length of the region that claims a valid number first (the only
+    region, or a first one without leading digits: US for +1, GB for +44): the fast path's
+    shortcut. A miss (or a length not compiled yet) goes through ``valid``."""
 
     def valid(self, national: str) -> bool:
         """Say whether ``phonenumbers.is_valid_number`` holds for this code and national number."""
@@ -231,7 +232,7 @@ def _country_rule(code: int) -> _CountryRule | None:
     return _CountryRule(
         re.compile(prefix) if prefix else None,
         patterns,
-        patterns[0].compiled if len(patterns) == 1 else None,
+        patterns[0].compiled if len(patterns) == 1 or patterns[0].leading_digits is None else None,
     )
 
 
@@ -379,11 +380,11 @@ class PhoneNormaliser:
         national = digits[size:]
         if rule.national_prefix is not None and rule.national_prefix.match(national):
             return None
-        only = rule.only
-        if only is not None:  # inlined _CountryRule.valid: this runs once per number of a file
-            pattern = only.get(len(national))
-            if pattern is not None:
-                return digits if pattern.fullmatch(national) else None
+        first = rule.first
+        if first is not None:  # the common case of _CountryRule.valid, inlined: once per number
+            pattern = first.get(len(national))
+            if pattern is not None and pattern.fullmatch(national):
+                return digits
         return digits if rule.valid(national) else None
 
     def normalise(self, text: str) -> PhoneResult:
@@ -621,6 +622,8 @@ class _Parsed:
     """For did_number and did_id: the Excel row of the first occurrence, for each later row."""
     blank: dict[str, pd.Series]
     """True where a field's cell is empty (computed once: each costs a pass over the column)."""
+    parsed_ok: dict[str, pd.Series]
+    """True where a field's cell parsed (computed once, as ``blank``)."""
 
 
 def _parse_series(series: pd.Series, fn: Callable[[str], object]) -> pd.Series:
@@ -672,7 +675,8 @@ def _parse(clean: pd.DataFrame, normaliser: PhoneNormaliser) -> _Parsed:
             values[f.name] = _parse_series(col, lambda t: parse_uuid(t) if t else None)
     duplicate_of = {name: _first_occurrence(values[name]) for name in DID_FIELDS}
     blank = {name: clean[name] == "" for name in FIELD_NAMES}
-    return _Parsed(clean, values, problems, duplicate_of, blank)
+    parsed_ok = {name: values[name].notna() for name in FIELD_NAMES}
+    return _Parsed(clean, values, problems, duplicate_of, blank, parsed_ok)
 
 
 def _modes_needing(id_field: str) -> tuple[Direction, set[int]]:
@@ -741,7 +745,7 @@ def wrong_matches(parsed: _Parsed, auto: Sequence[str]) -> dict[str, str]:
         count = int(filled.sum())
         if not count:
             continue
-        bad = filled & parsed.values[name].isna()
+        bad = filled & ~parsed.parsed_ok[name]
         failing = int(bad.sum())
         if failing <= count * (1 - WRONG_MATCH_SHARE):
             continue  # the common case: one cheap count and no per-cell work
@@ -772,7 +776,7 @@ def build_schema(parsed: _Parsed, wrong: Mapping[str, str] | None = None) -> pa.
     columns: dict[str, pa.Column] = {}
     for f in FIELDS:
         checks: list[pa.Check] = []
-        parsed_ok = values[f.name].notna()
+        parsed_ok = parsed.parsed_ok[f.name]
         if wrong and f.name in wrong:
             # Its few values that parse are taken as they are; the others get one reason that
             # names the column instead of one per value.
@@ -800,7 +804,7 @@ def build_schema(parsed: _Parsed, wrong: Mapping[str, str] | None = None) -> pa.
         direction, numbers = _modes_needing(id_field)
         mode = values[MODE_FIELD[direction]]
         uses = mode.isin(numbers)
-        known_mode = mode.notna()
+        known_mode = parsed.parsed_ok[MODE_FIELD[direction]]
         frame_checks.append(_check(~(uses & blank[id_field]), f"mode_id_missing:{id_field}"))
         frame_checks.append(_check(~(~blank[id_field] & known_mode & ~uses), f"mode_id_unused:{id_field}"))
     duplicate = clean.index.isin(parsed.duplicate_of["did_number"].index) | clean.index.isin(
