@@ -291,6 +291,7 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         finished=now_text(),
         options=config.input.describe(),
         status_labels=VALIDATE_LABELS,
+        notes=report.notes,
     )
     tally = write_outputs(report.table, validation_outcomes(report), report.issues, info, results, failed)
     return RunSummary(

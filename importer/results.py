@@ -388,7 +388,7 @@ def _summary_items(
     items.append(("Problems by kind", None))
     items += sorted(Counter(i.kind for i in issues).items())
     truncated = sum(c.truncated for c in columns)
-    notes: list[tuple[str, str | int | None]] = []
+    notes: list[tuple[str, str | int | None]] = [("note", note) for note in info.notes]
     if truncated:
         notes.append(("cells truncated", f"{truncated} cells over Excel's limit were cut, marked at the end"))
     if errors_left_out:

@@ -241,11 +241,15 @@ def test_validate_national_numbers_are_not_a_wrong_match() -> None:
     assert {i.kind for i in report.issues} == {"no_country_code"} and not report.notes
 
 
-def test_validate_file_prints_the_wrong_match_note(tmp_path: Path) -> None:
+def test_validate_file_notes_the_wrong_match_in_summary_and_sheet(tmp_path: Path) -> None:
     source = tmp_path / "carrier.csv"
     source.write_text("\n".join(",".join(r) for r in [list(LIKE_STATUS), *PORTED]) + "\n", encoding="utf-8")
     summary = validate_file(ValidateConfig(InputOptions(source)))
     assert any('column "Status" was matched to status' in line for line in summary.lines())
+    book = openpyxl.load_workbook(summary.results_path, read_only=True)
+    notes = [r[1] for r in book["Summary"].iter_rows(values_only=True) if r[0] == "note"]
+    book.close()
+    assert len(notes) == 1 and 'column "Status" was matched to status' in str(notes[0])
 
 
 def test_validate_file_calls_valid_rows_valid(tmp_path: Path) -> None:
