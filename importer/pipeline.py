@@ -335,6 +335,9 @@ def failed_outcome(row: int, issues: Sequence[RowIssue]) -> RowOutcome:
     )
 
 
+VALIDATE_LABELS: Mapping[str, str] = {Status.NOT_SENT.value: "valid"}
+"""A validate-only run sends nothing by design: its valid rows are "valid", not "not_sent"."""
+
 _VALIDATED_ONLY = RowOutcome(
     row=0, status=Status.NOT_SENT, reason="validated only", reason_kind="validated_only"
 )
@@ -460,6 +463,8 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         started=started,
         finished=now_text(),
         options=config.input.describe(),
+        status_labels=VALIDATE_LABELS,
+        notes=report.notes,
     )
     tally = write_outputs(report.table, validation_outcomes(report), report.issues, info, results, failed)
     return RunSummary(

@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,7 +165,10 @@ def write_results(
 
     dry_run = any(outcome_columns.current) or any(outcome_columns.proposed)
     columns = _input_columns(table.headers, table.frame)
-    columns += [_column(header, values) for header, values in _result_values(outcome_columns, dry_run)]
+    columns += [
+        _column(header, values)
+        for header, values in _result_values(outcome_columns, dry_run, info.status_labels)
+    ]
     columns.append(_column(ROW_COLUMN, [str(r) for r in excel_rows]))
     if len(columns) > EXCEL_MAX_COLUMNS:
         raise InputError(f"{len(columns)} columns do not fit in one Excel sheet ({EXCEL_MAX_COLUMNS} max)")
@@ -236,8 +239,10 @@ class _Texts(dict[object, str]):
         return list(map(self.__getitem__, values))
 
 
-def _result_values(outcomes: OutcomeColumns, dry_run: bool) -> Iterator[tuple[str, list[str]]]:
-    yield "import_status", _Texts().of(outcomes.status)
+def _result_values(
+    outcomes: OutcomeColumns, dry_run: bool, labels: Mapping[str, str]
+) -> Iterator[tuple[str, list[str]]]:
+    yield "import_status", _Texts(labels).of(outcomes.status)
     yield "import_action", _Texts().of(outcomes.action)
     yield "import_reason", list(outcomes.reason)
     yield "import_did_id", _Texts().of(outcomes.did_id)
@@ -380,7 +385,7 @@ def _summary_items(
     items += [(name, value) for name, value in info.audit.items()]
     by_status = Counter(outcomes.status)
     items.append(("Rows by status", None))
-    items += [(status.value, by_status[status]) for status in Status]
+    items += [(info.status_labels.get(status.value, status.value), by_status[status]) for status in Status]
     items.append(("Rows by reason", None))
     by_reason = Counter(outcomes.reason_kind)
     by_reason.pop("", None)
@@ -388,7 +393,7 @@ def _summary_items(
     items.append(("Problems by kind", None))
     items += sorted(Counter(i.kind for i in issues).items())
     truncated = sum(c.truncated for c in columns)
-    notes: list[tuple[str, str | int | None]] = []
+    notes: list[tuple[str, str | int | None]] = [("note", note) for note in info.notes]
     if truncated:
         notes.append(("cells truncated", f"{truncated} cells over Excel's limit were cut, marked at the end"))
     if errors_left_out:

@@ -55,6 +55,7 @@ def test_cli_validate_clean_file_exits_0(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["validate", str(sheet), "-o", str(tmp_path / "r.xlsx")])
     assert result.exit_code == 0, result.output
     assert "valid 1" in result.output and "not sent" not in result.output  # a label, never a code
+    assert "not_sent" not in result.output
     assert not (tmp_path / "r.failed.xlsx").exists()
 
 
