@@ -345,7 +345,6 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
             api_key=SANDBOX_API_KEY,
             base_url="http://sandbox.invalid/api/v2",
             output=results,
-            failed_out=results.with_name(results.name.replace(".results.xlsx", ".failed.xlsx")),
             requests_per_minute=6000,
             journal=Path(tmp) / "demo.journal.sqlite",
             command="demo",
@@ -482,8 +481,12 @@ def rollback(
 
     SOURCE is the run's results workbook (its journal is found beside it) or the journal itself.
     """
+    from .results import check_workbook_name
     from .rollback import RollbackConfig
     from .rollback import rollback as rollback_run
+
+    if output is not None:
+        check_workbook_name(output)
 
     def show(plan: Any) -> None:
         for line in plan.lines(limit=50):

@@ -2,7 +2,8 @@
 
 ImporterError                 one clean line for the CLI; exit code on the class
 ├── InputError                unusable file or option                    (exit 2)
-│   └── UnreadableFileError   the file cannot be read as a spreadsheet   (exit 2)
+│   ├── UnreadableFileError   the file cannot be read as a spreadsheet   (exit 2)
+│   └── OutputError           a results file cannot be saved              (exit 2)
 ├── ApiError                  the API answered something run-ending      (exit 3)
 │   └── AuthError             the key was rejected (401/403)             (exit 3)
 └── AbortedError              the run stopped itself (error rate, ...)   (exit 3)
@@ -25,6 +26,10 @@ class InputError(ImporterError):
 
 class UnreadableFileError(InputError):
     """The input file cannot be read as a spreadsheet."""
+
+
+class OutputError(InputError):
+    """A results file cannot be saved; the message names the file and a plain reason."""
 
 
 class ApiError(ImporterError):

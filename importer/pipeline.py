@@ -21,7 +21,14 @@ import pandas as pd
 from .errors import InputError
 from .model import RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
 from .reader import read_table
-from .results import OutcomeColumns, default_paths, write_failed_rows, write_results
+from .results import (
+    OutcomeColumns,
+    check_workbook_name,
+    default_paths,
+    failed_path_for,
+    write_failed_rows,
+    write_results,
+)
 from .validate import validate_table
 
 __all__ = ["InputOptions", "RunSummary", "ValidateConfig", "load_and_validate", "validate_file"]
@@ -92,17 +99,15 @@ def output_paths(input_path: Path, output: Path | None, failed_out: Path | None)
     """Resolve the results and failed-rows paths; refuse any that would overwrite the input."""
     default_results, default_failed = default_paths(input_path)
     results = output or default_results
-    failed = failed_out or (
-        results.with_name(results.name.replace(".results.xlsx", "") + ".failed.xlsx")
-        if output is not None
-        else default_failed
-    )
+    failed = failed_out or (failed_path_for(results) if output is not None else default_failed)
     source = input_path.resolve()
     for path in (results, failed):
         if path.resolve() == source:
             raise InputError(f"{path} is the input file; choose another output path")
     if results.resolve() == failed.resolve():
         raise InputError("the results and failed-rows files must be different paths")
+    check_workbook_name(results, "-o")
+    check_workbook_name(failed, "--failed-out")
     return results, failed
 
 

@@ -8,6 +8,7 @@ to a temporary file in the target folder that replaces the target only when comp
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import re
@@ -20,8 +21,9 @@ from typing import Any
 
 import pandas as pd
 import xlsxwriter
+import xlsxwriter.exceptions
 
-from importer.errors import InputError
+from importer.errors import InputError, OutputError
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status
 
 RESULT_COLUMNS = (
@@ -129,6 +131,40 @@ def default_paths(input_path: Path) -> tuple[Path, Path]:
     """
     folder, stem = input_path.parent, input_path.stem
     return folder / f"{stem}.results.xlsx", folder / f"{stem}.failed.xlsx"
+
+
+_RESULTS_NAME = re.compile(r"(?P<stem>.*)\.results(?P<stamp>\.\d{8}-\d{6}(?:-\d+)?)?\.xlsx", re.IGNORECASE)
+
+
+def failed_path_for(results: Path) -> Path:
+    """Return the failed-rows file that goes with a results workbook, beside it.
+
+    Args:
+        results: The results workbook.
+
+    Returns:
+        ``x.results.xlsx`` -> ``x.failed.xlsx``, ``x.results.<stamp>.xlsx`` -> ``x.failed.<stamp>.xlsx``,
+        any other ``x.xlsx`` -> ``x.failed.xlsx``.
+    """
+    match = _RESULTS_NAME.fullmatch(results.name)
+    if match:
+        return results.with_name(f"{match['stem']}.failed{match['stamp'] or ''}.xlsx")
+    name = results.name
+    stem = name[: -len(".xlsx")] if name.lower().endswith(".xlsx") else name
+    return results.with_name(f"{stem}.failed.xlsx")
+
+
+def check_workbook_name(path: Path, option: str = "-o") -> None:
+    """Refuse an output name that does not end in .xlsx: the tool writes only workbooks.
+
+    Raises:
+        InputError: the name ends otherwise (``out.csv`` would be a workbook named .csv).
+    """
+    if path.suffix.lower() != ".xlsx":
+        raise InputError(
+            f"{path.name}: results are always an Excel workbook; give {option} a name ending in .xlsx "
+            f"(e.g. {path.with_suffix('.xlsx').name})"
+        )
 
 
 def write_results(
@@ -425,19 +461,61 @@ def _sheet_name(name: str | None) -> str:
     return cleaned or "Sheet1"
 
 
+def save_problem(exc: OSError, *, replacing: bool) -> str:
+    """Say in plain words why a file could not be saved (never naming a temp file).
+
+    Args:
+        exc: The error from creating the folder, writing the temp file or replacing the target.
+        replacing: True when the temp file was written and only replacing the target failed, so
+            the folder is writable and a refusal comes from the target file itself.
+    """
+    code = exc.errno
+    if code in (errno.EACCES, errno.EPERM):
+        if replacing:
+            return "the file is locked by another program (open in Excel?) or read-only"
+        return "permission denied (the folder is read-only or belongs to another user)"
+    reasons = {
+        errno.ENOENT: "the folder does not exist",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EEXIST: "a part of the path is a file, not a folder",
+        errno.EISDIR: "a folder has that name",
+        errno.EROFS: "the disk is read-only",
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.ENAMETOOLONG: "the name is too long",
+    }
+    if code in reasons:
+        return reasons[code]
+    return (os.strerror(code) if code else type(exc).__name__).lower()
+
+
 @contextlib.contextmanager
 def _atomic_workbook(path: Path) -> Iterator[Any]:
-    """Yield a streaming workbook written to a temp file that replaces ``path`` once complete."""
+    """Yield a streaming workbook written to a temp file that replaces ``path`` once complete.
+
+    The folder is created when missing. Failing to save raises ``OutputError`` naming ``path``
+    (the temp file is an internal detail) with a plain reason.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot save {path}: {save_problem(exc, replacing=False)}") from None
     # Not mkstemp: its 0600 mode would stick to the final file; this name is unique enough.
     temp_name = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
+    replacing = False
     try:
         book = xlsxwriter.Workbook(temp_name, _WORKBOOK_OPTIONS)
         try:
             yield book
         finally:
             book.close()
+        replacing = True
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp_name)
+        # xlsxwriter wraps the OSError of writing the file in FileCreateError.
+        cause = exc.args[0] if isinstance(exc, xlsxwriter.exceptions.FileCreateError) and exc.args else exc
+        if isinstance(cause, OSError):
+            raise OutputError(f"cannot save {path}: {save_problem(cause, replacing=replacing)}") from None
         raise

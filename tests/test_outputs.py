@@ -1,0 +1,134 @@
+"""Where the output files go and what they say: names, folders, save errors, failed rows, re-runs."""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from helpers import SAMPLE
+
+from importer.cli import main
+from importer.errors import OutputError
+from importer.pipeline import InputOptions, ValidateConfig, validate_file
+from importer.results import failed_path_for, save_problem
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), stderr
+    return lines[0]
+
+
+def test_cli_demo_accepts_any_xlsx_name(tmp_path: Path) -> None:
+    out = tmp_path / "mine.xlsx"
+    result = CliRunner().invoke(main, ["demo", "--quiet", "-o", str(out)])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert out.is_file() and (tmp_path / "mine.failed.xlsx").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["validate", "{sheet}", "-o", "{tmp}/out.csv"], "out.csv: results are always an Excel workbook"),
+        (
+            ["validate", "{sheet}", "--failed-out", "{tmp}/bad.csv"],
+            "give --failed-out a name ending in .xlsx",
+        ),
+        (["run", "{sheet}", "-o", "{tmp}/out", "--dry-run"], "(e.g. out.xlsx)"),
+        (["demo", "-o", "{tmp}/demo.csv"], "demo.csv: results are always"),
+        (["rollback", "{sheet}", "-o", "{tmp}/undo.ods"], "undo.ods: results are always"),
+    ],
+)
+def test_cli_output_name_not_xlsx_is_refused(tmp_path: Path, args: list[str], fragment: str) -> None:
+    sheet = shutil.copy(SAMPLE / "carrier_routing.csv", tmp_path / "c.csv")
+    values = {"sheet": str(sheet), "tmp": str(tmp_path)}
+    result = CliRunner().invoke(
+        main, [a.format(**values) for a in args], env={"VOCOBASE_API_KEY": "rg_live_unused_1234"}
+    )
+    assert result.exit_code == 2, result.output + result.stderr
+    assert fragment in one_error_line(result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv"]  # nothing written
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_cli_output_into_a_missing_folder_creates_it(tmp_path: Path, command: str) -> None:
+    """validate and run both create the results' folder (run did, through its journal)."""
+    sheet = shutil.copy(SAMPLE / "carrier_routing.csv", tmp_path / "c.csv")
+    out = tmp_path / "new" / "deeper" / "r.xlsx"
+    extra = ["--dry-run", "--base-url", "http://127.0.0.1:9/api/v2"] if command == "run" else []
+    result = CliRunner().invoke(
+        main, [command, str(sheet), "-o", str(out), *extra], env={"VOCOBASE_API_KEY": "rg_live_x_1234"}
+    )
+    if command == "validate":
+        assert result.exit_code == 1, result.output + result.stderr
+        assert out.is_file() and (out.parent / "r.failed.xlsx").is_file()
+    else:  # nothing listens on port 9: the run stops at pre-flight, with one line, never a traceback
+        assert result.exit_code == 3, result.output + result.stderr
+        assert "could not connect" in one_error_line(result.stderr)
+
+
+def test_failed_path_for_names() -> None:
+    folder = Path("/x")
+    assert failed_path_for(folder / "a.results.xlsx") == folder / "a.failed.xlsx"
+    assert (
+        failed_path_for(folder / "a.results.20261127-101500.xlsx") == folder / "a.failed.20261127-101500.xlsx"
+    )
+    assert failed_path_for(folder / "mine.XLSX") == folder / "mine.failed.xlsx"
+    assert failed_path_for(folder / "a.b.xlsx") == folder / "a.b.failed.xlsx"
+
+
+@pytest.mark.parametrize(
+    ("code", "replacing", "reason"),
+    [
+        (errno.EACCES, False, "permission denied"),
+        (errno.EPERM, False, "permission denied"),
+        (errno.EACCES, True, "locked by another program"),
+        (errno.ENOENT, False, "the folder does not exist"),
+        (errno.ENOTDIR, False, "is a file, not a folder"),
+        (errno.EISDIR, True, "a folder has that name"),
+        (errno.ENOSPC, False, "the disk is full"),
+        (errno.EROFS, False, "the disk is read-only"),
+        (errno.EIO, False, "input/output error"),
+    ],
+)
+def test_save_problem_plain_reasons(code: int, replacing: bool, reason: str) -> None:
+    exc = OSError(code, "os text", "/tmp/.out.xlsx.123.abcd.tmp")
+    assert reason in save_problem(exc, replacing=replacing)
+    assert ".tmp" not in save_problem(exc, replacing=replacing)
+
+
+def _validate_to(tmp_path: Path, output: Path) -> None:
+    sheet = shutil.copy(SAMPLE / "carrier_routing.csv", tmp_path / "c.csv")
+    validate_file(ValidateConfig(InputOptions(path=sheet), output=output))
+
+
+def test_save_over_a_folder_names_the_destination_not_the_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "taken.xlsx"
+    target.mkdir()
+    with pytest.raises(OutputError) as info:
+        _validate_to(tmp_path, target)
+    assert str(info.value) == f"cannot save {target}: a folder has that name"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_save_under_a_file_says_the_path_has_a_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    target = tmp_path / "notes.txt" / "r.xlsx"
+    with pytest.raises(
+        OutputError, match=r"cannot save .*r\.xlsx: a part of the path is a file, not a folder"
+    ):
+        _validate_to(tmp_path, target)
+
+
+def test_cli_save_error_is_one_plain_line(tmp_path: Path) -> None:
+    sheet = shutil.copy(SAMPLE / "carrier_routing.csv", tmp_path / "c.csv")
+    (tmp_path / "notes.txt").write_text("x", encoding="utf-8")
+    target = tmp_path / "notes.txt" / "r.xlsx"
+    result = CliRunner().invoke(main, ["validate", str(sheet), "-o", str(target)])
+    assert result.exit_code == 2, result.output + result.stderr
+    line = one_error_line(result.stderr)
+    assert line == f"Error: cannot save {target}: a part of the path is a file, not a folder"
+    assert "unexpected" not in line and ".tmp" not in line
