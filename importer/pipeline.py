@@ -251,7 +251,7 @@ def write_outputs(
     tally = OutcomeTally(columns)
     write_results(results, table, columns, issues, info)
     if tally.failed_rows:
-        write_failed_rows(failed, table, tally.failed_rows)
+        write_failed_rows(failed, table, tally.failed_rows, columns.failed_reasons())
     elif failed.exists():
         failed.unlink()  # a stale file from an earlier run would mislead
     return tally

@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ EXCEL_MAX_CELL = 32_767
 """Excel's cell limit, counted in UTF-16 code units."""
 TRUNCATION_MARKER = " …[truncated: cell longer than Excel's 32767 characters]"
 
+_OWN_COLUMNS = frozenset((*RESULT_COLUMNS, *DRY_RUN_COLUMNS, ROW_COLUMN))
 _MIN_WIDTH = 6
 _MAX_WIDTH = 60
 _WORKBOOK_OPTIONS = {"constant_memory": True}
@@ -117,6 +118,14 @@ class OutcomeColumns:
     def failed(self) -> list[bool]:
         """Tell, row by row, whether the row failed."""
         return [s is Status.FAILED for s in self.status]
+
+    def failed_reasons(self) -> dict[int, str]:
+        """Map each failed row's Excel row number to its reason."""
+        return {
+            row: reason
+            for row, reason, status in zip(self.row, self.reason, self.status, strict=True)
+            if status is Status.FAILED
+        }
 
 
 def default_paths(input_path: Path) -> tuple[Path, Path]:
@@ -222,13 +231,24 @@ def write_results(
         )
 
 
-def write_failed_rows(path: Path, table: RawTable, rows: Collection[int]) -> None:
+FAILED_COLUMNS = ("import_reason", ROW_COLUMN)
+"""Added after the input's columns in the failed-rows file: why the row failed, and its row in the input."""
+
+
+def write_failed_rows(
+    path: Path, table: RawTable, rows: Collection[int], reasons: Mapping[int, str] | None = None
+) -> None:
     """Write only the given rows, in the input's own columns and headers, ready to fix and re-import.
+
+    The input's columns come first, unchanged, so column letters stay those of the input; then
+    ``import_reason`` and ``import_row`` (the row's number in the input), which the next import
+    carries along as ordinary columns.
 
     Args:
         path: The workbook to write; replaced atomically, never the input file.
         table: The input as read.
         rows: Excel row numbers of the rows to keep (rows of ``table``).
+        reasons: Each row's reason (a row not in it gets an empty reason).
 
     Raises:
         InputError: ``path`` is the input file.
@@ -240,7 +260,12 @@ def write_failed_rows(path: Path, table: RawTable, rows: Collection[int]) -> Non
     missing = wanted.difference(index.tolist())
     if missing:
         raise ValueError(f"rows not in the table: {sorted(missing)[:10]}")
-    columns = _input_columns(table.headers, table.frame[index.isin(wanted)])
+    kept = table.frame[index.isin(wanted)]
+    columns = _input_columns(table.headers, kept)
+    numbers = kept.index.tolist()
+    reason_header, row_header = FAILED_COLUMNS
+    columns.append(_column(reason_header, [(reasons or {}).get(r, "") for r in numbers]))
+    columns.append(_column(row_header, [str(r) for r in numbers]))
     with _atomic_workbook(path) as book:
         text = book.add_format({"num_format": "@"})
         bold = book.add_format({"bold": True, "num_format": "@"})
@@ -253,9 +278,15 @@ def write_failed_rows(path: Path, table: RawTable, rows: Collection[int]) -> Non
 
 
 def _input_columns(headers: Sequence[str], frame: pd.DataFrame) -> list[_Column]:
-    """Return the input's columns, in its order, with its header texts and cell texts."""
+    """Return the input's columns, in its order, with its header texts and cell texts.
+
+    Columns this tool wrote itself (``import_status`` ... ``import_row``, in a failed-rows or
+    results file imported again) are left out: the new ones replace them instead of repeating them.
+    """
     return [
-        _column(header, frame[label].tolist()) for header, label in zip(headers, frame.columns, strict=True)
+        _column(header, frame[label].tolist())
+        for header, label in zip(headers, frame.columns, strict=True)
+        if header not in _OWN_COLUMNS
     ]
 
 

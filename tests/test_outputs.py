@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import shutil
 from pathlib import Path
 
+import openpyxl
 import pytest
 from click.testing import CliRunner
-from helpers import SAMPLE
+from helpers import SAMPLE, read_results
 
 from importer.cli import main
 from importer.errors import OutputError
+from importer.model import Status
 from importer.pipeline import InputOptions, ValidateConfig, validate_file
 from importer.results import failed_path_for, save_problem
 
@@ -132,3 +135,43 @@ def test_cli_save_error_is_one_plain_line(tmp_path: Path) -> None:
     line = one_error_line(result.stderr)
     assert line == f"Error: cannot save {target}: a part of the path is a file, not a folder"
     assert "unexpected" not in line and ".tmp" not in line
+
+
+def sheet_rows(path: Path) -> list[list[str]]:
+    book = openpyxl.load_workbook(path, read_only=True)
+    try:
+        return [
+            ["" if v is None else str(v) for v in r] for r in book.worksheets[0].iter_rows(values_only=True)
+        ]
+    finally:
+        book.close()
+
+
+def test_failed_rows_file_carries_reason_and_input_row(tmp_path: Path) -> None:
+    """Each failed row keeps its cells as read, then says why it failed and which input row it was."""
+    sheet = shutil.copy(SAMPLE / "carrier_routing.csv", tmp_path / "c.csv")
+    summary = validate_file(ValidateConfig(InputOptions(path=sheet)))
+    assert summary.failed_path is not None
+    results = {r["import_row"]: r for r in read_results(summary.results_path)}
+    rows = sheet_rows(summary.failed_path)
+    header = rows[0]
+    with sheet.open(encoding="utf-8-sig", newline="") as fh:
+        source = list(csv.reader(fh, delimiter=";"))
+    assert header == [*source[0], "import_reason", "import_row"]
+    assert len(rows) - 1 == summary.counts[Status.FAILED]
+    for row in rows[1:]:
+        number = row[-1]
+        assert results[number]["import_status"] == "failed"
+        assert row[-2] == results[number]["import_reason"] and row[-2]
+        assert row[: len(source[0])] == source[int(number) - 1] + [""] * (
+            len(source[0]) - len(source[int(number) - 1])
+        )
+
+    # Imported again as it is, the file fails the same rows; its own columns are replaced, not repeated.
+    again = validate_file(
+        ValidateConfig(InputOptions(path=summary.failed_path), output=tmp_path / "again.xlsx")
+    )
+    assert again.failed_path is not None
+    header_again = sheet_rows(again.failed_path)[0]
+    assert header_again == header
+    assert [h for h in sheet_rows(again.results_path)[0] if h == "import_reason"] == ["import_reason"]
