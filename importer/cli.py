@@ -106,16 +106,27 @@ def main() -> None:
     """
 
 
+_FORCE_HELP = (
+    "Overwrite <stem>.results.xlsx and <stem>.failed.xlsx left by an earlier run; without it they "
+    "are kept and this run writes <stem>.results.<YYYYmmdd-HHMMSS>.xlsx. A path given with -o or "
+    "--failed-out is always overwritten."
+)
+
+
 @main.command()
 @input_options
 @click.option(
-    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook path."
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Results workbook path, .xlsx (default <stem>.results.xlsx).",
 )
 @click.option(
     "--failed-out",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Failed-rows file path (default <stem>.failed.xlsx).",
+    help="Failed-rows file path, .xlsx (default <stem>.failed.xlsx).",
 )
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @one_line_errors
 def validate(
     file: Path,
@@ -124,13 +135,17 @@ def validate(
     default_region: str | None,
     output: Path | None,
     failed_out: Path | None,
+    force: bool,
 ) -> None:
     """Check every row of FILE offline and write the results workbook."""
     from .pipeline import ValidateConfig, validate_file
 
     summary = validate_file(
         ValidateConfig(
-            input=build_input(file, sheet, maps, default_region), output=output, failed_out=failed_out
+            input=build_input(file, sheet, maps, default_region),
+            output=output,
+            failed_out=failed_out,
+            overwrite=force,
         )
     )
     for line in summary.lines():
@@ -232,8 +247,13 @@ _connect_options = _apply_options(
 )
 
 _api_options = _apply_options(
-    click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook."),
-    click.option("--failed-out", type=click.Path(path_type=Path, dir_okay=False), help="Failed-rows file."),
+    click.option(
+        "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook, .xlsx."
+    ),
+    click.option(
+        "--failed-out", type=click.Path(path_type=Path, dir_okay=False), help="Failed-rows file, .xlsx."
+    ),
+    click.option("--force", is_flag=True, help=_FORCE_HELP),
     _connect_options,
     click.option(
         "--on-existing",
@@ -279,6 +299,7 @@ def run(
     default_region: str | None,
     output: Path | None,
     failed_out: Path | None,
+    force: bool,
     base_url: str,
     api_key: str | None,
     connection_id: str | None,
@@ -301,6 +322,7 @@ def run(
         base_url=base_url,
         output=output,
         failed_out=failed_out,
+        overwrite=force,
         connection_id=connection_id,
         requests_per_minute=requests_per_minute,
         concurrency=concurrency,

@@ -26,6 +26,7 @@ from .results import (
     check_workbook_name,
     default_paths,
     failed_path_for,
+    stamped_path,
     write_failed_rows,
     write_results,
 )
@@ -58,6 +59,8 @@ class ValidateConfig:
     input: InputOptions
     output: Path | None = None
     failed_out: Path | None = None
+    overwrite: bool = False
+    """Overwrite the default output files of an earlier run instead of writing timestamped ones."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +98,21 @@ def now_text() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def output_paths(input_path: Path, output: Path | None, failed_out: Path | None) -> tuple[Path, Path]:
-    """Resolve the results and failed-rows paths; refuse any that would overwrite the input."""
+def output_paths(
+    input_path: Path, output: Path | None, failed_out: Path | None, *, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Resolve the results and failed-rows paths; refuse any that would overwrite the input.
+
+    A path given explicitly is used as it is (overwriting). The default ``<stem>.results.xlsx``
+    is not overwritten when it (or ``<stem>.failed.xlsx``) is there from an earlier run, unless
+    ``overwrite``: the outputs get a timestamped name beside it instead.
+    """
     default_results, default_failed = default_paths(input_path)
     results = output or default_results
     failed = failed_out or (failed_path_for(results) if output is not None else default_failed)
+    if output is None and not overwrite and (default_results.exists() or default_failed.exists()):
+        results = stamped_path(default_results, dt.datetime.now())
+        failed = failed_out or failed_path_for(results)
     source = input_path.resolve()
     for path in (results, failed):
         if path.resolve() == source:
@@ -267,7 +280,9 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         InputError: the file or an option cannot be used.
     """
     started = now_text()
-    results, failed = output_paths(config.input.path, config.output, config.failed_out)
+    results, failed = output_paths(
+        config.input.path, config.output, config.failed_out, overwrite=config.overwrite
+    )
     report = load_and_validate(config.input)
     info = RunInfo(
         command="validate",

@@ -8,6 +8,7 @@ to a temporary file in the target folder that replaces the target only when comp
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import itertools
 import os
@@ -140,6 +141,26 @@ def default_paths(input_path: Path) -> tuple[Path, Path]:
     """
     folder, stem = input_path.parent, input_path.stem
     return folder / f"{stem}.results.xlsx", folder / f"{stem}.failed.xlsx"
+
+
+def stamped_path(path: Path, when: dt.datetime) -> Path:
+    """Return a free name beside ``path`` with a timestamp: ``x.results.xlsx`` -> ``x.results.<stamp>.xlsx``.
+
+    Args:
+        path: The name that is taken (``<stem>.results.xlsx``).
+        when: The time to stamp (local time, to the second).
+
+    Returns:
+        ``<stem>.results.<YYYYmmdd-HHMMSS>.xlsx``, with ``-2``, ``-3``... added when that is taken too
+        (the failed-rows name that goes with it, by ``failed_path_for``, must be free as well).
+    """
+    stem = path.name[: -len(".xlsx")] if path.name.lower().endswith(".xlsx") else path.name
+    stamp = when.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        candidate = path.with_name(f"{stem}.{stamp}{'' if n == 1 else f'-{n}'}.xlsx")
+        if not candidate.exists() and not failed_path_for(candidate).exists():
+            return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 _RESULTS_NAME = re.compile(r"(?P<stem>.*)\.results(?P<stamp>\.\d{8}-\d{6}(?:-\d+)?)?\.xlsx", re.IGNORECASE)

@@ -82,6 +82,8 @@ class ImportConfig:
     base_url: str = DEFAULT_BASE_URL
     output: Path | None = None
     failed_out: Path | None = None
+    overwrite: bool = False
+    """Overwrite the default output files of an earlier run instead of writing timestamped ones."""
     connection_id: str | None = None
     requests_per_minute: int = 60
     concurrency: int = 4
@@ -721,7 +723,9 @@ def run_import(
         raise InputError("--requests-per-minute, --concurrency and --timeout must be positive")
     if not config.base_url.startswith(("http://", "https://")):
         raise InputError(f"--base-url must start with http:// or https://, not {config.base_url!r}")
-    results, failed_path = output_paths(config.input.path, config.output, config.failed_out)
+    results, failed_path = output_paths(
+        config.input.path, config.output, config.failed_out, overwrite=config.overwrite
+    )
     report = load_and_validate(config.input)
     journal = None
     if not config.dry_run:

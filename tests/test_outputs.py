@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import csv
 import errno
+import re
 import shutil
 from pathlib import Path
 
+import httpx
 import openpyxl
 import pytest
 from click.testing import CliRunner
-from helpers import SAMPLE, read_results
+from helpers import SAMPLE, read_results, write_inventory, write_sheet
 
 from importer.cli import main
 from importer.errors import OutputError
 from importer.model import Status
 from importer.pipeline import InputOptions, ValidateConfig, validate_file
 from importer.results import failed_path_for, save_problem
+from importer.rollback import locate_run
+from importer.run import ImportConfig, run_import
+from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 
 
 def one_error_line(stderr: str) -> str:
@@ -175,3 +180,56 @@ def test_failed_rows_file_carries_reason_and_input_row(tmp_path: Path) -> None:
     header_again = sheet_rows(again.failed_path)[0]
     assert header_again == header
     assert [h for h in sheet_rows(again.results_path)[0] if h == "import_reason"] == ["import_reason"]
+
+
+STAMPED = re.compile(r"c\.(results|failed)\.\d{8}-\d{6}\.xlsx")
+
+
+def test_validate_keeps_an_earlier_runs_outputs_and_force_overwrites(tmp_path: Path) -> None:
+    sheet = shutil.copy(SAMPLE / "carrier_routing.csv", tmp_path / "c.csv")
+    first = CliRunner().invoke(main, ["validate", str(sheet)])
+    assert first.exit_code == 1, first.output + first.stderr
+    kept = {p.name: p.read_bytes() for p in tmp_path.glob("c.*.xlsx")}
+    assert sorted(kept) == ["c.failed.xlsx", "c.results.xlsx"]
+
+    second = CliRunner().invoke(main, ["validate", str(sheet)])
+    assert second.exit_code == 1, second.output + second.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("c.*.xlsx") if p.name in kept} == kept
+    new = sorted(p.name for p in tmp_path.glob("c.*.xlsx") if p.name not in kept)
+    assert len(new) == 2 and all(STAMPED.fullmatch(n) for n in new), new
+    assert new[0].replace(".failed.", ".results.") == new[1]  # one stamp for both files
+    assert f"results: {tmp_path / new[1]}" in second.output
+
+    forced = CliRunner().invoke(main, ["validate", str(sheet), "--force"])
+    assert forced.exit_code == 1, forced.output + forced.stderr
+    assert f"results: {tmp_path / 'c.results.xlsx'}" in forced.output
+    assert len(list(tmp_path.glob("c.*.xlsx"))) == 4
+
+    out = tmp_path / "mine.xlsx"
+    out.write_bytes(b"old")
+    named = CliRunner().invoke(main, ["validate", str(sheet), "-o", str(out)])
+    assert named.exit_code == 1 and out.read_bytes() != b"old"  # a path given with -o is overwritten
+
+
+def test_run_again_keeps_the_first_results_and_both_find_the_journal(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 4)
+    sheet = write_sheet(tmp_path / "sheet.csv", 4)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    config = ImportConfig(
+        input=InputOptions(path=sheet),
+        api_key=SANDBOX_API_KEY,
+        base_url="http://sandbox.test/api/v2",
+        requests_per_minute=100_000,
+        retry_backoff=0,
+    )
+    transport = httpx.ASGITransport(app=sandbox.app)
+    first = run_import(config, transport=transport)
+    before = first.results_path.read_bytes()
+    again = run_import(config, transport=transport)
+    assert first.results_path == tmp_path / "sheet.results.xlsx"
+    assert again.results_path != first.results_path
+    assert re.fullmatch(r"sheet\.results\.\d{8}-\d{6}\.xlsx", again.results_path.name)
+    assert first.results_path.read_bytes() == before
+    journal = tmp_path / "sheet.journal.sqlite"
+    assert locate_run(first.results_path)[:2] == (journal, 1)
+    assert locate_run(again.results_path)[:2] == (journal, 2)
