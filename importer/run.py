@@ -336,6 +336,9 @@ class _Runner:
         for row in self.report.valid:
             earlier = confirmed.get(row.row)
             if earlier is not None:
+                # A create's answer carries no id (it is read back after the run, not journalled):
+                # the live state read at the start has it.
+                live = inventory.routing.get(earlier.did_id) if earlier.did_id is not None else None
                 self.outcomes[row.row] = RowOutcome(
                     row=row.row,
                     status=Status.SKIPPED,
@@ -343,7 +346,7 @@ class _Runner:
                     reason=f"done in an earlier run at {earlier.when} ({earlier.status})",
                     reason_kind="done_earlier",
                     did_id=earlier.did_id,
-                    routing_id=earlier.routing_id,
+                    routing_id=earlier.routing_id or (live.routing_id if live is not None else None),
                 )
                 counts["done_before"] += 1
                 continue

@@ -12,7 +12,7 @@ import httpx
 import openpyxl
 import pytest
 from click.testing import CliRunner
-from helpers import SAMPLE, read_results, write_inventory, write_sheet
+from helpers import SAMPLE, desired_record, read_results, write_inventory, write_sheet
 
 from importer.cli import main
 from importer.errors import OutputError
@@ -233,3 +233,25 @@ def test_run_again_keeps_the_first_results_and_both_find_the_journal(tmp_path: P
     journal = tmp_path / "sheet.journal.sqlite"
     assert locate_run(first.results_path)[:2] == (journal, 1)
     assert locate_run(again.results_path)[:2] == (journal, 2)
+
+
+def test_rerun_results_keep_the_routing_ids_of_rows_done_earlier(tmp_path: Path) -> None:
+    """Creates answer without an id (read back after the run): a re-run still shows every routing id."""
+    inv = write_inventory(tmp_path / "inv.json", 6, existing={0: desired_record(1)})
+    sheet = write_sheet(tmp_path / "sheet.csv", 6)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    transport = httpx.ASGITransport(app=sandbox.app)
+    config = ImportConfig(
+        input=InputOptions(path=sheet),
+        api_key=SANDBOX_API_KEY,
+        base_url="http://sandbox.test/api/v2",
+        requests_per_minute=100_000,
+        retry_backoff=0,
+    )
+    first = run_import(config, transport=transport)
+    again = run_import(config, transport=transport)
+    assert first.counts == {Status.SUCCEEDED: 6} and again.counts == {Status.SKIPPED: 6}
+    routed = {str(r["did_id"]): str(r["id"]) for r in sandbox.state_snapshot()["routing"]}
+    for summary in (first, again):
+        rows = read_results(summary.results_path)
+        assert {r["import_did_id"]: r["import_routing_id"] for r in rows} == routed
