@@ -243,7 +243,7 @@ _connect_options = _apply_options(
     click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True),
     click.option("--dry-run", is_flag=True, help="Plan only: show what would be sent; send nothing."),
     click.option("--yes", is_flag=True, help="Do not ask before sending."),
-    click.option("--quiet", is_flag=True, help="No progress bar."),
+    click.option("--quiet", is_flag=True, help="No progress bar (rollback: no plan lines either)."),
 )
 
 _api_options = _apply_options(
@@ -511,6 +511,8 @@ def rollback(
         check_workbook_name(output)
 
     def show(plan: Any) -> None:
+        if quiet:  # --quiet: the summary and errors only
+            return
         for line in plan.lines(limit=50):
             click.echo(line)
 

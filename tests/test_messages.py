@@ -6,16 +6,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import write_sheet
+from click.testing import CliRunner
+from helpers import write_inventory, write_sheet
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse
 from starlette.routing import Route
 
+from importer.cli import main
 from importer.errors import ApiError
 from importer.pipeline import InputOptions
 from importer.run import ImportConfig, run_import
-from importer.sandbox import SANDBOX_API_KEY
+from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
 
 BODY_TEXT = "Lorem ipsum dolor sit amet " * 80
 PAGE = (
@@ -75,3 +77,32 @@ def test_api_404_on_the_first_call_suggests_the_base_url(tmp_path: Path) -> None
         "GET /telephony/connections failed after 1 attempt(s): HTTP 404: Not Found; "
         "check --base-url: http://api.test/v2 must be the API root, ending in /api/v2"
     )
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_cli_rollback_quiet_prints_the_summary_only(tmp_path: Path, quiet: bool) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 3)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    with running_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000)) as (url, _sandbox):
+        config = ImportConfig(
+            input=InputOptions(path=sheet),
+            api_key=SANDBOX_API_KEY,
+            base_url=url,
+            requests_per_minute=100_000,
+            retry_backoff=0,
+        )
+        imported = run_import(config)
+        result = CliRunner().invoke(
+            main,
+            ["rollback", str(imported.results_path), "--yes", *(["--quiet"] if quiet else [])],
+            env={"VOCOBASE_API_KEY": SANDBOX_API_KEY, "VOCOBASE_BASE_URL": url},
+        )
+    assert result.exit_code == 0, result.output + result.stderr
+    plan_lines = [
+        line for line in result.stdout.splitlines() if line.startswith(("rollback of run", "plan:"))
+    ]
+    assert bool(plan_lines) is not quiet
+    assert result.stdout.startswith("rows read: 3; " if quiet else "rollback of run 1")
+    assert "results: " in result.stdout
+    if quiet:
+        assert result.stderr == ""
