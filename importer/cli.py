@@ -10,9 +10,10 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 
@@ -169,28 +170,85 @@ def template(fmt: str, output: Path | None) -> None:
     click.echo(f"template written: {path}")
 
 
-def _progress_bar(quiet: bool) -> tuple[Any, Any]:
-    """A tqdm bar on stderr fed by the library's progress callback (the library never imports tqdm)."""
+def _progress_bar(
+    quiet: bool,
+    *,
+    stream: TextIO | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    every: float = 60.0,
+    tick: float = 1.0,
+) -> tuple[Any, Any]:
+    """Show the library's progress callbacks on stderr (the library never imports tqdm).
+
+    On a terminal: a tqdm bar, redrawn every ``tick`` seconds by a small thread so its elapsed
+    time keeps moving while the rate limiter holds writes back. Anywhere else (a pipe, a log,
+    CI) bar frames would be noise: one plain line every ``every`` seconds instead.
+
+    Returns:
+        The callback and a function that ends the display (None, None when ``quiet``).
+    """
     if quiet:
         return None, None
+    out = stream if stream is not None else sys.stderr
+    if not out.isatty():
+        last: float | None = None
+
+        def line(p: Any) -> None:
+            nonlocal last
+            now = clock()
+            if last is None:
+                last = now
+            elif now - last >= every:
+                last = now
+                out.write(_progress_text(p) + "\n")
+                out.flush()
+
+        return line, None
+
+    import threading
+
     from tqdm import tqdm
 
     bar: Any = None
+    stop = threading.Event()
+    ticker: threading.Thread | None = None
+
+    def redraw() -> None:
+        while not stop.wait(tick):
+            bar.refresh()
 
     def update(p: Any) -> None:
-        nonlocal bar
+        nonlocal bar, ticker
         if bar is None:
-            bar = tqdm(total=p.total, unit="row", file=sys.stderr, dynamic_ncols=True, desc="sending")
+            bar = tqdm(total=p.total, unit="write", file=out, dynamic_ncols=True, desc="sending")
+            ticker = threading.Thread(target=redraw, name="progress-ticker", daemon=True)
+            ticker.start()
         bar.n = p.done
         eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s" if p.eta_seconds else "0s"
         bar.set_postfix_str(f"ok {p.succeeded}, failed {p.failed}, rate-limit ETA {eta}", refresh=False)
         bar.refresh()
 
     def close() -> None:
+        stop.set()
+        if ticker is not None:
+            ticker.join()
         if bar is not None:
             bar.close()
 
     return update, close
+
+
+def _progress_text(p: Any) -> str:
+    """One progress line for a log: '123/900 writes, 3 failed, about 13 min left'."""
+    text = f"{p.done}/{p.total} writes, {p.failed} failed"
+    if p.eta_seconds is None or p.done >= p.total:
+        return text
+    minutes = round(p.eta_seconds / 60)
+    if minutes < 1:
+        return text + ", under a minute left"
+    if minutes < 60:
+        return text + f", about {minutes} min left"
+    return text + f", about {minutes // 60} h {minutes % 60} min left"
 
 
 def _ask(counts: Any) -> bool:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -13,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse
 from starlette.routing import Route
 
-from importer.cli import main
+from importer.cli import _progress_bar, main
 from importer.errors import ApiError
 from importer.pipeline import InputOptions
 from importer.run import ImportConfig, run_import
@@ -104,5 +107,61 @@ def test_cli_rollback_quiet_prints_the_summary_only(tmp_path: Path, quiet: bool)
     assert bool(plan_lines) is not quiet
     assert result.stdout.startswith("rows read: 3; " if quiet else "rollback of run 1")
     assert "results: " in result.stdout
-    if quiet:
-        assert result.stderr == ""
+    assert result.stderr == ""  # CliRunner's stderr is no terminal: no bar frames either way
+
+
+def progress(done: int, failed: int = 0, eta: float | None = 780.0, total: int = 900) -> SimpleNamespace:
+    """The fields of ``run.Progress`` the display reads (the engine may add more)."""
+    return SimpleNamespace(done=done, total=total, succeeded=done - failed, failed=failed, eta_seconds=eta)
+
+
+def test_progress_off_a_terminal_is_one_plain_line_a_minute() -> None:
+    out = io.StringIO()
+    now = [0.0]
+    update, close = _progress_bar(False, stream=out, clock=lambda: now[0])
+    assert close is None
+    for t, p in [
+        (0, progress(0)),
+        (30, progress(50)),
+        (61, progress(123, 3)),
+        (90, progress(200, 3, 20)),
+        (125, progress(300, 4, 7300)),
+        (170, progress(400, 4, None)),
+    ]:
+        now[0] = t
+        update(p)
+    assert out.getvalue() == (
+        "123/900 writes, 3 failed, about 13 min left\n300/900 writes, 4 failed, about 2 h 2 min left\n"
+    )
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_keeps_redrawing_while_writes_wait() -> None:
+    """The rate limiter may hold writes back for a minute: the elapsed time must keep moving meanwhile."""
+    out = FakeTerminal()
+    update, close = _progress_bar(False, stream=out, tick=0.02)
+    update(progress(0, total=5, eta=60))
+    frames = out.getvalue().count("\r")
+    time.sleep(0.3)  # no progress reported meanwhile
+    close()
+    assert out.getvalue().count("\r") >= frames + 5
+    assert "0/5" in out.getvalue()
+
+
+def test_cli_run_off_a_terminal_writes_no_bar_frames(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 5)
+    sheet = write_sheet(tmp_path / "sheet.csv", 5)
+    with running_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000)) as (url, _sandbox):
+        result = CliRunner().invoke(
+            main,
+            ["run", str(sheet), "--yes", "--requests-per-minute", "100000"],
+            env={"VOCOBASE_API_KEY": SANDBOX_API_KEY, "VOCOBASE_BASE_URL": url},
+        )
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "succeeded 5" in result.stdout
+    assert "\r" not in result.stderr and "sending" not in result.stderr
+    assert result.stderr == ""
