@@ -38,7 +38,7 @@ from importer.errors import ApiError, AuthError
 from importer.fields import ROUTING_FIELDS
 from importer.limiter import RateLimiter
 
-__all__ = ["Bot", "Connection", "Did", "Routing", "VoiceLinkClient", "WriteResult"]
+__all__ = ["Bot", "Connection", "Did", "Routing", "VoiceLinkClient", "WriteResult", "connection_problem"]
 
 DID_PAGE_SIZE = 100
 BOT_PAGE_SIZE = 1000  # the documented maximum for /voicelink/bots
@@ -59,6 +59,39 @@ class Connection:
     name: str
     status: str
     is_default: bool
+
+
+def connection_problem(
+    row_connection: str | None, run_connection: str, connections: Sequence[Connection]
+) -> str | None:
+    """Say why a row's ``connection_id`` cannot go in this run, or None when it can.
+
+    One run serves one connection (the one chosen at pre-flight): a row naming another
+    connection of the account is imported in a run of its own; a UUID the account does not
+    have is most likely a typo or another account's.
+
+    Args:
+        row_connection: The row's connection_id cell (None or blank: the run's connection).
+        run_connection: The connection id this run uses.
+        connections: Every connection the account listed.
+
+    Returns:
+        The reason for the row, or None.
+    """
+    wanted = (row_connection or "").strip()
+    if not wanted or wanted.casefold() == run_connection.strip().casefold():
+        return None
+    by_id = {c.connection_id.strip().casefold(): c for c in connections}
+    run = by_id.get(run_connection.strip().casefold())
+    uses = f"this run uses '{run.name or run.connection_id}'" if run else f"this run uses {run_connection}"
+    other = by_id.get(wanted.casefold())
+    if other is None:
+        return f"connection {wanted} is not one of this account's connections ({uses})"
+    inactive = "" if other.status.upper() == "ACTIVE" else f" (status {other.status or 'unknown'})"
+    return (
+        f"connection {wanted} is '{other.name or other.connection_id}'{inactive}, {uses}; one run serves "
+        f"one connection: import this row in a run of its own with --connection-id {wanted}"
+    )
 
 
 @dataclass(frozen=True, slots=True)

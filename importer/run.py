@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from .api import Routing, VoiceLinkClient, WriteResult
+from .api import Connection, Routing, VoiceLinkClient, WriteResult, connection_problem
 from .errors import ApiError, AuthError, InputError
 from .fields import routing_body
 from .journal import ConfirmedRow, InFlightRow, Journal
@@ -207,6 +207,7 @@ class _Runner:
         self.limiter = limiter
         self.on_progress = on_progress
         self.run_id = 0
+        self.connections: list[Connection] = []
         self.outcomes: dict[int, RowOutcome] = {}
         self.stop_reason = ""
         self.exit_code = 0
@@ -222,7 +223,7 @@ class _Runner:
 
     async def preflight(self) -> str:
         """Check the key and choose the connection; return its id."""
-        connections = await self.client.list_connections()
+        connections = self.connections = await self.client.list_connections()
         active = [c for c in connections if c.status.upper() == "ACTIVE"]
         listing = "; ".join(
             f"{c.name} ({c.connection_id}{', default' if c.is_default else ''})" for c in connections
@@ -310,14 +311,8 @@ class _Runner:
                 problems.append(("bot_not_found", f"{name} {bot_id}: no such bot in this account"))
             elif not bot.active:
                 problems.append(("bot_inactive", f"{name} {bot_id} ({bot.name}) is inactive"))
-        if row.connection_id and row.connection_id.lower() != connection.lower():
-            problems.append(
-                (
-                    "other_connection",
-                    f"connection_id {row.connection_id} differs from this run's connection {connection}; "
-                    "import each connection's rows in a run of their own",
-                )
-            )
+        if problem := connection_problem(row.connection_id, connection, self.connections):
+            problems.append(("other_connection", problem))
         if problems:
             self._fail(row.row, problems[0][0], "; ".join(p[1] for p in problems), did_id)
             return None

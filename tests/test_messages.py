@@ -10,17 +10,25 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from click.testing import CliRunner
-from helpers import write_inventory, write_sheet
+from helpers import (
+    CONNECTION,
+    SECOND_CONNECTION,
+    did_number,
+    read_results,
+    write_inventory,
+    write_sheet,
+)
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse
 from starlette.routing import Route
 
+from importer.api import Connection, connection_problem
 from importer.cli import _progress_bar, main
 from importer.errors import ApiError
 from importer.pipeline import InputOptions
 from importer.run import ImportConfig, run_import
-from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
+from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 
 BODY_TEXT = "Lorem ipsum dolor sit amet " * 80
 PAGE = (
@@ -165,3 +173,61 @@ def test_cli_run_off_a_terminal_writes_no_bar_frames(tmp_path: Path) -> None:
     assert "succeeded 5" in result.stdout
     assert "\r" not in result.stderr and "sending" not in result.stderr
     assert result.stderr == ""
+
+
+PRIMARY = Connection(CONNECTION, "Primary", "ACTIVE", True)
+SECOND = Connection(SECOND_CONNECTION, "Second", "ACTIVE", False)
+OLD = Connection("5d7e9f10-2a3b-4c5d-8e9f-0a1b2c3d4e5f", "Old", "INACTIVE", False)
+UNKNOWN = "00000000-0000-4000-8000-000000000000"
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        (None, None),
+        ("", None),
+        (CONNECTION, None),
+        (f"  {CONNECTION.upper()} ", None),
+        (UNKNOWN, f"connection {UNKNOWN} is not one of this account's connections (this run uses 'Primary')"),
+        (
+            SECOND_CONNECTION,
+            f"connection {SECOND_CONNECTION} is 'Second', this run uses 'Primary'; one run serves one "
+            f"connection: import this row in a run of its own with --connection-id {SECOND_CONNECTION}",
+        ),
+        (OLD.connection_id, "is 'Old' (status INACTIVE), this run uses 'Primary'"),
+    ],
+)
+def test_connection_problem_tells_unknown_from_another_connection(
+    row: str | None, expected: str | None
+) -> None:
+    found = connection_problem(row, CONNECTION, [PRIMARY, SECOND, OLD])
+    if expected is None or found is None:
+        assert found == expected
+    else:
+        assert expected in found
+
+
+def test_run_rows_of_other_connections_fail_with_the_connection_named(tmp_path: Path) -> None:
+    inv = write_inventory(tmp_path / "inv.json", 4)
+    sheet = tmp_path / "sheet.csv"
+    lines = ["DID,Inbound,Outbound,Connection ID"]
+    lines += [
+        f"+{did_number(i)},mobile,only-answer,{c}"
+        for i, c in enumerate([SECOND_CONNECTION, UNKNOWN, CONNECTION, ""])
+    ]
+    sheet.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sandbox = create_sandbox(SandboxConfig(inventory=inv, two_connections=True))
+    config = ImportConfig(
+        input=InputOptions(path=sheet),
+        api_key=SANDBOX_API_KEY,
+        base_url="http://sandbox.test/api/v2",
+        connection_id=CONNECTION,
+        retry_backoff=0,
+        requests_per_minute=100_000,
+    )
+    summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
+    rows = {int(r["import_row"]): r for r in read_results(summary.results_path)}
+    assert [rows[n]["import_status"] for n in (2, 3, 4, 5)] == ["failed", "failed", "succeeded", "succeeded"]
+    assert "is 'Second', this run uses 'Primary'" in rows[2]["import_reason"]
+    assert f"--connection-id {SECOND_CONNECTION}" in rows[2]["import_reason"]
+    assert "is not one of this account's connections" in rows[3]["import_reason"]
