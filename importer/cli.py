@@ -163,6 +163,7 @@ def template(fmt: str, output: Path | None) -> None:
     from .template import TEMPLATE_FILES, template_csv_text, write_template_xlsx
 
     path = output or Path(TEMPLATE_FILES[fmt])
+    path.parent.mkdir(parents=True, exist_ok=True)  # as for every output: a missing folder is made
     if fmt == "xlsx":
         write_template_xlsx(path)
     else:

@@ -122,11 +122,10 @@ class OutcomeColumns:
 
     def failed_reasons(self) -> dict[int, str]:
         """Map each failed row's Excel row number to its reason."""
-        return {
-            row: reason
-            for row, reason, status in zip(self.row, self.reason, self.status, strict=True)
-            if status is Status.FAILED
-        }
+        failed = self.failed()
+        return dict(
+            zip(itertools.compress(self.row, failed), itertools.compress(self.reason, failed), strict=True)
+        )
 
 
 def default_paths(input_path: Path) -> tuple[Path, Path]:

@@ -61,6 +61,14 @@ def test_cli_output_name_not_xlsx_is_refused(tmp_path: Path, args: list[str], fr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.csv"]  # nothing written
 
 
+@pytest.mark.parametrize("fmt", ["xlsx", "csv"])
+def test_cli_template_into_a_missing_folder_creates_it(tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / "new" / f"t.{fmt}"
+    result = CliRunner().invoke(main, ["template", "--format", fmt, "-o", str(out)])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert out.is_file()
+
+
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_cli_output_into_a_missing_folder_creates_it(tmp_path: Path, command: str) -> None:
     """validate and run both create the results' folder (run did, through its journal)."""
