@@ -62,6 +62,7 @@ __all__ = [
     "drive",
     "drive_async",
     "key_fingerprint",
+    "minutes_text",
     "open_session",
     "skipped_by_parser",
     "stop_on_signals",
@@ -69,6 +70,11 @@ __all__ = [
 
 ERROR_RATE_MIN_WRITES = 20
 """``max_error_rate`` is judged only once this many writes are done (a first failure is not 100%)."""
+
+
+def minutes_text(minutes: int) -> str:
+    """A duration for people: "13 min", "2 h 42 min"."""
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,8 +119,7 @@ class SendOptions:
         """How long ``writes`` writes take at this rate: "9,690 writes, about 2 h 42 min at 60/min"."""
         per_minute = self.requests_per_minute * 60 / self.rate_window
         minutes = math.ceil(writes / per_minute) if writes else 0
-        took = f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{max(minutes, 1)} min"
-        return f"{writes:,} writes, about {took} at {per_minute:g}/min"
+        return f"{writes:,} writes, about {minutes_text(max(minutes, 1))} at {per_minute:g}/min"
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet and the journal."""

@@ -43,8 +43,8 @@ class Inventory:
     routing: dict[int, Routing]
     connection: str = ""
     """The VoiceLink connection the job uses (every request carries it)."""
-    connections: tuple[str, ...] = ()
-    """Every connection id of the account (a row naming another one is told apart from a typo)."""
+    connections: tuple[Connection, ...] = ()
+    """Every connection of the account (a row naming another one is told apart from a typo)."""
 
 
 def index_routing(routings: Sequence[Routing], dids_by_number: Mapping[str, Did]) -> dict[int, Routing]:
@@ -204,16 +204,7 @@ async def read_inventory(
         AuthError: the key was rejected.
         InputError, ApiError: see :func:`choose_connection`; ApiError when a read fails.
     """
-    try:
-        connections = await client.list_connections()
-    except AuthError:
-        raise
-    except ApiError as exc:
-        # The first request of a job: a 404 here means the base URL, not the account, is wrong.
-        if ": HTTP 404" in str(exc):
-            hint = f"check --base-url: it must be the API root ending in /api/v2 (it is {client.base_url})"
-            raise ApiError(f"{exc}; {hint}") from None
-        raise
+    connections = await client.list_connections()  # a wrong --base-url shows here (the client says so)
     connection = choose_connection(connections, connection_id, used_before)
     client.connection_id = connection
     dids = await client.list_dids()
@@ -226,5 +217,5 @@ async def read_inventory(
         bots={b.bot_id: b for b in bots},
         routing=index_routing(routings, by_number),
         connection=connection,
-        connections=tuple(c.connection_id for c in connections),
+        connections=tuple(connections),
     )
