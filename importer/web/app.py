@@ -2,7 +2,7 @@
 
 Routes (every one needs the token; see ``security``):
 
-    GET    /                               the jobs, as a plain HTML list
+    GET    /, /jobs/...                    the page (``pages``: HTML over the same service)
     GET    /api/jobs                       every job
     POST   /api/jobs                       multipart: file, sheet, default_region, map (repeatable),
                                            uploaded_by -> 201 with the job (validation runs after)
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import json
 import re
 import tempfile
@@ -32,13 +31,14 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive
 
 from importer.errors import ImporterError
 from importer.web import engine
 from importer.web.jobs import Job, JobError, JobService, safe_name
+from importer.web.pages import page_routes
 from importer.web.security import Guard
 
 __all__ = ["WebConfig", "create_app", "sniff_upload"]
@@ -145,19 +145,6 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
             return json.loads(body or b"{}")
         except ValueError:
             raise JobError("the body is not JSON") from None
-
-    async def front(request: Request) -> Response:
-        items = "".join(
-            f"<li>{html.escape(j['file'])} — {html.escape(j['status'])} — {html.escape(j['created'])}"
-            f" — rows {j['rows']}</li>"
-            for j in service.list()
-        )
-        page = (
-            "<!doctype html><html lang=en><head><meta charset=utf-8><title>VoiceLink importer</title>"
-            "</head><body><h1>VoiceLink importer</h1><p>JSON API under /api/jobs.</p>"
-            f"<h2>Jobs</h2><ul>{items or '<li>none yet</li>'}</ul></body></html>"
-        )
-        return HTMLResponse(page)
 
     async def list_jobs(request: Request) -> Response:
         return JSONResponse({"jobs": service.list()})
@@ -315,7 +302,7 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
             await service.stop()
 
     routes = [
-        Route("/", front, methods=["GET"]),
+        *page_routes(service, upload=create_job),
         Route("/api/jobs", list_jobs, methods=["GET"]),
         Route("/api/jobs", create_job, methods=["POST"]),
         Route("/api/jobs/{job_id}", with_job(get_job), methods=["GET"]),

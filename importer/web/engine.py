@@ -112,6 +112,8 @@ class JobRun:
     plan_text: str
     stop_reason: str
     exit_code: int
+    requests: int = 0
+    """API requests the run made (for a dry run: the reads a send will make again)."""
 
 
 def lane_key(connection: Connection) -> str:
@@ -350,6 +352,7 @@ async def run_job(
         plan_text=runner.plan_text,
         stop_reason=runner.stop_reason,
         exit_code=runner.exit_code,
+        requests=client.request_count,
     )
 
 

@@ -100,6 +100,8 @@ class Job:
     problems: dict[str, int] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     plan: str = ""
+    plan_requests: int = 0
+    """The reads the last plan made: a send makes them again (shown as its cost)."""
     stopped: str = ""
     columns: list[str] = field(default_factory=list)
     mapping: dict[str, str] = field(default_factory=dict)
@@ -122,7 +124,7 @@ class Job:
     STORED = (
         *("id", "file", "upload", "created", "status", "error", "sheet", "default_region", "column_map"),
         *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "stopped"),
-        *("columns", "mapping", "source", "finished"),
+        *("columns", "mapping", "source", "finished", "plan_requests"),
     )
 
     @property
@@ -515,6 +517,7 @@ class JobService:
             return
         job.outcomes = dict(run.outcomes)
         job.plan = run.plan_text
+        job.plan_requests = run.requests
         job.status = JobStatus.PLANNED
         self._count(job)
         self._save_outcomes(job)
@@ -668,6 +671,7 @@ class JobService:
             "error": job.error or None,
             "stopped": job.stopped or None,
             "plan": job.plan or None,
+            "plan_requests": job.plan_requests,
             "options": {
                 "sheet": job.sheet,
                 "default_region": job.default_region,

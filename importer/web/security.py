@@ -12,7 +12,7 @@ In the order a request meets them:
 3. A state-changing request (not GET/HEAD/OPTIONS) whose ``Origin`` is not this server, or that
    the browser marks ``Sec-Fetch-Site: cross-site``, is refused (403).
 4. Every response carries a Content-Security-Policy without inline script, ``nosniff``, no
-   framing, no referrer; everything but the static files is ``Cache-Control: no-store``.
+   framing, no referrer to other sites; all but the static files is ``Cache-Control: no-store``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ _HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: with no-referrer a browser's own form posts carry
+    # "Origin: null", which the Origin check must refuse; other sites still get no referrer.
+    (b"referrer-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]

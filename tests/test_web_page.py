@@ -1,0 +1,393 @@
+"""The web page in a real browser: Playwright driving Debian's Chromium against the server over TCP.
+
+Outside CI the tests skip, loudly, when no ``chromium`` is installed; in CI (``CI=true``) a missing
+browser fails them. Screenshots of each step land in ``tests/artifacts/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openpyxl
+import pytest
+from helpers import REPO, SAMPLE, did_number, write_inventory, write_sheet
+
+from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
+from importer.web.engine import Connection
+from importer.web.server import ServeSettings, running_server
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+Browser = Any
+Page = Any
+expect = playwright_api.expect
+
+TOKEN = "page-test-token-0123456789"
+SHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None and os.environ.get("CI") != "true":
+    pytest.skip(
+        "BROWSER TESTS SKIPPED: no `chromium` on PATH (apt-get install chromium); they run in CI",
+        allow_module_level=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    assert CHROMIUM is not None, "CI=true but chromium is not installed: .ci/run installs it"
+    with playwright_api.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@dataclass
+class Served:
+    url: str
+    sandbox: Sandbox
+    api: httpx.Client
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """The server on loopback against an in-process sandbox (the sample inventory, a raised limit)."""
+    sandbox = create_sandbox(SandboxConfig(requests_per_minute=100_000, latency_ms=40))
+    connection = Connection(
+        api_key=SANDBOX_API_KEY,
+        base_url="http://sandbox.test/api/v2",
+        transport=httpx.ASGITransport(app=sandbox.app),
+        requests_per_minute=100_000,
+        retry_backoff=0.0,
+        concurrency=2,
+    )
+    settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
+    with (
+        running_server(settings) as (url, _token, _service),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as api,
+    ):
+        yield Served(url, sandbox, api)
+
+
+def _shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+
+
+def _open(browser: Browser, url: str, **options: Any) -> tuple[Any, Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, **options)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    answer = page.goto(f"{url}/?token={TOKEN}")
+    assert answer is not None and answer.status == 200 and page.url == f"{url}/"
+    return context, page
+
+
+def _wait_status(api: httpx.Client, job_id: str, wanted: set[str], timeout: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = api.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in wanted:
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+
+
+def _bad_sheet(path: Path, n: int, bad_every: int) -> Path:
+    """``n`` rows for generated DIDs, every ``bad_every``-th with an unknown inbound mode."""
+    write_sheet(path, n)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = list(csv.reader(lines))
+    mode = rows[0].index("Inbound Mode")
+    for i in range(1, len(rows)):
+        if i % bad_every == 0:
+            rows[i][mode] = "voicemail"
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    path.write_text(out.getvalue(), encoding="utf-8")
+    return path
+
+
+# -- the whole flow ---------------------------------------------------------------------------------
+
+
+def test_page_whole_flow_upload_fix_plan_send_download(
+    browser: Browser, served: Served, tmp_path: Path
+) -> None:
+    """Upload the sample sheet, map, fix a number, go back, plan, send, watch, download and read it."""
+    context, page = _open(browser, served.url)
+    try:
+        _shot(page, "01-upload")
+        page.set_input_files("#file", str(SAMPLE / "carrier_routing.csv"))
+        page.fill("#uploaded_by", "Asha (NOC)")
+        page.get_by_role("button", name="Upload and check").click()
+        expect(page.locator("#field_did_number")).to_be_visible()  # the page moved on by itself
+        expect(page.locator("#field_did_number")).to_have_value("DID Number")
+        expect(page.locator("main")).to_contain_text("918011223344")  # a sample value, every digit
+        _shot(page, "02-columns")
+        page.get_by_role("button", name="Save and check the rows").click()
+
+        expect(page.locator("h1")).to_have_text("3. Check")
+        expect(page.locator("[data-k=valid]")).to_have_text("15")
+        expect(page.locator("[data-k=failed]")).to_have_text("8")
+        expect(page.locator(".hint").first).to_contain_text("country code")
+        page.get_by_label("Only rows with problems").check()  # htmx: the table swaps in place
+        expect(page).to_have_url(re.compile(r"problems=1"))
+        expect(page.locator("table.rows tbody tr")).to_have_count(8)
+        cell = page.locator("#c-10-2")
+        expect(cell).to_have_attribute("aria-invalid", "true")
+        reason = page.locator("#" + str(cell.get_attribute("aria-describedby")))
+        expect(reason).to_contain_text("add the country code")
+        _shot(page, "03-check")
+        cell.fill("+91 80 1123 0010")
+        page.get_by_role("button", name="Save row 10", exact=True).click()
+        expect(page.locator("#message")).to_have_text("Row 10 saved and checked again.")
+        expect(page.locator("[data-k=failed]")).to_have_text("7")
+        expect(page.locator("#row-10")).to_have_count(0)  # no longer a row with problems
+
+        # Back to the columns and forward again: the correction is kept.
+        page.get_by_role("link", name="‹ Back to sheet and columns").click()
+        expect(page.locator("h1")).to_have_text("2. Sheet and columns")
+        page.get_by_role("button", name="Save and check the rows").click()
+        expect(page.locator("[data-k=failed]")).to_have_text("7")
+
+        page.get_by_role("link", name="Next: plan ›").click()
+        page.get_by_role("button", name="Check against my account").click()
+        expect(page.locator(".cost")).to_contain_text("writes")
+        expect(page.locator("main")).to_contain_text("to create")
+        _shot(page, "04-plan")
+        page.get_by_role("link", name="Next: send ›").click()
+        confirm = page.locator("form.confirm")
+        expect(confirm).to_contain_text("held back")
+        expect(confirm).to_contain_text("bot inactive")
+        _shot(page, "05-confirm")
+        page.get_by_label("I want to write these changes to the account now").check()
+        confirm.get_by_role("button").first.click()
+        expect(page.locator("progress")).to_be_attached()
+        _shot(page, "06-progress")
+        page.wait_for_url(re.compile(r"/results$"))  # SSE told the page the job is done
+        expect(page.locator("main")).to_contain_text("succeeded")
+        _shot(page, "07-results")
+        page.get_by_label("Show").select_option("failed")
+        expect(page).to_have_url(re.compile(r"status=failed"))
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download results.xlsx").click()
+        assert download.value.suggested_filename == "carrier_routing.results.xlsx"
+        saved = tmp_path / download.value.suggested_filename
+        download.value.save_as(saved)
+        book = openpyxl.load_workbook(saved, read_only=True)
+        try:
+            summary = {str(r[0]): r[1] for r in book["Summary"].iter_rows(values_only=True) if r and r[0]}
+        finally:
+            book.close()
+        assert summary["uploaded_by"] == "Asha (NOC)"
+        assert str(summary["edit 1"]).startswith("row 10, column 'DID Number': '080 1123 0010' -> ")
+        assert summary["failed"] == 9 and summary["succeeded"] == 13
+        creates = [w for w in served.sandbox.state_snapshot()["writes"] if w["op"] == "create"]
+        assert len(creates) == len({w["did_id"] for w in creates}) > 0
+
+        page.goto(served.url + "/")
+        expect(page.locator("table.jobs")).to_contain_text("carrier_routing.csv")
+        expect(page.locator("table.jobs")).to_contain_text("done")
+        _shot(page, "08-jobs")
+    finally:
+        context.close()
+
+
+def test_page_narrow_screen_check_is_usable(browser: Browser, served: Served) -> None:
+    """At 390 px the check step still shows its counts and an input tied to its reason."""
+    with SAMPLE.joinpath("carrier_routing.csv").open("rb") as fh:
+        job = served.api.post("/api/jobs", files={"file": ("carrier_routing.csv", fh)}).json()
+    _wait_status(served.api, job["id"], {"validated"})
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    try:
+        page = context.new_page()
+        page.goto(f"{served.url}/jobs/{job['id']}/check?problems=1&token={TOKEN}")
+        expect(page.locator("[data-k=failed]")).to_have_text("8")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page itself scrolls sideways ({width} px); only tables may"
+        _shot(page, "09-check-390px")
+        page.goto(f"{served.url}/")
+        _shot(page, "10-jobs-390px")
+    finally:
+        context.close()
+
+
+# -- without the token, without JavaScript ---------------------------------------------------------
+
+
+def test_page_without_token_is_401_and_nothing_else(browser: Browser, served: Served) -> None:
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        for path in ("/", "/jobs/0123456789abcdef01234567/check", "/static/page.css"):
+            answer = page.goto(served.url + path)
+            assert answer is not None and answer.status == 401, path
+            assert answer.text() == "unauthorized"
+        assert page.locator("body").inner_text().strip() == "unauthorized"
+    finally:
+        context.close()
+
+
+def test_page_works_without_javascript(browser: Browser, served: Served, tmp_path: Path) -> None:
+    """Upload, check (filter, paging, a fix by a plain form post) and download with JavaScript off."""
+    sheet = _bad_sheet(tmp_path / "nojs.csv", 120, bad_every=10)
+    context, page = _open(browser, served.url, java_script_enabled=False)
+    try:
+        page.set_input_files("#file", str(sheet))
+        page.get_by_role("button", name="Upload and check").click()
+        expect(page.locator("#field_did_number")).to_be_visible()  # <noscript> refresh, no script
+        page.get_by_role("button", name="Save and check the rows").click()
+        expect(page.locator("[data-k=failed]")).to_have_text("12")
+        page.get_by_role("link", name="Next ›").first.click()
+        expect(page).to_have_url(re.compile(r"page=2"))
+        expect(page.locator("table.rows tbody tr").first).to_contain_text("52")
+        page.get_by_label("Only rows with problems").check()
+        page.get_by_role("button", name="Show").click()
+        expect(page).to_have_url(re.compile(r"problems=1"))
+        expect(page.locator("table.rows tbody tr")).to_have_count(12)
+        page.locator("#c-11-1").fill("WebSocket bot")  # row 11: the first bad one (Excel numbering)
+        page.get_by_role("button", name="Save row 11", exact=True).click()
+        expect(page.locator("#message")).to_have_text("Row 11 saved and checked again.")
+        expect(page.locator("[data-k=failed]")).to_have_text("11")
+        _shot(page, "11-check-without-js")
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download the rows with problems (xlsx)").click()
+        saved = tmp_path / "failed.xlsx"
+        download.value.save_as(saved)
+        book = openpyxl.load_workbook(saved, read_only=True)
+        try:
+            rows = list(book.worksheets[0].iter_rows(values_only=True))
+        finally:
+            book.close()
+        assert len(rows) == 12  # the header and the 11 rows still wrong
+    finally:
+        context.close()
+
+
+# -- a big file -------------------------------------------------------------------------------------
+
+
+def test_page_ten_thousand_rows_page_fast_and_small(browser: Browser, served: Served, tmp_path: Path) -> None:
+    sheet = _bad_sheet(tmp_path / "big.csv", 10_000, bad_every=7)
+    with sheet.open("rb") as fh:
+        job = served.api.post("/api/jobs", files={"file": ("big.csv", fh)}).json()
+    _wait_status(served.api, job["id"], {"validated"}, timeout=60)
+    context, page = _open(browser, served.url)
+    try:
+        for query in ("page=150", "problems=1&page=20"):
+            started = time.monotonic()
+            page.goto(f"{served.url}/jobs/{job['id']}/check?{query}")
+            took = time.monotonic() - started
+            expect(page.locator("table.rows tbody tr")).to_have_count(50)
+            assert took < 2.0, f"a page of rows took {took:.2f} s"
+            size = len(served.api.get(f"/jobs/{job['id']}/check?{query}").content)
+            assert size < 300_000, f"a page of rows weighs {size} bytes"
+        expect(page.locator("[data-k=failed]")).to_have_text(str(10_000 // 7))
+        started = time.monotonic()
+        page.get_by_role("link", name="Next ›").first.click()  # htmx: only the table is swapped
+        expect(page.locator(".pager span").first).to_have_text("Page 21 of 29")
+        assert time.monotonic() - started < 2.0
+        _shot(page, "12-check-10000-rows")
+    finally:
+        context.close()
+
+
+# -- a server killed while the page watches ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(data: Path, base_url: str, port: int) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "VOCOBASE_API_KEY": SANDBOX_API_KEY,
+        "VOCOBASE_BASE_URL": base_url,
+        "VOICELINK_WEB_TOKEN": TOKEN,
+        "PYTHONPATH": str(REPO),
+    }
+    command = [sys.executable, "-m", "importer", "serve", "--port", str(port), "--data-dir", str(data)]
+    proc = subprocess.Popen(
+        [*command, "--requests-per-minute", "100000"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert f"127.0.0.1:{port}" in first, first
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    return proc
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def test_page_reconnects_after_server_killed_and_finishes(browser: Browser, tmp_path: Path) -> None:
+    """SIGKILL while sending; the open page says it lost the server, then the restart finishes the job."""
+    inventory = write_inventory(tmp_path / "inventory.json", 40)
+    sheet = write_sheet(tmp_path / "routing.csv", 40)
+    config = SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=200)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running_sandbox(config) as (base_url, sandbox):
+        first = _serve(tmp_path / "data", base_url, port)
+        try:
+            api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+            with sheet.open("rb") as fh:
+                job = api.post("/api/jobs", files={"file": ("routing.csv", fh)}).json()
+            _wait_status(api, job["id"], {"validated"})
+            context, page = _open(browser, url)
+            page.goto(f"{url}/jobs/{job['id']}/send")
+            page.get_by_label("I want to write these changes to the account now").check()
+            page.get_by_role("button", name="Send 40 rows now").click()
+            expect(page.locator("[data-k=done]")).not_to_have_text("0")
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            api.close()
+        finally:
+            _end(first)
+        try:
+            expect(page.locator("[data-k=conn]")).to_be_visible()
+            _shot(page, "13-progress-server-lost")
+            assert len(sandbox.state_snapshot()["writes"]) < 40
+            second = _serve(tmp_path / "data", base_url, port)
+            try:
+                page.wait_for_url(re.compile(r"/results$"), timeout=40_000)
+                expect(page.locator(".count.ok .n")).to_have_text("40")
+                _shot(page, "14-results-after-restart")
+            finally:
+                _end(second)
+        finally:
+            context.close()
+        state = sandbox.state_snapshot()
+    creates = sorted(int(w["did_id"]) for w in state["writes"] if w["op"] == "create")
+    assert creates == [1000 + i for i in range(40)]
+    assert all(v == 1 for v in state["create_attempts"].values())
+    assert did_number(0) in sheet.read_text(encoding="utf-8")
