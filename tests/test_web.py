@@ -428,14 +428,48 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
             _wait(client, job_id, {"validated"})
         for job_id in jobs:
             assert client.post(f"/api/jobs/{job_id}/start").status_code == 202
+        third = _upload(client, first).json()["id"]
+        _wait(client, third, {"validated"})
+        client.post(f"/api/jobs/{third}/start")
         waiting = client.get(f"/api/jobs/{jobs[1]}").json()
         assert waiting["queue_position"] == 1 and waiting["status"] == "sending"
+        assert client.get(f"/api/jobs/{third}").json()["queue_position"] == 2
+        cancelled = client.post(f"/api/jobs/{third}/cancel").json()
+        assert cancelled["status"] == "cancelled" and cancelled["queue_position"] is None
+        snapshot = client.get(f"/api/jobs/{jobs[0]}/results.xlsx")  # mid-run: a snapshot
+        assert snapshot.status_code == 200
+        assert _summary(snapshot.content)["command"] in ("web (snapshot while sending)", "web")
         done = [_wait(client, job_id, FINAL, timeout=40) for job_id in jobs]
     state = sandbox.state_snapshot()
     assert [j["status"] for j in done] == ["done", "done"]
     assert all(j["counts"]["succeeded"] == 5 for j in done)
     assert state["status_counts"].get("429", 0) == 0, state["status_counts"]
     assert len([w for w in state["writes"] if w["op"] == "create"]) == 10
+
+
+def test_web_cancel_settles_writes_in_flight_and_sends_no_more(tmp_path: Path) -> None:
+    inventory = write_inventory(tmp_path / "inventory.json", 40)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=100))
+    settings = ServeSettings(connection=_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN)
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        job_id = _upload(client, write_sheet(tmp_path / "routing.csv", 40)).json()["id"]
+        _wait(client, job_id, {"validated"})
+        client.post(f"/api/jobs/{job_id}/start")
+        while len(sandbox.state_snapshot()["writes"]) < 3:
+            time.sleep(0.01)
+        assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 202
+        job = _wait(client, job_id, FINAL)
+        writes = len(sandbox.state_snapshot()["writes"])
+        time.sleep(0.3)
+        assert len(sandbox.state_snapshot()["writes"]) == writes
+        assert job["status"] == "cancelled" and job["stopped"] == "cancelled"
+        assert job["counts"]["succeeded"] == writes and job["counts"]["not_sent"] == 40 - writes
+        rows = client.get(f"/api/jobs/{job_id}/rows", params={"status": "not_sent", "limit": 1}).json()
+        assert rows["total"] == 40 - writes and rows["rows"][0]["reason"] == "not sent: cancelled"
+        assert client.post(f"/api/jobs/{job_id}/start").status_code == 409
 
 
 # -- kills, restarts and shutdown (the server as its own process) ---------------------------------
