@@ -447,6 +447,40 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
     assert len([w for w in state["writes"] if w["op"] == "create"]) == 10
 
 
+def test_web_jobs_survive_a_restart(tmp_path: Path) -> None:
+    """Finished, planned and validated jobs read back from their folders, outcomes and edits too."""
+    inventory = write_inventory(tmp_path / "inventory.json", 40)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
+    settings = ServeSettings(connection=_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN)
+    sheet = _sheet(tmp_path)
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        done, planned = (_upload(client, sheet).json()["id"] for _ in range(2))
+        for job_id in (done, planned):
+            _wait(client, job_id, {"validated"})
+            client.patch(f"/api/jobs/{job_id}/rows/12", json={"for_inbound_call": "1"})
+        client.post(f"/api/jobs/{planned}/plan")
+        _wait(client, planned, {"planned"})
+        client.post(f"/api/jobs/{done}/start")
+        before = {j: _wait(client, j, {"done", "planned"}) for j in (done, planned)}
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        for job_id, job in before.items():
+            assert client.get(f"/api/jobs/{job_id}").json() == job
+        succeeded = client.get(f"/api/jobs/{done}/rows", params={"status": "succeeded"}).json()
+        assert succeeded["total"] == 11 and succeeded["rows"][-1]["edited"] == ["Inbound Mode"]
+        assert succeeded["rows"][0]["reason"] == "created"
+        plan = client.get(f"/api/jobs/{planned}/rows", params={"limit": 1}).json()["rows"][0]
+        assert plan["action"] == "create" and plan["proposed"]
+        assert _summary(client.get(f"/api/jobs/{done}/results.xlsx").content)["succeeded"] == 11
+        client.post(f"/api/jobs/{planned}/start")
+        assert _wait(client, planned, FINAL)["counts"]["unchanged"] == 11  # the first job routed them
+
+
 def test_web_cancel_settles_writes_in_flight_and_sends_no_more(tmp_path: Path) -> None:
     inventory = write_inventory(tmp_path / "inventory.json", 40)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=100))

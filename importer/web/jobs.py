@@ -62,6 +62,8 @@ class JobStatus(enum.StrEnum):
 
 EDITABLE = frozenset({JobStatus.VALIDATED, JobStatus.PLANNED})
 FINISHED = frozenset({JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED})
+KEEPS_OUTCOMES = frozenset({JobStatus.PLANNED, JobStatus.DONE, JobStatus.CANCELLED})
+"""States whose per-row outcomes are in outcomes.json (written when the plan or send ended)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -173,6 +175,10 @@ def _outcome_dict(o: RowOutcome) -> dict[str, Any]:
     return {name: getattr(o, name) for name in RowOutcome.__slots__}
 
 
+def _read_outcomes(path: Path) -> dict[int, RowOutcome]:
+    return {o.row: o for o in map(_outcome_from, json.loads(path.read_text(encoding="utf-8")))}
+
+
 def _outcome_from(d: Mapping[str, Any]) -> RowOutcome:
     values = dict(d)
     values["status"] = Status(values["status"])
@@ -277,12 +283,7 @@ class JobService:
         edits = folder / "edits.json"
         if edits.is_file():
             job.edits = [Edit(**e) for e in json.loads(edits.read_text(encoding="utf-8"))]
-        outcomes = folder / "outcomes.json"
-        if outcomes.is_file() and job.status is not JobStatus.SENDING:
-            job.outcomes = {
-                o.row: o for o in map(_outcome_from, json.loads(outcomes.read_text(encoding="utf-8")))
-            }
-        return job
+        return job  # its outcomes are read with its table, when first needed
 
     def _save(self, job: Job) -> None:
         _write_json(job.folder / "job.json", job.stored())
@@ -340,6 +341,9 @@ class JobService:
             return engine.validate(table, options.column_map, options.default_region)
 
         report = await asyncio.to_thread(work)
+        saved = job.folder / "outcomes.json"
+        if not job.outcomes and job.status in KEEPS_OUTCOMES and saved.is_file():
+            job.outcomes = await asyncio.to_thread(_read_outcomes, saved)
         job.report = report
         self._keep_resident(job)
         return report
@@ -353,6 +357,8 @@ class JobService:
                 other = self.jobs[job_id]
                 if other is not job and other.status not in busy and not other.lock.locked():
                     other.report = None
+                    if other.status in KEEPS_OUTCOMES:
+                        other.outcomes = {}  # saved in outcomes.json; read again with the table
                     other.view = None
                     del self._resident[job_id]
                     break
@@ -529,6 +535,7 @@ class JobService:
         job.status, job.error = JobStatus.SENDING, ""
         job.outcomes = {}
         job.progress = {}
+        (job.folder / "outcomes.json").unlink(missing_ok=True)  # the plan's, no longer true
         self._save(job)
         self._enqueue(job)
 
