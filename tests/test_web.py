@@ -139,12 +139,16 @@ def test_web_flow_upload_fix_plan_send_download(web: Web, tmp_path: Path) -> Non
     assert web.client.post(f"/api/jobs/{job['id']}/plan").status_code == 202
     job = _wait(web.client, job["id"], {"planned"})
     assert job["plan"].startswith("create 11,") and web.sandbox.state_snapshot()["writes"] == []
+    assert job["budget"] == {"reads": 5, "writes": 11, "seconds": 0.0}  # 4 reads, 11 writes, 1 read back
     plan_rows = web.client.get(f"/api/jobs/{job['id']}/rows", params={"limit": 1}).json()["rows"]
     assert plan_rows[0]["action"] == "create" and '"for_inbound_call": 3' in plan_rows[0]["proposed"]
 
+    requests_before = sum(web.sandbox.state_snapshot()["request_counts"].values())
     assert web.client.post(f"/api/jobs/{job['id']}/start").status_code == 202
     job = _wait(web.client, job["id"], FINAL)
     assert job["status"] == "done", job
+    sent = sum(web.sandbox.state_snapshot()["request_counts"].values()) - requests_before
+    assert sent == job["budget"]["reads"] + job["budget"]["writes"]
     assert job["counts"]["succeeded"] == 11 and job["progress"]["done"] == 11
     late = web.client.patch(f"/api/jobs/{job['id']}/rows/12", json={"Inbound Mode": "2"})
     assert late.status_code == 409

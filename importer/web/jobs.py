@@ -102,6 +102,8 @@ class Job:
     problems: dict[str, int] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     plan: str = ""
+    budget: dict[str, float | int] = field(default_factory=dict)
+    """After a plan: the reads and writes a send will make and the time the rate limit needs."""
     stopped: str = ""
     columns: list[str] = field(default_factory=list)
     mapping: dict[str, str] = field(default_factory=dict)
@@ -123,7 +125,7 @@ class Job:
 
     STORED = (
         *("id", "file", "upload", "created", "status", "error", "sheet", "default_region", "column_map"),
-        *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "stopped"),
+        *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
         *("columns", "mapping", "source", "finished"),
     )
 
@@ -430,7 +432,7 @@ class JobService:
         if job.status not in (*EDITABLE, JobStatus.FAILED) or job.stopped or job.lock.locked():
             raise JobError(f"the job is {job.status.value}; options can change only before sending")
         job.sheet, job.default_region, job.column_map = sheet, default_region, dict(column_map)
-        job.plan = ""
+        job.plan, job.budget = "", {}
         await self._validate(job)
 
     # -- edits ------------------------------------------------------------------------------
@@ -469,7 +471,7 @@ class JobService:
             _write_json(job.folder / "edits.json", [dataclasses.asdict(e) for e in edits])
             job.report = fresh
             job.outcomes = {}
-            job.plan = ""
+            job.plan, job.budget = "", {}
             job.status = JobStatus.VALIDATED
             self._summarise(job, fresh)
             self._save(job)
@@ -521,6 +523,7 @@ class JobService:
             return
         job.outcomes = dict(run.outcomes)
         job.plan = run.plan_text
+        job.budget = engine.send_budget(self.connection, run)
         job.status = JobStatus.PLANNED
         self._count(job)
         self._save_outcomes(job)
@@ -675,6 +678,7 @@ class JobService:
             "error": job.error or None,
             "stopped": job.stopped or None,
             "plan": job.plan or None,
+            "budget": job.budget or None,
             "options": {
                 "sheet": job.sheet,
                 "default_region": job.default_region,
