@@ -27,11 +27,12 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from importer.errors import ImporterError
 from importer.limiter import RateLimiter
@@ -163,6 +164,40 @@ class Job:
         return True
 
 
+T = TypeVar("T")
+
+
+async def in_background(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking work (reading, validating, writing a workbook) in a daemon thread.
+
+    Not ``asyncio.to_thread``: the loop's executor is joined when the server exits, so a
+    shutdown would wait for a long validation. Work abandoned this way is safe to drop: the
+    job is validated again on the next start, and workbooks are replaced atomically.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def work() -> None:
+        try:
+            result: Any = fn(*args, **kwargs)
+            ok = True
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            result, ok = exc, False
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=work, name="voicelink-web-work", daemon=True).start()
+    return await future
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
@@ -291,8 +326,9 @@ class JobService:
         _write_json(job.folder / "job.json", job.stored())
         job.touch()
 
-    def _save_outcomes(self, job: Job) -> None:
-        _write_json(job.folder / "outcomes.json", [_outcome_dict(o) for o in job.outcomes.values()])
+    async def _save_outcomes(self, job: Job) -> None:
+        outcomes = list(job.outcomes.values())  # taken on the loop; written in a thread
+        await in_background(_write_json, job.folder / "outcomes.json", [_outcome_dict(o) for o in outcomes])
 
     def create(
         self,
@@ -342,10 +378,10 @@ class JobService:
             table = engine.apply_edits(table, job.edits)
             return engine.validate(table, options.column_map, options.default_region)
 
-        report = await asyncio.to_thread(work)
+        report = await in_background(work)
         saved = job.folder / "outcomes.json"
         if not job.outcomes and job.status in KEEPS_OUTCOMES and saved.is_file():
-            job.outcomes = await asyncio.to_thread(_read_outcomes, saved)
+            job.outcomes = await in_background(_read_outcomes, saved)
         job.report = report
         self._keep_resident(job)
         return report
@@ -464,9 +500,7 @@ class JobService:
             edits = [*job.edits, *new_edits]
             edited = engine.apply_edits(table, new_edits)
             options = job.input_options()
-            fresh = await asyncio.to_thread(
-                engine.validate, edited, options.column_map, options.default_region
-            )
+            fresh = await in_background(engine.validate, edited, options.column_map, options.default_region)
             job.edits = edits
             _write_json(job.folder / "edits.json", [dataclasses.asdict(e) for e in edits])
             job.report = fresh
@@ -526,7 +560,7 @@ class JobService:
         job.budget = engine.send_budget(self.connection, run)
         job.status = JobStatus.PLANNED
         self._count(job)
-        self._save_outcomes(job)
+        await self._save_outcomes(job)
         self._save(job)
 
     async def start(self, job: Job) -> None:
@@ -638,7 +672,7 @@ class JobService:
             self._finish(job, JobStatus.FAILED, error=engine.clean_error(exc))
             return
         job.outcomes = dict(run.outcomes)
-        self._save_outcomes(job)
+        await self._save_outcomes(job)
         if job.interrupted:
             self._count(job)
             job.stopped = "server stopped; resumes on the next start"
@@ -777,7 +811,7 @@ class JobService:
         audit = {"started": job.created, **self.audit(job)}
         # One snapshot at a time per job: two downloads must not write one file together.
         async with job.lock:
-            await asyncio.to_thread(
+            await in_background(
                 engine.write_results,
                 report,
                 outcomes,
