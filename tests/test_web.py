@@ -485,6 +485,29 @@ def test_web_jobs_survive_a_restart(tmp_path: Path) -> None:
         assert _wait(client, planned, FINAL)["counts"]["unchanged"] == 11  # the first job routed them
 
 
+def test_web_restart_validates_again_and_drops_a_half_plan(tmp_path: Path) -> None:
+    """A job killed while validating is validated again; one killed while planning is validated."""
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
+    settings = ServeSettings(connection=_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN)
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        jobs = [_upload(client, _sheet(tmp_path)).json()["id"] for _ in range(2)]
+        for job_id in jobs:
+            _wait(client, job_id, {"validated"})
+    for job_id, status in zip(jobs, ("validating", "planning"), strict=True):
+        path = settings.data_dir / "jobs" / job_id / "job.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "status": status, "counts": {}}))
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        again = _wait(client, jobs[0], {"validated"})
+        assert again["counts"]["failed"] == 1 and again["counts"]["valid"] == 10
+        assert client.get(f"/api/jobs/{jobs[1]}").json()["status"] == "validated"
+
+
 def test_web_cancel_settles_writes_in_flight_and_sends_no_more(tmp_path: Path) -> None:
     inventory = write_inventory(tmp_path / "inventory.json", 40)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=100))
