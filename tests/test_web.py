@@ -139,12 +139,16 @@ def test_web_flow_upload_fix_plan_send_download(web: Web, tmp_path: Path) -> Non
     assert web.client.post(f"/api/jobs/{job['id']}/plan").status_code == 202
     job = _wait(web.client, job["id"], {"planned"})
     assert job["plan"].startswith("create 11,") and web.sandbox.state_snapshot()["writes"] == []
+    assert job["budget"] == {"reads": 5, "writes": 11, "seconds": 0.0}  # 4 reads, 11 writes, 1 read back
     plan_rows = web.client.get(f"/api/jobs/{job['id']}/rows", params={"limit": 1}).json()["rows"]
     assert plan_rows[0]["action"] == "create" and '"for_inbound_call": 3' in plan_rows[0]["proposed"]
 
+    requests_before = sum(web.sandbox.state_snapshot()["request_counts"].values())
     assert web.client.post(f"/api/jobs/{job['id']}/start").status_code == 202
     job = _wait(web.client, job["id"], FINAL)
     assert job["status"] == "done", job
+    sent = sum(web.sandbox.state_snapshot()["request_counts"].values()) - requests_before
+    assert sent == job["budget"]["reads"] + job["budget"]["writes"]
     assert job["counts"]["succeeded"] == 11 and job["progress"]["done"] == 11
     late = web.client.patch(f"/api/jobs/{job['id']}/rows/12", json={"Inbound Mode": "2"})
     assert late.status_code == 409
@@ -428,14 +432,105 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
             _wait(client, job_id, {"validated"})
         for job_id in jobs:
             assert client.post(f"/api/jobs/{job_id}/start").status_code == 202
+        third = _upload(client, first).json()["id"]
+        _wait(client, third, {"validated"})
+        client.post(f"/api/jobs/{third}/start")
         waiting = client.get(f"/api/jobs/{jobs[1]}").json()
         assert waiting["queue_position"] == 1 and waiting["status"] == "sending"
+        assert client.get(f"/api/jobs/{third}").json()["queue_position"] == 2
+        cancelled = client.post(f"/api/jobs/{third}/cancel").json()
+        assert cancelled["status"] == "cancelled" and cancelled["queue_position"] is None
+        snapshot = client.get(f"/api/jobs/{jobs[0]}/results.xlsx")  # mid-run: a snapshot
+        assert snapshot.status_code == 200
+        assert _summary(snapshot.content)["command"] in ("web (snapshot while sending)", "web")
         done = [_wait(client, job_id, FINAL, timeout=40) for job_id in jobs]
     state = sandbox.state_snapshot()
     assert [j["status"] for j in done] == ["done", "done"]
     assert all(j["counts"]["succeeded"] == 5 for j in done)
     assert state["status_counts"].get("429", 0) == 0, state["status_counts"]
     assert len([w for w in state["writes"] if w["op"] == "create"]) == 10
+
+
+def test_web_jobs_survive_a_restart(tmp_path: Path) -> None:
+    """Finished, planned and validated jobs read back from their folders, outcomes and edits too."""
+    inventory = write_inventory(tmp_path / "inventory.json", 40)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
+    settings = ServeSettings(connection=_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN)
+    sheet = _sheet(tmp_path)
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        done, planned = (_upload(client, sheet).json()["id"] for _ in range(2))
+        for job_id in (done, planned):
+            _wait(client, job_id, {"validated"})
+            client.patch(f"/api/jobs/{job_id}/rows/12", json={"for_inbound_call": "1"})
+        client.post(f"/api/jobs/{planned}/plan")
+        _wait(client, planned, {"planned"})
+        client.post(f"/api/jobs/{done}/start")
+        before = {j: _wait(client, j, {"done", "planned"}) for j in (done, planned)}
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        for job_id, job in before.items():
+            assert client.get(f"/api/jobs/{job_id}").json() == job
+        succeeded = client.get(f"/api/jobs/{done}/rows", params={"status": "succeeded"}).json()
+        assert succeeded["total"] == 11 and succeeded["rows"][-1]["edited"] == ["Inbound Mode"]
+        assert succeeded["rows"][0]["reason"] == "created"
+        plan = client.get(f"/api/jobs/{planned}/rows", params={"limit": 1}).json()["rows"][0]
+        assert plan["action"] == "create" and plan["proposed"]
+        assert _summary(client.get(f"/api/jobs/{done}/results.xlsx").content)["succeeded"] == 11
+        client.post(f"/api/jobs/{planned}/start")
+        assert _wait(client, planned, FINAL)["counts"]["unchanged"] == 11  # the first job routed them
+
+
+def test_web_restart_validates_again_and_drops_a_half_plan(tmp_path: Path) -> None:
+    """A job killed while validating is validated again; one killed while planning is validated."""
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
+    settings = ServeSettings(connection=_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN)
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        jobs = [_upload(client, _sheet(tmp_path)).json()["id"] for _ in range(2)]
+        for job_id in jobs:
+            _wait(client, job_id, {"validated"})
+    for job_id, status in zip(jobs, ("validating", "planning"), strict=True):
+        path = settings.data_dir / "jobs" / job_id / "job.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "status": status, "counts": {}}))
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        again = _wait(client, jobs[0], {"validated"})
+        assert again["counts"]["failed"] == 1 and again["counts"]["valid"] == 10
+        assert client.get(f"/api/jobs/{jobs[1]}").json()["status"] == "validated"
+
+
+def test_web_cancel_settles_writes_in_flight_and_sends_no_more(tmp_path: Path) -> None:
+    inventory = write_inventory(tmp_path / "inventory.json", 40)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=100))
+    settings = ServeSettings(connection=_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN)
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        job_id = _upload(client, write_sheet(tmp_path / "routing.csv", 40)).json()["id"]
+        _wait(client, job_id, {"validated"})
+        client.post(f"/api/jobs/{job_id}/start")
+        while len(sandbox.state_snapshot()["writes"]) < 3:
+            time.sleep(0.01)
+        assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 202
+        job = _wait(client, job_id, FINAL)
+        writes = len(sandbox.state_snapshot()["writes"])
+        time.sleep(0.3)
+        assert len(sandbox.state_snapshot()["writes"]) == writes
+        assert job["status"] == "cancelled" and job["stopped"] == "cancelled"
+        assert job["counts"]["succeeded"] == writes and job["counts"]["not_sent"] == 40 - writes
+        rows = client.get(f"/api/jobs/{job_id}/rows", params={"status": "not_sent", "limit": 1}).json()
+        assert rows["total"] == 40 - writes and rows["rows"][0]["reason"] == "not sent: cancelled"
+        assert client.post(f"/api/jobs/{job_id}/start").status_code == 409
 
 
 # -- kills, restarts and shutdown (the server as its own process) ---------------------------------

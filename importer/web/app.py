@@ -41,7 +41,7 @@ from importer.web.jobs import Job, JobError, JobService, safe_name
 from importer.web.pages import page_routes
 from importer.web.security import Guard
 
-__all__ = ["WebConfig", "create_app", "sniff_upload"]
+__all__ = ["UploadRefused", "WebConfig", "accept_upload", "create_app", "sniff_upload"]
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -111,6 +111,79 @@ def _clean_text(value: object, limit: int = 200) -> str:
     return _CONTROL.sub(" ", str(value or "")).strip()[:limit]
 
 
+class UploadRefused(Exception):
+    """An upload the service does not take; ``status`` is the HTTP answer (400, 413, 415, 503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def accept_upload(request: Request, service: JobService, config: WebConfig) -> Job:
+    """Take a multipart upload (``file``, ``sheet``, ``default_region``, ``map``, ``uploaded_by``).
+
+    The body is counted as it streams to disk and refused once it passes the cap; the file type
+    is told by content. The job is answered at once and validated in the background. The page's
+    form handler (no JavaScript) can call this too and redirect to the job.
+
+    Raises:
+        UploadRefused: too large, not a spreadsheet, a bad ``map``, or the server is stopping.
+    """
+    too_large = UploadRefused(413, f"the file is larger than {config.max_upload_bytes // 2**20} MB")
+    if service.closing.is_set():
+        raise UploadRefused(503, "the server is shutting down")
+    limit = config.max_upload_bytes + FORM_OVERHEAD
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large
+    counted = Request(request.scope, _counting(request.receive, limit))
+    try:
+        async with counted.form(max_files=1, max_fields=64, max_part_size=64 * 1024) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise UploadRefused(400, "no file in the form (field 'file')")
+            name = upload.filename or "upload"
+            head = await upload.read(8192)
+            suffix = sniff_upload(head, name)
+            if suffix is None:
+                raise UploadRefused(
+                    415, "unsupported file: send a CSV, TSV, XLSX, XLSM, XLS or ODS spreadsheet"
+                )
+            try:
+                column_map = engine.parse_column_map([str(m) for m in form.getlist("map") if str(m).strip()])
+            except ImporterError as exc:
+                raise UploadRefused(400, str(exc)) from None
+            config.scratch.mkdir(parents=True, exist_ok=True)
+            size = len(head)
+            with tempfile.NamedTemporaryFile(dir=config.scratch, delete=False) as out:
+                scratch = Path(out.name)
+                out.write(head)
+                while size <= config.max_upload_bytes and (chunk := await upload.read(1 << 20)):
+                    size += len(chunk)
+                    out.write(chunk)
+            if size > config.max_upload_bytes:
+                scratch.unlink(missing_ok=True)
+                raise too_large
+            sheet = _clean_text(form.get("sheet")) or None
+            region = _clean_text(form.get("default_region"), 8) or None
+            uploaded_by = _clean_text(form.get("uploaded_by"), 100)
+    except _TooLarge:
+        raise too_large from None
+    try:
+        return service.create(
+            scratch,
+            file=_clean_text(name) or "upload",  # shown escaped; disk and download names are sanitised
+            stored_name=safe_name(name, suffix),
+            sheet=sheet,
+            default_region=region,
+            column_map=column_map,
+            uploaded_by=uploaded_by,
+            client=request.client.host if request.client else "",
+        )
+    finally:
+        scratch.unlink(missing_ok=True)  # moved into the job's folder unless creating it failed
+
+
 def create_app(service: JobService, config: WebConfig) -> Starlette:
     """Build the ASGI app: routes over ``service``, wrapped in the Guard."""
 
@@ -150,59 +223,10 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         return JSONResponse({"jobs": service.list()})
 
     async def create_job(request: Request) -> Response:
-        if service.closing.is_set():
-            return _error(503, "the server is shutting down")
-        limit = config.max_upload_bytes + FORM_OVERHEAD
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limit:
-            return _error(413, f"the file is larger than {config.max_upload_bytes // 2**20} MB")
-        counted = Request(request.scope, _counting(request.receive, limit))
         try:
-            async with counted.form(max_files=1, max_fields=64, max_part_size=64 * 1024) as form:
-                upload = form.get("file")
-                if not isinstance(upload, UploadFile):
-                    return _error(400, "no file in the form (field 'file')")
-                name = upload.filename or "upload"
-                head = await upload.read(8192)
-                suffix = sniff_upload(head, name)
-                if suffix is None:
-                    return _error(
-                        415, "unsupported file: send a CSV, TSV, XLSX, XLSM, XLS or ODS spreadsheet"
-                    )
-                config.scratch.mkdir(parents=True, exist_ok=True)
-                size = len(head)
-                with tempfile.NamedTemporaryFile(dir=config.scratch, delete=False) as out:
-                    scratch = Path(out.name)
-                    out.write(head)
-                    while chunk := await upload.read(1 << 20):
-                        size += len(chunk)
-                        if size > config.max_upload_bytes:
-                            break
-                        out.write(chunk)
-                if size > config.max_upload_bytes:
-                    scratch.unlink(missing_ok=True)
-                    return _error(413, f"the file is larger than {config.max_upload_bytes // 2**20} MB")
-                maps = [str(m) for m in form.getlist("map") if str(m).strip()]
-                sheet = _clean_text(form.get("sheet")) or None
-                region = _clean_text(form.get("default_region"), 8) or None
-                uploaded_by = _clean_text(form.get("uploaded_by"), 100)
-        except _TooLarge:
-            return _error(413, f"the file is larger than {config.max_upload_bytes // 2**20} MB")
-        try:
-            column_map = engine.parse_column_map(maps)
-        except ImporterError as exc:
-            scratch.unlink(missing_ok=True)
-            return _error(400, str(exc))
-        job = service.create(
-            scratch,
-            file=_clean_text(name) or "upload",  # shown escaped; disk and download names are sanitised
-            stored_name=safe_name(name, suffix),
-            sheet=sheet,
-            default_region=region,
-            column_map=column_map,
-            uploaded_by=uploaded_by,
-            client=request.client.host if request.client else "",
-        )
+            job = await accept_upload(request, service, config)
+        except UploadRefused as exc:
+            return _error(exc.status, str(exc))
         return JSONResponse(service.snapshot(job), status_code=201)
 
     async def get_job(request: Request, job: Job) -> Response:

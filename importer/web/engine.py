@@ -54,6 +54,7 @@ __all__ = [
     "parse_column_map",
     "row_outcomes",
     "run_job",
+    "send_budget",
     "validate",
     "write_failed",
     "write_results",
@@ -113,7 +114,7 @@ class JobRun:
     stop_reason: str
     exit_code: int
     requests: int = 0
-    """API requests the run made (for a dry run: the reads a send will make again)."""
+    """Requests the job made (for a plan: the reads a send will make again, before its writes)."""
 
 
 def lane_key(connection: Connection) -> str:
@@ -354,6 +355,19 @@ async def run_job(
         exit_code=runner.exit_code,
         requests=client.request_count,
     )
+
+
+def send_budget(connection: Connection, run: JobRun) -> dict[str, float | int]:
+    """What sending a plan will cost: its reads again, its writes, one read back, and the time
+    the key's rate limit alone needs for them (a fresh window; other jobs on the key add to it)."""
+    writes = sum(
+        1
+        for o in run.outcomes.values()
+        if o.status is Status.NOT_SENT and o.action in (Action.CREATE, Action.UPDATE)
+    )
+    reads = run.requests + 1
+    seconds = make_limiter(connection).eta(reads + writes)
+    return {"reads": reads, "writes": writes, "seconds": round(seconds, 1)}
 
 
 def _own_earlier_rows(runner: run_module._Runner, journal: Journal, sha256: str) -> None:

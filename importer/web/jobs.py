@@ -27,11 +27,12 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from importer.errors import ImporterError
 from importer.limiter import RateLimiter
@@ -62,6 +63,8 @@ class JobStatus(enum.StrEnum):
 
 EDITABLE = frozenset({JobStatus.VALIDATED, JobStatus.PLANNED})
 FINISHED = frozenset({JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED})
+KEEPS_OUTCOMES = frozenset({JobStatus.PLANNED, JobStatus.DONE, JobStatus.CANCELLED})
+"""States whose per-row outcomes are in outcomes.json (written when the plan or send ended)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -100,8 +103,8 @@ class Job:
     problems: dict[str, int] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     plan: str = ""
-    plan_requests: int = 0
-    """The reads the last plan made: a send makes them again (shown as its cost)."""
+    budget: dict[str, float | int] = field(default_factory=dict)
+    """After a plan: the reads and writes a send will make and the time the rate limit needs."""
     stopped: str = ""
     columns: list[str] = field(default_factory=list)
     mapping: dict[str, str] = field(default_factory=dict)
@@ -123,8 +126,8 @@ class Job:
 
     STORED = (
         *("id", "file", "upload", "created", "status", "error", "sheet", "default_region", "column_map"),
-        *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "stopped"),
-        *("columns", "mapping", "source", "finished", "plan_requests"),
+        *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
+        *("columns", "mapping", "source", "finished"),
     )
 
     @property
@@ -161,6 +164,40 @@ class Job:
         return True
 
 
+T = TypeVar("T")
+
+
+async def in_background(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking work (reading, validating, writing a workbook) in a daemon thread.
+
+    Not ``asyncio.to_thread``: the loop's executor is joined when the server exits, so a
+    shutdown would wait for a long validation. Work abandoned this way is safe to drop: the
+    job is validated again on the next start, and workbooks are replaced atomically.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def work() -> None:
+        try:
+            result: Any = fn(*args, **kwargs)
+            ok = True
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            result, ok = exc, False
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=work, name="voicelink-web-work", daemon=True).start()
+    return await future
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
@@ -173,6 +210,10 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _outcome_dict(o: RowOutcome) -> dict[str, Any]:
     return {name: getattr(o, name) for name in RowOutcome.__slots__}
+
+
+def _read_outcomes(path: Path) -> dict[int, RowOutcome]:
+    return {o.row: o for o in map(_outcome_from, json.loads(path.read_text(encoding="utf-8")))}
 
 
 def _outcome_from(d: Mapping[str, Any]) -> RowOutcome:
@@ -279,19 +320,15 @@ class JobService:
         edits = folder / "edits.json"
         if edits.is_file():
             job.edits = [Edit(**e) for e in json.loads(edits.read_text(encoding="utf-8"))]
-        outcomes = folder / "outcomes.json"
-        if outcomes.is_file() and job.status is not JobStatus.SENDING:
-            job.outcomes = {
-                o.row: o for o in map(_outcome_from, json.loads(outcomes.read_text(encoding="utf-8")))
-            }
-        return job
+        return job  # its outcomes are read with its table, when first needed
 
     def _save(self, job: Job) -> None:
         _write_json(job.folder / "job.json", job.stored())
         job.touch()
 
-    def _save_outcomes(self, job: Job) -> None:
-        _write_json(job.folder / "outcomes.json", [_outcome_dict(o) for o in job.outcomes.values()])
+    async def _save_outcomes(self, job: Job) -> None:
+        outcomes = list(job.outcomes.values())  # taken on the loop; written in a thread
+        await in_background(_write_json, job.folder / "outcomes.json", [_outcome_dict(o) for o in outcomes])
 
     def create(
         self,
@@ -341,7 +378,10 @@ class JobService:
             table = engine.apply_edits(table, job.edits)
             return engine.validate(table, options.column_map, options.default_region)
 
-        report = await asyncio.to_thread(work)
+        report = await in_background(work)
+        saved = job.folder / "outcomes.json"
+        if not job.outcomes and job.status in KEEPS_OUTCOMES and saved.is_file():
+            job.outcomes = await in_background(_read_outcomes, saved)
         job.report = report
         self._keep_resident(job)
         return report
@@ -355,6 +395,8 @@ class JobService:
                 other = self.jobs[job_id]
                 if other is not job and other.status not in busy and not other.lock.locked():
                     other.report = None
+                    if other.status in KEEPS_OUTCOMES:
+                        other.outcomes = {}  # saved in outcomes.json; read again with the table
                     other.view = None
                     del self._resident[job_id]
                     break
@@ -426,7 +468,7 @@ class JobService:
         if job.status not in (*EDITABLE, JobStatus.FAILED) or job.stopped or job.lock.locked():
             raise JobError(f"the job is {job.status.value}; options can change only before sending")
         job.sheet, job.default_region, job.column_map = sheet, default_region, dict(column_map)
-        job.plan = ""
+        job.plan, job.budget = "", {}
         await self._validate(job)
 
     # -- edits ------------------------------------------------------------------------------
@@ -458,14 +500,12 @@ class JobService:
             edits = [*job.edits, *new_edits]
             edited = engine.apply_edits(table, new_edits)
             options = job.input_options()
-            fresh = await asyncio.to_thread(
-                engine.validate, edited, options.column_map, options.default_region
-            )
+            fresh = await in_background(engine.validate, edited, options.column_map, options.default_region)
             job.edits = edits
             _write_json(job.folder / "edits.json", [dataclasses.asdict(e) for e in edits])
             job.report = fresh
             job.outcomes = {}
-            job.plan = ""
+            job.plan, job.budget = "", {}
             job.status = JobStatus.VALIDATED
             self._summarise(job, fresh)
             self._save(job)
@@ -517,10 +557,10 @@ class JobService:
             return
         job.outcomes = dict(run.outcomes)
         job.plan = run.plan_text
-        job.plan_requests = run.requests
+        job.budget = engine.send_budget(self.connection, run)
         job.status = JobStatus.PLANNED
         self._count(job)
-        self._save_outcomes(job)
+        await self._save_outcomes(job)
         self._save(job)
 
     async def start(self, job: Job) -> None:
@@ -532,6 +572,7 @@ class JobService:
         job.status, job.error = JobStatus.SENDING, ""
         job.outcomes = {}
         job.progress = {}
+        (job.folder / "outcomes.json").unlink(missing_ok=True)  # the plan's, no longer true
         self._save(job)
         self._enqueue(job)
 
@@ -631,7 +672,7 @@ class JobService:
             self._finish(job, JobStatus.FAILED, error=engine.clean_error(exc))
             return
         job.outcomes = dict(run.outcomes)
-        self._save_outcomes(job)
+        await self._save_outcomes(job)
         if job.interrupted:
             self._count(job)
             job.stopped = "server stopped; resumes on the next start"
@@ -671,7 +712,7 @@ class JobService:
             "error": job.error or None,
             "stopped": job.stopped or None,
             "plan": job.plan or None,
-            "plan_requests": job.plan_requests,
+            "budget": job.budget or None,
             "options": {
                 "sheet": job.sheet,
                 "default_region": job.default_region,
@@ -770,7 +811,7 @@ class JobService:
         audit = {"started": job.created, **self.audit(job)}
         # One snapshot at a time per job: two downloads must not write one file together.
         async with job.lock:
-            await asyncio.to_thread(
+            await in_background(
                 engine.write_results,
                 report,
                 outcomes,

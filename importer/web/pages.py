@@ -56,6 +56,7 @@ STEPS = (
     ("send", "Send"),
     ("results", "Results"),
 )
+TITLES = {f.name: f.title for f in fields.FIELDS}
 BUSY = frozenset({JobStatus.VALIDATING, JobStatus.PLANNING})
 SENT = frozenset({JobStatus.SENDING, JobStatus.DONE, JobStatus.CANCELLED})
 RESULT_FILTERS = ("", "failed", "succeeded", "unchanged", "skipped", "not_sent")
@@ -309,7 +310,11 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         data = await service.rows(job, "failed" if problems else None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
         headers: list[str] = data["columns"]
         report = await service.report(job)
-        titles = {report.table.headers[p]: f for f, p in report.mapping.items()}
+        titles = {
+            report.table.headers[p]: TITLES[f]
+            for f, p in report.mapping.items()
+            if fields.header_key(report.table.headers[p]) != fields.header_key(TITLES[f])
+        }
         table = []
         for item in data["rows"]:
             issues = [_issue(x, item["row"]) for x in item["issues"]]
@@ -407,9 +412,8 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
                     }
                 )
         counts = action_counts(job)
-        writes = counts["create"] + counts["update"]
-        requests = job.plan_requests + writes + (1 if counts["create"] else 0)
-        rate = service.connection.requests_per_minute
+        budget = job.budget or {}
+        reads, writes = int(budget.get("reads", 0)), int(budget.get("writes", 0))
         return render(
             "plan.html",
             **base(
@@ -419,10 +423,10 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
                 planned=planned,
                 counts=counts,
                 writes=writes,
-                reads=job.plan_requests,
-                requests=requests,
-                rate=rate,
-                seconds=requests * 60 / rate,
+                reads=reads,
+                requests=reads + writes,
+                rate=service.connection.requests_per_minute,
+                seconds=float(budget.get("seconds", 0)),
                 held=held_back(job),
                 held_total=job.counts.get("failed", 0),
                 rows=rows,
