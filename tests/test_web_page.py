@@ -154,8 +154,10 @@ def test_page_whole_flow_upload_fix_plan_send_download(
         reason = page.locator("#" + str(cell.get_attribute("aria-describedby")))
         expect(reason).to_contain_text("add the country code")
         _shot(page, "03-check")
-        cell.fill("+91 80 1123 0010")
-        page.get_by_role("button", name="Save row 10", exact=True).click()
+        cell.focus()  # by keyboard: select the cell's text, type over it, Enter saves the row
+        page.keyboard.press("Control+A")
+        page.keyboard.type("+91 80 1123 0010")
+        page.keyboard.press("Enter")
         expect(page.locator("#message")).to_have_text("Row 10 saved and checked again.")
         expect(page.locator("[data-k=failed]")).to_have_text("7")
         expect(page.locator("#row-10")).to_have_count(0)  # no longer a row with problems
@@ -226,6 +228,67 @@ def test_page_narrow_screen_check_is_usable(browser: Browser, served: Served) ->
         _shot(page, "10-jobs-390px")
     finally:
         context.close()
+
+
+def test_page_workbook_sheet_shown_and_changeable(browser: Browser, served: Served) -> None:
+    """An XLSX: its sheets are offered, the header row found is shown, another sheet can be chosen."""
+    context, page = _open(browser, served.url)
+    try:
+        page.set_input_files("#file", str(SAMPLE / "carrier_routing.xlsx"))
+        page.get_by_role("button", name="Upload and check").click()
+        expect(page.locator("#sheet-help")).to_contain_text("Sheets: Notes, DID Routing")
+        expect(page.locator("#sheet")).to_have_value("DID Routing")
+        expect(page.locator("main")).to_contain_text("row 3")  # two title rows above the header
+        page.fill("#sheet", "Notes")
+        page.get_by_role("button", name="Save and check the rows").click()
+        expect(page.locator(".error")).to_contain_text("missing required column")
+        page.fill("#sheet", "DID Routing")
+        page.get_by_role("button", name="Save and check the rows").click()
+        expect(page.locator("[data-k=failed]")).to_have_text("8")
+    finally:
+        context.close()
+
+
+def test_page_reopened_mid_send_shows_progress_and_cancels(browser: Browser, tmp_path: Path) -> None:
+    """Closing the tab leaves the job sending; reopening shows it; Cancel stops it, writes settle."""
+    inventory = write_inventory(tmp_path / "inventory.json", 60)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=150))
+    connection = Connection(
+        api_key=SANDBOX_API_KEY,
+        base_url="http://sandbox.test/api/v2",
+        transport=httpx.ASGITransport(app=sandbox.app),
+        requests_per_minute=100_000,
+        concurrency=2,
+    )
+    settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
+    sheet = write_sheet(tmp_path / "routing.csv", 60)
+    with running_server(settings) as (url, _token, _service):
+        context, page = _open(browser, url)
+        try:
+            page.set_input_files("#file", str(sheet))
+            page.get_by_role("button", name="Upload and check").click()
+            page.get_by_role("button", name="Save and check the rows").click()
+            page.get_by_role("link", name="5. Send").click()
+            page.get_by_label("I want to write these changes to the account now").check()
+            page.get_by_role("button", name="Send 60 rows now").click()
+            expect(page.locator("[data-k=done]")).not_to_have_text("0")
+            job_url = page.url.removesuffix("/send")
+            page.close()  # the tab is gone; the job is not
+            page = context.new_page()
+            page.goto(url + "/")
+            expect(page.locator("table.jobs")).to_contain_text("sending")
+            page.get_by_role("link", name="routing.csv").click()
+            expect(page).to_have_url(job_url + "/send")
+            expect(page.locator("[data-k=done]")).not_to_have_text("0")
+            page.get_by_role("button", name="Cancel sending").click()
+            page.wait_for_url(re.compile(r"/results$"))
+            expect(page.locator("main")).to_contain_text("cancelled")
+            not_sent = int(page.locator(".count .n").nth(3).inner_text())
+            assert 0 < not_sent < 60
+        finally:
+            context.close()
+    writes = sandbox.state_snapshot()["writes"]
+    assert 0 < len(writes) == 60 - not_sent  # every write that started was settled and counted
 
 
 # -- without the token, without JavaScript ---------------------------------------------------------

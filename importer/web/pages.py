@@ -73,6 +73,14 @@ HINTS = {
     ),
 }
 
+PLAN_REASONS = {
+    "did_not_found": "DID not in this account",
+    "did_mismatch": "DID id and number are different DIDs",
+    "bot_inactive": "bot inactive",
+    "bot_not_found": "bot not in this account",
+}
+"""Words for the plan's own reasons (reason kinds the engine settles when it reads the account)."""
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -169,6 +177,19 @@ def _samples(table: RawTable) -> list[list[str]]:
     return out
 
 
+def _sheet_names(job: Job) -> list[str]:
+    """The sheets of an XLSX/XLSM upload, to choose from (the reader already accepted the file)."""
+    if job.source.get("format") not in ("xlsx", "xlsm"):
+        return []
+    import python_calamine
+
+    try:
+        book = python_calamine.CalamineWorkbook.from_path(str(job.input_path))
+        return [str(m.name) for m in book.sheets_metadata]
+    except Exception:  # only a convenience: the sheet can still be typed
+        return []
+
+
 def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
     """The page's routes over ``service``; ``upload`` is the API's upload handler (one code path).
 
@@ -260,6 +281,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
                 chosen=chosen,
                 fields=fields.FIELDS,
                 samples={h: s for _, h, s in rows},
+                sheets=await asyncio.to_thread(_sheet_names, job),
             ),
         )
 
@@ -382,7 +404,8 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         )
         for o in job.outcomes.values():
             if o.action in (Action.FAIL, Action.SKIP):
-                kinds[o.reason_kind.replace("_", " ") or "failed"] += 1
+                kind = o.reason_kind or "failed"
+                kinds[PLAN_REASONS.get(kind, kind.replace("_", " "))] += 1
         return kinds.most_common()
 
     async def plan_page(request: Request, job: Job) -> Response:
