@@ -86,13 +86,19 @@ def served(tmp_path: Path) -> Iterator[Served]:
 
 def _shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+    # caret="initial": hiding the caret would inject a <style> that the page's CSP (rightly) blocks.
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False, caret="initial")
 
 
 def _open(browser: Browser, url: str, **options: Any) -> tuple[Any, Page]:
+    """A new browser context with the session cookie; console errors (CSP too) in ``page.errors``."""
     context = browser.new_context(viewport={"width": 1280, "height": 800}, **options)
     page = context.new_page()
     page.set_default_timeout(20_000)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.errors = errors
     answer = page.goto(f"{url}/?token={TOKEN}")
     assert answer is not None and answer.status == 200 and page.url == f"{url}/"
     return context, page
@@ -207,6 +213,7 @@ def test_page_whole_flow_upload_fix_plan_send_download(
         expect(page.locator("table.jobs")).to_contain_text("carrier_routing.csv")
         expect(page.locator("table.jobs")).to_contain_text("done")
         _shot(page, "08-jobs")
+        assert page.errors == [], page.errors  # no script error, nothing the Content-Security-Policy blocked
     finally:
         context.close()
 
@@ -310,13 +317,22 @@ def test_page_without_token_is_401_and_nothing_else(browser: Browser, served: Se
 def test_page_works_without_javascript(browser: Browser, served: Served, tmp_path: Path) -> None:
     """Upload, check (filter, paging, a fix by a plain form post) and download with JavaScript off."""
     sheet = _bad_sheet(tmp_path / "nojs.csv", 120, bad_every=10)
+    text = sheet.read_text(encoding="utf-8").replace("customer 0\n", "<img src=x onerror=alert(1)>\n", 1)
+    sheet.write_text(text, encoding="utf-8")
+    png = tmp_path / "picture.csv"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     context, page = _open(browser, served.url, java_script_enabled=False)
     try:
+        page.set_input_files("#file", str(png))
+        page.get_by_role("button", name="Upload and check").click()
+        expect(page.locator(".error")).to_contain_text("unsupported file")
         page.set_input_files("#file", str(sheet))
         page.get_by_role("button", name="Upload and check").click()
         expect(page.locator("#field_did_number")).to_be_visible()  # <noscript> refresh, no script
         page.get_by_role("button", name="Save and check the rows").click()
         expect(page.locator("[data-k=failed]")).to_have_text("12")
+        expect(page.locator("#row-2")).to_contain_text("<img src=x onerror=alert(1)>")  # shown as text
+        assert page.locator("table.rows img").count() == 0
         page.get_by_role("link", name="Next ›").first.click()
         expect(page).to_have_url(re.compile(r"page=2"))
         expect(page.locator("table.rows tbody tr").first).to_contain_text("52")
