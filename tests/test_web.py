@@ -508,6 +508,30 @@ def test_web_restart_validates_again_and_drops_a_half_plan(tmp_path: Path) -> No
         assert client.get(f"/api/jobs/{jobs[1]}").json()["status"] == "validated"
 
 
+def test_web_rejected_key_fails_the_job_with_its_reason_and_can_be_retried(tmp_path: Path) -> None:
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
+    key = "rg_live_wrong_key_5678"
+    connection = _connection(sandbox, api_key=key)
+    settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        job_id = _upload(client, _sheet(tmp_path)).json()["id"]
+        _wait(client, job_id, {"validated"})
+        client.post(f"/api/jobs/{job_id}/plan")
+        planned = _wait(client, job_id, {"planned", "validated"})
+        assert planned["status"] == "validated" and planned["error"].startswith("plan failed: ")
+        client.post(f"/api/jobs/{job_id}/start")
+        failed = _wait(client, job_id, FINAL)
+        assert failed["status"] == "failed" and "rejected the API key" in failed["error"]
+        assert key not in failed["error"] and key not in planned["error"]
+        assert client.patch(f"/api/jobs/{job_id}", json={"map": []}).status_code == 409
+        assert client.post(f"/api/jobs/{job_id}/start").status_code == 202  # resumes from its journal
+        assert _wait(client, job_id, FINAL)["status"] == "failed"
+    assert sandbox.state_snapshot()["writes"] == []
+
+
 def test_web_cancel_settles_writes_in_flight_and_sends_no_more(tmp_path: Path) -> None:
     inventory = write_inventory(tmp_path / "inventory.json", 40)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=100))

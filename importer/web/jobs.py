@@ -465,7 +465,8 @@ class JobService:
         self, job: Job, sheet: str | None, default_region: str | None, column_map: Mapping[str, str]
     ) -> None:
         """Read the upload again with another sheet, region or column mapping (edits are kept)."""
-        if job.status not in (*EDITABLE, JobStatus.FAILED) or job.stopped or job.lock.locked():
+        sent = (job.folder / "journal.sqlite").exists()
+        if job.status not in (*EDITABLE, JobStatus.FAILED) or sent or job.lock.locked():
             raise JobError(f"the job is {job.status.value}; options can change only before sending")
         job.sheet, job.default_region, job.column_map = sheet, default_region, dict(column_map)
         job.plan, job.budget = "", {}
@@ -565,7 +566,10 @@ class JobService:
 
     async def start(self, job: Job) -> None:
         """Queue the job for sending on its key's lane."""
-        if job.status not in EDITABLE:
+        # A job that failed while sending (key rejected, API unreachable) may start again: the
+        # engine resumes it from its journal, so nothing confirmed is sent twice.
+        retry = job.status is JobStatus.FAILED and (job.folder / "journal.sqlite").exists()
+        if job.status not in EDITABLE and not retry:
             raise JobError(f"the job is {job.status.value}; only a validated or planned job can start")
         if self.closing.is_set():
             raise JobError("the server is shutting down")

@@ -82,8 +82,11 @@ class Guard:
         self.static_prefix = static_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websockets here: refuse rather than pass unchecked
+            await send({"type": "websocket.close", "code": 1008})
             return
         headers = _headers(scope)
         if headers.get("host", "").lower() not in self.hosts:
