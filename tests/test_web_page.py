@@ -256,6 +256,27 @@ def test_page_workbook_sheet_shown_and_changeable(browser: Browser, served: Serv
         context.close()
 
 
+def test_page_mapping_changed_from_the_list(browser: Browser, served: Served, tmp_path: Path) -> None:
+    """A header the reader does not know: the page says so, the column is picked, the choice stays."""
+    sheet = write_sheet(tmp_path / "odd.csv", 12)
+    sheet.write_text(sheet.read_text(encoding="utf-8").replace("Phone Number", "Nummer", 1), encoding="utf-8")
+    context, page = _open(browser, served.url)
+    try:
+        page.set_input_files("#file", str(sheet))
+        page.get_by_role("button", name="Upload and check").click()
+        expect(page.locator(".error")).to_contain_text("missing required column")
+        expect(page.get_by_label("DID Number")).to_have_value("")
+        page.get_by_label("DID Number").select_option("Nummer")
+        page.get_by_role("button", name="Save and check the rows").click()
+        expect(page.locator("[data-k=valid]")).to_have_text("12")
+        expect(page.locator("table.rows thead")).to_contain_text("= DID Number")
+        page.get_by_role("link", name="‹ Back to sheet and columns").click()
+        expect(page.get_by_label("DID Number")).to_have_value("Nummer")
+        expect(page.locator("main")).to_contain_text("+" + did_number(0))  # its sample values
+    finally:
+        context.close()
+
+
 def test_page_reopened_mid_send_shows_progress_and_cancels(browser: Browser, tmp_path: Path) -> None:
     """Closing the tab leaves the job sending; reopening shows it; Cancel stops it, writes settle."""
     inventory = write_inventory(tmp_path / "inventory.json", 60)

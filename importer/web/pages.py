@@ -413,6 +413,8 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
             return see(f"/jobs/{job.id}/columns")
         if job.status is JobStatus.PLANNING:
             return render("plan.html", **base(job, "plan", waiting=True))
+        if job.status in SENT or job.status is JobStatus.FAILED:
+            return see(f"/jobs/{job.id}/{_step_of(job)}")  # a sent job's plan is history
         planned = job.status is JobStatus.PLANNED
         problems = request.query_params.get("problems") == "1"
         page = _int(request.query_params.get("page"))
