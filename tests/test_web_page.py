@@ -256,13 +256,21 @@ def test_page_workbook_sheet_shown_and_changeable(browser: Browser, served: Serv
         context.close()
 
 
-def test_page_mapping_changed_from_the_list(browser: Browser, served: Served, tmp_path: Path) -> None:
-    """A header the reader does not know: the page says so, the column is picked, the choice stays."""
-    sheet = write_sheet(tmp_path / "odd.csv", 12)
-    sheet.write_text(sheet.read_text(encoding="utf-8").replace("Phone Number", "Nummer", 1), encoding="utf-8")
+def test_page_dropped_file_and_mapping_changed_from_the_list(
+    browser: Browser, served: Served, tmp_path: Path
+) -> None:
+    """Dropped on the page, a header the reader does not know: picked from the list, the choice stays."""
+    text = write_sheet(tmp_path / "odd.csv", 12).read_text(encoding="utf-8")
+    text = text.replace("Phone Number", "Nummer", 1)
     context, page = _open(browser, served.url)
     try:
-        page.set_input_files("#file", str(sheet))
+        dropped = page.evaluate_handle(
+            "text => { const d = new DataTransfer();"
+            " d.items.add(new File([text], 'odd.csv', {type: 'text/csv'})); return d; }",
+            text,
+        )
+        page.dispatch_event("[data-drop]", "drop", {"dataTransfer": dropped})
+        expect(page.locator("[data-drop-name]")).to_have_text("Chosen: odd.csv")
         page.get_by_role("button", name="Upload and check").click()
         expect(page.locator(".error")).to_contain_text("missing required column")
         expect(page.get_by_label("DID Number")).to_have_value("")
