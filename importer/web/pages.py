@@ -21,7 +21,6 @@ that is ``JobService`` and ``engine``.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import math
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+import python_calamine
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -41,7 +41,7 @@ from importer.errors import ImporterError
 from importer.model import Action, RawTable, RowIssue
 from importer.pipeline import top_reasons
 from importer.web import engine
-from importer.web.jobs import Job, JobError, JobService, JobStatus
+from importer.web.jobs import Job, JobError, JobService, JobStatus, in_background
 
 __all__ = ["PAGE_SIZE", "page_routes"]
 
@@ -148,12 +148,12 @@ def _record(text: str) -> dict[str, Any] | None:
 def _compare(current: str, proposed: str) -> list[tuple[str, str, str, bool]]:
     """Field by field: (field, current, proposed, changed), for the plan's side-by-side view."""
     now, then = _record(current) or {}, _record(proposed) or {}
-    keys = list(dict.fromkeys([*then, *now]))
-    return [
-        (k, "" if now.get(k) is None else str(now.get(k)), "" if then.get(k) is None else str(then.get(k)),
-         now.get(k) != then.get(k))
-        for k in keys
-    ]  # fmt: skip
+    out = []
+    for key in dict.fromkeys([*then, *now]):
+        before, after = now.get(key), then.get(key)
+        shown = ("" if before is None else str(before), "" if after is None else str(after))
+        out.append((key, *shown, before != after))
+    return out
 
 
 def _page_numbers(total: int, page: int) -> tuple[int, int]:
@@ -181,8 +181,6 @@ def _sheet_names(job: Job) -> list[str]:
     """The sheets of an XLSX/XLSM upload, to choose from (the reader already accepted the file)."""
     if job.source.get("format") not in ("xlsx", "xlsm"):
         return []
-    import python_calamine
-
     try:
         book = python_calamine.CalamineWorkbook.from_path(str(job.input_path))
         return [str(m.name) for m in book.sheets_metadata]
@@ -248,7 +246,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         if job.report is not None or job.status in (JobStatus.VALIDATED, JobStatus.PLANNED):
             return (await service.report(job)).table, ""
         try:
-            table = await asyncio.to_thread(engine.load_table, job.input_path, job.sheet, job.column_map)
+            table = await in_background(engine.load_table, job.input_path, job.sheet, job.column_map)
         except ImporterError as exc:
             return None, str(exc)
         return table, ""
@@ -281,7 +279,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
                 chosen=chosen,
                 fields=fields.FIELDS,
                 samples={h: s for _, h, s in rows},
-                sheets=await asyncio.to_thread(_sheet_names, job),
+                sheets=await in_background(_sheet_names, job),
             ),
         )
 
