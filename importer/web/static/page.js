@@ -33,7 +33,10 @@
   var live = main.hasAttribute("data-live");
   var finals = ["done", "cancelled", "failed"];
   var set = function (key, value) {
-    document.querySelectorAll("[data-k=" + key + "]").forEach(function (el) { el.textContent = value; });
+    // Only real changes: a live region would read out the same words again.
+    document.querySelectorAll("[data-k=" + key + "]").forEach(function (el) {
+      if (el.textContent !== String(value)) { el.textContent = value; }
+    });
   };
   var show = function (key, on) {
     document.querySelectorAll("[data-k=" + key + "]").forEach(function (el) { el.hidden = !on; });
