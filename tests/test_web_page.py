@@ -285,6 +285,46 @@ def test_page_dropped_file_and_mapping_changed_from_the_list(
         context.close()
 
 
+GERMAN = {
+    "Nummer": "DID Number",
+    "Eingehend": "Inbound Mode",
+    "Bot ein": "Inbound Bot ID",
+    "Trunk ein": "Inbound SIP Trunk ID",
+    "Ausgehend": "Outbound Mode",
+    "Bot aus": "Outbound Bot ID",
+    "Trunk aus": "Outbound SIP Trunk ID",
+    "Zustand": "Status",
+}
+
+
+def test_page_header_row_moved_down_then_columns_mapped(
+    browser: Browser, served: Served, tmp_path: Path
+) -> None:
+    """A title row above headers the reader does not know: the header row is moved, then mapped."""
+    lines = write_sheet(tmp_path / "routing.csv", 6).read_text(encoding="utf-8").splitlines()
+    german = tmp_path / "export.csv"
+    german.write_text(
+        "\n".join(["Export aus dem Portal,,,,,,,,", ",".join([*GERMAN, "Kunde"]), *lines[1:]]) + "\n",
+        encoding="utf-8",
+    )
+    context, page = _open(browser, served.url)
+    try:
+        page.set_input_files("#file", str(german))
+        page.get_by_role("button", name="Upload and check").click()
+        expect(page.locator(".error")).to_contain_text("missing required column")
+        expect(page.get_by_label("Header row")).to_have_value("1")
+        page.get_by_label("Header row").fill("2")
+        page.get_by_role("button", name="Save and check the rows").click()
+        expect(page.get_by_label("Header row")).to_have_value("2")
+        for header, title in GERMAN.items():
+            page.get_by_label(title, exact=True).select_option(header)
+        page.get_by_role("button", name="Save and check the rows").click()
+        expect(page.locator("[data-k=valid]")).to_have_text("6")
+        expect(page.locator("table.rows thead")).to_contain_text("Nummer")
+    finally:
+        context.close()
+
+
 def test_page_reopened_mid_send_shows_progress_and_cancels(browser: Browser, tmp_path: Path) -> None:
     """Closing the tab leaves the job sending; reopening shows it; Cancel stops it, writes settle."""
     inventory = write_inventory(tmp_path / "inventory.json", 60)

@@ -13,6 +13,7 @@ a call to it (plus a way to hand it the edited table), and nothing else in the p
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import hashlib
 import socket
@@ -51,6 +52,7 @@ __all__ = [
     "lane_key",
     "load_table",
     "make_limiter",
+    "move_header",
     "parse_column_map",
     "row_outcomes",
     "run_job",
@@ -127,17 +129,55 @@ def make_limiter(connection: Connection) -> RateLimiter:
     return RateLimiter(connection.requests_per_minute, window=connection.rate_window)
 
 
-def load_table(path: Path, sheet: str | None, column_map: Mapping[str, str]) -> RawTable:
+def load_table(
+    path: Path, sheet: str | None, column_map: Mapping[str, str], header_row: int | None = None
+) -> RawTable:
     """Read an uploaded file with the CLI's reader (blocking: call it in a thread).
+
+    Args:
+        path: The upload.
+        sheet: The sheet, or None for the reader's choice.
+        column_map: Header text -> field, as ``--map`` gives it.
+        header_row: The Excel row of the header when the user chose it (see ``move_header``).
 
     Raises:
         InputError: the file or sheet cannot be used, or it has no data rows.
     """
     with collector_paused():
         table = read_table(path, sheet=sheet, extra_headers=column_map)
+    if header_row is not None and header_row != table.source.header_row:
+        table = move_header(table, header_row)
     if table.row_count == 0:
         raise InputError(f"the header is on row {table.source.header_row} but no data rows follow it")
     return table
+
+
+def move_header(table: RawTable, row: int) -> RawTable:
+    """Take a later row of the table as its header: the reader took a title row for it.
+
+    The reader takes the first row when no row names the fields (headers in another language,
+    say); then the user points at the real one. Rows above the reader's header are not part of
+    the table, so the header can only move down.
+
+    Raises:
+        InputError: the row is above the reader's header, blank, or past the end.
+    """
+    found = table.source.header_row
+    if row < found:
+        raise InputError(
+            f"the header row can only move down from row {found}, where it was found; "
+            "rows above it are not read as part of the table"
+        )
+    if row not in table.frame.index:
+        raise InputError(f"row {row} is blank or past the end; choose the row that holds the column names")
+    frame = table.frame
+    headers = tuple(str(v).strip() for v in frame.loc[row, :])
+    return RawTable(
+        source=dataclasses.replace(table.source, header_row=row),
+        headers=headers,
+        frame=frame.loc[frame.index > row],
+        row_problems={r: text for r, text in table.row_problems.items() if r > row},
+    )
 
 
 def apply_edits(table: RawTable, edits: Sequence[Edit]) -> RawTable:

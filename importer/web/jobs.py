@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import Any, TypeVar
 
 from importer.errors import ImporterError
@@ -94,6 +95,8 @@ class Job:
     status: JobStatus = JobStatus.VALIDATING
     error: str = ""
     sheet: str | None = None
+    header_row: int | None = None
+    """The header's Excel row when the user chose it; None: where the reader found it."""
     default_region: str | None = None
     column_map: dict[str, str] = field(default_factory=dict)
     uploaded_by: str = ""
@@ -127,7 +130,7 @@ class Job:
     STORED = (
         *("id", "file", "upload", "created", "status", "error", "sheet", "default_region", "column_map"),
         *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
-        *("columns", "mapping", "source", "finished"),
+        *("columns", "mapping", "source", "finished", "header_row"),
     )
 
     @property
@@ -374,7 +377,7 @@ class JobService:
         options = job.input_options()
 
         def work() -> ValidationReport:
-            table = engine.load_table(options.path, options.sheet, options.column_map)
+            table = engine.load_table(options.path, options.sheet, options.column_map, job.header_row)
             table = engine.apply_edits(table, job.edits)
             return engine.validate(table, options.column_map, options.default_region)
 
@@ -462,12 +465,25 @@ class JobService:
         self._save(job)
 
     async def set_options(
-        self, job: Job, sheet: str | None, default_region: str | None, column_map: Mapping[str, str]
+        self,
+        job: Job,
+        sheet: str | None,
+        default_region: str | None,
+        column_map: Mapping[str, str],
+        header_row: int | EllipsisType | None = ...,
     ) -> None:
-        """Read the upload again with another sheet, region or column mapping (edits are kept)."""
+        """Read the upload again with another sheet, region or column mapping (edits are kept).
+
+        ``header_row`` is the header's Excel row (None: where the reader finds it); left out, it
+        stays as it was, unless the sheet changes (another sheet starts from the reader's choice).
+        """
         sent = (job.folder / "journal.sqlite").exists()
         if job.status not in (*EDITABLE, JobStatus.FAILED) or sent or job.lock.locked():
             raise JobError(f"the job is {job.status.value}; options can change only before sending")
+        if not isinstance(header_row, EllipsisType):
+            job.header_row = header_row
+        elif sheet != job.sheet:
+            job.header_row = None
         job.sheet, job.default_region, job.column_map = sheet, default_region, dict(column_map)
         job.plan, job.budget = "", {}
         await self._validate(job)
@@ -526,6 +542,8 @@ class JobService:
         out = {"uploaded_by": job.uploaded_by or "(not given)", "client": job.client, "web job": job.id}
         for n, edit in enumerate(job.edits, start=1):
             out[f"edit {n}"] = edit.text()
+        if job.header_row is not None:
+            out["header row"] = f"{job.header_row} (chosen on the web page)"
         return out
 
     async def plan(self, job: Job) -> None:
@@ -719,6 +737,7 @@ class JobService:
             "budget": job.budget or None,
             "options": {
                 "sheet": job.sheet,
+                "header_row": job.header_row,
                 "default_region": job.default_region,
                 "map": [f"{h}={f}" for h, f in job.column_map.items()],
             },

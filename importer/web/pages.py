@@ -26,6 +26,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any
 from urllib.parse import urlencode
 
@@ -246,7 +247,9 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         if job.report is not None or job.status in (JobStatus.VALIDATED, JobStatus.PLANNED):
             return (await service.report(job)).table, ""
         try:
-            table = await in_background(engine.load_table, job.input_path, job.sheet, job.column_map)
+            table = await in_background(
+                engine.load_table, job.input_path, job.sheet, job.column_map, job.header_row
+            )
         except ImporterError as exc:
             return None, str(exc)
         return table, ""
@@ -275,6 +278,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
                 waiting=False,
                 error=error or read_error or job.error,
                 headers=[] if table is None else list(table.headers),
+                header_row=None if table is None else table.source.header_row,
                 table_rows=rows,
                 chosen=chosen,
                 fields=fields.FIELDS,
@@ -290,6 +294,8 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         async with request.form(max_files=0, max_fields=64, max_part_size=4096) as form:
             sheet = str(form.get("sheet") or "").strip() or None
             region = str(form.get("default_region") or "").strip().upper() or None
+            wanted_row = str(form.get("header_row") or "").strip()
+            shown = str(form.get("shown_header_row") or "").strip()
             picks = {f.name: str(form.get(f"field_{f.name}") or "") for f in fields.FIELDS}
         column_map: dict[str, str] = {}
         for name, header in picks.items():
@@ -301,10 +307,17 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
                 )
             if fields.match_header(header) != name:  # only what differs from the automatic match
                 column_map[header] = name
+        header_row: int | EllipsisType | None = ...  # unchanged
+        if wanted_row and wanted_row != shown:
+            if not wanted_row.isdigit() or int(wanted_row) < 1:
+                return await columns(request, job, "the header row is a row number, like 1 or 3", 400)
+            header_row = int(wanted_row)
+            column_map = {}  # another header row has other names: map them once they show
         if sheet != job.sheet and sheet is not None:
             column_map = {}  # another sheet has other headers: start from the automatic match
+            header_row = None
         try:
-            await service.set_options(job, sheet, region, column_map)
+            await service.set_options(job, sheet, region, column_map, header_row)
         except JobError as exc:
             return await columns(request, job, str(exc), 409)
         if job.status is JobStatus.VALIDATED:
