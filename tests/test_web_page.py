@@ -245,7 +245,7 @@ def test_page_workbook_sheet_shown_and_changeable(browser: Browser, served: Serv
         page.get_by_role("button", name="Upload and check").click()
         expect(page.locator("#sheet-help")).to_contain_text("Sheets: Notes, DID Routing")
         expect(page.locator("#sheet")).to_have_value("DID Routing")
-        expect(page.locator("main")).to_contain_text("row 3")  # two title rows above the header
+        expect(page.get_by_label("Header row")).to_have_value("3")  # title rows above the header
         page.fill("#sheet", "Notes")
         page.get_by_role("button", name="Save and check the rows").click()
         expect(page.locator(".error")).to_contain_text("missing required column")
