@@ -565,4 +565,9 @@ def serve(
         click.echo(f"API: Authorization: Bearer <token> ; jobs kept in {data_dir}")
         click.echo("SIGTERM or Ctrl-C stops it (sends in flight settle and resume on the next start)")
 
-    serve_web(settings, on_ready=ready)
+    try:
+        serve_web(settings, on_ready=ready)
+    except KeyboardInterrupt:
+        # uvicorn has shut down cleanly and re-raised the Ctrl-C it caught: say so, not a crash.
+        click.echo("web service stopped; jobs that were sending resume on the next start", err=True)
+        sys.exit(EXIT_INTERRUPTED)
