@@ -1,7 +1,7 @@
 """The web page in a real browser: Playwright driving Debian's Chromium against the server over TCP.
 
-Outside CI the tests skip, loudly, when no ``chromium`` is installed; in CI (``CI=true``) a missing
-browser fails them. Screenshots of each step land in ``tests/artifacts/screenshots/``.
+Outside CI the browser tests skip, loudly, when no ``chromium`` is installed; in CI (``CI=true``) a
+missing browser fails them. Screenshots of each step land in ``tests/artifacts/screenshots/``.
 """
 
 from __future__ import annotations
@@ -26,30 +26,25 @@ import httpx
 import openpyxl
 import pytest
 from helpers import REPO, SAMPLE, did_number, write_inventory, write_sheet
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from importer.errors import InputError
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
-from importer.web.engine import Connection
+from importer.web.engine import Connection, load_table, move_header
 from importer.web.server import ServeSettings, running_server
-
-playwright_api = pytest.importorskip("playwright.sync_api")
-Browser = Any
-Page = Any
-expect = playwright_api.expect
 
 TOKEN = "page-test-token-0123456789"
 SHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium")
-if CHROMIUM is None and os.environ.get("CI") != "true":
-    pytest.skip(
-        "BROWSER TESTS SKIPPED: no `chromium` on PATH (apt-get install chromium); they run in CI",
-        allow_module_level=True,
-    )
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert CHROMIUM is not None, "CI=true but chromium is not installed: .ci/run installs it"
-    with playwright_api.sync_playwright() as p:
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but chromium is not installed (.ci/run installs it)")
+        pytest.skip("BROWSER TESTS SKIPPED: no `chromium` on PATH (apt-get install chromium); CI runs them")
+    with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             yield launched
@@ -127,6 +122,24 @@ def _bad_sheet(path: Path, n: int, bad_every: int) -> Path:
     csv.writer(out, lineterminator="\n").writerows(rows)
     path.write_text(out.getvalue(), encoding="utf-8")
     return path
+
+
+# -- no browser needed ----------------------------------------------------------------------------
+
+
+def test_page_header_row_moves_only_down(tmp_path: Path) -> None:
+    """The reader took the title row; the header moves down to the names, never above the table."""
+    path = tmp_path / "export.csv"
+    path.write_text("Export,,\nNummer,Eingehend,Ausgehend\n+918020000000,1,4\n\n+918020000001,1,4\n")
+    table = load_table(path, None, {})
+    assert table.source.header_row == 1 and table.headers == ("Export", "", "")
+    moved = load_table(path, None, {}, header_row=2)
+    assert moved.headers == ("Nummer", "Eingehend", "Ausgehend") and moved.source.header_row == 2
+    assert moved.frame.index.tolist() == [3, 5] and moved.frame.loc[5].tolist() == ["+918020000001", "1", "4"]
+    with pytest.raises(InputError, match="can only move down from row 2"):
+        move_header(moved, 1)
+    with pytest.raises(InputError, match="row 4 is blank or past the end"):
+        move_header(table, 4)
 
 
 # -- the whole flow ---------------------------------------------------------------------------------
