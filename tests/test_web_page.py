@@ -172,6 +172,9 @@ def test_page_whole_flow_upload_fix_plan_send_download(
         expect(cell).to_have_attribute("aria-invalid", "true")
         reason = page.locator("#" + str(cell.get_attribute("aria-describedby")))
         expect(reason).to_contain_text("add the country code")
+        expect(reason).to_contain_text("or set the default region (step 2, Sheet and columns)")
+        reasons = page.locator(".why").all_inner_texts()
+        assert len(reasons) == 8 and not any("--" in r for r in reasons)  # page words, not CLI options
         _shot(page, "03-check")
         cell.focus()  # by keyboard: select the cell's text, type over it, Enter saves the row
         page.keyboard.press("Control+A")
@@ -285,7 +288,7 @@ def test_page_dropped_file_and_mapping_changed_from_the_list(
         page.dispatch_event("[data-drop]", "drop", {"dataTransfer": dropped})
         expect(page.locator("[data-drop-name]")).to_have_text("Chosen: odd.csv")
         page.get_by_role("button", name="Upload and check").click()
-        expect(page.locator(".error")).to_contain_text("missing required column")
+        expect(page.locator(".error")).to_contain_text("missing required column DID Number")
         expect(page.get_by_label("DID Number")).to_have_value("")
         page.get_by_label("DID Number").select_option("Nummer")
         page.get_by_role("button", name="Save and check the rows").click()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import EllipsisType
@@ -82,6 +83,18 @@ PLAN_REASONS = {
 }
 """Words for the plan's own reasons (reason kinds the engine settles when it reads the account)."""
 
+_CLI_WORDS = (
+    (re.compile(r"or pass --default-region to read national numbers"),
+     "or set the default region (step 2, Sheet and columns) to read national numbers"),
+    (re.compile(r'add --map "([^"]*)=(\w+)"'), r'choose "\1" for \2 in the list'),
+    (re.compile(r'pick one with --map "[^"]*"'), "pick one in the list"),
+    (re.compile(r"--map names the column"), "the mapping names the column"),
+    (re.compile(r"--default-region"), "the default region"),
+    (re.compile(r"choose another with --sheet"), "choose another sheet"),
+)  # fmt: skip
+"""The engine's messages name CLI options; on the page the same advice names the page's controls."""
+_FIELD_NAME = re.compile(r"\b(" + "|".join(f.name for f in fields.FIELDS) + r")\b")
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -92,6 +105,14 @@ class Cell:
     position: int
     value: str
     issue: RowIssue | None
+
+
+def _page_words(text: str) -> str:
+    """An engine message with its CLI advice said in the page's own words."""
+    for pattern, words in _CLI_WORDS:
+        text = pattern.sub(words, text)
+    # Field names as the page's lists call them ("Inbound Bot ID", not inbound_websocket_bot_id).
+    return _FIELD_NAME.sub(lambda m: TITLES[m.group(0)], text)
 
 
 def _kind_label(kind: str) -> str:
@@ -206,6 +227,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         lstrip_blocks=True,
     )
     templates.globals.update(steps=STEPS, duration=_duration, kind_label=_kind_label)
+    templates.filters["words"] = _page_words
 
     def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(templates.get_template(name).render(**context), status_code=status)
