@@ -383,6 +383,46 @@ def test_page_reopened_mid_send_shows_progress_and_cancels(browser: Browser, tmp
     assert 0 < len(writes) == 60 - not_sent  # every write that started was settled and counted
 
 
+def test_page_queued_job_shows_its_place_and_cancels(browser: Browser, tmp_path: Path) -> None:
+    """Two jobs on one key: the second waits, its page says where in the queue; Cancel ends it."""
+    inventory = write_inventory(tmp_path / "inventory.json", 40)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=150))
+    connection = Connection(
+        api_key=SANDBOX_API_KEY,
+        base_url="http://sandbox.test/api/v2",
+        transport=httpx.ASGITransport(app=sandbox.app),
+        requests_per_minute=100_000,
+        concurrency=1,
+    )
+    settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
+    sheet = write_sheet(tmp_path / "routing.csv", 40)
+    with (
+        running_server(settings) as (url, _token, _service),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as api,
+    ):
+        ids = []
+        for _ in range(2):
+            with sheet.open("rb") as fh:
+                ids.append(api.post("/api/jobs", files={"file": ("routing.csv", fh)}).json()["id"])
+        for job_id in ids:
+            _wait_status(api, job_id, {"validated"})
+            assert api.post(f"/api/jobs/{job_id}/start").status_code == 202
+        context, page = _open(browser, url)
+        try:
+            page.goto(f"{url}/jobs/{ids[1]}")
+            expect(page).to_have_url(f"{url}/jobs/{ids[1]}/send")
+            expect(page.locator("p[data-k=queue]")).to_be_visible()
+            expect(page.locator("[data-k=queue_position]")).to_have_text("1")
+            _shot(page, "15-queued")
+            page.get_by_role("button", name="Cancel sending").click()
+            page.wait_for_url(re.compile(r"/results$"))
+            expect(page.locator("main")).to_contain_text("cancelled before sending started")
+            api.post(f"/api/jobs/{ids[0]}/cancel")
+            _wait_status(api, ids[0], {"cancelled", "done"})
+        finally:
+            context.close()
+
+
 # -- without the token, without JavaScript ---------------------------------------------------------
 
 
