@@ -384,7 +384,10 @@ def test_page_reopened_mid_send_shows_progress_and_cancels(browser: Browser, tmp
 
 
 def test_page_queued_job_shows_its_place_and_cancels(browser: Browser, tmp_path: Path) -> None:
-    """Two jobs on one key: the second waits, its page says where in the queue; Cancel ends it."""
+    """Two jobs on one key: the second waits, its page says where in the queue; Cancel ends it.
+
+    A correction sent from a check page opened before the job started is refused, and says so.
+    """
     inventory = write_inventory(tmp_path / "inventory.json", 40)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=150))
     connection = Connection(
@@ -395,20 +398,24 @@ def test_page_queued_job_shows_its_place_and_cancels(browser: Browser, tmp_path:
         concurrency=1,
     )
     settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
-    sheet = write_sheet(tmp_path / "routing.csv", 40)
+    sheets = [write_sheet(tmp_path / "routing.csv", 40), _bad_sheet(tmp_path / "bad.csv", 40, 10)]
     with (
         running_server(settings) as (url, _token, _service),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as api,
     ):
         ids = []
-        for _ in range(2):
+        for sheet in sheets:
             with sheet.open("rb") as fh:
-                ids.append(api.post("/api/jobs", files={"file": ("routing.csv", fh)}).json()["id"])
-        for job_id in ids:
-            _wait_status(api, job_id, {"validated"})
-            assert api.post(f"/api/jobs/{job_id}/start").status_code == 202
+                ids.append(api.post("/api/jobs", files={"file": (sheet.name, fh)}).json()["id"])
+            _wait_status(api, ids[-1], {"validated"})
         context, page = _open(browser, url)
         try:
+            page.goto(f"{url}/jobs/{ids[1]}/check?problems=1")
+            for job_id in ids:
+                assert api.post(f"/api/jobs/{job_id}/start").status_code == 202
+            page.locator("#c-11-1").fill("WebSocket bot")  # too late: the job is in the queue now
+            page.get_by_role("button", name="Save row 11", exact=True).click()
+            expect(page.locator("#message.error")).to_contain_text("can be edited only before sending")
             page.goto(f"{url}/jobs/{ids[1]}")
             expect(page).to_have_url(f"{url}/jobs/{ids[1]}/send")
             expect(page.locator("p[data-k=queue]")).to_be_visible()

@@ -352,7 +352,9 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         query = urlencode({k: v for k, v in (("problems", "1" if problems else ""), ("page", page)) if v})
         return f"/jobs/{job.id}/check" + (f"?{query}" if query else "")
 
-    async def check(request: Request, job: Job, message: str = "", status: int = 200) -> Response:
+    async def check(
+        request: Request, job: Job, message: str = "", status: int = 200, refused: bool = False
+    ) -> Response:
         if job.status in BUSY or (job.status is JobStatus.FAILED and not job.finished):
             return see(f"/jobs/{job.id}/columns")
         problems = request.query_params.get("problems") == "1"
@@ -397,7 +399,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
                 hints=[(k, HINTS[k]) for k, _ in kinds if k in HINTS],
                 editable=editable,
                 message=message,
-                failed_edit=status != 200,
+                failed_edit=refused,
             ),
         )
 
@@ -421,7 +423,9 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
                 await service.edit(job, row, changes)
         except (JobError, LookupError) as exc:
             request.scope["query_string"] = urlencode({"problems": int(problems), "page": page}).encode()
-            return await check(Request(request.scope), job, str(exc), 409)
+            # htmx swaps only 2xx answers: for it the refusal is a page that says why.
+            status = 200 if request.headers.get("hx-request") else 409
+            return await check(Request(request.scope), job, str(exc), status, refused=True)
         return see(check_url(job, problems, page) + f"&saved={row}#row-{row}")
 
     # -- plan -----------------------------------------------------------------------------
