@@ -142,6 +142,24 @@ def test_page_header_row_moves_only_down(tmp_path: Path) -> None:
         move_header(table, 4)
 
 
+def test_page_header_row_through_the_api(served: Served, tmp_path: Path) -> None:
+    """The API takes the same header row as the page; a bad one is refused; null goes back."""
+    path = tmp_path / "export.csv"
+    lines = write_sheet(tmp_path / "routing.csv", 3).read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(["Export,,,,,,,,", *lines]) + "\n", encoding="utf-8")
+    with path.open("rb") as fh:
+        job = served.api.post("/api/jobs", files={"file": ("export.csv", fh)}).json()
+    job = _wait_status(served.api, job["id"], {"validated"})
+    assert job["source"]["header_row"] == 2  # the reader skips the title row by itself here
+    for bad in (0, "2", True, 1.5):
+        answer = served.api.patch(f"/api/jobs/{job['id']}", json={"header_row": bad})
+        assert answer.status_code == 409 and "row number" in answer.json()["error"], bad
+    moved = served.api.patch(f"/api/jobs/{job['id']}", json={"header_row": 3}).json()
+    assert moved["options"]["header_row"] == 3 and moved["status"] == "failed"  # a data row as header
+    back = served.api.patch(f"/api/jobs/{job['id']}", json={"header_row": None}).json()
+    assert back["status"] == "validated" and back["counts"]["valid"] == 3
+
+
 # -- the whole flow ---------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ Routes (every one needs the token; see ``security``):
     POST   /api/jobs                       multipart: file, sheet, default_region, map (repeatable),
                                            uploaded_by -> 201 with the job (validation runs after)
     GET    /api/jobs/{id}                  one job
-    PATCH  /api/jobs/{id}                  {"sheet", "default_region", "map"}: read it again
+    PATCH  /api/jobs/{id}                  {"sheet", "default_region", "map", "header_row"}: read again
     GET    /api/jobs/{id}/rows             ?status=failed&offset=0&limit=100
     PATCH  /api/jobs/{id}/rows/{row}       {"Header or field": "new value", ...} before sending
     POST   /api/jobs/{id}/plan|start|cancel
@@ -239,11 +239,15 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         maps = body.get("map", [f"{h}={f}" for h, f in job.column_map.items()])
         if not isinstance(maps, list):
             raise JobError('"map" must be a list of "Header=field"')
+        header_row = body.get("header_row", ...)  # left out: unchanged
+        if header_row not in (..., None) and (type(header_row) is not int or header_row < 1):
+            raise JobError('"header_row" must be a row number (1 or more), or null for the one found')
         await service.set_options(
             job,
             _clean_text(body.get("sheet", job.sheet)) or None,
             _clean_text(body.get("default_region", job.default_region), 8) or None,
             engine.parse_column_map([str(m) for m in maps]),
+            header_row,
         )
         return JSONResponse(service.snapshot(job))
 
