@@ -12,8 +12,6 @@ import contextlib
 import os
 import secrets
 import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from importer.errors import InputError
+from importer.serving import listen, serving_in_thread
 from importer.web.app import WebConfig, create_app
 from importer.web.engine import Connection
 from importer.web.jobs import JobService
@@ -85,21 +84,13 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-
-
 def _prepare(settings: ServeSettings) -> tuple[socket.socket, _Server, str, str]:
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(settings.data_dir, 0o700)  # uploads and journals are the team's data
     except OSError as exc:
         raise InputError(f"cannot use the data folder {settings.data_dir}: {exc.strerror or exc}") from None
-    sock = _listen(settings.host, settings.port)
+    sock = listen(settings.host, settings.port)
     port = sock.getsockname()[1]
     app, service, token = build(settings, port)
     config = uvicorn.Config(
@@ -110,7 +101,7 @@ def _prepare(settings: ServeSettings) -> tuple[socket.socket, _Server, str, str]
         log_level="warning",
         timeout_graceful_shutdown=int(SHUTDOWN_SECONDS),
     )
-    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host  # as the Host check knows it
     return sock, _Server(config, service), f"http://{shown}:{port}", token
 
 
@@ -141,19 +132,5 @@ def running_server(settings: ServeSettings) -> Iterator[tuple[str, str, JobServi
         The base URL, the token and the job service.
     """
     sock, server, url, token = _prepare(settings)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        if not server.started:
-            raise RuntimeError("the web server did not start")
+    with serving_in_thread(server, sock, name="web", grace=10):
         yield url, token, server.service
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(5)
-        sock.close()
