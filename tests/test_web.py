@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import openpyxl
 import pytest
-from helpers import REPO, did_number, write_inventory, write_sheet
+from helpers import REPO, did_number, wait_for_job, web_connection, write_inventory, write_sheet
 
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 from importer.web.app import sniff_upload
@@ -47,24 +47,12 @@ class Web:
     data: Path
 
 
-def _connection(sandbox: Sandbox, **overrides: Any) -> Connection:
-    values: dict[str, Any] = {
-        "api_key": SANDBOX_API_KEY,
-        "base_url": "http://sandbox.test/api/v2",
-        "transport": httpx.ASGITransport(app=sandbox.app),
-        "requests_per_minute": 100_000,
-        "retry_backoff": 0.0,
-    }
-    values.update(overrides)
-    return Connection(**values)
-
-
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[Web]:
     inventory = write_inventory(tmp_path / "inventory.json", 40)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
     settings = ServeSettings(
-        connection=_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN, max_upload_mb=1
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN, max_upload_mb=1
     )
     with (
         running_server(settings) as (url, _token, _service),
@@ -87,17 +75,6 @@ def _upload(client: httpx.Client, path: Path, **fields: Any) -> httpx.Response:
         return client.post("/api/jobs", files={"file": (path.name, fh)}, data=fields)
 
 
-def _wait(client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        job: dict[str, Any] = client.get(f"/api/jobs/{job_id}").json()
-        if job["status"] in statuses:
-            return job
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job stayed {job['status']}: {job}")
-        time.sleep(0.05)
-
-
 def _summary(data: bytes) -> dict[str, Any]:
     book = openpyxl.load_workbook(io.BytesIO(data), read_only=True)
     try:
@@ -116,7 +93,7 @@ def test_web_flow_upload_fix_plan_send_download(web: Web, tmp_path: Path) -> Non
     assert created.status_code == 201
     job = created.json()
     assert job["status"] == "validating" and re.fullmatch(r"[0-9a-f]{24}", job["id"])
-    job = _wait(web.client, job["id"], {"validated"})
+    job = wait_for_job(web.client, job["id"], {"validated"})
     assert job["counts"]["failed"] == 1 and job["counts"]["valid"] == 10
     assert job["problems"] == {"bad_mode": 1}
 
@@ -137,7 +114,7 @@ def test_web_flow_upload_fix_plan_send_download(web: Web, tmp_path: Path) -> Non
     assert edits[0]["row"] == 12 and edits[0]["old"] == "9" and edits[0]["new"] == "1"
 
     assert web.client.post(f"/api/jobs/{job['id']}/plan").status_code == 202
-    job = _wait(web.client, job["id"], {"planned"})
+    job = wait_for_job(web.client, job["id"], {"planned"})
     assert job["plan"].startswith("create 11,") and web.sandbox.state_snapshot()["writes"] == []
     assert job["budget"] == {"reads": 5, "writes": 11, "seconds": 0.0}  # 4 reads, 11 writes, 1 read back
     plan_rows = web.client.get(f"/api/jobs/{job['id']}/rows", params={"limit": 1}).json()["rows"]
@@ -145,7 +122,7 @@ def test_web_flow_upload_fix_plan_send_download(web: Web, tmp_path: Path) -> Non
 
     requests_before = sum(web.sandbox.state_snapshot()["request_counts"].values())
     assert web.client.post(f"/api/jobs/{job['id']}/start").status_code == 202
-    job = _wait(web.client, job["id"], FINAL)
+    job = wait_for_job(web.client, job["id"], FINAL)
     assert job["status"] == "done", job
     sent = sum(web.sandbox.state_snapshot()["request_counts"].values()) - requests_before
     assert sent == job["budget"]["reads"] + job["budget"]["writes"]
@@ -168,7 +145,7 @@ def test_web_flow_upload_fix_plan_send_download(web: Web, tmp_path: Path) -> Non
 
 def test_web_failed_rows_and_snapshot_downloads_before_sending(web: Web, tmp_path: Path) -> None:
     job = _upload(web.client, _sheet(tmp_path)).json()
-    _wait(web.client, job["id"], {"validated"})
+    wait_for_job(web.client, job["id"], {"validated"})
     failed = web.client.get(f"/api/jobs/{job['id']}/failed.xlsx")
     assert failed.status_code == 200
     book = openpyxl.load_workbook(io.BytesIO(failed.content), read_only=True)
@@ -181,7 +158,7 @@ def test_web_failed_rows_and_snapshot_downloads_before_sending(web: Web, tmp_pat
 
 def test_web_events_stream_sends_full_snapshots(web: Web, tmp_path: Path) -> None:
     job = _upload(web.client, _sheet(tmp_path, bad=False)).json()
-    _wait(web.client, job["id"], {"validated"})
+    wait_for_job(web.client, job["id"], {"validated"})
     seen: list[dict[str, Any]] = []
     with web.client.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
@@ -207,11 +184,11 @@ def test_web_options_change_reads_again(web: Web, tmp_path: Path) -> None:
     text = _sheet(tmp_path, bad=False).read_text(encoding="utf-8").replace("Phone Number", "Nummer", 1)
     path.write_text(text, encoding="utf-8")
     job = _upload(web.client, path).json()
-    job = _wait(web.client, job["id"], {"failed"})
+    job = wait_for_job(web.client, job["id"], {"failed"})
     assert "did_number" in job["error"] or "DID" in job["error"]
     changed = web.client.patch(f"/api/jobs/{job['id']}", json={"map": ["Nummer=did_number"]})
     assert changed.status_code == 200, changed.text
-    job = _wait(web.client, job["id"], {"validated"})
+    job = wait_for_job(web.client, job["id"], {"validated"})
     assert job["counts"]["valid"] == 10 and job["options"]["map"] == ["Nummer=did_number"]
 
 
@@ -351,7 +328,7 @@ def test_web_values_escaped_and_names_sanitised(web: Web, tmp_path: Path) -> Non
     sheet = _sheet(tmp_path)
     with sheet.open("rb") as fh:
         job = web.client.post("/api/jobs", files={"file": (evil, fh)}).json()
-    _wait(web.client, job["id"], {"validated"})
+    wait_for_job(web.client, job["id"], {"validated"})
     page = web.client.get("/").text
     assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     answer = web.client.get(f"/api/jobs/{job['id']}")
@@ -376,9 +353,9 @@ def test_web_job_ids_random_and_never_paths(web: Web, tmp_path: Path) -> None:
 def test_web_key_never_leaves_the_server(web: Web, tmp_path: Path) -> None:
     """The key is in no JSON, event, page, download or file under the data dir."""
     job = _upload(web.client, _sheet(tmp_path), uploaded_by="ops").json()
-    _wait(web.client, job["id"], {"validated"})
+    wait_for_job(web.client, job["id"], {"validated"})
     web.client.post(f"/api/jobs/{job['id']}/start")
-    _wait(web.client, job["id"], FINAL)
+    wait_for_job(web.client, job["id"], FINAL)
     answers = [
         web.client.get("/").content,
         web.client.get("/api/jobs").content,
@@ -417,7 +394,7 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
     sandbox = Sandbox(
         SandboxConfig(inventory=inventory, requests_per_minute=8), clock=lambda: time.monotonic() * speed
     )
-    connection = _connection(sandbox, requests_per_minute=8, rate_window=60 / speed)
+    connection = web_connection(sandbox, requests_per_minute=8, rate_window=60 / speed)
     settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
     first = write_sheet(tmp_path / "first.csv", 5)
     second = tmp_path / "second.csv"
@@ -429,11 +406,11 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
     ):
         jobs = [_upload(client, path).json()["id"] for path in (first, second)]
         for job_id in jobs:
-            _wait(client, job_id, {"validated"})
+            wait_for_job(client, job_id, {"validated"})
         for job_id in jobs:
             assert client.post(f"/api/jobs/{job_id}/start").status_code == 202
         third = _upload(client, first).json()["id"]
-        _wait(client, third, {"validated"})
+        wait_for_job(client, third, {"validated"})
         client.post(f"/api/jobs/{third}/start")
         waiting = client.get(f"/api/jobs/{jobs[1]}").json()
         assert waiting["queue_position"] == 1 and waiting["status"] == "sending"
@@ -443,7 +420,7 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
         snapshot = client.get(f"/api/jobs/{jobs[0]}/results.xlsx")  # mid-run: a snapshot
         assert snapshot.status_code == 200
         assert _summary(snapshot.content)["command"] in ("web (snapshot while sending)", "web")
-        done = [_wait(client, job_id, FINAL, timeout=40) for job_id in jobs]
+        done = [wait_for_job(client, job_id, FINAL, timeout=40) for job_id in jobs]
     state = sandbox.state_snapshot()
     assert [j["status"] for j in done] == ["done", "done"]
     assert all(j["counts"]["succeeded"] == 5 for j in done)
@@ -455,7 +432,9 @@ def test_web_jobs_survive_a_restart(tmp_path: Path) -> None:
     """Finished, planned and validated jobs read back from their folders, outcomes and edits too."""
     inventory = write_inventory(tmp_path / "inventory.json", 40)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
-    settings = ServeSettings(connection=_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN)
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
     sheet = _sheet(tmp_path)
     with (
         running_server(settings) as (url, _t, _s),
@@ -463,12 +442,12 @@ def test_web_jobs_survive_a_restart(tmp_path: Path) -> None:
     ):
         done, planned = (_upload(client, sheet).json()["id"] for _ in range(2))
         for job_id in (done, planned):
-            _wait(client, job_id, {"validated"})
+            wait_for_job(client, job_id, {"validated"})
             client.patch(f"/api/jobs/{job_id}/rows/12", json={"for_inbound_call": "1"})
         client.post(f"/api/jobs/{planned}/plan")
-        _wait(client, planned, {"planned"})
+        wait_for_job(client, planned, {"planned"})
         client.post(f"/api/jobs/{done}/start")
-        before = {j: _wait(client, j, {"done", "planned"}) for j in (done, planned)}
+        before = {j: wait_for_job(client, j, {"done", "planned"}) for j in (done, planned)}
     with (
         running_server(settings) as (url, _t, _s),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
@@ -482,20 +461,22 @@ def test_web_jobs_survive_a_restart(tmp_path: Path) -> None:
         assert plan["action"] == "create" and plan["proposed"]
         assert _summary(client.get(f"/api/jobs/{done}/results.xlsx").content)["succeeded"] == 11
         client.post(f"/api/jobs/{planned}/start")
-        assert _wait(client, planned, FINAL)["counts"]["unchanged"] == 11  # the first job routed them
+        assert wait_for_job(client, planned, FINAL)["counts"]["unchanged"] == 11  # the first job routed them
 
 
 def test_web_restart_validates_again_and_drops_a_half_plan(tmp_path: Path) -> None:
     """A job killed while validating is validated again; one killed while planning is validated."""
     sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
-    settings = ServeSettings(connection=_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN)
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
     with (
         running_server(settings) as (url, _t, _s),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
     ):
         jobs = [_upload(client, _sheet(tmp_path)).json()["id"] for _ in range(2)]
         for job_id in jobs:
-            _wait(client, job_id, {"validated"})
+            wait_for_job(client, job_id, {"validated"})
     for job_id, status in zip(jobs, ("validating", "planning"), strict=True):
         path = settings.data_dir / "jobs" / job_id / "job.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "status": status, "counts": {}}))
@@ -503,7 +484,7 @@ def test_web_restart_validates_again_and_drops_a_half_plan(tmp_path: Path) -> No
         running_server(settings) as (url, _t, _s),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
     ):
-        again = _wait(client, jobs[0], {"validated"})
+        again = wait_for_job(client, jobs[0], {"validated"})
         assert again["counts"]["failed"] == 1 and again["counts"]["valid"] == 10
         assert client.get(f"/api/jobs/{jobs[1]}").json()["status"] == "validated"
 
@@ -511,42 +492,44 @@ def test_web_restart_validates_again_and_drops_a_half_plan(tmp_path: Path) -> No
 def test_web_rejected_key_fails_the_job_with_its_reason_and_can_be_retried(tmp_path: Path) -> None:
     sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
     key = "rg_live_wrong_key_5678"
-    connection = _connection(sandbox, api_key=key)
+    connection = web_connection(sandbox, api_key=key)
     settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
     with (
         running_server(settings) as (url, _t, _s),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
     ):
         job_id = _upload(client, _sheet(tmp_path)).json()["id"]
-        _wait(client, job_id, {"validated"})
+        wait_for_job(client, job_id, {"validated"})
         client.post(f"/api/jobs/{job_id}/plan")
-        planned = _wait(client, job_id, {"planned", "validated"})
+        planned = wait_for_job(client, job_id, {"planned", "validated"})
         assert planned["status"] == "validated" and planned["error"].startswith("plan failed: ")
         client.post(f"/api/jobs/{job_id}/start")
-        failed = _wait(client, job_id, FINAL)
+        failed = wait_for_job(client, job_id, FINAL)
         assert failed["status"] == "failed" and "rejected the API key" in failed["error"]
         assert key not in failed["error"] and key not in planned["error"]
         assert client.patch(f"/api/jobs/{job_id}", json={"map": []}).status_code == 409
         assert client.post(f"/api/jobs/{job_id}/start").status_code == 202  # resumes from its journal
-        assert _wait(client, job_id, FINAL)["status"] == "failed"
+        assert wait_for_job(client, job_id, FINAL)["status"] == "failed"
     assert sandbox.state_snapshot()["writes"] == []
 
 
 def test_web_cancel_settles_writes_in_flight_and_sends_no_more(tmp_path: Path) -> None:
     inventory = write_inventory(tmp_path / "inventory.json", 40)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=100))
-    settings = ServeSettings(connection=_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN)
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
     with (
         running_server(settings) as (url, _t, _s),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
     ):
         job_id = _upload(client, write_sheet(tmp_path / "routing.csv", 40)).json()["id"]
-        _wait(client, job_id, {"validated"})
+        wait_for_job(client, job_id, {"validated"})
         client.post(f"/api/jobs/{job_id}/start")
         while len(sandbox.state_snapshot()["writes"]) < 3:
             time.sleep(0.01)
         assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 202
-        job = _wait(client, job_id, FINAL)
+        job = wait_for_job(client, job_id, FINAL)
         writes = len(sandbox.state_snapshot()["writes"])
         time.sleep(0.3)
         assert len(sandbox.state_snapshot()["writes"]) == writes
@@ -625,7 +608,7 @@ def _stop(p: Process) -> None:
 
 def _start_sending(p: Process, sheet: Path, sandbox: Sandbox, writes: int) -> str:
     job_id: str = _upload(p.client, sheet).json()["id"]
-    _wait(p.client, job_id, {"validated"})
+    wait_for_job(p.client, job_id, {"validated"})
     assert p.client.post(f"/api/jobs/{job_id}/start").status_code == 202
     deadline = time.monotonic() + 20
     while len(sandbox.state_snapshot()["writes"]) < writes:
@@ -659,7 +642,7 @@ def test_web_killed_mid_send_resumes_on_start_one_create_per_did(
     assert len(sandbox.state_snapshot()["writes"]) < 30
     second = _serve(data, base_url)
     try:
-        job = _wait(second.client, job_id, FINAL, timeout=30)
+        job = wait_for_job(second.client, job_id, FINAL, timeout=30)
     finally:
         _stop(second)
     assert job["status"] == "done", job
@@ -704,7 +687,7 @@ def test_web_sigterm_settles_closes_streams_and_resumes(api: tuple[str, Sandbox]
     assert len(sandbox.state_snapshot()["writes"]) == writes_before  # nothing left in flight
     second = _serve(data, base_url)
     try:
-        job = _wait(second.client, job_id, FINAL, timeout=30)
+        job = wait_for_job(second.client, job_id, FINAL, timeout=30)
     finally:
         _stop(second)
     assert job["status"] == "done" and job["counts"]["succeeded"] == 30

@@ -25,12 +25,12 @@ from typing import Any
 import httpx
 import openpyxl
 import pytest
-from helpers import REPO, SAMPLE, did_number, write_inventory, write_sheet
+from helpers import REPO, SAMPLE, did_number, wait_for_job, web_connection, write_inventory, write_sheet
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from importer.errors import InputError
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
-from importer.web.engine import Connection, load_table, move_header
+from importer.web.engine import load_table, move_header
 from importer.web.server import ServeSettings, running_server
 
 TOKEN = "page-test-token-0123456789"
@@ -63,14 +63,7 @@ class Served:
 def served(tmp_path: Path) -> Iterator[Served]:
     """The server on loopback against an in-process sandbox (the sample inventory, a raised limit)."""
     sandbox = create_sandbox(SandboxConfig(requests_per_minute=100_000, latency_ms=40))
-    connection = Connection(
-        api_key=SANDBOX_API_KEY,
-        base_url="http://sandbox.test/api/v2",
-        transport=httpx.ASGITransport(app=sandbox.app),
-        requests_per_minute=100_000,
-        retry_backoff=0.0,
-        concurrency=2,
-    )
+    connection = web_connection(sandbox, concurrency=2)
     settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
     with (
         running_server(settings) as (url, _token, _service),
@@ -97,16 +90,6 @@ def _open(browser: Browser, url: str, **options: Any) -> tuple[Any, Page]:
     answer = page.goto(f"{url}/?token={TOKEN}")
     assert answer is not None and answer.status == 200 and page.url == f"{url}/"
     return context, page
-
-
-def _wait_status(api: httpx.Client, job_id: str, wanted: set[str], timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        job: dict[str, Any] = api.get(f"/api/jobs/{job_id}").json()
-        if job["status"] in wanted:
-            return job
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
 
 
 def _bad_sheet(path: Path, n: int, bad_every: int) -> Path:
@@ -149,7 +132,7 @@ def test_page_header_row_through_the_api(served: Served, tmp_path: Path) -> None
     path.write_text("\n".join(["Export,,,,,,,,", *lines]) + "\n", encoding="utf-8")
     with path.open("rb") as fh:
         job = served.api.post("/api/jobs", files={"file": ("export.csv", fh)}).json()
-    job = _wait_status(served.api, job["id"], {"validated"})
+    job = wait_for_job(served.api, job["id"], {"validated"})
     assert job["source"]["header_row"] == 2  # the reader skips the title row by itself here
     for bad in (0, "2", True, 1.5):
         answer = served.api.patch(f"/api/jobs/{job['id']}", json={"header_row": bad})
@@ -256,7 +239,7 @@ def test_page_narrow_screen_check_is_usable(browser: Browser, served: Served) ->
     """At 390 px the check step still shows its counts and an input tied to its reason."""
     with SAMPLE.joinpath("carrier_routing.csv").open("rb") as fh:
         job = served.api.post("/api/jobs", files={"file": ("carrier_routing.csv", fh)}).json()
-    _wait_status(served.api, job["id"], {"validated"})
+    wait_for_job(served.api, job["id"], {"validated"})
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     try:
         page = context.new_page()
@@ -363,13 +346,7 @@ def test_page_reopened_mid_send_shows_progress_and_cancels(browser: Browser, tmp
     """Closing the tab leaves the job sending; reopening shows it; Cancel stops it, writes settle."""
     inventory = write_inventory(tmp_path / "inventory.json", 60)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=150))
-    connection = Connection(
-        api_key=SANDBOX_API_KEY,
-        base_url="http://sandbox.test/api/v2",
-        transport=httpx.ASGITransport(app=sandbox.app),
-        requests_per_minute=100_000,
-        concurrency=2,
-    )
+    connection = web_connection(sandbox, concurrency=2)
     settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
     sheet = write_sheet(tmp_path / "routing.csv", 60)
     with running_server(settings) as (url, _token, _service):
@@ -408,13 +385,7 @@ def test_page_queued_job_shows_its_place_and_cancels(browser: Browser, tmp_path:
     """
     inventory = write_inventory(tmp_path / "inventory.json", 40)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=150))
-    connection = Connection(
-        api_key=SANDBOX_API_KEY,
-        base_url="http://sandbox.test/api/v2",
-        transport=httpx.ASGITransport(app=sandbox.app),
-        requests_per_minute=100_000,
-        concurrency=1,
-    )
+    connection = web_connection(sandbox, concurrency=1)
     settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
     sheets = [write_sheet(tmp_path / "routing.csv", 40), _bad_sheet(tmp_path / "bad.csv", 40, 10)]
     with (
@@ -425,7 +396,7 @@ def test_page_queued_job_shows_its_place_and_cancels(browser: Browser, tmp_path:
         for sheet in sheets:
             with sheet.open("rb") as fh:
                 ids.append(api.post("/api/jobs", files={"file": (sheet.name, fh)}).json()["id"])
-            _wait_status(api, ids[-1], {"validated"})
+            wait_for_job(api, ids[-1], {"validated"})
         context, page = _open(browser, url)
         try:
             page.goto(f"{url}/jobs/{ids[1]}/check?problems=1")
@@ -443,7 +414,7 @@ def test_page_queued_job_shows_its_place_and_cancels(browser: Browser, tmp_path:
             page.wait_for_url(re.compile(r"/results$"))
             expect(page.locator("main")).to_contain_text("cancelled before sending started")
             api.post(f"/api/jobs/{ids[0]}/cancel")
-            _wait_status(api, ids[0], {"cancelled", "done"})
+            wait_for_job(api, ids[0], {"cancelled", "done"})
         finally:
             context.close()
 
@@ -516,7 +487,7 @@ def test_page_ten_thousand_rows_page_fast_and_small(browser: Browser, served: Se
     sheet = _bad_sheet(tmp_path / "big.csv", 10_000, bad_every=7)
     with sheet.open("rb") as fh:
         job = served.api.post("/api/jobs", files={"file": ("big.csv", fh)}).json()
-    _wait_status(served.api, job["id"], {"validated"}, timeout=60)
+    wait_for_job(served.api, job["id"], {"validated"}, timeout=60)
     context, page = _open(browser, served.url)
     try:
         for query in ("page=150", "problems=1&page=20"):
@@ -591,7 +562,7 @@ def test_page_reconnects_after_server_killed_and_finishes(browser: Browser, tmp_
             api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
             with sheet.open("rb") as fh:
                 job = api.post("/api/jobs", files={"file": ("routing.csv", fh)}).json()
-            _wait_status(api, job["id"], {"validated"})
+            wait_for_job(api, job["id"], {"validated"})
             context, page = _open(browser, url)
             page.goto(f"{url}/jobs/{job['id']}/send")
             page.get_by_label("I want to write these changes to the account now").check()

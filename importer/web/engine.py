@@ -281,21 +281,17 @@ async def run_job(
             fresh = () if p.outcome is None else (p.outcome,)
             on_progress(SendProgress(p.done, p.total, p.succeeded, p.failed, p.eta_seconds, fresh))
 
+    # Every field of a Connection but its transport is an ImportConfig option of the same name.
+    sending = {f.name: getattr(connection, f.name) for f in dataclasses.fields(connection)}
+    del sending["transport"]
     config = ImportConfig(
         input=input_options,
-        api_key=connection.api_key,
-        base_url=connection.base_url,
         output=results,
         failed_out=failed,
-        connection_id=connection.connection_id,
-        requests_per_minute=connection.requests_per_minute,
-        concurrency=connection.concurrency,
-        timeout=connection.timeout,
         dry_run=dry_run,
         journal=journal_path,
-        retry_backoff=connection.retry_backoff,
-        rate_window=connection.rate_window,
         command="web",
+        **sending,
         audit_extra={k: v for k, v in audit.items() if k != "started"},
         on_plan=planned,
     )

@@ -501,12 +501,16 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
             ),
         )
 
-    async def plan_post(request: Request, job: Job) -> Response:
+    async def act(job: Job, action: Callable[[Job], Awaitable[None]], step: str, then: str) -> Response:
+        """Do something to a job, then show the ``then`` step; a refusal is shown on ``step``'s page."""
         try:
-            await service.plan(job)
+            await action(job)
         except JobError as exc:
-            return render("error.html", 409, **base(job, "plan", error=str(exc)))
-        return see(f"/jobs/{job.id}/plan")
+            return render("error.html", 409, **base(job, step, error=str(exc)))
+        return see(f"/jobs/{job.id}/{then}")
+
+    async def plan_post(request: Request, job: Job) -> Response:
+        return await act(job, service.plan, "plan", "plan")
 
     # -- send and results -----------------------------------------------------------------
 
@@ -533,18 +537,10 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
             confirmed = form.get("confirm") == "yes"
         if not confirmed:
             return render("error.html", 400, **base(job, "send", error="tick the box to confirm the send"))
-        try:
-            await service.start(job)
-        except JobError as exc:
-            return render("error.html", 409, **base(job, "send", error=str(exc)))
-        return see(f"/jobs/{job.id}/send")
+        return await act(job, service.start, "send", "send")
 
     async def cancel(request: Request, job: Job) -> Response:
-        try:
-            await service.cancel(job)
-        except JobError as exc:
-            return render("error.html", 409, **base(job, "send", error=str(exc)))
-        return see(f"/jobs/{job.id}/send")
+        return await act(job, service.cancel, "send", "send")
 
     async def results(request: Request, job: Job) -> Response:
         if job.status not in SENT and not (job.status is JobStatus.FAILED and job.finished):
