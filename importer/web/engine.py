@@ -267,7 +267,9 @@ async def run_job(
     Raises:
         ImporterError: the run could not go on (key rejected, journal in use, API unreachable).
     """
-    earlier = {} if dry_run or journal_path is None else _confirmed(journal_path, report.table.source.sha256)
+    earlier: Mapping[int, ConfirmedRow] = {}
+    if not dry_run and journal_path is not None:  # a resumed job's own rows (a read: off the loop)
+        earlier = await asyncio.to_thread(_confirmed, journal_path, report.table.source.sha256)
     plans: list[Plan] = []
 
     def planned(plan: Plan) -> None:
