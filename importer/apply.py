@@ -143,6 +143,8 @@ class ConnectOptions(SendOptions):
     """Plan only: read the live state, send nothing, journal nothing."""
     confirm: Callable[[Plan], bool] | None = None
     """Asked with the plan before any write (not for a dry run); False sends nothing."""
+    on_plan: Callable[[Plan], None] | None = None
+    """Shown the plan once it is made (dry runs too)."""
 
     def check(self) -> None:
         """Refuse options no job can use (InputError), the key and base URL included."""
@@ -325,7 +327,9 @@ class _Engine:
         abandon: asyncio.Event | None,
         on_progress: ProgressCallback | None,
         limiter: RateLimiter | None,
+        cancel_reason: str = "interrupted",
     ) -> None:
+        self.cancel_reason = cancel_reason
         self.plan, self.client, self.live, self.journal, self.run_id = plan, client, live, journal, run_id
         self.options, self.cancel, self.on_progress, self.limiter = options, cancel, on_progress, limiter
         self.abandon = abandon
@@ -442,7 +446,7 @@ class _Engine:
                     return self.not_resent(a)
                 return w.outcome(
                     Status.NOT_SENT,
-                    "not sent: interrupted while waiting for a rate-limit slot",
+                    f"not sent: {self.cancel_reason} while waiting for a rate-limit slot",
                     ReasonKind.STOPPED,
                 )
             finally:
@@ -593,6 +597,7 @@ async def apply_plan(
     abandon: asyncio.Event | None = None,
     on_progress: ProgressCallback | None = None,
     limiter: RateLimiter | None = None,
+    cancel_reason: str = "interrupted",
 ) -> Applied:
     """Send a plan's writes; settle, journal and report each one.
 
@@ -609,6 +614,7 @@ async def apply_plan(
             flight stay in flight in the journal, and the next run of the same input settles them.
         on_progress: Called before the first write and after each one.
         limiter: The client's rate limiter, for the ETA and the pause in the progress reports.
+        cancel_reason: The stop reason ``cancel`` gives (the writes it kept back say "not sent: ...").
 
     Returns:
         One outcome per write (``not_sent`` for those a stop kept back), the stop reason and exit code.
@@ -617,7 +623,17 @@ async def apply_plan(
         Nothing for a row: a rejected key or an unreadable state stops the job (``Applied.exit_code``).
     """
     engine = _Engine(
-        plan, client, live, journal, run_id, options, cancel or asyncio.Event(), abandon, on_progress, limiter
+        plan,
+        client,
+        live,
+        journal,
+        run_id,
+        options,
+        cancel or asyncio.Event(),
+        abandon,
+        on_progress,
+        limiter,
+        cancel_reason,
     )
     for outcome in plan.outcomes:
         if outcome.reason_kind != ReasonKind.DONE_EARLIER and journal is not None:
@@ -635,7 +651,7 @@ async def apply_plan(
         for task in engine.workers:
             task.cancel()  # only matters when this call itself is cancelled
     if engine.cancel.is_set():
-        engine.stop("interrupted", ExitCode.INTERRUPTED)
+        engine.stop(engine.cancel_reason, ExitCode.INTERRUPTED)
     notes: tuple[str, ...] = ()
     if engine.exit_code is None:
         notes = await engine.read_back_routing_ids()
@@ -734,7 +750,10 @@ class Job(Generic[C, R]):
         assert journal is not None
         self.run_id = self.start_run(journal, session)
         cancel, abandon = self.cancel or asyncio.Event(), asyncio.Event()
-        with stop_on_signals(cancel, abandon):
+        # A caller with its own cancel event (a web service) owns the process's signals: taking
+        # SIGTERM from its server, then removing the handler, would leave it deaf to SIGTERM.
+        signals = stop_on_signals(cancel, abandon) if self.cancel is None else contextlib.nullcontext()
+        with signals:
             applied = await apply_plan(
                 plan,
                 client=session.client,
@@ -746,6 +765,7 @@ class Job(Generic[C, R]):
                 abandon=abandon,
                 on_progress=self.on_progress,
                 limiter=session.limiter,
+                cancel_reason="interrupted" if self.cancel is None else "cancelled",
             )
         self.applied = replace(applied, outcomes=plan.outcomes + applied.outcomes)
 
@@ -820,13 +840,17 @@ def drive(job: Job[C, R], async_name: str) -> R:
 
 
 async def drive_async(job: Job[C, R]) -> R:
-    """Run a job inside a running event loop (``approve`` is called in it)."""
+    """Run a job inside a running event loop (``approve`` is called in it).
+
+    The report (a results workbook of every row) is written in a thread: for a large input
+    it takes seconds, and the loop may be serving others (a web service's other jobs).
+    """
     try:
         try:
             await job.prepare()
             await job.apply(job.approve())
         finally:
             await job.disconnect()
-        return job.report()
+        return await asyncio.to_thread(job.report)
     finally:
         job.close()

@@ -707,3 +707,69 @@ def history(source: Path) -> None:
 
     for line in history_lines(run_history(source)):
         click.echo(line)
+
+
+@main.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default)."
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("voicelink-data"),
+    show_default=True,
+    help="Where jobs (uploads, journals, results) are kept.",
+)
+@click.option("--max-upload-mb", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True)
+@click.option("--sandbox", "use_sandbox", is_flag=True, help="Send to an in-process sandbox (no key needed).")
+@one_line_errors
+def serve(
+    host: str, port: int, data_dir: Path, max_upload_mb: int, requests_per_minute: int, use_sandbox: bool
+) -> None:
+    """Serve the web service: upload, check, fix, plan and send imports from a browser or the API.
+
+    The key and base URL come from VOCOBASE_API_KEY and VOCOBASE_BASE_URL and stay on the server.
+    The access token is random per start unless VOICELINK_WEB_TOKEN sets it.
+    """
+    from .web.engine import Connection
+    from .web.server import ServeSettings, sandbox_connection
+    from .web.server import serve as serve_web
+
+    if use_sandbox:
+        connection = sandbox_connection(requests_per_minute)
+    else:
+        key = os.environ.get("VOCOBASE_API_KEY", "")
+        if not key:
+            fail("no API key: set VOCOBASE_API_KEY, or try it with --sandbox", ExitCode.INPUT)
+        base_url = os.environ.get("VOCOBASE_BASE_URL") or DEFAULT_BASE_URL
+        if not base_url.startswith(("http://", "https://")):
+            fail(f"VOCOBASE_BASE_URL must start with http:// or https://, not {base_url!r}", ExitCode.INPUT)
+        connection = Connection(
+            api_key=key,
+            base_url=base_url,
+            requests_per_minute=requests_per_minute,
+            connection_id=os.environ.get("VOCOBASE_CONNECTION_ID") or None,
+        )
+    settings = ServeSettings(
+        connection=connection,
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        max_upload_mb=max_upload_mb,
+        token=os.environ.get("VOICELINK_WEB_TOKEN", ""),
+    )
+
+    def ready(url: str, token: str) -> None:
+        click.echo(f"VoiceLink importer web service: {url}")
+        click.echo(f"open: {url}/?token={token}")
+        click.echo(f"API: Authorization: Bearer <token> ; jobs kept in {data_dir}")
+        click.echo("SIGTERM or Ctrl-C stops it (sends in flight settle and resume on the next start)")
+
+    try:
+        serve_web(settings, on_ready=ready)
+    except KeyboardInterrupt:
+        # uvicorn has shut down cleanly and re-raised the Ctrl-C it caught: say so, not a crash.
+        click.echo("web service stopped; jobs that were sending resume on the next start", err=True)
+        sys.exit(ExitCode.INTERRUPTED)

@@ -122,6 +122,10 @@ class RunSummary:
     """One outcome per input row, in input order (``validate_file`` leaves it empty: read its workbook)."""
     status_labels: Mapping[Status, str] = field(default_factory=dict)
     """Words for statuses where the job means more than the status's label (validate: "valid")."""
+    stopped: str = ""
+    """Why the job stopped before trying every write ("" when it did not stop early)."""
+    requests: int = 0
+    """Requests the job made to the API (a dry run's: the reads its send will make again)."""
 
     @property
     def failed(self) -> int:

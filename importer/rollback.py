@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from .journal import ChangeRecord, Journal, RunRecord
 from .limiter import RateLimiter
 from .model import RawTable, RunInfo, SourceInfo, Status
 from .pipeline import RunSummary, as_path, check_writable, now_text, save_with_fallback
-from .plan import NO_DELETE, Plan, Undo, plan_rollback, record_text
+from .plan import NO_DELETE, Undo, plan_rollback, record_text
 from .results import check_workbook_name, write_results
 from .run import default_journal_path, open_journal
 from .vocab import Action, ExitCode, describe_kind
@@ -96,8 +96,6 @@ class RollbackConfig(ConnectOptions):
     output: Path | None = None
     force: bool = False
     """Overwrite rows someone changed since the run instead of skipping them."""
-    on_plan: Callable[[Plan], None] | None = None
-    """Shown the plan once it is made (dry runs too)."""
 
     def __post_init__(self) -> None:
         ConnectOptions.__post_init__(self)
@@ -499,4 +497,6 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
             exit_code=applied.exit_code or (ExitCode.ROWS_FAILED if failed_kinds else ExitCode.OK),
             notes=notes,
             outcomes=outcomes,
+            stopped=applied.stop_reason,
+            requests=self.session.client.request_count if self.session is not None else 0,
         )

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import sqlite3
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -64,6 +64,7 @@ __all__ = [
     "MAX_WRITE_ATTEMPTS",
     "ImportConfig",
     "default_journal_path",
+    "every_row",
     "open_journal",
     "run_import",
     "run_import_async",
@@ -83,6 +84,8 @@ class ImportConfig(ConnectOptions):
     """Overwrite the default output files of an earlier run instead of writing timestamped ones."""
     on_existing: OnExisting = OnExisting.UPDATE
     command: str = "run"
+    audit_extra: Mapping[str, str] = field(default_factory=dict)
+    """More lines for the Summary sheet's audit (a web service: who uploaded it, from where)."""
 
     def __post_init__(self) -> None:
         ConnectOptions.__post_init__(self)
@@ -130,6 +133,7 @@ def run_import(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     on_progress: ProgressCallback | None = None,
+    validated: ValidationReport | None = None,
 ) -> RunSummary:
     """Import a spreadsheet: read, validate, resolve, plan, confirm, apply, write the results.
 
@@ -141,6 +145,9 @@ def run_import(
         config: the run's options.
         transport: an httpx transport instead of the network (the sandbox in-process, tests).
         on_progress: called before the first write and after each one.
+        validated: ``config.input`` already read and validated (with cells corrected, say);
+            None: read and validate it here. The journal keys earlier runs by the file's own
+            sha256 (``table.source``), so corrections do not stop a resume.
 
     Returns:
         The summary; ``exit_code`` 0 no row failed, 1 some failed, 3 aborted, 130 interrupted.
@@ -150,7 +157,7 @@ def run_import(
             loop (a notebook): ``await run_import_async(...)`` there.
         AuthError: the key was rejected before anything was sent (exit 3).
     """
-    return drive(_ImportJob(config, transport, on_progress, None, None), "run_import_async")
+    return drive(_ImportJob(config, transport, on_progress, None, None, validated), "run_import_async")
 
 
 async def run_import_async(
@@ -160,6 +167,7 @@ async def run_import_async(
     on_progress: ProgressCallback | None = None,
     cancel: asyncio.Event | None = None,
     limiter: RateLimiter | None = None,
+    validated: ValidationReport | None = None,
 ) -> RunSummary:
     """``run_import`` for callers inside an event loop (a notebook, a web service).
 
@@ -167,17 +175,31 @@ async def run_import_async(
         config: the run's options.
         transport: an httpx transport instead of the network.
         on_progress: called before the first write and after each one.
-        cancel: set it from any task to stop sending; writes in flight settle (exit 130).
+        cancel: set it from any task to stop sending; writes in flight settle (exit 130). A
+            caller that passes one owns the process's signals: none are caught here.
         limiter: a rate limiter shared with other jobs on the same API key; None: the run's own.
+        validated: as ``run_import``.
 
     Returns, Raises: as ``run_import``.
     """
-    return await drive_async(_ImportJob(config, transport, on_progress, cancel, limiter))
+    return await drive_async(_ImportJob(config, transport, on_progress, cancel, limiter, validated))
 
 
 class _ImportJob(Job[ImportConfig, RunSummary]):
     """One run's stages, in order: prepare (read -> validate -> live state -> plan), then the
     engine's approve and apply (``apply.Job``), then report (the results workbook)."""
+
+    def __init__(
+        self,
+        config: ImportConfig,
+        transport: httpx.AsyncBaseTransport | None,
+        on_progress: ProgressCallback | None,
+        cancel: asyncio.Event | None,
+        limiter: RateLimiter | None,
+        validated: ValidationReport | None,
+    ) -> None:
+        super().__init__(config, transport, on_progress, cancel, limiter)
+        self.validated = validated
 
     async def prepare(self) -> None:
         """Check the options, read and validate the file, open the journal, read the live state, plan."""
@@ -187,7 +209,7 @@ class _ImportJob(Job[ImportConfig, RunSummary]):
             config.input.path, config.output, config.failed_out, overwrite=config.overwrite
         )
         check_writable(self.results, self.failed_path)
-        self.validation = load_and_validate(config.input)
+        self.validation = self.validated or load_and_validate(config.input)
         if not config.dry_run:
             path = config.journal or default_journal_path(self.results, config.input.path)
             self.journal = open_journal(path, claim=True)
@@ -199,6 +221,8 @@ class _ImportJob(Job[ImportConfig, RunSummary]):
             self.history(self.validation.table.source.sha256),
             config.on_existing,
         )
+        if config.on_plan is not None:
+            config.on_plan(self.plan)
 
     def history(self, sha256: str) -> History:
         """What earlier runs of this input did (nothing for a dry run: it opens no journal)."""
@@ -219,13 +243,13 @@ class _ImportJob(Job[ImportConfig, RunSummary]):
         """Write the results workbook (every input row) and close the journal's run."""
         config, report, applied = self.config, self.validation, self.applied
         by_row = {o.row: o for o in applied.outcomes}
-        outcomes = tuple(_every_row(report, by_row))
+        outcomes = tuple(every_row(report, by_row))
         info = RunInfo(
             command=config.command + (" (dry run)" if config.dry_run else ""),
             started=self.started,
             finished=now_text(),
             options=config.describe(),
-            audit=self.audit(),
+            audit={**self.audit(), **config.audit_extra},
         )
 
         def save(results: Path) -> OutcomeTally:
@@ -252,10 +276,12 @@ class _ImportJob(Job[ImportConfig, RunSummary]):
                 *([saved] if saved else []),
             ],
             outcomes=outcomes,
+            stopped=applied.stop_reason,
+            requests=self.session.client.request_count if self.session is not None else 0,
         )
 
 
-def _every_row(report: ValidationReport, by_row: dict[int, RowOutcome]) -> Iterator[RowOutcome]:
+def every_row(report: ValidationReport, by_row: Mapping[int, RowOutcome]) -> Iterator[RowOutcome]:
     """One outcome per input row, in input order: validation's, or the plan's and the engine's."""
     grouped = reasons_by_row(report.issues)
     for row in report.table.frame.index.tolist():

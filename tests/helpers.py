@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ import httpx
 if TYPE_CHECKING:
     from importer.run import ImportConfig
     from importer.sandbox import Sandbox
+    from importer.web.engine import Connection
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_data"
@@ -182,3 +184,33 @@ def change_routing(sandbox: Sandbox, did_id: int, body: dict[str, int]) -> None:
             assert reply.status_code == 200, reply.text
 
     asyncio.run(send())
+
+
+def web_connection(sandbox: Sandbox, **overrides: Any) -> Connection:
+    """The web service's connection to an in-process sandbox: a raised limit, no waits."""
+    from importer.sandbox import SANDBOX_API_KEY
+    from importer.web.engine import Connection
+
+    values: dict[str, Any] = {
+        "api_key": SANDBOX_API_KEY,
+        "base_url": SANDBOX_BASE,
+        "transport": httpx.ASGITransport(app=sandbox.app),
+        "requests_per_minute": 100_000,
+        "retry_backoff": 0.0,
+    }
+    values.update(overrides)
+    return Connection(**values)
+
+
+def wait_for_job(
+    client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 30
+) -> dict[str, Any]:
+    """Poll the web service's API until the job is in one of ``statuses``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job: dict[str, Any] = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job stayed {job['status']}: {job}")
+        time.sleep(0.05)

@@ -189,7 +189,9 @@ def test_cancel_from_another_task_stops_new_writes_and_settles_those_in_flight(t
     sent = summary.counts[Status.SUCCEEDED]
     assert 1 <= sent < 20 and summary.counts[Status.NOT_SENT] == 20 - sent
     assert write_count(sandbox) == sent == len(routed(sandbox))  # in flight settled, nothing else sent
-    assert any("stopped: interrupted" in n for n in summary.notes)
+    # The caller's cancel is a cancel (a signal's stop says "interrupted"), for the rows kept back too.
+    assert summary.stopped == "cancelled" and any("stopped: cancelled" in n for n in summary.notes)
+    assert {o.reason for o in summary.outcomes if o.status is Status.NOT_SENT} == {"not sent: cancelled"}
     with Journal.open(tmp_path / "run.journal.sqlite") as journal:
         assert journal.in_flight(summary_sha(summary)) == {}  # every write sent has its outcome
 
@@ -373,7 +375,7 @@ def test_cancel_while_writes_wait_for_the_rate_limit_stops_them_at_once(tmp_path
     reasons = {
         r["import_reason"] for r in read_results(summary.results_path) if r["import_status"] == "not_sent"
     }
-    assert all("interrupted" in r for r in reasons)
+    assert reasons and all(r.startswith("not sent: cancelled") for r in reasons)
     with Journal.open(tmp_path / "run.journal.sqlite") as journal:
         assert journal.in_flight(summary_sha(summary)) == {}  # the queued writes are settled as not sent
 
@@ -558,3 +560,36 @@ def test_a_base_url_without_api_v2_says_to_check_it(tmp_path: Path) -> None:
             config_for(sheet, tmp_path, base_url="http://sandbox.test/api"),
             transport=httpx.ASGITransport(app=sandbox.app),
         )
+
+
+def test_a_callers_cancel_event_leaves_the_process_signals_to_the_caller(tmp_path: Path) -> None:
+    """A web server passes its own cancel event: SIGTERM during a send stays the server's, and
+    the server's handler is still there afterwards (the CLI, passing none, gets Ctrl-C handling)."""
+    inv = write_inventory(tmp_path / "inv.json", 10)
+    sheet = write_sheet(tmp_path / "sheet.csv", 10)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    got: list[str] = []
+
+    async def main() -> tuple[importer.RunSummary, Any]:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, got.append, "server")
+        try:
+
+            def progress(p: Progress) -> None:
+                if p.outcome is not None and p.done == 1:
+                    signal.raise_signal(signal.SIGTERM)
+
+            summary = await run_import_async(
+                config_for(sheet, tmp_path, concurrency=1),
+                transport=SlowWrites(sandbox, 0.02),
+                on_progress=progress,
+                cancel=asyncio.Event(),
+            )
+            await asyncio.sleep(0.05)
+            return summary, signal.getsignal(signal.SIGTERM)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    summary, handler = asyncio.run(main())
+    assert got == ["server"] and handler is not signal.SIG_DFL
+    assert summary.exit_code is ExitCode.OK and summary.counts == {Status.SUCCEEDED: 10}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,12 @@ from helpers import (
 
 from importer.apply import Progress
 from importer.errors import AuthError, InputError
-from importer.run import run_import
+from importer.model import RawTable, ValidationReport
+from importer.plan import Plan
+from importer.reader import read_table
+from importer.run import run_import, run_import_async
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
+from importer.validate import validate_table
 
 
 def routing_by_did(state: dict[str, Any]) -> dict[int, dict[str, int]]:
@@ -216,7 +222,7 @@ def test_run_key_revoked_midway_stops_all_sending(tmp_path: Path) -> None:
             return await base.handle_async_request(request)
 
     summary = run_import(config_for(sheet, tmp_path, concurrency=1), transport=RevokeAfterFive())
-    assert summary.exit_code == 3
+    assert summary.exit_code == 3 and "rejected" in summary.stopped  # why, for a library's caller
     assert summary.counts == {"succeeded": 5, "not_sent": 7}
     assert writes["n"] == 6
 
@@ -296,3 +302,75 @@ def test_run_audit_in_summary_sheet_and_journal(tmp_path: Path) -> None:
         assert run.audit[key] == expected[key], key
     assert run.counts == {"succeeded": 12, "unchanged": 1, "failed": 10, "skipped": 0, "not_sent": 0}
     assert run.options["requests_per_minute"] == "100000"
+
+
+def _edited_report(sheet: Path, row: int, header: str, value: str) -> ValidationReport:
+    """The sheet read and validated with one cell corrected (as the web service keeps edits)."""
+    table = read_table(sheet)
+    frame = table.frame.copy()
+    frame.at[row, table.headers.index(header)] = value
+    edited = RawTable(
+        source=table.source, headers=table.headers, frame=frame, row_problems=table.row_problems
+    )
+    return validate_table(edited)
+
+
+def test_run_takes_a_validated_table_extra_audit_and_shows_its_plan(tmp_path: Path) -> None:
+    """A caller's corrected table is what is sent; its Summary lines are added; the plan is shown;
+    a second run with the same correction finds the first one's rows by the file's sha256."""
+    inv = write_inventory(tmp_path / "inv.json", 6)
+    sheet = write_sheet(tmp_path / "sheet.csv", 6)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    transport = httpx.ASGITransport(app=sandbox.app)
+    plans: list[Plan] = []
+    config = config_for(
+        sheet, tmp_path, audit_extra={"uploaded_by": "Asha", "edit 1": "row 2, Status"}, on_plan=plans.append
+    )
+    summary = run_import(
+        config, transport=transport, validated=_edited_report(sheet, 2, "Status", "inactive")
+    )
+    assert summary.exit_code == 0 and summary.counts == {"succeeded": 6} and summary.stopped == ""
+    assert routing_by_did(sandbox.state_snapshot())[1000]["status"] == 0  # the file says active
+    assert len(plans) == 1 and len(plans[0].writes) == 6 and plans[0].text().startswith("create 6")
+    # every read and write the run made: the reads of the account, 6 creates, the read back
+    assert summary.requests == sum(sandbox.state_snapshot()["request_counts"].values())
+    summary_sheet = _summary_items(summary.results_path)
+    assert summary_sheet["uploaded_by"] == "Asha" and summary_sheet["edit 1"] == "row 2, Status"
+    again = run_import(config, transport=transport, validated=_edited_report(sheet, 2, "Status", "inactive"))
+    assert again.counts == {"unchanged": 6}
+    assert all(o.reason.startswith("done in an earlier run") for o in again.outcomes)
+
+
+def test_run_async_writes_the_results_workbook_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large workbook takes seconds: the loop (a web server's) must not wait for it."""
+    from importer import run as run_module
+
+    threads: list[threading.Thread] = []
+    write = run_module.write_outputs
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread())
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "write_outputs", spy)
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inv.json", 3)))
+    summary = asyncio.run(
+        run_import_async(
+            config_for(write_sheet(tmp_path / "sheet.csv", 3), tmp_path),
+            transport=httpx.ASGITransport(app=sandbox.app),
+        )
+    )
+    assert summary.counts == {"succeeded": 3}
+    assert len(threads) == 1 and threads[0] is not threading.main_thread()
+
+
+def _summary_items(path: Path) -> dict[str, Any]:
+    import openpyxl
+
+    wb = openpyxl.load_workbook(path, read_only=True)
+    try:
+        return {r[0]: r[1] for r in wb["Summary"].iter_rows(values_only=True) if r and r[0]}
+    finally:
+        wb.close()

@@ -13,16 +13,15 @@ import logging
 import signal
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
-from importer.errors import InputError
 from importer.sandbox.app import API_PREFIX, Sandbox, SandboxConnectionDropped, create_sandbox
 from importer.sandbox.state import SandboxConfig
+from importer.serving import base_url, listen, serving_in_thread
 
 __all__ = ["running_sandbox", "serve"]
 
@@ -72,18 +71,8 @@ def _server(sandbox: Sandbox) -> _Server:
     return _Server(config, sandbox)
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-
-
 def _base_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}{API_PREFIX}"
+    return base_url(sock) + API_PREFIX
 
 
 @contextlib.contextmanager
@@ -101,27 +90,9 @@ def running_sandbox(
         The base URL (ending in /api/v2) and the sandbox, for state inspection.
     """
     sandbox = create_sandbox(config)
-    sock = _listen(host, port)
-    server = _server(sandbox)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="voicelink-sandbox", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    try:
-        if not server.started:
-            raise RuntimeError("the sandbox server did not start")
+    sock = listen(host, port)
+    with serving_in_thread(_server(sandbox), sock, name="sandbox", before_stop=sandbox.release_hangs):
         yield _base_url(sock), sandbox
-    finally:
-        sandbox.release_hangs()
-        server.should_exit = True
-        thread.join(5)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(5)
-        sock.close()
 
 
 def serve(
@@ -144,7 +115,7 @@ def serve(
         InputError: The inventory cannot be used or the address cannot be listened on.
     """
     sandbox = create_sandbox(config)
-    sock = _listen(host, port)
+    sock = listen(host, port)
     server = _server(sandbox)
     try:
         if on_ready is not None:

@@ -1,0 +1,231 @@
+"""Benchmark the web service: errors readable after an upload, memory, and idle CPU.
+
+Usage (from the repository root, in the project's virtualenv):
+
+    python bench/bench_web.py --rows 100000 --repeat 3
+
+Three figures, each against a ``voicelink-import serve --sandbox`` process on loopback:
+
+* **time to errors**: from the start of ``POST /api/jobs`` with a generated XLSX (the same
+  generator as ``bench_validate.py``) until ``GET /api/jobs/{id}/rows?status=failed`` has
+  answered with the failed rows, against the wall time of ``voicelink-import validate`` of the
+  same file (a fresh process, as a user runs it: start, read, validate, results workbook).
+  The runs alternate (web, CLI, web, ...); the table shows medians. Goal: ratio <= 0.5.
+* **peak RSS** of the server process (``VmHWM``) once it holds the first of those jobs, and at
+  the end (it then holds up to ``RESIDENT_TABLES`` of them). Goal: <= 600 MB holding the job.
+* **idle CPU** of a fresh server holding 10 finished jobs with 10 event streams open, over
+  ``--idle-seconds``. Goal: < 2 % of one core.
+
+It prints one table and exits 0 when every goal holds, 1 otherwise. It is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from bench_validate import DEFAULT_OUT, generate  # noqa: E402  (a sibling script, not a package)
+
+TOKEN = "bench-web-token-0000000000"
+RATIO_GOAL = 0.5
+RSS_GOAL_MB = 600.0
+IDLE_CPU_GOAL = 2.0
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    url: str
+    client: httpx.Client
+
+
+@contextmanager
+def server(data: Path) -> Iterator[Server]:
+    env = {**os.environ, "VOICELINK_WEB_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "importer", "serve", "--sandbox", "--port", "0"]
+    command += ["--data-dir", str(data), "--requests-per-minute", "100000"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    match = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline())
+    if match is None:
+        proc.kill()
+        raise SystemExit("the server did not start")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    client = httpx.Client(base_url=match.group(0), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.get("/api/jobs")
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    try:
+        yield Server(proc, match.group(0), client)
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(30)
+        proc.stdout.close()
+
+
+def wait_status(
+    client: httpx.Client, job_id: str, statuses: set[str], poll: float = 0.02
+) -> dict[str, object]:
+    while True:
+        job: dict[str, object] = client.get(f"/api/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(poll)
+
+
+def web_time_to_errors(s: Server, path: Path) -> tuple[float, int]:
+    """Seconds from the upload's start until the failed rows are read; how many failed."""
+    started = time.perf_counter()
+    with path.open("rb") as fh:
+        answer = s.client.post("/api/jobs", files={"file": (path.name, fh)})
+    answer.raise_for_status()
+    job_id = answer.json()["id"]
+    job = wait_status(s.client, job_id, {"validated", "failed"})
+    if job["status"] != "validated":
+        raise SystemExit(f"validation failed: {job['error']}")
+    page = s.client.get(f"/api/jobs/{job_id}/rows", params={"status": "failed", "limit": 100}).json()
+    took = time.perf_counter() - started
+    assert page["rows"] and all(r["status"] == "failed" for r in page["rows"])
+    return took, int(page["total"])
+
+
+def cli_validate(path: Path, out: Path) -> float:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "importer", "validate", str(path), "-o", str(out / "cli.results.xlsx")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    took = time.perf_counter() - started
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"validate failed: {done.stderr}")
+    return took
+
+
+def rss_mb(pid: int, field: str = "VmHWM") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def idle_cpu(data: Path, seconds: float) -> tuple[float, int]:
+    """Percent of one core used by a server with 10 finished jobs and 10 open event streams."""
+    sample = REPO / "sample_data" / "carrier_routing.csv"
+    with server(data) as s:
+        jobs = []
+        for _ in range(10):
+            with sample.open("rb") as fh:
+                job_id = s.client.post("/api/jobs", files={"file": (sample.name, fh)}).json()["id"]
+            wait_status(s.client, job_id, {"validated"})
+            s.client.post(f"/api/jobs/{job_id}/start")
+            jobs.append(job_id)
+        for job_id in jobs:
+            wait_status(s.client, job_id, {"done", "failed", "cancelled"}, poll=0.1)
+        opened = threading.Barrier(11)
+        stop = threading.Event()
+        events = [0]
+
+        def watch(job_id: str) -> None:
+            with (
+                httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {TOKEN}"}) as c,
+                c.stream("GET", f"/api/jobs/{job_id}/events", timeout=None) as stream,
+            ):
+                lines = stream.iter_lines()
+                next(lines)
+                events[0] += 1
+                opened.wait()
+                for _ in lines:
+                    if stop.is_set():
+                        break
+
+        watchers = [threading.Thread(target=watch, args=(j,), daemon=True) for j in jobs]
+        for w in watchers:
+            w.start()
+        opened.wait()
+        time.sleep(2)  # let the first snapshots go out
+        before, t0 = cpu_seconds(s.proc.pid), time.monotonic()
+        time.sleep(seconds)
+        used, elapsed = cpu_seconds(s.proc.pid) - before, time.monotonic() - t0
+        stop.set()
+        return 100 * used / elapsed, events[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--idle-seconds", type=float, default=20.0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+
+    file = generate(args.out, args.rows, "xlsx", 0.03, 1)
+    web_times: list[float] = []
+    cli_times: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        with server(folder / "data") as s:
+            base_rss = rss_mb(s.proc.pid, "VmRSS")
+            for n in range(args.repeat):
+                took, failed = web_time_to_errors(s, file.path)
+                web_times.append(took)
+                if n == 0:
+                    first_rss = rss_mb(s.proc.pid)
+                cli_times.append(cli_validate(file.path, folder))
+                print(f"  run {n + 1}: web {took:.2f} s ({failed} failed rows), CLI {cli_times[-1]:.2f} s")
+            end_rss = rss_mb(s.proc.pid)
+        cpu, streams = idle_cpu(folder / "idle", args.idle_seconds)
+
+    web, cli = statistics.median(web_times), statistics.median(cli_times)
+    ratio = web / cli
+    checks = [
+        ("time to errors, web / CLI validate", f"{web:.2f} s / {cli:.2f} s = {ratio:.2f}",
+         ratio <= RATIO_GOAL, f"<= {RATIO_GOAL}"),
+        ("peak RSS holding the job", f"{first_rss:.0f} MB (idle {base_rss:.0f} MB)",
+         first_rss <= RSS_GOAL_MB, f"<= {RSS_GOAL_MB:.0f} MB"),
+        (f"peak RSS after {args.repeat} such jobs", f"{end_rss:.0f} MB", True, "(reported)"),
+        (f"idle CPU, 10 done jobs, {streams} streams", f"{cpu:.2f} % of a core",
+         cpu < IDLE_CPU_GOAL, f"< {IDLE_CPU_GOAL} %"),
+    ]  # fmt: skip
+    print(f"\nweb service, {args.rows} rows XLSX ({file.invalid} invalid), medians of {args.repeat}")
+    for name, value, ok, goal in checks:
+        print(f"  {name:<42} {value:<34} goal {goal:<12} {'PASS' if ok else 'MISS'}")
+    sys.exit(0 if all(ok for _, _, ok, _ in checks) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""The JSON API (and a bare front page) over ``JobService``, behind ``security.Guard``.
+
+Routes (every one needs the token; see ``security``):
+
+    GET    /, /jobs/...                    the page (``pages``: HTML over the same service)
+    GET    /api/jobs                       every job
+    POST   /api/jobs                       multipart: file, sheet, default_region, map (repeatable),
+                                           uploaded_by -> 201 with the job (validation runs after)
+    GET    /api/jobs/{id}                  one job
+    PATCH  /api/jobs/{id}                  {"sheet", "default_region", "map", "header_row"}: read again
+    GET    /api/jobs/{id}/rows             ?status=failed&offset=0&limit=100
+    PATCH  /api/jobs/{id}/rows/{row}       {"Header or field": "new value", ...} before sending
+    POST   /api/jobs/{id}/plan|start|cancel
+    GET    /api/jobs/{id}/events           server-sent events, each a full snapshot of the job
+    GET    /api/jobs/{id}/results.xlsx     the results workbook (a snapshot until the job ends)
+    GET    /api/jobs/{id}/failed.xlsx      the failed rows, in the input's own columns
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Message, Receive
+
+from importer.errors import ImporterError
+from importer.web import engine
+from importer.web.jobs import Job, JobError, JobService, safe_name
+from importer.web.pages import page_routes
+from importer.web.security import Guard
+
+__all__ = ["UploadRefused", "WebConfig", "accept_upload", "create_app", "sniff_upload"]
+
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+ZIP_MAGIC = b"PK\x03\x04"
+OLE_MAGIC = bytes.fromhex("D0CF11E0A1B11AE1")
+FORM_OVERHEAD = 64 * 1024
+"""Room for the multipart framing and the small fields around the file."""
+JSON_LIMIT = 64 * 1024
+KEEPALIVE_SECONDS = 15.0
+EVENT_MIN_GAP = 0.2
+"""At most five snapshots a second per stream, however fast rows settle."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """What the app needs besides the jobs: the token, the names it answers to, the upload cap."""
+
+    token: str
+    hosts: frozenset[str]
+    max_upload_bytes: int
+    scratch: Path
+    """Where uploads land while they arrive (on the data dir's disk, so a move is a rename)."""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    """Pass the body through, but stop once it is over ``limit`` bytes (never held whole)."""
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _TooLarge
+        return message
+
+    return wrapped
+
+
+def sniff_upload(head: bytes, name: str) -> str | None:
+    """The suffix to store an upload under, told by its first bytes; None for unsupported content."""
+    suffix = Path(name).suffix.lower()
+    if head.startswith(ZIP_MAGIC):  # xlsx, xlsm and ods are zip files; the reader checks which
+        return suffix if suffix in (".xlsx", ".xlsm", ".ods") else ".xlsx"
+    if head.startswith(OLE_MAGIC):
+        return ".xls"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 text with its byte order mark
+        return ".tsv" if suffix in (".tsv", ".tab") else ".csv"
+    if not head or b"\x00" in head:
+        return None
+    controls = sum(1 for b in head if b < 9 or 13 < b < 32)
+    if controls > len(head) // 100:
+        return None
+    return ".tsv" if suffix in (".tsv", ".tab") else ".csv"
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _clean_text(value: object, limit: int = 200) -> str:
+    return _CONTROL.sub(" ", str(value or "")).strip()[:limit]
+
+
+class UploadRefused(Exception):
+    """An upload the service does not take; ``status`` is the HTTP answer (400, 413, 415, 503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def accept_upload(request: Request, service: JobService, config: WebConfig) -> Job:
+    """Take a multipart upload (``file``, ``sheet``, ``default_region``, ``map``, ``uploaded_by``).
+
+    The body is counted as it streams to disk and refused once it passes the cap; the file type
+    is told by content. The job is answered at once and validated in the background. The page's
+    form handler (no JavaScript) can call this too and redirect to the job.
+
+    Raises:
+        UploadRefused: too large, not a spreadsheet, a bad ``map``, or the server is stopping.
+    """
+    too_large = UploadRefused(413, f"the file is larger than {config.max_upload_bytes // 2**20} MB")
+    if service.closing.is_set():
+        raise UploadRefused(503, "the server is shutting down")
+    limit = config.max_upload_bytes + FORM_OVERHEAD
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large
+    counted = Request(request.scope, _counting(request.receive, limit))
+    try:
+        async with counted.form(max_files=1, max_fields=64, max_part_size=64 * 1024) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise UploadRefused(400, "no file in the form (field 'file')")
+            name = upload.filename or "upload"
+            head = await upload.read(8192)
+            suffix = sniff_upload(head, name)
+            if suffix is None:
+                raise UploadRefused(
+                    415, "unsupported file: send a CSV, TSV, XLSX, XLSM, XLS or ODS spreadsheet"
+                )
+            try:
+                column_map = engine.parse_column_map([str(m) for m in form.getlist("map") if str(m).strip()])
+            except ImporterError as exc:
+                raise UploadRefused(400, str(exc)) from None
+            config.scratch.mkdir(parents=True, exist_ok=True)
+            size = len(head)
+            with tempfile.NamedTemporaryFile(dir=config.scratch, delete=False) as out:
+                scratch = Path(out.name)
+                out.write(head)
+                while size <= config.max_upload_bytes and (chunk := await upload.read(1 << 20)):
+                    size += len(chunk)
+                    out.write(chunk)
+            if size > config.max_upload_bytes:
+                scratch.unlink(missing_ok=True)
+                raise too_large
+            sheet = _clean_text(form.get("sheet")) or None
+            region = _clean_text(form.get("default_region"), 8) or None
+            uploaded_by = _clean_text(form.get("uploaded_by"), 100)
+    except _TooLarge:
+        raise too_large from None
+    try:
+        return service.create(
+            scratch,
+            file=_clean_text(name) or "upload",  # shown escaped; disk and download names are sanitised
+            stored_name=safe_name(name, suffix),
+            sheet=sheet,
+            default_region=region,
+            column_map=column_map,
+            uploaded_by=uploaded_by,
+            client=request.client.host if request.client else "",
+        )
+    finally:
+        scratch.unlink(missing_ok=True)  # moved into the job's folder unless creating it failed
+
+
+def create_app(service: JobService, config: WebConfig) -> Starlette:
+    """Build the ASGI app: routes over ``service``, wrapped in the Guard."""
+
+    def job_or_404(request: Request) -> Job | None:
+        return service.get(str(request.path_params["job_id"]))
+
+    def with_job(
+        handler: Callable[[Request, Job], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            job = job_or_404(request)
+            if job is None:
+                return _error(404, "no such job")
+            try:
+                return await handler(request, job)
+            except JobError as exc:
+                return _error(409, str(exc))
+            except LookupError as exc:
+                return _error(404, str(exc))
+            except ImporterError as exc:
+                return _error(400, str(exc))
+            except _TooLarge:
+                return _error(413, "request body too large")
+
+        return endpoint
+
+    async def read_json(request: Request) -> Any:
+        body = b""
+        async for chunk in Request(request.scope, _counting(request.receive, JSON_LIMIT)).stream():
+            body += chunk
+        try:
+            return json.loads(body or b"{}")
+        except ValueError:
+            raise JobError("the body is not JSON") from None
+
+    async def list_jobs(request: Request) -> Response:
+        return JSONResponse({"jobs": service.list()})
+
+    async def create_job(request: Request) -> Response:
+        try:
+            job = await accept_upload(request, service, config)
+        except UploadRefused as exc:
+            return _error(exc.status, str(exc))
+        return JSONResponse(service.snapshot(job), status_code=201)
+
+    async def get_job(request: Request, job: Job) -> Response:
+        return JSONResponse(service.snapshot(job))
+
+    async def set_options(request: Request, job: Job) -> Response:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise JobError('send {"sheet": ..., "default_region": ..., "map": [...]}')
+        maps = body.get("map", [f"{h}={f}" for h, f in job.column_map.items()])
+        if not isinstance(maps, list):
+            raise JobError('"map" must be a list of "Header=field"')
+        header_row = body.get("header_row", ...)  # left out: unchanged
+        if header_row not in (..., None) and (type(header_row) is not int or header_row < 1):
+            raise JobError('"header_row" must be a row number (1 or more), or null for the one found')
+        await service.set_options(
+            job,
+            _clean_text(body.get("sheet", job.sheet)) or None,
+            _clean_text(body.get("default_region", job.default_region), 8) or None,
+            engine.parse_column_map([str(m) for m in maps]),
+            header_row,
+        )
+        return JSONResponse(service.snapshot(job))
+
+    async def rows(request: Request, job: Job) -> Response:
+        if job.status.value == "validating" or (job.status.value == "failed" and job.report is None):
+            if job.status.value == "validating":
+                return _error(409, "the job is still validating")
+            return _error(409, job.error or "the job failed")
+        q = request.query_params
+        try:
+            offset = max(0, int(q.get("offset", "0")))
+            limit = min(1000, max(1, int(q.get("limit", "100"))))
+        except ValueError:
+            return _error(400, "offset and limit must be whole numbers")
+        status = q.get("status") or None
+        return JSONResponse(await service.rows(job, status, offset, limit))
+
+    async def edit_row(request: Request, job: Job) -> Response:
+        try:
+            row = int(request.path_params["row"])
+        except ValueError:
+            return _error(404, "no such row")
+        body = await read_json(request)
+        if not isinstance(body, dict) or not body:
+            raise JobError('send {"column": "new value"}')
+        changes = {str(k): "" if v is None else str(v) for k, v in body.items()}
+        await service.edit(job, row, changes)
+        report = await service.report(job)
+        position = int(report.table.frame.index.get_loc(row))  # type: ignore[arg-type]
+        one = await service.rows(job, None, position, 1)
+        return JSONResponse({"job": service.snapshot(job), "row": one["rows"][0], "columns": one["columns"]})
+
+    async def plan(request: Request, job: Job) -> Response:
+        await service.plan(job)
+        return JSONResponse(service.snapshot(job), status_code=202)
+
+    async def start(request: Request, job: Job) -> Response:
+        await service.start(job)
+        return JSONResponse(service.snapshot(job), status_code=202)
+
+    async def cancel(request: Request, job: Job) -> Response:
+        await service.cancel(job)
+        return JSONResponse(service.snapshot(job), status_code=202)
+
+    async def events(request: Request, job: Job) -> Response:
+        async def stream() -> AsyncIterator[str]:
+            seen = -1
+            while not service.closing.is_set():
+                if job.version != seen:
+                    seen = job.version
+                    yield f"event: job\nid: {seen}\ndata: {json.dumps(service.snapshot(job))}\n\n"
+                    await asyncio.sleep(EVENT_MIN_GAP)
+                    continue
+                if not await job.wait_change(seen, KEEPALIVE_SECONDS):
+                    yield ": keepalive\n\n"
+
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"}
+        )
+
+    def download(kind: str) -> Callable[[Request, Job], Awaitable[Response]]:
+        async def endpoint(request: Request, job: Job) -> Response:
+            path = await service.workbook(job, kind)
+            if path is None:
+                if kind == "failed":
+                    return _error(404, "no failed rows")
+                return _error(409, job.error or f"the job is {job.status.value}; no workbook yet")
+            stem = Path(job.file).stem or "upload"
+            name = safe_name(f"{stem}.{kind}.xlsx")
+            return FileResponse(path, media_type=XLSX_TYPE, filename=name)
+
+        return endpoint
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.load()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    routes = [
+        *page_routes(service, upload=create_job),
+        Route("/api/jobs", list_jobs, methods=["GET"]),
+        Route("/api/jobs", create_job, methods=["POST"]),
+        Route("/api/jobs/{job_id}", with_job(get_job), methods=["GET"]),
+        Route("/api/jobs/{job_id}", with_job(set_options), methods=["PATCH"]),
+        Route("/api/jobs/{job_id}/rows", with_job(rows), methods=["GET"]),
+        Route("/api/jobs/{job_id}/rows/{row}", with_job(edit_row), methods=["PATCH"]),
+        Route("/api/jobs/{job_id}/plan", with_job(plan), methods=["POST"]),
+        Route("/api/jobs/{job_id}/start", with_job(start), methods=["POST"]),
+        Route("/api/jobs/{job_id}/cancel", with_job(cancel), methods=["POST"]),
+        Route("/api/jobs/{job_id}/events", with_job(events), methods=["GET"]),
+        Route("/api/jobs/{job_id}/results.xlsx", with_job(download("results")), methods=["GET"]),
+        Route("/api/jobs/{job_id}/failed.xlsx", with_job(download("failed")), methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(Guard, token=config.token, hosts=config.hosts)
+    return app

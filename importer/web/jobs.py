@@ -1,0 +1,862 @@
+"""Durable import jobs: one folder each under ``<data-dir>/jobs/<random id>/``, a queue per key.
+
+A job's folder holds everything it needs to carry on after a restart::
+
+    job.json          status, options, who uploaded it, counts (rewritten atomically)
+    input/<name>      the upload as received (never changed)
+    edits.json        cell corrections, applied to the table after reading
+    journal.sqlite    the engine's journal (what was sent, what came back)
+    outcomes.json     per-row outcomes of the last plan or send, once it ended
+    results.xlsx      the results workbook (plan.results.xlsx for a plan), failed.xlsx
+
+Jobs that send through one key run one at a time in that key's ``Lane`` and share its rate
+limiter; the others wait and report their place. A job found ``sending`` at start goes back
+into its lane and the engine resumes it from its journal. A server shutting down stops its
+sends the way Ctrl-C stops the CLI (writes in flight settle) but leaves them ``sending``, so
+the next start resumes them; only the user's cancel makes a job ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import enum
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import EllipsisType
+from typing import Any, TypeVar
+
+from importer.errors import ImporterError
+from importer.limiter import RateLimiter
+from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
+from importer.pipeline import InputOptions, now_text, reasons_by_row
+from importer.web import engine
+from importer.web.engine import Connection, Edit, SendProgress
+
+__all__ = ["Job", "JobService", "JobStatus", "safe_name"]
+
+JOB_ID = re.compile(r"[0-9a-f]{24}")
+RESIDENT_TABLES = 3
+"""Validated tables kept in memory; others are read again from their folder when asked for."""
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is; ``failed`` means the job itself could not go on (``error`` says why)."""
+
+    VALIDATING = "validating"
+    VALIDATED = "validated"
+    PLANNING = "planning"
+    PLANNED = "planned"
+    SENDING = "sending"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+EDITABLE = frozenset({JobStatus.VALIDATED, JobStatus.PLANNED})
+FINISHED = frozenset({JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED})
+KEEPS_OUTCOMES = frozenset({JobStatus.PLANNED, JobStatus.DONE, JobStatus.CANCELLED})
+"""States whose per-row outcomes are in outcomes.json (written when the plan or send ended)."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str, suffix: str = "") -> str:
+    """A file name that is safe on disk and in a Content-Disposition header."""
+    stem = _UNSAFE.sub("_", Path(name.replace("\\", "/")).name).strip(" .") or "upload"
+    stem = stem[:80]
+    if suffix and not stem.lower().endswith(suffix):
+        stem = Path(stem).stem[:80] + suffix
+    return stem
+
+
+class JobError(Exception):
+    """A request a job cannot take in its state; the API answers 409 with the message."""
+
+
+@dataclass(slots=True)
+class Job:
+    """One import job: what is stored in job.json, plus what lives only while the server runs."""
+
+    id: str
+    folder: Path
+    file: str
+    upload: str
+    created: str
+    status: JobStatus = JobStatus.VALIDATING
+    error: str = ""
+    sheet: str | None = None
+    header_row: int | None = None
+    """The header's Excel row when the user chose it; None: where the reader found it."""
+    default_region: str | None = None
+    column_map: dict[str, str] = field(default_factory=dict)
+    uploaded_by: str = ""
+    client: str = ""
+    rows: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: dict[str, int] = field(default_factory=dict)
+    progress: dict[str, Any] = field(default_factory=dict)
+    plan: str = ""
+    budget: dict[str, float | int] = field(default_factory=dict)
+    """After a plan: the reads and writes a send will make and the time the rate limit needs."""
+    stopped: str = ""
+    columns: list[str] = field(default_factory=list)
+    mapping: dict[str, str] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    finished: str = ""
+    # -- runtime only --
+    report: ValidationReport | None = None
+    outcomes: dict[int, RowOutcome] = field(default_factory=dict)
+    edits: list[Edit] = field(default_factory=list)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    interrupted: bool = False
+    """Stopped by a server shutdown: stays ``sending`` and resumes on the next start."""
+    version: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    queue_position: int | None = None
+    view: tuple[int, list[str], dict[int, list[RowIssue]]] | None = None
+    """Per-row statuses and issues for paging, as of ``version``."""
+
+    STORED = (
+        *("id", "file", "upload", "created", "status", "error", "sheet", "default_region", "column_map"),
+        *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
+        *("columns", "mapping", "source", "finished", "header_row"),
+    )
+
+    @property
+    def input_path(self) -> Path:
+        return self.folder / "input" / self.upload
+
+    def input_options(self) -> InputOptions:
+        return InputOptions(
+            path=self.input_path,
+            sheet=self.sheet,
+            column_map=dict(self.column_map),
+            default_region=self.default_region,
+        )
+
+    def stored(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.STORED}
+
+    def touch(self) -> None:
+        """Wake everyone watching this job (event streams) after a change."""
+        self.version += 1
+        self.view = None
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait_change(self, seen: int, timeout: float) -> bool:
+        """Wait until the job changed after version ``seen``; False on timeout."""
+        if self.version != seen:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self.changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+T = TypeVar("T")
+
+
+async def in_background(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run blocking work (reading, validating, writing a workbook) in a daemon thread.
+
+    Not ``asyncio.to_thread``: the loop's executor is joined when the server exits, so a
+    shutdown would wait for a long validation. Work abandoned this way is safe to drop: the
+    job is validated again on the next start, and workbooks are replaced atomically.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def work() -> None:
+        try:
+            result: Any = fn(*args, **kwargs)
+            ok = True
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            result, ok = exc, False
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, ok, result)
+
+    threading.Thread(target=work, name="voicelink-web-work", daemon=True).start()
+    return await future
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(data, fh, ensure_ascii=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _outcome_dict(o: RowOutcome) -> dict[str, Any]:
+    return {name: getattr(o, name) for name in RowOutcome.__slots__}
+
+
+def _read_outcomes(path: Path) -> dict[int, RowOutcome]:
+    return {o.row: o for o in map(_outcome_from, json.loads(path.read_text(encoding="utf-8")))}
+
+
+def _outcome_from(d: Mapping[str, Any]) -> RowOutcome:
+    values = dict(d)
+    values["status"] = Status(values["status"])
+    values["action"] = Action(values["action"])
+    return RowOutcome(**values)
+
+
+class Lane:
+    """The jobs sending through one key: one limiter, one job at a time, the others queued."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.limiter: RateLimiter = engine.make_limiter(connection)
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.running: Job | None = None
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def positions(self) -> None:
+        for n, job in enumerate(self.waiting, start=1):
+            if job.queue_position != n:
+                job.queue_position = n
+                job.touch()
+
+
+class JobService:
+    """Every job of the server: create, validate, edit, plan, send, cancel, resume."""
+
+    def __init__(self, data_dir: Path, connection: Connection) -> None:
+        self.root = data_dir / "jobs"
+        self.connection = connection
+        self.jobs: dict[str, Job] = {}
+        self.lanes: dict[str, Lane] = {}
+        self.closing = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._resident: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Load the jobs on disk; resume what a stop interrupted."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for folder in sorted(self.root.iterdir()):
+            if not JOB_ID.fullmatch(folder.name) or not (folder / "job.json").is_file():
+                continue
+            try:
+                job = self._load(folder)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a folder we cannot read is left alone, not fatal to the server
+            self.jobs[job.id] = job
+        for job in self.jobs.values():
+            if job.status is JobStatus.VALIDATING:
+                self._spawn(self._validate(job))
+            elif job.status is JobStatus.PLANNING:
+                job.status = JobStatus.VALIDATED  # a plan is only a read: plan again when asked
+                self._save(job)
+            elif job.status is JobStatus.SENDING:
+                job.stopped = ""
+                self._enqueue(job)
+
+    def begin_shutdown(self) -> None:
+        """Stop taking work: close event streams, stop sends (writes in flight settle)."""
+        if self.closing.is_set():
+            return
+        self.closing.set()
+        for lane in self.lanes.values():
+            for job in (*lane.waiting, *([lane.running] if lane.running else [])):
+                job.interrupted = True
+                job.cancel.set()
+        for job in self.jobs.values():
+            job.touch()
+
+    async def stop(self, timeout: float = 4.0) -> None:
+        """Wait for sends to settle (at most ``timeout`` seconds), then stop every task."""
+        self.begin_shutdown()
+        lanes = [lane.task for lane in self.lanes.values() if lane.task is not None]
+        for lane in self.lanes.values():
+            lane.wake.set()
+        if lanes:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*lanes, return_exceptions=True)
+        for task in [*lanes, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*lanes, *self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- storage ----------------------------------------------------------------------------
+
+    def _load(self, folder: Path) -> Job:
+        data = json.loads((folder / "job.json").read_text(encoding="utf-8"))
+        if data.get("id") != folder.name:
+            raise ValueError("job.json does not belong to its folder")
+        values = {k: data[k] for k in Job.STORED if k in data}
+        values["status"] = JobStatus(values["status"])
+        job = Job(folder=folder, **values)
+        edits = folder / "edits.json"
+        if edits.is_file():
+            job.edits = [Edit(**e) for e in json.loads(edits.read_text(encoding="utf-8"))]
+        return job  # its outcomes are read with its table, when first needed
+
+    def _save(self, job: Job) -> None:
+        _write_json(job.folder / "job.json", job.stored())
+        job.touch()
+
+    async def _save_outcomes(self, job: Job) -> None:
+        outcomes = list(job.outcomes.values())  # taken on the loop; written in a thread
+        await in_background(_write_json, job.folder / "outcomes.json", [_outcome_dict(o) for o in outcomes])
+
+    def create(
+        self,
+        upload: Path,
+        *,
+        file: str,
+        stored_name: str,
+        sheet: str | None,
+        default_region: str | None,
+        column_map: Mapping[str, str],
+        uploaded_by: str,
+        client: str,
+    ) -> Job:
+        """Take an upload (moved into the job's folder) and start validating it in the background."""
+        job_id = secrets.token_hex(12)
+        folder = self.root / job_id
+        (folder / "input").mkdir(parents=True)
+        job = Job(
+            id=job_id,
+            folder=folder,
+            file=file,
+            upload=stored_name,
+            created=now_text(),
+            sheet=sheet,
+            default_region=default_region,
+            column_map=dict(column_map),
+            uploaded_by=uploaded_by,
+            client=client,
+        )
+        os.replace(upload, job.input_path)
+        self.jobs[job_id] = job
+        self._save(job)
+        self._spawn(self._validate(job))
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id) if JOB_ID.fullmatch(job_id) else None
+
+    # -- validation and the table in memory -------------------------------------------------
+
+    async def _load_report(self, job: Job) -> ValidationReport:
+        """Read the upload, apply the edits, validate (in a thread): the CLI's reader and validator."""
+        options = job.input_options()
+
+        def work() -> ValidationReport:
+            table = engine.load_table(options.path, options.sheet, options.column_map, job.header_row)
+            table = engine.apply_edits(table, job.edits)
+            return engine.validate(table, options.column_map, options.default_region)
+
+        report = await in_background(work)
+        saved = job.folder / "outcomes.json"
+        if not job.outcomes and job.status in KEEPS_OUTCOMES and saved.is_file():
+            job.outcomes = await in_background(_read_outcomes, saved)
+        job.report = report
+        self._keep_resident(job)
+        return report
+
+    def _keep_resident(self, job: Job) -> None:
+        self._resident[job.id] = None
+        self._resident.move_to_end(job.id)
+        busy = {JobStatus.VALIDATING, JobStatus.PLANNING, JobStatus.SENDING}
+        while len(self._resident) > RESIDENT_TABLES:
+            for job_id in self._resident:
+                other = self.jobs[job_id]
+                if other is not job and other.status not in busy and not other.lock.locked():
+                    other.report = None
+                    if other.status in KEEPS_OUTCOMES:
+                        other.outcomes = {}  # saved in outcomes.json; read again with the table
+                    other.view = None
+                    del self._resident[job_id]
+                    break
+            else:
+                return
+
+    async def report(self, job: Job) -> ValidationReport:
+        """The job's validated table, read again from its folder if it was let go."""
+        if job.report is not None:
+            if job.id in self._resident:
+                self._resident.move_to_end(job.id)
+            return job.report
+        async with job.lock:
+            if job.report is None:
+                await self._load_report(job)
+        assert job.report is not None
+        return job.report
+
+    def _summarise(self, job: Job, report: ValidationReport) -> None:
+        table = report.table
+        job.rows = table.row_count
+        job.columns = list(table.headers)
+        job.mapping = {f: table.headers[i] for f, i in report.mapping.items()}
+        src = table.source
+        job.source = {
+            "format": src.format,
+            "sheet": src.sheet,
+            "header_row": src.header_row,
+            "encoding": src.encoding,
+            "sha256": src.sha256,
+        }
+        job.problems = dict(collections.Counter(i.kind for i in report.issues))
+        self._count(job)
+
+    def _count(self, job: Job) -> None:
+        report = job.report
+        if report is None:
+            return
+        invalid = len(report.failed_rows)
+        counts = collections.Counter(o.status.value for o in job.outcomes.values())
+        counts[Status.FAILED.value] += invalid
+        counts[Status.NOT_SENT.value] += max(0, job.rows - sum(counts.values()))
+        job.counts = {s.value: counts.get(s.value, 0) for s in Status}
+        job.counts["valid"] = job.rows - invalid
+
+    async def _validate(self, job: Job) -> None:
+        job.status = JobStatus.VALIDATING
+        job.error = ""
+        job.outcomes = {}
+        self._save(job)
+        try:
+            async with job.lock:
+                report = await self._load_report(job)
+        except ImporterError as exc:
+            job.status, job.error = JobStatus.FAILED, str(exc)
+            job.report = None
+        except Exception as exc:  # a bug must not leave the job validating for ever
+            job.status, job.error = JobStatus.FAILED, engine.clean_error(exc)
+            job.report = None
+        else:
+            self._summarise(job, report)
+            job.status = JobStatus.VALIDATED
+        self._save(job)
+
+    async def set_options(
+        self,
+        job: Job,
+        sheet: str | None,
+        default_region: str | None,
+        column_map: Mapping[str, str],
+        header_row: int | EllipsisType | None = ...,
+    ) -> None:
+        """Read the upload again with another sheet, region or column mapping (edits are kept).
+
+        ``header_row`` is the header's Excel row (None: where the reader finds it); left out, it
+        stays as it was, unless the sheet changes (another sheet starts from the reader's choice).
+        """
+        sent = (job.folder / "journal.sqlite").exists()
+        if job.status not in (*EDITABLE, JobStatus.FAILED) or sent or job.lock.locked():
+            raise JobError(f"the job is {job.status.value}; options can change only before sending")
+        if not isinstance(header_row, EllipsisType):
+            job.header_row = header_row
+        elif sheet != job.sheet:
+            job.header_row = None
+        job.sheet, job.default_region, job.column_map = sheet, default_region, dict(column_map)
+        job.plan, job.budget = "", {}
+        await self._validate(job)
+
+    # -- edits ------------------------------------------------------------------------------
+
+    async def edit(self, job: Job, row: int, changes: Mapping[str, str]) -> None:
+        """Correct cells of one row and validate the table again; the upload is never changed.
+
+        Raises:
+            JobError: the job is not editable now, or a column or row is unknown.
+        """
+        if job.status not in EDITABLE:
+            raise JobError(f"the job is {job.status.value}; rows can be edited only before sending")
+        report = await self.report(job)
+        async with job.lock:
+            if job.status not in EDITABLE:
+                raise JobError(f"the job is {job.status.value}; rows can be edited only before sending")
+            table = report.table
+            if row not in table.frame.index:
+                raise LookupError(f"row {row} is not a data row of this file")
+            new_edits = []
+            when = now_text()
+            for column, value in changes.items():
+                position = _column_position(table.headers, report.mapping, column)
+                old = str(table.frame.at[row, position])
+                if old != value:
+                    new_edits.append(Edit(row, position, table.headers[position], old, value, when))
+            if not new_edits:
+                return
+            edits = [*job.edits, *new_edits]
+            edited = engine.apply_edits(table, new_edits)
+            options = job.input_options()
+            fresh = await in_background(engine.validate, edited, options.column_map, options.default_region)
+            job.edits = edits
+            _write_json(job.folder / "edits.json", [dataclasses.asdict(e) for e in edits])
+            job.report = fresh
+            job.outcomes = {}
+            job.plan, job.budget = "", {}
+            job.status = JobStatus.VALIDATED
+            self._summarise(job, fresh)
+            self._save(job)
+
+    # -- plan and send ----------------------------------------------------------------------
+
+    def _lane(self) -> Lane:
+        key = engine.lane_key(self.connection)
+        lane = self.lanes.get(key)
+        if lane is None:
+            lane = self.lanes[key] = Lane(self.connection)
+            lane.task = asyncio.create_task(self._lane_worker(lane))
+        return lane
+
+    def audit(self, job: Job) -> dict[str, str]:
+        """Summary lines about the job: who uploaded it, from where, and every edit."""
+        out = {"uploaded_by": job.uploaded_by or "(not given)", "client": job.client, "web job": job.id}
+        for n, edit in enumerate(job.edits, start=1):
+            out[f"edit {n}"] = edit.text()
+        if job.header_row is not None:
+            out["header row"] = f"{job.header_row} (chosen on the web page)"
+        return out
+
+    async def plan(self, job: Job) -> None:
+        """Run the dry run against the live state (in the background)."""
+        if job.status not in EDITABLE:
+            raise JobError(f"the job is {job.status.value}; a plan needs a validated job")
+        job.status, job.error = JobStatus.PLANNING, ""
+        self._save(job)
+        self._spawn(self._plan(job))
+
+    async def _plan(self, job: Job) -> None:
+        try:
+            report = await self.report(job)
+            run = await engine.run_job(
+                self.connection,
+                report,
+                job.input_options(),
+                dry_run=True,
+                journal_path=None,
+                results=job.folder / "plan.results.xlsx",
+                failed=job.folder / "plan.failed.xlsx",
+                limiter=self._lane().limiter,
+                cancel=asyncio.Event(),
+                audit=self.audit(job),
+            )
+        except Exception as exc:
+            # A plan is only reads: the job stays usable and says why the plan did not happen.
+            job.status, job.error = JobStatus.VALIDATED, "plan failed: " + engine.clean_error(exc)
+            self._save(job)
+            return
+        job.outcomes = dict(run.outcomes)
+        job.plan = run.plan_text
+        job.budget = engine.send_budget(self.connection, run)
+        job.status = JobStatus.PLANNED
+        self._count(job)
+        await self._save_outcomes(job)
+        self._save(job)
+
+    async def start(self, job: Job) -> None:
+        """Queue the job for sending on its key's lane."""
+        # A job that failed while sending (key rejected, API unreachable) may start again: the
+        # engine resumes it from its journal, so nothing confirmed is sent twice.
+        retry = job.status is JobStatus.FAILED and (job.folder / "journal.sqlite").exists()
+        if job.status not in EDITABLE and not retry:
+            raise JobError(f"the job is {job.status.value}; only a validated or planned job can start")
+        if self.closing.is_set():
+            raise JobError("the server is shutting down")
+        job.status, job.error = JobStatus.SENDING, ""
+        job.outcomes = {}
+        job.progress = {}
+        (job.folder / "outcomes.json").unlink(missing_ok=True)  # the plan's, no longer true
+        self._save(job)
+        self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        lane = self._lane()
+        lane.waiting.append(job)
+        lane.positions()
+        lane.wake.set()
+
+    async def cancel(self, job: Job) -> None:
+        """Cancel: a queued or idle job at once, a sending one once its writes in flight settle."""
+        if job.status in FINISHED:
+            raise JobError(f"the job is already {job.status.value}")
+        for lane in self.lanes.values():
+            if job in lane.waiting:
+                lane.waiting.remove(job)
+                lane.positions()
+                job.queue_position = None
+                self._finish(job, JobStatus.CANCELLED, "cancelled before sending started")
+                return
+        if job.status is JobStatus.SENDING:
+            job.cancel.set()
+            job.touch()
+            return
+        if job.status in (JobStatus.VALIDATING, JobStatus.PLANNING):
+            raise JobError(f"the job is {job.status.value}; cancel it once that is done")
+        self._finish(job, JobStatus.CANCELLED, "cancelled before sending")
+
+    def _finish(self, job: Job, status: JobStatus, stopped: str = "", error: str = "") -> None:
+        job.status, job.stopped, job.error = status, stopped, error
+        job.finished = now_text()
+        self._count(job)
+        self._save(job)
+
+    async def _lane_worker(self, lane: Lane) -> None:
+        while not self.closing.is_set():
+            if not lane.waiting:
+                lane.wake.clear()
+                await lane.wake.wait()
+                continue
+            job = lane.waiting.popleft()
+            job.queue_position = None
+            lane.positions()
+            lane.running = job
+            try:
+                await self._send(job, lane)
+            finally:
+                lane.running = None
+
+    async def _send(self, job: Job, lane: Lane) -> None:
+        job.cancel = asyncio.Event()
+        if self.closing.is_set():
+            return
+        job.touch()
+        last_touch = 0.0
+
+        def progress(p: SendProgress) -> None:
+            nonlocal last_touch
+            for outcome in p.outcomes:
+                job.outcomes[outcome.row] = outcome
+            job.progress = {
+                "done": p.done,
+                "total": p.total,
+                "succeeded": p.succeeded,
+                "failed": p.failed,
+                "eta_seconds": None if p.eta_seconds is None else round(p.eta_seconds, 1),
+                "paused_seconds": round(lane.limiter.paused_for, 1),
+            }
+            # Counting every row costs a pass over the outcomes: at most a few times a second.
+            now = time.monotonic()
+            if now - last_touch >= 0.2 or p.done == p.total:
+                last_touch = now
+                self._count(job)
+                job.touch()
+
+        try:
+            report = await self.report(job)
+            if job.status is not JobStatus.SENDING:
+                return
+            self._summarise(job, report)
+            run = await engine.run_job(
+                self.connection,
+                report,
+                job.input_options(),
+                dry_run=False,
+                journal_path=job.folder / "journal.sqlite",
+                results=job.folder / "results.xlsx",
+                failed=job.folder / "failed.xlsx",
+                limiter=lane.limiter,
+                cancel=job.cancel,
+                on_progress=progress,
+                audit=self.audit(job),
+            )
+        except Exception as exc:
+            if job.interrupted:
+                return  # the next start resumes it from its journal
+            self._finish(job, JobStatus.FAILED, error=engine.clean_error(exc))
+            return
+        job.outcomes = dict(run.outcomes)
+        await self._save_outcomes(job)
+        if job.interrupted:
+            self._count(job)
+            job.stopped = "server stopped; resumes on the next start"
+            self._save(job)
+            return
+        if job.cancel.is_set():
+            self._finish(job, JobStatus.CANCELLED, "cancelled")
+        elif run.exit_code == 3:
+            self._finish(job, JobStatus.FAILED, run.stop_reason, error=run.stop_reason)
+        else:
+            self._finish(job, JobStatus.DONE, run.stop_reason)
+
+    # -- views ------------------------------------------------------------------------------
+
+    def snapshot(self, job: Job) -> dict[str, Any]:
+        """The job as the API and every event show it (never the key or a path on the server)."""
+        lane_progress = job.progress or {"done": 0, "total": 0, "succeeded": 0, "failed": 0}
+        return {
+            "id": job.id,
+            "status": job.status.value,
+            "file": job.file,
+            "created": job.created,
+            "finished": job.finished or None,
+            "uploaded_by": job.uploaded_by,
+            "rows": job.rows,
+            "counts": job.counts,
+            "problems": job.problems,
+            "progress": {
+                "done": lane_progress.get("done", 0),
+                "total": lane_progress.get("total", 0),
+                "succeeded": lane_progress.get("succeeded", 0),
+                "failed": lane_progress.get("failed", 0),
+                "eta_seconds": lane_progress.get("eta_seconds"),
+                "paused_seconds": lane_progress.get("paused_seconds", 0),
+            },
+            "queue_position": job.queue_position,
+            "error": job.error or None,
+            "stopped": job.stopped or None,
+            "plan": job.plan or None,
+            "budget": job.budget or None,
+            "options": {
+                "sheet": job.sheet,
+                "header_row": job.header_row,
+                "default_region": job.default_region,
+                "map": [f"{h}={f}" for h, f in job.column_map.items()],
+            },
+            "source": job.source,
+            "columns": job.columns,
+            "mapping": job.mapping,
+            "edits": len(job.edits),
+        }
+
+    async def rows(self, job: Job, status: str | None, offset: int, limit: int) -> dict[str, Any]:
+        """One page of rows with their values, status and reasons (filtered by status)."""
+        report = await self.report(job)
+        frame = report.table.frame
+        index = frame.index.tolist()
+        if job.view is None or job.view[0] != job.version:
+            failed_rows = report.failed_rows
+            statuses = [
+                Status.FAILED.value
+                if row in failed_rows
+                else (o.status.value if (o := job.outcomes.get(row)) else Status.NOT_SENT.value)
+                for row in index
+            ]
+            job.view = (job.version, statuses, reasons_by_row(report.issues))
+        _, statuses, issues = job.view
+        if status:
+            wanted = set(status.split(","))
+            if "valid" in wanted:
+                wanted.discard("valid")
+                failed = report.failed_rows
+                positions = [i for i, s in enumerate(statuses) if s in wanted or (index[i] not in failed)]
+            else:
+                positions = [i for i, s in enumerate(statuses) if s in wanted]
+        else:
+            positions = list(range(len(index)))
+        page = positions[offset : offset + limit]
+        edited = collections.defaultdict(set)
+        for e in job.edits:
+            edited[e.row].add(e.header)
+        items = []
+        for i in page:
+            row = index[i]
+            values = [str(v) for v in frame.iloc[i].tolist()]
+            outcome = job.outcomes.get(row)
+            row_issues = issues.get(row, [])
+            items.append(
+                {
+                    "row": row,
+                    "values": values,
+                    "status": statuses[i],
+                    "valid": not row_issues,
+                    "action": outcome.action.value if outcome else "",
+                    "reason": "; ".join(x.message for x in row_issues)
+                    if row_issues
+                    else (outcome.reason if outcome else "valid; not sent yet"),
+                    "issues": [
+                        {"column": x.column, "value": x.value, "message": x.message, "kind": x.kind}
+                        for x in row_issues
+                    ],
+                    "did_id": outcome.did_id if outcome else None,
+                    "routing_id": outcome.routing_id if outcome else None,
+                    "current": outcome.current if outcome else "",
+                    "proposed": outcome.proposed if outcome else "",
+                    "edited": sorted(edited.get(row, ())),
+                }
+            )
+        return {
+            "job": job.id,
+            "columns": list(report.table.headers),
+            "total": len(positions),
+            "offset": offset,
+            "limit": limit,
+            "rows": items,
+        }
+
+    async def workbook(self, job: Job, kind: str) -> Path | None:
+        """The results (``kind`` "results") or failed-rows workbook: final, or a snapshot now."""
+        name = "results.xlsx" if kind == "results" else "failed.xlsx"
+        if job.status in (JobStatus.DONE, JobStatus.CANCELLED) and (job.folder / "results.xlsx").is_file():
+            path = job.folder / name
+            return path if path.is_file() else None
+        if job.status is JobStatus.PLANNED and (job.folder / "plan.results.xlsx").is_file():
+            path = job.folder / ("plan." + name)
+            return path if path.is_file() else None
+        if job.status in (JobStatus.VALIDATING, JobStatus.FAILED) and job.report is None:
+            return None
+        report = await self.report(job)
+        outcomes = engine.row_outcomes(report, job.outcomes)
+        results = job.folder / "snapshot.results.xlsx"
+        failed = job.folder / "snapshot.failed.xlsx"
+        command = {
+            JobStatus.SENDING: "web (snapshot while sending)",
+            JobStatus.PLANNED: "web (dry run)",
+        }.get(job.status, "web (validate)")
+        audit = {"started": job.created, **self.audit(job)}
+        # One snapshot at a time per job: two downloads must not write one file together.
+        async with job.lock:
+            await in_background(
+                engine.write_results,
+                report,
+                outcomes,
+                report.issues,
+                command=command,
+                options={k: v for k, v in job.input_options().describe().items()},
+                audit=audit,
+                connection=self.connection,
+                results=results,
+                failed=failed,
+            )
+        path = results if kind == "results" else failed
+        return path if path.is_file() else None
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.snapshot(j) for j in sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)]
+
+
+def _column_position(headers: Sequence[str], mapping: Mapping[str, int], column: str) -> int:
+    """A column named by its header text or by the field it maps to."""
+    if column in headers:
+        return headers.index(column)
+    if column in mapping:
+        return mapping[column]
+    raise JobError(f"no column {column!r} in this file")

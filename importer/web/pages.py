@@ -1,0 +1,590 @@
+"""The web page: server-rendered steps over ``JobService``, usable without JavaScript.
+
+Routes (behind the same ``security.Guard`` as the API; forms post to the same origin):
+
+    GET  /                             the jobs, and the upload form
+    POST /upload                       the upload form (the API's own upload handler) -> the job
+    GET  /jobs/{id}                    the job's current step
+    GET  /jobs/{id}/columns  POST      sheet, default region and the column for each field
+    GET  /jobs/{id}/check              counts, the rows paged on the server (?problems=1&page=2)
+    POST /jobs/{id}/rows/{row}         correct cells of one row (plain form; htmx swaps the table)
+    GET  /jobs/{id}/plan     POST      the dry run against the account, side by side
+    GET  /jobs/{id}/send     POST      the confirmation, then live progress (SSE from the API)
+    POST /jobs/{id}/cancel             stop sending; writes in flight settle
+    GET  /jobs/{id}/results            per-row outcomes and the downloads
+    GET  /static/...                   css, the page's script, htmx (vendored, with its licence)
+
+Every page is whole HTML: htmx only fetches the same pages and swaps a part of them, so
+each link and form also works as a plain one. Nothing here reads, validates, plans or sends:
+that is ``JobService`` and ``engine``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import EllipsisType
+from typing import Any
+from urllib.parse import urlencode
+
+import python_calamine
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from importer import fields
+from importer.errors import ImporterError
+from importer.model import Action, RawTable, RowIssue
+from importer.pipeline import top_reasons
+from importer.web import engine
+from importer.web.jobs import Job, JobError, JobService, JobStatus, in_background
+
+__all__ = ["PAGE_SIZE", "page_routes"]
+
+PAGE_SIZE = 50
+"""Rows per page of a table: the server pages, so 10 rows or a million weigh the same."""
+SAMPLES = 3
+STEPS = (
+    ("upload", "Upload"),
+    ("columns", "Sheet and columns"),
+    ("check", "Check"),
+    ("plan", "Plan"),
+    ("send", "Send"),
+    ("results", "Results"),
+)
+TITLES = {f.name: f.title for f in fields.FIELDS}
+BUSY = frozenset({JobStatus.VALIDATING, JobStatus.PLANNING})
+SENT = frozenset({JobStatus.SENDING, JobStatus.DONE, JobStatus.CANCELLED})
+RESULT_FILTERS = ("", "failed", "succeeded", "unchanged", "skipped", "not_sent")
+HINTS = {
+    "scientific_notation": (
+        "Some DIDs are in scientific notation (like 9.18E+11): Excel showed them that way and kept "
+        "only the first digits, so the rest cannot be read from this file. Correct them below, or in "
+        "Excel format the DID column as Text, paste the numbers again, save and upload the new file."
+    ),
+    "no_country_code": (
+        "Some DIDs have no country code (080 1234 5678 instead of +91 80 1234 5678): spreadsheets often "
+        "drop a leading + or 00. Add the country code in the cells below, or set the default region "
+        "(e.g. IN) on the Sheet and columns step so national numbers are read as that country's."
+    ),
+}
+
+PLAN_REASONS = {
+    "did_not_found": "DID not in this account",
+    "did_mismatch": "DID id and number are different DIDs",
+    "bot_inactive": "bot inactive",
+    "bot_not_found": "bot not in this account",
+}
+"""Words for the plan's own reasons (reason kinds the engine settles when it reads the account)."""
+
+_CLI_WORDS = (
+    (re.compile(r"or pass --default-region to read national numbers"),
+     "or set the default region (step 2, Sheet and columns) to read national numbers"),
+    (re.compile(r"or pass --default-region (\w+)"),
+     r"or set the default region (step 2, Sheet and columns) to \1"),
+    (re.compile(r'add --map "([^"]*)=(\w+)"'), r'choose "\1" for \2 in the list'),
+    (re.compile(r'pick one with --map "[^"]*"'), "pick one in the list"),
+    (re.compile(r"--map names the column"), "the mapping names the column"),
+    (re.compile(r"--default-region"), "the default region"),
+    (re.compile(r"choose another with --sheet"), "choose another sheet"),
+)  # fmt: skip
+"""The engine's messages name CLI options; on the page the same advice names the page's controls."""
+_FIELD_NAME = re.compile(r"\b(" + "|".join(f.name for f in fields.FIELDS) + r")\b")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One cell as the check table shows it: its value and, when it is wrong, why."""
+
+    position: int
+    value: str
+    issue: RowIssue | None
+
+
+def _page_words(text: str) -> str:
+    """An engine message with its CLI advice said in the page's own words."""
+    for pattern, words in _CLI_WORDS:
+        text = pattern.sub(words, text)
+    # Field names as the page's lists call them ("Inbound Bot ID", not inbound_websocket_bot_id).
+    return _FIELD_NAME.sub(lambda m: TITLES[m.group(0)], text)
+
+
+def _kind_label(kind: str) -> str:
+    """The engine's own words for a kind of problem (the CLI's summary uses the same)."""
+    return top_reasons((RowIssue(0, "", "", "", kind),))[0][0]
+
+
+def _issue(data: Mapping[str, Any], row: int) -> RowIssue:
+    return RowIssue(row, str(data["column"]), str(data["value"]), str(data["message"]), str(data["kind"]))
+
+
+def _step_of(job: Job) -> str:
+    """The step a job is at, for ``/jobs/{id}``."""
+    if job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished):
+        return "columns"
+    if job.status in (JobStatus.PLANNING, JobStatus.PLANNED):
+        return "plan"
+    if job.status is JobStatus.SENDING:
+        return "send"
+    if job.status in (JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED):
+        return "results"
+    return "check"
+
+
+def _open_steps(job: Job) -> set[str]:
+    """The steps that can be opened now (the others are shown, not linked)."""
+    if job.status in SENT or (job.status is JobStatus.FAILED and job.finished):
+        return {"check", "send", "results"} if job.status is not JobStatus.SENDING else {"check", "send"}
+    if job.status is JobStatus.VALIDATING or job.status is JobStatus.FAILED:
+        return {"upload", "columns"}
+    return {"upload", "columns", "check", "plan", "send"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "working it out"
+    seconds = max(0, math.ceil(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 90:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _record(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _compare(current: str, proposed: str) -> list[tuple[str, str, str, bool]]:
+    """Field by field: (field, current, proposed, changed), for the plan's side-by-side view."""
+    now, then = _record(current) or {}, _record(proposed) or {}
+    out = []
+    for key in dict.fromkeys([*then, *now]):
+        before, after = now.get(key), then.get(key)
+        shown = ("" if before is None else str(before), "" if after is None else str(after))
+        out.append((key, *shown, before != after))
+    return out
+
+
+def _page_numbers(total: int, page: int) -> tuple[int, int]:
+    pages = max(1, -(-total // PAGE_SIZE))
+    return min(max(1, page), pages), pages
+
+
+def _int(value: str | None, default: int = 1) -> int:
+    try:
+        return int(value or default)
+    except ValueError:
+        return default
+
+
+def _samples(table: RawTable) -> list[list[str]]:
+    head = table.frame.head(200)
+    out = []
+    for position in range(len(table.headers)):
+        values = [str(v) for v in head[position].tolist() if str(v).strip()]
+        out.append(values[:SAMPLES])
+    return out
+
+
+def _sheet_names(job: Job) -> list[str]:
+    """The sheets of an XLSX/XLSM upload, to choose from (the reader already accepted the file)."""
+    if job.source.get("format") not in ("xlsx", "xlsm"):
+        return []
+    try:
+        book = python_calamine.CalamineWorkbook.from_path(str(job.input_path))
+        return [str(m.name) for m in book.sheets_metadata]
+    except Exception:  # only a convenience: the sheet can still be typed
+        return []
+
+
+def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
+    """The page's routes over ``service``; ``upload`` is the API's upload handler (one code path).
+
+    Args:
+        service: The jobs.
+        upload: ``POST /api/jobs``: the page's upload form hands its request to it unchanged.
+
+    Returns:
+        The routes, static files included.
+    """
+    templates = Environment(
+        loader=PackageLoader("importer.web", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    templates.globals.update(steps=STEPS, duration=_duration, kind_label=_kind_label)
+    templates.filters["words"] = _page_words
+
+    def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(templates.get_template(name).render(**context), status_code=status)
+
+    def see(url: str) -> RedirectResponse:
+        return RedirectResponse(url, status_code=303)
+
+    def job_page(handler: Callable[[Request, Job], Awaitable[Response]]) -> Handler:
+        async def endpoint(request: Request) -> Response:
+            job = service.get(str(request.path_params["job_id"]))
+            if job is None:
+                return render("missing.html", 404, job=None)
+            return await handler(request, job)
+
+        return endpoint
+
+    def base(job: Job, step: str, **context: Any) -> dict[str, Any]:
+        return {"job": job, "snap": service.snapshot(job), "step": step, "open": _open_steps(job), **context}
+
+    # -- jobs and upload ------------------------------------------------------------------
+
+    async def index(request: Request) -> Response:
+        return render("index.html", job=None, jobs=service.list())
+
+    async def take_upload(request: Request) -> Response:
+        answer = await upload(request)
+        data = json.loads(bytes(answer.body))
+        if answer.status_code == 201:
+            return see(f"/jobs/{data['id']}/columns")
+        return render("index.html", answer.status_code, job=None, jobs=service.list(), error=data["error"])
+
+    async def home(request: Request, job: Job) -> Response:
+        return see(f"/jobs/{job.id}/{_step_of(job)}")
+
+    # -- sheet and columns ----------------------------------------------------------------
+
+    async def read_headers(job: Job) -> tuple[RawTable | None, str]:
+        """The table to map: the validated one, or read again when validation could not map it."""
+        if job.report is not None or job.status in (JobStatus.VALIDATED, JobStatus.PLANNED):
+            return (await service.report(job)).table, ""
+        try:
+            table = await in_background(
+                engine.load_table, job.input_path, job.sheet, job.column_map, job.header_row
+            )
+        except ImporterError as exc:
+            return None, str(exc)
+        return table, ""
+
+    async def columns(request: Request, job: Job, error: str = "", status: int = 200) -> Response:
+        if job.status in BUSY:
+            return render("columns.html", **base(job, "columns", waiting=True, error=error))
+        table, read_error = await read_headers(job)
+        chosen: dict[str, str] = {}
+        rows: list[tuple[int, str, list[str]]] = []
+        if table is not None:
+            by_header = {fields.header_key(h): f for h, f in job.column_map.items()}
+            for header in table.headers:
+                name = by_header.get(fields.header_key(header)) or fields.match_header(header)
+                if name is not None and name not in chosen:
+                    chosen[name] = header
+            if job.mapping:
+                chosen = {**chosen, **job.mapping}
+            rows = [(i, h, s) for i, (h, s) in enumerate(zip(table.headers, _samples(table), strict=True))]
+        return render(
+            "columns.html",
+            status,
+            **base(
+                job,
+                "columns",
+                waiting=False,
+                error=error or read_error or job.error,
+                headers=[] if table is None else list(table.headers),
+                header_row=None if table is None else table.source.header_row,
+                table_rows=rows,
+                chosen=chosen,
+                fields=fields.FIELDS,
+                samples={h: s for _, h, s in rows},
+                sheets=await in_background(_sheet_names, job),
+            ),
+        )
+
+    async def columns_get(request: Request, job: Job) -> Response:
+        return await columns(request, job)
+
+    async def columns_post(request: Request, job: Job) -> Response:
+        async with request.form(max_files=0, max_fields=64, max_part_size=4096) as form:
+            sheet = str(form.get("sheet") or "").strip() or None
+            region = str(form.get("default_region") or "").strip().upper() or None
+            wanted_row = str(form.get("header_row") or "").strip()
+            shown = str(form.get("shown_header_row") or "").strip()
+            picks = {f.name: str(form.get(f"field_{f.name}") or "") for f in fields.FIELDS}
+        column_map: dict[str, str] = {}
+        for name, header in picks.items():
+            if not header:
+                continue
+            if header in column_map:
+                return await columns(
+                    request, job, f'column "{header}" is chosen for two fields; choose it once', 400
+                )
+            if fields.match_header(header) != name:  # only what differs from the automatic match
+                column_map[header] = name
+        header_row: int | EllipsisType | None = ...  # unchanged
+        if wanted_row and wanted_row != shown:
+            if not wanted_row.isdigit() or int(wanted_row) < 1:
+                return await columns(request, job, "the header row is a row number, like 1 or 3", 400)
+            header_row = int(wanted_row)
+            column_map = {}  # another header row has other names: map them once they show
+        if sheet != job.sheet and sheet is not None:
+            column_map = {}  # another sheet has other headers: start from the automatic match
+            header_row = None
+        try:
+            await service.set_options(job, sheet, region, column_map, header_row)
+        except JobError as exc:
+            return await columns(request, job, str(exc), 409)
+        if job.status is JobStatus.VALIDATED:
+            return see(f"/jobs/{job.id}/check")
+        return see(f"/jobs/{job.id}/columns")
+
+    # -- check ----------------------------------------------------------------------------
+
+    def check_url(job: Job, problems: bool, page: int) -> str:
+        query = urlencode({k: v for k, v in (("problems", "1" if problems else ""), ("page", page)) if v})
+        return f"/jobs/{job.id}/check" + (f"?{query}" if query else "")
+
+    async def check(
+        request: Request, job: Job, message: str = "", status: int = 200, refused: bool = False
+    ) -> Response:
+        if job.status in BUSY or (job.status is JobStatus.FAILED and not job.finished):
+            return see(f"/jobs/{job.id}/columns")
+        problems = request.query_params.get("problems") == "1"
+        page = _int(request.query_params.get("page"))
+        saved = request.query_params.get("saved", "")
+        if saved.isdigit() and not message:
+            message = f"Row {saved} saved and checked again."
+        first = await service.rows(job, "failed" if problems else None, 0, 0)
+        page, pages = _page_numbers(first["total"], page)
+        data = await service.rows(job, "failed" if problems else None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        headers: list[str] = data["columns"]
+        report = await service.report(job)
+        titles = {
+            report.table.headers[p]: TITLES[f]
+            for f, p in report.mapping.items()
+            if fields.header_key(report.table.headers[p]) != fields.header_key(TITLES[f])
+        }
+        table = []
+        for item in data["rows"]:
+            issues = [_issue(x, item["row"]) for x in item["issues"]]
+            by_column = {x.column: x for x in issues}
+            pairs = enumerate(zip(headers, item["values"], strict=True))
+            cells = [Cell(i, v, by_column.get(h)) for i, (h, v) in pairs]
+            loose = [x for x in issues if x.column not in headers]
+            table.append({"row": item["row"], "cells": cells, "loose": loose, "item": item})
+        kinds = sorted(job.problems.items(), key=lambda kv: -kv[1])
+        editable = job.status in (JobStatus.VALIDATED, JobStatus.PLANNED)
+        return render(
+            "check.html",
+            status,
+            **base(
+                job,
+                "check",
+                problems=problems,
+                page=page,
+                pages=pages,
+                total=data["total"],
+                headers=headers,
+                titles=titles,
+                table=table,
+                kinds=kinds,
+                hints=[(k, HINTS[k]) for k, _ in kinds if k in HINTS],
+                editable=editable,
+                message=message,
+                failed_edit=refused,
+            ),
+        )
+
+    async def check_get(request: Request, job: Job) -> Response:
+        return await check(request, job)
+
+    async def fix(request: Request, job: Job) -> Response:
+        row = _int(request.path_params["row"], -1)
+        async with request.form(max_files=0, max_fields=256, max_part_size=4096) as form:
+            values = {k: str(v) for k, v in form.items() if isinstance(v, str)}
+        problems = values.get("problems") == "1"
+        page = _int(values.get("page"))
+        report = await service.report(job)
+        headers = report.table.headers
+        changes = {}
+        for key, value in values.items():
+            if key.startswith("c") and key[1:].isdigit() and int(key[1:]) < len(headers):
+                changes[headers[int(key[1:])]] = value
+        try:
+            if changes:
+                await service.edit(job, row, changes)
+        except (JobError, LookupError) as exc:
+            request.scope["query_string"] = urlencode({"problems": int(problems), "page": page}).encode()
+            # htmx swaps only 2xx answers: for it the refusal is a page that says why.
+            status = 200 if request.headers.get("hx-request") else 409
+            return await check(Request(request.scope), job, str(exc), status, refused=True)
+        return see(check_url(job, problems, page) + f"&saved={row}#row-{row}")
+
+    # -- plan -----------------------------------------------------------------------------
+
+    def action_counts(job: Job) -> dict[str, int]:
+        counter = collections.Counter(o.action.value for o in job.outcomes.values())
+        return {a.value: counter.get(a.value, 0) for a in (Action.CREATE, Action.UPDATE, Action.UNCHANGED)}
+
+    def held_back(job: Job) -> list[tuple[str, int]]:
+        """Rows that will not be sent, by why: the check's problems and the plan's failures."""
+        kinds: collections.Counter[str] = collections.Counter(
+            {_kind_label(k): v for k, v in job.problems.items()}
+        )
+        for o in job.outcomes.values():
+            if o.action in (Action.FAIL, Action.SKIP):
+                kind = o.reason_kind or "failed"
+                kinds[PLAN_REASONS.get(kind, kind.replace("_", " "))] += 1
+        return kinds.most_common()
+
+    async def plan_page(request: Request, job: Job) -> Response:
+        if job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished):
+            return see(f"/jobs/{job.id}/columns")
+        if job.status is JobStatus.PLANNING:
+            return render("plan.html", **base(job, "plan", waiting=True))
+        if job.status in SENT or job.status is JobStatus.FAILED:
+            return see(f"/jobs/{job.id}/{_step_of(job)}")  # a sent job's plan is history
+        planned = job.status is JobStatus.PLANNED
+        problems = request.query_params.get("problems") == "1"
+        page = _int(request.query_params.get("page"))
+        rows: list[dict[str, Any]] = []
+        total = 0
+        pages = 1
+        if planned:
+            first = await service.rows(job, "failed" if problems else None, 0, 0)
+            page, pages = _page_numbers(first["total"], page)
+            data = await service.rows(job, "failed" if problems else None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+            total = data["total"]
+            report = await service.report(job)
+            did = report.mapping.get("did_number", report.mapping.get("did_id", 0))
+            for item in data["rows"]:
+                rows.append(
+                    {
+                        **item,
+                        "did": item["values"][did] if did < len(item["values"]) else "",
+                        "compare": _compare(item["current"], item["proposed"]),
+                    }
+                )
+        counts = action_counts(job)
+        budget = job.budget or {}
+        reads, writes = int(budget.get("reads", 0)), int(budget.get("writes", 0))
+        return render(
+            "plan.html",
+            **base(
+                job,
+                "plan",
+                waiting=False,
+                planned=planned,
+                counts=counts,
+                writes=writes,
+                reads=reads,
+                requests=reads + writes,
+                rate=service.connection.requests_per_minute,
+                seconds=float(budget.get("seconds", 0)),
+                held=held_back(job),
+                held_total=job.counts.get("failed", 0),
+                rows=rows,
+                total=total,
+                page=page,
+                pages=pages,
+                problems=problems,
+            ),
+        )
+
+    async def act(job: Job, action: Callable[[Job], Awaitable[None]], step: str, then: str) -> Response:
+        """Do something to a job, then show the ``then`` step; a refusal is shown on ``step``'s page."""
+        try:
+            await action(job)
+        except JobError as exc:
+            return render("error.html", 409, **base(job, step, error=str(exc)))
+        return see(f"/jobs/{job.id}/{then}")
+
+    async def plan_post(request: Request, job: Job) -> Response:
+        return await act(job, service.plan, "plan", "plan")
+
+    # -- send and results -----------------------------------------------------------------
+
+    async def send_page(request: Request, job: Job) -> Response:
+        if job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished):
+            return see(f"/jobs/{job.id}/columns")
+        counts = action_counts(job)
+        return render(
+            "send.html",
+            **base(
+                job,
+                "send",
+                confirm=job.status in (JobStatus.VALIDATED, JobStatus.PLANNED),
+                counts=counts,
+                writes=counts["create"] + counts["update"],
+                held=held_back(job),
+                held_total=job.counts.get("failed", 0),
+                valid=job.counts.get("valid", 0),
+            ),
+        )
+
+    async def start(request: Request, job: Job) -> Response:
+        async with request.form(max_files=0, max_fields=8, max_part_size=1024) as form:
+            confirmed = form.get("confirm") == "yes"
+        if not confirmed:
+            return render("error.html", 400, **base(job, "send", error="tick the box to confirm the send"))
+        return await act(job, service.start, "send", "send")
+
+    async def cancel(request: Request, job: Job) -> Response:
+        return await act(job, service.cancel, "send", "send")
+
+    async def results(request: Request, job: Job) -> Response:
+        if job.status not in SENT and not (job.status is JobStatus.FAILED and job.finished):
+            return see(f"/jobs/{job.id}/{_step_of(job)}")
+        wanted = request.query_params.get("status", "")
+        wanted = wanted if wanted in RESULT_FILTERS else ""
+        page = _int(request.query_params.get("page"))
+        rows: list[dict[str, Any]] = []
+        total, pages = 0, 1
+        if job.report is not None or job.rows:
+            first = await service.rows(job, wanted or None, 0, 0)
+            page, pages = _page_numbers(first["total"], page)
+            data = await service.rows(job, wanted or None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+            report = await service.report(job)
+            did = report.mapping.get("did_number", report.mapping.get("did_id", 0))
+            total = data["total"]
+            rows = [{**r, "did": r["values"][did] if did < len(r["values"]) else ""} for r in data["rows"]]
+        return render(
+            "results.html",
+            **base(
+                job,
+                "results",
+                rows=rows,
+                total=total,
+                page=page,
+                pages=pages,
+                wanted=wanted,
+                filters=RESULT_FILTERS,
+            ),
+        )
+
+    return [
+        Route("/", index, methods=["GET"]),
+        Route("/upload", take_upload, methods=["POST"]),
+        Route("/jobs/{job_id}", job_page(home), methods=["GET"]),
+        Route("/jobs/{job_id}/columns", job_page(columns_get), methods=["GET"]),
+        Route("/jobs/{job_id}/columns", job_page(columns_post), methods=["POST"]),
+        Route("/jobs/{job_id}/check", job_page(check_get), methods=["GET"]),
+        Route("/jobs/{job_id}/rows/{row}", job_page(fix), methods=["POST"]),
+        Route("/jobs/{job_id}/plan", job_page(plan_page), methods=["GET"]),
+        Route("/jobs/{job_id}/plan", job_page(plan_post), methods=["POST"]),
+        Route("/jobs/{job_id}/send", job_page(send_page), methods=["GET"]),
+        Route("/jobs/{job_id}/send", job_page(start), methods=["POST"]),
+        Route("/jobs/{job_id}/cancel", job_page(cancel), methods=["POST"]),
+        Route("/jobs/{job_id}/results", job_page(results), methods=["GET"]),
+        Mount("/static", StaticFiles(packages=[("importer.web", "static")]), name="static"),
+    ]

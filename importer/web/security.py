@@ -1,0 +1,184 @@
+"""The lock on the door: Host check, token or session cookie, Origin check, safe response headers.
+
+In the order a request meets them:
+
+1. ``Host`` must name the address the server is bound to (or ``localhost`` when that is a
+   loopback address): a page on another site that re-points its own name at 127.0.0.1 (DNS
+   rebinding) sends its own name as Host and is refused (403).
+2. The token: ``Authorization: Bearer <token>``, or the session cookie. Opening any page with
+   ``?token=<token>`` sets the cookie (HttpOnly, SameSite=Strict) and redirects to the same page
+   without the token, so it does not linger in the address bar or history. Anything else is
+   401 with a one-word body.
+3. A state-changing request (not GET/HEAD/OPTIONS) whose ``Origin`` is not this server, or that
+   the browser marks ``Sec-Fetch-Site: cross-site``, is refused (403).
+4. Every response carries a Content-Security-Policy without inline script, ``nosniff``, no
+   framing, no referrer to other sites; all but the static files is ``Cache-Control: no-store``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Iterable
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qsl, quote, urlencode
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["COOKIE", "CSP", "Guard", "allowed_hosts", "session_value"]
+
+COOKIE = "voicelink_session"
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    # same-origin, not no-referrer: with no-referrer a browser's own form posts carry
+    # "Origin: null", which the Origin check must refuse; other sites still get no referrer.
+    (b"referrer-policy", b"same-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+
+
+def session_value(token: str) -> str:
+    """The cookie's value: derived from the token, so the token itself is never stored in a browser."""
+    return hmac.new(token.encode(), b"voicelink-web-session", hashlib.sha256).hexdigest()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def allowed_hosts(host: str, port: int) -> frozenset[str]:
+    """The Host header values that name this server."""
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    names = {shown}
+    if _is_loopback(host):
+        names |= {"localhost", "127.0.0.1", "[::1]"}
+    out = {f"{name}:{port}" for name in names}
+    if port == 80:
+        out |= names
+    return frozenset(n.lower() for n in out)
+
+
+class Guard:
+    """ASGI middleware: Host, token, Origin, and the security headers on every response."""
+
+    def __init__(self, app: ASGIApp, *, token: str, hosts: Iterable[str], static_prefix: str = "/static/"):
+        self.app = app
+        self.token = token
+        self.session = session_value(token)
+        self.hosts = frozenset(hosts)
+        self.origins = frozenset(f"http://{h}" for h in self.hosts)
+        self.static_prefix = static_prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websockets here: refuse rather than pass unchecked
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        headers = _headers(scope)
+        if headers.get("host", "").lower() not in self.hosts:
+            await _plain(send, 403, "forbidden host")
+            return
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        given = query.get("token")
+        if given is not None and scope["method"] == "GET":
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                await _plain(send, 401, "unauthorized")
+                return
+            rest = urlencode([(k, v) for k, v in query.items() if k != "token"])
+            # Quoted and with one leading slash: no header injection, no redirect off this site.
+            path = "/" + quote(scope["path"]).lstrip("/")
+            await _redirect(send, path + (f"?{rest}" if rest else ""), self.session)
+            return
+        if not self._authorised(headers):
+            await _plain(send, 401, "unauthorized")
+            return
+        if scope["method"] not in SAFE_METHODS and not self._same_origin(headers):
+            await _plain(send, 403, "cross-origin request refused")
+            return
+        no_store = not scope["path"].startswith(self.static_prefix)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = list(_HEADERS)
+                if no_store:
+                    extra.append((b"cache-control", b"no-store"))
+                names = {name for name, _ in extra}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": kept + extra}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _authorised(self, headers: dict[str, str]) -> bool:
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode()):
+            return True
+        cookie = SimpleCookie()
+        try:
+            cookie.load(headers.get("cookie", ""))
+        except Exception:  # a malformed Cookie header is just no session
+            return False
+        morsel = cookie.get(COOKIE)
+        return morsel is not None and hmac.compare_digest(morsel.value.encode(), self.session.encode())
+
+    def _same_origin(self, headers: dict[str, str]) -> bool:
+        if headers.get("sec-fetch-site", "") == "cross-site":
+            return False
+        origin = headers.get("origin")
+        return origin is None or origin.lower() in self.origins
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in scope["headers"]:
+        out.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+    return out
+
+
+async def _plain(send: Send, status: int, text: str) -> None:
+    body = text.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                *_HEADERS,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _redirect(send: Send, location: str, session: str) -> None:
+    cookie = f"{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [
+                (b"location", location.encode("latin-1", "replace")),
+                (b"set-cookie", cookie.encode()),
+                (b"content-length", b"0"),
+                (b"cache-control", b"no-store"),
+                *_HEADERS,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})

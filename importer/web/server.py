@@ -1,0 +1,136 @@
+"""Start and stop the web service: uvicorn on one socket, an honest shutdown.
+
+SIGTERM (or Ctrl-C) makes uvicorn stop accepting connections; before it waits for the open ones,
+``_Server.shutdown`` tells the jobs to stop: event streams end, sends stop taking new writes and
+the writes in flight settle (each is journalled). Jobs stopped that way stay ``sending`` and the
+next start resumes them from their journals; the process is gone within a few seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+
+from importer.errors import InputError
+from importer.serving import listen, serving_in_thread
+from importer.web.app import WebConfig, create_app
+from importer.web.engine import Connection
+from importer.web.jobs import JobService
+from importer.web.security import allowed_hosts
+
+__all__ = ["ServeSettings", "build", "running_server", "serve"]
+
+SANDBOX_BASE_URL = "http://sandbox.invalid/api/v2"
+SHUTDOWN_SECONDS = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServeSettings:
+    """The options of ``voicelink-import serve``."""
+
+    connection: Connection
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_mb: int = 100
+    token: str = field(default="", repr=False)
+    """Empty: a random token for this start (``VOICELINK_WEB_TOKEN`` sets one in the CLI)."""
+
+
+def sandbox_connection(requests_per_minute: int) -> Connection:
+    """A connection to an in-process sandbox: no key needed, nothing leaves the process."""
+    from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
+
+    sandbox = create_sandbox(SandboxConfig(requests_per_minute=requests_per_minute))
+    return Connection(
+        api_key=SANDBOX_API_KEY,
+        base_url=SANDBOX_BASE_URL,
+        transport=httpx.ASGITransport(app=sandbox.app),
+        requests_per_minute=requests_per_minute,
+    )
+
+
+def build(settings: ServeSettings, port: int) -> tuple[Starlette, JobService, str]:
+    """The app, its jobs and the token, for the port actually bound."""
+    token = settings.token or secrets.token_urlsafe(24)
+    service = JobService(settings.data_dir, settings.connection)
+    config = WebConfig(
+        token=token,
+        hosts=allowed_hosts(settings.host, port),
+        max_upload_bytes=settings.max_upload_mb * 2**20,
+        scratch=settings.data_dir / "incoming",
+    )
+    return create_app(service, config), service, token
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the jobs to stop before it waits for open connections."""
+
+    def __init__(self, config: uvicorn.Config, service: JobService) -> None:
+        super().__init__(config)
+        self.service = service
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.service.begin_shutdown()
+        await super().shutdown(sockets)
+
+
+def _prepare(settings: ServeSettings) -> tuple[socket.socket, _Server, str, str]:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(settings.data_dir, 0o700)  # uploads and journals are the team's data
+    except OSError as exc:
+        raise InputError(f"cannot use the data folder {settings.data_dir}: {exc.strerror or exc}") from None
+    sock = listen(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    app, service, token = build(settings, port)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        ws="none",
+        access_log=False,  # an access log would keep the ?token= of the first visit
+        log_level="warning",
+        timeout_graceful_shutdown=int(SHUTDOWN_SECONDS),
+    )
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host  # as the Host check knows it
+    return sock, _Server(config, service), f"http://{shown}:{port}", token
+
+
+def serve(settings: ServeSettings, on_ready: Callable[[str, str], None] | None = None) -> None:
+    """Serve until SIGTERM or Ctrl-C.
+
+    Args:
+        settings: The options.
+        on_ready: Called with the base URL and the token once the socket listens.
+
+    Raises:
+        InputError: the address cannot be listened on or the data folder cannot be used.
+    """
+    sock, server, url, token = _prepare(settings)
+    try:
+        if on_ready is not None:
+            on_ready(url, token)
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def running_server(settings: ServeSettings) -> Iterator[tuple[str, str, JobService]]:
+    """Serve in a background thread for the duration of a ``with`` (tests, benchmarks).
+
+    Yields:
+        The base URL, the token and the job service.
+    """
+    sock, server, url, token = _prepare(settings)
+    with serving_in_thread(server, sock, name="web", grace=10):
+        yield url, token, server.service
