@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import getpass
 import json
 import socket
@@ -34,7 +35,7 @@ from .errors import ApiError, AuthError, InputError
 from .fields import routing_body
 from .journal import ConfirmedRow, InFlightRow, Journal
 from .limiter import RateLimiter
-from .live import Inventory, LiveRouting, index_routing, open_client, sending_options, stop_on_signals
+from .live import Inventory, LiveRouting, open_client, sending_options, stop_on_signals
 from .model import Action, RoutingRow, RowOutcome, RunInfo, Status, ValidationReport
 from .pipeline import (
     InputOptions,
@@ -48,6 +49,7 @@ from .pipeline import (
     top_reasons,
     write_outputs,
 )
+from .state import collect_created_ids, cost_text, read_state
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -118,12 +120,14 @@ class PlanCounts:
     skipped: int
     failed: int
     done_before: int
+    cost: str = ""
+    """Reads done, writes planned and their time at the rate (``state.cost_text``)."""
 
     def text(self) -> str:
         return (
             f"create {self.create}, update {self.update}, unchanged {self.unchanged}, "
             f"skip {self.skipped}, fail {self.failed}, done in an earlier run {self.done_before}"
-        )
+        ) + (f" ({self.cost})" if self.cost else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,16 +248,8 @@ class _Runner:
         return chosen.connection_id
 
     async def read_inventory(self) -> Inventory:
-        dids = await self.client.list_dids()
-        bots = await self.client.list_bots()
-        routings = await self.client.read_routing()
-        by_number = {d.did_number: d for d in dids}
-        return Inventory(
-            dids_by_id={d.did_id: d for d in dids},
-            dids_by_number=by_number,
-            bots={b.bot_id: b for b in bots},
-            routing=index_routing(routings, by_number),
-        )
+        inventory, _reads = await read_state(self.client, self.report.valid)
+        return inventory
 
     # -- resolve and plan ----------------------------------------------------------
 
@@ -648,22 +644,11 @@ class _Runner:
             )
 
     async def collect_routing_ids(self) -> None:
-        """Read the routing once more: create returns no id, so read the ids back."""
+        """Read the routing once more, only if a create left a row without its routing id."""
         try:
-            routings = await self.client.read_routing()
+            self.outcomes.update(await collect_created_ids(self.client, self.outcomes))
         except (ApiError, httpx.HTTPError) as exc:
             self.notes.append(f"note: routing ids could not be read back ({exc})")
-            return
-        by_did = {r.did_id: r for r in routings if r.did_id is not None}
-        for row, outcome in list(self.outcomes.items()):
-            if (
-                outcome.routing_id is None
-                and outcome.did_id is not None
-                and outcome.status is Status.SUCCEEDED
-            ):
-                found = by_did.get(outcome.did_id)
-                if found is not None:
-                    self.outcomes[row] = _replace(outcome, routing_id=found.routing_id)
 
 
 def _replace(outcome: RowOutcome, **changes: object) -> RowOutcome:
@@ -789,6 +774,8 @@ async def _prepare(runner: _Runner) -> tuple[list[_Write], PlanCounts, Inventory
     confirmed = journal.confirmed(sha) if journal is not None else {}
     in_flight = journal.in_flight(sha) if journal is not None else {}
     writes, counts = runner.plan(inventory, connection, confirmed, in_flight)
+    cost = cost_text(runner.client.request_count, len(writes), config.requests_per_minute)
+    counts = dataclasses.replace(counts, cost=cost)
     runner.plan_text = counts.text()
     if journal is not None:
         runner.run_id = journal.start_run(

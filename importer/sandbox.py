@@ -37,6 +37,8 @@ Behaviour choices (where the API reference is unsure):
   ``search`` is a literal substring of did_number (DIDs) or a case-insensitive one of bot_name.
 - With ``int_did_numbers`` (default on), every DID with an odd id has its did_number as a JSON
   integer in dids/purchased and in sync's dids, routing and readiness.remote_did.
+- With ``lean_sync``, sync answers with empty ``dids[]``, ``bots[]`` and ``readiness[]``
+  (``routing[]`` only), as an upstream that does not carry the lists might.
 - Rate limit: a 60 s sliding window per key over every accepted /api/v2 request (GETs too, and
   injected faults). Requests with a bad key (401) and the limiter's own 429s do not count.
   ``Retry-After`` (only with ``retry_after``) is the whole seconds until the oldest counted
@@ -165,6 +167,8 @@ class SandboxConfig:
     spike_rate: float = 0.0
     """Share of /api/v2 requests that get ``spike_ms`` of extra latency."""
     spike_ms: int = 1000
+    lean_sync: bool = False
+    """Sync answers with empty dids[], bots[] and readiness[]: routing[] only (tests the fallbacks)."""
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be between 0 and 1" for name, rate in self._rates() if not 0 <= rate <= 1]
@@ -704,6 +708,8 @@ class Sandbox:
         conn = self._connection(call)
         dids = [d for d in self._dids.values() if d.connection_id == conn.id]
         routing = [self._routing[self._routing_by_did[d.id]] for d in dids if d.id in self._routing_by_did]
+        if self.config.lean_sync:
+            dids = []
         return {
             "clients": [],
             "dids": [
@@ -711,7 +717,11 @@ class Sandbox:
                 for d in dids
             ],
             "available_dids": [],
-            "bots": [self._bot_item(b) for b in self._bots.values() if b.connection_id == conn.id],
+            "bots": [
+                self._bot_item(b)
+                for b in self._bots.values()
+                if b.connection_id == conn.id and not self.config.lean_sync
+            ],
             "routing": [self._routing_item(r, as_int=True) for r in routing],
             "local_phone_numbers": [],
             "readiness": [self._readiness(d) for d in dids],
