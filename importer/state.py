@@ -140,6 +140,8 @@ class _Reader:
         self.did_pages = 0
         self.did_lookups = 0
         self.list_pages: int | None = None
+        self.paged: set[int] = set()
+        """DID ids seen on the pages read (the index also holds DIDs sync named)."""
 
     async def lookup(self, numbers: Sequence[str]) -> set[str]:
         """Search each number; return those whose search could not prove absence."""
@@ -173,9 +175,11 @@ class _Reader:
             self.did_pages += self.client.request_count - before
         if got.last_page is not None:
             self.list_pages = got.last_page
-        new = self.index.add(got.dids)
+        self.index.add(got.dids)
+        fresh = {d.did_id for d in got.dids} - self.paged
+        self.paged |= fresh
         # A page with nothing new means the server ignores `page`: stop instead of looping.
-        return got.last or new == 0
+        return got.last or not fresh
 
     async def pages_until(self, done: Callable[[], bool], start: int = 1) -> None:
         """Read pages from ``start`` until the last one, or until ``done()``."""
