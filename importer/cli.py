@@ -505,3 +505,54 @@ def rollback(
         confirm=_confirm_callback(yes, dry_run),
     )
     _send_and_report(rollback_run, config, quiet)
+
+
+@main.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Workbook to write (default voicelink-routing-<UTC time>.xlsx).",
+)
+@click.option("--include-unrouted", is_flag=True, help="Also list DIDs without routing (modes blank).")
+@_connect_options
+@one_line_errors
+def export(
+    output: Path | None,
+    include_unrouted: bool,
+    base_url: str,
+    api_key: str | None,
+    connection_id: str | None,
+    requests_per_minute: int,
+    concurrency: int,
+    timeout: float,
+    dry_run: bool,
+    yes: bool,
+    quiet: bool,
+) -> None:
+    """Write the account's current routing as a workbook that `run` imports unchanged.
+
+    One row per routed DID in the template's columns, plus a Summary sheet. Importing it
+    unchanged sends nothing: keep it as a snapshot before a migration, or edit it in bulk.
+    --dry-run reads and counts without writing the file; --yes has nothing to confirm.
+    """
+    from .export import ExportConfig, export_routing
+
+    config = ExportConfig(
+        api_key=_api_key(api_key),
+        base_url=base_url,
+        output=output,
+        connection_id=connection_id,
+        include_unrouted=include_unrouted,
+        dry_run=dry_run,
+        requests_per_minute=requests_per_minute,
+        concurrency=concurrency,
+        timeout=timeout,
+    )
+
+    def say(text: str) -> None:
+        click.echo(f"reading: {text}", err=True)
+
+    summary = export_routing(config, on_read=None if quiet else say)
+    _print_summary(summary)
+    sys.exit(summary.exit_code)
