@@ -456,32 +456,34 @@ class VoiceLinkClient:
 
     def _routings_from(self, data: Mapping[str, Any]) -> list[Routing]:
         """Routing records of a sync answer: ``routing[]``, completed and extended by readiness."""
-        from_readiness: list[Routing] = []
-        for entry in _nested_list(data.get("readiness")):
-            if isinstance(entry, Mapping) and isinstance(entry.get("routing"), Mapping):
-                made = self._routing(entry["routing"], entry)
-                if made is not None:
-                    from_readiness.append(made)
-        by_id = {r.routing_id: r for r in from_readiness}
         out: dict[int, Routing] = {}
         for item in _nested_list(data.get("routing")):
-            if not isinstance(item, Mapping):
+            if isinstance(item, Mapping):
+                made = self._routing(item, None)
+                if made is not None:
+                    out.setdefault(made.routing_id, made)
+        added: dict[int, Routing] = {}
+        for entry in _nested_list(data.get("readiness")):
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("routing"), Mapping):
                 continue
-            made = self._routing(item, None)
+            # A record routing[] already has whole needs no second parse (100k-DID accounts).
+            known = out.get(_first_int(entry["routing"], ("routing_id", "id")) or 0)
+            if known is not None and known.did_id is not None and known.did_number is not None:
+                continue
+            hint = self._routing(entry["routing"], entry)
+            if hint is None:
+                continue
+            made = out.get(hint.routing_id)
             if made is None:
-                continue
-            hint = by_id.get(made.routing_id)
-            if hint is not None and (made.did_id is None or made.did_number is None):
-                made = Routing(
+                added.setdefault(hint.routing_id, hint)
+            elif made.did_id is None or made.did_number is None:
+                out[hint.routing_id] = Routing(
                     made.routing_id,
                     made.did_id if made.did_id is not None else hint.did_id,
                     made.did_number if made.did_number is not None else hint.did_number,
                     made.record,
                 )
-            out.setdefault(made.routing_id, made)
-        for made in from_readiness:
-            out.setdefault(made.routing_id, made)
-        return list(out.values())
+        return [*out.values(), *(r for rid, r in added.items() if rid not in out)]
 
     async def create_routing(self, body: Mapping[str, object]) -> WriteResult:
         """Create a routing record; never re-sent except after a 429.

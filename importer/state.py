@@ -298,8 +298,8 @@ async def collect_created_ids(
     }
     if not waiting:
         return {}
-    sync = await client.read_sync()
-    by_did = {r.did_id: r for r in sync.routing if r.did_id is not None}
+    # The same one sync request; read_routing skips parsing the DIDs and bots it does not need.
+    by_did = {r.did_id: r for r in await client.read_routing() if r.did_id is not None}
     out: dict[int, RowOutcome] = {}
     for row, outcome in waiting.items():
         found = by_did.get(outcome.did_id) if outcome.did_id is not None else None
