@@ -248,7 +248,8 @@ class _Runner:
         return chosen.connection_id
 
     async def read_inventory(self) -> Inventory:
-        inventory, _reads = await read_state(self.client, self.report.valid)
+        inventory, reads = await read_state(self.client, self.report.valid)
+        self.audit["reads"] = reads.text()
         return inventory
 
     # -- resolve and plan ----------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openpyxl
 import pytest
 from helpers import desired_record, did_number, read_results, write_inventory, write_sheet
 
@@ -152,6 +153,10 @@ def test_run_lean_sync_looks_up_the_few_unrouted_numbers(tmp_path: Path) -> None
     assert counts[DIDS] == 2 and counts[BOTS] == 1 and counts[SYNC] == 2 and counts[CONNECTIONS] == 1
     reads = sum(n for k, n in counts.items() if not k.startswith("POST /voicelink/call-routing"))
     assert reads <= min(2, 5) + 4
+    book = openpyxl.load_workbook(summary.results_path, read_only=True)
+    facts = {row[0]: row[1] for row in book["Summary"].iter_rows(values_only=True)}
+    book.close()
+    assert facts["reads"] == "1 sync, 2 DID lookups, 1 bots read"
 
 
 def test_run_plan_shows_the_cost(tmp_path: Path) -> None:
