@@ -7,6 +7,7 @@ for an unexpected error instead.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .apply import ERROR_RATE_MIN_WRITES, SendOptions
+from .apply import ERROR_RATE_MIN_WRITES, SendOptions, human_duration
 from .errors import ImporterError
 from .live import DEFAULT_BASE_URL
 from .vocab import ExitCode, OnExisting
@@ -213,7 +214,7 @@ def template(fmt: str, output: Path | None) -> None:
 
 
 def _eta_text(p: Any) -> str:
-    eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s" if p.eta_seconds else "0s"
+    eta = human_duration(p.eta_seconds or 0)
     paused = f", paused {p.paused_seconds:.0f}s (429)" if p.paused_seconds >= 1 else ""
     return f"ok {p.succeeded}, failed {p.failed}, rate-limit ETA {eta}{paused}"
 
@@ -257,14 +258,14 @@ def _progress_bar(quiet: bool) -> tuple[Any, Any]:
     return update, close
 
 
-def _ask(plan: Any, estimate: Callable[[int], str], details: bool = True) -> bool:
+def _ask(plan: Any, details: bool = True) -> bool:
     if details:  # e.g. the rows changed since an earlier run: seen before anything is sent
         for line in plan.details[:20]:
             click.echo(f"  {line}", err=True)
         if len(plan.details) > 20:
             click.echo(f"  ... and {len(plan.details) - 20} more", err=True)
-    click.echo(f"Plan: {plan.text()}", err=True)
-    return click.confirm(f"Send {estimate(len(plan.writes))} now?", default=False, err=True)
+    click.echo(f"Plan: {plan.text()}", err=True)  # its cost: reads done, writes, their time
+    return click.confirm(f"Send the {len(plan.writes):,} writes now?", default=False, err=True)
 
 
 def _print_summary(summary: Any) -> None:
@@ -276,11 +277,16 @@ def _print_summary(summary: Any) -> None:
         _silence_stdout()
 
 
+def _reading(quiet: bool) -> Callable[[str], None] | None:
+    """Say on stderr what a job reads before its plan ("reading: sync"), unless --quiet."""
+    return None if quiet else lambda text: click.echo(f"reading: {text}", err=True)
+
+
 def _send_and_report(job: Callable[..., Any], config: Any, quiet: bool) -> None:
     """Run an API job behind the progress bar, print its summary and exit with its code."""
     update, close = _progress_bar(quiet)
     try:
-        summary = job(config, on_progress=update)
+        summary = job(dataclasses.replace(config, on_read=_reading(quiet)), on_progress=update)
     finally:
         if close is not None:
             close()
@@ -362,15 +368,12 @@ def _api_key(flag: str | None) -> str:
     return os.environ.get("VOCOBASE_API_KEY", "")
 
 
-def _confirm_callback(
-    yes: bool, dry_run: bool, requests_per_minute: int, details: bool = True
-) -> Callable[[Any], bool] | None:
+def _confirm_callback(yes: bool, dry_run: bool, details: bool = True) -> Callable[[Any], bool] | None:
     """Ask before sending only on a terminal, and not with --yes or --dry-run."""
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     if not interactive or yes or dry_run:
         return None
-    estimate = SendOptions(requests_per_minute=requests_per_minute).estimate
-    return functools.partial(_ask, estimate=estimate, details=details)
+    return functools.partial(_ask, details=details)
 
 
 @main.command()
@@ -415,7 +418,7 @@ def run(
         dry_run=dry_run,
         journal=journal,
         max_error_rate=max_error_rate,
-        confirm=_confirm_callback(yes, dry_run, requests_per_minute),
+        confirm=_confirm_callback(yes, dry_run),
     )
     _send_and_report(run_import, config, quiet)
 
@@ -622,7 +625,7 @@ def rollback(
         dry_run=dry_run,
         force=force,
         on_plan=show,
-        confirm=_confirm_callback(yes, dry_run, requests_per_minute, details=False),  # `show` printed them
+        confirm=_confirm_callback(yes, dry_run, details=False),  # `show` printed them
     )
     _send_and_report(rollback_run, config, quiet)
 
@@ -639,3 +642,53 @@ def history(source: Path) -> None:
 
     for line in history_lines(run_history(source)):
         click.echo(line)
+
+
+@main.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Workbook to write (default voicelink-routing-<UTC time>.xlsx).",
+)
+@click.option("--include-unrouted", is_flag=True, help="Also list DIDs without routing (modes blank).")
+@_connect_options
+@one_line_errors
+def export(
+    output: Path | None,
+    include_unrouted: bool,
+    base_url: str,
+    api_key: str | None,
+    connection_id: str | None,
+    requests_per_minute: int,
+    concurrency: int,
+    timeout: float,
+    max_error_rate: float | None,
+    dry_run: bool,
+    yes: bool,
+    quiet: bool,
+) -> None:
+    """Write the account's current routing as a workbook that `run` imports unchanged.
+
+    One row per routed DID in the template's columns, plus a Summary sheet. Importing it
+    unchanged sends nothing: keep it as a snapshot before a migration, or edit it in bulk.
+    --dry-run reads and counts without writing the file; --yes and --max-error-rate have
+    nothing to do (nothing is sent).
+    """
+    from .export import ExportConfig, export_routing
+
+    config = ExportConfig(
+        api_key=_api_key(api_key),
+        base_url=base_url,
+        output=output,
+        connection_id=connection_id,
+        include_unrouted=include_unrouted,
+        dry_run=dry_run,
+        requests_per_minute=requests_per_minute,
+        concurrency=concurrency,
+        timeout=timeout,
+        on_read=_reading(quiet),
+    )
+    summary = export_routing(config)
+    _print_summary(summary)
+    sys.exit(summary.exit_code)

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .live import Inventory
 from .model import RoutingRow
+from .state import BOT_FIELDS, Inventory
 from .vocab import ReasonKind
 
 __all__ = ["Resolution", "near_match", "resolve_row"]
-
-BOT_FIELDS = ("inbound_websocket_bot_id", "outbound_websocket_bot_id")
 
 
 @dataclass(frozen=True, slots=True)
