@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .apply import ERROR_RATE_MIN_WRITES, SendOptions, human_duration
+from .apply import ERROR_RATE_MIN_WRITES, SendOptions
 from .errors import ImporterError
 from .live import DEFAULT_BASE_URL
 from .vocab import ExitCode, OnExisting
@@ -214,7 +214,7 @@ def template(fmt: str, output: Path | None) -> None:
 
 
 def _eta_text(p: Any) -> str:
-    eta = human_duration(p.eta_seconds or 0)
+    eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s" if p.eta_seconds else "0s"
     paused = f", paused {p.paused_seconds:.0f}s (429)" if p.paused_seconds >= 1 else ""
     return f"ok {p.succeeded}, failed {p.failed}, rate-limit ETA {eta}{paused}"
 
@@ -258,14 +258,14 @@ def _progress_bar(quiet: bool) -> tuple[Any, Any]:
     return update, close
 
 
-def _ask(plan: Any, details: bool = True) -> bool:
+def _ask(plan: Any, estimate: Callable[[int], str], details: bool = True) -> bool:
     if details:  # e.g. the rows changed since an earlier run: seen before anything is sent
         for line in plan.details[:20]:
             click.echo(f"  {line}", err=True)
         if len(plan.details) > 20:
             click.echo(f"  ... and {len(plan.details) - 20} more", err=True)
-    click.echo(f"Plan: {plan.text()}", err=True)  # its cost: reads done, writes, their time
-    return click.confirm(f"Send the {len(plan.writes):,} writes now?", default=False, err=True)
+    click.echo(f"Plan: {plan.text()}", err=True)
+    return click.confirm(f"Send {estimate(len(plan.writes))} now?", default=False, err=True)
 
 
 def _print_summary(summary: Any) -> None:
@@ -368,12 +368,15 @@ def _api_key(flag: str | None) -> str:
     return os.environ.get("VOCOBASE_API_KEY", "")
 
 
-def _confirm_callback(yes: bool, dry_run: bool, details: bool = True) -> Callable[[Any], bool] | None:
+def _confirm_callback(
+    yes: bool, dry_run: bool, requests_per_minute: int, details: bool = True
+) -> Callable[[Any], bool] | None:
     """Ask before sending only on a terminal, and not with --yes or --dry-run."""
     interactive = sys.stdin.isatty() and sys.stderr.isatty()
     if not interactive or yes or dry_run:
         return None
-    return functools.partial(_ask, details=details)
+    estimate = SendOptions(requests_per_minute=requests_per_minute).estimate
+    return functools.partial(_ask, estimate=estimate, details=details)
 
 
 @main.command()
@@ -418,7 +421,7 @@ def run(
         dry_run=dry_run,
         journal=journal,
         max_error_rate=max_error_rate,
-        confirm=_confirm_callback(yes, dry_run),
+        confirm=_confirm_callback(yes, dry_run, requests_per_minute),
     )
     _send_and_report(run_import, config, quiet)
 
@@ -625,7 +628,7 @@ def rollback(
         dry_run=dry_run,
         force=force,
         on_plan=show,
-        confirm=_confirm_callback(yes, dry_run, details=False),  # `show` printed them
+        confirm=_confirm_callback(yes, dry_run, requests_per_minute, details=False),  # `show` printed them
     )
     _send_and_report(rollback_run, config, quiet)
 
