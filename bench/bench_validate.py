@@ -336,7 +336,7 @@ def child_floor(path: Path, out: Path, fmt: str, invalid: int) -> dict[str, Any]
     )
     bad = [bool(step) and i % step == step - 1 for i in range(rows)]
     result_columns = [
-        ["failed" if b else "not_sent" for b in bad],
+        ["failed" if b else "valid" for b in bad],
         [""] * rows,
         [reason if b else "validated only" for b in bad],
         [""] * rows,

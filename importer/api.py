@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import html
 import json
 import math
 import random
@@ -59,6 +60,8 @@ MAX_RETRY_AFTER = 600.0
 """A Retry-After longer than this is cut to it; the next 429 pauses again if needed."""
 
 _MESSAGE_LIMIT = 300
+_EXCERPT_LIMIT = 80
+"""An answer that is not JSON (a web page) is quoted this short, on one line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +242,7 @@ class VoiceLinkClient:
             Every connection the API listed, in its order.
         """
         payload = await self._read(
-            "GET", "telephony/connections", params={"provider": "voicelink"}, scoped=False
+            "GET", "telephony/connections", params={"provider": "voicelink"}, scoped=False, first=True
         )
         found = _find_list(payload)
         if found is None:
@@ -534,7 +537,12 @@ class VoiceLinkClient:
         except (ValueError, UnicodeDecodeError):
             payload = None
         code, message = _error_of(payload)
-        if not message and response.status_code >= 300:
+        if payload is None:
+            # Not JSON (a web page, a proxy's error): a short excerpt, not the whole page.
+            message = _excerpt(response.text)
+            if not message and response.status_code >= 300:
+                message = response.reason_phrase
+        elif not message and response.status_code >= 300:
             message = _one_line(response.text)[:_MESSAGE_LIMIT] or response.reason_phrase
         return _Reply(
             response.status_code,
@@ -594,8 +602,13 @@ class VoiceLinkClient:
         params: Mapping[str, str | int] | None = None,
         body: Mapping[str, object] | None = None,
         scoped: bool = True,
+        first: bool = False,
     ) -> object:
-        """Send a read, retrying server errors and lost responses; return the JSON body."""
+        """Send a read, retrying server errors and lost responses; return the JSON body.
+
+        ``first`` marks a run's first request: a 404 or an answer that is not JSON there most
+        likely means the base URL is not the API's root, and the error says so.
+        """
         if method == "GET":
             params = self._scoped_params(params, scoped)
         elif body is not None:
@@ -610,17 +623,28 @@ class VoiceLinkClient:
                 await asyncio.sleep(backoff_delay(attempt, self._backoff, self._rng))
                 continue
             status = "no response" if reply.status is None else f"HTTP {reply.status}"
+            # A web page with 200, or a 404, on the first call: not the API's root. (A 5xx is not.)
+            wrong_root = first and (
+                reply.status == 404 or (reply.payload is None and 200 <= (reply.status or 0) < 300)
+            )
+            hint = self._base_url_hint() if wrong_root else ""
             if reply.status is None or not 200 <= reply.status < 300:
                 code = f" {reply.error_code}" if reply.error_code else ""
                 text = reply.message.removeprefix("no response: ")
-                raise ApiError(f"{where} failed after {sent} attempt(s): {status}{code}: {_one_line(text)}")
+                raise ApiError(
+                    f"{where} failed after {sent} attempt(s): {status}{code}: {_one_line(text)}{hint}"
+                )
             if isinstance(reply.payload, Mapping) and reply.payload.get("success") is False:
                 code = f" {reply.error_code}" if reply.error_code else ""
                 raise ApiError(f"{where} failed: {status}{code}: {_one_line(reply.message)}")
             if reply.payload is None:
-                raise ApiError(f"{where}: the response is not JSON ({status})")
+                excerpt = f": {reply.message}" if reply.message else ""
+                raise ApiError(f"{where}: the response is not JSON ({status}){excerpt}{hint}")
             return reply.payload
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _base_url_hint(self) -> str:
+        return f"; check --base-url: {self._mask(self.base_url)} must be the API root, ending in /api/v2"
 
     async def _write(self, path: str, body: Mapping[str, object]) -> WriteResult:
         """Send a write once (plus 429 re-sends) and classify the outcome."""
@@ -872,6 +896,21 @@ def _retry_after(value: str | None) -> float | None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
+_HIDDEN = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _excerpt(text: str) -> str:
+    """Quote a body that is not JSON in one short line: an HTML page's title, else its first text."""
+    head = text[:65_536]  # a page can be megabytes; its title and first words come early
+    title = _TITLE.search(head)
+    found = _one_line(html.unescape(_TAG.sub(" ", title.group(1)))) if title else ""
+    if not found:
+        found = _one_line(html.unescape(_TAG.sub(" ", _HIDDEN.sub(" ", head))))
+    return found if len(found) <= _EXCERPT_LIMIT else found[: _EXCERPT_LIMIT - 1].rstrip() + "…"
 
 
 def _brief(item: Mapping[str, Any]) -> str:

@@ -14,11 +14,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import click
 
-from .apply import ERROR_RATE_MIN_WRITES, SendOptions
+from .apply import ERROR_RATE_MIN_WRITES, SendOptions, human_duration
 from .errors import ImporterError
 from .live import DEFAULT_BASE_URL
 from .vocab import ExitCode, OnExisting
@@ -163,16 +163,27 @@ def main() -> None:
     """
 
 
+_FORCE_HELP = (
+    "Overwrite <stem>.results.xlsx and <stem>.failed.xlsx left by an earlier run; without it they "
+    "are kept and this run writes <stem>.results.<YYYYmmdd-HHMMSS>.xlsx. A path given with -o or "
+    "--failed-out is always overwritten."
+)
+
+
 @main.command()
 @input_options
 @click.option(
-    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook path."
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Results workbook path, .xlsx (default <stem>.results.xlsx).",
 )
 @click.option(
     "--failed-out",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Failed-rows file path (default <stem>.failed.xlsx).",
+    help="Failed-rows file path, .xlsx (default <stem>.failed.xlsx).",
 )
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @one_line_errors
 def validate(
     file: Path,
@@ -182,6 +193,7 @@ def validate(
     default_region: str | None,
     output: Path | None,
     failed_out: Path | None,
+    force: bool,
 ) -> None:
     """Check every row of FILE offline and write the results workbook."""
     from .pipeline import ValidateConfig, validate_file
@@ -191,6 +203,7 @@ def validate(
             input=build_input(file, sheet, maps, default_region, ignore_columns),
             output=output,
             failed_out=failed_out,
+            overwrite=force,
         )
     )
     _print_summary(summary)
@@ -206,6 +219,7 @@ def template(fmt: str, output: Path | None) -> None:
     from .template import TEMPLATE_FILES, template_csv_text, write_template_xlsx
 
     path = output or Path(TEMPLATE_FILES[fmt])
+    path.parent.mkdir(parents=True, exist_ok=True)  # as for every output: a missing folder is made
     if fmt == "xlsx":
         write_template_xlsx(path)
     else:
@@ -213,49 +227,94 @@ def template(fmt: str, output: Path | None) -> None:
     click.echo(f"template written: {path}")
 
 
-def _eta_text(p: Any) -> str:
-    eta = f"{int(p.eta_seconds // 60)}m{int(p.eta_seconds % 60):02d}s" if p.eta_seconds else "0s"
-    paused = f", paused {p.paused_seconds:.0f}s (429)" if p.paused_seconds >= 1 else ""
-    return f"ok {p.succeeded}, failed {p.failed}, rate-limit ETA {eta}{paused}"
+def _progress_bar(
+    quiet: bool,
+    *,
+    stream: TextIO | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    every: float = 60.0,
+    tick: float = 1.0,
+) -> tuple[Any, Any]:
+    """Show the library's progress callbacks on stderr (the library never imports tqdm).
 
+    On a terminal: a tqdm bar, redrawn every ``tick`` seconds by a small thread so its elapsed
+    time keeps moving while the rate limiter holds writes back. Anywhere else (a pipe, a log,
+    CI) bar frames would be noise: one plain line every ``every`` seconds instead. Progress
+    notes (e.g. "stopping: 3 writes in flight, settling") are printed even with --quiet.
 
-def _progress_bar(quiet: bool) -> tuple[Any, Any]:
-    """A tqdm bar on stderr fed by the library's progress callback (the library never imports tqdm).
-
-    When stderr is not a terminal (a log file, CI), no bar frames: one line a minute and one at
-    the end. Progress notes (e.g. "stopping: 3 writes in flight, settling") are printed even
-    with --quiet.
+    Returns:
+        The callback and a function that ends the display (None when there is nothing to end).
     """
+    out = stream if stream is not None else sys.stderr
+    if quiet or not out.isatty():
+        last: float | None = None
+
+        def line(p: Any) -> None:
+            nonlocal last
+            if p.note:
+                click.echo(p.note, file=out)
+                return
+            if quiet:
+                return
+            now = clock()
+            if last is None:
+                last = now
+            elif now - last >= every:
+                last = now
+                click.echo(_progress_text(p), file=out)
+
+        return line, None
+
+    import threading
+
+    from tqdm import tqdm
+
     bar: Any = None
-    last_line = float("-inf")
+    stop = threading.Event()
+    ticker: threading.Thread | None = None
+
+    def redraw() -> None:
+        while not stop.wait(tick):
+            bar.refresh()
 
     def update(p: Any) -> None:
-        nonlocal bar, last_line
+        nonlocal bar, ticker
         if p.note and bar is not None:
-            bar.write(p.note, file=sys.stderr)  # above the bar, which stays drawn
+            bar.write(p.note, file=out)  # above the bar, which stays drawn
         elif p.note:
-            click.echo(p.note, err=True)
-        if quiet or p.note:
-            return
-        if not sys.stderr.isatty():
-            now = time.monotonic()
-            if p.done == p.total or now - last_line >= 60:
-                last_line = now
-                click.echo(f"sending: {p.done}/{p.total} done, {_eta_text(p)}", err=True)
+            click.echo(p.note, file=out)
+        if p.note:
             return
         if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=p.total, unit="row", file=sys.stderr, dynamic_ncols=True, desc="sending")
+            bar = tqdm(total=p.total, unit="write", file=out, dynamic_ncols=True, desc="sending")
+            ticker = threading.Thread(target=redraw, name="progress-ticker", daemon=True)
+            ticker.start()
         bar.n = p.done
-        bar.set_postfix_str(_eta_text(p), refresh=False)
+        bar.set_postfix_str(f"ok {p.succeeded}, failed {p.failed}{_time_left(p)}", refresh=False)
         bar.refresh()
 
     def close() -> None:
+        stop.set()
+        if ticker is not None:
+            ticker.join()
         if bar is not None:
             bar.close()
 
     return update, close
+
+
+def _progress_text(p: Any) -> str:
+    """One progress line for a log: '123/900 writes, 3 failed, about 13 min left'."""
+    return f"{p.done}/{p.total} writes, {p.failed} failed{_time_left(p)}"
+
+
+def _time_left(p: Any) -> str:
+    """The rate limiter's estimate (the one ETA), and a 429 pause while there is one."""
+    text = f", paused {p.paused_seconds:.0f}s (429)" if p.paused_seconds >= 1 else ""
+    if p.eta_seconds is None or p.done >= p.total:
+        return text
+    minutes = round(p.eta_seconds / 60)
+    return text + (", under a minute left" if minutes < 1 else f", about {human_duration(minutes * 60)} left")
 
 
 def _ask(plan: Any, estimate: Callable[[int], str], details: bool = True) -> bool:
@@ -277,9 +336,36 @@ def _print_summary(summary: Any) -> None:
         _silence_stdout()
 
 
-def _reading(quiet: bool) -> Callable[[str], None] | None:
-    """Say on stderr what a job reads before its plan ("reading: sync"), unless --quiet."""
-    return None if quiet else lambda text: click.echo(f"reading: {text}", err=True)
+def _reading(
+    quiet: bool,
+    *,
+    stream: TextIO | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    every: float = 60.0,
+) -> Callable[[str], None] | None:
+    """Say on stderr what a job reads before its plan ("reading: DIDs: page 3 of 50").
+
+    As the progress display: on a terminal every step; anywhere else (a pipe, a log, CI) a line
+    only once a read has gone on for ``every`` seconds, then one every ``every`` seconds (a
+    large account's DID pages); nothing with --quiet.
+    """
+    if quiet:
+        return None
+    out = stream if stream is not None else sys.stderr
+    if out.isatty():
+        return lambda text: click.echo(f"reading: {text}", file=out)
+    last: float | None = None
+
+    def line(text: str) -> None:
+        nonlocal last
+        now = clock()
+        if last is None:
+            last = now
+        elif now - last >= every:
+            last = now
+            click.echo(f"reading: {text}", file=out)
+
+    return line
 
 
 def _send_and_report(job: Callable[..., Any], config: Any, quiet: bool) -> None:
@@ -337,12 +423,17 @@ _connect_options = _apply_options(
     ),
     click.option("--dry-run", is_flag=True, help="Plan only: show what would be sent; send nothing."),
     click.option("--yes", is_flag=True, help="Do not ask before sending."),
-    click.option("--quiet", is_flag=True, help="No progress bar."),
+    click.option("--quiet", is_flag=True, help="No progress bar (rollback: no plan lines either)."),
 )
 
 _api_options = _apply_options(
-    click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook."),
-    click.option("--failed-out", type=click.Path(path_type=Path, dir_okay=False), help="Failed-rows file."),
+    click.option(
+        "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Results workbook, .xlsx."
+    ),
+    click.option(
+        "--failed-out", type=click.Path(path_type=Path, dir_okay=False), help="Failed-rows file, .xlsx."
+    ),
+    click.option("--force", is_flag=True, help=_FORCE_HELP),
     _connect_options,
     click.option(
         "--on-existing",
@@ -391,6 +482,7 @@ def run(
     default_region: str | None,
     output: Path | None,
     failed_out: Path | None,
+    force: bool,
     base_url: str,
     api_key: str | None,
     connection_id: str | None,
@@ -413,6 +505,7 @@ def run(
         base_url=base_url,
         output=output,
         failed_out=failed_out,
+        overwrite=force,
         connection_id=connection_id,
         requests_per_minute=requests_per_minute,
         concurrency=concurrency,
@@ -611,6 +704,8 @@ def rollback(
     from .rollback import RollbackConfig, rollback_run
 
     def show(plan: Any) -> None:
+        if quiet:  # --quiet: the summary and errors only
+            return
         for line in plan.lines(limit=50):
             click.echo(line)
 

@@ -2,7 +2,8 @@
 
 ImporterError                 one clean line for the CLI; exit code on the class
 ├── InputError                unusable file or option                    (exit 2)
-│   └── UnreadableFileError   the file cannot be read as a spreadsheet   (exit 2)
+│   ├── UnreadableFileError   the file cannot be read as a spreadsheet   (exit 2)
+│   └── OutputError           an output file cannot be saved             (exit 2)
 ├── ApiError                  the API answered something run-ending      (exit 3)
 │   └── AuthError             the key was rejected (401/403)             (exit 3)
 └── ResultsNotSavedError      writes were sent, but no results file could be saved (exit 3)
@@ -13,6 +14,8 @@ Ctrl-C) raises nothing: it settles what is in flight and returns a summary whose
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from .vocab import ExitCode
 
@@ -36,6 +39,16 @@ class InputError(ImporterError):
 
 class UnreadableFileError(InputError):
     """The input file cannot be read as a spreadsheet."""
+
+
+class OutputError(InputError):
+    """An output file cannot be saved: "cannot save PATH: REASON" (the file, never a temp file)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot save {path}: {reason}")
+        self.path = path
+        self.reason = reason
+        """Why, in plain words ("the disk is full"), for messages that name the file themselves."""
 
 
 class ApiError(ImporterError):

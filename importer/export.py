@@ -24,11 +24,12 @@ import xlsxwriter
 
 from .api import Connection, Routing, number_key
 from .apply import ConnectOptions, key_fingerprint
-from .errors import InputError
+from .errors import OutputError
 from .fields import DIRECTION_OF, FIELD_NAMES, MODES, STATUS_LABELS
 from .live import open_client, preflight
-from .pipeline import as_path
+from .pipeline import as_path, check_writable
 from .results import _atomic_workbook as atomic_workbook  # the results' writer: temp file, then rename
+from .results import check_workbook_name, save_problem
 from .state import DidIndex, read_all_dids
 from .template import ROUTING_SHEET
 
@@ -114,9 +115,9 @@ def export_routing(
     config.check()
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     path = None if config.dry_run else config.output or Path(f"voicelink-routing-{now:%Y%m%d-%H%M%S}.xlsx")
-    if path is not None and not path.parent.is_dir():
-        # Checked before any read: the reads cost the user's rate limit.
-        raise InputError(f"cannot write {path}: the folder {path.parent} does not exist")
+    if path is not None:  # checked before any read: the reads cost the user's rate limit
+        check_workbook_name(path)
+        check_writable(path)
     rows, chosen, requests, warnings = asyncio.run(_read(config, transport))
     connection = f"{chosen.connection_id} ({chosen.name})" if chosen.name else chosen.connection_id
     routed = sum(1 for r in rows if r.record is not None)
@@ -223,4 +224,4 @@ def _write(path: Path, rows: Sequence[_Row], items: Sequence[tuple[str, str]], c
                 summary.write_string(r, 0, name, bold)
                 summary.write_string(r, 1, value)
     except (OSError, xlsxwriter.exceptions.FileCreateError) as exc:
-        raise InputError(f"cannot write {path}: {exc}") from None
+        raise OutputError(path, save_problem(exc, replacing=path.exists())) from None

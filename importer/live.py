@@ -182,16 +182,8 @@ async def preflight(
         AuthError: the key was rejected.
         InputError, ApiError: see :func:`choose_connection`; ApiError when the read fails.
     """
-    try:
-        connections = tuple(await client.list_connections())
-    except AuthError:
-        raise
-    except ApiError as exc:
-        # The first request of a job: a 404 here means the base URL, not the account, is wrong.
-        if ": HTTP 404" in str(exc):
-            hint = f"check --base-url: it must be the API root ending in /api/v2 (it is {client.base_url})"
-            raise ApiError(f"{exc}; {hint}") from None
-        raise
+    # A wrong --base-url shows here, the first request of a job (the client says so).
+    connections = tuple(await client.list_connections())
     chosen = choose_connection(connections, connection_id, used_before)
     client.connection_id = chosen.connection_id
     return chosen, connections
@@ -225,5 +217,5 @@ async def read_inventory(
     chosen, connections = await preflight(client, connection_id, used_before=used_before)
     inventory = await read_state(client, rows, on_read=on_read)
     inventory.connection = chosen.connection_id
-    inventory.connections = tuple(c.connection_id for c in connections)
+    inventory.connections = connections
     return inventory

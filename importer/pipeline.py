@@ -11,6 +11,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import gc
 import itertools
 import os
@@ -21,12 +22,20 @@ from pathlib import Path
 from typing import TypeVar
 
 import pandas as pd
-from xlsxwriter.exceptions import FileCreateError
 
-from .errors import InputError, ResultsNotSavedError
+from .errors import InputError, OutputError, ResultsNotSavedError
 from .model import RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
 from .reader import describe_hidden, read_table
-from .results import OutcomeColumns, default_paths, write_failed_rows, write_results
+from .results import (
+    OutcomeColumns,
+    check_workbook_name,
+    default_paths,
+    failed_path_for,
+    save_problem,
+    stamped_path,
+    write_failed_rows,
+    write_results,
+)
 from .validate import validate_table
 from .vocab import Action, ExitCode, describe_kind
 
@@ -82,6 +91,8 @@ class ValidateConfig:
     input: InputOptions
     output: Path | None = None
     failed_out: Path | None = None
+    overwrite: bool = False
+    """Overwrite the default output files of an earlier run instead of writing timestamped ones."""
 
     def __post_init__(self) -> None:
         for name in ("output", "failed_out"):
@@ -147,28 +158,33 @@ def now_text() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def output_paths(input_path: Path, output: Path | None, failed_out: Path | None) -> tuple[Path, Path]:
-    """Resolve the results and failed-rows paths; refuse any that would overwrite the input."""
+def output_paths(
+    input_path: Path, output: Path | None, failed_out: Path | None, *, overwrite: bool = False
+) -> tuple[Path, Path]:
+    """Resolve the results and failed-rows paths; refuse any that would overwrite the input.
+
+    A path given explicitly is used as it is (overwriting). The default ``<stem>.results.xlsx``
+    is not overwritten when it (or ``<stem>.failed.xlsx``) is there from an earlier run, unless
+    ``overwrite``: the outputs get a timestamped name beside it instead. The failed-rows file
+    follows the results' name (``x.results.xlsx`` -> ``x.failed.xlsx``, ``name.xlsx`` ->
+    ``name.failed.xlsx``).
+
+    Raises:
+        InputError: a path is the input, both are the same, or a name does not end in .xlsx.
+    """
     default_results, default_failed = default_paths(input_path)
     results = output or default_results
+    if output is None and not overwrite and (default_results.exists() or default_failed.exists()):
+        results = stamped_path(default_results, dt.datetime.now())
+    failed = failed_out or failed_path_for(results)
     source = input_path.resolve()
-    if results.resolve() != source and results.suffix.lower() != ".xlsx":
-        raise InputError(
-            f"the results workbook must be an .xlsx file, not {results.name} "
-            f"(e.g. {results.with_suffix('.xlsx').name})"
-        )
-    # x.results.xlsx -> x.failed.xlsx; any other name.xlsx -> name.failed.xlsx
-    stem = (
-        results.name.removesuffix(".results.xlsx") if results.name.endswith(".results.xlsx") else results.stem
-    )
-    failed = failed_out or (
-        results.with_name(stem + ".failed.xlsx") if output is not None else default_failed
-    )
     for path in (results, failed):
         if path.resolve() == source:
             raise InputError(f"{path} is the input file; choose another output path")
     if results.resolve() == failed.resolve():
         raise InputError("the results and failed-rows files must be different paths")
+    check_workbook_name(results, "-o")
+    check_workbook_name(failed, "--failed-out")
     return results, failed
 
 
@@ -176,37 +192,34 @@ def check_writable(*paths: Path) -> None:
     """Refuse, before anything is sent, an output that cannot be written (its folder is made).
 
     Raises:
-        InputError: the folder cannot be made or written, or the file is a folder or locked.
+        OutputError: the folder cannot be made or written, or the file is a folder or locked.
     """
     for path in paths:
+        replacing = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.is_dir():
-                raise IsADirectoryError(21, "it is a folder")
+                raise IsADirectoryError(errno.EISDIR, "it is a folder")
             # The writer writes a temp file beside the target, then renames it over the target.
             probe = path.with_name(f".{path.name}.{os.getpid()}.probe")
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
             probe.unlink()
             if path.exists():
+                replacing = True
                 with path.open("r+b"):  # a file open in Excel (Windows) refuses this
                     pass
         except OSError as exc:
-            raise InputError(
-                f"cannot write {path}: {exc.strerror or exc}; choose another path, "
-                "or close the file if it is open in Excel"
-            ) from None
+            raise OutputError(path, save_problem(exc, replacing=replacing)) from None
 
 
-SAVE_ERRORS = (OSError, FileCreateError)
-"""What saving a workbook raises when the place cannot be written."""
 T = TypeVar("T")
 
 
 def fallback_paths(path: Path) -> list[Path]:
-    """Where a results file goes when its own path fails: beside it (timestamped), here, the temp folder."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = path.name.replace(".results.xlsx", "").removesuffix(".xlsx") + f"-{stamp}.results.xlsx"
-    return [path.with_name(name), Path.cwd() / name, Path(tempfile.gettempdir()) / name]
+    """Where a results file goes when its own path fails: beside it, here, the temp folder (timestamped)."""
+    now = dt.datetime.now()
+    folders = (path.parent, Path.cwd(), Path(tempfile.gettempdir()))
+    return [stamped_path(folder / path.name, now) for folder in folders]
 
 
 def save_with_fallback(save: Callable[[Path], T], path: Path) -> tuple[T, Path, str]:
@@ -220,14 +233,15 @@ def save_with_fallback(save: Callable[[Path], T], path: Path) -> tuple[T, Path, 
     """
     try:
         return save(path), path, ""
-    except SAVE_ERRORS as first:
+    except (OutputError, OSError) as first:
+        why = first.reason if isinstance(first, OutputError) else save_problem(first, replacing=False)
         for alt in fallback_paths(path):
-            with contextlib.suppress(*SAVE_ERRORS):
-                note = f"the results could not be saved to {path} ({first}); saved to {alt} instead"
+            with contextlib.suppress(OutputError, OSError):
+                note = f"the results could not be saved to {path} ({why}); saved to {alt} instead"
                 return save(alt), alt, note
         tried = ", ".join(str(p) for p in fallback_paths(path))
         raise ResultsNotSavedError(
-            f"the writes were sent and journalled, but the results could not be saved to {path} ({first}) "
+            f"the writes were sent and journalled, but the results could not be saved to {path} ({why}) "
             f"nor to {tried}"
         ) from None
 
@@ -335,6 +349,9 @@ def failed_outcome(row: int, issues: Sequence[RowIssue]) -> RowOutcome:
     )
 
 
+VALIDATE_LABELS: Mapping[str, str] = {Status.NOT_SENT.value: "valid"}
+"""A validate-only run sends nothing by design: its valid rows are "valid", not "not_sent"."""
+
 _VALIDATED_ONLY = RowOutcome(
     row=0, status=Status.NOT_SENT, reason="validated only", reason_kind="validated_only"
 )
@@ -436,7 +453,7 @@ def write_outputs(
     tally = OutcomeTally(columns)
     write_results(results, table, columns, issues, info)
     if tally.failed_rows:
-        write_failed_rows(failed, table, tally.failed_rows)
+        write_failed_rows(failed, table, tally.failed_rows, columns.failed_reasons())
     elif failed.exists():
         failed.unlink()  # a stale file from an earlier run would mislead
     return tally
@@ -452,7 +469,9 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         InputError: the file or an option cannot be used.
     """
     started = now_text()
-    results, failed = output_paths(config.input.path, config.output, config.failed_out)
+    results, failed = output_paths(
+        config.input.path, config.output, config.failed_out, overwrite=config.overwrite
+    )
     check_writable(results, failed)
     report = load_and_validate(config.input)
     info = RunInfo(
@@ -460,6 +479,8 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         started=started,
         finished=now_text(),
         options=config.input.describe(),
+        status_labels=VALIDATE_LABELS,
+        notes=report.notes,
     )
     tally = write_outputs(report.table, validation_outcomes(report), report.issues, info, results, failed)
     return RunSummary(

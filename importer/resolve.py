@@ -6,13 +6,15 @@ per run (``live.read_inventory``), so a row's checks are a function of the row a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .api import Connection
 from .model import RoutingRow
 from .state import BOT_FIELDS, Inventory
 from .vocab import ReasonKind
 
-__all__ = ["Resolution", "near_match", "resolve_row"]
+__all__ = ["Resolution", "connection_problem", "near_match", "resolve_row"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,43 @@ def near_match(number: str, inventory: Inventory) -> str:
         if known.endswith(tail) or number.endswith(known):
             return f" (did you mean {did.did_number}, id {did.did_id}? check the country code)"
     return ""
+
+
+def connection_problem(
+    row_connection: str | None, run_connection: str, connections: Sequence[Connection]
+) -> tuple[ReasonKind, str] | None:
+    """Say why a row's ``connection_id`` cannot go in this run, or None when it can.
+
+    One run serves one connection (the one chosen at pre-flight): a row naming another
+    connection of the account is imported in a run of its own; a UUID the account does not
+    have is most likely a typo or another account's.
+
+    Args:
+        row_connection: The row's connection_id cell (None or blank: the run's connection).
+        run_connection: The connection id this run uses.
+        connections: Every connection the account listed.
+
+    Returns:
+        The problem's kind and the reason for the row, or None.
+    """
+    wanted = (row_connection or "").strip()
+    if not wanted or wanted.casefold() == run_connection.strip().casefold():
+        return None
+    by_id = {c.connection_id.strip().casefold(): c for c in connections}
+    run = by_id.get(run_connection.strip().casefold())
+    uses = f"this run uses '{run.name or run.connection_id}'" if run else f"this run uses {run_connection}"
+    other = by_id.get(wanted.casefold())
+    if other is None:
+        return (
+            ReasonKind.UNKNOWN_CONNECTION,
+            f"connection {wanted} is not one of this account's connections ({uses})",
+        )
+    inactive = "" if other.status.upper() == "ACTIVE" else f" (status {other.status or 'unknown'})"
+    return (
+        ReasonKind.OTHER_CONNECTION,
+        f"connection {wanted} is '{other.name or other.connection_id}'{inactive}, {uses}; one run serves "
+        f"one connection: import this row in a run of its own with --connection-id {wanted}",
+    )
 
 
 def resolve_row(row: RoutingRow, inventory: Inventory, connection: str) -> Resolution:
@@ -92,22 +131,6 @@ def resolve_row(row: RoutingRow, inventory: Inventory, connection: str) -> Resol
             problems.append((ReasonKind.BOT_NOT_FOUND, f"{name} {bot_id}: no such bot in this account"))
         elif not bot.active:
             problems.append((ReasonKind.BOT_INACTIVE, f"{name} {bot_id} ({bot.name}) is inactive"))
-    if row.connection_id and row.connection_id.lower() != connection.lower():
-        known = {c.lower() for c in inventory.connections}
-        if row.connection_id.lower() in known:
-            problems.append(
-                (
-                    ReasonKind.OTHER_CONNECTION,
-                    f"connection_id {row.connection_id} is another of this account's connections; one run "
-                    f"serves one connection ({connection}): import its rows in a run of their own with "
-                    f"--connection-id {row.connection_id}",
-                )
-            )
-        else:
-            problems.append(
-                (
-                    ReasonKind.UNKNOWN_CONNECTION,
-                    f"connection_id {row.connection_id} is not one of this account's connections",
-                )
-            )
+    if problem := connection_problem(row.connection_id, connection, inventory.connections):
+        problems.append(problem)
     return Resolution(did_id, tuple(problems))

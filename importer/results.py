@@ -8,20 +8,23 @@ to a temporary file in the target folder that replaces the target only when comp
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import errno
 import itertools
 import os
 import re
 import secrets
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import xlsxwriter
+import xlsxwriter.exceptions
 
-from importer.errors import InputError
+from importer.errors import InputError, OutputError
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status
 from importer.reader import describe_hidden
 
@@ -44,6 +47,7 @@ EXCEL_MAX_CELL = 32_767
 """Excel's cell limit, counted in UTF-16 code units."""
 TRUNCATION_MARKER = " …[truncated: cell longer than Excel's 32767 characters]"
 
+_OWN_COLUMNS = frozenset((*RESULT_COLUMNS, *DRY_RUN_COLUMNS, ROW_COLUMN))
 _MIN_WIDTH = 6
 _MAX_WIDTH = 60
 _WORKBOOK_OPTIONS = {"constant_memory": True}
@@ -117,6 +121,13 @@ class OutcomeColumns:
         """Tell, row by row, whether the row failed."""
         return [s is Status.FAILED for s in self.status]
 
+    def failed_reasons(self) -> dict[int, str]:
+        """Map each failed row's Excel row number to its reason."""
+        failed = self.failed()
+        return dict(
+            zip(itertools.compress(self.row, failed), itertools.compress(self.reason, failed), strict=True)
+        )
+
 
 def default_paths(input_path: Path) -> tuple[Path, Path]:
     """Return where the results and failed-rows workbooks go by default.
@@ -130,6 +141,60 @@ def default_paths(input_path: Path) -> tuple[Path, Path]:
     """
     folder, stem = input_path.parent, input_path.stem
     return folder / f"{stem}.results.xlsx", folder / f"{stem}.failed.xlsx"
+
+
+def stamped_path(path: Path, when: dt.datetime) -> Path:
+    """Return a free name beside ``path`` with a timestamp: ``x.results.xlsx`` -> ``x.results.<stamp>.xlsx``.
+
+    Args:
+        path: The name that is taken (``<stem>.results.xlsx``).
+        when: The time to stamp (local time, to the second).
+
+    Returns:
+        ``<stem>.results.<YYYYmmdd-HHMMSS>.xlsx``, with ``-2``, ``-3``... added when that is taken too
+        (the failed-rows name that goes with it, by ``failed_path_for``, must be free as well).
+    """
+    stem = path.name[: -len(".xlsx")] if path.name.lower().endswith(".xlsx") else path.name
+    stamp = when.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        candidate = path.with_name(f"{stem}.{stamp}{'' if n == 1 else f'-{n}'}.xlsx")
+        if not candidate.exists() and not failed_path_for(candidate).exists():
+            return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_RESULTS_NAME = re.compile(r"(?P<stem>.*)\.results(?P<stamp>\.\d{8}-\d{6}(?:-\d+)?)?\.xlsx", re.IGNORECASE)
+
+
+def failed_path_for(results: Path) -> Path:
+    """Return the failed-rows file that goes with a results workbook, beside it.
+
+    Args:
+        results: The results workbook.
+
+    Returns:
+        ``x.results.xlsx`` -> ``x.failed.xlsx``, ``x.results.<stamp>.xlsx`` -> ``x.failed.<stamp>.xlsx``,
+        any other ``x.xlsx`` -> ``x.failed.xlsx``.
+    """
+    match = _RESULTS_NAME.fullmatch(results.name)
+    if match:
+        return results.with_name(f"{match['stem']}.failed{match['stamp'] or ''}.xlsx")
+    name = results.name
+    stem = name[: -len(".xlsx")] if name.lower().endswith(".xlsx") else name
+    return results.with_name(f"{stem}.failed.xlsx")
+
+
+def check_workbook_name(path: Path, option: str = "-o") -> None:
+    """Refuse an output name that does not end in .xlsx: the tool writes only workbooks.
+
+    Raises:
+        InputError: the name ends otherwise (``out.csv`` would be a workbook named .csv).
+    """
+    if path.suffix.lower() != ".xlsx":
+        raise InputError(
+            f"{path.name}: results are always an Excel workbook; give {option} a name ending in .xlsx "
+            f"(e.g. {path.with_suffix('.xlsx').name})"
+        )
 
 
 def write_results(
@@ -165,7 +230,10 @@ def write_results(
 
     dry_run = any(outcome_columns.current) or any(outcome_columns.proposed)
     columns = _input_columns(table.headers, table.frame)
-    columns += [_column(header, values) for header, values in _result_values(outcome_columns, dry_run)]
+    columns += [
+        _column(header, values)
+        for header, values in _result_values(outcome_columns, dry_run, info.status_labels)
+    ]
     columns.append(_column(ROW_COLUMN, [str(r) for r in excel_rows]))
     if len(columns) > EXCEL_MAX_COLUMNS:
         raise InputError(f"{len(columns)} columns do not fit in one Excel sheet ({EXCEL_MAX_COLUMNS} max)")
@@ -187,13 +255,24 @@ def write_results(
         )
 
 
-def write_failed_rows(path: Path, table: RawTable, rows: Collection[int]) -> None:
+FAILED_COLUMNS = ("import_reason", ROW_COLUMN)
+"""Added after the input's columns in the failed-rows file: why the row failed, and its row in the input."""
+
+
+def write_failed_rows(
+    path: Path, table: RawTable, rows: Collection[int], reasons: Mapping[int, str] | None = None
+) -> None:
     """Write only the given rows, in the input's own columns and headers, ready to fix and re-import.
+
+    The input's columns come first, unchanged, so column letters stay those of the input; then
+    ``import_reason`` and ``import_row`` (the row's number in the input), which the next import
+    carries along as ordinary columns.
 
     Args:
         path: The workbook to write; replaced atomically, never the input file.
         table: The input as read.
         rows: Excel row numbers of the rows to keep (rows of ``table``).
+        reasons: Each row's reason (a row not in it gets an empty reason).
 
     Raises:
         InputError: ``path`` is the input file.
@@ -205,7 +284,12 @@ def write_failed_rows(path: Path, table: RawTable, rows: Collection[int]) -> Non
     missing = wanted.difference(index.tolist())
     if missing:
         raise ValueError(f"rows not in the table: {sorted(missing)[:10]}")
-    columns = _input_columns(table.headers, table.frame[index.isin(wanted)])
+    kept = table.frame[index.isin(wanted)]
+    columns = _input_columns(table.headers, kept)
+    numbers = kept.index.tolist()
+    reason_header, row_header = FAILED_COLUMNS
+    columns.append(_column(reason_header, [(reasons or {}).get(r, "") for r in numbers]))
+    columns.append(_column(row_header, [str(r) for r in numbers]))
     with _atomic_workbook(path) as book:
         text = book.add_format({"num_format": "@"})
         bold = book.add_format({"bold": True, "num_format": "@"})
@@ -218,9 +302,15 @@ def write_failed_rows(path: Path, table: RawTable, rows: Collection[int]) -> Non
 
 
 def _input_columns(headers: Sequence[str], frame: pd.DataFrame) -> list[_Column]:
-    """Return the input's columns, in its order, with its header texts and cell texts."""
+    """Return the input's columns, in its order, with its header texts and cell texts.
+
+    Columns this tool wrote itself (``import_status`` ... ``import_row``, in a failed-rows or
+    results file imported again) are left out: the new ones replace them instead of repeating them.
+    """
     return [
-        _column(header, frame[label].tolist()) for header, label in zip(headers, frame.columns, strict=True)
+        _column(header, frame[label].tolist())
+        for header, label in zip(headers, frame.columns, strict=True)
+        if header not in _OWN_COLUMNS
     ]
 
 
@@ -236,8 +326,10 @@ class _Texts(dict[object, str]):
         return list(map(self.__getitem__, values))
 
 
-def _result_values(outcomes: OutcomeColumns, dry_run: bool) -> Iterator[tuple[str, list[str]]]:
-    yield "import_status", _Texts().of(outcomes.status)
+def _result_values(
+    outcomes: OutcomeColumns, dry_run: bool, labels: Mapping[str, str]
+) -> Iterator[tuple[str, list[str]]]:
+    yield "import_status", _Texts(labels).of(outcomes.status)
     yield "import_action", _Texts().of(outcomes.action)
     yield "import_reason", list(outcomes.reason)
     yield "import_did_id", _Texts().of(outcomes.did_id)
@@ -380,7 +472,7 @@ def _summary_items(
     items += [(name, value) for name, value in info.audit.items()]
     by_status = Counter(outcomes.status)
     items.append(("Rows by status", None))
-    items += [(status.value, by_status[status]) for status in Status]
+    items += [(info.status_labels.get(status.value, status.value), by_status[status]) for status in Status]
     items.append(("Rows by reason", None))
     by_reason = Counter(outcomes.reason_kind)
     by_reason.pop("", None)
@@ -388,7 +480,7 @@ def _summary_items(
     items.append(("Problems by kind", None))
     items += sorted(Counter(i.kind for i in issues).items())
     truncated = sum(c.truncated for c in columns)
-    notes: list[tuple[str, str | int | None]] = []
+    notes: list[tuple[str, str | int | None]] = [("note", note) for note in info.notes]
     if truncated:
         notes.append(("cells truncated", f"{truncated} cells over Excel's limit were cut, marked at the end"))
     if errors_left_out:
@@ -430,19 +522,57 @@ def _sheet_name(name: str | None) -> str:
     return cleaned or "Sheet1"
 
 
+def save_problem(exc: OSError, *, replacing: bool) -> str:
+    """Say in plain words why a file could not be saved (never naming a temp file).
+
+    Args:
+        exc: The error from creating the folder, writing the temp file or replacing the target.
+        replacing: True when the temp file was written and only replacing the target failed, so
+            the folder is writable and a refusal comes from the target file itself.
+    """
+    code = exc.errno
+    if code in (errno.EACCES, errno.EPERM):
+        if replacing:
+            return "the file is locked by another program (open in Excel?) or read-only"
+        return "permission denied (the folder is read-only or belongs to another user)"
+    reasons = {
+        errno.ENOENT: "the folder does not exist",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EEXIST: "a part of the path is a file, not a folder",
+        errno.EISDIR: "a folder has that name",
+        errno.EROFS: "the disk is read-only",
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.ENAMETOOLONG: "the name is too long",
+    }
+    if code in reasons:
+        return reasons[code]
+    return (os.strerror(code) if code else type(exc).__name__).lower()
+
+
 @contextlib.contextmanager
 def _atomic_workbook(path: Path) -> Iterator[Any]:
-    """Yield a streaming workbook written to a temp file that replaces ``path`` once complete."""
+    """Yield a streaming workbook written to a temp file that replaces ``path`` once complete.
+
+    Failing to save raises ``OutputError`` naming ``path`` (the temp file is an internal detail)
+    with a plain reason. The folder must exist (``pipeline.check_writable`` makes it).
+    """
     # Not mkstemp: its 0600 mode would stick to the final file; this name is unique enough.
     temp_name = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
+    replacing = False
     try:
         book = xlsxwriter.Workbook(temp_name, _WORKBOOK_OPTIONS)
         try:
             yield book
         finally:
             book.close()
+        replacing = True
         os.replace(temp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp_name)
+        # xlsxwriter wraps the OSError of writing the file in FileCreateError.
+        cause = exc.args[0] if isinstance(exc, xlsxwriter.exceptions.FileCreateError) and exc.args else exc
+        if isinstance(cause, OSError):
+            raise OutputError(path, save_problem(cause, replacing=replacing)) from None
         raise

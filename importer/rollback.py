@@ -47,7 +47,7 @@ from .limiter import RateLimiter
 from .model import RawTable, RunInfo, SourceInfo, Status
 from .pipeline import RunSummary, as_path, check_writable, now_text, save_with_fallback
 from .plan import NO_DELETE, Plan, Undo, named_did, plan_rollback, record_text
-from .results import write_results
+from .results import check_workbook_name, write_results
 from .run import default_journal_path, open_journal
 from .vocab import Action, ExitCode, describe_kind
 
@@ -412,6 +412,8 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
         """Check the options, find the journal and the run, read the live state, plan the undos."""
         config = self.config
         config.check()
+        if config.output is not None:  # before the source is read: a bad -o is the plainest problem
+            check_workbook_name(config.output)
         journal_path, anchor, sha256 = locate_run(config.source)
         journal_path = config.journal or journal_path
         if not journal_path.exists():
@@ -419,8 +421,6 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
                 f"no journal at {journal_path}: a rollback needs the journal the run wrote (pass it instead)"
             )
         self.results = config.output or default_rollback_path(journal_path)
-        if self.results.suffix.lower() != ".xlsx":
-            raise InputError(f"the results workbook must be an .xlsx file, not {self.results.name}")
         check_writable(self.results)
         self.journal_sha = _sha256(journal_path)
         journal = self.journal = open_journal(journal_path, claim=not config.dry_run)

@@ -56,6 +56,7 @@ from .pipeline import (
     write_outputs,
 )
 from .plan import History, plan_import
+from .results import failed_path_for
 from .retry import MAX_ATTEMPTS
 from .vocab import ExitCode, OnExisting, ReasonKind
 
@@ -79,6 +80,8 @@ class ImportConfig(ConnectOptions):
     input: InputOptions
     output: Path | None = None
     failed_out: Path | None = None
+    overwrite: bool = False
+    """Overwrite the default output files of an earlier run instead of writing timestamped ones."""
     on_existing: OnExisting = OnExisting.UPDATE
     command: str = "run"
 
@@ -181,7 +184,9 @@ class _ImportJob(Job[ImportConfig, RunSummary]):
         """Check the options, read and validate the file, open the journal, read the live state, plan."""
         config = self.config
         config.check()
-        self.results, self.failed_path = output_paths(config.input.path, config.output, config.failed_out)
+        self.results, self.failed_path = output_paths(
+            config.input.path, config.output, config.failed_out, overwrite=config.overwrite
+        )
         check_writable(self.results, self.failed_path)
         self.validation = load_and_validate(config.input)
         if not config.dry_run:
@@ -227,7 +232,7 @@ class _ImportJob(Job[ImportConfig, RunSummary]):
 
         def save(results: Path) -> OutcomeTally:
             if results != self.results:  # a fallback: its failed-rows file goes beside it
-                self.failed_path = results.with_name(results.name.replace(".results.xlsx", ".failed.xlsx"))
+                self.failed_path = failed_path_for(results)
             return write_outputs(report.table, outcomes, report.issues, info, results, self.failed_path)
 
         try:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .api import DID_PAGE_SIZE, Bot, Did, Routing, VoiceLinkClient, number_key
+from .api import DID_PAGE_SIZE, Bot, Connection, Did, Routing, VoiceLinkClient, number_key
 from .errors import ApiError
 from .model import RowOutcome, Status
 
@@ -109,8 +109,8 @@ class Inventory:
     routing: dict[int, Routing]
     connection: str = ""
     """The VoiceLink connection the job uses (every request carries it)."""
-    connections: tuple[str, ...] = ()
-    """Every connection id of the account (a row naming another one is told apart from a typo)."""
+    connections: tuple[Connection, ...] = ()
+    """Every connection of the account (a row naming another one is told apart from a typo)."""
     reads: ReadReport = field(default_factory=ReadReport)
     """The reads that built it, for the Summary sheet."""
 

@@ -145,20 +145,28 @@ _NUMBER_TYPES = (
 
 @dataclass(frozen=True, slots=True)
 class _RegionPatterns:
-    """One region's valid national numbers, as one compiled pattern per national length.
+    """One region's valid national numbers, as one pattern per national length.
 
     phonenumbers calls a national number valid when it matches the general description and
     one number type (each with its own lengths); here each length gets one alternation of the
     types that allow it, behind a lookahead for the general pattern, so validity costs a dict
-    lookup and one ``fullmatch`` instead of up to eleven.
+    lookup and one ``fullmatch`` instead of up to eleven. Each pattern is compiled on first use:
+    the 25 regions of +1 take ~60 ms to compile, and a file of US numbers needs only the US one.
     """
 
     leading_digits: re.Pattern[str] | None
-    by_length: Mapping[int, re.Pattern[str]]
+    sources: Mapping[int, str]
+    compiled: dict[int, re.Pattern[str]]
+    """The patterns compiled so far, by length (filled by ``valid``)."""
 
     def valid(self, national: str) -> bool:
-        pattern = self.by_length.get(len(national))
-        return pattern is not None and pattern.fullmatch(national) is not None
+        pattern = self.compiled.get(len(national))
+        if pattern is None:
+            source = self.sources.get(len(national))
+            if source is None:
+                return False
+            pattern = self.compiled[len(national)] = re.compile(source)
+        return pattern.fullmatch(national) is not None
 
 
 def _region_patterns(meta: phonenumbers.PhoneMetadata) -> _RegionPatterns:
@@ -166,7 +174,7 @@ def _region_patterns(meta: phonenumbers.PhoneMetadata) -> _RegionPatterns:
     types = [getattr(meta, name) for name in _NUMBER_TYPES]
     if meta.same_mobile_and_fixed_line_pattern:
         types = types[:-1]  # phonenumbers then never tries the mobile pattern on its own
-    by_length: dict[int, re.Pattern[str]] = {}
+    sources: dict[int, str] = {}
     if general is not None and general.national_number_pattern:
         for length in sorted(set(general.possible_length or ())):
             branches = [
@@ -177,11 +185,9 @@ def _region_patterns(meta: phonenumbers.PhoneMetadata) -> _RegionPatterns:
                 and (not desc.possible_length or length in desc.possible_length)
             ]
             if branches:
-                by_length[length] = re.compile(
-                    rf"(?=(?:{general.national_number_pattern})\Z)(?:{'|'.join(branches)})"
-                )
+                sources[length] = rf"(?=(?:{general.national_number_pattern})\Z)(?:{'|'.join(branches)})"
     leading = re.compile(meta.leading_digits) if meta.leading_digits else None
-    return _RegionPatterns(leading, by_length)
+    return _RegionPatterns(leading, sources, {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +196,10 @@ class _CountryRule:
 
     national_prefix: re.Pattern[str] | None
     regions: tuple[_RegionPatterns, ...]
+    first: Mapping[int, re.Pattern[str]] | None
+    """The compiled patterns by length of the region that claims a valid number first (the only
+    region, or a first one without leading digits: US for +1, GB for +44): the fast path's
+    shortcut. A miss (or a length not compiled yet) goes through ``valid``."""
 
     def valid(self, national: str) -> bool:
         """Say whether ``phonenumbers.is_valid_number`` holds for this code and national number."""
@@ -219,9 +229,11 @@ def _country_rule(code: int) -> _CountryRule | None:
     if main is None or main.general_desc is None:
         return None
     prefix = main.national_prefix_for_parsing or main.national_prefix
+    patterns = tuple(_region_patterns(m) for m in metas if m is not None)
     return _CountryRule(
         re.compile(prefix) if prefix else None,
-        tuple(_region_patterns(m) for m in metas if m is not None),
+        patterns,
+        patterns[0].compiled if len(patterns) == 1 or patterns[0].leading_digits is None else None,
     )
 
 
@@ -270,7 +282,14 @@ def national_readings(digits: str, limit: int = 3) -> list[tuple[str, str]]:
         rule = _country_rule(code)
         if not national or not patterns.valid(national) or rule is None or not rule.valid(national):
             continue
-        number = phonenumbers.parse(f"+{code}{national}")
+        # Built, not parsed: a parse costs most of the time of a suggestion.
+        zeros = len(national) - len(national.lstrip("0"))
+        number = phonenumbers.PhoneNumber(
+            country_code=code,
+            national_number=int(national),
+            italian_leading_zero=True if zeros else None,
+            number_of_leading_zeros=min(zeros, len(national) - 1) if zeros > 1 else None,
+        )
         # Spaces, not the dashes of the US style: the form a sheet's cell is easiest to fix with.
         text = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
         out.append((region, text.replace("-", " ")))
@@ -305,8 +324,8 @@ class PhoneNormaliser:
     names (a possible length is not enough: 4805550123, a US number without its +1, has a
     possible length for Poland's +48). Most carrier sheets hold plain international numbers
     ("+918012345678" or "918012345678"). For those, a fast path reads the country code and
-    checks the national number against phonenumbers' own metadata patterns, compiled once per
-    country code, and gives the same answer as a full ``phonenumbers.parse`` plus
+    checks the national number against phonenumbers' own metadata patterns, compiled on first
+    use, and gives the same answer as a full ``phonenumbers.parse`` plus
     ``is_valid_number`` at a fraction of the cost; it steps aside (to the full parse) whenever
     the national part could start with a national prefix or is not valid.
     ``tests/test_validate.py`` checks the two agree across every country code.
@@ -362,6 +381,11 @@ class PhoneNormaliser:
         national = digits[size:]
         if rule.national_prefix is not None and rule.national_prefix.match(national):
             return None
+        first = rule.first
+        if first is not None:  # the common case of _CountryRule.valid, inlined: once per number
+            pattern = first.get(len(national))
+            if pattern is not None and pattern.fullmatch(national):
+                return digits
         return digits if rule.valid(national) else None
 
     def normalise(self, text: str) -> PhoneResult:
@@ -405,11 +429,13 @@ class PhoneNormaliser:
 
     @staticmethod
     def _parse(candidate: str, region: str | None) -> PhoneResult | None:
-        """Return the E.164 digits of a valid number, None when it does not parse or is not valid."""
+        """Return the E.164 digits of a valid number (or why it has an extension), else None."""
         try:
             parsed = phonenumbers.parse(candidate, region)
         except phonenumbers.NumberParseException:
             return None
+        if parsed.extension:  # a spelling of an extension that _EXTENSION does not know
+            return PhoneResult(None, "has an extension, but DIDs have no extension: remove it", "extension")
         if not phonenumbers.is_valid_number(parsed):
             return None
         e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
@@ -460,6 +486,10 @@ def parse_column_map(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
             raise InputError(f'--map "{pair}" must look like "Header Text=field" or "C=field"')
         if field not in FIELD_BY_NAME:
             raise InputError(f'--map "{pair}": unknown field "{field}"; fields are: {", ".join(FIELD_NAMES)}')
+        if out.get(header.strip(), field) != field:
+            raise InputError(
+                f'--map gives "{header.strip()}" two fields ({out[header.strip()]} and {field}); keep one'
+            )
         out[header.strip()] = field
     return out
 
@@ -591,6 +621,10 @@ class _Parsed:
     """Why each non-empty phone cell that did not parse failed, by Excel row (the others are fine)."""
     duplicate_of: dict[str, pd.Series]
     """For did_number and did_id: the Excel row of the first occurrence, for each later row."""
+    blank: dict[str, pd.Series]
+    """True where a field's cell is empty (computed once: each costs a pass over the column)."""
+    parsed_ok: dict[str, pd.Series]
+    """True where a field's cell parsed (computed once, as ``blank``)."""
 
 
 def _parse_series(series: pd.Series, fn: Callable[[str], object]) -> pd.Series:
@@ -641,7 +675,9 @@ def _parse(clean: pd.DataFrame, normaliser: PhoneNormaliser) -> _Parsed:
         else:
             values[f.name] = _parse_series(col, lambda t: parse_uuid(t) if t else None)
     duplicate_of = {name: _first_occurrence(values[name]) for name in DID_FIELDS}
-    return _Parsed(clean, values, problems, duplicate_of)
+    blank = {name: clean[name] == "" for name in FIELD_NAMES}
+    parsed_ok = {name: values[name].notna() for name in FIELD_NAMES}
+    return _Parsed(clean, values, problems, duplicate_of, blank, parsed_ok)
 
 
 def _modes_needing(id_field: str) -> tuple[Direction, set[int]]:
@@ -669,10 +705,10 @@ def _first_occurrence(keys: pd.Series) -> pd.Series:
 WRONG_MATCH_SHARE = 0.2
 """A column matched by its header (not by ``--map``) whose non-empty cells fit its field less often
 than this (with at least 3 cells and 2 different misfits) is taken for a wrong match (a "State"
-column of NY, CA matched to status): its rows fail with one reason that names the column and the
-fix, and the report carries a note, instead of one "is not a status" per value. The column is not
-dropped silently: a status column in another vocabulary (Enabled/Disabled) would turn every row
-active."""
+column of NY, CA matched to status): its rows whose value does not fit fail with one reason that
+names the column and the fix, and the report carries a note, instead of one "is not a status" per
+value. The column is not dropped silently: a status column in another vocabulary (On/Off) would
+turn every row active."""
 
 _PHONE_LIKE = re.compile(r"\+?\d{6,17}")
 
@@ -706,11 +742,11 @@ def wrong_matches(parsed: _Parsed, auto: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for name in auto:
         text = parsed.clean[name]
-        filled = text != ""
+        filled = ~parsed.blank[name]
         count = int(filled.sum())
         if not count:
             continue
-        bad = filled & parsed.values[name].isna()
+        bad = filled & ~parsed.parsed_ok[name]
         failing = int(bad.sum())
         if failing <= count * (1 - WRONG_MATCH_SHARE):
             continue  # the common case: one cheap count and no per-cell work
@@ -734,18 +770,18 @@ def build_schema(parsed: _Parsed, wrong: Mapping[str, str] | None = None) -> pa.
 
     Column checks test each cell's parse; dataframe-wide checks test the rules that span
     columns (a DID on every row, the id each mode needs, ids for unused modes, duplicates).
-    A column in ``wrong`` (see ``wrong_matches``) fails each non-empty cell once, as a column
-    that is not its field, instead of once per value.
+    A column in ``wrong`` (see ``wrong_matches``) fails each cell that does not parse as a column
+    that is not its field, instead of with a message about the value.
     """
-    clean, values = parsed.clean, parsed.values
-    blank = {name: clean[name] == "" for name in FIELD_NAMES}
+    clean, values, blank = parsed.clean, parsed.values, parsed.blank
     columns: dict[str, pa.Column] = {}
     for f in FIELDS:
         checks: list[pa.Check] = []
-        parsed_ok = values[f.name].notna()
+        parsed_ok = parsed.parsed_ok[f.name]
         if wrong and f.name in wrong:
-            # Not trusted at all, not even its few values that parse: they fit by chance.
-            checks.append(_check(blank[f.name], "wrong_column"))
+            # Its few values that parse are taken as they are; the others get one reason that
+            # names the column instead of one per value.
+            checks.append(_check(parsed_ok | blank[f.name], "wrong_column"))
             if f.kind is Kind.MODE:
                 checks.append(_check(~blank[f.name], "mode_required"))
         elif f.kind is Kind.PHONE:
@@ -769,7 +805,7 @@ def build_schema(parsed: _Parsed, wrong: Mapping[str, str] | None = None) -> pa.
         direction, numbers = _modes_needing(id_field)
         mode = values[MODE_FIELD[direction]]
         uses = mode.isin(numbers)
-        known_mode = mode.notna()
+        known_mode = parsed.parsed_ok[MODE_FIELD[direction]]
         frame_checks.append(_check(~(uses & blank[id_field]), f"mode_id_missing:{id_field}"))
         frame_checks.append(_check(~(~blank[id_field] & known_mode & ~uses), f"mode_id_unused:{id_field}"))
     duplicate = clean.index.isin(parsed.duplicate_of["did_number"].index) | clean.index.isin(

@@ -28,7 +28,7 @@ from helpers import (
 )
 
 import importer
-from importer.api import Bot, Did, Routing
+from importer.api import Bot, Connection, Did, Routing
 from importer.apply import Progress, SendOptions, human_duration
 from importer.cli import main
 from importer.errors import InputError
@@ -469,7 +469,7 @@ def test_an_unwritable_results_path_is_refused_before_any_write(tmp_path: Path) 
     sandbox = create_sandbox(SandboxConfig(inventory=inv))
     (tmp_path / "not-a-folder").write_text("a file where the results' folder should be")
     config = config_for(sheet, tmp_path, output=tmp_path / "not-a-folder" / "out.results.xlsx")
-    with pytest.raises(InputError, match=r"cannot write .*not-a-folder"):
+    with pytest.raises(InputError, match=r"cannot save .*not-a-folder.*: a part of the path is a file"):
         run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
     assert write_count(sandbox) == 0
 
@@ -531,7 +531,7 @@ def test_dry_run_summary_says_how_long_the_writes_would_take(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("connection_id", "kind", "fragment"),
     [
-        ("c-2", ReasonKind.OTHER_CONNECTION, "one run serves one connection (c-1): import its rows"),
+        ("c-2", ReasonKind.OTHER_CONNECTION, "one run serves one connection: import this row in a run"),
         ("c-9", ReasonKind.UNKNOWN_CONNECTION, "c-9 is not one of this account's connections"),
         ("C-1", None, ""),
     ],
@@ -540,7 +540,10 @@ def test_plan_tells_another_connection_from_an_unknown_one(
     connection_id: str, kind: ReasonKind | None, fragment: str
 ) -> None:
     inventory = _inventory()
-    inventory.connections = ("c-1", "c-2")
+    inventory.connections = (
+        Connection("c-1", "One", "ACTIVE", True),
+        Connection("c-2", "Two", "ACTIVE", False),
+    )
     row = RoutingRow(
         row=2, did_id=None, did_number="918020000000", connection_id=connection_id, **desired_record(0)
     )
@@ -557,7 +560,8 @@ def test_a_base_url_without_api_v2_says_to_check_it(tmp_path: Path) -> None:
     sheet = write_sheet(tmp_path / "sheet.csv", 2)
     sandbox = create_sandbox(SandboxConfig(inventory=inv))
     with pytest.raises(
-        importer.ApiError, match=r"check --base-url: it must be the API root ending in /api/v2"
+        importer.ApiError,
+        match=r"check --base-url: http://sandbox.test/api must be the API root, ending in /api/v2",
     ):
         run_import(
             config_for(sheet, tmp_path, base_url="http://sandbox.test/api"),

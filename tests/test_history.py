@@ -119,11 +119,9 @@ def test_cli_rollback_run_id_is_repeatable(tmp_path: Path) -> None:
         env = {"VOCOBASE_API_KEY": SANDBOX_API_KEY, "VOCOBASE_BASE_URL": url}
         journal = str(tmp_path / "sheet.journal.sqlite")
         both = CliRunner().invoke(
-            main, ["rollback", journal, "--run-id", "1", "--run-id", "2", "--dry-run", "--quiet"], env=env
+            main, ["rollback", journal, "--run-id", "1", "--run-id", "2", "--dry-run"], env=env
         )
-        one = CliRunner().invoke(
-            main, ["rollback", journal, "--run-id", "2", "--dry-run", "--quiet"], env=env
-        )
+        one = CliRunner().invoke(main, ["rollback", journal, "--run-id", "2", "--dry-run"], env=env)
     assert both.exit_code == 0 and one.exit_code == 0, both.output + one.output
     assert (
         "rollback of runs 1, 2 (sheet.csv) from" in both.output

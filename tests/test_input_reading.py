@@ -101,7 +101,7 @@ def test_validate_reports_hidden_rows_and_columns(tmp_path: Path) -> None:
     assert sheet["hidden rows"] == "3 (rows 5, 9, 12)"
     assert sheet["hidden columns"] == 'D ("Inbound Bot ID")'
     statuses = {row["import_row"]: row["import_status"] for row in _results(summary.results_path)}
-    assert statuses["5"] == "not_sent"  # imported: validated like any row
+    assert statuses["5"] == "valid"  # imported: validated like any row
 
 
 def test_cli_skip_hidden_rows_gives_each_hidden_row_an_outcome(tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_cli_skip_hidden_rows_gives_each_hidden_row_an_outcome(tmp_path: Path) -
         assert rows[hidden]["import_status"] == "skipped"
         assert rows[hidden]["import_action"] == "skip"
         assert rows[hidden]["import_reason"] == "hidden in Excel (--skip-hidden-rows)"
-    assert rows["6"]["import_status"] == "not_sent"
+    assert rows["6"]["import_status"] == "valid"
     assert _summary(out)["option skip_hidden_rows"] == "yes"
 
 
@@ -130,7 +130,7 @@ def test_validate_merged_cell_reason_says_it_is_merged(tmp_path: Path) -> None:
     assert rows["8"]["import_reason"].endswith(
         "; cell C8 is part of the merged range C6:C8; Excel keeps the value only in C6"
     )
-    assert rows["6"]["import_status"] == "not_sent"
+    assert rows["6"]["import_status"] == "valid"
 
 
 def test_validate_excel_error_cells_say_so(tmp_path: Path) -> None:

@@ -108,8 +108,8 @@ def test_validate_outputs_keep_hostile_text_as_text(tmp_path: Path) -> None:
     assert header == HEADER
     assert cells == rows
     failed_rows = sheet_rows(failed, "Sheet1")
-    assert failed_rows[0] == HEADER
-    assert [list(r) for r in failed_rows[1:]] == rows[4:]
+    assert failed_rows[0] == [*HEADER, "import_reason", "import_row"]
+    assert [list(r)[: len(HEADER)] for r in failed_rows[1:]] == rows[4:]
     errors = sheet_rows(results, "Errors")
     assert {r[2] for r in errors[1:]} >= {"=cmd|' /C calc'!A0", '=HYPERLINK("http://x","y")', "@SUM(A1)"}
     summary_sheet = {r[0]: r[1] for r in sheet_rows(results, "Summary")}
@@ -167,8 +167,8 @@ def test_failed_rows_file_keeps_a_hostile_sheet_name_and_headers(tmp_path: Path)
     finally:
         book.close()
     rows = sheet_rows(failed, sheet_name)
-    assert rows[0] == list(table.headers)
-    assert [[v or "" for v in r] for r in rows[1:]] == [
+    assert rows[0] == [*table.headers, "import_reason", "import_row"]
+    assert [[v or "" for v in r[: len(table.headers)]] for r in rows[1:]] == [
         list(r) for r in table.frame.loc[3:].itertuples(index=False)
     ]
 

@@ -320,14 +320,18 @@ def test_write_failed_rows_round_trips_through_reader(tmp_path: Path) -> None:
     ]
     table = make_table(tmp_path, rows, first_row=4)
     out = tmp_path / "carrier.failed.xlsx"
-    write_failed_rows(out, table, {7, 4, 6})
+    write_failed_rows(out, table, {7, 4, 6}, {4: "bad DID", 7: "unknown mode; trunk id missing"})
     back = read_table(out)
-    assert back.headers == HEADERS
+    assert list(back.headers) == [*HEADERS, "import_reason", "import_row"]
     assert back.frame.index.tolist() == [2, 3, 4]
-    assert back.frame.values.tolist() == [rows[0], rows[2], rows[3]]
+    assert back.frame.values.tolist() == [
+        [*rows[0], "bad DID", "4"],
+        [*rows[2], "", "6"],
+        [*rows[3], "unknown mode; trunk id missing", "7"],
+    ]
     assert back.source.sheet == "DID Routing"
     ws = openpyxl.load_workbook(out)["DID Routing"]
-    assert ws.max_column == len(HEADERS)
+    assert ws.max_column == len(HEADERS) + 2
     assert ws.column_dimensions["B"].number_format == "@"  # digits typed in while fixing stay text
     assert "<f>" not in sheet_xml(out)
 

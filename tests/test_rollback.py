@@ -328,7 +328,7 @@ def test_cli_rollback_dry_run_over_tcp(tmp_path: Path) -> None:
         writes = write_count(sandbox)
         result = CliRunner().invoke(
             main,
-            ["rollback", str(run.results_path), "--dry-run", "--quiet"],
+            ["rollback", str(run.results_path), "--dry-run"],
             env={"VOCOBASE_API_KEY": SANDBOX_API_KEY, "VOCOBASE_BASE_URL": url},
         )
         assert result.exit_code == 0, result.output

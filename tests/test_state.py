@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,18 +12,18 @@ from typing import Any
 import httpx
 import openpyxl
 import pytest
-from click.testing import CliRunner
 from helpers import desired_record, did_number, read_results, write_inventory, write_sheet
 
 from importer.api import VoiceLinkClient
-from importer.cli import main
+from importer.cli import _reading
 from importer.errors import ApiError
 from importer.limiter import RateLimiter
 from importer.live import Inventory, preflight
 from importer.model import RoutingRow, RowOutcome, Status
 from importer.pipeline import InputOptions
+from importer.rollback import RollbackConfig, rollback_run
 from importer.run import ImportConfig, run_import
-from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
+from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
 from importer.state import ReadReport, collect_created_ids, read_state
 
 BASE = "http://sandbox.test/api/v2"
@@ -165,25 +166,52 @@ def test_run_plan_shows_the_cost(tmp_path: Path) -> None:
     assert "(2 reads done; 10 writes, about 10 s at 60/min)" in summary.notes[0]
 
 
-def test_cli_run_says_what_it_reads_on_stderr_unless_quiet(tmp_path: Path) -> None:
-    inv = write_inventory(tmp_path / "inv.json", 30)
+def test_run_and_rollback_say_what_they_read_through_on_read(tmp_path: Path) -> None:
+    """Lean sync, nothing routed: the bots, then the list's one page (cheaper than 3 lookups)."""
+    sandbox = _sandbox(tmp_path, 30, lean_sync=True)
     sheet = write_sheet(tmp_path / "sheet.csv", 3)
-    with running_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000, lean_sync=True)) as (
-        url,
-        _,
-    ):
-        said = []
-        for quiet in ([], ["--quiet"]):
-            result = CliRunner().invoke(
-                main,
-                ["run", str(sheet), "--dry-run", "-o", str(tmp_path / "out.results.xlsx"), *quiet],
-                env={"VOCOBASE_API_KEY": SANDBOX_API_KEY, "VOCOBASE_BASE_URL": url},
-            )
-            assert result.exit_code == 0, result.output
-            said.append([line for line in result.stderr.splitlines() if line.startswith("reading: ")])
-    # lean sync, nothing routed: the bots, then the list's one page (cheaper than 3 lookups)
-    assert said[0] == ["reading: sync", "reading: bots", "reading: DIDs: page 1"]
-    assert said[1] == []
+    said: list[str] = []
+    transport = httpx.ASGITransport(app=sandbox.app)
+    summary = run_import(_config(sheet, tmp_path, on_read=said.append), transport=transport)
+    assert summary.counts == {Status.SUCCEEDED: 3}
+    assert said == ["sync", "bots", "DIDs: page 1"]
+    said.clear()
+    undone = rollback_run(
+        RollbackConfig(
+            source=summary.results_path,
+            api_key=SANDBOX_API_KEY,
+            base_url=BASE,
+            requests_per_minute=100_000,
+            retry_backoff=0,
+            on_read=said.append,
+        ),
+        transport=transport,
+    )
+    assert undone.counts == {Status.SUCCEEDED: 2, Status.UNCHANGED: 1}  # row 4 was created inactive
+    assert said == ["sync"]  # the DIDs it created routing for are in routing[]: nothing else read
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_cli_reading_lines_on_a_terminal_and_one_a_minute_elsewhere() -> None:
+    steps = ["sync", "DIDs: page 1 of 90", "DIDs: page 45 of 90", "DIDs: page 90 of 90"]
+    terminal = _Terminal()
+    say = _reading(False, stream=terminal)
+    assert say is not None
+    for text in steps:
+        say(text)
+    assert terminal.getvalue().splitlines() == [f"reading: {t}" for t in steps]
+    log, now = io.StringIO(), [0.0]
+    say = _reading(False, stream=log, clock=lambda: now[0])
+    assert say is not None
+    for t, text in zip([0, 30, 61, 90], steps, strict=True):
+        now[0] = t
+        say(text)
+    assert log.getvalue() == "reading: DIDs: page 45 of 90\n"
+    assert _reading(True, stream=terminal) is None
 
 
 # -- read_state strategies -----------------------------------------------------------------

@@ -241,11 +241,32 @@ def test_validate_national_numbers_are_not_a_wrong_match() -> None:
     assert {i.kind for i in report.issues} == {"no_country_code"} and not report.notes
 
 
-def test_validate_file_prints_the_wrong_match_note(tmp_path: Path) -> None:
+def test_validate_file_notes_the_wrong_match_in_summary_and_sheet(tmp_path: Path) -> None:
     source = tmp_path / "carrier.csv"
     source.write_text("\n".join(",".join(r) for r in [list(LIKE_STATUS), *PORTED]) + "\n", encoding="utf-8")
     summary = validate_file(ValidateConfig(InputOptions(source)))
     assert any('column "Status" was matched to status' in line for line in summary.lines())
+    book = openpyxl.load_workbook(summary.results_path, read_only=True)
+    notes = [r[1] for r in book["Summary"].iter_rows(values_only=True) if r[0] == "note"]
+    book.close()
+    assert len(notes) == 1 and 'column "Status" was matched to status' in str(notes[0])
+
+
+def test_validate_file_calls_valid_rows_valid(tmp_path: Path) -> None:
+    """The printed summary, the Summary sheet and the status column say "valid", never "not_sent"."""
+    source = tmp_path / "carrier.csv"
+    source.write_text(
+        "DID,Inbound,Outbound\n+91 80 1122 3344,1,4\n+91 80 1122 4455,voicemail,4\n", encoding="utf-8"
+    )
+    summary = validate_file(ValidateConfig(InputOptions(source)))
+    assert summary.lines()[0] == "rows read: 2; failed 1, valid 1"
+    book = openpyxl.load_workbook(summary.results_path, read_only=True)
+    sheet = {r[0]: r[1] for r in book["Summary"].iter_rows(values_only=True)}
+    assert sheet["valid"] == 1 and sheet["failed"] == 1 and "not_sent" not in sheet
+    results = list(book["Results"].iter_rows(values_only=True))
+    status = results[0].index("import_status")
+    assert [r[status] for r in results[1:]] == ["valid", "failed"]
+    book.close()
 
 
 def test_validate_normalises_numbers_and_ids() -> None:
@@ -370,7 +391,11 @@ def test_map_columns_matches_spellings_and_maps() -> None:
 
 @pytest.mark.parametrize(
     ("pairs", "fragment"),
-    [(["Carrier Bot"], "must look like"), (["Carrier Bot=bot"], 'unknown field "bot"')],
+    [
+        (["Carrier Bot"], "must look like"),
+        (["Carrier Bot=bot"], 'unknown field "bot"'),
+        (["Tel=did_number", "Tel=did_id"], r"two fields \(did_number and did_id\)"),
+    ],
 )
 def test_parse_column_map_rejects_bad_pairs(pairs: list[str], fragment: str) -> None:
     with pytest.raises(InputError, match=fragment):
