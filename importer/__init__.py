@@ -2,12 +2,14 @@
 
 The library's jobs, one call each: ``run_import(config)`` (read -> validate -> resolve -> plan
 -> apply -> results; ``await run_import_async(config)`` inside an event loop),
-``validate_file(config)`` for the offline half and ``rollback_run(config)`` to undo a run.
+``validate_file(config)`` for the offline half, ``rollback_run(config)`` to undo a run and
+``export_routing(config)`` to write the account's routing as a workbook ``run`` imports unchanged.
 ``importer.rollback`` is the rollback module.
 """
 
 from .apply import Progress, SendOptions
 from .errors import ApiError, AuthError, ImporterError, InputError, ResultsNotSavedError, UnreadableFileError
+from .export import ExportConfig, ExportSummary, export_routing
 from .model import RawTable, RoutingRow, RowIssue, RowOutcome, ValidationReport
 from .pipeline import InputOptions, RunSummary, ValidateConfig, validate_file
 from .plan import Plan, Write
@@ -20,6 +22,8 @@ __all__ = [
     "ApiError",
     "AuthError",
     "ExitCode",
+    "ExportConfig",
+    "ExportSummary",
     "ImportConfig",
     "ImporterError",
     "InputError",
@@ -41,6 +45,7 @@ __all__ = [
     "ValidateConfig",
     "ValidationReport",
     "Write",
+    "export_routing",
     "rollback_run",
     "rollback_run_async",
     "run_import",

@@ -24,6 +24,7 @@ import asyncio
 import email.utils
 import html
 import json
+import math
 import random
 import re
 import time
@@ -39,7 +40,18 @@ from importer.fields import ROUTING_FIELDS
 from importer.limiter import RateLimiter
 from importer.retry import MAX_ATTEMPTS, backoff_delay
 
-__all__ = ["Bot", "Connection", "Did", "Routing", "VoiceLinkClient", "WriteResult"]
+__all__ = [
+    "Bot",
+    "Connection",
+    "Did",
+    "DidPage",
+    "DidSearch",
+    "Routing",
+    "SyncState",
+    "VoiceLinkClient",
+    "WriteResult",
+    "number_key",
+]
 
 DID_PAGE_SIZE = 100
 BOT_PAGE_SIZE = 1000  # the documented maximum for /voicelink/bots
@@ -105,6 +117,38 @@ class WriteResult:
     attempts: int
     routing_id: int | None = None
     """The routing id if the response carried one (the docs' example returns ``{}``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncState:
+    """What one read-only sync answered: the lists it carried, each item parsed or skipped."""
+
+    dids: tuple[Did, ...]
+    """Empty when sync sent no ``dids[]`` (or an empty one): the DID list must then be read."""
+    bots: tuple[Bot, ...]
+    routing: tuple[Routing, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DidPage:
+    """One page of the purchased-DIDs list."""
+
+    page: int
+    dids: tuple[Did, ...]
+    last_page: int | None
+    """The list's page count from the pagination metadata (``last_page``, else ``total``/``per_page``)."""
+    last: bool
+    """True when no page follows this one."""
+
+
+@dataclass(frozen=True, slots=True)
+class DidSearch:
+    """The DIDs a search for one number found, exact matches only."""
+
+    matches: tuple[Did, ...]
+    conclusive: bool
+    """False when the answer cannot prove the number is absent: the server ignored ``search``
+    (it sent numbers that do not contain the one asked for) or more pages of results follow."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,16 +271,11 @@ class VoiceLinkClient:
         Returns:
             The DIDs, each once, in the API's order.
         """
-        out: list[Did] = []
-        for item in await self._list_all("voicelink/dids/purchased", DID_PAGE_SIZE, ("did_id", "id")):
-            did_id = _first_int(item, ("did_id", "id"))
-            if did_id is None:
-                self.warnings.append(f"a purchased DID without a usable id was ignored: {_brief(item)}")
-                continue
-            out.append(
-                Did(did_id=did_id, did_number=_did_number(item) or "", status=_as_text(item.get("status")))
-            )
-        return out
+        path = "voicelink/dids/purchased"
+        items = await self._list_all(path, DID_PAGE_SIZE, ("did_id", "id"))
+        return [
+            did for item in items if (did := self._did(item, f"GET /{path}", need_number=False)) is not None
+        ]
 
     async def list_bots(self) -> list[Bot]:
         """Read every page of the WebSocket bots.
@@ -244,17 +283,9 @@ class VoiceLinkClient:
         Returns:
             The bots, each once; a bot without a status counts as active (the API's default).
         """
-        out: list[Bot] = []
-        for item in await self._list_all("voicelink/bots", BOT_PAGE_SIZE, ("id", "bot_id")):
-            bot_id = _first_int(item, ("id", "bot_id"))
-            if bot_id is None:
-                self.warnings.append(f"a bot without a usable id was ignored: {_brief(item)}")
-                continue
-            flag = _as_flag(item.get("status")) if "status" in item else True
-            out.append(
-                Bot(bot_id=bot_id, name=_as_text(item.get("bot_name", item.get("name"))), active=flag is True)
-            )
-        return out
+        items = await self._list_all("voicelink/bots", BOT_PAGE_SIZE, ("id", "bot_id"))
+        parsed = (self._bot(item, "GET /voicelink/bots") for item in items)
+        return [bot for bot in parsed if bot is not None]
 
     async def read_routing(self) -> list[Routing]:
         """Read the existing call routing through the read-only sync.
@@ -265,38 +296,188 @@ class VoiceLinkClient:
         Returns:
             One entry per routing record, each once.
         """
+        return self._routings_from(await self._sync())
+
+    async def _sync(self) -> Mapping[str, Any]:
+        """One read-only sync; the object holding its lists.
+
+        Raises:
+            ApiError: the answer holds no routing (never read as "no routing": the plan would
+                create over existing records).
+        """
         payload = await self._read("POST", "voicelink/sync", body={"import_dids": False})
-        data = _sync_data(payload)
-        if data is None:
+        data = _sync_holder(payload)
+        if data is None or ("routing" not in data and "readiness" not in data):
             raise ApiError("POST /voicelink/sync: the response holds neither routing[] nor readiness[]")
-        from_readiness: list[Routing] = []
-        readiness = data.get("readiness")
-        for entry in readiness if isinstance(readiness, list) else []:
-            if isinstance(entry, Mapping) and isinstance(entry.get("routing"), Mapping):
-                made = self._routing(entry["routing"], entry)
-                if made is not None:
-                    from_readiness.append(made)
-        by_id = {r.routing_id: r for r in from_readiness}
+        return data
+
+    async def read_sync(self) -> SyncState:
+        """Read DIDs, bots and routing in one read-only sync, parsed as defensively as the lists.
+
+        Each list may be a bare array or sit under ``data``/``data.data`` of its key; did_number
+        may be a JSON number; an item without a usable id (or a DID without a number) is
+        skipped with a line in ``warnings``.
+
+        Returns:
+            The DIDs, bots and routing records sync carried (a missing list is empty).
+        """
+        where = "POST /voicelink/sync"
+        data = await self._sync()
+        dids: dict[int, Did] = {}
+        for item in self._objects(_nested_list(data.get("dids")), f"{where} dids[]"):
+            did = self._did(item, f"{where} dids[]", need_number=True)
+            if did is not None:
+                dids.setdefault(did.did_id, did)
+        bots: dict[int, Bot] = {}
+        for item in self._objects(_nested_list(data.get("bots")), f"{where} bots[]"):
+            bot = self._bot(item, f"{where} bots[]")
+            if bot is not None:
+                bots.setdefault(bot.bot_id, bot)
+        return SyncState(tuple(dids.values()), tuple(bots.values()), tuple(self._routings_from(data)))
+
+    async def read_did_page(self, page: int, per_page: int = DID_PAGE_SIZE) -> DidPage:
+        """Read one page of the purchased DIDs; its metadata tells how many pages there are.
+
+        Args:
+            page: The page number, from 1.
+            per_page: The page size asked for (the server may send fewer).
+
+        Returns:
+            The page's DIDs (items without a usable id skipped with a warning) and whether it is the last.
+        """
+        path = "voicelink/dids/purchased"
+        payload = await self._read("GET", path, params={"page": page, "per_page": per_page})
+        found = _find_list(payload)
+        if found is None:
+            raise ApiError(f"GET /{path} page {page}: the response holds no list")
+        items, meta = found
+        where = f"GET /{path} page {page}"
+        dids = tuple(
+            did
+            for item in self._objects(items, where)
+            if (did := self._did(item, where, need_number=False)) is not None
+        )
+        size = _as_int(meta.get("per_page")) or per_page
+        total = _as_int(meta.get("total"))
+        last_page = _as_int(meta.get("last_page"))
+        if last_page is None and total is not None and size > 0:
+            last_page = max(1, math.ceil(total / size))
+        current = _as_int(meta.get("current_page"))
+        last = (
+            not items
+            or (current is not None and current != page)
+            or (last_page is not None and page >= last_page)
+            or (last_page is None and len(items) != size)
+        )
+        return DidPage(page, dids, last_page, last)
+
+    async def find_dids(self, number: str) -> DidSearch:
+        """Look one number up with the DID list's search parameter; keep exact matches only.
+
+        Both sides are compared as digits only ("+91 80-1122" and 91801122 are the same number),
+        so a search that also returns longer numbers containing this one never resolves to them.
+
+        Args:
+            number: The DID number, country code first.
+
+        Returns:
+            The exact matches and whether their absence would prove the number is not there.
+        """
+        wanted = number_key(number)
+        if not wanted:
+            return DidSearch((), True)
+        path = "voicelink/dids/purchased"
+        params: dict[str, str | int] = {"search": wanted, "page": 1, "per_page": DID_PAGE_SIZE}
+        payload = await self._read("GET", path, params=params)
+        found = _find_list(payload)
+        where = f"GET /{path} search"
+        if found is None:
+            raise ApiError(f"{where}: the response holds no list")
+        items, meta = found
+        matches: dict[int, Did] = {}
+        ignored_search = False
+        for item in self._objects(items, where):
+            did = self._did(item, where, need_number=False)
+            if did is None:
+                continue
+            key = number_key(did.did_number)
+            if key == wanted:
+                matches.setdefault(did.did_id, did)
+            elif wanted not in key:
+                ignored_search = True
+        last_page = _as_int(meta.get("last_page"))
+        size = _as_int(meta.get("per_page")) or DID_PAGE_SIZE
+        more = last_page > 1 if last_page is not None else len(items) >= size
+        return DidSearch(tuple(matches.values()), bool(matches) or not (ignored_search or more))
+
+    @property
+    def max_pages(self) -> int:
+        """Pages read from one list before giving up."""
+        return self._max_pages
+
+    def _objects(self, items: Sequence[object], where: str) -> list[Mapping[str, Any]]:
+        """The items that are JSON objects; a warning for each one that is not."""
+        out: list[Mapping[str, Any]] = []
+        for item in items:
+            if isinstance(item, Mapping):
+                out.append(item)
+            else:
+                self.warnings.append(f"{where}: a non-object item was ignored")
+        return out
+
+    def _did(self, item: Mapping[str, Any], where: str, *, need_number: bool) -> Did | None:
+        """A Did from a list or sync item (its ``raw`` upstream object fills gaps); None if unusable."""
+        raw = item.get("raw")
+        fields: Mapping[str, Any] = {**raw, **item} if isinstance(raw, Mapping) else item
+        did_id = _first_int(fields, ("did_id", "id"))
+        if did_id is None:
+            self.warnings.append(f"{where}: a DID without a usable id was ignored: {_brief(item)}")
+            return None
+        number = _did_number(fields) or ""
+        if need_number and not number:
+            self.warnings.append(f"{where}: DID {did_id} without a number was ignored")
+            return None
+        return Did(did_id=did_id, did_number=number, status=_as_text(fields.get("status")))
+
+    def _bot(self, item: Mapping[str, Any], where: str) -> Bot | None:
+        """A Bot from a list or sync item; a bot without a status counts as active (the API's default)."""
+        bot_id = _first_int(item, ("id", "bot_id"))
+        if bot_id is None:
+            self.warnings.append(f"{where}: a bot without a usable id was ignored: {_brief(item)}")
+            return None
+        flag = _as_flag(item.get("status")) if "status" in item else True
+        return Bot(bot_id=bot_id, name=_as_text(item.get("bot_name", item.get("name"))), active=flag is True)
+
+    def _routings_from(self, data: Mapping[str, Any]) -> list[Routing]:
+        """Routing records of a sync answer: ``routing[]``, completed and extended by readiness."""
         out: dict[int, Routing] = {}
-        routing = data.get("routing")
-        for item in routing if isinstance(routing, list) else []:
-            if not isinstance(item, Mapping):
+        for item in _nested_list(data.get("routing")):
+            if isinstance(item, Mapping):
+                made = self._routing(item, None)
+                if made is not None:
+                    out.setdefault(made.routing_id, made)
+        added: dict[int, Routing] = {}
+        for entry in _nested_list(data.get("readiness")):
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("routing"), Mapping):
                 continue
-            made = self._routing(item, None)
+            # A record routing[] already has whole needs no second parse (100k-DID accounts).
+            known = out.get(_first_int(entry["routing"], ("routing_id", "id")) or 0)
+            if known is not None and known.did_id is not None and known.did_number is not None:
+                continue
+            hint = self._routing(entry["routing"], entry)
+            if hint is None:
+                continue
+            made = out.get(hint.routing_id)
             if made is None:
-                continue
-            hint = by_id.get(made.routing_id)
-            if hint is not None and (made.did_id is None or made.did_number is None):
-                made = Routing(
+                added.setdefault(hint.routing_id, hint)
+            elif made.did_id is None or made.did_number is None:
+                out[hint.routing_id] = Routing(
                     made.routing_id,
                     made.did_id if made.did_id is not None else hint.did_id,
                     made.did_number if made.did_number is not None else hint.did_number,
                     made.record,
                 )
-            out.setdefault(made.routing_id, made)
-        for made in from_readiness:
-            out.setdefault(made.routing_id, made)
-        return list(out.values())
+        return [*out.values(), *(r for rid, r in added.items() if rid not in out)]
 
     async def create_routing(self, body: Mapping[str, object]) -> WriteResult:
         """Create a routing record; never re-sent except after a 429.
@@ -623,6 +804,31 @@ def _identity(item: Mapping[str, Any], id_keys: Sequence[str]) -> object:
     return ("id", value) if value is not None else json.dumps(item, sort_keys=True, default=str)
 
 
+def number_key(text: str) -> str:
+    """A DID number as digits only, the form numbers are compared in ("+91 80-11" -> "918011")."""
+    return "".join(ch for ch in text if ch.isascii() and ch.isdigit())
+
+
+def _nested_list(value: object) -> list[object]:
+    """A sync list: a bare array, or one at ``data``/``data.data`` of an object; else empty."""
+    if isinstance(value, list):
+        return value
+    found = _find_list(value) if isinstance(value, Mapping) else None
+    return found[0] if found is not None else []
+
+
+def _sync_holder(payload: object) -> Mapping[str, Any] | None:
+    """Find the object holding a sync answer's lists (at the top, ``data`` or ``data.data``)."""
+    holder = payload
+    for _ in range(3):
+        if not isinstance(holder, Mapping):
+            return None
+        if any(key in holder for key in ("dids", "bots", "routing", "readiness")):
+            return holder
+        holder = holder.get("data")
+    return None
+
+
 def _find_list(payload: object) -> tuple[list[object], Mapping[str, Any]] | None:
     """Find the item list at data.data, data.data.data or data (or a bare list).
 
@@ -643,18 +849,6 @@ def _find_list(payload: object) -> tuple[list[object], Mapping[str, Any]] | None
         if not isinstance(inner, Mapping):
             return None
         holder = inner
-    return None
-
-
-def _sync_data(payload: object) -> Mapping[str, Any] | None:
-    """Find the object holding routing[]/readiness[] in a sync response."""
-    holder = payload
-    for _ in range(3):
-        if not isinstance(holder, Mapping):
-            return None
-        if "routing" in holder or "readiness" in holder:
-            return holder
-        holder = holder.get("data")
     return None
 
 

@@ -31,7 +31,7 @@ import math
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -47,6 +47,7 @@ from .model import RowOutcome
 from .pipeline import now_text
 from .plan import Plan, Write, body_of, record_text
 from .retry import MAX_ATTEMPTS, backoff_delay
+from .state import NamesADid, ReadCallback, collect_created_ids
 from .vocab import Action, ExitCode, OnExisting, ReasonKind, Status
 
 __all__ = [
@@ -61,8 +62,8 @@ __all__ = [
     "apply_plan",
     "drive",
     "drive_async",
+    "human_duration",
     "key_fingerprint",
-    "minutes_text",
     "open_session",
     "skipped_by_parser",
     "stop_on_signals",
@@ -70,11 +71,6 @@ __all__ = [
 
 ERROR_RATE_MIN_WRITES = 20
 """``max_error_rate`` is judged only once this many writes are done (a first failure is not 100%)."""
-
-
-def minutes_text(minutes: int) -> str:
-    """A duration for people: "13 min", "2 h 42 min"."""
-    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,9 +113,20 @@ class SendOptions:
 
     def estimate(self, writes: int) -> str:
         """How long ``writes`` writes take at this rate: "9,690 writes, about 2 h 42 min at 60/min"."""
+        if not writes:
+            return "no writes"
         per_minute = self.requests_per_minute * 60 / self.rate_window
-        minutes = math.ceil(writes / per_minute) if writes else 0
-        return f"{writes:,} writes, about {minutes_text(max(minutes, 1))} at {per_minute:g}/min"
+        took = human_duration(writes * 60 / per_minute)
+        return f"{writes:,} write{'' if writes == 1 else 's'}, about {took} at {per_minute:g}/min"
+
+    def cost(self, reads_done: int, writes: int) -> str:
+        """The plan's cost line: "3 reads done; 10 writes, about 10 s at 60/min".
+
+        Args:
+            reads_done: Requests already sent (the pre-flight and the reads of the live state).
+            writes: Writes the plan would send.
+        """
+        return f"{reads_done:,} read{'' if reads_done == 1 else 's'} done; {self.estimate(writes)}"
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet and the journal."""
@@ -129,6 +136,18 @@ class SendOptions:
             "timeout": f"{self.timeout:g}s",
             "max_error_rate": "off" if self.max_error_rate is None else f"{self.max_error_rate:g}",
         }
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as people say it: '10 s', '4 min 10 s', '2 h 42 min'."""
+    total = max(0, math.ceil(seconds))
+    if total < 60:
+        return f"{total} s"
+    minutes, secs = divmod(total, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +164,8 @@ class ConnectOptions(SendOptions):
     """Asked with the plan before any write (not for a dry run); False sends nothing."""
     on_plan: Callable[[Plan], None] | None = None
     """Shown the plan once it is made (dry runs too)."""
+    on_read: ReadCallback | None = None
+    """Told what is being read before the plan ("reading DIDs: page 3 of 50"), for a progress line."""
 
     def check(self) -> None:
         """Refuse options no job can use (InputError), the key and base URL included."""
@@ -234,18 +255,23 @@ async def open_session(
     limiter: RateLimiter | None = None,
     *,
     used_before: str | None = None,
+    rows: Sequence[NamesADid] = (),
+    on_read: ReadCallback | None = None,
 ) -> Session:
-    """Open the client and read the account's state (see ``live.read_inventory``).
+    """Open the client and read the account's state the rows need (see ``live.read_inventory``).
 
     The caller closes ``session.client`` (``await session.client.aclose()``).
     """
     limiter, client = await open_client(settings, transport, limiter)
     try:
-        inventory = await read_inventory(client, settings.connection_id, used_before=used_before)
+        inventory = await read_inventory(
+            client, settings.connection_id, used_before=used_before, rows=rows, on_read=on_read
+        )
     except BaseException:
         await client.aclose()
         raise
-    return Session(client, limiter, inventory, audit_of(settings, inventory.connection))
+    audit = {**audit_of(settings, inventory.connection), "reads": inventory.reads.text()}
+    return Session(client, limiter, inventory, audit)
 
 
 @contextlib.contextmanager
@@ -563,26 +589,12 @@ class _Engine:
             self.progress(outcome)
 
     async def read_back_routing_ids(self) -> tuple[str, ...]:
-        """Creates are answered without an id: read the routing once more to report the ids."""
-        missing = [o for o in self.outcomes.values() if o.status is Status.SUCCEEDED and o.routing_id is None]
-        if not missing:
-            return ()
+        """Creates are answered without an id: one sync reads them back, only if one is missing."""
         try:
-            routings = await self.client.read_routing()
+            self.outcomes.update(await collect_created_ids(self.client, self.outcomes))
         except (ApiError, httpx.HTTPError) as exc:
             return (f"note: routing ids could not be read back ({exc})",)
-        by_did = {r.did_id: r for r in routings if r.did_id is not None}
-        for o in missing:
-            found = by_did.get(o.did_id) if o.did_id is not None else None
-            if found is not None:
-                self.outcomes[o.row] = _with_routing_id(o, found.routing_id)
         return ()
-
-
-def _with_routing_id(outcome: RowOutcome, routing_id: int) -> RowOutcome:
-    values = {name: getattr(outcome, name) for name in RowOutcome.__slots__}
-    values["routing_id"] = routing_id
-    return RowOutcome(**values)
 
 
 async def apply_plan(
@@ -719,6 +731,23 @@ class Job(Generic[C, R]):
     async def prepare(self) -> None:
         raise NotImplementedError
 
+    async def open_session(self, rows: Sequence[NamesADid], used_before: str | None = None) -> Session:
+        """The pre-flight and the live state the rows need; ``session`` is set."""
+        self.session = await open_session(
+            self.config,
+            self.transport,
+            self.limiter,
+            used_before=used_before,
+            rows=rows,
+            on_read=self.config.on_read,
+        )
+        return self.session
+
+    def priced(self, plan: Plan) -> Plan:
+        """The plan with its cost: the reads done so far, the writes and their time at the rate."""
+        assert self.session is not None
+        return replace(plan, cost=self.config.cost(self.session.client.request_count, len(plan.writes)))
+
     def start_run(self, journal: Journal, session: Session) -> int:
         """Record the job's start in the journal; return its run id."""
         raise NotImplementedError
@@ -776,8 +805,7 @@ class Job(Generic[C, R]):
         if self.applied.stop_reason:
             out.insert(0, f"stopped: {self.applied.stop_reason}")
         if self.config.dry_run:
-            took = self.config.estimate(len(self.plan.writes))
-            out.insert(0, f"dry run: nothing was sent. Plan: {self.plan.text()}; {took}")
+            out.insert(0, f"dry run: nothing was sent. Plan: {self.plan.text()}")
         return out
 
     def audit(self) -> dict[str, str]:

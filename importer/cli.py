@@ -7,6 +7,7 @@ for an unexpected error instead.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import Any, TextIO, TypeVar
 
 import click
 
-from .apply import ERROR_RATE_MIN_WRITES, SendOptions, minutes_text
+from .apply import ERROR_RATE_MIN_WRITES, SendOptions, human_duration
 from .errors import ImporterError
 from .live import DEFAULT_BASE_URL
 from .vocab import ExitCode, OnExisting
@@ -313,7 +314,7 @@ def _time_left(p: Any) -> str:
     if p.eta_seconds is None or p.done >= p.total:
         return text
     minutes = round(p.eta_seconds / 60)
-    return text + (", under a minute left" if minutes < 1 else f", about {minutes_text(minutes)} left")
+    return text + (", under a minute left" if minutes < 1 else f", about {human_duration(minutes * 60)} left")
 
 
 def _ask(plan: Any, estimate: Callable[[int], str], details: bool = True) -> bool:
@@ -335,11 +336,43 @@ def _print_summary(summary: Any) -> None:
         _silence_stdout()
 
 
+def _reading(
+    quiet: bool,
+    *,
+    stream: TextIO | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    every: float = 60.0,
+) -> Callable[[str], None] | None:
+    """Say on stderr what a job reads before its plan ("reading: DIDs: page 3 of 50").
+
+    As the progress display: on a terminal every step; anywhere else (a pipe, a log, CI) a line
+    only once a read has gone on for ``every`` seconds, then one every ``every`` seconds (a
+    large account's DID pages); nothing with --quiet.
+    """
+    if quiet:
+        return None
+    out = stream if stream is not None else sys.stderr
+    if out.isatty():
+        return lambda text: click.echo(f"reading: {text}", file=out)
+    last: float | None = None
+
+    def line(text: str) -> None:
+        nonlocal last
+        now = clock()
+        if last is None:
+            last = now
+        elif now - last >= every:
+            last = now
+            click.echo(f"reading: {text}", file=out)
+
+    return line
+
+
 def _send_and_report(job: Callable[..., Any], config: Any, quiet: bool) -> None:
     """Run an API job behind the progress bar, print its summary and exit with its code."""
     update, close = _progress_bar(quiet)
     try:
-        summary = job(config, on_progress=update)
+        summary = job(dataclasses.replace(config, on_read=_reading(quiet)), on_progress=update)
     finally:
         if close is not None:
             close()
@@ -773,3 +806,53 @@ def serve(
         # uvicorn has shut down cleanly and re-raised the Ctrl-C it caught: say so, not a crash.
         click.echo("web service stopped; jobs that were sending resume on the next start", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+
+
+@main.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Workbook to write (default voicelink-routing-<UTC time>.xlsx).",
+)
+@click.option("--include-unrouted", is_flag=True, help="Also list DIDs without routing (modes blank).")
+@_connect_options
+@one_line_errors
+def export(
+    output: Path | None,
+    include_unrouted: bool,
+    base_url: str,
+    api_key: str | None,
+    connection_id: str | None,
+    requests_per_minute: int,
+    concurrency: int,
+    timeout: float,
+    max_error_rate: float | None,
+    dry_run: bool,
+    yes: bool,
+    quiet: bool,
+) -> None:
+    """Write the account's current routing as a workbook that `run` imports unchanged.
+
+    One row per routed DID in the template's columns, plus a Summary sheet. Importing it
+    unchanged sends nothing: keep it as a snapshot before a migration, or edit it in bulk.
+    --dry-run reads and counts without writing the file; --yes and --max-error-rate have
+    nothing to do (nothing is sent).
+    """
+    from .export import ExportConfig, export_routing
+
+    config = ExportConfig(
+        api_key=_api_key(api_key),
+        base_url=base_url,
+        output=output,
+        connection_id=connection_id,
+        include_unrouted=include_unrouted,
+        dry_run=dry_run,
+        requests_per_minute=requests_per_minute,
+        concurrency=concurrency,
+        timeout=timeout,
+        on_read=_reading(quiet),
+    )
+    summary = export_routing(config)
+    _print_summary(summary)
+    sys.exit(summary.exit_code)

@@ -1,63 +1,39 @@
-"""The account's live state during a job: the inventory read once, coalesced re-reads, the client.
+"""The account's live state during a job: the pre-flight, the state read once, coalesced re-reads.
 
-Shared by ``run`` and ``rollback`` (and any caller of ``apply.apply_plan``): the state is read
-once (:func:`read_inventory`), unknown outcomes are settled by re-reading it (one read shared
-by the workers that ask at the same time), and the client is opened inside the event loop that
-uses it.
+Shared by ``run``, ``rollback`` and ``export`` (and any caller of ``apply.apply_plan``): the
+client is opened inside the event loop that uses it, the pre-flight checks the key and chooses
+the connection (:func:`preflight`, the only place that does), the state the job needs is read
+once (:func:`read_inventory`, in as few reads as ``state.read_state`` can), and unknown outcomes
+are settled by re-reading the routing (one read shared by the workers that ask at the same time).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Protocol
 
 import httpx
 
-from .api import Bot, Connection, Did, Routing, VoiceLinkClient
+from .api import Connection, Routing, VoiceLinkClient
 from .errors import ApiError, AuthError, InputError
 from .limiter import RateLimiter
 from .retry import MAX_ATTEMPTS, backoff_delay
+from .state import Inventory, NamesADid, ReadCallback, index_routing, read_state
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "ClientSettings",
     "Inventory",
     "LiveRouting",
+    "choose_connection",
     "index_routing",
     "open_client",
+    "preflight",
     "read_inventory",
 ]
 
 DEFAULT_BASE_URL = "https://api.vocobase.com/api/v2"
-
-
-@dataclass(slots=True)
-class Inventory:
-    """The account's live state, read once per job (``routing`` is refreshed by re-reads)."""
-
-    dids_by_id: dict[int, Did]
-    dids_by_number: dict[str, Did]
-    bots: dict[int, Bot]
-    routing: dict[int, Routing]
-    connection: str = ""
-    """The VoiceLink connection the job uses (every request carries it)."""
-    connections: tuple[Connection, ...] = ()
-    """Every connection of the account (a row naming another one is told apart from a typo)."""
-
-
-def index_routing(routings: Sequence[Routing], dids_by_number: Mapping[str, Did]) -> dict[int, Routing]:
-    """Index routing records by DID id; a record that names only its number is matched by number."""
-    out: dict[int, Routing] = {}
-    for r in routings:
-        did_id = r.did_id
-        if did_id is None and r.did_number is not None:
-            did = dids_by_number.get(r.did_number)
-            did_id = did.did_id if did is not None else None
-        if did_id is not None:
-            out[did_id] = r
-    return out
 
 
 class LiveRouting:
@@ -158,7 +134,9 @@ def _listing(connections: Sequence[Connection]) -> str:
     )
 
 
-def choose_connection(connections: Sequence[Connection], wanted: str | None, used_before: str | None) -> str:
+def choose_connection(
+    connections: Sequence[Connection], wanted: str | None, used_before: str | None
+) -> Connection:
     """Pick the connection: the one asked for, else the one an earlier run used, else the only active one.
 
     Raises:
@@ -172,13 +150,13 @@ def choose_connection(connections: Sequence[Connection], wanted: str | None, use
     if wanted:
         for c in connections:
             if c.connection_id.lower() == wanted.lower():
-                return c.connection_id
+                return c
         raise InputError(
             f"connection {wanted} is not one of this account's connections: {_listing(connections)}"
         )
     active = [c for c in connections if c.status.upper() == "ACTIVE"]
     if len(active) == 1:
-        return active[0].connection_id
+        return active[0]
     if not active:
         raise ApiError("this account has no active VoiceLink connection")
     raise InputError(
@@ -187,10 +165,10 @@ def choose_connection(connections: Sequence[Connection], wanted: str | None, use
     )
 
 
-async def read_inventory(
+async def preflight(
     client: VoiceLinkClient, connection_id: str | None = None, *, used_before: str | None = None
-) -> Inventory:
-    """Check the key, choose the connection and read the account's state once.
+) -> tuple[Connection, tuple[Connection, ...]]:
+    """Check the key and choose the connection (one read); set it on the client.
 
     Args:
         client: The job's client; its ``connection_id`` is set to the chosen connection.
@@ -198,24 +176,46 @@ async def read_inventory(
         used_before: The connection an earlier run used (a rollback must use the run's).
 
     Returns:
-        Every purchased DID, bot and routing record, and the chosen connection.
+        The chosen connection and every connection of the account.
 
     Raises:
         AuthError: the key was rejected.
-        InputError, ApiError: see :func:`choose_connection`; ApiError when a read fails.
+        InputError, ApiError: see :func:`choose_connection`; ApiError when the read fails.
     """
-    connections = await client.list_connections()  # a wrong --base-url shows here (the client says so)
-    connection = choose_connection(connections, connection_id, used_before)
-    client.connection_id = connection
-    dids = await client.list_dids()
-    bots = await client.list_bots()
-    routings = await client.read_routing()
-    by_number = {d.did_number: d for d in dids}
-    return Inventory(
-        dids_by_id={d.did_id: d for d in dids},
-        dids_by_number=by_number,
-        bots={b.bot_id: b for b in bots},
-        routing=index_routing(routings, by_number),
-        connection=connection,
-        connections=tuple(connections),
-    )
+    # A wrong --base-url shows here, the first request of a job (the client says so).
+    connections = tuple(await client.list_connections())
+    chosen = choose_connection(connections, connection_id, used_before)
+    client.connection_id = chosen.connection_id
+    return chosen, connections
+
+
+async def read_inventory(
+    client: VoiceLinkClient,
+    connection_id: str | None = None,
+    *,
+    used_before: str | None = None,
+    rows: Sequence[NamesADid] = (),
+    on_read: ReadCallback | None = None,
+) -> Inventory:
+    """The pre-flight, then the account's state the job needs, read once (``state.read_state``).
+
+    Args:
+        client: The job's client; its ``connection_id`` is set to the chosen connection.
+        connection_id: The connection asked for (``--connection-id``), if any.
+        used_before: The connection an earlier run used (a rollback must use the run's).
+        rows: The DIDs the job will touch (an import's valid rows, a rollback's changes): only
+            what sync leaves unresolved of these is read besides it.
+        on_read: Told what is being read, for a progress line.
+
+    Returns:
+        The DIDs, bots and routing the rows need, the chosen connection and the reads made.
+
+    Raises:
+        AuthError: the key was rejected.
+        InputError, ApiError: see :func:`preflight`; ApiError when a read fails.
+    """
+    chosen, connections = await preflight(client, connection_id, used_before=used_before)
+    inventory = await read_state(client, rows, on_read=on_read)
+    inventory.connection = chosen.connection_id
+    inventory.connections = connections
+    return inventory

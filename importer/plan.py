@@ -19,12 +19,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from .api import Did, Routing
+from .api import Did, Routing, number_key
 from .fields import ROUTING_FIELDS, routing_body
 from .journal import ChangeRecord, ConfirmedRow, InFlightRow
 from .live import Inventory
 from .model import RoutingRow, RowOutcome
 from .resolve import resolve_row
+from .state import DidRef
 from .vocab import Action, Decision, OnExisting, ReasonKind, Status
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Undo",
     "Write",
     "body_of",
+    "named_did",
     "plan_import",
     "plan_rollback",
     "record_text",
@@ -160,11 +162,14 @@ class Plan:
     """Outcome row -> the row the journal records it under, where they differ (a rollback)."""
     undos: tuple[Undo, ...] = ()
     """A rollback's decisions, one per change of the run, in results order (empty for an import)."""
+    cost: str = ""
+    """Reads done, writes planned and their time at the rate (``SendOptions.cost``), set by the job."""
 
     def text(self) -> str:
-        """The counts as one line."""
+        """The counts as one line, the note and the cost in parentheses."""
         line = ", ".join(f"{name} {n}" for name, n in self.counts.items())
-        return line + (f" ({self.note})" if self.note else "")
+        said = "; ".join(part for part in (self.note, self.cost) if part)
+        return line + (f" ({said})" if said else "")
 
     def lines(self, limit: int | None = None) -> list[str]:
         """The plan for people: a heading, one line per detail (up to ``limit``), the counts."""
@@ -388,13 +393,20 @@ def _already(row: int, did_id: int, existing: Routing, resumed: InFlightRow | No
 # -- rollback --------------------------------------------------------------------------
 
 
-def _did_of(change: ChangeRecord, dids_by_number: Mapping[str, Did]) -> int | None:
-    if change.did_id is not None:
-        return change.did_id
+def named_did(change: ChangeRecord) -> DidRef:
+    """The DID a journalled change names: its id (recorded, or in its key), or its number."""
     kind, _, value = change.did_key.partition(":")
-    if kind == "id" and value.isdigit():
-        return int(value)
-    did = dids_by_number.get(value) if kind == "num" else None
+    did_id = change.did_id
+    if did_id is None and kind == "id" and value.isdigit():
+        did_id = int(value)
+    return DidRef(did_id, value if kind == "num" else None)
+
+
+def _did_of(change: ChangeRecord, dids_by_number: Mapping[str, Did]) -> int | None:
+    named = named_did(change)
+    if named.did_id is not None or named.did_number is None:
+        return named.did_id
+    did = dids_by_number.get(number_key(named.did_number))
     return did.did_id if did is not None else None
 
 

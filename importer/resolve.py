@@ -10,13 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .api import Connection
-from .live import Inventory
 from .model import RoutingRow
+from .state import BOT_FIELDS, Inventory
 from .vocab import ReasonKind
 
 __all__ = ["Resolution", "connection_problem", "near_match", "resolve_row"]
-
-BOT_FIELDS = ("inbound_websocket_bot_id", "outbound_websocket_bot_id")
 
 
 @dataclass(frozen=True, slots=True)

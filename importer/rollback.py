@@ -40,14 +40,13 @@ from .apply import (
     Session,
     drive,
     drive_async,
-    open_session,
 )
 from .errors import InputError
 from .journal import ChangeRecord, Journal, RunRecord
 from .limiter import RateLimiter
 from .model import RawTable, RunInfo, SourceInfo, Status
 from .pipeline import RunSummary, as_path, check_writable, now_text, save_with_fallback
-from .plan import NO_DELETE, Undo, plan_rollback, record_text
+from .plan import NO_DELETE, Undo, named_did, plan_rollback, record_text
 from .results import check_workbook_name, write_results
 from .run import default_journal_path, open_journal
 from .vocab import Action, ExitCode, describe_kind
@@ -424,14 +423,13 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
         self.journal_sha = _sha256(journal_path)
         journal = self.journal = open_journal(journal_path, claim=not config.dry_run)
         covered = self.covered = choose_runs(journal, config.run_ids, anchor, sha256)
-        session = self.session = await open_session(
-            config,
-            self.transport,
-            self.limiter,
+        session = await self.open_session(
+            [named_did(c) for c in covered.changes],
             used_before=covered.runs[-1].audit.get("connection") or None,
         )
         heading = f"rollback of {covered.label()} ({covered.inputs()}) from {journal.path}:"
-        self.plan = plan_rollback(covered.changes, session.inventory, config.force, heading=heading)
+        plan = plan_rollback(covered.changes, session.inventory, config.force, heading=heading)
+        self.plan = self.priced(plan)
         if config.on_plan is not None:
             config.on_plan(self.plan)
 

@@ -1,9 +1,11 @@
 """Import for real: read -> validate -> resolve -> plan -> (confirm) -> apply -> results, resumable.
 
 ``run_import`` (or ``await run_import_async``) is the whole job in one call; the stages are
-the methods of ``_ImportJob`` in the order they run. Reads happen once (connections, every page
-of DIDs, the bots, the existing routing: ``live.read_inventory``); ``plan.plan_import`` turns
-every row into a write or a settled outcome; ``apply.apply_plan`` sends the writes.
+the methods of ``_ImportJob`` in the order they run. The live state is read once, in as few
+reads as the rows allow (connections and one sync, and only what sync leaves unresolved:
+``live.read_inventory``); ``plan.plan_import`` turns every row into a write or a settled
+outcome, its cost (reads done, writes, time) shown before asking; ``apply.apply_plan`` sends
+the writes, and one more sync reads the ids of created routing back, only if there are some.
 
 Guarantees (kept by the engine in ``apply.py``): never a duplicate, never a lost row, within
 the rate limit. Resume: every row is planned against the live state, whatever earlier runs of
@@ -30,7 +32,6 @@ from .apply import (
     Session,
     drive,
     drive_async,
-    open_session,
 )
 from .errors import InputError
 from .journal import Journal
@@ -213,14 +214,15 @@ class _ImportJob(Job[ImportConfig, RunSummary]):
         if not config.dry_run:
             path = config.journal or default_journal_path(self.results, config.input.path)
             self.journal = open_journal(path, claim=True)
-        session = self.session = await open_session(config, self.transport, self.limiter)
-        self.plan = plan_import(
+        session = await self.open_session(self.validation.valid)
+        plan = plan_import(
             self.validation.valid,
             session.inventory,
             session.inventory.connection,
             self.history(self.validation.table.source.sha256),
             config.on_existing,
         )
+        self.plan = self.priced(plan)
         if config.on_plan is not None:
             config.on_plan(self.plan)
 

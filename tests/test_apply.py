@@ -29,7 +29,7 @@ from helpers import (
 
 import importer
 from importer.api import Bot, Connection, Did, Routing
-from importer.apply import Progress, SendOptions
+from importer.apply import Progress, SendOptions, human_duration
 from importer.cli import main
 from importer.errors import InputError
 from importer.fields import ROUTING_FIELDS
@@ -277,16 +277,16 @@ def test_vocabulary_members_have_distinct_labels() -> None:
 
 
 class GarbledDids(httpx.AsyncBaseTransport):
-    """The sandbox, with a DID the client cannot use (no id) added to the first page."""
+    """The sandbox, with a DID the client cannot use (no id) added to sync's dids[]."""
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.base = httpx.ASGITransport(app=sandbox.app)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.base.handle_async_request(request)
-        if request.url.path.endswith("/dids/purchased") and request.url.params.get("page") == "1":
+        if request.url.path.endswith("/voicelink/sync"):
             payload = json.loads(await response.aread())
-            payload["data"]["data"].append({"did_number": "918099999999", "status": "active"})
+            payload["data"]["dids"].append({"did_number": "918099999999", "status": "active"})
             return httpx.Response(response.status_code, json=payload)
         return response
 
@@ -340,7 +340,7 @@ def test_cli_output_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
 
 
 def test_cancel_while_writes_wait_for_the_rate_limit_stops_them_at_once(tmp_path: Path) -> None:
-    """The window is full (4 reads + 2 writes of 6): queued writes are dropped, not sent later."""
+    """The window is full (2 reads + 4 writes of 6): queued writes are dropped, not sent later."""
     inv = write_inventory(tmp_path / "inv.json", 10)
     sheet = write_sheet(tmp_path / "sheet.csv", 10)
     sandbox = create_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000))
@@ -351,7 +351,7 @@ def test_cancel_while_writes_wait_for_the_rate_limit_stops_them_at_once(tmp_path
         cancel = asyncio.Event()
 
         async def stop_when_full() -> None:
-            while sum(1 for p in seen if p.outcome) < 2:
+            while sum(1 for p in seen if p.outcome) < 4:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.1)  # the other workers are waiting for a slot by now
             took.append(asyncio.get_running_loop().time())
@@ -369,7 +369,7 @@ def test_cancel_while_writes_wait_for_the_rate_limit_stops_them_at_once(tmp_path
     summary = asyncio.run(main())
     assert took[1] - took[0] < 1.5  # not the window's 4 s: waiting writes are cancelled at once
     assert summary.exit_code is ExitCode.INTERRUPTED
-    assert summary.counts == {Status.SUCCEEDED: 2, Status.NOT_SENT: 8} and write_count(sandbox) == 2
+    assert summary.counts == {Status.SUCCEEDED: 4, Status.NOT_SENT: 6} and write_count(sandbox) == 4
     notes = [p.note for p in seen if p.note]
     assert notes == ["stopping: 0 writes in flight, settling"]
     reasons = {
@@ -496,18 +496,27 @@ def test_results_that_cannot_be_saved_after_the_writes_go_to_a_fallback_path(tmp
 
 
 @pytest.mark.parametrize(
-    ("writes", "per_minute", "window", "text"),
+    ("reads", "writes", "per_minute", "window", "text"),
     [
-        (9690, 60, 60.0, "9,690 writes, about 2 h 42 min at 60/min"),
-        (12, 60, 60.0, "12 writes, about 1 min at 60/min"),
-        (0, 60, 60.0, "0 writes, about 1 min at 60/min"),
-        (300, 10, 1.0, "300 writes, about 1 min at 600/min"),
+        (2, 9720, 60, 60.0, "2 reads done; 9,720 writes, about 2 h 42 min at 60/min"),
+        (3, 10, 60, 60.0, "3 reads done; 10 writes, about 10 s at 60/min"),
+        (1, 1, 60, 60.0, "1 read done; 1 write, about 1 s at 60/min"),
+        (2, 0, 60, 60.0, "2 reads done; no writes"),
+        (2, 300, 10, 1.0, "2 reads done; 300 writes, about 30 s at 600/min"),
     ],
 )
-def test_send_options_estimate_the_duration_at_the_rate_limit(
-    writes: int, per_minute: int, window: float, text: str
+def test_send_options_cost_line_says_reads_done_writes_and_their_time_at_the_rate(
+    reads: int, writes: int, per_minute: int, window: float, text: str
 ) -> None:
-    assert SendOptions(requests_per_minute=per_minute, rate_window=window).estimate(writes) == text
+    assert SendOptions(requests_per_minute=per_minute, rate_window=window).cost(reads, writes) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0 s"), (9.2, "10 s"), (60, "1 min"), (250, "4 min 10 s"), (3600, "1 h"), (9720, "2 h 42 min")],
+)
+def test_human_duration(seconds: float, text: str) -> None:
+    assert human_duration(seconds) == text
 
 
 def test_dry_run_summary_says_how_long_the_writes_would_take(tmp_path: Path) -> None:
@@ -518,7 +527,7 @@ def test_dry_run_summary_says_how_long_the_writes_would_take(tmp_path: Path) -> 
         config_for(sheet, tmp_path, dry_run=True, requests_per_minute=60),
         transport=httpx.ASGITransport(app=sandbox.app),
     )
-    assert summary.notes[0].endswith("; 3 writes, about 1 min at 60/min")
+    assert summary.notes[0].endswith("(2 reads done; 3 writes, about 3 s at 60/min)")
 
 
 @pytest.mark.parametrize(

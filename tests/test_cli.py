@@ -30,11 +30,13 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_readme_starts_with_the_two_commands_ci_runs() -> None:
+    """The demo, then the test command CI runs; a third line may open the web page on the sandbox."""
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     block = re.search(r"```bash\n(.*?)```", readme, re.S)
     assert block is not None and readme.index(block.group(0)) < 40
-    install_demo, install_test = block.group(1).strip().splitlines()
+    install_demo, install_test, *page = block.group(1).strip().splitlines()
     assert install_demo.endswith("voicelink-import demo")
+    assert page in ([], [page[0]]) and all(line.endswith("voicelink-import serve --sandbox") for line in page)
     test_command = install_test.split("&& ")[-1]
     assert test_command in (REPO / ".ci" / "run").read_text(encoding="utf-8")
 

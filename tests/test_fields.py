@@ -110,6 +110,8 @@ def test_package_exports_exactly_its_documented_names() -> None:
         "run_import_async",
         "validate_file",
         "rollback_run",
+        "export_routing",
         "ImportConfig",
+        "ExportConfig",
         "RunSummary",
     } <= set(importer.__all__)

@@ -157,6 +157,31 @@ def test_rollback_dry_run_sends_nothing(
         assert [r.command for r in journal.runs()] == ["run"]  # a dry run journals nothing
 
 
+@pytest.mark.parametrize("lean", [False, True])
+def test_rollback_reads_the_connections_and_one_sync(tmp_path: Path, lean: bool) -> None:
+    """The DIDs a rollback touches are routed, so sync resolves them (lean or not): no DID page."""
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    sandbox = create_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000, lean_sync=lean))
+    run = do_import(tmp_path, sandbox)
+    before = dict(sandbox.state_snapshot()["request_counts"])
+    plans: list[Plan] = []
+    summary = rollback(
+        undo_config(run.results_path, on_plan=plans.append), transport=httpx.ASGITransport(app=sandbox.app)
+    )
+    assert summary.counts == {"succeeded": 4, "unchanged": 1}
+    after = sandbox.state_snapshot()["request_counts"]
+    reads = {
+        k: n - before.get(k, 0)
+        for k, n in after.items()
+        if n != before.get(k, 0) and not k.startswith("POST /voicelink/call-routing")
+    }
+    # updates only: the closing sync (for created routing ids) is not needed
+    assert reads == {"GET /telephony/connections": 1, "POST /voicelink/sync": 1}
+    assert "(the API has no delete: deactivate sets status 0, modes kept; 2 reads done; 4 writes, about" in (
+        plans[0].text()
+    )
+
+
 def test_rollback_skips_a_row_changed_since_and_force_overwrites_it(
     tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
 ) -> None:

@@ -116,7 +116,7 @@ def test_web_flow_upload_fix_plan_send_download(web: Web, tmp_path: Path) -> Non
     assert web.client.post(f"/api/jobs/{job['id']}/plan").status_code == 202
     job = wait_for_job(web.client, job["id"], {"planned"})
     assert job["plan"].startswith("create 11,") and web.sandbox.state_snapshot()["writes"] == []
-    assert job["budget"] == {"reads": 5, "writes": 11, "seconds": 0.0}  # 4 reads, 11 writes, 1 read back
+    assert job["budget"] == {"reads": 3, "writes": 11, "seconds": 0.0}  # connections, sync; 1 sync back
     plan_rows = web.client.get(f"/api/jobs/{job['id']}/rows", params={"limit": 1}).json()["rows"]
     assert plan_rows[0]["action"] == "create" and '"for_inbound_call": 3' in plan_rows[0]["proposed"]
 
@@ -386,8 +386,9 @@ def _xlsx_text(path: Path) -> str:
 def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
     """At the sandbox's own limit (a window 20x shorter on both sides), two jobs never meet a 429.
 
-    Each job needs 10 requests (4 reads, 5 writes, 1 read back) and the limit is 8 a window, so
-    the limiter has to hold requests back across the two jobs.
+    Each job needs 13 requests (2 reads, 10 writes, 1 sync back) and the limit is 8 a window, so
+    the limiter has to hold requests back within and across the two jobs (and the first job is
+    still sending when the queue is looked at).
     """
     inventory = write_inventory(tmp_path / "inventory.json", 20)
     speed = 20.0
@@ -396,10 +397,10 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
     )
     connection = web_connection(sandbox, requests_per_minute=8, rate_window=60 / speed)
     settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
-    first = write_sheet(tmp_path / "first.csv", 5)
+    first = write_sheet(tmp_path / "first.csv", 10)
     second = tmp_path / "second.csv"
-    lines = write_sheet(tmp_path / "all.csv", 10).read_text().splitlines()
-    second.write_text("\n".join([lines[0], *lines[6:]]) + "\n")
+    lines = write_sheet(tmp_path / "all.csv", 20).read_text().splitlines()
+    second.write_text("\n".join([lines[0], *lines[11:]]) + "\n")
     with (
         running_server(settings) as (url, _t, _s),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
@@ -423,9 +424,9 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
         done = [wait_for_job(client, job_id, FINAL, timeout=40) for job_id in jobs]
     state = sandbox.state_snapshot()
     assert [j["status"] for j in done] == ["done", "done"]
-    assert all(j["counts"]["succeeded"] == 5 for j in done)
+    assert all(j["counts"]["succeeded"] == 10 for j in done)
     assert state["status_counts"].get("429", 0) == 0, state["status_counts"]
-    assert len([w for w in state["writes"] if w["op"] == "create"]) == 10
+    assert len([w for w in state["writes"] if w["op"] == "create"]) == 20
 
 
 def test_web_jobs_survive_a_restart(tmp_path: Path) -> None:

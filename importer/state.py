@@ -1,0 +1,359 @@
+"""Live state in a few reads: one sync, and only the reads it leaves necessary.
+
+At 60 requests a minute every read is a second of the user's time, so a run reads:
+
+1. one read-only sync (``POST /voicelink/sync``), which carries ``dids[]``, ``bots[]`` and
+   ``routing[]``, and resolves the rows' DIDs, bots and existing routing from it;
+2. where sync's ``dids[]`` is empty or a row's DID is not in it, just what is missing, the
+   cheaper way: one search per number when fewer numbers are missing than the DID list has
+   pages, else the pages (stopping once every row is resolved);
+3. where sync's ``bots[]`` is empty and a row names a bot, the bots at the largest page size;
+4. after the writes, one more sync, and only when a created row still lacks its routing id.
+
+The page count of the DID list is known only from a page's pagination metadata. Before reading
+one, the routing and DIDs sync did carry give a lower bound (each is one DID of the account);
+when the missing numbers are no more than that bound, searching is cheaper whatever the count.
+Otherwise the first page is read (it is the first of the pages if paging wins) and its count
+decides. A search that cannot prove absence (the server ignored ``search``, or the results run
+over a page) falls back to paging for that number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .api import DID_PAGE_SIZE, Bot, Connection, Did, Routing, VoiceLinkClient, number_key
+from .errors import ApiError
+from .model import RowOutcome, Status
+
+__all__ = [
+    "BOT_FIELDS",
+    "DidIndex",
+    "DidRef",
+    "Inventory",
+    "NamesADid",
+    "ReadCallback",
+    "ReadReport",
+    "collect_created_ids",
+    "index_routing",
+    "read_all_dids",
+    "read_state",
+]
+
+ReadCallback = Callable[[str], None]
+"""Told what is being read, e.g. "DIDs: page 12 of 50" (a progress line for people)."""
+
+BOT_FIELDS = ("inbound_websocket_bot_id", "outbound_websocket_bot_id")
+"""The row fields that name a bot: a bot read is needed only when a row fills one."""
+
+
+class NamesADid(Protocol):
+    """What the reads need of a row: the DID it names (a ``RoutingRow`` is one)."""
+
+    @property
+    def did_id(self) -> int | None: ...
+    @property
+    def did_number(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DidRef:
+    """A DID named by id, number or both (a rollback's journalled change)."""
+
+    did_id: int | None = None
+    did_number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReport:
+    """The reads ``read_state`` made, by kind (requests sent, retries included)."""
+
+    syncs: int = 0
+    did_pages: int = 0
+    did_lookups: int = 0
+    bot_reads: int = 0
+    unresolved: int = 0
+    """Distinct DIDs of the rows that sync did not resolve (what the fallback had to find)."""
+    did_list_pages: int | None = None
+    """The DID list's page count, when a page of it was read."""
+
+    @property
+    def reads(self) -> int:
+        """Every request ``read_state`` sent."""
+        return self.syncs + self.did_pages + self.did_lookups + self.bot_reads
+
+    def text(self) -> str:
+        """E.g. '1 sync, 3 DID lookups, 1 bots read'."""
+        parts = [
+            _count(self.syncs, "sync", "syncs"),
+            _count(self.did_pages, "DID page", "DID pages"),
+            _count(self.did_lookups, "DID lookup", "DID lookups"),
+            _count(self.bot_reads, "bots read", "bots reads"),
+        ]
+        return ", ".join(p for p in parts if p) or "no reads"
+
+
+@dataclass(slots=True)
+class Inventory:
+    """The account's live state, read once per job (``routing`` is refreshed by re-reads)."""
+
+    dids_by_id: dict[int, Did]
+    dids_by_number: dict[str, Did]
+    """Keyed by the number's digits (``api.number_key``)."""
+    bots: dict[int, Bot]
+    routing: dict[int, Routing]
+    connection: str = ""
+    """The VoiceLink connection the job uses (every request carries it)."""
+    connections: tuple[Connection, ...] = ()
+    """Every connection of the account (a row naming another one is told apart from a typo)."""
+    reads: ReadReport = field(default_factory=ReadReport)
+    """The reads that built it, for the Summary sheet."""
+
+
+def index_routing(routings: Iterable[Routing], dids_by_number: Mapping[str, Did]) -> dict[int, Routing]:
+    """Index routing records by DID id; a record that names only its number is matched by number."""
+    out: dict[int, Routing] = {}
+    for r in routings:
+        did_id = r.did_id
+        if did_id is None and r.did_number is not None:
+            did = dids_by_number.get(number_key(r.did_number))
+            did_id = did.did_id if did is not None else None
+        if did_id is not None:
+            out[did_id] = r
+    return out
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return "" if n == 0 else f"{n} {one if n == 1 else many}"
+
+
+class DidIndex:
+    """The DIDs known so far, by id and by number (digits only)."""
+
+    def __init__(self, dids: Iterable[Did] = ()) -> None:
+        self.by_id: dict[int, Did] = {}
+        self.by_number: dict[str, Did] = {}
+        self.add(dids)
+
+    def add(self, dids: Iterable[Did]) -> int:
+        """Add DIDs not yet known; return how many were new."""
+        new = 0
+        for did in dids:
+            if did.did_id in self.by_id:
+                continue
+            self.by_id[did.did_id] = did
+            key = number_key(did.did_number)
+            if key:
+                self.by_number.setdefault(key, did)
+            new += 1
+        return new
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+
+def _routed_dids(routing: Iterable[Routing]) -> list[Did]:
+    """The DIDs routing records name (id and number both): DIDs of the account, status unknown."""
+    return [
+        Did(r.did_id, r.did_number, "") for r in routing if r.did_id is not None and r.did_number is not None
+    ]
+
+
+def _missing(rows: Iterable[NamesADid], index: DidIndex) -> tuple[set[str], set[int]]:
+    """The numbers to find, and the ids of rows that give only an id nobody has listed yet."""
+    numbers: set[str] = set()
+    ids: set[int] = set()
+    for row in rows:
+        key = number_key(row.did_number or "")
+        if key:
+            if key not in index.by_number:
+                numbers.add(key)
+        elif row.did_id is not None and row.did_id not in index.by_id:
+            ids.add(row.did_id)
+    return numbers, ids
+
+
+def _names_a_bot(rows: Iterable[NamesADid]) -> bool:
+    return any(getattr(row, name, None) is not None for row in rows for name in BOT_FIELDS)
+
+
+class _Reader:
+    """One read_state call: the client, what is known, the counts."""
+
+    def __init__(self, client: VoiceLinkClient, index: DidIndex, on_read: ReadCallback | None) -> None:
+        self.client = client
+        self.index = index
+        self.say: ReadCallback = on_read or (lambda _text: None)
+        self.did_pages = 0
+        self.did_lookups = 0
+        self.list_pages: int | None = None
+        self.paged: set[int] = set()
+        """DID ids seen on the pages read (the index also holds DIDs sync named)."""
+
+    async def lookup(self, numbers: Sequence[str]) -> set[str]:
+        """Search each number; return those whose search could not prove absence."""
+        done = 0
+        inconclusive: set[str] = set()
+
+        async def one(number: str) -> None:
+            nonlocal done
+            before = self.client.request_count
+            try:
+                found = await self.client.find_dids(number)
+            finally:
+                self.did_lookups += self.client.request_count - before
+            self.index.add(found.matches)
+            if not found.conclusive:
+                inconclusive.add(number)
+            done += 1
+            self.say(f"DID lookups: {done} of {len(numbers)}")
+
+        await asyncio.gather(*(one(n) for n in numbers))
+        return inconclusive
+
+    async def page(self, page: int) -> bool:
+        """Read one page of the DID list; return True when no page follows it."""
+        shown = f" of {self.list_pages}" if self.list_pages else ""
+        self.say(f"DIDs: page {page}{shown}")
+        before = self.client.request_count
+        try:
+            got = await self.client.read_did_page(page)
+        finally:
+            self.did_pages += self.client.request_count - before
+        if got.last_page is not None:
+            self.list_pages = got.last_page
+        self.index.add(got.dids)
+        fresh = {d.did_id for d in got.dids} - self.paged
+        self.paged |= fresh
+        # A page with nothing new means the server ignores `page`: stop instead of looping.
+        return got.last or not fresh
+
+    async def pages_until(self, done: Callable[[], bool], start: int = 1) -> None:
+        """Read pages from ``start`` until the last one, or until ``done()``."""
+        for number in range(start, self.client.max_pages + 1):
+            if await self.page(number) or done():
+                return
+        raise ApiError(
+            f"GET /voicelink/dids/purchased: more than {self.client.max_pages} pages; "
+            "stopping rather than reading forever"
+        )
+
+    async def find(self, rows: Sequence[NamesADid]) -> None:
+        """Read just the DIDs the rows name that are not known yet, the cheaper way."""
+
+        def remaining() -> tuple[set[str], set[int]]:
+            return _missing(rows, self.index)
+
+        def all_found() -> bool:
+            numbers, ids = remaining()
+            return not numbers and not ids
+
+        numbers, ids = remaining()
+        if not numbers and not ids:
+            return
+        # Every DID known so far is on some page, so the list has at least this many pages.
+        at_least = math.ceil(len(self.index) / DID_PAGE_SIZE)
+        if not ids and len(numbers) <= at_least:
+            numbers = await self.lookup(sorted(numbers))
+            if not numbers:
+                return
+        stop = await self.page(1)
+        numbers, ids = remaining()
+        if stop or (not numbers and not ids):
+            return
+        pages = self.list_pages
+        cheaper = not ids and not self.did_lookups and pages is not None and len(numbers) < pages - 1
+        if cheaper and not await self.lookup(sorted(numbers)):
+            return
+        await self.pages_until(all_found, start=2)
+
+
+async def read_state(
+    client: VoiceLinkClient, rows: Sequence[NamesADid], *, on_read: ReadCallback | None = None
+) -> Inventory:
+    """Read the live state the rows need: one sync, then only what it leaves unresolved.
+
+    Args:
+        client: The job's client, its connection already chosen (``live.read_inventory``).
+        rows: What the job will touch: the valid rows of a file, or a rollback's DIDs.
+        on_read: Called with a short progress text before each kind of read ("sync",
+            "DIDs: page 12 of 50", "DID lookups: 3 of 10", "bots").
+
+    Returns:
+        The inventory (DIDs known, bots, routing by DID id) and, in ``reads``, the reads made.
+    """
+    say: ReadCallback = on_read or (lambda _text: None)
+    say("sync")
+    before = client.request_count
+    sync = await client.read_sync()
+    syncs = client.request_count - before
+    index = DidIndex(sync.dids)
+    # A routed DID is a DID of this connection: enough to resolve its rows when dids[] is empty.
+    index.add(_routed_dids(sync.routing))
+    bots: dict[int, Bot] = {b.bot_id: b for b in sync.bots}
+    bot_reads = 0
+    if not bots and _names_a_bot(rows):
+        say("bots")
+        before = client.request_count
+        bots = {b.bot_id: b for b in await client.list_bots()}
+        bot_reads = client.request_count - before
+    numbers, ids = _missing(rows, index)
+    reader = _Reader(client, index, on_read)
+    await reader.find(rows)
+    return Inventory(
+        dids_by_id=dict(index.by_id),
+        dids_by_number=dict(index.by_number),
+        bots=bots,
+        routing=index_routing(sync.routing, index.by_number),
+        reads=ReadReport(
+            syncs=syncs,
+            did_pages=reader.did_pages,
+            did_lookups=reader.did_lookups,
+            bot_reads=bot_reads,
+            unresolved=len(numbers) + len(ids),
+            did_list_pages=reader.list_pages,
+        ),
+    )
+
+
+async def read_all_dids(client: VoiceLinkClient, index: DidIndex, on_read: ReadCallback | None = None) -> int:
+    """Read every page of the DID list into ``index``; return the requests sent."""
+    reader = _Reader(client, index, on_read)
+    await reader.pages_until(lambda: False)
+    return reader.did_pages
+
+
+async def collect_created_ids(
+    client: VoiceLinkClient, outcomes: Mapping[int, RowOutcome]
+) -> dict[int, RowOutcome]:
+    """Fill in the routing ids of created rows with one sync, only if a row still lacks one.
+
+    Create answers carry no routing id (the docs' example is ``{}``), so the ids are read back.
+
+    Args:
+        client: The run's client.
+        outcomes: The rows' outcomes so far, by row.
+
+    Returns:
+        The outcomes that gained a routing id, by row (empty, and nothing read, when none lacked one).
+    """
+    waiting = {
+        row: o
+        for row, o in outcomes.items()
+        if o.status is Status.SUCCEEDED and o.routing_id is None and o.did_id is not None
+    }
+    if not waiting:
+        return {}
+    # The same one sync request; read_routing skips parsing the DIDs and bots it does not need.
+    by_did = {r.did_id: r for r in await client.read_routing() if r.did_id is not None}
+    out: dict[int, RowOutcome] = {}
+    for row, outcome in waiting.items():
+        found = by_did.get(outcome.did_id) if outcome.did_id is not None else None
+        if found is not None:
+            out[row] = dataclasses.replace(outcome, routing_id=found.routing_id)
+    return out

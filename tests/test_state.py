@@ -1,0 +1,402 @@
+"""Live state in a few reads: counted with the sandbox's request counters, and odd sync shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openpyxl
+import pytest
+from helpers import desired_record, did_number, read_results, write_inventory, write_sheet
+
+from importer.api import VoiceLinkClient
+from importer.cli import _reading
+from importer.errors import ApiError
+from importer.limiter import RateLimiter
+from importer.live import Inventory, preflight
+from importer.model import RoutingRow, RowOutcome, Status
+from importer.pipeline import InputOptions
+from importer.rollback import RollbackConfig, rollback_run
+from importer.run import ImportConfig, run_import
+from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
+from importer.state import ReadReport, collect_created_ids, read_state
+
+BASE = "http://sandbox.test/api/v2"
+DIDS = "GET /voicelink/dids/purchased"
+BOTS = "GET /voicelink/bots"
+SYNC = "POST /voicelink/sync"
+CONNECTIONS = "GET /telephony/connections"
+
+
+def _client(transport: httpx.AsyncBaseTransport) -> VoiceLinkClient:
+    return VoiceLinkClient(
+        BASE, SANDBOX_API_KEY, limiter=RateLimiter(100_000), transport=transport, backoff=0
+    )
+
+
+def _row(i: int, *, by: str = "number") -> RoutingRow:
+    r = desired_record(i)
+    return RoutingRow(
+        row=i + 2,
+        did_id=1000 + i if by in ("id", "both") else None,
+        did_number=did_number(i) if by in ("number", "both") else None,
+        for_inbound_call=r["for_inbound_call"],
+        for_outbound_call=r["for_outbound_call"],
+        inbound_websocket_bot_id=r.get("inbound_websocket_bot_id"),
+        inbound_sip_trunk_id=r.get("inbound_sip_trunk_id"),
+        outbound_websocket_bot_id=r.get("outbound_websocket_bot_id"),
+        outbound_sip_trunk_id=r.get("outbound_sip_trunk_id"),
+        status=r["status"],
+    )
+
+
+def _state(
+    transport: httpx.AsyncBaseTransport, rows: list[RoutingRow], log: list[str] | None = None
+) -> tuple[Inventory, ReadReport]:
+    async def main() -> tuple[Inventory, ReadReport]:
+        async with _client(transport) as client:
+            await preflight(client)
+            inventory = await read_state(client, rows, on_read=None if log is None else log.append)
+            return inventory, inventory.reads
+
+    return asyncio.run(main())
+
+
+def _sandbox(tmp_path: Path, dids: int, routed: range = range(0), **kw: Any) -> Sandbox:
+    inv = write_inventory(tmp_path / "inv.json", dids, existing={i: desired_record(i + 1) for i in routed})
+    return create_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000, **kw))
+
+
+def _counts(sandbox: Sandbox) -> dict[str, int]:
+    return dict(sandbox.state_snapshot()["request_counts"])
+
+
+class _Queries(httpx.AsyncBaseTransport):
+    """Forward to the sandbox, noting each request's query and optionally editing sync answers."""
+
+    def __init__(self, sandbox: Sandbox, edit_sync: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.inner = httpx.ASGITransport(app=sandbox.app)
+        self.edit_sync = edit_sync
+        self.searches: list[str] = []
+        self.pages: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        if request.url.path.endswith("/dids/purchased"):
+            if "search" in params:
+                self.searches.append(params["search"])
+            else:
+                self.pages.append(params["page"])
+        response = await self.inner.handle_async_request(request)
+        if self.edit_sync is None or not request.url.path.endswith("/voicelink/sync"):
+            return response
+        payload = json.loads(await response.aread())
+        self.edit_sync(payload["data"])
+        return httpx.Response(response.status_code, json=payload)
+
+
+def _config(path: Path, tmp: Path, **kw: Any) -> ImportConfig:
+    options: dict[str, Any] = {
+        "input": InputOptions(path=path),
+        "api_key": SANDBOX_API_KEY,
+        "base_url": BASE,
+        "output": tmp / "out.results.xlsx",
+        "journal": tmp / "run.journal.sqlite",
+        "requests_per_minute": 100_000,
+        "retry_backoff": 0,
+    }
+    return ImportConfig(**{**options, **kw})
+
+
+# -- whole runs, counted by the sandbox ------------------------------------------------------
+
+
+def test_run_full_sync_reads_connections_and_two_syncs(tmp_path: Path) -> None:
+    """500 DIDs (5 pages), 20 rows, half routed: no DID page, no bots read, no lookup."""
+    sandbox = _sandbox(tmp_path, 500, routed=range(10))
+    sheet = write_sheet(tmp_path / "sheet.csv", 20)
+    summary = run_import(_config(sheet, tmp_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.counts == {Status.SUCCEEDED: 20}
+    counts = _counts(sandbox)
+    assert {k: n for k, n in counts.items() if not k.startswith("POST /voicelink/call-routing")} == {
+        CONNECTIONS: 1,
+        SYNC: 2,
+    }
+    assert all(r["import_routing_id"] for r in read_results(summary.results_path))
+
+
+def test_run_with_nothing_created_never_syncs_again(tmp_path: Path) -> None:
+    """Every row already as asked: connections and one sync, nothing else at all."""
+    inv = write_inventory(tmp_path / "inv.json", 300, existing={i: desired_record(i) for i in range(12)})
+    sandbox = create_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000))
+    sheet = write_sheet(tmp_path / "sheet.csv", 12)
+    summary = run_import(_config(sheet, tmp_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.counts == {Status.UNCHANGED: 12}
+    assert _counts(sandbox) == {CONNECTIONS: 1, SYNC: 1}
+
+
+def test_run_lean_sync_looks_up_the_few_unrouted_numbers(tmp_path: Path) -> None:
+    """Lean sync, 300 of 500 DIDs routed (>= 3 pages): 2 unrouted rows cost 2 searches + bots."""
+    sandbox = _sandbox(tmp_path, 500, routed=range(2, 302), lean_sync=True)
+    sheet = write_sheet(tmp_path / "sheet.csv", 6)
+    summary = run_import(_config(sheet, tmp_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.counts == {Status.SUCCEEDED: 6}
+    counts = _counts(sandbox)
+    assert counts[DIDS] == 2 and counts[BOTS] == 1 and counts[SYNC] == 2 and counts[CONNECTIONS] == 1
+    reads = sum(n for k, n in counts.items() if not k.startswith("POST /voicelink/call-routing"))
+    assert reads <= min(2, 5) + 4
+    book = openpyxl.load_workbook(summary.results_path, read_only=True)
+    facts = {row[0]: row[1] for row in book["Summary"].iter_rows(values_only=True)}
+    book.close()
+    assert facts["reads"] == "1 sync, 2 DID lookups, 1 bots read"
+
+
+def test_run_plan_shows_the_cost(tmp_path: Path) -> None:
+    sandbox = _sandbox(tmp_path, 50)
+    sheet = write_sheet(tmp_path / "sheet.csv", 10)
+    summary = run_import(
+        _config(sheet, tmp_path, dry_run=True, requests_per_minute=60),
+        transport=httpx.ASGITransport(app=sandbox.app),
+    )
+    assert "(2 reads done; 10 writes, about 10 s at 60/min)" in summary.notes[0]
+
+
+def test_run_and_rollback_say_what_they_read_through_on_read(tmp_path: Path) -> None:
+    """Lean sync, nothing routed: the bots, then the list's one page (cheaper than 3 lookups)."""
+    sandbox = _sandbox(tmp_path, 30, lean_sync=True)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    said: list[str] = []
+    transport = httpx.ASGITransport(app=sandbox.app)
+    summary = run_import(_config(sheet, tmp_path, on_read=said.append), transport=transport)
+    assert summary.counts == {Status.SUCCEEDED: 3}
+    assert said == ["sync", "bots", "DIDs: page 1"]
+    said.clear()
+    undone = rollback_run(
+        RollbackConfig(
+            source=summary.results_path,
+            api_key=SANDBOX_API_KEY,
+            base_url=BASE,
+            requests_per_minute=100_000,
+            retry_backoff=0,
+            on_read=said.append,
+        ),
+        transport=transport,
+    )
+    assert undone.counts == {Status.SUCCEEDED: 2, Status.UNCHANGED: 1}  # row 4 was created inactive
+    assert said == ["sync"]  # the DIDs it created routing for are in routing[]: nothing else read
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_cli_reading_lines_on_a_terminal_and_one_a_minute_elsewhere() -> None:
+    steps = ["sync", "DIDs: page 1 of 90", "DIDs: page 45 of 90", "DIDs: page 90 of 90"]
+    terminal = _Terminal()
+    say = _reading(False, stream=terminal)
+    assert say is not None
+    for text in steps:
+        say(text)
+    assert terminal.getvalue().splitlines() == [f"reading: {t}" for t in steps]
+    log, now = io.StringIO(), [0.0]
+    say = _reading(False, stream=log, clock=lambda: now[0])
+    assert say is not None
+    for t, text in zip([0, 30, 61, 90], steps, strict=True):
+        now[0] = t
+        say(text)
+    assert log.getvalue() == "reading: DIDs: page 45 of 90\n"
+    assert _reading(True, stream=terminal) is None
+
+
+# -- read_state strategies -----------------------------------------------------------------
+
+
+def test_read_state_lean_without_routing_pages_when_many_are_missing(tmp_path: Path) -> None:
+    """No routing to bound the page count: read page 1, learn 5 pages, page since 30 rows >= 4."""
+    sandbox = _sandbox(tmp_path, 500, lean_sync=True)
+    transport = _Queries(sandbox)
+    rows = [_row(i) for i in range(0, 500, 17)]
+    log: list[str] = []
+    inventory, report = _state(transport, rows, log)
+    assert all(inventory.dids_by_number.get(r.did_number or "") for r in rows)
+    assert transport.searches == [] and transport.pages == ["1", "2", "3", "4", "5"]
+    assert report == ReadReport(syncs=1, did_pages=5, bot_reads=1, unresolved=30, did_list_pages=5)
+    assert log[:3] == ["sync", "bots", "DIDs: page 1"]
+    assert "DIDs: page 5 of 5" in log
+
+
+def test_read_state_lean_without_routing_searches_when_few_are_missing(tmp_path: Path) -> None:
+    """Page 1 says 5 pages; 2 numbers beyond it cost 2 searches, not 4 more pages."""
+    sandbox = _sandbox(tmp_path, 500, lean_sync=True)
+    transport = _Queries(sandbox)
+    rows = [_row(250), _row(450), _row(3)]
+    inventory, report = _state(transport, rows)
+    assert transport.pages == ["1"]
+    assert sorted(transport.searches) == [did_number(250), did_number(450)]
+    assert inventory.dids_by_number[did_number(450)].did_id == 1450
+    assert report.did_lookups == 2 and report.did_pages == 1 and report.did_list_pages == 5
+
+
+def test_read_state_stops_paging_once_every_row_is_found(tmp_path: Path) -> None:
+    sandbox = _sandbox(tmp_path, 500, lean_sync=True)
+    transport = _Queries(sandbox)
+    rows = [_row(i) for i in range(0, 200, 5)]  # all on pages 1 and 2
+    _inventory, report = _state(transport, rows)
+    assert transport.pages == ["1", "2"] and transport.searches == []
+    assert report.did_pages == 2
+
+
+def test_read_state_full_sync_searches_a_number_sync_did_not_list(tmp_path: Path) -> None:
+    """A DID missing from sync's dids[] (but on the account) is found with one search."""
+    sandbox = _sandbox(tmp_path, 500)
+
+    def drop(data: dict[str, Any]) -> None:
+        data["dids"] = [d for d in data["dids"] if str(d["did_number"]) != did_number(7)]
+
+    transport = _Queries(sandbox, edit_sync=drop)
+    inventory, report = _state(transport, [_row(1), _row(7)])
+    assert transport.searches == [did_number(7)] and transport.pages == []
+    assert inventory.dids_by_number[did_number(7)].did_id == 1007
+    assert report == ReadReport(syncs=1, did_lookups=1, unresolved=1)
+
+
+def test_run_row_whose_did_is_not_on_the_account_costs_one_search(tmp_path: Path) -> None:
+    sandbox = _sandbox(tmp_path, 400)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    text = sheet.read_text(encoding="utf-8").replace(did_number(2), "918099999999")
+    sheet.write_text(text, encoding="utf-8")
+    summary = run_import(_config(sheet, tmp_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.counts == {Status.SUCCEEDED: 2, Status.FAILED: 1}
+    assert _counts(sandbox)[DIDS] == 1
+    failed = [r for r in read_results(summary.results_path) if r["import_status"] == "failed"]
+    assert "918099999999 is not in this account's purchased DIDs" in failed[0]["import_reason"]
+
+
+def test_read_state_id_only_rows_page_since_ids_cannot_be_searched(tmp_path: Path) -> None:
+    sandbox = _sandbox(tmp_path, 300, lean_sync=True)
+    transport = _Queries(sandbox)
+    inventory, report = _state(transport, [_row(250, by="id")])
+    assert transport.searches == [] and transport.pages == ["1", "2", "3"]
+    assert 1250 in inventory.dids_by_id and report.did_pages == 3
+
+
+def test_read_state_falls_back_to_paging_when_search_is_ignored(tmp_path: Path) -> None:
+    """A server that ignores ``search`` answers page 1 of everything: that proves nothing, so page."""
+    sandbox = _sandbox(tmp_path, 300, routed=range(200), lean_sync=True)
+    inner = httpx.ASGITransport(app=sandbox.app)
+
+    class IgnoreSearch(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            url = request.url.copy_remove_param("search")
+            return await inner.handle_async_request(
+                httpx.Request(request.method, url, headers=request.headers)
+            )
+
+    inventory, report = _state(IgnoreSearch(), [_row(250)])
+    assert inventory.dids_by_number[did_number(250)].did_id == 1250
+    assert report.did_lookups == 1 and report.did_pages == 3
+
+
+# -- parsing sync defensively ----------------------------------------------------------------
+
+
+def _mock(sync_data: object) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/telephony/connections"):
+            return httpx.Response(
+                200, json={"success": True, "data": [{"id": "c1", "name": "c", "status": "ACTIVE"}]}
+            )
+        if request.url.path.endswith("/voicelink/sync"):
+            return httpx.Response(200, json={"success": True, "data": sync_data})
+        return httpx.Response(404, json={"success": False, "error": {"code": "NOT_FOUND", "message": "no"}})
+
+    return httpx.MockTransport(handler)
+
+
+def _sync(sync_data: object) -> tuple[Any, list[str]]:
+    async def main() -> tuple[Any, list[str]]:
+        async with _client(_mock(sync_data)) as client:
+            return await client.read_sync(), client.warnings
+
+    return asyncio.run(main())
+
+
+def test_read_sync_parses_int_numbers_nested_lists_and_skips_bad_items() -> None:
+    got, warnings = _sync(
+        {
+            "data": {
+                "dids": {"data": [{"id": 5, "did_number": 918011223344}, {"did_id": "6", "raw": {}}]},
+                "bots": {"data": {"data": [{"id": "93", "bot_name": "b", "status": "0"}, {"name": "x"}]}},
+                "routing": [
+                    {"id": 70, "did_id": 5, "for_inbound_call": 1, "for_outbound_call": 4, "status": 1},
+                    {"did_id": 6},
+                    "junk",
+                ],
+                "readiness": [],
+            }
+        }
+    )
+    assert [(d.did_id, d.did_number) for d in got.dids] == [(5, "918011223344")]
+    assert [(b.bot_id, b.active) for b in got.bots] == [(93, False)]
+    assert [(r.routing_id, r.did_id) for r in got.routing] == [(70, 5)]
+    assert any("DID 6 without a number" in w for w in warnings)
+    assert any("bot without a usable id" in w for w in warnings)
+    assert any("routing record without a usable id" in w for w in warnings)
+
+
+def test_read_sync_takes_the_did_from_raw_and_phone_number() -> None:
+    got, _ = _sync(
+        {"dids": [{"raw": {"did_id": 9, "phone_number": "+918011223355"}}], "routing": [], "bots": []}
+    )
+    assert [(d.did_id, d.did_number) for d in got.dids] == [(9, "918011223355")]
+
+
+def test_read_sync_without_routing_is_an_error_not_an_empty_account() -> None:
+    with pytest.raises(ApiError, match="neither routing"):
+        _sync({"dids": [{"id": 1, "did_number": "1"}], "bots": []})
+
+
+def test_find_dids_accepts_only_an_exact_match() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        items = [
+            {"id": 1, "did_number": "9918011223344"},
+            {"id": 2, "did_number": 918011223344},
+            {"id": 3, "did_number": "+91 8011-223344"},
+        ]
+        return httpx.Response(200, json={"success": True, "data": {"data": items, "last_page": 1}})
+
+    async def main() -> Any:
+        async with _client(httpx.MockTransport(handler)) as client:
+            return await client.find_dids("+918011223344")
+
+    got = asyncio.run(main())
+    assert [d.did_id for d in got.matches] == [2, 3] and got.conclusive
+
+
+# -- after the writes: the closing sync ---------------------------------------------------
+
+
+def test_collect_created_ids_reads_nothing_when_no_row_lacks_an_id(tmp_path: Path) -> None:
+    sandbox = _sandbox(tmp_path, 5, routed=range(2))
+    outcomes = {
+        2: RowOutcome(row=2, status=Status.SUCCEEDED, did_id=1000, routing_id=7000),
+        3: RowOutcome(row=3, status=Status.FAILED, did_id=1003),
+    }
+
+    async def main(outs: dict[int, RowOutcome]) -> dict[int, RowOutcome]:
+        async with _client(httpx.ASGITransport(app=sandbox.app)) as client:
+            return await collect_created_ids(client, outs)
+
+    assert asyncio.run(main(outcomes)) == {}
+    assert _counts(sandbox) == {}
+    outcomes[4] = RowOutcome(row=4, status=Status.SUCCEEDED, did_id=1001)
+    assert asyncio.run(main(outcomes)) == {
+        4: RowOutcome(row=4, status=Status.SUCCEEDED, did_id=1001, routing_id=7001)
+    }
+    assert _counts(sandbox) == {SYNC: 1}
