@@ -2,8 +2,8 @@
 
 Names, header aliases, mode numbers and labels, which id each mode needs and the
 defaults are defined here once. The pandera schema (``validate.py``), the template
-(``template.py``), the sandbox (``sandbox.py``) and the README's column table all
-derive from this module; ``tests/test_fields.py`` checks that they agree.
+(``template.py``), the sandbox's rules (``importer/sandbox/rules.py``) and the README's
+column table all derive from this module; ``tests/test_fields.py`` checks that they agree.
 """
 
 from __future__ import annotations
@@ -246,8 +246,8 @@ FIELDS: tuple[Field, ...] = (
         "connection_id",
         Kind.UUID,
         "Connection ID",
-        "Only when your account has several active VoiceLink connections: the connection's UUID. "
-        "Blank uses the connection chosen for the run.",
+        "One run serves one connection: blank, or that connection's UUID, uses it; a row naming "
+        "another connection fails (import it in a run of its own with --connection-id).",
         ("Connection ID", "Connection UUID", "VoiceLink Connection"),
         "optional",
         "",
