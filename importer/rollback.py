@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ from .limiter import RateLimiter
 from .model import RawTable, RunInfo, SourceInfo, Status
 from .pipeline import RunSummary, as_path, check_writable, now_text, save_with_fallback
 from .plan import NO_DELETE, Undo, named_did, plan_rollback, record_text
-from .results import check_workbook_name, write_results
+from .results import check_workbook_name, stamped_path, write_results
 from .run import default_journal_path, open_journal
 from .vocab import Action, ExitCode, describe_kind
 
@@ -57,6 +58,7 @@ __all__ = [
     "RollbackConfig",
     "choose_runs",
     "default_rollback_path",
+    "free_rollback_path",
     "locate_run",
     "rollback_run",
     "rollback_run_async",
@@ -328,6 +330,16 @@ def default_rollback_path(journal: Path) -> Path:
     return journal.with_name(f"{stem or 'journal'}.rollback.xlsx")
 
 
+def free_rollback_path(journal: Path, when: dt.datetime) -> Path:
+    """The default rollback workbook, or a timestamped name beside it when an earlier rollback's is there.
+
+    Each rollback keeps its own record, so a second one never overwrites the first silently (rollback's
+    ``--force`` is about rows changed since the run, not about files; an explicit ``-o`` is overwritten).
+    """
+    default = default_rollback_path(journal)
+    return stamped_path(default, when) if default.exists() else default
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -418,7 +430,7 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
             raise InputError(
                 f"no journal at {journal_path}: a rollback needs the journal the run wrote (pass it instead)"
             )
-        self.results = config.output or default_rollback_path(journal_path)
+        self.results = config.output or free_rollback_path(journal_path, dt.datetime.now())
         check_writable(self.results)
         self.journal_sha = _sha256(journal_path)
         journal = self.journal = open_journal(journal_path, claim=not config.dry_run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,26 @@ def test_rollback_twice_is_idempotent(
         "already as before the run; nothing to send",
         "already inactive with the run's modes; nothing to send",
     }
+
+
+def test_second_rollback_takes_a_stamped_name(
+    tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
+) -> None:
+    """A second rollback keeps the first one's workbook: it writes beside it under a timestamped name."""
+    sandbox, run, _ = imported
+    transport = httpx.ASGITransport(app=sandbox.app)
+    first = rollback(undo_config(run.results_path, dry_run=True), transport=transport)
+    first_bytes = first.results_path.read_bytes()
+    second = rollback(undo_config(run.results_path, dry_run=True), transport=transport)
+    assert first.results_path.name == "sheet.rollback.xlsx"
+    assert re.fullmatch(r"sheet\.rollback\.\d{8}-\d{6}(-\d+)?\.xlsx", second.results_path.name)
+    assert first.results_path.read_bytes() == first_bytes  # untouched
+    assert len(read_results(second.results_path)) == len(read_results(first.results_path)) == 5
+    # an explicit -o is taken at its word and overwritten, as for run
+    third = rollback(
+        undo_config(run.results_path, dry_run=True, output=first.results_path), transport=transport
+    )
+    assert third.results_path == first.results_path
 
 
 def test_rollback_dry_run_sends_nothing(
