@@ -28,8 +28,7 @@ from .errors import OutputError
 from .fields import DIRECTION_OF, FIELD_NAMES, MODES, STATUS_LABELS
 from .live import open_client, preflight
 from .pipeline import as_path, check_writable
-from .results import _atomic_workbook as atomic_workbook  # the results' writer: temp file, then rename
-from .results import check_workbook_name, save_problem
+from .results import atomic_workbook, check_workbook_name, save_problem
 from .state import DidIndex, read_all_dids
 from .template import ROUTING_SHEET
 

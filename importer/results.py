@@ -240,7 +240,7 @@ def write_results(
     failed = outcome_columns.failed()
     error_lines = _error_lines(outcome_columns, failed, issues)
 
-    with _atomic_workbook(path) as book:
+    with atomic_workbook(path) as book:
         bold = book.add_format({"bold": True})
         fill = book.add_format(_FAILED_FILL)
         results = book.add_worksheet("Results")
@@ -290,7 +290,7 @@ def write_failed_rows(
     reason_header, row_header = FAILED_COLUMNS
     columns.append(_column(reason_header, [(reasons or {}).get(r, "") for r in numbers]))
     columns.append(_column(row_header, [str(r) for r in numbers]))
-    with _atomic_workbook(path) as book:
+    with atomic_workbook(path) as book:
         text = book.add_format({"num_format": "@"})
         bold = book.add_format({"bold": True, "num_format": "@"})
         sheet = book.add_worksheet(_sheet_name(table.source.sheet))
@@ -551,8 +551,11 @@ def save_problem(exc: OSError, *, replacing: bool) -> str:
 
 
 @contextlib.contextmanager
-def _atomic_workbook(path: Path) -> Iterator[Any]:
+def atomic_workbook(path: Path) -> Iterator[Any]:
     """Yield a streaming workbook written to a temp file that replaces ``path`` once complete.
+
+    The results, failed-rows and export workbooks are written through here, so a reader
+    never sees a half-written file and a failed save leaves the earlier one in place.
 
     Failing to save raises ``OutputError`` naming ``path`` (the temp file is an internal detail)
     with a plain reason. The folder must exist (``pipeline.check_writable`` makes it).
