@@ -324,7 +324,10 @@ def _ask(plan: Any, estimate: Callable[[int], str], details: bool = True) -> boo
         if len(plan.details) > 20:
             click.echo(f"  ... and {len(plan.details) - 20} more", err=True)
     click.echo(f"Plan: {plan.text()}", err=True)
-    return click.confirm(f"Send {estimate(len(plan.writes))} now?", default=False, err=True)
+    writes = len(plan.writes)
+    # The plan line just above carries the cost (writes, time at the rate): the question need not repeat it.
+    what = ("this write" if writes == 1 else f"these {writes:,} writes") if plan.cost else estimate(writes)
+    return click.confirm(f"Send {what} now?", default=False, err=True)
 
 
 def _print_summary(summary: Any) -> None:

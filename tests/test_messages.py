@@ -6,6 +6,7 @@ import io
 import time
 from pathlib import Path
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -24,14 +25,15 @@ from starlette.responses import HTMLResponse, PlainTextResponse
 from starlette.routing import Route
 
 from importer.api import Connection
-from importer.apply import Progress
-from importer.cli import _progress_bar, main
+from importer.apply import Progress, SendOptions
+from importer.cli import _ask, _progress_bar, main
 from importer.errors import ApiError
 from importer.pipeline import InputOptions
+from importer.plan import Plan, Write
 from importer.resolve import connection_problem
 from importer.run import ImportConfig, run_import
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
-from importer.vocab import ReasonKind
+from importer.vocab import Action, ReasonKind
 
 BODY_TEXT = "Lorem ipsum dolor sit amet " * 80
 PAGE = (
@@ -136,6 +138,38 @@ def test_progress_off_a_terminal_is_one_plain_line_a_minute() -> None:
     assert out.getvalue() == (
         "123/900 writes, 3 failed, about 13 min left\n300/900 writes, 4 failed, about 2 h 2 min left\n"
     )
+
+
+def _asked(plan: Plan, answer: str) -> tuple[bool, str]:
+    """Run the confirmation prompt with ``answer`` typed; return the decision and what stderr showed."""
+    decided: list[bool] = []
+
+    @click.command()
+    def ask() -> None:
+        decided.append(_ask(plan, SendOptions(requests_per_minute=60).estimate))
+
+    result = CliRunner().invoke(ask, input=answer)
+    assert result.exit_code == 0, result.output
+    return decided[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("writes", "question"), [(3, "Send these 3 writes now? [y/N]"), (1, "Send this write now?")]
+)
+def test_prompt_asks_briefly_below_the_plan_line_with_the_cost(writes: int, question: str) -> None:
+    """The cost is said once, on the plan line; the question only names the writes."""
+    planned = tuple(
+        Write(r, r, f"+1555000{r:04d}", Action.CREATE, None, {}, None, {}) for r in range(2, 2 + writes)
+    )
+    cost = SendOptions(requests_per_minute=60).cost(2, writes)
+    plan = Plan(planned, (), {"create": writes}, cost=cost)
+    sent, shown = _asked(plan, "n\n")
+    assert sent is False
+    plan_line, prompt = shown.strip().splitlines()
+    assert plan_line == f"Plan: create {writes} ({cost})"
+    assert "about" in cost and prompt.startswith(question)
+    assert "about" not in prompt  # the duration is not repeated in the question
+    assert _asked(plan, "y\n")[0] is True
 
 
 class FakeTerminal(io.StringIO):
