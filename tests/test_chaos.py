@@ -196,7 +196,7 @@ def test_chaos_faults_lose_and_double_nothing(
             if scenario.races:  # a delayed request may still be on its way into the state
                 time.sleep(scenario.sandbox["spike_ms"] / 1000)
             snapshots.append(sandbox.state_snapshot())
-            codes.append(summary.exit_code)
+            codes.append(int(summary.exit_code))  # plain numbers in the table's note, not enum reprs
             early += early_give_ups(summary.results_path, MAX_WRITE_ATTEMPTS)
             if _good_rows_done(case, summary.results_path):
                 break
