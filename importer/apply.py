@@ -379,6 +379,10 @@ class _Engine:
     def record(self, outcome: RowOutcome) -> None:
         """Keep an outcome and commit it to the journal."""
         self.outcomes[outcome.row] = outcome
+        self.journal_outcome(outcome)
+
+    def journal_outcome(self, outcome: RowOutcome) -> None:
+        """Commit an outcome to the journal (when there is one) without keeping it."""
         if self.journal is not None:
             self.journal.record_outcome(
                 self.run_id,
@@ -647,10 +651,10 @@ async def apply_plan(
         limiter,
         cancel_reason,
     )
+    # The plan's settled outcomes are journalled but not kept: the caller adds them to ours.
     for outcome in plan.outcomes:
-        if outcome.reason_kind != ReasonKind.DONE_EARLIER and journal is not None:
-            engine.record(outcome)
-    engine.outcomes.clear()
+        if outcome.reason_kind != ReasonKind.DONE_EARLIER:
+            engine.journal_outcome(outcome)
     queue = collections.deque(plan.writes)
     engine.progress(None)
     count = max(1, min(options.concurrency, len(queue)))
