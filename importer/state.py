@@ -82,11 +82,6 @@ class ReadReport:
     did_list_pages: int | None = None
     """The DID list's page count, when a page of it was read."""
 
-    @property
-    def reads(self) -> int:
-        """Every request ``read_state`` sent."""
-        return self.syncs + self.did_pages + self.did_lookups + self.bot_reads
-
     def text(self) -> str:
         """E.g. '1 sync, 3 DID lookups, 1 bots read'."""
         parts = [
