@@ -135,9 +135,8 @@ class DidIndex:
         self.by_number: dict[str, Did] = {}
         self.add(dids)
 
-    def add(self, dids: Iterable[Did]) -> int:
-        """Add DIDs not yet known; return how many were new."""
-        new = 0
+    def add(self, dids: Iterable[Did]) -> None:
+        """Add DIDs not yet known (a DID already known keeps its first entry)."""
         for did in dids:
             if did.did_id in self.by_id:
                 continue
@@ -145,8 +144,6 @@ class DidIndex:
             key = number_key(did.did_number)
             if key:
                 self.by_number.setdefault(key, did)
-            new += 1
-        return new
 
     def __len__(self) -> int:
         return len(self.by_id)
