@@ -425,14 +425,10 @@ class Journal:
             "ORDER BY e.entry_id",
             (input_sha256, IN_FLIGHT, DONE, *DECISIVE),
         )
-        undone = self._undone()
+        undone = self.undone_by()
         # A row a later rollback put back no longer counts as done: re-running the file after a
         # rollback plans it afresh against the live state.
         return {r["row"]: r for r in rows if (r["run_id"], r["row"]) not in undone}
-
-    def _undone(self) -> set[tuple[int, int]]:
-        """(run id, row) pairs that a rollback run restored (succeeded) or found already restored."""
-        return set(self.undone_by())
 
     def undone_by(self) -> dict[tuple[int, int], int]:
         """Which rollback last put back each row a run changed.
