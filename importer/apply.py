@@ -43,7 +43,7 @@ from .errors import ApiError, AuthError, InputError
 from .journal import Journal
 from .limiter import RateLimiter
 from .live import DEFAULT_BASE_URL, ClientSettings, Inventory, LiveRouting, open_client, read_inventory
-from .model import RowOutcome
+from .model import RowOutcome, RunInfo
 from .pipeline import now_text
 from .plan import Plan, Write, body_of, record_text
 from .retry import MAX_ATTEMPTS, backoff_delay
@@ -826,6 +826,16 @@ class Job(Generic[C, R]):
             ),
             **skipped_by_parser(self.session.client).audit,
         }
+
+    def run_info(self, command: str, audit: Mapping[str, str]) -> RunInfo:
+        """The Summary sheet's run lines: the command (marked for a dry run), times, options, audit."""
+        return RunInfo(
+            command=command + (" (dry run)" if self.config.dry_run else ""),
+            started=self.started,
+            finished=now_text(),
+            options=self.config.describe(),
+            audit=audit,
+        )
 
     def finish_run(self, counts: Mapping[Status, int]) -> None:
         """Record the end of the job's journal run with its counts per status."""

@@ -45,8 +45,8 @@ from .apply import (
 from .errors import InputError
 from .journal import ChangeRecord, Journal, RunRecord
 from .limiter import RateLimiter
-from .model import RawTable, RunInfo, SourceInfo, Status
-from .pipeline import RunSummary, as_path, check_writable, now_text, save_with_fallback
+from .model import RawTable, SourceInfo, Status
+from .pipeline import RunSummary, as_path, check_writable, save_with_fallback
 from .plan import NO_DELETE, Undo, named_did, plan_rollback, record_text
 from .results import check_workbook_name, stamped_path, write_results
 from .run import default_journal_path, open_journal
@@ -456,16 +456,13 @@ class _RollbackJob(Job[RollbackConfig, RunSummary]):
 
     def report(self) -> RunSummary:
         """Write the rollback's results workbook and close its journal run."""
-        config, plan, applied = self.config, self.plan, self.applied
+        plan, applied = self.plan, self.applied
         assert plan is not None and self.journal is not None
         by_row = {o.row: o for o in applied.outcomes}
         outcomes = tuple(by_row[u.index] for u in plan.undos)
-        info = RunInfo(
-            command=COMMAND + (" (dry run)" if config.dry_run else ""),
-            started=self.started,
-            finished=now_text(),
-            options=config.describe(),
-            audit={
+        info = self.run_info(
+            COMMAND,
+            {
                 "rollback of runs": ", ".join(map(str, self.covered.ids)),
                 "run input": self.covered.inputs(),
                 "run input sha256": ", ".join(dict.fromkeys(r.input_sha256 for r in self.covered.runs)),

@@ -37,7 +37,7 @@ from .errors import InputError
 from .journal import Journal
 from .limiter import RateLimiter
 from .live import DEFAULT_BASE_URL
-from .model import RowOutcome, RunInfo, Status, ValidationReport
+from .model import RowOutcome, Status, ValidationReport
 from .pipeline import (
     InputOptions,
     OutcomeTally,
@@ -47,7 +47,6 @@ from .pipeline import (
     failed_outcome,
     input_notes,
     load_and_validate,
-    now_text,
     output_paths,
     reasons_by_row,
     save_with_fallback,
@@ -246,13 +245,7 @@ class _ImportJob(Job[ImportConfig, RunSummary]):
         config, report, applied = self.config, self.validation, self.applied
         by_row = {o.row: o for o in applied.outcomes}
         outcomes = tuple(every_row(report, by_row))
-        info = RunInfo(
-            command=config.command + (" (dry run)" if config.dry_run else ""),
-            started=self.started,
-            finished=now_text(),
-            options=config.describe(),
-            audit={**self.audit(), **config.audit_extra},
-        )
+        info = self.run_info(config.command, {**self.audit(), **config.audit_extra})
 
         def save(results: Path) -> OutcomeTally:
             if results != self.results:  # a fallback: its failed-rows file goes beside it
