@@ -113,7 +113,7 @@ class ReasonKind(Coded):
     @staticmethod
     def api(code: str | int | None) -> str:
         """The kind of a write the API refused: ``api_<its error code or HTTP status>``."""
-        return f"api_{code}"
+        return f"{API_PREFIX}{code}"
 
 
 API_PREFIX = "api_"
