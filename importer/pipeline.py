@@ -284,22 +284,17 @@ def load_and_validate(options: InputOptions) -> ValidationReport:
                 "but no data rows follow it"
             )
         hidden = table.hidden_rows if options.skip_hidden_rows else ()
-        if not hidden:
-            return validate_table(
-                table,
-                column_map=options.column_map,
-                default_region=options.default_region,
-                ignore_columns=options.ignore_columns,
-            )
         # The hidden rows are left out of validation (a duplicate of a skipped row is no duplicate)
         # but stay in the table, so each still gets its outcome: skipped, with the reason.
-        visible = dataclasses.replace(table, frame=table.frame.drop(index=list(hidden)))
+        visible = dataclasses.replace(table, frame=table.frame.drop(index=list(hidden))) if hidden else table
         report = validate_table(
             visible,
             column_map=options.column_map,
             default_region=options.default_region,
             ignore_columns=options.ignore_columns,
         )
+        if not hidden:
+            return report
         return dataclasses.replace(report, table=table, skipped=dict.fromkeys(hidden, HIDDEN_ROW_REASON))
 
 
