@@ -67,8 +67,7 @@ class InputOptions:
     """--ignore-column: header texts or column letters left out of matching."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.path, str):
-            object.__setattr__(self, "path", Path(self.path))
+        as_path(self, "path")
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet."""
