@@ -251,20 +251,12 @@ def _progress_bar(
     """
     out = stream if stream is not None else sys.stderr
     if quiet or not out.isatty():
-        last: float | None = None
+        due = _every(every, clock)
 
         def line(p: Any) -> None:
-            nonlocal last
             if p.note:
                 click.echo(p.note, file=out)
-                return
-            if quiet:
-                return
-            now = clock()
-            if last is None:
-                last = now
-            elif now - last >= every:
-                last = now
+            elif not quiet and due():
                 click.echo(_progress_text(p), file=out)
 
         return line, None
@@ -361,18 +353,33 @@ def _reading(
     out = stream if stream is not None else sys.stderr
     if out.isatty():
         return lambda text: click.echo(f"reading: {text}", file=out)
-    last: float | None = None
+    due = _every(every, clock)
 
     def line(text: str) -> None:
+        if due():
+            click.echo(f"reading: {text}", file=out)
+
+    return line
+
+
+def _every(seconds: float, clock: Callable[[], float]) -> Callable[[], bool]:
+    """Return a check that is true once ``seconds`` have passed since its first call, then every ``seconds``.
+
+    The log-line pace of the progress display and of ``_reading`` (a pipe gets no bar frames).
+    """
+    last: float | None = None
+
+    def due() -> bool:
         nonlocal last
         now = clock()
         if last is None:
             last = now
-        elif now - last >= every:
+        elif now - last >= seconds:
             last = now
-            click.echo(f"reading: {text}", file=out)
+            return True
+        return False
 
-    return line
+    return due
 
 
 def _send_and_report(job: Callable[..., Any], config: Any, quiet: bool) -> None:
