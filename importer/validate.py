@@ -740,8 +740,9 @@ def wrong_matches(parsed: _Parsed, auto: Sequence[str]) -> dict[str, str]:
         failing = int(bad.sum())
         if failing <= count * (1 - WRONG_MATCH_SHARE):
             continue  # the common case: one cheap count and no per-cell work
-        fit = {t: _fits(name, t) for t in dict.fromkeys(text[bad].tolist())}
-        fitting = count - failing + sum(fit[t] for t in text[bad].tolist())
+        values = text[bad].tolist()
+        fit = {t: _fits(name, t) for t in dict.fromkeys(values)}
+        fitting = count - failing + sum(fit[t] for t in values)
         misfits = [t for t, ok in fit.items() if not ok]
         # A few cells, or one value over and over (a typo copied down), get their own messages.
         if fitting < count * WRONG_MATCH_SHARE and count >= 3 and len(misfits) >= 2:
