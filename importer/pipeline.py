@@ -347,7 +347,7 @@ def failed_outcome(row: int, issues: Sequence[RowIssue]) -> RowOutcome:
     )
 
 
-VALIDATE_LABELS: Mapping[str, str] = {Status.NOT_SENT.value: "valid"}
+VALIDATE_LABELS: Mapping[Status, str] = {Status.NOT_SENT: "valid"}
 """A validate-only run sends nothing by design: its valid rows are "valid", not "not_sent"."""
 
 _VALIDATED_ONLY = RowOutcome(
@@ -488,6 +488,6 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         results_path=results,
         failed_path=failed if tally.failed_rows else None,
         exit_code=ExitCode.ROWS_FAILED if tally.failed_rows else ExitCode.OK,
-        status_labels={Status.NOT_SENT: "valid"},  # every valid row of a validate-only run is not sent
+        status_labels=VALIDATE_LABELS,
         notes=[*input_notes(report.table, config.input.skip_hidden_rows), *report.notes],
     )
