@@ -82,10 +82,16 @@ def _before_writes(fn: Callable[..., Any]) -> bool:
 
 
 def input_options(fn: F) -> F:
-    """The options every command that reads a spreadsheet takes."""
+    """The options every command that reads a spreadsheet takes.
+
+    They reach ``build_input`` through the click context, so a command takes only FILE and an input
+    option added here needs no change to any command's signature.
+    """
     fn = click.option(
         "--default-region",
         metavar="XX",
+        expose_value=False,
+        callback=_keep_input_option,
         help="Read national numbers (no country code) as numbers of this region, e.g. IN or US.",
     )(fn)
     fn = click.option(
@@ -93,6 +99,8 @@ def input_options(fn: F) -> F:
         "ignore_columns",
         multiple=True,
         metavar="NAME",
+        expose_value=False,
+        callback=_keep_input_option,
         help="Leave a column out of matching, by header text or letter (repeatable).",
     )(fn)
     fn = click.option(
@@ -100,13 +108,18 @@ def input_options(fn: F) -> F:
         "maps",
         multiple=True,
         metavar='"Header Text=field"',
+        expose_value=False,
+        callback=_keep_input_option,
         help='Map a column (header text or letter: "C=did_number") to a field; wins over '
         "header matching (repeatable).",
     )(fn)
     fn = click.option(
-        "--sheet", metavar="NAME", help="The worksheet to read (default: the first that matches)."
+        "--sheet",
+        metavar="NAME",
+        expose_value=False,
+        callback=_keep_input_option,
+        help="The worksheet to read (default: the first that matches).",
     )(fn)
-    # These reach build_input through the click context, so the commands' signatures stay as they are.
     fn = click.option(
         "--encoding",
         metavar="NAME",
@@ -129,13 +142,8 @@ def _keep_input_option(ctx: click.Context, param: click.Parameter, value: Any) -
     return value
 
 
-def build_input(
-    file: Path,
-    sheet: str | None,
-    maps: tuple[str, ...],
-    default_region: str | None,
-    ignore_columns: tuple[str, ...] = (),
-) -> Any:
+def build_input(file: Path) -> Any:
+    """Return the InputOptions for FILE from the ``input_options`` of the running command, if any."""
     from .pipeline import InputOptions
     from .reader import check_encoding
     from .validate import parse_column_map
@@ -144,12 +152,12 @@ def build_input(
     encoding = meta.get("input.encoding")
     return InputOptions(
         path=file,
-        sheet=sheet,
-        column_map=parse_column_map(list(maps)),
-        default_region=default_region,
+        sheet=meta.get("input.sheet"),
+        column_map=parse_column_map(list(meta.get("input.maps", ()))),
+        default_region=meta.get("input.default_region"),
         encoding=check_encoding(encoding) if encoding else None,
         skip_hidden_rows=bool(meta.get("input.skip_hidden_rows")),
-        ignore_columns=ignore_columns,
+        ignore_columns=tuple(meta.get("input.ignore_columns", ())),
     )
 
 
@@ -187,10 +195,6 @@ _FORCE_HELP = (
 @one_line_errors
 def validate(
     file: Path,
-    sheet: str | None,
-    maps: tuple[str, ...],
-    ignore_columns: tuple[str, ...],
-    default_region: str | None,
     output: Path | None,
     failed_out: Path | None,
     force: bool,
@@ -200,7 +204,7 @@ def validate(
 
     summary = validate_file(
         ValidateConfig(
-            input=build_input(file, sheet, maps, default_region, ignore_columns),
+            input=build_input(file),
             output=output,
             failed_out=failed_out,
             overwrite=force,
@@ -247,20 +251,12 @@ def _progress_bar(
     """
     out = stream if stream is not None else sys.stderr
     if quiet or not out.isatty():
-        last: float | None = None
+        due = _every(every, clock)
 
         def line(p: Any) -> None:
-            nonlocal last
             if p.note:
                 click.echo(p.note, file=out)
-                return
-            if quiet:
-                return
-            now = clock()
-            if last is None:
-                last = now
-            elif now - last >= every:
-                last = now
+            elif not quiet and due():
                 click.echo(_progress_text(p), file=out)
 
         return line, None
@@ -357,18 +353,33 @@ def _reading(
     out = stream if stream is not None else sys.stderr
     if out.isatty():
         return lambda text: click.echo(f"reading: {text}", file=out)
-    last: float | None = None
+    due = _every(every, clock)
 
     def line(text: str) -> None:
+        if due():
+            click.echo(f"reading: {text}", file=out)
+
+    return line
+
+
+def _every(seconds: float, clock: Callable[[], float]) -> Callable[[], bool]:
+    """Return a check that is true once ``seconds`` have passed since its first call, then every ``seconds``.
+
+    The log-line pace of the progress display and of ``_reading`` (a pipe gets no bar frames).
+    """
+    last: float | None = None
+
+    def due() -> bool:
         nonlocal last
         now = clock()
         if last is None:
             last = now
-        elif now - last >= every:
+        elif now - last >= seconds:
             last = now
-            click.echo(f"reading: {text}", file=out)
+            return True
+        return False
 
-    return line
+    return due
 
 
 def _send_and_report(job: Callable[..., Any], config: Any, quiet: bool) -> None:
@@ -479,10 +490,6 @@ def _confirm_callback(
 @one_line_errors
 def run(
     file: Path,
-    sheet: str | None,
-    maps: tuple[str, ...],
-    ignore_columns: tuple[str, ...],
-    default_region: str | None,
     output: Path | None,
     failed_out: Path | None,
     force: bool,
@@ -503,7 +510,7 @@ def run(
     from .run import ImportConfig, run_import
 
     config = ImportConfig(
-        input=build_input(file, sheet, maps, default_region, ignore_columns),
+        input=build_input(file),
         api_key=_api_key(api_key),
         base_url=base_url,
         output=output,
@@ -554,7 +561,7 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp, resources.as_file(sample_data) as sample_path:
         click.echo(f"importing {sample_path} ...")
         config = ImportConfig(
-            input=build_input(sample_path, None, (), None),
+            input=build_input(sample_path),
             api_key=SANDBOX_API_KEY,
             base_url="http://sandbox.invalid/api/v2",
             output=results,

@@ -161,7 +161,7 @@ class RunInfo:
     options: Mapping[str, str]
     audit: Mapping[str, str] = field(default_factory=dict)
     """Who/where: OS user, host, key's last 4, connection, base URL."""
-    status_labels: Mapping[str, str] = field(default_factory=dict)
+    status_labels: Mapping[Status, str] = field(default_factory=dict)
     """Words shown instead of status codes in the workbook (validate: not_sent -> valid)."""
     notes: tuple[str, ...] = ()
     """File-level findings for the Summary sheet's Notes (e.g. a likely wrong column match)."""

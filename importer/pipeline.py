@@ -67,8 +67,7 @@ class InputOptions:
     """--ignore-column: header texts or column letters left out of matching."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.path, str):
-            object.__setattr__(self, "path", Path(self.path))
+        as_path(self, "path")
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet."""
@@ -284,22 +283,17 @@ def load_and_validate(options: InputOptions) -> ValidationReport:
                 "but no data rows follow it"
             )
         hidden = table.hidden_rows if options.skip_hidden_rows else ()
-        if not hidden:
-            return validate_table(
-                table,
-                column_map=options.column_map,
-                default_region=options.default_region,
-                ignore_columns=options.ignore_columns,
-            )
         # The hidden rows are left out of validation (a duplicate of a skipped row is no duplicate)
         # but stay in the table, so each still gets its outcome: skipped, with the reason.
-        visible = dataclasses.replace(table, frame=table.frame.drop(index=list(hidden)))
+        visible = dataclasses.replace(table, frame=table.frame.drop(index=list(hidden))) if hidden else table
         report = validate_table(
             visible,
             column_map=options.column_map,
             default_region=options.default_region,
             ignore_columns=options.ignore_columns,
         )
+        if not hidden:
+            return report
         return dataclasses.replace(report, table=table, skipped=dict.fromkeys(hidden, HIDDEN_ROW_REASON))
 
 
@@ -353,7 +347,7 @@ def failed_outcome(row: int, issues: Sequence[RowIssue]) -> RowOutcome:
     )
 
 
-VALIDATE_LABELS: Mapping[str, str] = {Status.NOT_SENT.value: "valid"}
+VALIDATE_LABELS: Mapping[Status, str] = {Status.NOT_SENT: "valid"}
 """A validate-only run sends nothing by design: its valid rows are "valid", not "not_sent"."""
 
 _VALIDATED_ONLY = RowOutcome(
@@ -494,6 +488,6 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         results_path=results,
         failed_path=failed if tally.failed_rows else None,
         exit_code=ExitCode.ROWS_FAILED if tally.failed_rows else ExitCode.OK,
-        status_labels={Status.NOT_SENT: "valid"},  # every valid row of a validate-only run is not sent
+        status_labels=VALIDATE_LABELS,
         notes=[*input_notes(report.table, config.input.skip_hidden_rows), *report.notes],
     )

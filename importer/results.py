@@ -327,9 +327,9 @@ class _Texts(dict[object, str]):
 
 
 def _result_values(
-    outcomes: OutcomeColumns, dry_run: bool, labels: Mapping[str, str]
+    outcomes: OutcomeColumns, dry_run: bool, labels: Mapping[Status, str]
 ) -> Iterator[tuple[str, list[str]]]:
-    yield "import_status", _Texts(labels).of(outcomes.status)
+    yield "import_status", _Texts(labels.items()).of(outcomes.status)
     yield "import_action", _Texts().of(outcomes.action)
     yield "import_reason", list(outcomes.reason)
     yield "import_did_id", _Texts().of(outcomes.did_id)
@@ -472,7 +472,7 @@ def _summary_items(
     items += [(name, value) for name, value in info.audit.items()]
     by_status = Counter(outcomes.status)
     items.append(("Rows by status", None))
-    items += [(info.status_labels.get(status.value, status.value), by_status[status]) for status in Status]
+    items += [(info.status_labels.get(status, status.value), by_status[status]) for status in Status]
     items.append(("Rows by reason", None))
     by_reason = Counter(outcomes.reason_kind)
     by_reason.pop("", None)

@@ -43,9 +43,9 @@ from .fields import (
     match_header,
 )
 from .model import RawTable, RoutingRow, RowIssue, ValidationReport
-from .reader import EXCEL_ERRORS
+from .reader import EXCEL_ERRORS, column_letters
 
-__all__ = ["PhoneNormaliser", "column_letter", "map_columns", "parse_column_map", "validate_table"]
+__all__ = ["PhoneNormaliser", "map_columns", "parse_column_map", "validate_table"]
 
 # Characters that sneak in from copy and paste and are invisible in Excel.
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"), None)
@@ -497,16 +497,6 @@ def parse_column_map(pairs: list[str] | tuple[str, ...]) -> dict[str, str]:
 _LETTERS = re.compile(r"[A-Za-z]{1,3}")
 
 
-def column_letter(position: int) -> str:
-    """Return Excel's letter for a 0-based column: 0 -> A, 26 -> AA."""
-    letters = ""
-    position += 1
-    while position:
-        position, rest = divmod(position - 1, 26)
-        letters = chr(ord("A") + rest) + letters
-    return letters
-
-
 def _letter_position(text: str) -> int | None:
     """Return the 0-based column a letter names ("C" -> 2, "AA" -> 26), or None."""
     if not _LETTERS.fullmatch(text):
@@ -527,7 +517,7 @@ def _column_position(name: str, headers: tuple[str, ...], first_column: int, opt
     found = [pos for pos, header in enumerate(headers) if key and header_key(header) == key]
     if len(found) == 1:
         return found[0]
-    letters = [column_letter(first_column + pos) for pos in range(len(headers))]
+    letters = [column_letters(first_column + pos) for pos in range(len(headers))]
     if len(found) > 1:
         where = ", ".join(letters[pos] for pos in found)
         raise InputError(
@@ -750,8 +740,9 @@ def wrong_matches(parsed: _Parsed, auto: Sequence[str]) -> dict[str, str]:
         failing = int(bad.sum())
         if failing <= count * (1 - WRONG_MATCH_SHARE):
             continue  # the common case: one cheap count and no per-cell work
-        fit = {t: _fits(name, t) for t in dict.fromkeys(text[bad].tolist())}
-        fitting = count - failing + sum(fit[t] for t in text[bad].tolist())
+        values = text[bad].tolist()
+        fit = {t: _fits(name, t) for t in dict.fromkeys(values)}
+        fitting = count - failing + sum(fit[t] for t in values)
         misfits = [t for t, ok in fit.items() if not ok]
         # A few cells, or one value over and over (a typo copied down), get their own messages.
         if fitting < count * WRONG_MATCH_SHARE and count >= 3 and len(misfits) >= 2:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import openpyxl
 
 if TYPE_CHECKING:
     from importer.run import ImportConfig
@@ -214,3 +215,21 @@ def wait_for_job(
         if time.monotonic() > deadline:
             raise AssertionError(f"job stayed {job['status']}: {job}")
         time.sleep(0.05)
+
+
+def hidden_book(path: Path) -> Path:
+    """Write a workbook with rows 5, 9 and 12 hidden under a filter, column D hidden, C6:C8 merged."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["DID Number", "Inbound Mode", "Outbound Mode", "Inbound Bot ID", "Notes"])
+    for i in range(2, 14):
+        sheet.append([f"+91801234{i:04d}", 3, 4, 93, f"note {i}"])
+    sheet.auto_filter.ref = "A1:E13"
+    for row in (5, 9, 12):
+        sheet.row_dimensions[row].hidden = True
+    sheet.column_dimensions["D"].hidden = True
+    sheet["C7"] = None
+    sheet["C8"] = None
+    sheet.merge_cells("C6:C8")
+    book.save(path)
+    return path

@@ -11,6 +11,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 from click.testing import CliRunner
+from helpers import hidden_book
 
 from importer.cli import main
 from importer.pipeline import InputOptions, ValidateConfig, validate_file
@@ -71,26 +72,8 @@ def test_cli_encoding_unknown_is_one_line_exit_2(tmp_path: Path, command: str) -
     ]
 
 
-def _hidden_book(path: Path) -> Path:
-    """Rows 5, 9 and 12 hidden under a filter, column D hidden, C6:C8 merged (C7, C8 empty)."""
-    book = openpyxl.Workbook()
-    sheet = book.active
-    sheet.append([*HEADER, "Notes"])
-    for i in range(2, 14):
-        sheet.append([f"+91801234{i:04d}", 3, 4, 93, f"note {i}"])
-    sheet.auto_filter.ref = "A1:E13"
-    for row in (5, 9, 12):
-        sheet.row_dimensions[row].hidden = True
-    sheet.column_dimensions["D"].hidden = True
-    sheet["C7"] = None
-    sheet["C8"] = None
-    sheet.merge_cells("C6:C8")
-    book.save(path)
-    return path
-
-
 def test_validate_reports_hidden_rows_and_columns(tmp_path: Path) -> None:
-    summary = validate_file(ValidateConfig(InputOptions(_hidden_book(tmp_path / "hidden.xlsx"))))
+    summary = validate_file(ValidateConfig(InputOptions(hidden_book(tmp_path / "hidden.xlsx"))))
     lines = summary.lines()
     assert (
         "hidden rows in Excel: 3 (rows 5, 9, 12) imported like the others (--skip-hidden-rows skips them)"
@@ -105,7 +88,7 @@ def test_validate_reports_hidden_rows_and_columns(tmp_path: Path) -> None:
 
 
 def test_cli_skip_hidden_rows_gives_each_hidden_row_an_outcome(tmp_path: Path) -> None:
-    path = _hidden_book(tmp_path / "hidden.xlsx")
+    path = hidden_book(tmp_path / "hidden.xlsx")
     out = tmp_path / "hidden.results.xlsx"
     result = CliRunner().invoke(main, ["validate", str(path), "--skip-hidden-rows", "-o", str(out)])
     assert result.exit_code == 1, result.output  # the merged rows 7 and 8 lack their outbound mode
@@ -121,7 +104,7 @@ def test_cli_skip_hidden_rows_gives_each_hidden_row_an_outcome(tmp_path: Path) -
 
 
 def test_validate_merged_cell_reason_says_it_is_merged(tmp_path: Path) -> None:
-    summary = validate_file(ValidateConfig(InputOptions(_hidden_book(tmp_path / "merged.xlsx"))))
+    summary = validate_file(ValidateConfig(InputOptions(hidden_book(tmp_path / "merged.xlsx"))))
     rows = {row["import_row"]: row for row in _results(summary.results_path)}
     assert rows["7"]["import_status"] == "failed"
     reason = rows["7"]["import_reason"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import openpyxl
 import pytest
+from helpers import hidden_book
 
 from importer.display import render
 from importer.errors import InputError, UnreadableFileError
@@ -590,33 +591,15 @@ def test_read_table_csv_encoding_given_that_does_not_fit_is_one_line(tmp_path: P
 # --- what calamine does not say: hidden rows and columns, merged cells ---------------------------
 
 
-def _hidden_book(path: Path) -> Path:
-    """Rows 5, 9 and 12 hidden (9 and 12 under a filter), column D hidden, a merged C6:C8."""
-    book = openpyxl.Workbook()
-    sheet = book.active
-    sheet.append([*HEADER, "Notes"])
-    for i in range(2, 14):
-        sheet.append([f"+91801234{i:04d}", 3, 4, 93, f"note {i}"])
-    sheet.auto_filter.ref = "A1:E13"
-    for row in (5, 9, 12):
-        sheet.row_dimensions[row].hidden = True
-    sheet.column_dimensions["D"].hidden = True
-    sheet["C7"] = None
-    sheet["C8"] = None
-    sheet.merge_cells("C6:C8")
-    book.save(path)
-    return path
-
-
 def test_read_table_xlsx_hidden_rows_and_columns(tmp_path: Path) -> None:
-    table = read_table(_hidden_book(tmp_path / "hidden.xlsx"))
+    table = read_table(hidden_book(tmp_path / "hidden.xlsx"))
     assert table.hidden_rows == (5, 9, 12)
     assert table.hidden_columns == (3,)
     assert list(table.frame.index) == list(range(2, 14))  # hidden rows are still read
 
 
 def test_read_table_xlsx_merged_cells_noted(tmp_path: Path) -> None:
-    table = read_table(_hidden_book(tmp_path / "merged.xlsx"))
+    table = read_table(hidden_book(tmp_path / "merged.xlsx"))
     assert table.frame.loc[7, 2] == "" and table.frame.loc[6, 2] == "4"
     assert table.cell_notes == {
         (7, 2): "cell C7 is part of the merged range C6:C8; Excel keeps the value only in C6",
@@ -681,7 +664,7 @@ def test_read_table_xlsx_marks_in_single_quoted_xml(tmp_path: Path) -> None:
             data = re.sub(rb"\b(" + attribute + rb')="([^"]*)"', rb"\1='\2'", data)
         return data
 
-    source = _hidden_book(tmp_path / "double.xlsx")
+    source = hidden_book(tmp_path / "double.xlsx")
     path = _rewrite_member(source, tmp_path / "single.xlsx", "xl/worksheets/sheet1.xml", requote)
     assert b"hidden='1'" in zipfile.ZipFile(path).read("xl/worksheets/sheet1.xml")
     table = read_table(path)

@@ -17,10 +17,10 @@ from importer.errors import InputError
 from importer.fields import FIELD_NAMES, Direction
 from importer.model import RawTable, SourceInfo
 from importer.pipeline import InputOptions, ValidateConfig, validate_file
+from importer.reader import column_letters
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
 from importer.validate import (
     PhoneNormaliser,
-    column_letter,
     map_columns,
     parse_column_map,
     parse_mode,
@@ -444,7 +444,7 @@ def test_map_columns_by_letter(column_map: dict[str, str], first_column: int, ex
 
 
 def test_column_letter_round_trip() -> None:
-    assert [column_letter(p) for p in (0, 1, 25, 26, 27, 51, 52, 701, 702)] == [
+    assert [column_letters(p) for p in (0, 1, 25, 26, 27, 51, 52, 701, 702)] == [
         "A",
         "B",
         "Z",
