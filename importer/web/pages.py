@@ -180,11 +180,6 @@ def _compare(current: str, proposed: str) -> list[tuple[str, str, str, bool]]:
     return out
 
 
-def _page_numbers(total: int, page: int) -> tuple[int, int]:
-    pages = max(1, -(-total // PAGE_SIZE))
-    return min(max(1, page), pages), pages
-
-
 def _int(value: str | None, default: int = 1) -> int:
     try:
         return int(value or default)
@@ -248,6 +243,19 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
 
     def base(job: Job, step: str, **context: Any) -> dict[str, Any]:
         return {"job": job, "snap": service.snapshot(job), "step": step, "open": _open_steps(job), **context}
+
+    async def paged(job: Job, status: str | None, page: int) -> tuple[dict[str, Any], int, int]:
+        """One page of the job's rows (``status`` filters them): the rows, the page kept in range, pages."""
+        total = (await service.rows(job, status, 0, 0))["total"]
+        pages = max(1, -(-total // PAGE_SIZE))
+        page = min(max(1, page), pages)
+        return await service.rows(job, status, (page - 1) * PAGE_SIZE, PAGE_SIZE), page, pages
+
+    async def with_did(job: Job, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The page's rows, each with its DID as the file wrote it (number, else id) for the tables."""
+        mapping = (await service.report(job)).mapping
+        did = mapping.get("did_number", mapping.get("did_id", 0))
+        return [{**r, "did": r["values"][did] if did < len(r["values"]) else ""} for r in data["rows"]]
 
     # -- jobs and upload ------------------------------------------------------------------
 
@@ -364,9 +372,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         saved = request.query_params.get("saved", "")
         if saved.isdigit() and not message:
             message = f"Row {saved} saved and checked again."
-        first = await service.rows(job, "failed" if problems else None, 0, 0)
-        page, pages = _page_numbers(first["total"], page)
-        data = await service.rows(job, "failed" if problems else None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        data, page, pages = await paged(job, "failed" if problems else None, page)
         headers: list[str] = data["columns"]
         report = await service.report(job)
         titles = {
@@ -461,20 +467,11 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         total = 0
         pages = 1
         if planned:
-            first = await service.rows(job, "failed" if problems else None, 0, 0)
-            page, pages = _page_numbers(first["total"], page)
-            data = await service.rows(job, "failed" if problems else None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+            data, page, pages = await paged(job, "failed" if problems else None, page)
             total = data["total"]
-            report = await service.report(job)
-            did = report.mapping.get("did_number", report.mapping.get("did_id", 0))
-            for item in data["rows"]:
-                rows.append(
-                    {
-                        **item,
-                        "did": item["values"][did] if did < len(item["values"]) else "",
-                        "compare": _compare(item["current"], item["proposed"]),
-                    }
-                )
+            rows = [
+                {**r, "compare": _compare(r["current"], r["proposed"])} for r in await with_did(job, data)
+            ]
         counts = action_counts(job)
         budget = job.budget or {}
         reads, writes = int(budget.get("reads", 0)), int(budget.get("writes", 0))
@@ -551,13 +548,9 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         rows: list[dict[str, Any]] = []
         total, pages = 0, 1
         if job.report is not None or job.rows:
-            first = await service.rows(job, wanted or None, 0, 0)
-            page, pages = _page_numbers(first["total"], page)
-            data = await service.rows(job, wanted or None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-            report = await service.report(job)
-            did = report.mapping.get("did_number", report.mapping.get("did_id", 0))
+            data, page, pages = await paged(job, wanted or None, page)
             total = data["total"]
-            rows = [{**r, "did": r["values"][did] if did < len(r["values"]) else ""} for r in data["rows"]]
+            rows = await with_did(job, data)
         return render(
             "results.html",
             **base(
