@@ -126,9 +126,22 @@ def _issue(data: Mapping[str, Any], row: int) -> RowIssue:
     return RowIssue(row, str(data["column"]), str(data["value"]), str(data["message"]), str(data["kind"]))
 
 
+def _unread(job: Job) -> bool:
+    """Its upload is being read, or could not be read and mapped: only its columns step can help.
+
+    A job that failed while sending has ``finished`` set; one whose upload failed never has.
+    """
+    return job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished)
+
+
+def _sent(job: Job) -> bool:
+    """Sending or ended: done, cancelled (before or while sending), or failed while sending."""
+    return job.status in SENT or (job.status is JobStatus.FAILED and bool(job.finished))
+
+
 def _step_of(job: Job) -> str:
     """The step a job is at, for ``/jobs/{id}``."""
-    if job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished):
+    if _unread(job):
         return "columns"
     if job.status in (JobStatus.PLANNING, JobStatus.PLANNED):
         return "plan"
@@ -141,9 +154,9 @@ def _step_of(job: Job) -> str:
 
 def _open_steps(job: Job) -> set[str]:
     """The steps that can be opened now (the others are shown, not linked)."""
-    if job.status in SENT or (job.status is JobStatus.FAILED and job.finished):
+    if _sent(job):
         return {"check", "send", "results"} if job.status is not JobStatus.SENDING else {"check", "send"}
-    if job.status is JobStatus.VALIDATING or job.status is JobStatus.FAILED:
+    if _unread(job):
         return {"upload", "columns"}
     return {"upload", "columns", "check", "plan", "send"}
 
@@ -365,7 +378,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
     async def check(
         request: Request, job: Job, message: str = "", status: int = 200, refused: bool = False
     ) -> Response:
-        if job.status in BUSY or (job.status is JobStatus.FAILED and not job.finished):
+        if job.status in BUSY or _unread(job):
             return see(f"/jobs/{job.id}/columns")
         problems = request.query_params.get("problems") == "1"
         page = _int(request.query_params.get("page"))
@@ -454,11 +467,11 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         return kinds.most_common()
 
     async def plan_page(request: Request, job: Job) -> Response:
-        if job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished):
+        if _unread(job):
             return see(f"/jobs/{job.id}/columns")
         if job.status is JobStatus.PLANNING:
             return render("plan.html", **base(job, "plan", waiting=True))
-        if job.status in SENT or job.status is JobStatus.FAILED:
+        if _sent(job):
             return see(f"/jobs/{job.id}/{_step_of(job)}")  # a sent job's plan is history
         planned = job.status is JobStatus.PLANNED
         problems = request.query_params.get("problems") == "1"
@@ -512,7 +525,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
     # -- send and results -----------------------------------------------------------------
 
     async def send_page(request: Request, job: Job) -> Response:
-        if job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished):
+        if _unread(job):
             return see(f"/jobs/{job.id}/columns")
         counts = action_counts(job)
         return render(
@@ -540,7 +553,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         return await act(job, service.cancel, "send", "send")
 
     async def results(request: Request, job: Job) -> Response:
-        if job.status not in SENT and not (job.status is JobStatus.FAILED and job.finished):
+        if not _sent(job):
             return see(f"/jobs/{job.id}/{_step_of(job)}")
         wanted = request.query_params.get("status", "")
         wanted = wanted if wanted in RESULT_FILTERS else ""
