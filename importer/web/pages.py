@@ -259,10 +259,13 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
 
     async def paged(job: Job, status: str | None, page: int) -> tuple[dict[str, Any], int, int]:
         """One page of the job's rows (``status`` filters them): the rows, the page kept in range, pages."""
-        total = (await service.rows(job, status, 0, 0))["total"]
-        pages = max(1, -(-total // PAGE_SIZE))
-        page = min(max(1, page), pages)
-        return await service.rows(job, status, (page - 1) * PAGE_SIZE, PAGE_SIZE), page, pages
+        page = max(1, page)
+        data = await service.rows(job, status, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        pages = max(1, -(-data["total"] // PAGE_SIZE))
+        if page > pages:  # past the end (fewer rows match than when the link was made): the last page
+            page = pages
+            data = await service.rows(job, status, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        return data, page, pages
 
     async def with_did(job: Job, data: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The page's rows, each with its DID as the file wrote it (number, else id) for the tables."""
