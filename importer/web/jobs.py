@@ -67,6 +67,16 @@ FINISHED = frozenset({JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED})
 KEEPS_OUTCOMES = frozenset({JobStatus.PLANNED, JobStatus.DONE, JobStatus.CANCELLED})
 """States whose per-row outcomes are in outcomes.json (written when the plan or send ended)."""
 
+NO_PROGRESS: Mapping[str, Any] = {
+    "done": 0,
+    "total": 0,
+    "succeeded": 0,
+    "failed": 0,
+    "eta_seconds": None,
+    "paused_seconds": 0,
+}
+"""A job's progress before its send reports any (the send's reports carry every one of these)."""
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -711,7 +721,6 @@ class JobService:
 
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the API and every event show it (never the key or a path on the server)."""
-        lane_progress = job.progress or {"done": 0, "total": 0, "succeeded": 0, "failed": 0}
         return {
             "id": job.id,
             "status": job.status.value,
@@ -722,14 +731,7 @@ class JobService:
             "rows": job.rows,
             "counts": job.counts,
             "problems": job.problems,
-            "progress": {
-                "done": lane_progress.get("done", 0),
-                "total": lane_progress.get("total", 0),
-                "succeeded": lane_progress.get("succeeded", 0),
-                "failed": lane_progress.get("failed", 0),
-                "eta_seconds": lane_progress.get("eta_seconds"),
-                "paused_seconds": lane_progress.get("paused_seconds", 0),
-            },
+            "progress": {**NO_PROGRESS, **job.progress},
             "queue_position": job.queue_position,
             "error": job.error or None,
             "stopped": job.stopped or None,
