@@ -842,7 +842,7 @@ class JobService:
                 outcomes,
                 report.issues,
                 command=command,
-                options={k: v for k, v in job.input_options().describe().items()},
+                options=job.input_options().describe(),
                 audit=audit,
                 connection=self.connection,
                 results=results,
