@@ -102,6 +102,10 @@ def test_web_flow_upload_fix_plan_send_download(web: Web, tmp_path: Path) -> Non
     bad = failed["rows"][0]
     assert bad["row"] == 12 and bad["issues"][0]["column"] == "Inbound Mode"
     assert bad["values"][1] == "9" and "Inbound Mode" in bad["reason"]
+    valid = web.client.get(f"/api/jobs/{job['id']}/rows", params={"status": "valid"}).json()
+    assert valid["total"] == 10 and all(r["valid"] and r["row"] != 12 for r in valid["rows"])
+    either = web.client.get(f"/api/jobs/{job['id']}/rows", params={"status": "valid,failed"}).json()
+    assert either["total"] == 11
     page = web.client.get(f"/api/jobs/{job['id']}/rows", params={"offset": 3, "limit": 4}).json()
     assert [r["row"] for r in page["rows"]] == [5, 6, 7, 8] and page["total"] == 11
 

@@ -766,12 +766,10 @@ class JobService:
         _, statuses, issues = job.view
         if status:
             wanted = set(status.split(","))
-            if "valid" in wanted:
-                wanted.discard("valid")
-                failed = report.failed_rows
-                positions = [i for i, s in enumerate(statuses) if s in wanted or (index[i] not in failed)]
-            else:
-                positions = [i for i, s in enumerate(statuses) if s in wanted]
+            valid = "valid" in wanted  # not a status: the rows without issues, whatever their status
+            positions = [
+                i for i, s in enumerate(statuses) if s in wanted or (valid and index[i] not in issues)
+            ]
         else:
             positions = list(range(len(index)))
         page = positions[offset : offset + limit]
