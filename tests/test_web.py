@@ -711,3 +711,18 @@ def test_web_serve_without_key_says_so(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stderr.strip() == (
         "Error: no API key: set VOCOBASE_API_KEY, or try it with --sandbox"
     )
+
+
+def test_page_fix_edits_the_cell_at_its_position_when_headers_repeat(web: Web, tmp_path: Path) -> None:
+    """The page's row form names cells by position: the second of two "Memo" columns is the one edited."""
+    path = _sheet(tmp_path, 3, bad=False)
+    with path.open(newline="", encoding="utf-8") as fh:
+        lines = list(csv.reader(fh))
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([[*lines[0], "Memo", "Memo"], *([*r, "first", "second"] for r in lines[1:])])
+    job = wait_for_job(web.client, _upload(web.client, path).json()["id"], {"validated"})
+    last = len(job["columns"]) - 1
+    fixed = web.client.post(f"/jobs/{job['id']}/rows/2", data={f"c{last}": "edited"})
+    assert fixed.status_code == 303, fixed.text
+    row = web.client.get(f"/api/jobs/{job['id']}/rows", params={"limit": 1}).json()["rows"][0]
+    assert row["values"][-2:] == ["first", "edited"]

@@ -500,8 +500,11 @@ class JobService:
 
     # -- edits ------------------------------------------------------------------------------
 
-    async def edit(self, job: Job, row: int, changes: Mapping[str, str]) -> None:
+    async def edit(self, job: Job, row: int, changes: Mapping[str, str] | Mapping[int, str]) -> None:
         """Correct cells of one row and validate the table again; the upload is never changed.
+
+        A cell is named by its header text, the field it maps to, or its column's position (the
+        page's form: headers can repeat or be blank).
 
         Raises:
             JobError: the job is not editable now, or a column or row is unknown.
@@ -853,8 +856,12 @@ class JobService:
         return [self.snapshot(j) for j in sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)]
 
 
-def _column_position(headers: Sequence[str], mapping: Mapping[str, int], column: str) -> int:
-    """A column named by its header text or by the field it maps to."""
+def _column_position(headers: Sequence[str], mapping: Mapping[str, int], column: str | int) -> int:
+    """A column named by its position, its header text or the field it maps to."""
+    if isinstance(column, int):
+        if 0 <= column < len(headers):
+            return column
+        raise JobError(f"no column at position {column} in this file")
     if column in headers:
         return headers.index(column)
     if column in mapping:

@@ -437,11 +437,11 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         problems = values.get("problems") == "1"
         page = _int(values.get("page"))
         report = await service.report(job)
-        headers = report.table.headers
-        changes = {}
+        width = len(report.table.headers)
+        changes: dict[int, str] = {}
         for key, value in values.items():
-            if key.startswith("c") and key[1:].isdigit() and int(key[1:]) < len(headers):
-                changes[headers[int(key[1:])]] = value
+            if key.startswith("c") and key[1:].isdigit() and int(key[1:]) < width:
+                changes[int(key[1:])] = value  # by position: two columns can share a header
         try:
             if changes:
                 await service.edit(job, row, changes)
