@@ -590,15 +590,8 @@ def _serve(data: Path, base_url: str) -> Process:
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
     url = match.group(0)
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.get("/api/jobs")
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    # The server listens before it prints its URL: this waits in the backlog until the jobs are loaded.
+    client.get("/api/jobs").raise_for_status()
     return Process(proc, url, client)
 
 
