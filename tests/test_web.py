@@ -102,6 +102,10 @@ def test_web_flow_upload_fix_plan_send_download(web: Web, tmp_path: Path) -> Non
     bad = failed["rows"][0]
     assert bad["row"] == 12 and bad["issues"][0]["column"] == "Inbound Mode"
     assert bad["values"][1] == "9" and "Inbound Mode" in bad["reason"]
+    valid = web.client.get(f"/api/jobs/{job['id']}/rows", params={"status": "valid"}).json()
+    assert valid["total"] == 10 and all(r["valid"] and r["row"] != 12 for r in valid["rows"])
+    either = web.client.get(f"/api/jobs/{job['id']}/rows", params={"status": "valid,failed"}).json()
+    assert either["total"] == 11
     page = web.client.get(f"/api/jobs/{job['id']}/rows", params={"offset": 3, "limit": 4}).json()
     assert [r["row"] for r in page["rows"]] == [5, 6, 7, 8] and page["total"] == 11
 
@@ -586,15 +590,8 @@ def _serve(data: Path, base_url: str) -> Process:
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
     url = match.group(0)
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.get("/api/jobs")
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    # The server listens before it prints its URL: this waits in the backlog until the jobs are loaded.
+    client.get("/api/jobs").raise_for_status()
     return Process(proc, url, client)
 
 
@@ -707,3 +704,18 @@ def test_web_serve_without_key_says_so(tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stderr.strip() == (
         "Error: no API key: set VOCOBASE_API_KEY, or try it with --sandbox"
     )
+
+
+def test_page_fix_edits_the_cell_at_its_position_when_headers_repeat(web: Web, tmp_path: Path) -> None:
+    """The page's row form names cells by position: the second of two "Memo" columns is the one edited."""
+    path = _sheet(tmp_path, 3, bad=False)
+    with path.open(newline="", encoding="utf-8") as fh:
+        lines = list(csv.reader(fh))
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows([[*lines[0], "Memo", "Memo"], *([*r, "first", "second"] for r in lines[1:])])
+    job = wait_for_job(web.client, _upload(web.client, path).json()["id"], {"validated"})
+    last = len(job["columns"]) - 1
+    fixed = web.client.post(f"/jobs/{job['id']}/rows/2", data={f"c{last}": "edited"})
+    assert fixed.status_code == 303, fixed.text
+    row = web.client.get(f"/api/jobs/{job['id']}/rows", params={"limit": 1}).json()["rows"][0]
+    assert row["values"][-2:] == ["first", "edited"]

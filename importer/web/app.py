@@ -37,7 +37,7 @@ from starlette.types import Message, Receive
 
 from importer.errors import ImporterError
 from importer.web import engine
-from importer.web.jobs import Job, JobError, JobService, safe_name
+from importer.web.jobs import Job, JobError, JobService, JobStatus, safe_name
 from importer.web.pages import page_routes
 from importer.web.security import Guard
 
@@ -252,9 +252,9 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         return JSONResponse(service.snapshot(job))
 
     async def rows(request: Request, job: Job) -> Response:
-        if job.status.value == "validating" or (job.status.value == "failed" and job.report is None):
-            if job.status.value == "validating":
-                return _error(409, "the job is still validating")
+        if job.status is JobStatus.VALIDATING:
+            return _error(409, "the job is still validating")
+        if job.status is JobStatus.FAILED and job.report is None:
             return _error(409, job.error or "the job failed")
         q = request.query_params
         try:

@@ -27,7 +27,6 @@ from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Stat
 from importer.pipeline import InputOptions, collector_paused, now_text, write_outputs
 from importer.plan import Plan
 from importer.reader import read_table
-from importer.results import write_failed_rows
 from importer.run import ImportConfig, every_row, open_journal, run_import_async
 from importer.validate import parse_column_map, validate_table
 from importer.vocab import ReasonKind
@@ -48,7 +47,6 @@ __all__ = [
     "run_job",
     "send_budget",
     "validate",
-    "write_failed",
     "write_results",
 ]
 
@@ -225,11 +223,6 @@ def write_results(
         audit=_audit(connection, audit),
     )
     write_outputs(report.table, outcomes, issues, info, results, failed)
-
-
-def write_failed(report: ValidationReport, rows: Sequence[int], path: Path) -> None:
-    """Write the failed-rows file, in the input's own columns (blocking)."""
-    write_failed_rows(path, report.table, rows)
 
 
 async def run_job(

@@ -67,6 +67,16 @@ FINISHED = frozenset({JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED})
 KEEPS_OUTCOMES = frozenset({JobStatus.PLANNED, JobStatus.DONE, JobStatus.CANCELLED})
 """States whose per-row outcomes are in outcomes.json (written when the plan or send ended)."""
 
+NO_PROGRESS: Mapping[str, Any] = {
+    "done": 0,
+    "total": 0,
+    "succeeded": 0,
+    "failed": 0,
+    "eta_seconds": None,
+    "paused_seconds": 0,
+}
+"""A job's progress before its send reports any (the send's reports carry every one of these)."""
+
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -490,8 +500,11 @@ class JobService:
 
     # -- edits ------------------------------------------------------------------------------
 
-    async def edit(self, job: Job, row: int, changes: Mapping[str, str]) -> None:
+    async def edit(self, job: Job, row: int, changes: Mapping[str, str] | Mapping[int, str]) -> None:
         """Correct cells of one row and validate the table again; the upload is never changed.
+
+        A cell is named by its header text, the field it maps to, or its column's position (the
+        page's form: headers can repeat or be blank).
 
         Raises:
             JobError: the job is not editable now, or a column or row is unknown.
@@ -711,7 +724,6 @@ class JobService:
 
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the API and every event show it (never the key or a path on the server)."""
-        lane_progress = job.progress or {"done": 0, "total": 0, "succeeded": 0, "failed": 0}
         return {
             "id": job.id,
             "status": job.status.value,
@@ -722,14 +734,7 @@ class JobService:
             "rows": job.rows,
             "counts": job.counts,
             "problems": job.problems,
-            "progress": {
-                "done": lane_progress.get("done", 0),
-                "total": lane_progress.get("total", 0),
-                "succeeded": lane_progress.get("succeeded", 0),
-                "failed": lane_progress.get("failed", 0),
-                "eta_seconds": lane_progress.get("eta_seconds"),
-                "paused_seconds": lane_progress.get("paused_seconds", 0),
-            },
+            "progress": {**NO_PROGRESS, **job.progress},
             "queue_position": job.queue_position,
             "error": job.error or None,
             "stopped": job.stopped or None,
@@ -764,12 +769,10 @@ class JobService:
         _, statuses, issues = job.view
         if status:
             wanted = set(status.split(","))
-            if "valid" in wanted:
-                wanted.discard("valid")
-                failed = report.failed_rows
-                positions = [i for i, s in enumerate(statuses) if s in wanted or (index[i] not in failed)]
-            else:
-                positions = [i for i, s in enumerate(statuses) if s in wanted]
+            valid = "valid" in wanted  # not a status: the rows without issues, whatever their status
+            positions = [
+                i for i, s in enumerate(statuses) if s in wanted or (valid and index[i] not in issues)
+            ]
         else:
             positions = list(range(len(index)))
         page = positions[offset : offset + limit]
@@ -840,7 +843,7 @@ class JobService:
                 outcomes,
                 report.issues,
                 command=command,
-                options={k: v for k, v in job.input_options().describe().items()},
+                options=job.input_options().describe(),
                 audit=audit,
                 connection=self.connection,
                 results=results,
@@ -853,8 +856,12 @@ class JobService:
         return [self.snapshot(j) for j in sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)]
 
 
-def _column_position(headers: Sequence[str], mapping: Mapping[str, int], column: str) -> int:
-    """A column named by its header text or by the field it maps to."""
+def _column_position(headers: Sequence[str], mapping: Mapping[str, int], column: str | int) -> int:
+    """A column named by its position, its header text or the field it maps to."""
+    if isinstance(column, int):
+        if 0 <= column < len(headers):
+            return column
+        raise JobError(f"no column at position {column} in this file")
     if column in headers:
         return headers.index(column)
     if column in mapping:

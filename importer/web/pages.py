@@ -126,9 +126,22 @@ def _issue(data: Mapping[str, Any], row: int) -> RowIssue:
     return RowIssue(row, str(data["column"]), str(data["value"]), str(data["message"]), str(data["kind"]))
 
 
+def _unread(job: Job) -> bool:
+    """Its upload is being read, or could not be read and mapped: only its columns step can help.
+
+    A job that failed while sending has ``finished`` set; one whose upload failed never has.
+    """
+    return job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished)
+
+
+def _sent(job: Job) -> bool:
+    """Sending or ended: done, cancelled (before or while sending), or failed while sending."""
+    return job.status in SENT or (job.status is JobStatus.FAILED and bool(job.finished))
+
+
 def _step_of(job: Job) -> str:
     """The step a job is at, for ``/jobs/{id}``."""
-    if job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished):
+    if _unread(job):
         return "columns"
     if job.status in (JobStatus.PLANNING, JobStatus.PLANNED):
         return "plan"
@@ -141,9 +154,9 @@ def _step_of(job: Job) -> str:
 
 def _open_steps(job: Job) -> set[str]:
     """The steps that can be opened now (the others are shown, not linked)."""
-    if job.status in SENT or (job.status is JobStatus.FAILED and job.finished):
+    if _sent(job):
         return {"check", "send", "results"} if job.status is not JobStatus.SENDING else {"check", "send"}
-    if job.status is JobStatus.VALIDATING or job.status is JobStatus.FAILED:
+    if _unread(job):
         return {"upload", "columns"}
     return {"upload", "columns", "check", "plan", "send"}
 
@@ -178,11 +191,6 @@ def _compare(current: str, proposed: str) -> list[tuple[str, str, str, bool]]:
         shown = ("" if before is None else str(before), "" if after is None else str(after))
         out.append((key, *shown, before != after))
     return out
-
-
-def _page_numbers(total: int, page: int) -> tuple[int, int]:
-    pages = max(1, -(-total // PAGE_SIZE))
-    return min(max(1, page), pages), pages
 
 
 def _int(value: str | None, default: int = 1) -> int:
@@ -248,6 +256,22 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
 
     def base(job: Job, step: str, **context: Any) -> dict[str, Any]:
         return {"job": job, "snap": service.snapshot(job), "step": step, "open": _open_steps(job), **context}
+
+    async def paged(job: Job, status: str | None, page: int) -> tuple[dict[str, Any], int, int]:
+        """One page of the job's rows (``status`` filters them): the rows, the page kept in range, pages."""
+        page = max(1, page)
+        data = await service.rows(job, status, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        pages = max(1, -(-data["total"] // PAGE_SIZE))
+        if page > pages:  # past the end (fewer rows match than when the link was made): the last page
+            page = pages
+            data = await service.rows(job, status, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        return data, page, pages
+
+    async def with_did(job: Job, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The page's rows, each with its DID as the file wrote it (number, else id) for the tables."""
+        mapping = (await service.report(job)).mapping
+        did = mapping.get("did_number", mapping.get("did_id", 0))
+        return [{**r, "did": r["values"][did] if did < len(r["values"]) else ""} for r in data["rows"]]
 
     # -- jobs and upload ------------------------------------------------------------------
 
@@ -357,16 +381,14 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
     async def check(
         request: Request, job: Job, message: str = "", status: int = 200, refused: bool = False
     ) -> Response:
-        if job.status in BUSY or (job.status is JobStatus.FAILED and not job.finished):
+        if job.status in BUSY or _unread(job):
             return see(f"/jobs/{job.id}/columns")
         problems = request.query_params.get("problems") == "1"
         page = _int(request.query_params.get("page"))
         saved = request.query_params.get("saved", "")
         if saved.isdigit() and not message:
             message = f"Row {saved} saved and checked again."
-        first = await service.rows(job, "failed" if problems else None, 0, 0)
-        page, pages = _page_numbers(first["total"], page)
-        data = await service.rows(job, "failed" if problems else None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+        data, page, pages = await paged(job, "failed" if problems else None, page)
         headers: list[str] = data["columns"]
         report = await service.report(job)
         titles = {
@@ -415,11 +437,11 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         problems = values.get("problems") == "1"
         page = _int(values.get("page"))
         report = await service.report(job)
-        headers = report.table.headers
-        changes = {}
+        width = len(report.table.headers)
+        changes: dict[int, str] = {}
         for key, value in values.items():
-            if key.startswith("c") and key[1:].isdigit() and int(key[1:]) < len(headers):
-                changes[headers[int(key[1:])]] = value
+            if key.startswith("c") and key[1:].isdigit() and int(key[1:]) < width:
+                changes[int(key[1:])] = value  # by position: two columns can share a header
         try:
             if changes:
                 await service.edit(job, row, changes)
@@ -448,11 +470,11 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         return kinds.most_common()
 
     async def plan_page(request: Request, job: Job) -> Response:
-        if job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished):
+        if _unread(job):
             return see(f"/jobs/{job.id}/columns")
         if job.status is JobStatus.PLANNING:
             return render("plan.html", **base(job, "plan", waiting=True))
-        if job.status in SENT or job.status is JobStatus.FAILED:
+        if _sent(job):
             return see(f"/jobs/{job.id}/{_step_of(job)}")  # a sent job's plan is history
         planned = job.status is JobStatus.PLANNED
         problems = request.query_params.get("problems") == "1"
@@ -461,20 +483,11 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         total = 0
         pages = 1
         if planned:
-            first = await service.rows(job, "failed" if problems else None, 0, 0)
-            page, pages = _page_numbers(first["total"], page)
-            data = await service.rows(job, "failed" if problems else None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+            data, page, pages = await paged(job, "failed" if problems else None, page)
             total = data["total"]
-            report = await service.report(job)
-            did = report.mapping.get("did_number", report.mapping.get("did_id", 0))
-            for item in data["rows"]:
-                rows.append(
-                    {
-                        **item,
-                        "did": item["values"][did] if did < len(item["values"]) else "",
-                        "compare": _compare(item["current"], item["proposed"]),
-                    }
-                )
+            rows = [
+                {**r, "compare": _compare(r["current"], r["proposed"])} for r in await with_did(job, data)
+            ]
         counts = action_counts(job)
         budget = job.budget or {}
         reads, writes = int(budget.get("reads", 0)), int(budget.get("writes", 0))
@@ -515,7 +528,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
     # -- send and results -----------------------------------------------------------------
 
     async def send_page(request: Request, job: Job) -> Response:
-        if job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished):
+        if _unread(job):
             return see(f"/jobs/{job.id}/columns")
         counts = action_counts(job)
         return render(
@@ -543,7 +556,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         return await act(job, service.cancel, "send", "send")
 
     async def results(request: Request, job: Job) -> Response:
-        if job.status not in SENT and not (job.status is JobStatus.FAILED and job.finished):
+        if not _sent(job):
             return see(f"/jobs/{job.id}/{_step_of(job)}")
         wanted = request.query_params.get("status", "")
         wanted = wanted if wanted in RESULT_FILTERS else ""
@@ -551,13 +564,9 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         rows: list[dict[str, Any]] = []
         total, pages = 0, 1
         if job.report is not None or job.rows:
-            first = await service.rows(job, wanted or None, 0, 0)
-            page, pages = _page_numbers(first["total"], page)
-            data = await service.rows(job, wanted or None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-            report = await service.report(job)
-            did = report.mapping.get("did_number", report.mapping.get("did_id", 0))
+            data, page, pages = await paged(job, wanted or None, page)
             total = data["total"]
-            rows = [{**r, "did": r["values"][did] if did < len(r["values"]) else ""} for r in data["rows"]]
+            rows = await with_did(job, data)
         return render(
             "results.html",
             **base(
