@@ -8,7 +8,7 @@ Usage (from the repository root, in the project's virtualenv):
 Each measured run is a fresh child process (so runs cannot warm each other's caches and the
 end-to-end run's peak RSS is its own). A run is timed inside the child, after imports:
 
-* end to end: ``importer.pipeline.validate_file`` (read, validate, results workbook, failed file),
+* end to end: ``importer.jobs.pipeline.validate_file`` (read, validate, results workbook, failed file),
   with the stage times taken by thin timing wrappers around the functions the pipeline calls;
 * floor: the least any validate-only run must do with the same file: read it (calamine for a
   workbook, pyarrow for CSV, cells turned into text) and stream "the same table" (the input's
@@ -61,7 +61,7 @@ HEADERS = (
     "Customer",
     "Site Label",
 )
-# importer.results.RESULT_COLUMNS + ROW_COLUMN, spelled out: the floor's child process must not
+# importer.output.results.RESULT_COLUMNS + ROW_COLUMN, spelled out: the floor's child process must not
 # import the package (pandas and pandera would weigh on the floor it measures).
 RESULT_HEADERS = (
     "import_status",
@@ -260,7 +260,7 @@ def _peak_rss_mb() -> float:
 def child_end_to_end(path: Path, out: Path) -> dict[str, Any]:
     """Run validate_file once; time each stage through wrappers around what the pipeline calls."""
     sys.path.insert(0, str(REPO))
-    import importer.pipeline as pipeline
+    import importer.jobs.pipeline as pipeline
 
     stages: dict[str, float] = {"read": 0.0, "validate": 0.0, "write": 0.0, "write_failed": 0.0}
 

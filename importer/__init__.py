@@ -4,18 +4,25 @@ The library's jobs, one call each: ``run_import(config)`` (read -> validate -> r
 -> apply -> results; ``await run_import_async(config)`` inside an event loop),
 ``validate_file(config)`` for the offline half, ``rollback_run(config)`` to undo a run and
 ``export_routing(config)`` to write the account's routing as a workbook ``run`` imports unchanged.
-``importer.rollback`` is the rollback module.
+``importer.jobs.rollback`` is the rollback module.
 """
 
-from .apply import Progress, SendOptions
-from .errors import ApiError, AuthError, ImporterError, InputError, ResultsNotSavedError, UnreadableFileError
-from .export import ExportConfig, ExportSummary, export_routing
-from .model import RawTable, RoutingRow, RowIssue, RowOutcome, ValidationReport
-from .pipeline import InputOptions, RunSummary, ValidateConfig, validate_file
-from .plan import Plan, Write
-from .rollback import RollbackConfig, rollback_run, rollback_run_async
-from .run import ImportConfig, run_import, run_import_async
-from .vocab import Action, ExitCode, OnExisting, ReasonKind, Status
+from importer.engine.apply import Progress, SendOptions
+from importer.engine.plan import Plan, Write
+from importer.errors import (
+    ApiError,
+    AuthError,
+    ImporterError,
+    InputError,
+    ResultsNotSavedError,
+    UnreadableFileError,
+)
+from importer.jobs.export import ExportConfig, ExportSummary, export_routing
+from importer.jobs.pipeline import InputOptions, RunSummary, ValidateConfig, validate_file
+from importer.jobs.rollback import RollbackConfig, rollback_run, rollback_run_async
+from importer.jobs.run import ImportConfig, run_import, run_import_async
+from importer.model import RawTable, RoutingRow, RowIssue, RowOutcome, ValidationReport
+from importer.vocab import Action, ExitCode, OnExisting, ReasonKind, Status
 
 __all__ = [
     "Action",

@@ -1,5 +1,5 @@
 """Allow ``python -m importer``."""
 
-from .cli import main
+from importer.cli import main
 
 main()

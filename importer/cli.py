@@ -18,10 +18,10 @@ from typing import Any, TextIO, TypeVar
 
 import click
 
-from .apply import ERROR_RATE_MIN_WRITES, SendOptions, human_duration
-from .errors import ImporterError
-from .live import DEFAULT_BASE_URL
-from .vocab import ExitCode, OnExisting
+from importer.account.live import DEFAULT_BASE_URL
+from importer.engine.apply import ERROR_RATE_MIN_WRITES, SendOptions, human_duration
+from importer.errors import ImporterError
+from importer.vocab import ExitCode, OnExisting
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -144,9 +144,9 @@ def _keep_input_option(ctx: click.Context, param: click.Parameter, value: Any) -
 
 def build_input(file: Path) -> Any:
     """Return the InputOptions for FILE from the ``input_options`` of the running command, if any."""
-    from .pipeline import InputOptions
-    from .reader import check_encoding
-    from .validate import parse_column_map
+    from importer.jobs.pipeline import InputOptions
+    from importer.read.reader import check_encoding
+    from importer.validate.rules import parse_column_map
 
     meta = ctx.meta if (ctx := click.get_current_context(silent=True)) is not None else {}
     encoding = meta.get("input.encoding")
@@ -200,7 +200,7 @@ def validate(
     force: bool,
 ) -> None:
     """Check every row of FILE offline and write the results workbook."""
-    from .pipeline import ValidateConfig, validate_file
+    from importer.jobs.pipeline import ValidateConfig, validate_file
 
     summary = validate_file(
         ValidateConfig(
@@ -220,7 +220,7 @@ def validate(
 @one_line_errors
 def template(fmt: str, output: Path | None) -> None:
     """Write an empty spreadsheet with the right columns, dropdowns and instructions."""
-    from .template import TEMPLATE_FILES, template_csv_text, write_template_xlsx
+    from importer.output.template import TEMPLATE_FILES, template_csv_text, write_template_xlsx
 
     path = output or Path(TEMPLATE_FILES[fmt])
     path.parent.mkdir(parents=True, exist_ok=True)  # as for every output: a missing folder is made
@@ -507,7 +507,7 @@ def run(
     quiet: bool,
 ) -> None:
     """Create or update the routing of every row of FILE through the API."""
-    from .run import ImportConfig, run_import
+    from importer.jobs.run import ImportConfig, run_import
 
     config = ImportConfig(
         input=build_input(file),
@@ -543,8 +543,8 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
 
     import httpx
 
-    from .run import ImportConfig, run_import
-    from .sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
+    from importer.jobs.run import ImportConfig, run_import
+    from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 
     # Package data, so an installed wheel has the sheet and the inventory wherever it runs.
     data = resources.files("importer.data")
@@ -642,7 +642,7 @@ def sandbox(
     state_out: Path | None,
 ) -> None:
     """Serve a local emulator of the VoiceLink API to rehearse an import (Ctrl-C stops it)."""
-    from .sandbox import SANDBOX_API_KEY, SandboxConfig, serve
+    from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, serve
 
     config = SandboxConfig(
         api_key=api_key or SANDBOX_API_KEY,
@@ -711,7 +711,7 @@ def rollback(
     Every run of the same input is undone (an interrupted run and its resume) unless --run-id
     names the runs.
     """
-    from .rollback import RollbackConfig, rollback_run
+    from importer.jobs.rollback import RollbackConfig, rollback_run
 
     def show(plan: Any) -> None:
         if quiet:  # --quiet: the summary and errors only
@@ -746,7 +746,7 @@ def history(source: Path) -> None:
 
     SOURCE is a results workbook (its journal is found as rollback finds it) or the journal itself.
     """
-    from .history import history_lines, run_history
+    from importer.jobs.history import history_lines, run_history
 
     for line in history_lines(run_history(source)):
         click.echo(line)
@@ -776,9 +776,9 @@ def serve(
     The key and base URL come from VOCOBASE_API_KEY and VOCOBASE_BASE_URL and stay on the server.
     The access token is random per start unless VOICELINK_WEB_TOKEN sets it.
     """
-    from .web.engine import Connection
-    from .web.server import ServeSettings, sandbox_connection
-    from .web.server import serve as serve_web
+    from importer.web.engine import Connection
+    from importer.web.server import ServeSettings, sandbox_connection
+    from importer.web.server import serve as serve_web
 
     if use_sandbox:
         connection = sandbox_connection(requests_per_minute)
@@ -849,7 +849,7 @@ def export(
     --dry-run reads and counts without writing the file; --yes and --max-error-rate have
     nothing to do (nothing is sent).
     """
-    from .export import ExportConfig, export_routing
+    from importer.jobs.export import ExportConfig, export_routing
 
     config = ExportConfig(
         api_key=_api_key(api_key),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .vocab import ExitCode
+from importer.vocab import ExitCode
 
 
 class ImporterError(Exception):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .vocab import Action, Status
+from importer.vocab import Action, Status
 
 __all__ = [
     "Action",

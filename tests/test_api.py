@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from importer.api import Bot, Did, VoiceLinkClient, WriteResult, _retry_after
+from importer.account.client import Bot, Did, VoiceLinkClient, WriteResult, _retry_after
+from importer.account.limiter import RateLimiter
 from importer.errors import ApiError, AuthError
 from importer.fields import ROUTING_FIELDS
-from importer.limiter import RateLimiter
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 
 BASE = "http://voicelink.test/api/v2"

@@ -28,16 +28,16 @@ from helpers import (
 )
 
 import importer
-from importer.api import Bot, Connection, Did, Routing
-from importer.apply import Progress, SendOptions, human_duration
+from importer.account.client import Bot, Connection, Did, Routing
+from importer.account.live import Inventory
 from importer.cli import main
+from importer.engine.apply import Progress, SendOptions, human_duration
+from importer.engine.journal import Journal
+from importer.engine.plan import History, Write, plan_import
 from importer.errors import InputError
 from importer.fields import ROUTING_FIELDS
-from importer.journal import Journal
-from importer.live import Inventory
+from importer.jobs.run import run_import, run_import_async
 from importer.model import RoutingRow
-from importer.plan import History, Write, plan_import
-from importer.run import run_import, run_import_async
 from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
 from importer.vocab import Action, ExitCode, OnExisting, ReasonKind, Status
 
@@ -306,10 +306,10 @@ def test_items_the_parser_skipped_are_reported_in_the_summary_and_summary_sheet(
 
 
 def test_importer_rollback_names_the_module() -> None:
-    import importer.rollback
+    import importer.jobs.rollback
 
-    assert isinstance(importer.rollback, types.ModuleType)
-    assert importer.rollback_run is importer.rollback.rollback_run
+    assert isinstance(importer.jobs.rollback, types.ModuleType)
+    assert importer.rollback_run is importer.jobs.rollback.rollback_run
 
 
 def test_cli_takes_choices_and_defaults_from_the_library() -> None:

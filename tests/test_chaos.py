@@ -41,9 +41,9 @@ from chaos_support import (
 )
 from helpers import CONNECTION, write_inventory, write_sheet
 
-from importer.journal import Journal
-from importer.pipeline import InputOptions
-from importer.run import MAX_WRITE_ATTEMPTS, ImportConfig, run_import
+from importer.engine.journal import Journal
+from importer.jobs.pipeline import InputOptions
+from importer.jobs.run import MAX_WRITE_ATTEMPTS, ImportConfig, run_import
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 
 FAULT_ROWS = 36

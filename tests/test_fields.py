@@ -87,7 +87,7 @@ def test_sandbox_accepts_exactly_the_bodies_the_spec_builds(body: dict[str, int]
 
 
 def test_template_headers_are_the_field_names() -> None:
-    from importer.template import template_csv_text
+    from importer.output.template import template_csv_text
 
     assert template_csv_text().strip().split(",") == list(fields.FIELD_NAMES)
 

@@ -37,8 +37,8 @@ from hypothesis import strategies as st
 from importer.cli import main
 from importer.errors import InputError
 from importer.model import RawTable
-from importer.reader import MAX_FILE_BYTES, MAX_TEXT_BYTES, read_table
-from importer.validate import validate_table
+from importer.read.reader import MAX_FILE_BYTES, MAX_TEXT_BYTES, read_table
+from importer.validate.rules import validate_table
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER = ["DID", "Inbound Mode", "Outbound Mode", "Inbound Bot ID", "Status"]
@@ -514,7 +514,7 @@ _CHILD = textwrap.dedent(
     resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
     from pathlib import Path
     from importer.errors import InputError
-    from importer.reader import read_table
+    from importer.read.reader import read_table
     try:
         table = read_table(Path(sys.argv[1]))
     except InputError as error:

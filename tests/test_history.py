@@ -13,10 +13,10 @@ from helpers import write_inventory
 from test_rollback import BASE, N, existing, interrupted_then_resumed, undo_config
 
 from importer.cli import main
+from importer.engine.journal import Journal
 from importer.errors import InputError
-from importer.history import history_lines, run_history
-from importer.journal import Journal
-from importer.rollback import rollback_run
+from importer.jobs.history import history_lines, run_history
+from importer.jobs.rollback import rollback_run
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 
 

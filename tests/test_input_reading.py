@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from helpers import hidden_book
 
 from importer.cli import main
-from importer.pipeline import InputOptions, ValidateConfig, validate_file
+from importer.jobs.pipeline import InputOptions, ValidateConfig, validate_file
 
 HEADER = ["DID Number", "Inbound Mode", "Outbound Mode", "Inbound Bot ID"]
 
@@ -147,7 +147,7 @@ def test_run_skip_hidden_rows_sends_nothing_for_them(tmp_path: Path) -> None:
     import httpx
     from helpers import did_number, write_inventory
 
-    from importer.run import ImportConfig, run_import
+    from importer.jobs.run import ImportConfig, run_import
     from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 
     book = openpyxl.Workbook()

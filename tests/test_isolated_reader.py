@@ -12,9 +12,9 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from importer import isolated_reader
 from importer.errors import InputError, UnreadableFileError
-from importer.isolated_reader import SheetGrid, grid_from_json, grid_to_json, read_workbook_isolated
+from importer.read import isolated as isolated_reader
+from importer.read.isolated import SheetGrid, grid_from_json, grid_to_json, read_workbook_isolated
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER = ["DID Number", "Inbound Mode", "Outbound Mode"]

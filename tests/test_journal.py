@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from importer.journal import Journal
+from importer.engine.journal import Journal
 
 ROOT = Path(__file__).resolve().parents[1]
 SHA = "a" * 64
@@ -165,7 +165,7 @@ _CHILD = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from importer.journal import Journal
+    from importer.engine.journal import Journal
 
     journal = Journal.open(Path(sys.argv[1]))
     run = journal.start_run(input_sha256="c" * 64, input_name="x.csv", command="apply", audit={}, options={})
@@ -253,7 +253,7 @@ def test_journal_claim_refuses_a_second_live_writer_and_frees_on_kill(tmp_path: 
     path = tmp_path / "j.journal.sqlite"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from importer.journal import Journal; "
+         "import sys, time; from pathlib import Path; from importer.engine.journal import Journal; "
          "j = Journal.open(Path(sys.argv[1])); j.claim(); print('claimed', flush=True); time.sleep(60)",
          str(path)],
         stdout=subprocess.PIPE, text=True,

@@ -10,7 +10,7 @@ from collections import deque
 import httpx
 import pytest
 
-from importer.limiter import RateLimiter
+from importer.account.limiter import RateLimiter
 
 
 class FakeClock:

@@ -24,14 +24,14 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse
 from starlette.routing import Route
 
-from importer.api import Connection
-from importer.apply import Progress, SendOptions
+from importer.account.client import Connection
 from importer.cli import _ask, _progress_bar, main
+from importer.engine.apply import Progress, SendOptions
+from importer.engine.plan import Plan, Write
+from importer.engine.resolve import connection_problem
 from importer.errors import ApiError
-from importer.pipeline import InputOptions
-from importer.plan import Plan, Write
-from importer.resolve import connection_problem
-from importer.run import ImportConfig, run_import
+from importer.jobs.pipeline import InputOptions
+from importer.jobs.run import ImportConfig, run_import
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 from importer.vocab import Action, ReasonKind
 

@@ -13,8 +13,7 @@ import pytest
 
 from importer.errors import InputError
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, SourceInfo, Status
-from importer.reader import read_table
-from importer.results import (
+from importer.output.results import (
     DRY_RUN_COLUMNS,
     EXCEL_MAX_CELL,
     RESULT_COLUMNS,
@@ -24,6 +23,7 @@ from importer.results import (
     write_failed_rows,
     write_results,
 )
+from importer.read.reader import read_table
 
 HEADERS = ("Customer", "Phone Number", "Inbound Mode", "Outbound Mode", "Inbound Bot ID", "Notes")
 TRICKY = (
@@ -347,7 +347,7 @@ def test_benchmark_floor_writes_the_same_result_columns() -> None:
     import importlib.util
     import sys
 
-    from importer.results import RESULT_COLUMNS, ROW_COLUMN
+    from importer.output.results import RESULT_COLUMNS, ROW_COLUMN
 
     path = Path(__file__).resolve().parent.parent / "bench" / "bench_validate.py"
     spec = importlib.util.spec_from_file_location("bench_validate", path)

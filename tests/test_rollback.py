@@ -22,14 +22,14 @@ from helpers import (
 )
 
 from importer.cli import main
+from importer.engine.journal import Journal
+from importer.engine.plan import Plan
 from importer.errors import AuthError, InputError
-from importer.journal import Journal
+from importer.jobs.pipeline import InputOptions, RunSummary
+from importer.jobs.rollback import ROLLBACK_COLUMNS, RollbackConfig, default_rollback_path
+from importer.jobs.rollback import rollback_run as rollback
+from importer.jobs.run import ImportConfig, run_import, run_import_async
 from importer.model import Status
-from importer.pipeline import InputOptions, RunSummary
-from importer.plan import Plan
-from importer.rollback import ROLLBACK_COLUMNS, RollbackConfig, default_rollback_path
-from importer.rollback import rollback_run as rollback
-from importer.run import ImportConfig, run_import, run_import_async
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 
 BASE = "http://sandbox.test/api/v2"

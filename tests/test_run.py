@@ -22,14 +22,14 @@ from helpers import (
     write_sheet,
 )
 
-from importer.apply import Progress
+from importer.engine.apply import Progress
+from importer.engine.plan import Plan
 from importer.errors import AuthError, InputError
+from importer.jobs.run import run_import, run_import_async
 from importer.model import RawTable, ValidationReport
-from importer.plan import Plan
-from importer.reader import read_table
-from importer.run import run_import, run_import_async
+from importer.read.reader import read_table
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
-from importer.validate import validate_table
+from importer.validate.rules import validate_table
 
 
 def routing_by_did(state: dict[str, Any]) -> dict[int, dict[str, int]]:
@@ -275,7 +275,7 @@ def test_run_audit_in_summary_sheet_and_journal(tmp_path: Path) -> None:
 
     import openpyxl
 
-    from importer.journal import Journal
+    from importer.engine.journal import Journal
 
     sandbox = create_sandbox(SandboxConfig())
     sheet = SAMPLE / "carrier_routing.csv"
@@ -345,7 +345,7 @@ def test_run_async_writes_the_results_workbook_off_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A large workbook takes seconds: the loop (a web server's) must not wait for it."""
-    from importer import run as run_module
+    from importer.jobs import run as run_module
 
     threads: list[threading.Thread] = []
     write = run_module.write_outputs

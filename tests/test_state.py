@@ -14,17 +14,17 @@ import openpyxl
 import pytest
 from helpers import desired_record, did_number, read_results, write_inventory, write_sheet
 
-from importer.api import VoiceLinkClient
+from importer.account.client import VoiceLinkClient
+from importer.account.inventory import ReadReport, collect_created_ids, read_state
+from importer.account.limiter import RateLimiter
+from importer.account.live import Inventory, preflight
 from importer.cli import _reading
 from importer.errors import ApiError
-from importer.limiter import RateLimiter
-from importer.live import Inventory, preflight
+from importer.jobs.pipeline import InputOptions
+from importer.jobs.rollback import RollbackConfig, rollback_run
+from importer.jobs.run import ImportConfig, run_import
 from importer.model import RoutingRow, RowOutcome, Status
-from importer.pipeline import InputOptions
-from importer.rollback import RollbackConfig, rollback_run
-from importer.run import ImportConfig, run_import
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
-from importer.state import ReadReport, collect_created_ids, read_state
 
 BASE = "http://sandbox.test/api/v2"
 DIDS = "GET /voicelink/dids/purchased"

@@ -13,14 +13,14 @@ from openpyxl.utils import get_column_letter
 
 from importer import fields
 from importer.model import RawTable, SourceInfo
-from importer.template import (
+from importer.output.template import (
     INSTRUCTIONS_SHEET,
     ROUTING_SHEET,
     TEMPLATE_FILES,
     template_csv_text,
     write_template_xlsx,
 )
-from importer.validate import validate_table
+from importer.validate.rules import validate_table
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
@@ -43,7 +43,7 @@ def instruction_rows(book: openpyxl.Workbook) -> list[tuple[str, ...]]:
 
 
 def test_template_committed_files_are_current(template_path: Path) -> None:
-    """templates/ holds exactly what the functions generate (regenerate: python -m importer.template)."""
+    """templates/ holds what the functions generate (regenerate: python -m importer.output.template)."""
     assert (TEMPLATES / TEMPLATE_FILES["xlsx"]).read_bytes() == template_path.read_bytes()
     assert (TEMPLATES / TEMPLATE_FILES["csv"]).read_bytes() == template_csv_text().encode("utf-8")
 

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from importer.cli import main
 from importer.errors import InputError
 from importer.fields import FIELD_NAMES, Direction
+from importer.jobs.pipeline import InputOptions, ValidateConfig, validate_file
 from importer.model import RawTable, SourceInfo
-from importer.pipeline import InputOptions, ValidateConfig, validate_file
-from importer.reader import column_letters
+from importer.read.reader import column_letters
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
-from importer.validate import (
+from importer.validate.rules import (
     PhoneNormaliser,
     map_columns,
     parse_column_map,
@@ -655,7 +655,7 @@ def test_phone_fast_path_agrees_with_is_valid_number_on_example_numbers() -> Non
 
 
 def test_validate_schema_covers_every_field() -> None:
-    from importer.validate import _parse, build_schema
+    from importer.validate.rules import _parse, build_schema
 
     table = make_table([row()])
     clean = pd.DataFrame({name: [""] for name in FIELD_NAMES}, index=[2], dtype=object)

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import httpx
 
-from importer.apply import Progress, audit_of
+from importer.account.limiter import RateLimiter
+from importer.engine.apply import Progress, audit_of
+from importer.engine.journal import ConfirmedRow
+from importer.engine.plan import Plan
 from importer.errors import ImporterError, InputError
-from importer.journal import ConfirmedRow
-from importer.limiter import RateLimiter
+from importer.jobs.pipeline import InputOptions, collector_paused, now_text, write_outputs
+from importer.jobs.run import ImportConfig, every_row, open_journal, run_import_async
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
-from importer.pipeline import InputOptions, collector_paused, now_text, write_outputs
-from importer.plan import Plan
-from importer.reader import read_table
-from importer.run import ImportConfig, every_row, open_journal, run_import_async
-from importer.validate import parse_column_map, validate_table
+from importer.read.reader import read_table
+from importer.validate.rules import parse_column_map, validate_table
 from importer.vocab import ReasonKind
 
 __all__ = [

@@ -35,10 +35,10 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar
 
+from importer.account.limiter import RateLimiter
 from importer.errors import ImporterError
-from importer.limiter import RateLimiter
+from importer.jobs.pipeline import InputOptions, now_text, reasons_by_row
 from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
-from importer.pipeline import InputOptions, now_text, reasons_by_row
 from importer.web import engine
 from importer.web.engine import Connection, Edit, SendProgress
 

@@ -40,8 +40,8 @@ from starlette.staticfiles import StaticFiles
 
 from importer import fields
 from importer.errors import ImporterError
+from importer.jobs.pipeline import top_reasons
 from importer.model import Action, RawTable, RowIssue
-from importer.pipeline import top_reasons
 from importer.web import engine
 from importer.web.jobs import Job, JobError, JobService, JobStatus, in_background
 

@@ -23,8 +23,8 @@ import pandas as pd
 import pandera.pandas as pa
 import phonenumbers
 
-from .errors import InputError, shown
-from .fields import (
+from importer.errors import InputError, shown
+from importer.fields import (
     DID_FIELDS,
     DIRECTION_OF,
     FIELD_BY_NAME,
@@ -42,8 +42,8 @@ from .fields import (
     header_key,
     match_header,
 )
-from .model import RawTable, RoutingRow, RowIssue, ValidationReport
-from .reader import EXCEL_ERRORS, column_letters
+from importer.model import RawTable, RoutingRow, RowIssue, ValidationReport
+from importer.read.reader import EXCEL_ERRORS, column_letters
 
 __all__ = ["PhoneNormaliser", "map_columns", "parse_column_map", "validate_table"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Any
 
-from .errors import InputError
+from importer.errors import InputError
 
 __all__ = [
     "ChangeRecord",

@@ -25,7 +25,10 @@ from pathlib import Path
 
 import httpx
 
-from .apply import (
+from importer.account.limiter import RateLimiter
+from importer.account.live import DEFAULT_BASE_URL
+from importer.account.retry import MAX_ATTEMPTS
+from importer.engine.apply import (
     ConnectOptions,
     Job,
     ProgressCallback,
@@ -33,12 +36,10 @@ from .apply import (
     drive,
     drive_async,
 )
-from .errors import InputError
-from .journal import Journal
-from .limiter import RateLimiter
-from .live import DEFAULT_BASE_URL
-from .model import RowOutcome, Status, ValidationReport
-from .pipeline import (
+from importer.engine.journal import Journal
+from importer.engine.plan import History, plan_import
+from importer.errors import InputError
+from importer.jobs.pipeline import (
     InputOptions,
     OutcomeTally,
     RunSummary,
@@ -54,10 +55,9 @@ from .pipeline import (
     top_reasons,
     write_outputs,
 )
-from .plan import History, plan_import
-from .results import failed_path_for
-from .retry import MAX_ATTEMPTS
-from .vocab import ExitCode, OnExisting, ReasonKind
+from importer.model import RowOutcome, Status, ValidationReport
+from importer.output.results import failed_path_for
+from importer.vocab import ExitCode, OnExisting, ReasonKind
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -34,7 +34,8 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from .apply import (
+from importer.account.limiter import RateLimiter
+from importer.engine.apply import (
     ConnectOptions,
     Job,
     ProgressCallback,
@@ -42,15 +43,14 @@ from .apply import (
     drive,
     drive_async,
 )
-from .errors import InputError
-from .journal import ChangeRecord, Journal, RunRecord
-from .limiter import RateLimiter
-from .model import RawTable, SourceInfo, Status
-from .pipeline import RunSummary, as_path, check_writable, save_with_fallback
-from .plan import NO_DELETE, Undo, named_did, plan_rollback, record_text
-from .results import check_workbook_name, stamped_path, write_results
-from .run import default_journal_path, open_journal
-from .vocab import Action, ExitCode, describe_kind
+from importer.engine.journal import ChangeRecord, Journal, RunRecord
+from importer.engine.plan import NO_DELETE, Undo, named_did, plan_rollback, record_text
+from importer.errors import InputError
+from importer.jobs.pipeline import RunSummary, as_path, check_writable, save_with_fallback
+from importer.jobs.run import default_journal_path, open_journal
+from importer.model import RawTable, SourceInfo, Status
+from importer.output.results import check_workbook_name, stamped_path, write_results
+from importer.vocab import Action, ExitCode, describe_kind
 
 __all__ = [
     "ROLLBACK_COLUMNS",

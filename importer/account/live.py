@@ -15,11 +15,11 @@ from typing import Protocol
 
 import httpx
 
-from .api import Connection, Routing, VoiceLinkClient
-from .errors import ApiError, AuthError, InputError
-from .limiter import RateLimiter
-from .retry import MAX_ATTEMPTS, backoff_delay
-from .state import Inventory, NamesADid, ReadCallback, index_routing, read_state
+from importer.account.client import Connection, Routing, VoiceLinkClient
+from importer.account.inventory import Inventory, NamesADid, ReadCallback, index_routing, read_state
+from importer.account.limiter import RateLimiter
+from importer.account.retry import MAX_ATTEMPTS, backoff_delay
+from importer.errors import ApiError, AuthError, InputError
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -23,10 +23,9 @@ from typing import TypeVar
 
 import pandas as pd
 
-from .errors import InputError, OutputError, ResultsNotSavedError
-from .model import RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
-from .reader import describe_hidden, read_table
-from .results import (
+from importer.errors import InputError, OutputError, ResultsNotSavedError
+from importer.model import RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
+from importer.output.results import (
     OutcomeColumns,
     check_workbook_name,
     default_paths,
@@ -36,8 +35,9 @@ from .results import (
     write_failed_rows,
     write_results,
 )
-from .validate import validate_table
-from .vocab import Action, ExitCode, describe_kind
+from importer.read.reader import describe_hidden, read_table
+from importer.validate.rules import validate_table
+from importer.vocab import Action, ExitCode, describe_kind
 
 __all__ = [
     "InputOptions",

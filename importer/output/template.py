@@ -2,7 +2,7 @@
 
 The files are byte-for-byte deterministic (fixed document dates; xlsxwriter fixes the zip
 member times), so the copies kept in ``templates/`` can be checked against this module.
-Regenerate them with ``python -m importer.template templates``.
+Regenerate them with ``python -m importer.output.template templates``.
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ from defusedxml import ElementTree as SafeET
 from importer import fields
 from importer.display import format_kind, render, renderable_formats
 from importer.errors import ImporterError, InputError, UnreadableFileError, shown
-from importer.isolated_reader import (
+from importer.model import RawTable, SourceInfo
+from importer.read.isolated import (
     REFUSE_PASSWORD,
     SheetGrid,
     find_header,
@@ -46,7 +47,6 @@ from importer.isolated_reader import (
     read_workbook,
     read_workbook_isolated,
 )
-from importer.model import RawTable, SourceInfo
 
 __all__ = ["EXCEL_ERRORS", "check_encoding", "column_letters", "describe_hidden", "read_table"]
 

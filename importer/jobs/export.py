@@ -22,15 +22,15 @@ from pathlib import Path
 import httpx
 import xlsxwriter
 
-from .api import Connection, Routing, number_key
-from .apply import ConnectOptions, key_fingerprint
-from .errors import OutputError
-from .fields import DIRECTION_OF, FIELD_NAMES, MODES, STATUS_LABELS
-from .live import open_client, preflight
-from .pipeline import as_path, check_writable
-from .results import atomic_workbook, check_workbook_name, save_problem
-from .state import DidIndex, read_all_dids
-from .template import ROUTING_SHEET
+from importer.account.client import Connection, Routing, number_key
+from importer.account.inventory import DidIndex, read_all_dids
+from importer.account.live import open_client, preflight
+from importer.engine.apply import ConnectOptions, key_fingerprint
+from importer.errors import OutputError
+from importer.fields import DIRECTION_OF, FIELD_NAMES, MODES, STATUS_LABELS
+from importer.jobs.pipeline import as_path, check_writable
+from importer.output.results import atomic_workbook, check_workbook_name, save_problem
+from importer.output.template import ROUTING_SHEET
 
 __all__ = ["ExportConfig", "ExportSummary", "export_routing"]
 

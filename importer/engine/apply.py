@@ -38,17 +38,24 @@ from typing import Generic, TypeVar
 
 import httpx
 
-from .api import VoiceLinkClient, WriteResult
-from .errors import ApiError, AuthError, InputError
-from .journal import Journal
-from .limiter import RateLimiter
-from .live import DEFAULT_BASE_URL, ClientSettings, Inventory, LiveRouting, open_client, read_inventory
-from .model import RowOutcome, RunInfo
-from .pipeline import now_text
-from .plan import Plan, Write, body_of, record_text
-from .retry import MAX_ATTEMPTS, backoff_delay
-from .state import NamesADid, ReadCallback, collect_created_ids
-from .vocab import Action, ExitCode, OnExisting, ReasonKind, Status
+from importer.account.client import VoiceLinkClient, WriteResult
+from importer.account.inventory import NamesADid, ReadCallback, collect_created_ids
+from importer.account.limiter import RateLimiter
+from importer.account.live import (
+    DEFAULT_BASE_URL,
+    ClientSettings,
+    Inventory,
+    LiveRouting,
+    open_client,
+    read_inventory,
+)
+from importer.account.retry import MAX_ATTEMPTS, backoff_delay
+from importer.engine.journal import Journal
+from importer.engine.plan import Plan, Write, body_of, record_text
+from importer.errors import ApiError, AuthError, InputError
+from importer.jobs.pipeline import now_text
+from importer.model import RowOutcome, RunInfo
+from importer.vocab import Action, ExitCode, OnExisting, ReasonKind, Status
 
 __all__ = [
     "ERROR_RATE_MIN_WRITES",

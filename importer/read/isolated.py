@@ -442,9 +442,7 @@ def _outcome(stdout: bytes) -> SheetGrid | ImporterError:
     return error_class(error["message"])
 
 
-_CHILD_CODE = (
-    "from importer.isolated_reader import _limit_child, _child_main\n_limit_child()\n_child_main()\n"
-)
+_CHILD_CODE = "from importer.read.isolated import _limit_child, _child_main\n_limit_child()\n_child_main()\n"
 
 
 def read_workbook_isolated(

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .api import DID_PAGE_SIZE, Bot, Connection, Did, Routing, VoiceLinkClient, number_key
-from .errors import ApiError
-from .model import RowOutcome, Status
+from importer.account.client import DID_PAGE_SIZE, Bot, Connection, Did, Routing, VoiceLinkClient, number_key
+from importer.errors import ApiError
+from importer.model import RowOutcome, Status
 
 __all__ = [
     "BOT_FIELDS",

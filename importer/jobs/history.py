@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
-from .journal import RunHistory
-from .rollback import locate_run
-from .run import open_journal
-from .vocab import Status
+from importer.engine.journal import RunHistory
+from importer.errors import InputError
+from importer.jobs.rollback import locate_run
+from importer.jobs.run import open_journal
+from importer.vocab import Status
 
 __all__ = ["HISTORY_COLUMNS", "RunLog", "history_lines", "run_history"]
 

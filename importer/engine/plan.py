@@ -19,14 +19,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from .api import Did, Routing, number_key
-from .fields import ROUTING_FIELDS, routing_body
-from .journal import ChangeRecord, ConfirmedRow, InFlightRow
-from .live import Inventory
-from .model import RoutingRow, RowOutcome
-from .resolve import resolve_row
-from .state import DidRef
-from .vocab import Action, Decision, OnExisting, ReasonKind, Status
+from importer.account.client import Did, Routing, number_key
+from importer.account.inventory import DidRef
+from importer.account.live import Inventory
+from importer.engine.journal import ChangeRecord, ConfirmedRow, InFlightRow
+from importer.engine.resolve import resolve_row
+from importer.fields import ROUTING_FIELDS, routing_body
+from importer.model import RoutingRow, RowOutcome
+from importer.vocab import Action, Decision, OnExisting, ReasonKind, Status
 
 __all__ = [
     "NO_DELETE",

@@ -1,6 +1,6 @@
 """An async client for the few Vocobase API v2 endpoints the importer uses.
 
-Every request goes through one shared :class:`~importer.limiter.RateLimiter`. The rules
+Every request goes through one shared :class:`~importer.account.limiter.RateLimiter`. The rules
 of what is retried are deliberately narrow:
 
 - a 429 means the request was not applied: pause every worker, then send it again;
@@ -35,10 +35,10 @@ from typing import Any
 
 import httpx
 
+from importer.account.limiter import RateLimiter
+from importer.account.retry import MAX_ATTEMPTS, backoff_delay
 from importer.errors import ApiError, AuthError
 from importer.fields import ROUTING_FIELDS
-from importer.limiter import RateLimiter
-from importer.retry import MAX_ATTEMPTS, backoff_delay
 
 __all__ = [
     "Bot",

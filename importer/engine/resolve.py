@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .api import Connection
-from .model import RoutingRow
-from .state import BOT_FIELDS, Inventory
-from .vocab import ReasonKind
+from importer.account.client import Connection
+from importer.account.inventory import BOT_FIELDS, Inventory
+from importer.model import RoutingRow
+from importer.vocab import ReasonKind
 
 __all__ = ["Resolution", "connection_problem", "near_match", "resolve_row"]
 

@@ -1,0 +1,1 @@
+"""The jobs every surface calls: validate, run, rollback, export, history."""

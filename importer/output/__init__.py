@@ -1,0 +1,1 @@
+"""What a job writes: results and failed-rows workbooks, the template."""

@@ -1,0 +1,1 @@
+"""Reading spreadsheets: format sniffing, text and workbook readers, the isolated child reader."""

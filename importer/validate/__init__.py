@@ -1,0 +1,1 @@
+"""Checking rows: column matching, phone numbers, the per-row rules."""
