@@ -31,13 +31,14 @@ import importer
 from importer.account.client import Bot, Connection, Did, Routing
 from importer.account.live import Inventory
 from importer.cli import main
-from importer.engine.apply import Progress, SendOptions, human_duration
+from importer.engine.apply import Progress
 from importer.engine.journal import Journal
 from importer.engine.plan import History, Write, plan_import
 from importer.errors import InputError
 from importer.fields import ROUTING_FIELDS
 from importer.jobs.run import run_import, run_import_async
 from importer.model import RoutingRow
+from importer.options import SendOptions, human_duration
 from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
 from importer.vocab import Action, ExitCode, OnExisting, ReasonKind, Status
 
@@ -461,8 +462,11 @@ def test_declining_the_prompt_sends_nothing_and_exits_0(tmp_path: Path) -> None:
     )
     assert summary.exit_code is ExitCode.OK and write_count(sandbox) == 0
     assert summary.counts == {Status.NOT_SENT: 3}
-    assert summary.notes[0] == "nothing sent: not confirmed at the prompt"
+    assert summary.notes[0] == "nothing sent: the plan was not confirmed"
+    assert summary.stopped == "not confirmed"  # why nothing was sent, for a library's caller (the web)
     assert "nothing sent" in "\n".join(summary.lines())
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        assert journal.runs() == []  # a declined plan starts no journal run
 
 
 def test_an_unwritable_results_path_is_refused_before_any_write(tmp_path: Path) -> None:

@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from importer.cli import main
 from importer.errors import InputError
 from importer.fields import FIELD_NAMES, Direction
-from importer.jobs.pipeline import InputOptions, ValidateConfig, validate_file
+from importer.jobs.validate import validate_file
 from importer.model import RawTable, SourceInfo
+from importer.options import InputOptions, ValidateConfig
 from importer.read.reader import column_letters
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
 from importer.validate.rules import (
