@@ -426,6 +426,75 @@ def test_second_ctrl_c_leaves_writes_in_flight_for_the_next_run(tmp_path: Path) 
         assert journal.in_flight(sha) == {}
 
 
+class AppliedThenKilled(httpx.AsyncBaseTransport):
+    """The first write goes through; the second is applied, then the run stops dead (Ctrl-C twice)
+    before its answer: the journal holds one confirmed row and one write in flight that landed,
+    as after ``kill -9``."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.base = httpx.ASGITransport(app=sandbox.app)
+        self.writes = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.base.handle_async_request(request)
+        if request.method == "POST" and "call-routing" in request.url.path:
+            self.writes += 1
+            if self.writes == 2:
+                signal.raise_signal(signal.SIGINT)
+                await asyncio.sleep(0.05)
+                signal.raise_signal(signal.SIGINT)
+                await asyncio.sleep(30)
+        return response
+
+
+def test_dry_run_after_a_crash_plans_what_the_resume_does(tmp_path: Path) -> None:
+    """A dry run reads the journal (read-only, unclaimed): its plan and every row's outcome
+    match the real resume's, for the row confirmed before the crash and the one left in flight."""
+    inv = write_inventory(tmp_path / "inv.json", 4)
+    sheet = write_sheet(tmp_path / "sheet.csv", 4)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    first = run_import(config_for(sheet, tmp_path, concurrency=1), transport=AppliedThenKilled(sandbox))
+    assert first.exit_code is ExitCode.INTERRUPTED
+    sha = summary_sha(first)
+    journal_path = tmp_path / "run.journal.sqlite"
+    with Journal.open(journal_path) as journal:
+        assert set(journal.confirmed(sha)) == {2} and set(journal.in_flight(sha)) == {3}
+        runs_before = journal.runs()
+    journal_bytes = journal_path.read_bytes()
+    transport = httpx.ASGITransport(app=sandbox.app)
+    dry_plans: list[importer.Plan] = []
+    # Another process holding the journal's claim does not stop a dry run: it takes none.
+    with Journal.open(journal_path) as holder:
+        holder.claim()
+        dry = run_import(
+            config_for(sheet, tmp_path, dry_run=True, on_plan=dry_plans.append), transport=transport
+        )
+    assert journal_path.read_bytes() == journal_bytes  # nothing written: no run, no claim
+    with Journal.open(journal_path) as journal:
+        assert journal.runs() == runs_before and set(journal.in_flight(sha)) == {3}
+    assert write_count(sandbox) == 2
+    real_plans: list[importer.Plan] = []
+    real = run_import(config_for(sheet, tmp_path, on_plan=real_plans.append), transport=transport)
+    assert real.exit_code is ExitCode.OK and write_count(sandbox) == 4  # rows 4 and 5, once each
+    dry_plan, real_plan = dry_plans[0], real_plans[0]
+    assert dry_plan.counts == real_plan.counts
+    assert dry_plan.outcomes == real_plan.outcomes  # the rows settled without a write
+    assert [(w.row, w.action, dict(w.body)) for w in dry_plan.writes] == [
+        (w.row, w.action, dict(w.body)) for w in real_plan.writes
+    ]
+    dry_rows, real_rows = {o.row: o for o in dry.outcomes}, {o.row: o for o in real.outcomes}
+    for row in (2, 3):  # settled from the journal: the same words in both
+        assert (dry_rows[row].status, dry_rows[row].reason_kind, dry_rows[row].reason) == (
+            real_rows[row].status,
+            real_rows[row].reason_kind,
+            real_rows[row].reason,
+        )
+    assert dry_rows[2].reason.startswith("done in an earlier run")
+    for row in (4, 5):  # written by the resume, "would" be by the dry run
+        assert dry_rows[row].status is Status.NOT_SENT and real_rows[row].status is Status.SUCCEEDED
+        assert dry_rows[row].action is real_rows[row].action is Action.CREATE
+
+
 def test_rerun_plans_rows_done_earlier_against_the_live_state(tmp_path: Path) -> None:
     """Drift: a row done in run 1 whose routing someone changed since is updated back, and the
     plan says so before anything is sent; rows still as asked are unchanged."""
