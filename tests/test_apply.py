@@ -538,6 +538,32 @@ def test_declining_the_prompt_sends_nothing_and_exits_0(tmp_path: Path) -> None:
         assert journal.runs() == []  # a declined plan starts no journal run
 
 
+def test_confirm_is_asked_with_no_loop_running_and_ctrl_c_there_sends_nothing(tmp_path: Path) -> None:
+    """run_import asks its confirm hook while no event loop runs (a prompt's Ctrl-C is a plain
+    KeyboardInterrupt): nothing is sent, no journal run starts, and the journal is free again."""
+    inv = write_inventory(tmp_path / "inv.json", 3)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    loops: list[bool] = []
+
+    def ctrl_c(plan: importer.Plan) -> bool:
+        try:
+            asyncio.get_running_loop()
+            loops.append(True)
+        except RuntimeError:
+            loops.append(False)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_import(
+            config_for(sheet, tmp_path, confirm=ctrl_c), transport=httpx.ASGITransport(app=sandbox.app)
+        )
+    assert loops == [False] and write_count(sandbox) == 0
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        journal.claim()  # the interrupted run let go of it
+        assert journal.runs() == []
+
+
 def test_an_unwritable_results_path_is_refused_before_any_write(tmp_path: Path) -> None:
     inv = write_inventory(tmp_path / "inv.json", 3)
     sheet = write_sheet(tmp_path / "sheet.csv", 3)

@@ -411,8 +411,7 @@ async def _rollback(
     results = config.output or free_rollback_path(journal_path, dt.datetime.now())
     check_writable(results)
     journal_sha = _sha256(journal_path)
-    journal = open_journal(journal_path, claim=not config.dry_run, read_only=config.dry_run)
-    try:
+    with open_journal(journal_path, claim=not config.dry_run, read_only=config.dry_run) as journal:
         covered = choose_runs(journal, config.run_ids, anchor, sha256)
 
         def start_run(journal: Journal, session: Session) -> int:
@@ -443,7 +442,7 @@ async def _rollback(
                 session=session,
                 journal=journal,
                 config=config,
-                start_run=lambda journal: start_run(journal, session),
+                start_run=start_run,
                 cancel=cancel,
                 on_progress=on_progress,
             )
@@ -460,8 +459,6 @@ async def _rollback(
             started,
             results,
         )
-    finally:
-        journal.close()
 
 
 def write_report(

@@ -169,7 +169,7 @@ async def _run_import(
                 session=session,
                 journal=journal,
                 config=config,
-                start_run=lambda journal: start_run(journal, session),
+                start_run=start_run,
                 cancel=cancel,
                 on_progress=on_progress,
             )

@@ -210,7 +210,7 @@ async def send_plan(
     session: Session,
     journal: Journal | None,
     config: ConnectOptions,
-    start_run: Callable[[Journal], int],
+    start_run: Callable[[Journal, Session], int],
     cancel: asyncio.Event | None,
     on_progress: ProgressCallback | None,
 ) -> tuple[Applied, int]:
@@ -229,7 +229,7 @@ async def send_plan(
         return Applied(plan.outcomes + outcomes, NOT_CONFIRMED, notes=notes), 0
     if journal is None:
         raise InputError("a job that sends needs its journal")  # not reachable: only dry runs have none
-    run_id = start_run(journal)
+    run_id = start_run(journal, session)
     own_cancel, abandon = cancel or asyncio.Event(), asyncio.Event()
     # A caller with its own cancel event (a web service) owns the process's signals: taking
     # SIGTERM from its server, then removing the handler, would leave it deaf to SIGTERM.

@@ -1,7 +1,7 @@
 """The web service's only door into the import engine: read, edit, validate, plan, send, write.
 
 Everything the service does with a spreadsheet goes through the few functions here, and each of
-them calls the same code the CLI runs (``reader``, ``validate``, ``run``, ``pipeline``); nothing in
+them calls the same code the CLI runs (``reader``, ``validate``, ``run``, ``jobs``); nothing in
 ``importer.web`` reads, validates, plans or sends by itself. A plan or a send is one call of
 ``run.run_import_async`` with the job's validated (edited) table, its cancel event and the
 rate limiter every job on the key shares; the engine takes no signal handlers then (the server
