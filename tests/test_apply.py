@@ -38,7 +38,7 @@ from importer.errors import InputError
 from importer.fields import ROUTING_FIELDS
 from importer.jobs.run import run_import, run_import_async
 from importer.model import RoutingRow
-from importer.options import SendOptions, human_duration
+from importer.options import ConnectOptions, ImportConfig, InputOptions, SendOptions, human_duration
 from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
 from importer.vocab import Action, ExitCode, OnExisting, ReasonKind, Status
 
@@ -538,6 +538,35 @@ def test_declining_the_prompt_sends_nothing_and_exits_0(tmp_path: Path) -> None:
         assert journal.runs() == []  # a declined plan starts no journal run
 
 
+def test_async_confirm_refusing_a_plan_that_changed_since_it_was_shown_sends_nothing(tmp_path: Path) -> None:
+    """The web's use of ``confirm``: a plan shown (dry run), the live routing changed, and the send's
+    new plan has other writes, so its confirm refuses it: nothing is sent and the summary says why."""
+    inv = write_inventory(tmp_path / "inv.json", 3, existing={1: desired_record(1)})
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    transport = httpx.ASGITransport(app=sandbox.app)
+    shown: list[importer.Plan] = []
+    run_import(config_for(sheet, tmp_path, dry_run=True, on_plan=shown.append), transport=transport)
+    change_routing(sandbox, 1001, {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1})
+    writes_before = write_count(sandbox)
+
+    def writes(plan: importer.Plan) -> list[tuple[int, str, dict[str, int | str]]]:
+        return [(w.row, str(w.action), dict(w.body)) for w in plan.writes]
+
+    asked: list[importer.Plan] = []
+
+    def same_as_shown(plan: importer.Plan) -> bool:
+        asked.append(plan)
+        return writes(plan) == writes(shown[0])
+
+    summary = asyncio.run(
+        run_import_async(config_for(sheet, tmp_path, confirm=same_as_shown), transport=transport)
+    )
+    assert len(asked) == 1 and len(asked[0].writes) == len(shown[0].writes) + 1  # row 3 changed since
+    assert write_count(sandbox) == writes_before and summary.stopped == "not confirmed"
+    assert summary.counts == {Status.NOT_SENT: 3} and summary.exit_code is ExitCode.OK
+
+
 def test_confirm_is_asked_with_no_loop_running_and_ctrl_c_there_sends_nothing(tmp_path: Path) -> None:
     """run_import asks its confirm hook while no event loop runs (a prompt's Ctrl-C is a plain
     KeyboardInterrupt): nothing is sent, no journal run starts, and the journal is free again."""
@@ -701,3 +730,28 @@ def test_a_callers_cancel_event_leaves_the_process_signals_to_the_caller(tmp_pat
     summary, handler = asyncio.run(main())
     assert got == ["server"] and handler is not signal.SIG_DFL
     assert summary.exit_code is ExitCode.OK and summary.counts == {Status.SUCCEEDED: 10}
+
+
+def test_connect_options_from_env_and_a_job_config_using_them(tmp_path: Path) -> None:
+    """A surface builds its connection once (a server from its environment) and each job's
+    config from it: the key, base URL, connection and pacing carry over; the key is never shown."""
+    env = {
+        "VOCOBASE_API_KEY": "sk-live-0123456789abcdef",
+        "VOCOBASE_BASE_URL": "http://127.0.0.1:9/api/v2",
+        "VOCOBASE_CONNECTION_ID": "",
+    }
+    connect = ConnectOptions.from_env(env, requests_per_minute=30, retry_backoff=0)
+    assert (connect.api_key, connect.base_url, connect.connection_id) == (
+        "sk-live-0123456789abcdef",
+        "http://127.0.0.1:9/api/v2",
+        None,
+    )
+    assert "0123456789abcdef" not in repr(connect)
+    config = ImportConfig.using(connect, input=InputOptions(tmp_path / "a.csv"), dry_run=True)
+    assert isinstance(config, ImportConfig) and config.dry_run and config.requests_per_minute == 30
+    assert (config.api_key, config.base_url, config.retry_backoff) == (connect.api_key, connect.base_url, 0)
+    assert ConnectOptions.from_env({**env, "VOCOBASE_CONNECTION_ID": "c-1"}).connection_id == "c-1"
+    with pytest.raises(InputError, match="no API key: set VOCOBASE_API_KEY"):
+        ConnectOptions.from_env({})
+    with pytest.raises(InputError, match="must start with http:// or https://"):
+        ConnectOptions.from_env({**env, "VOCOBASE_BASE_URL": "ftp://x"})
