@@ -69,6 +69,7 @@ __all__ = [
     "locate_run",
     "rollback_run",
     "rollback_run_async",
+    "write_report",
 ]
 
 COMMAND = "rollback"

@@ -59,7 +59,7 @@ from importer.options import ImportConfig
 from importer.output.results import failed_path_for
 from importer.vocab import ExitCode
 
-__all__ = ["MAX_WRITE_ATTEMPTS", "run_import", "run_import_async"]
+__all__ = ["MAX_WRITE_ATTEMPTS", "run_import", "run_import_async", "write_report"]
 
 MAX_WRITE_ATTEMPTS = MAX_ATTEMPTS
 

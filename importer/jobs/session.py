@@ -48,6 +48,7 @@ __all__ = [
     "audit_of",
     "history_of",
     "job_audit",
+    "journal_for",
     "key_fingerprint",
     "now_text",
     "open_journal",
@@ -227,8 +228,8 @@ async def send_plan(
         outcomes = plan.not_sent("not sent: not confirmed", ReasonKind.NOT_CONFIRMED)
         notes = ("nothing sent: the plan was not confirmed",)
         return Applied(plan.outcomes + outcomes, NOT_CONFIRMED, notes=notes), 0
-    if journal is None:
-        raise InputError("a job that sends needs its journal")  # not reachable: only dry runs have none
+    if journal is None:  # only a dry run goes without one (``journal_for``)
+        raise RuntimeError("a job that sends has a journal")
     run_id = start_run(journal, session)
     own_cancel, abandon = cancel or asyncio.Event(), asyncio.Event()
     # A caller with its own cancel event (a web service) owns the process's signals: taking

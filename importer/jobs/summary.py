@@ -38,7 +38,8 @@ class RunSummary:
     status_labels: Mapping[Status, str] = field(default_factory=dict)
     """Words for statuses where the job means more than the status's label (validate: "valid")."""
     stopped: str = ""
-    """Why the job stopped before trying every write ("" when it did not stop early)."""
+    """Why the job stopped before trying every write ("" when it did not stop early; "not confirmed"
+    when its ``confirm`` hook declined the plan, and nothing was sent)."""
     requests: int = 0
     """Requests the job made to the API (a dry run's: the reads its send will make again)."""
 
