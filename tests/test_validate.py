@@ -19,14 +19,10 @@ from importer.jobs.pipeline import InputOptions, ValidateConfig, validate_file
 from importer.model import RawTable, SourceInfo
 from importer.read.reader import column_letters
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
-from importer.validate.rules import (
-    PhoneNormaliser,
-    map_columns,
-    parse_column_map,
-    parse_mode,
-    parse_status,
-    validate_table,
-)
+from importer.validate.cells import parse_mode, parse_status
+from importer.validate.columns import map_columns, parse_column_map
+from importer.validate.phones import PhoneNormaliser
+from importer.validate.rules import validate_table
 
 HEADERS = (
     "Phone Number",
@@ -655,11 +651,12 @@ def test_phone_fast_path_agrees_with_is_valid_number_on_example_numbers() -> Non
 
 
 def test_validate_schema_covers_every_field() -> None:
-    from importer.validate.rules import _parse, build_schema
+    from importer.validate.cells import parse_cells
+    from importer.validate.rules import build_schema
 
     table = make_table([row()])
     clean = pd.DataFrame({name: [""] for name in FIELD_NAMES}, index=[2], dtype=object)
-    schema = build_schema(_parse(clean, PhoneNormaliser()))
+    schema = build_schema(parse_cells(clean, PhoneNormaliser()))
     assert list(schema.columns) == list(FIELD_NAMES)
     assert table.row_count == 1
 

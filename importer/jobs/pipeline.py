@@ -37,7 +37,8 @@ from importer.output.results import (
 )
 from importer.read.reader import describe_hidden, read_table
 from importer.validate.rules import validate_table
-from importer.vocab import Action, ExitCode, describe_kind
+from importer.vocab import Action, ExitCode, ReasonKind, describe_kind
+from importer.words import Surface, issue_label, render_reason
 
 __all__ = [
     "InputOptions",
@@ -294,20 +295,18 @@ def load_and_validate(options: InputOptions) -> ValidationReport:
         )
         if not hidden:
             return report
-        return dataclasses.replace(report, table=table, skipped=dict.fromkeys(hidden, HIDDEN_ROW_REASON))
-
-
-HIDDEN_ROW_REASON = "hidden in Excel (--skip-hidden-rows)"
+        return dataclasses.replace(
+            report, table=table, skipped={**dict.fromkeys(hidden, ReasonKind.HIDDEN_ROW), **report.skipped}
+        )
 
 
 def skipped_outcome(report: ValidationReport, row: int) -> RowOutcome | None:
-    """The outcome of a row left out on purpose (a hidden row with --skip-hidden-rows), or None."""
-    reason = report.skipped.get(row)
-    if reason is None:
+    """The outcome of a row left out on purpose (hidden with --skip-hidden-rows, a footer), or None."""
+    kind = report.skipped.get(row)
+    if kind is None:
         return None
-    return RowOutcome(
-        row=row, status=Status.SKIPPED, action=Action.SKIP, reason=reason, reason_kind="hidden_row"
-    )
+    reason = render_reason(kind, Surface.CLI)
+    return RowOutcome(row=row, status=Status.SKIPPED, action=Action.SKIP, reason=reason, reason_kind=kind)
 
 
 def input_notes(table: RawTable, skip_hidden_rows: bool = False) -> list[str]:
@@ -384,6 +383,7 @@ def validation_outcomes(report: ValidationReport) -> OutcomeColumns:
     nothing: list[int | None] = [None] * count
     empty = [""] * count
     return OutcomeColumns(
+        did_number=_e164(report, rows),
         row=rows,
         status=status,
         action=action,
@@ -396,6 +396,15 @@ def validation_outcomes(report: ValidationReport) -> OutcomeColumns:
         current=empty,
         proposed=empty,
     )
+
+
+def _e164(report: ValidationReport, rows: list[int]) -> list[str]:
+    """Each row's DID number as E.164 ("+" and digits), "" where it did not read."""
+    numbers = report.did_numbers
+    if numbers is None:
+        return [""] * len(rows)
+    found = numbers.reindex(rows) if len(numbers) != len(rows) else numbers
+    return ["" if n is None or n != n else "+" + n for n in found.tolist()]  # n != n: NaN of reindex
 
 
 class OutcomeTally:
@@ -412,30 +421,10 @@ def top_reasons(
     """The most common problems as labels for people (validation's and the engine's kinds alike)."""
     counter: collections.Counter[str] = collections.Counter()
     for issue in issues:
-        counter[_KIND_TEXT.get(issue.kind, issue.kind)] += 1
+        counter[issue_label(issue.kind)] += 1
     for kind in extra:
         counter[describe_kind(kind)] += 1
     return counter.most_common(limit)
-
-
-_KIND_TEXT = {
-    "scientific_notation": "DID in scientific notation (Excel lost digits)",
-    "no_country_code": "DID without a country code",
-    "bad_number": "not a valid phone number",
-    "extension": "DID with an extension",
-    "missing_did": "no DID on the row",
-    "missing_mode": "mode missing",
-    "bad_mode": "unknown mode",
-    "missing_mode_id": "bot or trunk id missing for the mode",
-    "id_for_unused_mode": "id filled in for a mode that does not use it",
-    "bad_id": "id is not a positive whole number",
-    "bad_status": "unknown status",
-    "bad_uuid": "connection id is not a UUID",
-    "duplicate": "duplicate DID",
-    "excel_error": "Excel error in a cell (#N/A, #REF!, ...)",
-    "ragged_row": "row has the wrong number of fields",
-    "wrong_column": "column does not look like the field its header matched",
-}
 
 
 def write_outputs(

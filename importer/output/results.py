@@ -88,6 +88,9 @@ class OutcomeColumns:
     attempts: Sequence[int]
     current: Sequence[str]
     proposed: Sequence[str]
+    did_number: Sequence[str] | None = None
+    """Validate only: each row's DID as E.164 ("+14805550123"; "" where it did not read): what a
+    national number became under ``--default-region`` before anything is sent."""
 
     @classmethod
     def from_outcomes(cls, outcomes: Iterable[RowOutcome]) -> OutcomeColumns:
@@ -332,6 +335,8 @@ def _result_values(
     yield "import_status", _Texts(labels.items()).of(outcomes.status)
     yield "import_action", _Texts().of(outcomes.action)
     yield "import_reason", list(outcomes.reason)
+    if outcomes.did_number is not None:
+        yield "import_did_number", list(outcomes.did_number)
     yield "import_did_id", _Texts().of(outcomes.did_id)
     yield "import_routing_id", _Texts().of(outcomes.routing_id)
     yield "import_http_status", _Texts().of(outcomes.http_status)

@@ -28,7 +28,8 @@ from importer.jobs.pipeline import InputOptions, collector_paused, now_text, wri
 from importer.jobs.run import ImportConfig, every_row, open_journal, run_import_async
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
 from importer.read.reader import read_table
-from importer.validate.rules import parse_column_map, validate_table
+from importer.validate.columns import parse_column_map
+from importer.validate.rules import validate_table
 from importer.vocab import ReasonKind
 
 __all__ = [
