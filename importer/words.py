@@ -44,12 +44,12 @@ class Surface(enum.Enum):
     WEB = "web"
 
 
-_STEP2 = "in step 2 (Sheet and columns)"
+_STEP2 = "(step 2, Sheet and columns)"
 
 CONTROLS: Mapping[str, Mapping[Surface, str]] = {
     "set_region": {
         Surface.CLI: "pass --default-region {region}",
-        Surface.WEB: f"set the default region to {{region}} {_STEP2}",
+        Surface.WEB: f"set the default region {_STEP2} to {{region}}",
     },
     "set_any_region": {
         Surface.CLI: "pass --default-region to read national numbers",
@@ -61,7 +61,7 @@ CONTROLS: Mapping[str, Mapping[Surface, str]] = {
     },
     "confirm_map": {
         Surface.CLI: 'confirm with --map "{column}={field}"',
-        Surface.WEB: f'confirm it by choosing "{{column}}" for {{field}} {_STEP2}',
+        Surface.WEB: f'confirm it: keep "{{column}}" chosen for {{field}} {_STEP2}',
     },
     "skip_hidden": {Surface.CLI: "--skip-hidden-rows", Surface.WEB: "skip hidden rows"},
     "force": {Surface.CLI: "--force", Surface.WEB: "forced"},
@@ -217,7 +217,7 @@ def render(issue: RowIssue, surface: Surface = Surface.CLI) -> str:
     Raises:
         KeyError: the issue lacks a param its kind's template needs (a bug where it is raised).
     """
-    kind = IssueKind(issue.kind)
+    kind = issue.kind
     return _fill(kind.templates[issue.params.get("variant", "")], issue.params, surface)
 
 

@@ -248,7 +248,7 @@ class PhoneNormaliser:
         """Normalise one cleaned, non-empty cell."""
         number = self.quick(text)
         if number is not None:
-            return PhoneResult(number, "", "")
+            return PhoneResult(number)
         return self.normalise(text)
 
     def quick(self, text: str) -> str | None:
@@ -310,9 +310,9 @@ class PhoneNormaliser:
             if decimal.group(2).strip("0"):
                 return PhoneResult(None, IssueKind.DECIMAL_NUMBER, {"expected": "a DID is a phone number"})
             text = decimal.group(1)
-            found = self.quick(text)
-            if found is not None:
-                return PhoneResult(found)
+            whole = self.quick(text)
+            if whole is not None:
+                return PhoneResult(whole)
         extension = _EXTENSION.search(text)
         if extension is not None and any(c.isdigit() for c in text[: extension.start()]):
             written = extension.group("ext").strip(" ,")

@@ -31,6 +31,7 @@ from importer.read.reader import read_table
 from importer.validate.columns import parse_column_map
 from importer.validate.rules import validate_table
 from importer.vocab import ReasonKind
+from importer.words import Surface
 
 __all__ = [
     "Connection",
@@ -223,7 +224,7 @@ def write_results(
         options=options,
         audit=_audit(connection, audit),
     )
-    write_outputs(report.table, outcomes, issues, info, results, failed)
+    write_outputs(report.table, outcomes, issues, info, results, failed, Surface.WEB)
 
 
 async def run_job(
