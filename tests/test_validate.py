@@ -11,6 +11,7 @@ import pandas as pd
 import phonenumbers
 import pytest
 from click.testing import CliRunner
+from helpers import read_results
 
 from importer.cli import main
 from importer.errors import InputError
@@ -685,3 +686,78 @@ def test_phone_quick_path_agrees_with_full_parse_on_formatted_numbers() -> None:
                 assert fast == slow.number, (text, fast, slow)
             checked += 1
     assert checked > 5000 and quick > checked // 3
+
+
+# -- issue 17: decimals, footers, what a number became -------------------------------------------
+
+
+@pytest.mark.parametrize("number", ["918040000040.0", "918040000040.00", "+918040000040.0"])
+def test_validate_reads_a_whole_number_decimal_did_as_the_number(number: str) -> None:
+    """918040000040.0 is what pandas writes for a DID column with a blank: the number 918040000040."""
+    report = validate_table(make_table([row(number=number, in_bot="11.0", inbound="3", status="1.0")]))
+    assert report.issues == ()
+    assert report.valid[0].did_number == "918040000040"
+    assert report.valid[0].inbound_websocket_bot_id == 11
+
+
+def test_validate_a_decimal_did_is_a_number_saved_as_a_decimal() -> None:
+    """A fraction is no phone number, and its digits build no country suggestion."""
+    (issue,) = validate_table(make_table([row(number="918040000040.5")])).issues
+    assert issue.kind == "decimal_number"
+    assert "a number saved as a decimal" in issue.message
+    assert "country code" not in issue.message and "+49" not in issue.message
+
+
+def test_validate_a_decimal_id_is_a_number_saved_as_a_decimal() -> None:
+    (issue,) = validate_table(make_table([row(inbound="3", in_bot="93.5")])).issues
+    assert issue.kind == "decimal_number" and "a number saved as a decimal" in issue.message
+
+
+FOOTER_HEADERS = ("DID Number", "Inbound Mode", "Outbound Mode", "Notes")
+
+
+def _write_csv(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_validate_file_skips_footer_rows_as_not_data_rows(tmp_path: Path) -> None:
+    """Text only outside the field columns, after the last data row: skipped, not failed, exit 0."""
+    path = _write_csv(
+        tmp_path / "portal.csv",
+        [
+            ",".join(FOOTER_HEADERS),
+            "+918012345678,1,4,first",
+            "+918012345679,1,4,",
+            ",,,Total numbers: 2",
+            ",,,Confidential - do not forward",
+        ],
+    )
+    summary = validate_file(ValidateConfig(InputOptions(path)))
+    assert summary.exit_code == 0
+    rows = {r["import_row"]: r for r in read_results(summary.results_path)}
+    for footer in ("4", "5"):
+        assert rows[footer]["import_status"] == "skipped"
+        assert rows[footer]["import_reason"] == "not a data row (footer?)"
+    assert [rows[r]["import_status"] for r in ("2", "3")] == ["valid", "valid"]
+
+
+def test_validate_empty_row_before_the_last_data_row_is_no_footer() -> None:
+    """A row without field values between data rows still fails: only trailing rows are footers."""
+    table = make_table(
+        [row(), row(number="", inbound="", outbound="", customer="note"), row(number="+918012345679")]
+    )
+    report = validate_table(table)
+    assert report.skipped == {}
+    assert 3 in report.failed_rows
+
+
+def test_validate_file_results_show_the_e164_number_of_each_row(tmp_path: Path) -> None:
+    """What 4805550123 became under --default-region US, before anything is sent."""
+    path = _write_csv(
+        tmp_path / "us.csv",
+        [",".join(FOOTER_HEADERS[:3]), "4805550123,1,4", "(480) 555-0124,1,4", "+918012345678,1,4", "12,1,4"],
+    )
+    summary = validate_file(ValidateConfig(InputOptions(path, default_region="US")))
+    numbers = [r["import_did_number"] for r in read_results(summary.results_path)]
+    assert numbers == ["+14805550123", "+14805550124", "+918012345678", None]
