@@ -73,7 +73,10 @@ def _every_kind_raised() -> list[RowIssue]:
     region = _table([_ok("12345")])
     absent = _table([["+918012345678", "3", "4"]], headers=("DID", "Inbound Mode", "Outbound Mode"))
     wrong = _table(
-        [["+91801234567" + str(i), "1", "4", state] for i, state in enumerate(["Ported", "In Service", "Pending", "Ported"])],
+        [
+            ["+91801234567" + str(i), "1", "4", state]
+            for i, state in enumerate(["Ported", "In Service", "Pending", "Ported"])
+        ],
         headers=("DID", "Inbound Mode", "Outbound Mode", "Status"),
     )
     issues = list(validate_table(main).issues)
