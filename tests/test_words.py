@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
+import httpx
 import openpyxl
 import pandas as pd
 import pytest
-from helpers import read_results
+from helpers import read_results, wait_for_job, web_connection, write_inventory
 
 from importer.jobs.pipeline import InputOptions, load_and_validate, validation_outcomes, write_outputs
 from importer.model import RawTable, RowIssue, RunInfo, SourceInfo
+from importer.sandbox import SandboxConfig, create_sandbox
 from importer.validate.rules import validate_table
 from importer.vocab import ReasonKind
+from importer.web.server import ServeSettings, running_server
 from importer.words import (
     CONTROLS,
     IssueKind,
@@ -165,3 +169,37 @@ def test_words_web_job_results_workbook_says_the_web_words(tmp_path: Path) -> No
         assert words in reason and flag not in reason
         errors = list(openpyxl.load_workbook(results)["Errors"].iter_rows(values_only=True))
         assert words in str(errors[1][3]) and flag not in str(errors[1][3])
+
+
+TOKEN = "words-test-token-0123456789"
+
+
+def test_words_web_job_check_page_and_results_say_the_web_words(tmp_path: Path) -> None:
+    """Through the real server: the check page and a web job's results.xlsx name the page's field."""
+    inventory = write_inventory(tmp_path / "inventory.json", 5)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN, max_upload_mb=1
+    )
+    path = tmp_path / "national.csv"
+    path.write_text(
+        "DID Number,Inbound Mode,Outbound Mode\n08012345678,1,4\n+918012345678,1,4\n", encoding="utf-8"
+    )
+    web_words = "or set the default region (step 2, Sheet and columns) to IN"
+    with (
+        running_server(settings) as (url, _token, _service),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        with path.open("rb") as fh:
+            job = client.post("/api/jobs", files={"file": (path.name, fh)}).json()
+        wait_for_job(client, job["id"], {"validated"})
+        page = client.get(f"/jobs/{job['id']}/check?problems=1")
+        assert page.status_code == 200
+        text = html.unescape(page.text)
+        assert web_words in text and "--default-region" not in text
+        assert "What to do:" in text and "country code" in text  # the kind's advice, in the page's words
+        download = client.get(f"/api/jobs/{job['id']}/results.xlsx")
+        assert download.status_code == 200
+        (tmp_path / "web.results.xlsx").write_bytes(download.content)
+    reason = read_results(tmp_path / "web.results.xlsx")[0]["import_reason"]
+    assert web_words in reason and "--default-region" not in reason
