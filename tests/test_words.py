@@ -201,5 +201,9 @@ def test_words_web_job_check_page_and_results_say_the_web_words(tmp_path: Path) 
         download = client.get(f"/api/jobs/{job['id']}/results.xlsx")
         assert download.status_code == 200
         (tmp_path / "web.results.xlsx").write_bytes(download.content)
+        assert client.post(f"/api/jobs/{job['id']}/plan").status_code == 202
+        wait_for_job(client, job["id"], {"planned"})
+        plan = html.unescape(client.get(f"/jobs/{job['id']}/plan?problems=1").text)
+        assert web_words in plan and "--default-region" not in plan  # the plan's rows say the page's words
     reason = read_results(tmp_path / "web.results.xlsx")[0]["import_reason"]
     assert web_words in reason and "--default-region" not in reason

@@ -234,10 +234,21 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         return data, page, pages
 
     async def with_did(job: Job, data: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The page's rows, each with its DID as the file wrote it (number, else id) for the tables."""
-        mapping = (await service.report(job)).mapping
-        did = mapping.get("did_number", mapping.get("did_id", 0))
-        return [{**r, "did": r["values"][did] if did < len(r["values"]) else ""} for r in data["rows"]]
+        """The page's rows, each with its DID as the file wrote it (number, else id) for the tables.
+
+        A row that failed validation gets its reason in the page's words, from its issues.
+        """
+        report = await service.report(job)
+        did = report.mapping.get("did_number", report.mapping.get("did_id", 0))
+        return [
+            {
+                **r,
+                "did": r["values"][did] if did < len(r["values"]) else "",
+                "reason": "; ".join(map(_web_words, issues)) if issues else r["reason"],
+            }
+            for r in data["rows"]
+            for issues in (_issues_of(report.issues, r["row"]),)
+        ]
 
     # -- jobs and upload ------------------------------------------------------------------
 
