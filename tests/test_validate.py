@@ -708,8 +708,19 @@ def test_validate_a_decimal_did_is_a_number_saved_as_a_decimal() -> None:
     assert "country code" not in issue.message and "+49" not in issue.message
 
 
-def test_validate_a_decimal_id_is_a_number_saved_as_a_decimal() -> None:
-    (issue,) = validate_table(make_table([row(inbound="3", in_bot="93.5")])).issues
+@pytest.mark.parametrize(
+    ("cells", "column"),
+    [
+        (row(inbound="3", in_bot="93.5"), "Inbound Bot ID"),
+        (row(inbound="1.5"), "Inbound Mode"),
+        (row(status="0.5"), "Status"),
+    ],
+)
+def test_validate_a_decimal_in_a_numeric_field_is_a_number_saved_as_a_decimal(
+    cells: list[str], column: str
+) -> None:
+    (issue,) = validate_table(make_table([cells])).issues
+    assert issue.column == column
     assert issue.kind == "decimal_number" and "a number saved as a decimal" in issue.message
 
 

@@ -225,8 +225,14 @@ class _Messages:
         if check == "mode":
             direction = DIRECTION_OF[field]
             modes = describe_modes(direction)
+            if describe_bad_int(text) == NOT_WHOLE:
+                expected = f"{direction.value} modes are {modes}"
+                return _issue(row, header, value, IssueKind.DECIMAL_NUMBER, expected=expected)
             return _issue(row, header, value, IssueKind.BAD_MODE, direction=direction.value, modes=modes)
         if check == "status":
+            if describe_bad_int(text) == NOT_WHOLE:
+                expected = "a status is 1 or 0 (or active/inactive, yes/no, y/n, true/false)"
+                return _issue(row, header, value, IssueKind.DECIMAL_NUMBER, expected=expected)
             return _issue(row, header, value, IssueKind.BAD_STATUS)
         if check == "uuid":
             return _issue(row, header, value, IssueKind.BAD_UUID)
