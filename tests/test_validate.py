@@ -6,20 +6,22 @@ import random
 import re
 from pathlib import Path
 
+import httpx
 import openpyxl
 import pandas as pd
 import phonenumbers
 import pytest
 from click.testing import CliRunner
-from helpers import read_results
+from helpers import config_for, read_results, write_inventory, write_sheet
 
 from importer.cli import main
 from importer.errors import InputError
 from importer.fields import FIELD_NAMES, Direction
 from importer.jobs.pipeline import InputOptions, ValidateConfig, validate_file
+from importer.jobs.run import run_import
 from importer.model import RawTable, SourceInfo
 from importer.read.reader import column_letters
-from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
+from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 from importer.validate.cells import parse_mode, parse_status
 from importer.validate.columns import map_columns, parse_column_map
 from importer.validate.phones import PhoneNormaliser
@@ -772,3 +774,18 @@ def test_validate_file_results_show_the_e164_number_of_each_row(tmp_path: Path) 
     summary = validate_file(ValidateConfig(InputOptions(path, default_region="US")))
     numbers = [r["import_did_number"] for r in read_results(summary.results_path)]
     assert numbers == ["+14805550123", "+14805550124", "+918012345678", None]
+
+
+def test_run_footer_rows_are_skipped_and_do_not_fail_the_run(tmp_path: Path) -> None:
+    """A portal export's footer lines end skipped in a real run too: nothing sent for them, exit 0."""
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    with sheet.open("a", encoding="utf-8") as fh:
+        fh.write(",,,,,,,,Total numbers: 3\n,,,,,,,,Confidential - do not forward\n")
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inv.json", 3)))
+    summary = run_import(config_for(sheet, tmp_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.exit_code == 0
+    assert summary.counts == {"succeeded": 3, "skipped": 2}
+    footers = [r for r in read_results(summary.results_path) if r["import_row"] in ("5", "6")]
+    assert [(r["import_status"], r["import_reason"]) for r in footers] == [
+        ("skipped", "not a data row (footer?)")
+    ] * 2
