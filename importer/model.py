@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from importer.vocab import Action, ReasonKind, Status
-from importer.words import IssueKind, Surface, render
+from importer.words import IssueKind, Note, Surface, render, render_note
 
 __all__ = [
     "Action",
@@ -150,11 +150,20 @@ class ValidationReport:
     """Field name -> input column position, for the fields the file has."""
     skipped: Mapping[int, ReasonKind] = field(default_factory=dict)
     """Rows left out of validation on purpose (hidden, with ``--skip-hidden-rows``; footers): row -> why."""
-    notes: tuple[str, ...] = ()
-    """File-level findings for the summary, e.g. a column that looks wrongly matched."""
+    findings: tuple[Note, ...] = ()
+    """File-level findings for the summary, e.g. a column that looks wrongly matched (as data)."""
     did_numbers: pd.Series | None = None
     """Each validated row's DID number as E.164 digits without "+" (None where it did not read), by
     Excel row: what a national number became under the default region."""
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The findings in the CLI's words."""
+        return self.notes_for(Surface.CLI)
+
+    def notes_for(self, surface: Surface) -> tuple[str, ...]:
+        """The findings in the words of ``surface`` (the page names its own controls)."""
+        return tuple(render_note(n, surface) for n in self.findings)
 
     @property
     def failed_rows(self) -> frozenset[int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import string
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Self
 
 from importer.fields import FIELD_BY_NAME
@@ -28,10 +29,13 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTROLS",
     "IssueKind",
+    "Note",
+    "NoteKind",
     "Surface",
     "issue_label",
     "render",
     "render_advice",
+    "render_note",
     "render_reason",
     "template_fields",
 ]
@@ -62,6 +66,10 @@ CONTROLS: Mapping[str, Mapping[Surface, str]] = {
     "confirm_map": {
         Surface.CLI: 'confirm with --map "{column}={field}"',
         Surface.WEB: f'confirm it: keep "{{column}}" chosen for {{field}} {_STEP2}',
+    },
+    "map_right": {
+        Surface.CLI: "map the right column with --map",
+        Surface.WEB: f"choose the right column for {{field}} {_STEP2}",
     },
     "skip_hidden": {Surface.CLI: "--skip-hidden-rows", Surface.WEB: "skip hidden rows"},
     "force": {Surface.CLI: "--force", Surface.WEB: "forced"},
@@ -194,6 +202,35 @@ class IssueKind(enum.StrEnum):
     )
 
 
+class NoteKind(enum.StrEnum):
+    """A kind of file-level finding (a note in the summary): code, label and template."""
+
+    label: str
+    template: str
+
+    def __new__(cls, code: str, label: str, template: str) -> Self:
+        member = str.__new__(cls, code)
+        member._value_ = code
+        member.label = label
+        member.template = template
+        return member
+
+    WRONG_MATCH = (
+        "wrong_match",
+        "a column looks wrongly matched",
+        'column "{column}" was matched to {field} by its header, but its values ({values}) do not look '
+        "like {field}: its rows failed; {ignore_column} or {map_right}",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A file-level finding, as data: its kind and the params its words are rendered from."""
+
+    kind: NoteKind
+    params: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
 def template_fields(template: str) -> set[str]:
     """The placeholder names of a template (controls included)."""
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
@@ -229,6 +266,11 @@ def render_advice(kind: IssueKind, surface: Surface) -> str:
 def render_reason(kind: ReasonKind, surface: Surface, params: Mapping[str, str] | None = None) -> str:
     """A reason kind's words on ``surface``: its template with its controls filled in."""
     return _fill(kind.template, params or {}, surface)
+
+
+def render_note(note: Note, surface: Surface = Surface.CLI) -> str:
+    """A file-level finding in the words of ``surface``."""
+    return _fill(note.kind.template, note.params, surface)
 
 
 def issue_label(kind: str) -> str:

@@ -20,9 +20,12 @@ from importer.web.server import ServeSettings, running_server
 from importer.words import (
     CONTROLS,
     IssueKind,
+    Note,
+    NoteKind,
     Surface,
     render,
     render_advice,
+    render_note,
     render_reason,
     template_fields,
 )
@@ -207,3 +210,22 @@ def test_words_web_job_check_page_and_results_say_the_web_words(tmp_path: Path) 
         assert web_words in plan and "--default-region" not in plan  # the plan's rows say the page's words
     reason = read_results(tmp_path / "web.results.xlsx")[0]["import_reason"]
     assert web_words in reason and "--default-region" not in reason
+
+
+def test_words_file_notes_are_data_rendered_per_surface() -> None:
+    """The wrong-match note names --ignore-column on the CLI and the page's step 2 on the web."""
+    table = _table(
+        [
+            ["+91801234567" + str(i), "1", "4", state]
+            for i, state in enumerate(["Ported", "In Service", "Pending"])
+        ],
+        headers=("DID", "Inbound Mode", "Outbound Mode", "Status"),
+    )
+    report = validate_table(table)
+    (cli,) = report.notes
+    (web,) = report.notes_for(Surface.WEB)
+    assert '--ignore-column "Status"' in cli and "--map" in cli
+    assert "--" not in web and "(step 2, Sheet and columns)" in web
+    for kind in NoteKind:
+        params = {**_sample(kind.template), "values": '"x"'}
+        assert "--" not in render_note(Note(kind, params), Surface.WEB)

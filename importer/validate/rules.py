@@ -37,7 +37,7 @@ from importer.validate.cells import NOT_WHOLE, Parsed, clean_frame, clean_text, 
 from importer.validate.columns import map_columns, wrong_column_params, wrong_matches
 from importer.validate.phones import PhoneNormaliser
 from importer.vocab import ReasonKind
-from importer.words import IssueKind
+from importer.words import IssueKind, Note, NoteKind
 
 __all__ = ["build_schema", "validate_table"]
 
@@ -320,10 +320,8 @@ def validate_table(
     issues.sort(key=lambda i: (i.row, _column_order(mapping, headers, i.column)))
     failed = rows.isin(list({i.row for i in issues}))
     valid = _LazyRows(parsed.values, rows.to_numpy()[~failed])
-    notes = tuple(
-        f'column "{table.headers[mapping[f]]}" was matched to {f} by its header, but its values '
-        f"({values}) do not look like {f}: its rows failed; leave it out with "
-        f'--ignore-column "{table.headers[mapping[f]]}" or map the right column with --map'
+    findings = tuple(
+        Note(NoteKind.WRONG_MATCH, {"column": table.headers[mapping[f]], "field": f, "values": values})
         for f, values in wrong.items()
     )
     return ValidationReport(
@@ -332,7 +330,7 @@ def validate_table(
         issues=tuple(issues),
         mapping=dict(mapping),
         skipped=dict.fromkeys(footers, ReasonKind.FOOTER_ROW),
-        notes=notes,
+        findings=findings,
         did_numbers=parsed.values["did_number"],
     )
 
