@@ -143,6 +143,7 @@ def test_words_web_rendering_names_no_cli_flag(kind: IssueKind) -> None:
 def test_words_web_rendering_of_reasons_names_no_cli_flag(reason: ReasonKind) -> None:
     assert "--" not in render_reason(reason, Surface.WEB)
     assert "--" not in reason.label
+    assert "{" not in render_reason(reason, Surface.CLI)
 
 
 def test_words_cli_names_its_flag_and_web_its_field() -> None:
