@@ -1,11 +1,12 @@
 """Validate every row of a table with pandera: all of a row's problems at once.
 
-The rules come from ``fields.py``. Each cell is parsed once (with a cache per distinct
-value, so a million-row file costs one parse per distinct value), and a pandera schema
-built from the field spec checks the parsed columns. ``validate(lazy=True)`` gathers every
-failure; the failure cases become ``RowIssue`` values with messages that name the column
-(as the user wrote it) and the value. Rows are never dropped silently: each input row is
-either in ``ValidationReport.valid`` or has at least one issue.
+The rules come from ``fields.py``. Each cell is parsed once (``cells.py``; phone numbers in
+``phones.py``), the columns are matched to fields (``columns.py``), and a pandera schema built
+from the field spec checks the parsed columns. ``validate(lazy=True)`` gathers every failure;
+the failure cases become ``RowIssue`` values: a kind and the params its words are rendered from
+(``words.py``), naming the column as the user wrote it and the value. Rows are never dropped
+silently: each input row is in ``ValidationReport.valid``, has at least one issue, or is in
+``ValidationReport.skipped`` with why (a footer line after the last data row).
 """
 
 from __future__ import annotations
