@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Self
 
+from importer.errors import InputError, shown
 from importer.fields import FIELD_BY_NAME
 from importer.vocab import ReasonKind
 
@@ -32,12 +33,16 @@ __all__ = [
     "Note",
     "NoteKind",
     "Surface",
+    "WordedInputError",
+    "error_words",
     "issue_label",
     "render",
     "render_advice",
     "render_note",
     "render_reason",
+    "render_template",
     "template_fields",
+    "worded",
 ]
 
 
@@ -70,6 +75,16 @@ CONTROLS: Mapping[str, Mapping[Surface, str]] = {
     "map_right": {
         Surface.CLI: "map the right column with --map",
         Surface.WEB: f"choose the right column for {{field}} {_STEP2}",
+    },
+    "region_option": {Surface.CLI: "--default-region", Surface.WEB: "the default region"},
+    "map_option": {Surface.CLI: "--map", Surface.WEB: "the column chosen"},
+    "map_pick": {
+        Surface.CLI: 'add --map "{near}={field}"',
+        Surface.WEB: 'choose "{near}" for {field} in the list',
+    },
+    "pick_one": {
+        Surface.CLI: 'pick one with --map "{header}={field}" or leave one out with --ignore-column "{first}"',
+        Surface.WEB: "choose one of them for {field} in the list",
     },
     "skip_hidden": {Surface.CLI: "--skip-hidden-rows", Surface.WEB: "skip hidden rows"},
     "force": {Surface.CLI: "--force", Surface.WEB: "forced"},
@@ -236,7 +251,8 @@ def template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-def _fill(template: str, params: Mapping[str, str], surface: Surface) -> str:
+def render_template(template: str, params: Mapping[str, str], surface: Surface) -> str:
+    """A template filled with ``params`` and the controls it names, in the words of ``surface``."""
     values = dict(params)
     if surface is Surface.WEB:
         # The page's lists call fields by their titles ("Inbound Bot ID", not inbound_websocket_bot_id).
@@ -255,22 +271,43 @@ def render(issue: RowIssue, surface: Surface = Surface.CLI) -> str:
         KeyError: the issue lacks a param its kind's template needs (a bug where it is raised).
     """
     kind = issue.kind
-    return _fill(kind.templates[issue.params.get("variant", "")], issue.params, surface)
+    return render_template(kind.templates[issue.params.get("variant", "")], issue.params, surface)
 
 
 def render_advice(kind: IssueKind, surface: Surface) -> str:
     """A kind's what-to-do text ("" when it has none) in the words of ``surface``."""
-    return _fill(kind.advice, {}, surface) if kind.advice else ""
+    return render_template(kind.advice, {}, surface) if kind.advice else ""
 
 
 def render_reason(kind: ReasonKind, surface: Surface, params: Mapping[str, str] | None = None) -> str:
     """A reason kind's words on ``surface``: its template with its controls filled in."""
-    return _fill(kind.template, params or {}, surface)
+    return render_template(kind.template, params or {}, surface)
+
+
+class WordedInputError(InputError):
+    """An unusable option or table whose advice names a control: its words on every surface.
+
+    ``str()`` is the CLI's words (as for any ``InputError``); ``error_words`` gives a surface's.
+    """
+
+    def __init__(self, texts: Mapping[Surface, str]) -> None:
+        super().__init__(texts[Surface.CLI])
+        self.texts = {surface: shown(text) for surface, text in texts.items()}
+
+
+def worded(template: str, **params: str) -> WordedInputError:
+    """An ``InputError`` rendered from a template for every surface (raise it)."""
+    return WordedInputError({surface: render_template(template, params, surface) for surface in Surface})
+
+
+def error_words(exc: BaseException, surface: Surface) -> str:
+    """A run-level error in the words of ``surface`` (an error with no surface words: its text)."""
+    return exc.texts[surface] if isinstance(exc, WordedInputError) else str(exc)
 
 
 def render_note(note: Note, surface: Surface = Surface.CLI) -> str:
     """A file-level finding in the words of ``surface``."""
-    return _fill(note.kind.template, note.params, surface)
+    return render_template(note.kind.template, note.params, surface)
 
 
 def issue_label(kind: str) -> str:

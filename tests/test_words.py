@@ -23,6 +23,8 @@ from importer.words import (
     Note,
     NoteKind,
     Surface,
+    WordedInputError,
+    error_words,
     render,
     render_advice,
     render_note,
@@ -230,3 +232,38 @@ def test_words_file_notes_are_data_rendered_per_surface() -> None:
     for kind in NoteKind:
         params = {**_sample(kind.template), "values": '"x"'}
         assert "--" not in render_note(Note(kind, params), Surface.WEB)
+
+
+def test_words_web_job_that_cannot_be_mapped_says_the_page_words(tmp_path: Path) -> None:
+    """A run-level error from validation reaches the page in its words: pick in the list, not --map."""
+    inventory = write_inventory(tmp_path / "inventory.json", 5)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN, max_upload_mb=1
+    )
+    path = tmp_path / "unmapped.csv"
+    path.write_text("Numbr,Inbound Mode,Outbound Mode\n+918012345678,1,4\n", encoding="utf-8")
+    with (
+        running_server(settings) as (url, _token, _service),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        with path.open("rb") as fh:
+            job = client.post("/api/jobs", files={"file": (path.name, fh)}).json()
+        job = wait_for_job(client, job["id"], {"failed"})
+        assert 'choose "Numbr" for DID Number in the list' in job["error"]
+        assert "--" not in job["error"]
+        page = html.unescape(client.get(f"/jobs/{job['id']}/columns").text)
+        assert 'choose "Numbr" for DID Number in the list' in page and "--map" not in page
+
+
+def test_words_run_level_errors_name_each_surface_control() -> None:
+    with pytest.raises(WordedInputError) as raised:
+        validate_table(_table([_ok()]), default_region="XX")
+    assert str(raised.value) == '--default-region "XX" is not a known region code (e.g. IN, US, GB)'
+    assert error_words(raised.value, Surface.WEB) == (
+        'the default region "XX" is not a known region code (e.g. IN, US, GB)'
+    )
+    headers = ("DID", "Inbound Mode", "Outbound Mode", "Phone Number")
+    with pytest.raises(WordedInputError) as both:
+        validate_table(_table([["+918012345678", "1", "4", "+918012345679"]], headers=headers))
+    assert "--map" in str(both.value) and "--" not in error_words(both.value, Surface.WEB)

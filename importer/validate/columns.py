@@ -22,6 +22,7 @@ from importer.fields import (
 from importer.read.reader import column_letters
 from importer.validate.cells import Parsed
 from importer.validate.phones import PHONE_SEPARATORS
+from importer.words import Surface, WordedInputError, render_template, worded
 
 __all__ = ["map_columns", "parse_column_map", "wrong_column_params", "wrong_matches"]
 
@@ -82,9 +83,10 @@ def _column_position(name: str, headers: tuple[str, ...], first_column: int, opt
     if position is not None and 0 <= position - first_column < len(headers):
         return position - first_column
     columns = ", ".join(f'{letters[pos]} "{h}"' for pos, h in enumerate(headers)) or "none"
-    raise InputError(
-        f'{option} names the column "{name}", which is not in the file; columns found: {columns}'
-    )
+    where = '"{name}", which is not in the file; columns found: {columns}'
+    if option == "--map":
+        raise worded("{map_option} names the column " + where, name=name, columns=columns)
+    raise InputError(f"{option} names the column " + where.format(name=name, columns=columns))
 
 
 def map_columns(
@@ -132,9 +134,11 @@ def map_columns(
             continue
         if matched in mapping:
             first = headers[mapping[matched]]
-            raise InputError(
-                f'columns "{first}" and "{header}" both mean {matched}; pick one with '
-                f'--map "{header}={matched}" or leave one out with --ignore-column "{first}"'
+            raise worded(
+                'columns "{first}" and "{header}" both mean {field}; {pick_one}',
+                first=first,
+                header=header,
+                field=matched,
             )
         mapping[matched] = pos
     found = ", ".join(f'"{h}"' for h in headers if h.strip()) or "none"
@@ -143,15 +147,19 @@ def map_columns(
         missing.append("did_number (or did_id)")
     missing += [MODE_FIELD[d] for d in Direction if MODE_FIELD[d] not in mapping]
     if missing:
-        hints = []
+        nearest: list[dict[str, str]] = []
         for name in missing:
             wanted = name.split(" ")[0]
             unused = [h for i, h in enumerate(headers) if i not in mapping.values() and i not in ignored]
             near = closest_header(wanted, unused)
             if near is not None:
-                hints.append(f'"{near}" looks like {wanted}: add --map "{near}={wanted}"')
-        hint = ("; " + "; ".join(hints)) if hints else ""
-        raise InputError(f"missing required column {', '.join(missing)}; columns found: {found}{hint}")
+                nearest.append({"near": near, "field": wanted})
+        texts = {}
+        for surface in Surface:
+            hints = [render_template('"{near}" looks like {field}: {map_pick}', p, surface) for p in nearest]
+            hint = ("; " + "; ".join(hints)) if hints else ""
+            texts[surface] = f"missing required column {', '.join(missing)}; columns found: {found}{hint}"
+        raise WordedInputError(texts)
     return mapping
 
 

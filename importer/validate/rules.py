@@ -20,7 +20,7 @@ import pandas as pd
 import pandera.pandas as pa
 import phonenumbers
 
-from importer.errors import InputError, shown
+from importer.errors import shown
 from importer.fields import (
     DIRECTION_OF,
     FIELD_NAMES,
@@ -38,7 +38,7 @@ from importer.validate.cells import NOT_WHOLE, Parsed, clean_frame, clean_text, 
 from importer.validate.columns import map_columns, wrong_column_params, wrong_matches
 from importer.validate.phones import PhoneNormaliser
 from importer.vocab import ReasonKind
-from importer.words import IssueKind, Note, NoteKind
+from importer.words import IssueKind, Note, NoteKind, worded
 
 __all__ = ["build_schema", "validate_table"]
 
@@ -274,8 +274,9 @@ def validate_table(
     if default_region is not None:
         default_region = default_region.upper()
         if default_region not in phonenumbers.SUPPORTED_REGIONS:
-            raise InputError(
-                f'--default-region "{default_region}" is not a known region code (e.g. IN, US, GB)'
+            raise worded(
+                '{region_option} "{region}" is not a known region code (e.g. IN, US, GB)',
+                region=default_region,
             )
     mapping = map_columns(
         table.headers, column_map or {}, ignore_columns, first_column=table.source.first_column
