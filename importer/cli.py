@@ -147,7 +147,7 @@ def build_input(file: Path) -> Any:
     """Return the InputOptions for FILE from the ``input_options`` of the running command, if any."""
     from importer.options import InputOptions
     from importer.read.reader import check_encoding
-    from importer.validate.rules import parse_column_map
+    from importer.validate.columns import parse_column_map
 
     meta = ctx.meta if (ctx := click.get_current_context(silent=True)) is not None else {}
     encoding = meta.get("input.encoding")

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar
 
+from importer import words
 from importer.account.limiter import RateLimiter
 from importer.errors import ImporterError
 from importer.jobs.session import now_text
@@ -466,7 +467,7 @@ class JobService:
             async with job.lock:
                 report = await self._load_report(job)
         except ImporterError as exc:
-            job.status, job.error = JobStatus.FAILED, str(exc)
+            job.status, job.error = JobStatus.FAILED, words.error_words(exc, words.Surface.WEB)
             job.report = None
         except Exception as exc:  # a bug must not leave the job validating for ever
             job.status, job.error = JobStatus.FAILED, engine.clean_error(exc)
