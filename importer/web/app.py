@@ -35,7 +35,7 @@ from typing import Any
 
 from python_multipart.exceptions import FormParserError
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive
@@ -162,6 +162,8 @@ async def accept_upload(request: Request, service: JobService, config: WebConfig
         raise UploadRefused(exc.status, str(exc)) from None
     except FormParserError:
         raise UploadRefused(400, "the upload is not a well-formed multipart form") from None
+    except ClientDisconnect:
+        raise UploadRefused(400, "the upload was cut off before it ended; nothing was kept") from None
     except OSError as exc:
         raise _disk_refusal(exc) from None
     scratch = form.path
