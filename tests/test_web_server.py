@@ -355,16 +355,19 @@ def test_web_non_loopback_host_needs_allowed_host(tmp_path: Path) -> None:
     assert any("plain HTTP" in w and "TLS" in w for w in settings.warnings())
     app, _service, _token = build(settings, 8443)
 
-    async def ask(host: str) -> int:
+    async def ask(host: str, origin: str) -> int:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app),
             base_url="http://x",
             headers={"Authorization": f"Bearer {TOKEN}"},
         ) as client:
-            return (await client.get("/healthz", headers={"Host": host})).status_code
+            return (await client.post("/logout", headers={"Host": host, "Origin": origin})).status_code
 
-    assert asyncio.run(ask("voicelink.example:8443")) == 200
-    assert asyncio.run(ask("evil.example:8443")) == 403
+    assert asyncio.run(ask("voicelink.example:8443", "http://voicelink.example:8443")) == 200
+    # Behind a TLS-terminating proxy: Host without the port, an https Origin.
+    assert asyncio.run(ask("voicelink.example", "https://voicelink.example")) == 200
+    assert asyncio.run(ask("evil.example:8443", "http://evil.example:8443")) == 403
+    assert asyncio.run(ask("voicelink.example", "https://evil.example")) == 403
 
 
 def test_web_logout_clears_the_session_cookie_named_with_the_port(tmp_path: Path) -> None:

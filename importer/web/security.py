@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 from collections.abc import Iterable
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, quote, urlencode
@@ -46,6 +47,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+_WITH_PORT = re.compile(r"(?:\[[^\]]*\]|[^:\[\]]+):\d+")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HEADERS = [
     (b"content-security-policy", CSP.encode()),
@@ -88,14 +90,23 @@ def is_loopback(host: str) -> bool:
 
 
 def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[str]:
-    """The Host header values that name this server (``extra``: the names given with --allowed-host)."""
+    """The Host header values that name this server.
+
+    ``extra``: the names given with ``--allowed-host``; one without a port is taken bare too, as
+    a TLS-terminating proxy in front passes it (port 443 is left out of Host).
+    """
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    names = {shown, *(n.strip().lower() for n in extra if n.strip())}
+    names = {shown}
     if is_loopback(host):
         names |= {"localhost", "127.0.0.1", "[::1]"}
     out = {f"{name}:{port}" for name in names}
     if port == 80:
         out |= names
+    for name in (n.strip() for n in extra):
+        if _WITH_PORT.fullmatch(name):
+            out.add(name)
+        elif name:
+            out |= {name, f"{name}:{port}"}
     return frozenset(n.lower() for n in out)
 
 
@@ -110,7 +121,8 @@ class Guard:
         self.cookie = cookie
         self.session = session_value(token)
         self.hosts = frozenset(hosts)
-        self.origins = frozenset(f"http://{h}" for h in self.hosts)
+        # https too: behind a TLS-terminating proxy the browser's Origin is https://<allowed host>.
+        self.origins = frozenset(f"{scheme}://{h}" for h in self.hosts for scheme in ("http", "https"))
         self.static_prefix = static_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
