@@ -128,6 +128,17 @@ def test_web_damaged_job_records_listed_others_served_nothing_deleted(tmp_path: 
         assert _files(jobs) == before  # nothing deleted, nothing rewritten
 
 
+def test_web_unreadable_job_database_is_one_line_and_left_alone(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "jobs.sqlite").write_bytes(b"not a database " * 100)
+    done = _serve_command("--data-dir", str(data), token=TOKEN)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"Error: cannot use the job database {data / 'jobs.sqlite'}: file is not a database"
+    )
+    assert (data / "jobs.sqlite").read_bytes() == b"not a database " * 100
+
+
 # -- item 4: a full disk ---------------------------------------------------------------------------
 
 

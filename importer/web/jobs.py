@@ -343,7 +343,12 @@ class JobService:
                 and (folder / "job.json").is_file()
                 and not self.store.has(folder.name)
             ):
-                _import_folder(self.store, folder)  # a job from before the database: taken in once
+                try:
+                    _import_folder(self.store, folder)  # a job from before the database: taken in once
+                except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: tried again on the next start
+                    self.damaged[folder.name] = (
+                        f"could not be taken into {self.store.path.name}: {_reason(exc)}"
+                    )
         for stored in self.store.jobs():
             try:
                 if stored.record is None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from importer.errors import InputError
+
 __all__ = ["DamagedRecord", "JobStore", "StoredJob", "decode_list", "decode_object", "full_disk"]
 
 DB_NAME = "jobs.sqlite"
@@ -103,16 +105,25 @@ class JobStore:
     """The database of job records; safe to use from the event loop and from worker threads."""
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        """Open (or create) the database in ``data_dir``.
+
+        Raises:
+            InputError: the database cannot be opened (not a database, unreadable); it is left as it is.
+        """
         self.path = data_dir / DB_NAME
         self._lock = threading.Lock()
-        # isolation_level=None: transactions are begun and ended here, one per change.
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a state change that was answered survives power loss
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._lock:
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are begun and ended here, one per change.
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "PRAGMA synchronous=FULL"
+            )  # a state change that was answered survives power loss
+            self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise InputError(f"cannot use the job database {self.path}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:
