@@ -451,6 +451,17 @@ def test_web_job_events_one_json_log_line_each(tmp_path: Path, capsys: pytest.Ca
 
     sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
     settings = _settings(tmp_path / "data", sandbox, log_format=LogFormat.JSON)
+    err: list[str] = []
+
+    def wait_logged(event: str, job_id: str) -> None:
+        # jobs._plan shows "planned" a moment before it saves it (it saves the outcomes first):
+        # a start in between would make the save see "sending". Wait for the line, not the status.
+        deadline = time.monotonic() + 10
+        while f'"event": "{event}", "job": "{job_id}"' not in "".join(err):
+            assert time.monotonic() < deadline, f"no {event} line for {job_id}"
+            time.sleep(0.01)
+            err.append(capsys.readouterr().err)
+
     with _serving(settings) as (_url, client):
         sent = wait_for_job(
             client,
@@ -459,6 +470,7 @@ def test_web_job_events_one_json_log_line_each(tmp_path: Path, capsys: pytest.Ca
         )
         assert client.post(f"/api/jobs/{sent['id']}/plan").status_code == 202
         wait_for_job(client, sent["id"], {"planned"})
+        wait_logged("planned", sent["id"])
         assert client.post(f"/api/jobs/{sent['id']}/start").status_code == 202
         wait_for_job(client, sent["id"], FINAL)
         dropped = wait_for_job(
@@ -467,7 +479,8 @@ def test_web_job_events_one_json_log_line_each(tmp_path: Path, capsys: pytest.Ca
             {"validated"},
         )
         assert client.post(f"/api/jobs/{dropped['id']}/cancel").status_code == 202
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    err.append(capsys.readouterr().err)
+    lines = [json.loads(line) for line in "".join(err).splitlines() if line.startswith("{")]
     events = [(e["event"], e["job"], e["uploaded_by"]) for e in lines if "event" in e]
     assert events == [
         ("created", sent["id"], "Asha"),
