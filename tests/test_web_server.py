@@ -139,6 +139,35 @@ def test_web_unreadable_job_database_is_one_line_and_left_alone(tmp_path: Path) 
     assert (data / "jobs.sqlite").read_bytes() == b"not a database " * 100
 
 
+def test_web_plan_outcomes_dropped_when_a_send_begins_even_across_a_restart(tmp_path: Path) -> None:
+    """Planned, queued, cancelled before sending: after a restart its rows show no planned action."""
+    sandbox = create_sandbox(
+        SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 40), latency_ms=150)
+    )
+    settings = _settings(tmp_path / "data", sandbox)
+    with _serving(settings) as (_url, client):
+        busy, queued = (
+            wait_for_job(client, _upload(client, write_sheet(tmp_path / n, 30)).json()["id"], {"validated"})[
+                "id"
+            ]
+            for n in ("a.csv", "b.csv")
+        )
+        assert client.post(f"/api/jobs/{queued}/plan").status_code == 202
+        wait_for_job(client, queued, {"planned"})
+        assert {r["action"] for r in client.get(f"/api/jobs/{queued}/rows").json()["rows"]} == {"create"}
+        assert client.post(f"/api/jobs/{busy}/start").status_code == 202
+        assert client.post(f"/api/jobs/{queued}/start").status_code == 202
+        assert client.get(f"/api/jobs/{queued}").json()["queue_position"] == 1
+        cancelled = client.post(f"/api/jobs/{queued}/cancel").json()
+        assert (
+            cancelled["status"] == "cancelled" and cancelled["stopped"] == "cancelled before sending started"
+        )
+        wait_for_job(client, busy, FINAL)
+    with _serving(settings) as (_url, client):
+        rows = client.get(f"/api/jobs/{queued}/rows").json()["rows"]
+        assert {(r["status"], r["action"]) for r in rows} == {("not_sent", "")}
+
+
 # -- item 4: a full disk ---------------------------------------------------------------------------
 
 

@@ -70,7 +70,7 @@ class JobStatus(enum.StrEnum):
 EDITABLE = frozenset({JobStatus.VALIDATED, JobStatus.PLANNED})
 FINISHED = frozenset({JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED})
 KEEPS_OUTCOMES = frozenset({JobStatus.PLANNED, JobStatus.DONE, JobStatus.CANCELLED})
-"""States whose per-row outcomes are in outcomes.json (written when the plan or send ended)."""
+"""States whose per-row outcomes are in the store (written when the plan or send ended)."""
 
 NO_PROGRESS: Mapping[str, Any] = {
     "done": 0,
@@ -100,7 +100,7 @@ class JobError(Exception):
 
 @dataclass(slots=True)
 class Job:
-    """One import job: what is stored in job.json, plus what lives only while the server runs."""
+    """One import job: what its stored record holds, plus what lives only while the server runs."""
 
     id: str
     folder: Path
@@ -426,8 +426,10 @@ class JobService:
 
     def _save(self, job: Job) -> None:
         """Store the job's record (one transaction) and tell whoever watches (streams, log, metrics)."""
+        # A send begins: the plan's outcomes are no longer true (a job cancelled while queued has none).
+        begins = job.status is JobStatus.SENDING and self.events.last.get(job.id) != JobStatus.SENDING.value
         try:
-            self.store.put(job.id, job.stored())
+            self.store.put(job.id, job.stored(), drop_outcomes=begins)
         except (OSError, sqlite3.Error) as exc:
             # The disk is full (or failing): the job cannot go on, and says why; the server goes on.
             reason = ("the server's disk is full" if full_disk(exc) else "the job could not be saved") + (
@@ -517,7 +519,7 @@ class JobService:
                 if other is not job and other.status not in busy and not other.lock.locked():
                     other.report = None
                     if other.status in KEEPS_OUTCOMES:
-                        other.outcomes = {}  # saved in outcomes.json; read again with the table
+                        other.outcomes = {}  # saved in the store; read again with the table
                     other.view = None
                     del self._resident[job_id]
                     break

@@ -129,11 +129,13 @@ class JobStore:
         with self._lock:
             self._db.close()
 
-    def _write(self, sql: str, params: Sequence[Any]) -> None:
+    def _write(self, sql: str, params: Sequence[Any], *more: tuple[str, Sequence[Any]]) -> None:
+        """Run one or more statements as one transaction."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(sql, params)
+                for statement, values in ((sql, params), *more):
+                    self._db.execute(statement, values)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -145,13 +147,18 @@ class JobStore:
         with self._lock:
             return self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
 
-    def put(self, job_id: str, record: Mapping[str, Any]) -> None:
-        """Store a job's fields (one transaction); a damaged mark it had is cleared."""
+    def put(self, job_id: str, record: Mapping[str, Any], *, drop_outcomes: bool = False) -> None:
+        """Store a job's fields (one transaction); a damaged mark it had is cleared.
+
+        ``drop_outcomes``: the saved outcomes are no longer true (a send begins), in the same transaction.
+        """
         text = json.dumps(record, ensure_ascii=False)
+        drop = [("DELETE FROM outcomes WHERE id = ?", (job_id,))] if drop_outcomes else []
         self._write(
             "INSERT INTO jobs (id, record, damaged) VALUES (?, ?, NULL) "
             "ON CONFLICT(id) DO UPDATE SET record = excluded.record, damaged = NULL",
             (job_id, text),
+            *drop,
         )
 
     def put_raw(self, job_id: str, raw: bytes, damaged: str | None) -> None:
