@@ -436,7 +436,8 @@ class JobService:
                 f": {_reason(exc)}"
             )
             observe.log_storage_error(job.id, reason)
-            if job.status is not JobStatus.FAILED:
+            # A sending job goes on: its journal, not this record, is what a resume trusts.
+            if job.status not in (JobStatus.FAILED, JobStatus.SENDING):
                 job.status, job.error = JobStatus.FAILED, reason
                 job.finished = job.finished or now_text()
         self.events.saved(job)
