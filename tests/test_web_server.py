@@ -252,10 +252,10 @@ def test_web_full_disk_while_saving_fails_the_job_with_the_reason(
     sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
     real_put = JobStore.put
 
-    def put(self: JobStore, job_id: str, record: dict[str, Any]) -> None:
+    def put(self: JobStore, job_id: str, record: dict[str, Any], **options: Any) -> None:
         if record["status"] != "validating":
             raise OSError(errno.ENOSPC, "No space left on device")
-        real_put(self, job_id, record)
+        real_put(self, job_id, record, **options)
 
     with _serving(_settings(tmp_path / "data", sandbox)) as (_url, client):
         monkeypatch.setattr(JobStore, "put", put)
