@@ -430,7 +430,7 @@ class JobService:
         begins = job.status is JobStatus.SENDING and self.events.last.get(job.id) != JobStatus.SENDING.value
         try:
             self.store.put(job.id, job.stored(), drop_outcomes=begins)
-        except (OSError, sqlite3.Error) as exc:
+        except Exception as exc:  # full disk, failing disk, or a bug: never a job stuck where it was
             # The disk is full (or failing): the job cannot go on, and says why; the server goes on.
             reason = ("the server's disk is full" if full_disk(exc) else "the job could not be saved") + (
                 f": {_reason(exc)}"
