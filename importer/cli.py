@@ -772,16 +772,38 @@ def history(source: Path) -> None:
 @click.option("--max-upload-mb", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--sandbox", "use_sandbox", is_flag=True, help="Send to an in-process sandbox (no key needed).")
+@click.option(
+    "--allowed-host",
+    "allowed_host",
+    multiple=True,
+    metavar="NAME",
+    help="A host name clients use to reach the server (repeatable); required with a non-loopback --host.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines (one per job event) as text or as one JSON object each.",
+)
 @one_line_errors
 def serve(
-    host: str, port: int, data_dir: Path, max_upload_mb: int, requests_per_minute: int, use_sandbox: bool
+    host: str,
+    port: int,
+    data_dir: Path,
+    max_upload_mb: int,
+    requests_per_minute: int,
+    use_sandbox: bool,
+    allowed_host: tuple[str, ...],
+    log_format: str,
 ) -> None:
     """Serve the web service: upload, check, fix, plan and send imports from a browser or the API.
 
     The key and base URL come from VOCOBASE_API_KEY and VOCOBASE_BASE_URL and stay on the server.
-    The access token is random per start unless VOICELINK_WEB_TOKEN sets it.
+    The access token is random per start unless VOICELINK_WEB_TOKEN sets it (32 characters or more).
     """
     from importer.web.engine import Connection
+    from importer.web.observe import LogFormat
     from importer.web.server import ServeSettings, sandbox_connection
     from importer.web.server import serve as serve_web
 
@@ -807,7 +829,12 @@ def serve(
         port=port,
         max_upload_mb=max_upload_mb,
         token=os.environ.get("VOICELINK_WEB_TOKEN", ""),
+        allowed_host=allowed_host,
+        log_format=LogFormat(log_format),
     )
+    settings.check()  # before the key is looked at further or anything listens
+    for warning in settings.warnings():
+        click.echo(warning, err=True)
 
     def ready(url: str, token: str) -> None:
         click.echo(f"VoiceLink importer web service: {url}")
