@@ -179,7 +179,7 @@ def test_words_web_job_results_workbook_says_the_web_words(tmp_path: Path) -> No
         assert words in str(errors[1][3]) and flag not in str(errors[1][3])
 
 
-TOKEN = "words-test-token-0123456789"
+TOKEN = "words-test-token-0123456789-abcdefghij"
 
 
 def test_words_web_job_check_page_and_results_say_the_web_words(tmp_path: Path) -> None:
