@@ -80,7 +80,9 @@ class ReasonKind(Coded):
     SETTLED_ON_RESUME = "settled_on_resume", "an interrupted run's write had been applied"
     EXISTS_SKIPPED = "exists_skipped", "routing exists and differs (skipped)"
     EXISTS_FAILED = "exists_failed", "routing exists and differs"
-    UNSETTLED = "unsettled", "outcome unknown, not applied"
+    UNSETTLED = "unsettled", "outcome unknown (may have been applied): running the same file again settles it"
+    # Kept apart from UNSETTLED: re-reading proved these writes were not applied.
+    NOT_APPLIED = "not_applied", "not applied: re-reading showed the write did not take"
     VANISHED = "vanished", "routing removed meanwhile"
     CHANGED_MEANWHILE = "changed_meanwhile", "routing changed meanwhile"
     DID_NOT_FOUND = "did_not_found", "DID not in this account"

@@ -23,7 +23,7 @@ from importer.account.client import Did, Routing, number_key
 from importer.account.inventory import DidRef
 from importer.account.live import Inventory
 from importer.engine.journal import ChangeRecord, ConfirmedRow, InFlightRow
-from importer.engine.resolve import resolve_row
+from importer.engine.resolve import NearIndex, resolve_row
 from importer.fields import ROUTING_FIELDS, routing_body
 from importer.model import RoutingRow, RowOutcome
 from importer.vocab import Action, Decision, OnExisting, ReasonKind, Status
@@ -250,8 +250,9 @@ def plan_import(
     details: list[str] = []
     seen: dict[int, int] = {}
     counts: collections.Counter[str] = collections.Counter()
+    near = NearIndex.of(inventory.dids_by_number)  # once: a scan per unknown number is quadratic
     for row in rows:
-        found = resolve_row(row, inventory, connection)
+        found = resolve_row(row, inventory, connection, near)
         if not found.ok:
             outcomes.append(_failed(row.row, found.kind, found.reason, found.did_id))
             counts["fail"] += 1
