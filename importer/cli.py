@@ -326,6 +326,18 @@ def _ask(plan: Any, estimate: Callable[[int], str], details: bool = True) -> boo
     return click.confirm(f"Send {what} now?", default=False, err=True)
 
 
+def _say(line: str) -> None:
+    """Print a line on stdout; once its reader has gone (`| head -1`), drop the rest and carry on.
+
+    A closed stdout must never stop or change a job: a rollback whose plan lines meet a closed
+    pipe still sends, writes its workbook and exits with its own code.
+    """
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        _silence_stdout()
+
+
 def _print_summary(summary: Any) -> None:
     try:
         for line in summary.lines():
@@ -717,7 +729,7 @@ def rollback(
         if quiet:  # --quiet: the summary and errors only
             return
         for line in plan.lines(limit=50):
-            click.echo(line)
+            _say(line)
 
     config = RollbackConfig(
         source=source,
@@ -749,7 +761,7 @@ def history(source: Path) -> None:
     from importer.jobs.history import history_lines, run_history
 
     for line in history_lines(run_history(source)):
-        click.echo(line)
+        _say(line)
 
 
 @main.command()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -696,3 +699,49 @@ def test_rollback_after_rollback_and_rerun_restores_the_record_before_the_rerun(
     assert summary.counts == {"succeeded": 4, "unchanged": 1}
     assert summary.exit_code == 0
     assert routing_by_did(sandbox) == {**expected_after_rollback(before), 1000: someone}
+
+
+def _cli_into_closed_pipe(args: list[str], url: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with stdout a pipe whose reader has gone, as in `voicelink-import ... | head -1`
+    once head has its line: every write to stdout meets EPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader left before the first line
+    try:
+        env = {**os.environ, "VOCOBASE_API_KEY": SANDBOX_API_KEY, "VOCOBASE_BASE_URL": url}
+        return subprocess.run(
+            [sys.executable, "-m", "importer", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    finally:
+        os.close(write_end)
+
+
+def test_cli_closed_stdout_never_stops_or_changes_a_rollback(tmp_path: Path) -> None:
+    """`rollback ... | head -1`, `rollback --dry-run | head -1` and `history | head -1` still do
+    their whole job, over loopback TCP, and exit with the job's own code."""
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    with running_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000)) as (url, sandbox):
+        before = routing_by_did(sandbox)
+        run = do_import(tmp_path, sandbox)
+        writes = write_count(sandbox)
+        dry = _cli_into_closed_pipe(
+            ["rollback", str(run.results_path), "--dry-run", "-o", str(tmp_path / "plan.xlsx")], url
+        )
+        assert dry.returncode == 0, dry.stderr
+        assert write_count(sandbox) == writes
+        assert len(read_results(tmp_path / "plan.xlsx")) == 5  # the dry run's workbook is written
+        sent = _cli_into_closed_pipe(["rollback", str(run.results_path), "--yes"], url)
+        assert sent.returncode == 0, sent.stderr
+        assert write_count(sandbox) == writes + 4  # the undos were really sent
+        assert routing_by_did(sandbox) == expected_after_rollback(before)
+        assert {r["import_status"] for r in read_results(tmp_path / "sheet.rollback.xlsx")} == {
+            "succeeded",
+            "unchanged",
+        }
+        shown = _cli_into_closed_pipe(["history", str(tmp_path / "sheet.journal.sqlite")], url)
+        assert shown.returncode == 0, shown.stderr
+    assert "Error" not in dry.stderr + sent.stderr + shown.stderr
