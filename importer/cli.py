@@ -20,7 +20,7 @@ import click
 
 from importer.account.live import DEFAULT_BASE_URL
 from importer.engine.apply import ERROR_RATE_MIN_WRITES, SendOptions, human_duration
-from importer.errors import ImporterError
+from importer.errors import ImporterError, NothingToDo
 from importer.vocab import ExitCode, OnExisting
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,6 +42,9 @@ def one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except NothingToDo as exc:  # said plainly, not as an error: exit 0
+            _say(str(exc))
+            sys.exit(exc.exit_code)
         except ImporterError as exc:
             fail(str(exc), exc.exit_code)
         except BrokenPipeError:

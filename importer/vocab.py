@@ -102,6 +102,7 @@ class ReasonKind(Coded):
     DEACTIVATE = "deactivate", "deactivated (status 0)"
     FORCED = "forced", "overwritten (--force)"
     NEVER_APPLIED = "never_applied", "the run's write was never applied"
+    ROLLED_BACK = "rolled_back", "rolled back already"
     CHANGED_SINCE = "changed_since", "changed since the run"
     UNKNOWN_DID = "unknown_did", "the journal does not name the DID"
     UNREADABLE_JOURNAL = "unreadable_journal", "the journal's record is incomplete"

@@ -23,7 +23,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,10 +35,13 @@ from importer.errors import InputError
 __all__ = [
     "ChangeRecord",
     "ConfirmedRow",
+    "Fate",
     "InFlightRow",
     "Journal",
     "RunHistory",
     "RunRecord",
+    "Timeline",
+    "change_did",
     "rollback_of",
 ]
 
@@ -167,6 +170,104 @@ class RunHistory:
     @property
     def is_rollback(self) -> bool:
         return self.run.command == "rollback"
+
+
+@dataclass(frozen=True, slots=True)
+class Fate:
+    """What became of one change after its run, as the journal tells it."""
+
+    rolled_back_by: int | None = None
+    """The rollback that put it back, when no import has written its DID since: then nothing of
+    the change is left to roll back, whatever the live state says."""
+    overwritten: ChangeRecord | None = None
+    """The last write to its DID by a later run: an import, or the tool's own rollback of another run."""
+    overwritten_by_rollback: bool = False
+    """``overwritten`` is the tool's own rollback (of another run), never someone's change."""
+
+    @property
+    def left(self) -> bool:
+        """Whether the change may still be live: neither rolled back nor written over since."""
+        return self.rolled_back_by is None and self.overwritten is None
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """Every write of every run, oldest first, and which rollbacks put back which runs' rows.
+
+    Built once per rollback (``Journal.timeline``); ``fates`` tells, per write, whether anything
+    of it is left to roll back, so neither the choice of runs nor the plan takes the tool's own
+    rollback for someone's change.
+    """
+
+    changes: tuple[ChangeRecord, ...]
+    """Imports' writes (succeeded or still in flight) and rollbacks' succeeded writes, oldest first."""
+    rollbacks: Mapping[int, tuple[int, ...]]
+    """Rollback run -> the runs it undid."""
+    undone_by: Mapping[tuple[int, int], int]
+    """(run, row) -> the first rollback that restored that row of that run (``Journal.undone_by``)."""
+
+    def fates(self) -> dict[tuple[int, int, str], Fate]:
+        """Each import's write -> what became of it, keyed by ``Timeline.key``.
+
+        Returns:
+            For every write of an import: the rollback that put it back (when no import wrote
+            its DID after that rollback), else the last later write to its DID by another run.
+        """
+        out: dict[tuple[int, int, str], Fate] = {}
+        later: dict[str, list[ChangeRecord]] = collections.defaultdict(list)
+        # Newest first: each write sees the writes to its DID that came after it.
+        for c in reversed(self.changes):
+            did = change_did(c)
+            after = later[did]
+            if c.run_id not in self.rollbacks:
+                out.setdefault(self.key(c), self._fate(c, after))
+            after.insert(0, c)
+        return out
+
+    def _fate(self, change: ChangeRecord, after: Sequence[ChangeRecord]) -> Fate:
+        by = self.undone_by.get((change.run_id, change.row))
+        if by is not None and by > change.run_id:
+            imported_since = [c for c in after if c.run_id > by and c.run_id not in self.rollbacks]
+            if not imported_since:
+                return Fate(rolled_back_by=by)
+            return Fate(overwritten=imported_since[-1])
+        others = [
+            c
+            for c in after
+            if c.run_id != change.run_id and change.run_id not in self.rollbacks.get(c.run_id, ())
+        ]
+        if not others:
+            return Fate()
+        last = others[-1]
+        return Fate(overwritten=last, overwritten_by_rollback=last.run_id in self.rollbacks)
+
+    def left_runs(self) -> tuple[int, ...]:
+        """The imports with something left to roll back (a write neither rolled back nor written over)."""
+        return tuple(sorted({run for (run, _, _), fate in self.fates().items() if fate.left}))
+
+    def nothing_left(self, journal: str) -> str:
+        """Say that no import has anything left to roll back, and which rollbacks saw to it."""
+        by: dict[int, set[int]] = collections.defaultdict(set)
+        for (run, _, _), fate in self.fates().items():
+            if fate.rolled_back_by is not None:
+                by[run].add(fate.rolled_back_by)
+            elif fate.overwritten is not None:
+                by[run].add(fate.overwritten.run_id)
+        said = ", ".join(
+            f"run {run} by {'runs' if len(ks) > 1 else 'run'} {', '.join(map(str, sorted(ks)))}"
+            for run, ks in sorted(by.items())
+        )
+        return f"nothing left to roll back in {journal}: every change was rolled back already ({said})"
+
+    @staticmethod
+    def key(change: ChangeRecord) -> tuple[int, int, str]:
+        """A write's identity in the timeline: its run, row and DID."""
+        return change.run_id, change.row, change_did(change)
+
+
+def change_did(change: ChangeRecord) -> str:
+    """The DID a write targets, as one key ('id:812', or 'num:918011223344' when no id is known)."""
+    return f"id:{change.did_id}" if change.did_id is not None else change.did_key
 
 
 def _now() -> str:
@@ -430,12 +531,12 @@ class Journal:
         # rollback plans it afresh against the live state.
         return {r["row"]: r for r in rows if (r["run_id"], r["row"]) not in undone}
 
-    def undone_by(self) -> dict[tuple[int, int], int]:
-        """Which rollback last put back each row a run changed.
+    def undone_by(self, *, first: bool = False) -> dict[tuple[int, int], int]:
+        """Which rollback last (or ``first``) put back each row a run changed.
 
         Returns:
-            (run id, row) -> the latest rollback run that restored that row of that run
-            (succeeded) or found it already restored (unchanged).
+            (run id, row) -> the latest (``first``: the earliest) rollback run that restored that
+            row of that run (succeeded) or found it already restored (unchanged).
         """
         out: dict[tuple[int, int], int] = {}
         for run in self._query(
@@ -448,7 +549,9 @@ class Journal:
             ):
                 # A rollback of several runs of one input undoes the row in each of them: the
                 # deciding entry may be any of theirs (e.g. a resume that settled a write in flight).
-                out.update(((of, int(e["row"])), run["run_id"]) for of in covered)
+                for of in covered:
+                    if not first or (of, int(e["row"])) not in out:
+                        out[(of, int(e["row"]))] = run["run_id"]
         return out
 
     def confirmed(self, input_sha256: str) -> dict[int, ConfirmedRow]:
@@ -519,6 +622,18 @@ class Journal:
             )
             for e in self._query(sql + " ORDER BY entry_id", params)
         ]
+
+    def timeline(self) -> Timeline:
+        """Every run's writes and rollbacks, to tell what of a run is left to roll back (``Timeline``)."""
+        rollbacks = {r.run_id: rollback_of(r.audit) for r in self.runs() if r.command == "rollback"}
+        changes = tuple(
+            c
+            for c in self.changes(include_unsettled=True)
+            # A rollback's write still in flight may not have been applied: it overwrites nothing yet.
+            if c.settled or c.run_id not in rollbacks
+        )
+        # The first rollback that put a row back is the one to name: later ones only found it so.
+        return Timeline(changes, MappingProxyType(rollbacks), MappingProxyType(self.undone_by(first=True)))
 
     def runs(self) -> list[RunRecord]:
         """Every run, oldest first (for ``history``-style listings and choosing a run to roll back)."""
