@@ -23,7 +23,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -211,35 +211,49 @@ class Timeline:
 
         Returns:
             For every write of an import: the rollback that put it back (when no import wrote
-            its DID after that rollback), else the last later write to its DID by another run.
+            its DID after that rollback); else nothing, when its run's write is the live one at
+            the end; else the last write to its DID, the one that left another record live.
         """
+        live, last = self._live()
         out: dict[tuple[int, int, str], Fate] = {}
-        later: dict[str, list[ChangeRecord]] = collections.defaultdict(list)
-        # Newest first: each write sees the writes to its DID that came after it.
-        for c in reversed(self.changes):
-            did = change_did(c)
-            after = later[did]
+        imported_after: dict[str, list[int]] = collections.defaultdict(list)
+        for c in self.changes:
             if c.run_id not in self.rollbacks:
-                out.setdefault(self.key(c), self._fate(c, after))
-            after.insert(0, c)
+                imported_after[change_did(c)].append(c.run_id)
+        for c in self.changes:
+            if c.run_id in self.rollbacks:
+                continue
+            did = change_did(c)
+            by = self.undone_by.get((c.run_id, c.row))
+            if by is not None and by > c.run_id and not any(r > by for r in imported_after[did]):
+                fate = Fate(rolled_back_by=by)
+            elif live[did] == c.run_id:
+                fate = Fate()
+            else:
+                fate = Fate(overwritten=last[did], overwritten_by_rollback=last[did].run_id in self.rollbacks)
+            out[self.key(c)] = fate
         return out
 
-    def _fate(self, change: ChangeRecord, after: Sequence[ChangeRecord]) -> Fate:
-        by = self.undone_by.get((change.run_id, change.row))
-        if by is not None and by > change.run_id:
-            imported_since = [c for c in after if c.run_id > by and c.run_id not in self.rollbacks]
-            if not imported_since:
-                return Fate(rolled_back_by=by)
-            return Fate(overwritten=imported_since[-1])
-        others = [
-            c
-            for c in after
-            if c.run_id != change.run_id and change.run_id not in self.rollbacks.get(c.run_id, ())
-        ]
-        if not others:
-            return Fate()
-        last = others[-1]
-        return Fate(overwritten=last, overwritten_by_rollback=last.run_id in self.rollbacks)
+    def _live(self) -> tuple[dict[str, int | None], dict[str, ChangeRecord]]:
+        """Per DID, whose write is live at the end (None: the record from before every run), and the
+        last write to it. A rollback of runs puts back the record from before the first of their
+        writes to the DID, so whoever was live then is live again."""
+        live: dict[str, int | None] = {}
+        last: dict[str, ChangeRecord] = {}
+        trail: dict[str, list[tuple[int, int | None]]] = collections.defaultdict(list)
+        for c in self.changes:
+            did = change_did(c)
+            undid = self.rollbacks.get(c.run_id)
+            if undid is None:
+                trail[did].append((c.run_id, live.get(did)))
+                live[did] = c.run_id
+            else:
+                undone = [before for run, before in trail[did] if run in undid]
+                live[did] = undone[0] if undone else None
+                # Those writes are undone: a later rollback of the same input looks past them.
+                trail[did] = [(run, before) for run, before in trail[did] if run not in undid]
+            last[did] = c
+        return live, last
 
     def left_runs(self) -> tuple[int, ...]:
         """The imports with something left to roll back (a write neither rolled back nor written over)."""
