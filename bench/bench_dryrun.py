@@ -12,7 +12,7 @@ own, whose last 9 digits match no DID (the "did you mean" hint finds nothing: it
 An in-process sandbox (rate limit raised) serves the account. Runs alternate, validate then dry
 run, in this process:
 
-* validate: ``importer.jobs.pipeline.validate_file`` (read, validate, results workbook, failed rows);
+* validate: ``importer.jobs.validate.validate_file`` (read, validate, results workbook, failed rows);
 * dry run: ``importer.jobs.run.run_import`` with ``dry_run=True`` through the real code path (read,
   validate, pre-flight, sync of the whole account over ASGI, plan, results workbook), nothing sent.
 
@@ -41,8 +41,9 @@ sys.path.insert(0, str(BENCH_DIR.parent / "tests"))  # the tests' generated acco
 
 from helpers import desired_record, did_number, write_inventory  # noqa: E402
 
-from importer.jobs.pipeline import InputOptions, ValidateConfig, validate_file  # noqa: E402
-from importer.jobs.run import ImportConfig, run_import  # noqa: E402
+from importer.jobs.run import run_import  # noqa: E402  (the repository root goes on the path first)
+from importer.jobs.validate import validate_file  # noqa: E402
+from importer.options import ImportConfig, InputOptions, ValidateConfig  # noqa: E402
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox  # noqa: E402
 
 GOAL = 1.6

@@ -35,10 +35,13 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar
 
+from importer import words
 from importer.account.limiter import RateLimiter
 from importer.errors import ImporterError
-from importer.jobs.pipeline import InputOptions, now_text, reasons_by_row
+from importer.jobs.session import now_text
+from importer.jobs.validate import reasons_by_row
 from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
+from importer.options import InputOptions
 from importer.web import engine
 from importer.web.engine import Connection, Edit, SendProgress
 
@@ -464,7 +467,7 @@ class JobService:
             async with job.lock:
                 report = await self._load_report(job)
         except ImporterError as exc:
-            job.status, job.error = JobStatus.FAILED, str(exc)
+            job.status, job.error = JobStatus.FAILED, words.error_words(exc, words.Surface.WEB)
             job.report = None
         except Exception as exc:  # a bug must not leave the job validating for ever
             job.status, job.error = JobStatus.FAILED, engine.clean_error(exc)
