@@ -20,7 +20,7 @@ import click
 
 from importer.account.live import DEFAULT_BASE_URL
 from importer.engine.apply import ERROR_RATE_MIN_WRITES
-from importer.errors import ImporterError
+from importer.errors import ImporterError, NothingToDo
 from importer.options import SendOptions, human_duration
 from importer.vocab import ExitCode, OnExisting
 
@@ -43,6 +43,9 @@ def one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except NothingToDo as exc:  # said plainly, not as an error: exit 0
+            _say(str(exc))
+            sys.exit(exc.exit_code)
         except ImporterError as exc:
             fail(str(exc), exc.exit_code)
         except BrokenPipeError:
@@ -326,6 +329,18 @@ def _ask(plan: Any, estimate: Callable[[int], str], details: bool = True) -> boo
     # The plan line just above carries the cost (writes, time at the rate): the question need not repeat it.
     what = ("this write" if writes == 1 else f"these {writes:,} writes") if plan.cost else estimate(writes)
     return click.confirm(f"Send {what} now?", default=False, err=True)
+
+
+def _say(line: str) -> None:
+    """Print a line on stdout; once its reader has gone (`| head -1`), drop the rest and carry on.
+
+    A closed stdout must never stop or change a job: a rollback whose plan lines meet a closed
+    pipe still sends, writes its workbook and exits with its own code.
+    """
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        _silence_stdout()
 
 
 def _print_summary(summary: Any) -> None:
@@ -722,7 +737,7 @@ def rollback(
         if quiet:  # --quiet: the summary and errors only
             return
         for line in plan.lines(limit=50):
-            click.echo(line)
+            _say(line)
 
     config = RollbackConfig(
         source=source,
@@ -754,7 +769,7 @@ def history(source: Path) -> None:
     from importer.jobs.history import history_lines, run_history
 
     for line in history_lines(run_history(source)):
-        click.echo(line)
+        _say(line)
 
 
 @main.command()

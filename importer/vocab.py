@@ -86,7 +86,9 @@ class ReasonKind(Coded):
     SETTLED_ON_RESUME = "settled_on_resume", "an interrupted run's write had been applied"
     EXISTS_SKIPPED = "exists_skipped", "routing exists and differs (skipped)"
     EXISTS_FAILED = "exists_failed", "routing exists and differs"
-    UNSETTLED = "unsettled", "outcome unknown, not applied"
+    UNSETTLED = "unsettled", "outcome unknown (may have been applied): running the same file again settles it"
+    # Kept apart from UNSETTLED: re-reading proved these writes were not applied.
+    NOT_APPLIED = "not_applied", "not applied: re-reading showed the write did not take"
     VANISHED = "vanished", "routing removed meanwhile"
     CHANGED_MEANWHILE = "changed_meanwhile", "routing changed meanwhile"
     DID_NOT_FOUND = "did_not_found", "DID not in this account"
@@ -106,6 +108,7 @@ class ReasonKind(Coded):
     DEACTIVATE = "deactivate", "deactivated (status 0)"
     FORCED = "forced", "overwritten (forced)", "overwritten ({force})"
     NEVER_APPLIED = "never_applied", "the run's write was never applied"
+    ROLLED_BACK = "rolled_back", "rolled back already"
     CHANGED_SINCE = "changed_since", "changed since the run"
     UNKNOWN_DID = "unknown_did", "the journal does not name the DID"
     UNREADABLE_JOURNAL = "unreadable_journal", "the journal's record is incomplete"
