@@ -145,7 +145,7 @@ def _keep_input_option(ctx: click.Context, param: click.Parameter, value: Any) -
 def build_input(file: Path) -> Any:
     """Return the InputOptions for FILE from the ``input_options`` of the running command, if any."""
     from importer.jobs.pipeline import InputOptions
-    from importer.read.reader import check_encoding
+    from importer.read.text import check_encoding
     from importer.validate.rules import parse_column_map
 
     meta = ctx.meta if (ctx := click.get_current_context(silent=True)) is not None else {}

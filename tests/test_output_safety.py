@@ -22,7 +22,7 @@ from importer.fields import FIELD_NAMES
 from importer.jobs.pipeline import InputOptions, ValidateConfig, validate_file
 from importer.jobs.run import ImportConfig, run_import
 from importer.output.template import template_csv_text, write_template_xlsx
-from importer.read.reader import read_table
+from importer.read.table import read_table
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 
 HOSTILE = [

@@ -17,7 +17,7 @@ from helpers import hidden_book
 from importer.display import render
 from importer.errors import InputError, UnreadableFileError
 from importer.read.isolated import float_text, read_workbook_isolated
-from importer.read.reader import read_table
+from importer.read.table import read_table
 
 HEADER = ["DID Number", "Inbound Mode", "Outbound Mode", "Inbound Bot ID"]
 ROWS = [["+918012345678", "3", "4", "93"], ["0801234567", "mobile", "only-answer", ""]]

@@ -17,7 +17,7 @@ from importer.errors import InputError
 from importer.fields import FIELD_NAMES, Direction
 from importer.jobs.pipeline import InputOptions, ValidateConfig, validate_file
 from importer.model import RawTable, SourceInfo
-from importer.read.reader import column_letters
+from importer.read.xlsx import column_letters
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
 from importer.validate.rules import (
     PhoneNormaliser,

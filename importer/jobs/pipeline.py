@@ -35,7 +35,8 @@ from importer.output.results import (
     write_failed_rows,
     write_results,
 )
-from importer.read.reader import describe_hidden, read_table
+from importer.read.table import read_table
+from importer.read.xlsx import describe_hidden
 from importer.validate.rules import validate_table
 from importer.vocab import Action, ExitCode, describe_kind
 

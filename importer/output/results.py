@@ -26,7 +26,7 @@ import xlsxwriter.exceptions
 
 from importer.errors import InputError, OutputError
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status
-from importer.read.reader import describe_hidden
+from importer.read.xlsx import describe_hidden
 
 RESULT_COLUMNS = (
     "import_status",

@@ -6,7 +6,7 @@ The child answers with JSON (the cells are text), never a pickle: unpickling wha
 just parsed a hostile file wrote would let that file run code in the parent.
 
 Everything here is free of pandas so that the child starts fast and inside a small memory limit.
-``reader.py`` builds the table from the ``SheetGrid`` this module returns; it also reuses
+``table.py`` builds the table from the ``SheetGrid`` this module returns; ``text.py`` reuses
 ``find_header`` and ``cell_text`` for CSV.
 """
 

@@ -43,7 +43,7 @@ from importer.fields import (
     match_header,
 )
 from importer.model import RawTable, RoutingRow, RowIssue, ValidationReport
-from importer.read.reader import EXCEL_ERRORS, column_letters
+from importer.read.xlsx import EXCEL_ERRORS, column_letters
 
 __all__ = ["PhoneNormaliser", "map_columns", "parse_column_map", "validate_table"]
 

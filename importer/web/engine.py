@@ -27,7 +27,7 @@ from importer.errors import ImporterError, InputError
 from importer.jobs.pipeline import InputOptions, collector_paused, now_text, write_outputs
 from importer.jobs.run import ImportConfig, every_row, open_journal, run_import_async
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
-from importer.read.reader import read_table
+from importer.read.table import read_table
 from importer.validate.rules import parse_column_map, validate_table
 from importer.vocab import ReasonKind
 
