@@ -115,10 +115,19 @@ def input_options(fn: F) -> F:
     )(fn)
     fn = click.option(
         "--sheet",
+        multiple=True,
         metavar="NAME",
         expose_value=False,
         callback=_keep_input_option,
-        help="The worksheet to read (default: the first that matches).",
+        help="A worksheet to read (repeatable: several make one table). Default: the one sheet whose "
+        "headers name the fields; with several such sheets, choose or pass --all-sheets.",
+    )(fn)
+    fn = click.option(
+        "--all-sheets",
+        is_flag=True,
+        expose_value=False,
+        callback=_keep_input_option,
+        help="Read every worksheet whose headers name the fields, as one table.",
     )(fn)
     fn = click.option(
         "--encoding",
@@ -152,7 +161,8 @@ def build_input(file: Path) -> Any:
     encoding = meta.get("input.encoding")
     return InputOptions(
         path=file,
-        sheet=meta.get("input.sheet"),
+        sheets=tuple(meta.get("input.sheet", ())),
+        all_sheets=bool(meta.get("input.all_sheets")),
         column_map=parse_column_map(list(meta.get("input.maps", ()))),
         default_region=meta.get("input.default_region"),
         encoding=check_encoding(encoding) if encoding else None,

@@ -35,6 +35,7 @@ from importer.output.results import (
     write_failed_rows,
     write_results,
 )
+from importer.read.sheets import sheet_notes
 from importer.read.table import read_table
 from importer.read.xlsx import describe_hidden
 from importer.validate.rules import validate_table
@@ -56,7 +57,10 @@ class InputOptions:
     """How to read and validate the input file."""
 
     path: Path
-    sheet: str | None = None
+    sheets: tuple[str, ...] = ()
+    """--sheet: the workbook sheets to read; () reads the one sheet that names the fields."""
+    all_sheets: bool = False
+    """--all-sheets: read every sheet that names the fields, as one table."""
     column_map: Mapping[str, str] = field(default_factory=dict)
     """--map: header text or column letter -> field; wins over header matching."""
     default_region: str | None = None
@@ -69,10 +73,15 @@ class InputOptions:
 
     def __post_init__(self) -> None:
         as_path(self, "path")
+        if isinstance(self.sheets, str):  # one name given where a tuple of names is wanted
+            object.__setattr__(self, "sheets", (self.sheets,))
+        if self.sheets and self.all_sheets:
+            raise InputError("give --sheet NAME or --all-sheets, not both")
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet."""
-        out = {"sheet": self.sheet or "(auto)", "default_region": self.default_region or "(none)"}
+        sheet = "; ".join(self.sheets) or ("(all that match)" if self.all_sheets else "(auto)")
+        out = {"sheet": sheet, "default_region": self.default_region or "(none)"}
         if self.column_map:
             out["map"] = "; ".join(f"{h}={f}" for h, f in self.column_map.items())
         if self.encoding:
@@ -276,7 +285,11 @@ def load_and_validate(options: InputOptions) -> ValidationReport:
         raise InputError(f"{options.path} is a folder; give a .csv or .xlsx file")
     with collector_paused():
         table = read_table(
-            options.path, sheet=options.sheet, extra_headers=options.column_map, encoding=options.encoding
+            options.path,
+            sheets=options.sheets,
+            all_sheets=options.all_sheets,
+            extra_headers=options.column_map,
+            encoding=options.encoding,
         )
         if table.row_count == 0:
             raise InputError(
@@ -313,7 +326,7 @@ def skipped_outcome(report: ValidationReport, row: int) -> RowOutcome | None:
 
 def input_notes(table: RawTable, skip_hidden_rows: bool = False) -> list[str]:
     """Say how the input was read where the user may not expect it (printed with the summary)."""
-    notes: list[str] = []
+    notes = sheet_notes(table.sheets, table.sheets_read)
     for name, text in describe_hidden(table):
         if name == "hidden rows":
             text += (

@@ -26,6 +26,7 @@ from typing import Any, TypeGuard
 
 from importer import fields
 from importer.errors import ImporterError, InputError, UnreadableFileError
+from importer.read.sheets import SheetChoiceNeeded, SheetInfo, choose_sheets, resolve_sheet
 
 HEADER_SCAN_ROWS = 30
 """How many non-blank rows at the top of a sheet may hold the header row."""
@@ -223,21 +224,37 @@ def _grid(
     return SheetGrid(name, start[0] + 1 + index, start[1], header, columns, tuple(dated), tuple(numeric))
 
 
-def _sheet_score(grid: SheetGrid, extra_keys: frozenset[str]) -> int:
-    return header_score(grid.header, extra_keys)
+@dataclass(frozen=True, slots=True)
+class WorkbookRead:
+    """What was read of a workbook: every visible sheet surveyed, and the grids of the chosen sheets."""
+
+    sheets: tuple[SheetInfo, ...]
+    """Every visible worksheet, in workbook order, with its row count and whether it matches."""
+    grids: tuple[SheetGrid, ...]
+    """The chosen sheets, in workbook order (named sheets: in the order named)."""
 
 
-def read_workbook(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> SheetGrid:
-    """Read the wanted sheet of a workbook (xlsx, xlsm, xlsb, xls, ods) with calamine.
+def _data_rows(grid: SheetGrid) -> int:
+    return sum(1 for row in zip(*grid.columns, strict=True) if not is_blank(row)) if grid.columns else 0
+
+
+def read_workbook(
+    path: Path, wanted: Sequence[str], extra_keys: frozenset[str], *, all_sheets: bool = False
+) -> WorkbookRead:
+    """Survey every visible sheet of a workbook (xlsx, xlsm, xlsb, xls, ods) and read the chosen ones.
 
     Args:
         path: The workbook.
-        sheet: The sheet name the user asked for, or None to pick the first visible sheet
-            whose header names at least two fields (else the first non-empty visible sheet).
+        wanted: The sheet names the user asked for; empty to choose by ``sheets.choose_sheets``.
         extra_keys: ``fields.header_key`` of headers the user mapped to fields.
+        all_sheets: Read every matching sheet (``--all-sheets``).
 
     Returns:
-        The sheet's header and data columns as text.
+        The survey and the chosen sheets' headers and data columns as text.
+
+    Raises:
+        InputError: A named sheet is missing or empty.
+        SheetChoiceNeeded: Several sheets match and none was named.
     """
     import python_calamine as pc
 
@@ -261,41 +278,53 @@ def read_workbook(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> 
     names = [m.name for m in metas]
     if not names:
         raise UnreadableFileError(f"{path.name} has no sheets; open it in Excel, add the data and save again")
-    if sheet is not None:
-        chosen = _resolve_sheet(sheet, names)
-        if chosen is None:
-            listed = ", ".join(repr(n) for n in names)
-            raise InputError(f"sheet {sheet!r} is not in {path.name}; its sheets are {listed}")
-        try:
-            grid = load(chosen)
-        except Exception as error:
-            raise _calamine_failure(path.name, error) from None
-        if grid is None:
-            raise InputError(f"sheet {chosen!r} of {path.name} is empty; choose another with --sheet")
-        return grid
     visible = [
         m.name
         for m in metas
         if m.typ == pc.SheetTypeEnum.WorkSheet and m.visible == pc.SheetVisibleEnum.Visible
     ]
-    fallback: SheetGrid | None = None
+    chosen: list[str] = []
+    for sheet in wanted:
+        name = resolve_sheet(sheet, names)
+        if name is None:
+            listed = ", ".join(repr(n) for n in names)
+            raise InputError(f"sheet {sheet!r} is not in {path.name}; its sheets are {listed}")
+        if name not in chosen:
+            chosen.append(name)
+    grids: dict[str, SheetGrid] = {}
+    survey: list[SheetInfo] = []
     failure: BaseException | None = None
-    for name in visible:
+    for name in [*visible, *(n for n in chosen if n not in visible)]:
         try:
             grid = load(name)
         except Exception as error:  # one broken sheet must not hide a good one
+            if name in chosen:
+                raise _calamine_failure(path.name, error) from None
             failure = failure or error
             continue
         if grid is None:
+            if name in chosen:
+                raise InputError(f"sheet {name!r} of {path.name} is empty; choose another with --sheet")
+            survey.append(SheetInfo(name, 0, False))
             continue
-        if _sheet_score(grid, extra_keys) >= MIN_HEADER_MATCHES:
-            return grid
-        fallback = fallback or grid
-    if fallback is not None:
-        return fallback
-    if failure is not None:
-        raise _calamine_failure(path.name, failure)
-    raise UnreadableFileError(f"{path.name} has no visible sheet with data; check the file and save again")
+        matches = header_score(grid.header, extra_keys) >= MIN_HEADER_MATCHES
+        if name in visible:
+            survey.append(SheetInfo(name, _data_rows(grid), matches))
+        # Keep only what may be read: a named sheet, a matching one, or the first with data.
+        if name in chosen or matches or not grids:
+            grids[name] = grid
+    if not chosen:
+        chosen = list(choose_sheets(path.name, survey, all_sheets=all_sheets))
+    for name in chosen:
+        if name not in grids and (grid := load(name)) is not None:  # the first sheet with data, dropped
+            grids[name] = grid
+    if not any(name in grids for name in chosen):
+        if failure is not None:
+            raise _calamine_failure(path.name, failure)
+        raise UnreadableFileError(
+            f"{path.name} has no visible sheet with data; check the file and save again"
+        )
+    return WorkbookRead(tuple(survey), tuple(grids[name] for name in chosen if name in grids))
 
 
 def _rows_one_by_one(found: Any) -> list[list[object]]:
@@ -353,14 +382,6 @@ def _native_stderr_muted() -> Iterator[None]:
                     os.write(2, captured)
 
 
-def _resolve_sheet(wanted: str, names: Sequence[str]) -> str | None:
-    if wanted in names:
-        return wanted
-    # Forgive case and surrounding spaces, but only when that still names one sheet.
-    folded = [n for n in names if n.strip().casefold() == wanted.strip().casefold()]
-    return folded[0] if len(folded) == 1 else None
-
-
 def _limit_child() -> None:
     """Cap the child's memory and CPU so a hostile file cannot take the machine with it."""
     import resource
@@ -375,8 +396,16 @@ def _child_main() -> None:
     request = json.loads(sys.stdin.read())
     outcome: dict[str, object]
     try:
-        grid = read_workbook(Path(request["path"]), request["sheet"], frozenset(request["extra_keys"]))
-        outcome = {"ok": grid_to_json(grid)}
+        found = read_workbook(
+            Path(request["path"]),
+            request["sheets"],
+            frozenset(request["extra_keys"]),
+            all_sheets=request["all_sheets"],
+        )
+        outcome = {"ok": workbook_to_json(found)}
+    except SheetChoiceNeeded as error:
+        sheets = [sheet_to_json(s) for s in error.sheets]
+        outcome = {"error": {"kind": "SheetChoiceNeeded", "message": str(error), "sheets": sheets}}
     except ImporterError as error:
         outcome = {"error": {"kind": type(error).__name__, "message": str(error)}}
     except BaseException as error:  # PanicException derives from BaseException
@@ -396,6 +425,46 @@ def grid_to_json(grid: SheetGrid) -> dict[str, object]:
         "header": list(grid.header),
         "columns": list(grid.columns),
     }
+
+
+def sheet_to_json(sheet: SheetInfo) -> dict[str, object]:
+    return {"name": sheet.name, "rows": sheet.rows, "matches": sheet.matches}
+
+
+def sheet_from_json(data: object) -> SheetInfo:
+    """Rebuild a SheetInfo from the child's JSON, checking every type.
+
+    Raises:
+        ValueError: The data is not a sheet's survey.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("the sheet is not an object")
+    name, rows, matches = data.get("name"), data.get("rows"), data.get("matches")
+    if not (isinstance(name, str) and type(rows) is int and rows >= 0 and type(matches) is bool):
+        raise ValueError("the sheet's fields have the wrong types")
+    return SheetInfo(name, rows, matches)
+
+
+def workbook_to_json(found: WorkbookRead) -> dict[str, object]:
+    """Return a WorkbookRead as JSON-ready data (the child's answer)."""
+    return {
+        "sheets": [sheet_to_json(s) for s in found.sheets],
+        "grids": [grid_to_json(g) for g in found.grids],
+    }
+
+
+def workbook_from_json(data: object) -> WorkbookRead:
+    """Rebuild a WorkbookRead from the child's JSON, checking every type.
+
+    Raises:
+        ValueError: The data is not a workbook's survey and grids.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("sheets"), list):
+        raise ValueError("the workbook is not an object with sheets")
+    grids = data.get("grids")
+    if not isinstance(grids, list):
+        raise ValueError("the workbook has no grids")
+    return WorkbookRead(tuple(map(sheet_from_json, data["sheets"])), tuple(map(grid_from_json, grids)))
 
 
 def grid_from_json(data: object) -> SheetGrid:
@@ -424,18 +493,20 @@ def _is_text_list(value: object) -> TypeGuard[list[str]]:
     return isinstance(value, list) and all(type(cell) is str for cell in value)
 
 
-def _outcome(stdout: bytes) -> SheetGrid | ImporterError:
-    """Decode the child's answer: the grid, or the error it reported.
+def _outcome(stdout: bytes, name: str) -> WorkbookRead | ImporterError:
+    """Decode the child's answer: the workbook read, or the error it reported.
 
     Raises:
         ValueError: The answer is not one the child writes.
     """
     answer = json.loads(stdout)
     if isinstance(answer, dict) and set(answer) == {"ok"}:
-        return grid_from_json(answer["ok"])
+        return workbook_from_json(answer["ok"])
     error = answer.get("error") if isinstance(answer, dict) and set(answer) == {"error"} else None
     if not (isinstance(error, dict) and isinstance(error.get("message"), str)):
-        raise ValueError("the answer is neither a grid nor an error")
+        raise ValueError("the answer is neither a workbook nor an error")
+    if error.get("kind") == "SheetChoiceNeeded" and isinstance(error.get("sheets"), list):
+        return SheetChoiceNeeded(name, [sheet_from_json(s) for s in error["sheets"]])
     error_class: Callable[[str], ImporterError] = (
         InputError if error.get("kind") == "InputError" else UnreadableFileError
     )
@@ -447,21 +518,23 @@ _CHILD_CODE = "from importer.read.isolated import _limit_child, _child_main\n_li
 
 def read_workbook_isolated(
     path: Path,
-    sheet: str | None,
+    wanted: Sequence[str],
     extra_keys: frozenset[str],
     *,
+    all_sheets: bool = False,
     timeout: float = CHILD_TIMEOUT_SECONDS,
-) -> SheetGrid:
+) -> WorkbookRead:
     """Run ``read_workbook`` in a child process with a memory cap and a wall-clock timeout.
 
     Args:
         path: The workbook.
-        sheet: As for ``read_workbook``.
+        wanted: As for ``read_workbook``.
         extra_keys: As for ``read_workbook``.
+        all_sheets: As for ``read_workbook``.
         timeout: Seconds before the child is killed.
 
     Returns:
-        The child's SheetGrid; a crash, kill or timeout of the child becomes UnreadableFileError.
+        The child's WorkbookRead; a crash, kill or timeout of the child becomes UnreadableFileError.
     """
     unsafe = UnreadableFileError(
         f"{path.name} could not be read safely (the reader crashed, ran out of memory or time); "
@@ -475,7 +548,13 @@ def read_workbook_isolated(
         env[var] = "1"
     env["RUST_BACKTRACE"] = "0"
     request = json.dumps(
-        {"path": str(path), "name": path.name, "sheet": sheet, "extra_keys": sorted(extra_keys)}
+        {
+            "path": str(path),
+            "name": path.name,
+            "sheets": list(wanted),
+            "all_sheets": all_sheets,
+            "extra_keys": sorted(extra_keys),
+        }
     )
     try:
         done = subprocess.run(
@@ -491,7 +570,7 @@ def read_workbook_isolated(
     if done.returncode != 0 or not done.stdout:
         raise unsafe
     try:
-        outcome = _outcome(done.stdout)
+        outcome = _outcome(done.stdout, path.name)
     except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         raise unsafe from None
     if isinstance(outcome, ImporterError):

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,20 +24,22 @@ import pandas as pd
 
 from importer import fields
 from importer.errors import ImporterError, InputError, UnreadableFileError
-from importer.model import RawTable, SourceInfo
+from importer.model import ROW_KEY_STRIDE, RawTable, SheetInfo, SourceInfo
 from importer.read.isolated import (
     REFUSE_PASSWORD,
     SheetGrid,
+    WorkbookRead,
     is_blank,
     read_workbook,
     read_workbook_isolated,
 )
 from importer.read.safety import check_zip
+from importer.read.sheets import SheetChoiceNeeded
 from importer.read.sniff import Format, read_head
 from importer.read.text import TextGrid, check_encoding, read_text
 from importer.read.xlsx import SheetMarks, mark_table, restore_error_cells, sheet_marks, show_formatted
 
-__all__ = ["read_table"]
+__all__ = ["list_sheets", "read_table"]
 
 Matrix = npt.NDArray[np.object_]
 _ENCRYPTED_STREAM = "EncryptedPackage".encode("utf-16-le")
@@ -45,7 +48,8 @@ _ENCRYPTED_STREAM = "EncryptedPackage".encode("utf-16-le")
 def read_table(
     path: Path,
     *,
-    sheet: str | None = None,
+    sheets: str | Sequence[str] = (),
+    all_sheets: bool = False,
     extra_headers: Mapping[str, str] = {},
     encoding: str | None = None,
 ) -> RawTable:
@@ -53,24 +57,28 @@ def read_table(
 
     Args:
         path: A .csv/.tsv/.txt (delimited), .xlsx, .xlsm, .xls, .xlsb or .ods file.
-        sheet: The workbook sheet to read; None picks the first visible sheet whose header
-            row names the fields.
+        sheets: The workbook sheets to read (``--sheet``, repeatable); none: the one visible
+            sheet whose header row names the fields (see ``sheets.choose_sheets``).
+        all_sheets: Read every sheet whose header row names the fields (``--all-sheets``).
         extra_headers: Header text -> field name mapped by the user; helps find the header row.
         encoding: The text encoding of delimited text (``--encoding``); None detects it.
             Workbooks carry their own encoding and ignore it.
 
     Returns:
-        The table, its headers and how it was read.
+        The table, its headers and how it was read. Several sheets make one table whose rows
+        each know their sheet and Excel row (``RawTable.origin``).
 
     Raises:
+        SheetChoiceNeeded: Several sheets name the fields and neither ``sheets`` nor ``all_sheets`` chose.
         InputError: The file or the sheet cannot be used (one line saying what to do).
         UnreadableFileError: The file cannot be read as a spreadsheet.
     """
     path = Path(path)
+    wanted = (sheets,) if isinstance(sheets, str) else tuple(sheets)
     extra_keys = frozenset(fields.header_key(h) for h in extra_headers)
     codec = check_encoding(encoding) if encoding is not None else None
     try:
-        return _read(path, sheet, extra_keys, codec)
+        return _read(path, wanted, all_sheets, extra_keys, codec)
     except ImporterError:
         raise
     except (KeyboardInterrupt, SystemExit):
@@ -86,27 +94,50 @@ def read_table(
         ) from None
 
 
-def _read(path: Path, sheet: str | None, extra_keys: frozenset[str], codec: str | None) -> RawTable:
+def list_sheets(path: Path) -> tuple[SheetInfo, ...]:
+    """Survey a workbook without validating it: every visible sheet, its row count, whether it matches.
+
+    Returns:
+        The sheets in workbook order; () for delimited text.
+
+    Raises:
+        InputError, UnreadableFileError: As for ``read_table``.
+    """
+    path = Path(path)
+    kind, _size = read_head(path)
+    if kind is Format.TEXT:
+        return ()
+    try:
+        if kind is Format.ZIP and check_zip(path) == "xlsx":
+            return read_workbook(path, (), frozenset(), all_sheets=True).sheets
+        return read_workbook_isolated(path, (), frozenset(), all_sheets=True).sheets
+    except SheetChoiceNeeded as choice:  # pragma: no cover - all_sheets never needs a choice
+        return choice.sheets
+
+
+def _read(
+    path: Path, wanted: tuple[str, ...], all_sheets: bool, extra_keys: frozenset[str], codec: str | None
+) -> RawTable:
     kind, _size = read_head(path)  # refuses by size before anything more is read
     suffix = path.suffix.lower()
     if kind is Format.ZIP:
         digest = _file_digest(path)
         book = check_zip(path)
         fmt = "xlsm" if book == "xlsx" and suffix == ".xlsm" else book
-        marks = SheetMarks()
-        if book == "xlsx":
-            grid = read_workbook(path, sheet, extra_keys)
+        if book != "xlsx":
+            found = read_workbook_isolated(path, wanted, extra_keys, all_sheets=all_sheets)
+            return _workbook_table(path, fmt, digest, found, [_grid_table(g) for g in found.grids])
+        found = read_workbook(path, wanted, extra_keys, all_sheets=all_sheets)
+        tables = []
+        for grid in found.grids:
+            marks = SheetMarks()
             # The sheet itself was read; without its marks it is read as calamine sees it.
             with contextlib.suppress(Exception):
                 marks = sheet_marks(path, grid)
             restore_error_cells(grid, marks.errors)
             show_formatted(grid, marks.formats)
-        else:
-            grid = read_workbook_isolated(path, sheet, extra_keys)
-        source = SourceInfo(
-            path, fmt, digest, sheet=grid.sheet, header_row=grid.header_row, first_column=grid.first_column
-        )
-        return mark_table(_grid_table(grid, source), marks, grid.first_column)
+            tables.append(mark_table(_grid_table(grid), marks, grid.first_column))
+        return _workbook_table(path, fmt, digest, found, tables)
     data = _read_bytes(path)
     digest = hashlib.sha256(data).hexdigest()
     if kind is Format.OLE and _ENCRYPTED_STREAM in data:
@@ -114,10 +145,8 @@ def _read(path: Path, sheet: str | None, extra_keys: frozenset[str], codec: str 
     # An OLE container (.xls, or an .xls under another name), or a bare BIFF stream of Excel 2-5
     # that calamine may refuse: either way only in the guarded child.
     if kind is not Format.TEXT:
-        grid = read_workbook_isolated(path, sheet, extra_keys)
-        return _grid_table(
-            grid, SourceInfo(path, "xls", digest, sheet=grid.sheet, header_row=grid.header_row)
-        )
+        found = read_workbook_isolated(path, wanted, extra_keys, all_sheets=all_sheets)
+        return _workbook_table(path, "xls", digest, found, [_grid_table(g) for g in found.grids])
     text = read_text(path, data, extra_keys, strict_table=suffix not in (".csv", ".tsv"), codec=codec)
     return _text_table(path, digest, text)
 
@@ -152,8 +181,11 @@ def _text_table(path: Path, digest: str, text: TextGrid) -> RawTable:
     return RawTable(source, headers, frame, text.problems)
 
 
-def _grid_table(grid: SheetGrid, source: SourceInfo) -> RawTable:
-    """Build the RawTable of a workbook sheet: drop blank rows, number rows as Excel does."""
+def _grid_table(grid: SheetGrid) -> RawTable:
+    """Build the RawTable of one workbook sheet: drop blank rows, number rows as Excel does.
+
+    Its source is a stand-in until ``_workbook_table`` says which file it came from.
+    """
     columns = grid.columns
     count = len(columns[0]) if columns else 0
     matrix: Matrix = np.empty((count, len(columns)), dtype=object)
@@ -167,7 +199,69 @@ def _grid_table(grid: SheetGrid, source: SourceInfo) -> RawTable:
         matrix = matrix[np.array(keep, dtype=bool)]
     headers, frame = _frame(grid.header, matrix, numbers)
     # --map "C=field" names columns by the sheet's letters, so keep where the grid starts.
-    return RawTable(dataclasses.replace(source, first_column=grid.first_column), headers, frame)
+    source = SourceInfo(
+        Path(), "", "", sheet=grid.sheet, header_row=grid.header_row, first_column=grid.first_column
+    )
+    return RawTable(source, headers, frame)
+
+
+def _workbook_table(
+    path: Path, fmt: str, digest: str, found: WorkbookRead, tables: Sequence[RawTable]
+) -> RawTable:
+    """Give the sheets' tables their file, and make one table of several sheets."""
+    table = tables[0] if len(tables) == 1 else _combine(tables)
+    source = dataclasses.replace(table.source, path=path, format=fmt, sha256=digest)
+    return dataclasses.replace(table, source=source, sheets=found.sheets)
+
+
+def _combine(tables: Sequence[RawTable]) -> RawTable:
+    """Make one table of several sheets' tables, keying each row by its sheet and Excel row.
+
+    Columns are matched by header text (a sheet may order or add columns differently): the
+    first sheet's columns come first, then any column only a later sheet has.
+    """
+    columns: dict[tuple[str, int], int] = {}
+    headers: list[str] = []
+    positions: list[list[int]] = []
+    for table in tables:
+        seen: Counter[str] = Counter()
+        mine: list[int] = []
+        for header in table.headers:
+            key = fields.header_key(header)
+            seen[key] += 1
+            slot = columns.setdefault((key, seen[key]), len(headers))
+            if slot == len(headers):
+                headers.append(header)
+            mine.append(slot)
+        positions.append(mine)
+    width = len(headers)
+    frames: list[pd.DataFrame] = []
+    hidden_rows: list[int] = []
+    hidden_columns: set[int] = set()
+    notes: dict[tuple[int, int], str] = {}
+    problems: dict[int, str] = {}
+    for number, (table, mine) in enumerate(zip(tables, positions, strict=True)):
+        offset = number * ROW_KEY_STRIDE
+        matrix: Matrix = np.full((table.row_count, width), "", dtype=object)
+        matrix[:, mine] = table.frame.to_numpy(dtype=object)
+        index = pd.Index(table.frame.index.to_numpy(dtype=np.int64) + offset)
+        frames.append(pd.DataFrame(matrix, index=index, columns=range(width), dtype=object, copy=False))
+        hidden_rows += [row + offset for row in table.hidden_rows]
+        hidden_columns.update(mine[j] for j in table.hidden_columns)
+        notes.update(((row + offset, mine[j]), text) for (row, j), text in table.cell_notes.items())
+        problems.update((row + offset, text) for row, text in table.row_problems.items())
+    names = tuple(t.source.sheet or "" for t in tables)
+    source = dataclasses.replace(tables[0].source, sheet=", ".join(names))
+    return RawTable(
+        source,
+        tuple(headers),
+        pd.concat(frames) if frames else tables[0].frame,
+        problems,
+        tuple(hidden_rows),
+        tuple(sorted(hidden_columns)),
+        notes,
+        row_sheets=names,
+    )
 
 
 def _frame(

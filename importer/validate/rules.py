@@ -895,8 +895,8 @@ class _Messages:
                             row,
                             self.header(field),
                             self.raw(row, field),
-                            f'"{self.header(field)}": "{self.raw(row, field)}" is a duplicate of row '
-                            f"{cast(int, firsts.at[row])}",
+                            f'"{self.header(field)}": "{self.raw(row, field)}" is a duplicate of '
+                            f"{self.table.row_name(cast(int, firsts.at[row]))}",
                             "duplicate",
                         )
                     )

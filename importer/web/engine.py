@@ -134,7 +134,7 @@ def load_table(
         InputError: the file or sheet cannot be used, or it has no data rows.
     """
     with collector_paused():
-        table = read_table(path, sheet=sheet, extra_headers=column_map)
+        table = read_table(path, sheets=sheet or (), extra_headers=column_map)
     if header_row is not None and header_row != table.source.header_row:
         table = move_header(table, header_row)
     if table.row_count == 0:
