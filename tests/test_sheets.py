@@ -7,6 +7,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 from click.testing import CliRunner
+from helpers import REGIONS, did_number, write_carrier_workbook, write_region_workbook
 
 from importer.cli import main
 from importer.errors import InputError
@@ -15,7 +16,6 @@ from importer.model import SheetInfo
 from importer.read.isolated import read_workbook_isolated
 from importer.read.sheets import SheetChoiceNeeded
 from importer.read.table import list_sheets, read_table
-from tests.helpers import REGIONS, did_number, write_carrier_workbook, write_region_workbook
 
 NINE_SIX = tuple(SheetInfo(region, 6, True) for region in REGIONS)
 

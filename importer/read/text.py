@@ -328,6 +328,13 @@ def read_text(
         ) from None
     if not rows:
         raise UnreadableFileError(f"{name} has no header row (the file is blank); export it again")
+    if len(rows) == 1 and sum(1 for cell in rows[0] if cell.strip()) == 1:
+        # Not "the header is on row 1 but no data rows follow": there is no header either.
+        cell = next(cell for cell in rows[0] if cell.strip()).strip()
+        raise UnreadableFileError(
+            f'{name} holds a single cell ("{shown(cell[:40])}"), not a table; give a header row naming the '
+            "columns (e.g. DID, Inbound Mode, Outbound Mode) and one row per DID below it"
+        )
     index, _score = find_header(rows[: 4 * SNIFF_RECORDS], extra_keys)
     header = rows[index]
     data_rows = rows[index + 1 :]

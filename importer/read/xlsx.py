@@ -24,6 +24,7 @@ from importer.read.safety import MAX_WORKBOOK_XML_BYTES
 
 __all__ = [
     "EXCEL_ERRORS",
+    "UNSAVED_FORMULA",
     "SheetMarks",
     "column_letters",
     "describe_hidden",
@@ -39,8 +40,16 @@ _VALUE = re.compile(rb"<(?:[\w.-]+:)?v>([^<]{1,32})</")
 _ROW_NUMBER = re.compile(rb"""\br=["']([0-9]{1,7})["']""")
 _COL_SPAN = re.compile(rb"""\b(min|max)=["']([0-9]{1,5})["']""")
 _MERGED_REF = re.compile(rb"""\bref=["']([A-Z]{1,3})([0-9]{1,7}):([A-Z]{1,3})([0-9]{1,7})["']""")
-_MARKERS = (b't="e"', b"t='e'", b"hidden=", b"mergeCell")
-"""What makes a sheet worth a second look: error cells, hidden rows or columns, merged cells."""
+_MARKERS = (b't="e"', b"t='e'", b"hidden=", b"mergeCell", b"<f>", b"<f ", b":f>", b":f ")
+"""What makes a sheet worth a second look: error cells, hidden rows or columns, merged cells, formulas."""
+_UNSAVED_FORMULA = re.compile(
+    rb"<(?:[\w.-]+:)?c\b([^>]*)>\s*<(?:[\w.-]+:)?f\b[^>]*?(?:/>|>[^<]*</(?:[\w.-]+:)?f>)\s*"
+    rb"(<(?:[\w.-]+:)?v\s*/>|<(?:[\w.-]+:)?v>\s*</(?:[\w.-]+:)?v>)?\s*</(?:[\w.-]+:)?c>"
+)
+"""A cell holding a formula and no saved result: no value, or an empty one (group 2)."""
+_STRING_TYPE = re.compile(rb"""\bt=["']str["']""")
+UNSAVED_FORMULA = "holds a formula with no saved result: open and save the file in Excel"
+"""What a cell written by a script (a formula, never calculated) is said to hold."""
 _SCAN_CHUNK = 1024**2
 MAX_CELL_NOTES = 100_000
 """Merged cells noted at most: a sheet merging whole blocks must not cost a note per cell."""
@@ -60,6 +69,8 @@ class SheetMarks:
     """Merged ranges as (first row, first column, last row, last column): Excel rows, 0-based columns."""
     formats: dict[int, str] = field(default_factory=dict)
     """{grid column: number format} of the date and percent columns to show as Excel does."""
+    unsaved_formulas: frozenset[tuple[int, int]] = frozenset()
+    """(Excel row, 0-based column) of the cells holding a formula with no saved result."""
 
 
 def _column_index(letters: bytes) -> int:
@@ -133,7 +144,14 @@ def sheet_marks(path: Path, grid: SheetGrid) -> SheetMarks:
         if (ref := _MERGED_REF.search(tag)) is not None
     )
     formats = _column_formats(head, grid, styles) if styles else {}
-    return SheetMarks(errors, frozenset(rows), frozenset(columns), merged, formats)
+    unsaved: set[tuple[int, int]] = set()
+    for found in _UNSAVED_FORMULA.finditer(text):
+        # An empty value of a string formula is a saved result: the empty text.
+        if found.group(2) is not None and _STRING_TYPE.search(found.group(1)) is not None:
+            continue
+        if (ref := _CELL_REF.search(found.group(1))) is not None:
+            unsaved.add((int(ref.group(2)), _column_index(ref.group(1))))
+    return SheetMarks(errors, frozenset(rows), frozenset(columns), merged, formats, frozenset(unsaved))
 
 
 _CELL_STYLE = re.compile(rb"""\bs=["']([0-9]{1,6})["']""")
@@ -305,8 +323,8 @@ def restore_error_cells(grid: SheetGrid, errors: Mapping[tuple[int, int], str]) 
 
 
 def mark_table(table: RawTable, marks: SheetMarks, first_column: int) -> RawTable:
-    """Add the hidden rows and columns and the merged-cell notes that fall inside the table."""
-    if not (marks.hidden_rows or marks.hidden_columns or marks.merged):
+    """Add the hidden rows and columns and the merged-cell and formula notes that fall inside the table."""
+    if not (marks.hidden_rows or marks.hidden_columns or marks.merged or marks.unsaved_formulas):
         return table
     rows = table.frame.index
     width = len(table.headers)
@@ -327,6 +345,11 @@ def mark_table(table: RawTable, marks: SheetMarks, first_column: int) -> RawTabl
                     f"cell {column_letters(column)}{row} is part of the merged range {area}; "
                     f"Excel keeps the value only in {first}"
                 )
+    # calamine reads such a cell as empty: without the note it would be reported as a missing value.
+    for row, column in sorted(marks.unsaved_formulas):
+        j = column - first_column
+        if row in present and 0 <= j < width and table.frame.at[row, j] == "" and len(notes) < MAX_CELL_NOTES:
+            notes[(row, j)] = f"cell {column_letters(column)}{row} {UNSAVED_FORMULA}"
     return dataclasses.replace(
         table, hidden_rows=hidden_rows, hidden_columns=hidden_columns, cell_notes=notes
     )

@@ -43,7 +43,7 @@ from importer.fields import (
     match_header,
 )
 from importer.model import RawTable, RoutingRow, RowIssue, ValidationReport
-from importer.read.xlsx import EXCEL_ERRORS, column_letters
+from importer.read.xlsx import EXCEL_ERRORS, UNSAVED_FORMULA, column_letters
 
 __all__ = ["PhoneNormaliser", "map_columns", "parse_column_map", "validate_table"]
 
@@ -578,6 +578,13 @@ def map_columns(
             continue
         if matched in mapping:
             first = headers[mapping[matched]]
+            if header_key(first) == header_key(header):  # the same header twice: only letters tell them apart
+                first_name = column_letters(first_column + mapping[matched])
+                name = column_letters(first_column + pos)
+                raise InputError(
+                    f'columns {first_name} and {name} are both "{header}" ({matched}); pick one with '
+                    f'--map "{name}={matched}" or leave one out with --ignore-column "{first_name}"'
+                )
             raise InputError(
                 f'columns "{first}" and "{header}" both mean {matched}; pick one with '
                 f'--map "{header}={matched}" or leave one out with --ignore-column "{first}"'
@@ -881,8 +888,10 @@ class _Messages:
                     row,
                     self.header("did_number"),
                     "",
-                    f'no DID: fill in "{self.header("did_number")}" or "{self.header("did_id")}"'
-                    f"{self.note(row, 'did_number') or self.note(row, 'did_id')}",
+                    # A formula never calculated is not a missing DID: say what the cell holds.
+                    note[2:]
+                    if UNSAVED_FORMULA in (note := self.note(row, "did_number") or self.note(row, "did_id"))
+                    else f'no DID: fill in "{self.header("did_number")}" or "{self.header("did_id")}"{note}',
                     "missing_did",
                 )
             ]
@@ -1032,7 +1041,9 @@ def validate_table(
         InputError: the columns cannot be mapped, or the region is unknown.
     """
     if default_region is not None:
-        default_region = default_region.upper()
+        default_region = default_region.strip().upper()
+        # "UK" is what people write; ISO 3166 (and phonenumbers) call the United Kingdom GB.
+        default_region = {"UK": "GB"}.get(default_region, default_region)
         if default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise InputError(
                 f'--default-region "{default_region}" is not a known region code (e.g. IN, US, GB)'
