@@ -212,7 +212,12 @@ def test_validate_protected_cell_still_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("header", "args", "fragment"),
     [
-        ('"DID\nNumber","DID Number"', [], r'columns "DID\nNumber" and "DID Number" both mean did_number'),
+        (
+            '"DID\nNumber","DID Number"',
+            [],
+            r'columns A "DID\nNumber" and B "DID Number" both mean did_number; '
+            r'pick one with --map "B=did_number"',
+        ),
         ('"Weird\x07Col","Inbound\r\nNotes"', [], r'columns found: "Weird\x07Col", "Inbound\r\nNotes"'),
         ('"DID\tNumber","Notes"', ["--map", "Nope\x07=did_number"], r'--map names the column "Nope\x07"'),
     ],

@@ -582,8 +582,8 @@ def map_columns(
                 first_name = column_letters(first_column + mapping[matched])
                 name = column_letters(first_column + pos)
                 raise InputError(
-                    f'columns {first_name} and {name} are both "{header}" ({matched}); pick one with '
-                    f'--map "{name}={matched}" or leave one out with --ignore-column "{first_name}"'
+                    f'columns {first_name} "{first}" and {name} "{header}" both mean {matched}; pick one '
+                    f'with --map "{name}={matched}" or leave one out with --ignore-column "{first_name}"'
                 )
             raise InputError(
                 f'columns "{first}" and "{header}" both mean {matched}; pick one with '
