@@ -4,18 +4,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import openpyxl
 import pytest
 from click.testing import CliRunner
-from helpers import REGIONS, did_number, write_carrier_workbook, write_region_workbook
+from helpers import (
+    REGIONS,
+    config_for,
+    did_number,
+    read_results,
+    write_carrier_workbook,
+    write_inventory,
+    write_region_workbook,
+)
 
 from importer.cli import main
 from importer.errors import InputError
 from importer.jobs.pipeline import InputOptions, ValidateConfig, load_and_validate, validate_file
+from importer.jobs.run import run_import
 from importer.model import SheetInfo
 from importer.read.isolated import read_workbook_isolated
 from importer.read.sheets import SheetChoiceNeeded
 from importer.read.table import list_sheets, read_table
+from importer.sandbox import SandboxConfig, create_sandbox
 
 NINE_SIX = tuple(SheetInfo(region, 6, True) for region in REGIONS)
 
@@ -183,3 +194,20 @@ def test_cli_sheet_option_is_repeatable(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "rows read: 12" in result.output
     assert 'read 2 sheets as one table: "UK" (6 rows), "India" (6 rows)' in result.output
+
+
+def test_run_all_sheets_sends_every_sheets_rows_once_and_names_their_sheet(tmp_path: Path) -> None:
+    """The nine region sheets through the sandbox: 54 routings created, a rerun changes nothing."""
+    inventory = write_inventory(tmp_path / "inv.json", 54)
+    sheet = write_region_workbook(tmp_path / "regions.xlsx")
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory))
+    transport = httpx.ASGITransport(app=sandbox.app)
+    config = config_for(sheet, tmp_path, input=InputOptions(sheet, all_sheets=True))
+    summary = run_import(config, transport=transport)
+    assert summary.exit_code == 0 and summary.counts == {"succeeded": 54}
+    created = {int(r["did_id"]) for r in sandbox.state_snapshot()["routing"]}
+    assert created == {1000 + i for i in range(54)}
+    rows = read_results(summary.results_path)
+    assert [(r["import_sheet"], r["import_row"]) for r in rows[6:8]] == [("US West", "2"), ("US West", "3")]
+    again = run_import(config, transport=transport)
+    assert again.counts == {"unchanged": 54}
