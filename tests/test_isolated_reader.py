@@ -14,7 +14,8 @@ import pytest
 
 from importer.errors import InputError, UnreadableFileError
 from importer.read import isolated as isolated_reader
-from importer.read.isolated import SheetGrid, grid_from_json, grid_to_json, read_workbook_isolated
+from importer.read.isolated import grid_from_json, grid_to_json, read_workbook_isolated
+from importer.read.workbook import SheetGrid
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER = ["DID Number", "Inbound Mode", "Outbound Mode"]

@@ -16,8 +16,9 @@ from helpers import hidden_book
 
 from importer.display import render
 from importer.errors import InputError, UnreadableFileError
-from importer.read.isolated import float_text, read_workbook_isolated
+from importer.read.isolated import read_workbook_isolated
 from importer.read.table import read_table
+from importer.read.workbook import float_text
 
 HEADER = ["DID Number", "Inbound Mode", "Outbound Mode", "Inbound Bot ID"]
 ROWS = [["+918012345678", "3", "4", "93"], ["0801234567", "mobile", "only-answer", ""]]

@@ -5,7 +5,7 @@ stale or unrelated ones) is read as before; several matching sheets are never ch
 silently: the reader stops with ``SheetChoiceNeeded`` (the candidates as data, for a CLI line or
 a picker) unless the user names sheets (``--sheet``, repeatable) or asks for all (``--all-sheets``).
 
-Free of pandas: the capped child process of ``isolated`` imports it.
+Free of pandas: the capped child process of ``isolated`` reads workbooks with it.
 """
 
 from __future__ import annotations

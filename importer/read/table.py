@@ -3,7 +3,7 @@
 ``read_table`` is the public entry. The format is told by content (``sniff``), and a file is
 refused by its size before it is read. Workbooks go to calamine: .xlsx/.xlsm in this process
 after the zip has been vetted (``safety``) and with what calamine does not tell read from the
-sheet's XML (``xlsx``); .xls/.xlsb/.ods in a child process with a memory cap and a timeout
+sheet's XML (``xlsx``), by ``workbook``; .xls/.xlsb/.ods in a child process with a memory cap and a timeout
 (``isolated``), because some such files make calamine abort the whole process. Delimited text
 is decoded and split by ``text``.
 """
@@ -25,18 +25,12 @@ import pandas as pd
 from importer import fields
 from importer.errors import ImporterError, InputError, UnreadableFileError
 from importer.model import ROW_KEY_STRIDE, RawTable, SheetInfo, SourceInfo
-from importer.read.isolated import (
-    REFUSE_PASSWORD,
-    SheetGrid,
-    WorkbookRead,
-    is_blank,
-    read_workbook,
-    read_workbook_isolated,
-)
+from importer.read.isolated import read_workbook_isolated
 from importer.read.safety import check_zip
 from importer.read.sheets import SheetChoiceNeeded
 from importer.read.sniff import Format, read_head
 from importer.read.text import TextGrid, check_encoding, read_text
+from importer.read.workbook import REFUSE_PASSWORD, SheetGrid, WorkbookRead, is_blank, read_workbook
 from importer.read.xlsx import SheetMarks, mark_table, restore_error_cells, sheet_marks, show_formatted
 
 __all__ = ["list_sheets", "read_table"]

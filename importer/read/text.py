@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from importer.errors import InputError, UnreadableFileError, shown
-from importer.read.isolated import find_header, is_blank
 from importer.read.sniff import SUPPORTED
+from importer.read.workbook import find_header, is_blank
 
 __all__ = ["TextGrid", "check_encoding", "read_text"]
 

@@ -19,8 +19,8 @@ from defusedxml import ElementTree as SafeET
 from importer.display import format_kind, render, renderable_formats
 from importer.errors import shown
 from importer.model import RawTable
-from importer.read.isolated import SheetGrid
 from importer.read.safety import MAX_WORKBOOK_XML_BYTES
+from importer.read.workbook import SheetGrid
 
 __all__ = [
     "EXCEL_ERRORS",
