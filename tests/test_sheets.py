@@ -211,3 +211,14 @@ def test_run_all_sheets_sends_every_sheets_rows_once_and_names_their_sheet(tmp_p
     assert [(r["import_sheet"], r["import_row"]) for r in rows[6:8]] == [("US West", "2"), ("US West", "3")]
     again = run_import(config, transport=transport)
     assert again.counts == {"unchanged": 54}
+
+
+def test_cli_run_several_matching_sheets_stops_before_connecting(tmp_path: Path) -> None:
+    """run reads the file first: the choice is asked for before any request (nothing listens on port 9)."""
+    path = write_region_workbook(tmp_path / "regions.xlsx")
+    args = ["run", str(path), "--api-key", "rg_test_0123456789", "--base-url", "http://127.0.0.1:9/api/v2"]
+    result = CliRunner().invoke(main, [*args, "--yes"])
+    assert result.exit_code == 2, result.output
+    assert "regions.xlsx has 9 sheets with the columns" in result.output
+    both = CliRunner().invoke(main, [*args, "--yes", "--all-sheets", "--sheet", "UK"])
+    assert both.exit_code == 2 and "give --sheet NAME or --all-sheets, not both" in both.output
