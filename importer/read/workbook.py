@@ -304,8 +304,8 @@ def read_workbook(
         matches = header_score(grid.header, extra_keys) >= MIN_HEADER_MATCHES
         if name in visible:
             survey.append(SheetInfo(name, _data_rows(grid), matches))
-        # Keep only what may be read: a named sheet, a matching one, or the first with data.
-        if name in chosen or matches or not grids:
+        # Keep only what may be read: the named sheets, else a matching one or the first with data.
+        if name in chosen if chosen else (matches or not grids):
             grids[name] = grid
     if not chosen:
         chosen = list(choose_sheets(path.name, survey, all_sheets=all_sheets))
