@@ -38,9 +38,8 @@ sys.path.insert(0, str(BENCH_DIR.parent / "tests"))  # the tests' generated acco
 
 from helpers import desired_record, did_number, write_inventory  # noqa: E402
 
-from importer.engine.apply import human_duration  # noqa: E402
-from importer.jobs.pipeline import InputOptions  # noqa: E402  (the repository root goes on the path first)
-from importer.jobs.run import ImportConfig, run_import  # noqa: E402
+from importer.jobs.run import run_import  # noqa: E402  (the repository root goes on the path first)
+from importer.options import ImportConfig, InputOptions, human_duration  # noqa: E402
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox  # noqa: E402
 
 PAGE = 100

@@ -8,7 +8,7 @@ Usage (from the repository root, in the project's virtualenv):
 Each measured run is a fresh child process (so runs cannot warm each other's caches and the
 end-to-end run's peak RSS is its own). A run is timed inside the child, after imports:
 
-* end to end: ``importer.jobs.pipeline.validate_file`` (read, validate, results workbook, failed file),
+* end to end: ``importer.jobs.validate.validate_file`` (read, validate, results workbook, failed file),
   with the stage times taken by thin timing wrappers around the functions the pipeline calls;
 * floor: the least any validate-only run must do with the same file: read it (calamine for a
   workbook, pyarrow for CSV, cells turned into text) and stream "the same table" (the input's
@@ -260,7 +260,9 @@ def _peak_rss_mb() -> float:
 def child_end_to_end(path: Path, out: Path) -> dict[str, Any]:
     """Run validate_file once; time each stage through wrappers around what the pipeline calls."""
     sys.path.insert(0, str(REPO))
-    import importer.jobs.pipeline as pipeline
+    import importer.jobs.outputs as outputs
+    import importer.jobs.validate as pipeline
+    from importer.options import InputOptions, ValidateConfig
 
     stages: dict[str, float] = {"read": 0.0, "validate": 0.0, "write": 0.0, "write_failed": 0.0}
 
@@ -274,16 +276,17 @@ def child_end_to_end(path: Path, out: Path) -> dict[str, Any]:
 
         return wrapper
 
-    # The names validate_file looks up in its module: wrapping them times each stage of the very run.
-    for stage, name in (
-        ("read", "read_table"),
-        ("validate", "validate_table"),
-        ("write", "write_results"),
-        ("write_failed", "write_failed_rows"),
+    # The names validate_file and write_outputs look up in their modules: wrapping them times each
+    # stage of the very run.
+    for module, stage, name in (
+        (pipeline, "read", "read_table"),
+        (pipeline, "validate", "validate_table"),
+        (outputs, "write", "write_results"),
+        (outputs, "write_failed", "write_failed_rows"),
     ):
-        setattr(pipeline, name, timed(stage, getattr(pipeline, name)))
-    config = pipeline.ValidateConfig(
-        pipeline.InputOptions(path),
+        setattr(module, name, timed(stage, getattr(module, name)))
+    config = ValidateConfig(
+        InputOptions(path),
         output=out / f"{path.stem}.results.xlsx",
         failed_out=out / f"{path.stem}.failed.xlsx",
     )

@@ -19,8 +19,9 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from importer.account.live import DEFAULT_BASE_URL
-from importer.engine.apply import ERROR_RATE_MIN_WRITES, SendOptions, human_duration
+from importer.engine.apply import ERROR_RATE_MIN_WRITES
 from importer.errors import ImporterError
+from importer.options import SendOptions, human_duration
 from importer.vocab import ExitCode, OnExisting
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -153,7 +154,7 @@ def _keep_input_option(ctx: click.Context, param: click.Parameter, value: Any) -
 
 def build_input(file: Path) -> Any:
     """Return the InputOptions for FILE from the ``input_options`` of the running command, if any."""
-    from importer.jobs.pipeline import InputOptions
+    from importer.options import InputOptions
     from importer.read.text import check_encoding
     from importer.validate.rules import parse_column_map
 
@@ -210,7 +211,8 @@ def validate(
     force: bool,
 ) -> None:
     """Check every row of FILE offline and write the results workbook."""
-    from importer.jobs.pipeline import ValidateConfig, validate_file
+    from importer.jobs.validate import validate_file
+    from importer.options import ValidateConfig
 
     summary = validate_file(
         ValidateConfig(
@@ -517,7 +519,8 @@ def run(
     quiet: bool,
 ) -> None:
     """Create or update the routing of every row of FILE through the API."""
-    from importer.jobs.run import ImportConfig, run_import
+    from importer.jobs.run import run_import
+    from importer.options import ImportConfig
 
     config = ImportConfig(
         input=build_input(file),
@@ -556,7 +559,8 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
 
     import httpx
 
-    from importer.jobs.run import ImportConfig, run_import
+    from importer.jobs.run import run_import
+    from importer.options import ImportConfig
     from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 
     # Package data, so an installed wheel has the sheet and the inventory wherever it runs.
@@ -724,7 +728,8 @@ def rollback(
     Every run of the same input is undone (an interrupted run and its resume) unless --run-id
     names the runs.
     """
-    from importer.jobs.rollback import RollbackConfig, rollback_run
+    from importer.jobs.rollback import rollback_run
+    from importer.options import RollbackConfig
 
     def show(plan: Any) -> None:
         if quiet:  # --quiet: the summary and errors only
@@ -862,7 +867,8 @@ def export(
     --dry-run reads and counts without writing the file; --yes and --max-error-rate have
     nothing to do (nothing is sent).
     """
-    from importer.jobs.export import ExportConfig, export_routing
+    from importer.jobs.export import export_routing
+    from importer.options import ExportConfig
 
     config = ExportConfig(
         api_key=_api_key(api_key),

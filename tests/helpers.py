@@ -13,7 +13,7 @@ import httpx
 import openpyxl
 
 if TYPE_CHECKING:
-    from importer.jobs.run import ImportConfig
+    from importer.options import ImportConfig
     from importer.sandbox import Sandbox
     from importer.web.engine import Connection
 
@@ -150,8 +150,7 @@ SANDBOX_BASE = "http://sandbox.test/api/v2"
 
 def config_for(sheet: Path | str, tmp: Path, **kw: Any) -> ImportConfig:
     """An import of ``sheet`` into the in-process sandbox: results and journal in ``tmp``, no waits."""
-    from importer.jobs.pipeline import InputOptions
-    from importer.jobs.run import ImportConfig
+    from importer.options import ImportConfig, InputOptions
     from importer.sandbox import SANDBOX_API_KEY
 
     defaults: dict[str, Any] = dict(

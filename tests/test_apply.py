@@ -31,13 +31,14 @@ import importer
 from importer.account.client import Bot, Connection, Did, Routing
 from importer.account.live import Inventory
 from importer.cli import main
-from importer.engine.apply import Progress, SendOptions, human_duration
+from importer.engine.apply import Progress
 from importer.engine.journal import Journal
 from importer.engine.plan import History, Write, plan_import
 from importer.errors import InputError
 from importer.fields import ROUTING_FIELDS
 from importer.jobs.run import run_import, run_import_async
 from importer.model import RoutingRow
+from importer.options import ConnectOptions, ImportConfig, InputOptions, SendOptions, human_duration
 from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
 from importer.vocab import Action, ExitCode, OnExisting, ReasonKind, Status
 
@@ -425,6 +426,75 @@ def test_second_ctrl_c_leaves_writes_in_flight_for_the_next_run(tmp_path: Path) 
         assert journal.in_flight(sha) == {}
 
 
+class AppliedThenKilled(httpx.AsyncBaseTransport):
+    """The first write goes through; the second is applied, then the run stops dead (Ctrl-C twice)
+    before its answer: the journal holds one confirmed row and one write in flight that landed,
+    as after ``kill -9``."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.base = httpx.ASGITransport(app=sandbox.app)
+        self.writes = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.base.handle_async_request(request)
+        if request.method == "POST" and "call-routing" in request.url.path:
+            self.writes += 1
+            if self.writes == 2:
+                signal.raise_signal(signal.SIGINT)
+                await asyncio.sleep(0.05)
+                signal.raise_signal(signal.SIGINT)
+                await asyncio.sleep(30)
+        return response
+
+
+def test_dry_run_after_a_crash_plans_what_the_resume_does(tmp_path: Path) -> None:
+    """A dry run reads the journal (read-only, unclaimed): its plan and every row's outcome
+    match the real resume's, for the row confirmed before the crash and the one left in flight."""
+    inv = write_inventory(tmp_path / "inv.json", 4)
+    sheet = write_sheet(tmp_path / "sheet.csv", 4)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    first = run_import(config_for(sheet, tmp_path, concurrency=1), transport=AppliedThenKilled(sandbox))
+    assert first.exit_code is ExitCode.INTERRUPTED
+    sha = summary_sha(first)
+    journal_path = tmp_path / "run.journal.sqlite"
+    with Journal.open(journal_path) as journal:
+        assert set(journal.confirmed(sha)) == {2} and set(journal.in_flight(sha)) == {3}
+        runs_before = journal.runs()
+    journal_bytes = journal_path.read_bytes()
+    transport = httpx.ASGITransport(app=sandbox.app)
+    dry_plans: list[importer.Plan] = []
+    # Another process holding the journal's claim does not stop a dry run: it takes none.
+    with Journal.open(journal_path) as holder:
+        holder.claim()
+        dry = run_import(
+            config_for(sheet, tmp_path, dry_run=True, on_plan=dry_plans.append), transport=transport
+        )
+    assert journal_path.read_bytes() == journal_bytes  # nothing written: no run, no claim
+    with Journal.open(journal_path) as journal:
+        assert journal.runs() == runs_before and set(journal.in_flight(sha)) == {3}
+    assert write_count(sandbox) == 2
+    real_plans: list[importer.Plan] = []
+    real = run_import(config_for(sheet, tmp_path, on_plan=real_plans.append), transport=transport)
+    assert real.exit_code is ExitCode.OK and write_count(sandbox) == 4  # rows 4 and 5, once each
+    dry_plan, real_plan = dry_plans[0], real_plans[0]
+    assert dry_plan.counts == real_plan.counts
+    assert dry_plan.outcomes == real_plan.outcomes  # the rows settled without a write
+    assert [(w.row, w.action, dict(w.body)) for w in dry_plan.writes] == [
+        (w.row, w.action, dict(w.body)) for w in real_plan.writes
+    ]
+    dry_rows, real_rows = {o.row: o for o in dry.outcomes}, {o.row: o for o in real.outcomes}
+    for row in (2, 3):  # settled from the journal: the same words in both
+        assert (dry_rows[row].status, dry_rows[row].reason_kind, dry_rows[row].reason) == (
+            real_rows[row].status,
+            real_rows[row].reason_kind,
+            real_rows[row].reason,
+        )
+    assert dry_rows[2].reason.startswith("done in an earlier run")
+    for row in (4, 5):  # written by the resume, "would" be by the dry run
+        assert dry_rows[row].status is Status.NOT_SENT and real_rows[row].status is Status.SUCCEEDED
+        assert dry_rows[row].action is real_rows[row].action is Action.CREATE
+
+
 def test_rerun_plans_rows_done_earlier_against_the_live_state(tmp_path: Path) -> None:
     """Drift: a row done in run 1 whose routing someone changed since is updated back, and the
     plan says so before anything is sent; rows still as asked are unchanged."""
@@ -461,8 +531,66 @@ def test_declining_the_prompt_sends_nothing_and_exits_0(tmp_path: Path) -> None:
     )
     assert summary.exit_code is ExitCode.OK and write_count(sandbox) == 0
     assert summary.counts == {Status.NOT_SENT: 3}
-    assert summary.notes[0] == "nothing sent: not confirmed at the prompt"
+    assert summary.notes[0] == "nothing sent: the plan was not confirmed"
+    assert summary.stopped == "not confirmed"  # why nothing was sent, for a library's caller (the web)
     assert "nothing sent" in "\n".join(summary.lines())
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        assert journal.runs() == []  # a declined plan starts no journal run
+
+
+def test_async_confirm_refusing_a_plan_that_changed_since_it_was_shown_sends_nothing(tmp_path: Path) -> None:
+    """The web's use of ``confirm``: a plan shown (dry run), the live routing changed, and the send's
+    new plan has other writes, so its confirm refuses it: nothing is sent and the summary says why."""
+    inv = write_inventory(tmp_path / "inv.json", 3, existing={1: desired_record(1)})
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    transport = httpx.ASGITransport(app=sandbox.app)
+    shown: list[importer.Plan] = []
+    run_import(config_for(sheet, tmp_path, dry_run=True, on_plan=shown.append), transport=transport)
+    change_routing(sandbox, 1001, {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1})
+    writes_before = write_count(sandbox)
+
+    def writes(plan: importer.Plan) -> list[tuple[int, str, dict[str, int | str]]]:
+        return [(w.row, str(w.action), dict(w.body)) for w in plan.writes]
+
+    asked: list[importer.Plan] = []
+
+    def same_as_shown(plan: importer.Plan) -> bool:
+        asked.append(plan)
+        return writes(plan) == writes(shown[0])
+
+    summary = asyncio.run(
+        run_import_async(config_for(sheet, tmp_path, confirm=same_as_shown), transport=transport)
+    )
+    assert len(asked) == 1 and len(asked[0].writes) == len(shown[0].writes) + 1  # row 3 changed since
+    assert write_count(sandbox) == writes_before and summary.stopped == "not confirmed"
+    assert summary.counts == {Status.NOT_SENT: 3} and summary.exit_code is ExitCode.OK
+
+
+def test_confirm_is_asked_with_no_loop_running_and_ctrl_c_there_sends_nothing(tmp_path: Path) -> None:
+    """run_import asks its confirm hook while no event loop runs (a prompt's Ctrl-C is a plain
+    KeyboardInterrupt): nothing is sent, no journal run starts, and the journal is free again."""
+    inv = write_inventory(tmp_path / "inv.json", 3)
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    sandbox = create_sandbox(SandboxConfig(inventory=inv))
+    loops: list[bool] = []
+
+    def ctrl_c(plan: importer.Plan) -> bool:
+        try:
+            asyncio.get_running_loop()
+            loops.append(True)
+        except RuntimeError:
+            loops.append(False)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_import(
+            config_for(sheet, tmp_path, confirm=ctrl_c), transport=httpx.ASGITransport(app=sandbox.app)
+        )
+    assert loops == [False] and write_count(sandbox) == 0
+    with Journal.open(tmp_path / "run.journal.sqlite") as journal:
+        journal.claim()  # the interrupted run let go of it
+        assert journal.runs() == []
 
 
 def test_an_unwritable_results_path_is_refused_before_any_write(tmp_path: Path) -> None:
@@ -602,3 +730,28 @@ def test_a_callers_cancel_event_leaves_the_process_signals_to_the_caller(tmp_pat
     summary, handler = asyncio.run(main())
     assert got == ["server"] and handler is not signal.SIG_DFL
     assert summary.exit_code is ExitCode.OK and summary.counts == {Status.SUCCEEDED: 10}
+
+
+def test_connect_options_from_env_and_a_job_config_using_them(tmp_path: Path) -> None:
+    """A surface builds its connection once (a server from its environment) and each job's
+    config from it: the key, base URL, connection and pacing carry over; the key is never shown."""
+    env = {
+        "VOCOBASE_API_KEY": "sk-live-0123456789abcdef",
+        "VOCOBASE_BASE_URL": "http://127.0.0.1:9/api/v2",
+        "VOCOBASE_CONNECTION_ID": "",
+    }
+    connect = ConnectOptions.from_env(env, requests_per_minute=30, retry_backoff=0)
+    assert (connect.api_key, connect.base_url, connect.connection_id) == (
+        "sk-live-0123456789abcdef",
+        "http://127.0.0.1:9/api/v2",
+        None,
+    )
+    assert "0123456789abcdef" not in repr(connect)
+    config = ImportConfig.using(connect, input=InputOptions(tmp_path / "a.csv"), dry_run=True)
+    assert isinstance(config, ImportConfig) and config.dry_run and config.requests_per_minute == 30
+    assert (config.api_key, config.base_url, config.retry_backoff) == (connect.api_key, connect.base_url, 0)
+    assert ConnectOptions.from_env({**env, "VOCOBASE_CONNECTION_ID": "c-1"}).connection_id == "c-1"
+    with pytest.raises(InputError, match="no API key: set VOCOBASE_API_KEY"):
+        ConnectOptions.from_env({})
+    with pytest.raises(InputError, match="must start with http:// or https://"):
+        ConnectOptions.from_env({**env, "VOCOBASE_BASE_URL": "ftp://x"})

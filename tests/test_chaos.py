@@ -42,8 +42,8 @@ from chaos_support import (
 from helpers import CONNECTION, write_inventory, write_sheet
 
 from importer.engine.journal import Journal
-from importer.jobs.pipeline import InputOptions
-from importer.jobs.run import MAX_WRITE_ATTEMPTS, ImportConfig, run_import
+from importer.jobs.run import MAX_WRITE_ATTEMPTS, run_import
+from importer.options import ImportConfig, InputOptions
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 
 FAULT_ROWS = 36

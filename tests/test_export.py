@@ -14,10 +14,10 @@ from helpers import desired_record, did_number, read_results, write_inventory
 from importer.cli import main
 from importer.errors import InputError
 from importer.fields import FIELD_NAMES
-from importer.jobs.export import ExportConfig, export_routing
-from importer.jobs.pipeline import InputOptions
-from importer.jobs.run import ImportConfig, run_import
+from importer.jobs.export import export_routing
+from importer.jobs.run import run_import
 from importer.model import Status
+from importer.options import ExportConfig, ImportConfig, InputOptions
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 
 BASE = "http://sandbox.test/api/v2"

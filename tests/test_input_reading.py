@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from helpers import hidden_book
 
 from importer.cli import main
-from importer.jobs.pipeline import InputOptions, ValidateConfig, load_and_validate, validate_file
+from importer.jobs.validate import load_and_validate, validate_file
+from importer.options import InputOptions, ValidateConfig
 
 HEADER = ["DID Number", "Inbound Mode", "Outbound Mode", "Inbound Bot ID"]
 
@@ -149,7 +150,8 @@ def test_run_skip_hidden_rows_sends_nothing_for_them(tmp_path: Path) -> None:
     import httpx
     from helpers import did_number, write_inventory
 
-    from importer.jobs.run import ImportConfig, run_import
+    from importer.jobs.run import run_import
+    from importer.options import ImportConfig
     from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 
     book = openpyxl.Workbook()

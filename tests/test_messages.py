@@ -26,12 +26,12 @@ from starlette.routing import Route
 
 from importer.account.client import Connection
 from importer.cli import _ask, _progress_bar, main
-from importer.engine.apply import Progress, SendOptions
+from importer.engine.apply import Progress
 from importer.engine.plan import Plan, Write
 from importer.engine.resolve import connection_problem
 from importer.errors import ApiError
-from importer.jobs.pipeline import InputOptions
-from importer.jobs.run import ImportConfig, run_import
+from importer.jobs.run import run_import
+from importer.options import ImportConfig, InputOptions, SendOptions
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 from importer.vocab import Action, ReasonKind
 

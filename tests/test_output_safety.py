@@ -19,8 +19,9 @@ import xlsxwriter
 from helpers import CONNECTION, did_number, write_inventory
 
 from importer.fields import FIELD_NAMES
-from importer.jobs.pipeline import InputOptions, ValidateConfig, validate_file
-from importer.jobs.run import ImportConfig, run_import
+from importer.jobs.run import run_import
+from importer.jobs.validate import validate_file
+from importer.options import ImportConfig, InputOptions, ValidateConfig
 from importer.output.template import template_csv_text, write_template_xlsx
 from importer.read.table import read_table
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox

@@ -16,10 +16,11 @@ from helpers import SAMPLE, config_for, desired_record, read_results, write_inve
 
 from importer.cli import main
 from importer.errors import OutputError
-from importer.jobs.pipeline import InputOptions, ValidateConfig, validate_file
 from importer.jobs.rollback import locate_run
 from importer.jobs.run import run_import
+from importer.jobs.validate import validate_file
 from importer.model import Status
+from importer.options import InputOptions, ValidateConfig
 from importer.output.results import failed_path_for, save_problem
 from importer.sandbox import SandboxConfig, create_sandbox
 

@@ -25,11 +25,12 @@ from importer.cli import main
 from importer.engine.journal import Journal
 from importer.engine.plan import Plan
 from importer.errors import AuthError, InputError
-from importer.jobs.pipeline import InputOptions, RunSummary
-from importer.jobs.rollback import ROLLBACK_COLUMNS, RollbackConfig, default_rollback_path
+from importer.jobs.rollback import ROLLBACK_COLUMNS, default_rollback_path
 from importer.jobs.rollback import rollback_run as rollback
-from importer.jobs.run import ImportConfig, run_import, run_import_async
+from importer.jobs.run import run_import, run_import_async
+from importer.jobs.summary import RunSummary
 from importer.model import Status
+from importer.options import ImportConfig, InputOptions, RollbackConfig
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 
 BASE = "http://sandbox.test/api/v2"
@@ -339,7 +340,8 @@ def test_rollback_not_confirmed_sends_nothing_and_exits_0(
         and write_count(sandbox) == writes
     )
     assert asked and asked[0].startswith("restore 2, deactivate 2")
-    assert summary.notes[0] == "nothing sent: not confirmed at the prompt"
+    assert summary.notes[0] == "nothing sent: the plan was not confirmed"
+    assert summary.stopped == "not confirmed"
 
 
 def test_cli_rollback_dry_run_over_tcp(tmp_path: Path) -> None:

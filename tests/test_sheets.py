@@ -20,9 +20,10 @@ from helpers import (
 
 from importer.cli import main
 from importer.errors import InputError
-from importer.jobs.pipeline import InputOptions, ValidateConfig, load_and_validate, validate_file
 from importer.jobs.run import run_import
+from importer.jobs.validate import load_and_validate, validate_file
 from importer.model import SheetInfo
+from importer.options import InputOptions, ValidateConfig
 from importer.read.isolated import read_workbook_isolated
 from importer.read.sheets import SheetChoiceNeeded
 from importer.read.table import list_sheets, read_table

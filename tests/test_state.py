@@ -20,10 +20,10 @@ from importer.account.limiter import RateLimiter
 from importer.account.live import Inventory, preflight
 from importer.cli import _reading
 from importer.errors import ApiError
-from importer.jobs.pipeline import InputOptions
-from importer.jobs.rollback import RollbackConfig, rollback_run
-from importer.jobs.run import ImportConfig, run_import
+from importer.jobs.rollback import rollback_run
+from importer.jobs.run import run_import
 from importer.model import RoutingRow, RowOutcome, Status
+from importer.options import ImportConfig, InputOptions, RollbackConfig
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
 
 BASE = "http://sandbox.test/api/v2"

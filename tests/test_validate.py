@@ -15,8 +15,9 @@ from click.testing import CliRunner
 from importer.cli import main
 from importer.errors import InputError
 from importer.fields import FIELD_NAMES, Direction
-from importer.jobs.pipeline import InputOptions, ValidateConfig, validate_file
+from importer.jobs.validate import validate_file
 from importer.model import RawTable, SourceInfo
+from importer.options import InputOptions, ValidateConfig
 from importer.read.xlsx import column_letters
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
 from importer.validate.rules import (
@@ -688,3 +689,63 @@ def test_phone_quick_path_agrees_with_full_parse_on_formatted_numbers() -> None:
                 assert fast == slow.number, (text, fast, slow)
             checked += 1
     assert checked > 5000 and quick > checked // 3
+
+
+# -- load_and_validate: the one way a job reads and checks a table -----------------------------
+
+
+def _routing_csv(path: Path) -> Path:
+    """Three rows: row 2 valid, row 3 with an unknown inbound mode, row 4 valid."""
+    path.write_text(
+        "Phone Number,Inbound Mode,Outbound Mode,Status\n"
+        "+918020000000,1,4,active\n"
+        "+918020000001,9,4,active\n"
+        "+918020000002,1,4,active\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_load_and_validate_applies_cell_edits_before_validation(tmp_path: Path) -> None:
+    """Edits correct cells of the table read (the later edit of a cell wins); the file is untouched
+    and keeps its sha256, so a resume still finds its earlier runs."""
+    from importer.jobs.validate import CellEdit, load_and_validate
+
+    path = _routing_csv(tmp_path / "routing.csv")
+    before = path.read_bytes()
+    plain = load_and_validate(InputOptions(path))
+    assert plain.failed_rows == {3} and [i.kind for i in plain.issues] == ["bad_mode"]
+    edits = (CellEdit(row=3, column=1, value="7"), CellEdit(row=3, column=1, value="3"))
+    edits += (CellEdit(row=4, column=3, value="inactive"),)
+    # Mode 3 (a bot) needs a bot id: the edit fixed one problem and validation finds the next.
+    edited = load_and_validate(InputOptions(path), edits)
+    assert [(i.row, i.kind) for i in edited.issues] == [(3, "missing_mode_id")]
+    assert edited.table.frame.loc[4, 3] == "inactive" and [r.row for r in edited.valid] == [2, 4]
+    assert edited.valid[1].status == 0
+    fixed = load_and_validate(InputOptions(path), (CellEdit(row=3, column=1, value="1"),))
+    assert not fixed.issues and len(fixed.valid) == 3
+    assert fixed.table.source.sha256 == plain.table.source.sha256 and path.read_bytes() == before
+    with pytest.raises(InputError, match="row 9 is not a data row"):
+        load_and_validate(InputOptions(path), (CellEdit(row=9, column=0, value="x"),))
+    with pytest.raises(InputError, match="no column 12"):
+        load_and_validate(InputOptions(path), (CellEdit(row=2, column=11, value="x"),))
+
+
+def test_load_and_validate_takes_the_header_row_the_user_chose(tmp_path: Path) -> None:
+    """The reader took a title row (no row names the fields); the header moves down to the names,
+    the column letters map the fields, and validation numbers rows from there."""
+    from importer.jobs.validate import load_and_validate, move_header
+
+    path = tmp_path / "export.csv"
+    path.write_text("Export,,\nNummer,Eingehend,Ausgehend\n+918020000000,1,4\n\n+918020000001,1,4\n")
+    letters = {"A": "did_number", "B": "for_inbound_call", "C": "for_outbound_call"}
+    as_read = load_and_validate(InputOptions(path, column_map=letters))
+    assert as_read.table.source.header_row == 1 and as_read.failed_rows == {2}  # "Nummer" is no DID
+    moved = load_and_validate(InputOptions(path, column_map=letters, header_row=2))
+    assert moved.table.headers == ("Nummer", "Eingehend", "Ausgehend") and moved.table.source.header_row == 2
+    assert not moved.issues and [r.row for r in moved.valid] == [3, 5]
+    assert InputOptions(path, header_row=2).describe()["header_row"] == "2"
+    with pytest.raises(InputError, match="can only move down from row 2"):
+        move_header(moved.table, 1)
+    with pytest.raises(InputError, match="row 4 is blank or past the end"):
+        load_and_validate(InputOptions(path, column_map=letters, header_row=4))

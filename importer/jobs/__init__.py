@@ -1,1 +1,3 @@
-"""The jobs every surface calls: validate, run, rollback, export, history."""
+"""The jobs every surface calls, one straight-line function each: validate, run, rollback,
+export, history; and what they share: session (journal, client, confirm and send, signals, the
+sync runner), summary (``RunSummary``, notes, top reasons), outputs (paths and workbooks)."""

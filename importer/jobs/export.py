@@ -25,33 +25,17 @@ import xlsxwriter
 from importer.account.client import Connection, Routing, number_key
 from importer.account.inventory import DidIndex, read_all_dids
 from importer.account.live import open_client, preflight
-from importer.engine.apply import ConnectOptions, key_fingerprint
 from importer.errors import OutputError
 from importer.fields import DIRECTION_OF, FIELD_NAMES, MODES, STATUS_LABELS
-from importer.jobs.pipeline import as_path, check_writable
+from importer.jobs.outputs import check_writable
+from importer.jobs.session import key_fingerprint
+from importer.options import ExportConfig
 from importer.output.results import atomic_workbook, check_workbook_name, save_problem
 from importer.output.template import ROUTING_SHEET
 
-__all__ = ["ExportConfig", "ExportSummary", "export_routing"]
+__all__ = ["ExportSummary", "export_routing"]
 
 SUMMARY_SHEET = "Summary"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ExportConfig(ConnectOptions):
-    """Options of ``voicelink-import export``: the connection's, the output's.
-
-    ``dry_run`` reads and counts and writes no file; ``on_read`` is told what is being read.
-    Nothing is sent, so the sending options other than the rate and the timeout do not apply.
-    """
-
-    output: Path | None = None
-    """The workbook to write; default ``voicelink-routing-<UTC time>.xlsx`` in the current folder."""
-    include_unrouted: bool = False
-
-    def __post_init__(self) -> None:
-        ConnectOptions.__post_init__(self)
-        as_path(self, "output")
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from importer.engine.journal import RunHistory
 from importer.errors import InputError
 from importer.jobs.rollback import locate_run
-from importer.jobs.run import open_journal
+from importer.jobs.session import open_journal
 from importer.vocab import Status
 
 __all__ = ["HISTORY_COLUMNS", "RunLog", "history_lines", "run_history"]

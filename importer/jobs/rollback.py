@@ -1,7 +1,7 @@
 """Roll back an import: put back the routing it changed, paced, settled and journalled like a run.
 
-``rollback_run`` is the whole job in one call; its stages are the methods of ``_RollbackJob``
-in the order they run: find the journal and the runs -> read the live state -> plan one undo
+``rollback_run`` is the whole job in one call; ``_rollback`` is its body, the stages in the
+order they run: find the journal and the runs -> read the live state -> plan one undo
 per DID changed (``plan.plan_rollback``) -> (confirm) -> send (``apply.apply_plan``, the engine
 ``run`` uses) -> results workbook.
 
@@ -35,33 +35,41 @@ import httpx
 import pandas as pd
 
 from importer.account.limiter import RateLimiter
-from importer.engine.apply import (
-    ConnectOptions,
-    Job,
-    ProgressCallback,
-    Session,
-    drive,
-    drive_async,
-)
+from importer.engine.apply import Applied, ProgressCallback
 from importer.engine.journal import ChangeRecord, Journal, RunRecord
-from importer.engine.plan import NO_DELETE, Undo, named_did, plan_rollback, record_text
+from importer.engine.plan import NO_DELETE, Plan, Undo, named_did, plan_rollback, record_text
 from importer.errors import InputError
-from importer.jobs.pipeline import RunSummary, as_path, check_writable, save_with_fallback
-from importer.jobs.run import default_journal_path, open_journal
+from importer.jobs.outputs import check_writable, default_journal_path, save_with_fallback
+from importer.jobs.session import (
+    Ask,
+    Session,
+    approve,
+    ask_in_loop,
+    job_audit,
+    now_text,
+    open_journal,
+    open_session,
+    priced,
+    run_info,
+    run_sync,
+    send_plan,
+)
+from importer.jobs.summary import RunSummary, job_notes
 from importer.model import RawTable, SourceInfo, Status
+from importer.options import RollbackConfig
 from importer.output.results import check_workbook_name, stamped_path, write_results
 from importer.vocab import Action, ExitCode, describe_kind
 
 __all__ = [
     "ROLLBACK_COLUMNS",
     "Coverage",
-    "RollbackConfig",
     "choose_runs",
     "default_rollback_path",
     "free_rollback_path",
     "locate_run",
     "rollback_run",
     "rollback_run_async",
+    "write_report",
 ]
 
 COMMAND = "rollback"
@@ -77,40 +85,6 @@ ROLLBACK_COLUMNS = (
 )
 """The columns the rollback's own Results sheet starts with (one row per change of the run)."""
 JOURNAL_SUFFIXES = (".sqlite", ".sqlite3", ".db")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RollbackConfig(ConnectOptions):
-    """Everything a rollback needs; the CLI builds it from flags and the environment.
-
-    ``journal`` (from ``SendOptions``), when given, is the journal to use instead of the one
-    ``source`` points to.
-    """
-
-    source: Path
-    """A results workbook of a run, or the journal itself."""
-    run_ids: Sequence[int] = ()
-    """The runs to roll back, and only those. Empty: every run of the input ``source`` names
-    (its results workbook's, else the journal's latest import) that changed something."""
-    run_id: int | None = None
-    """One run to roll back: the same as ``run_ids=(run_id,)``."""
-    output: Path | None = None
-    force: bool = False
-    """Overwrite rows someone changed since the run instead of skipping them."""
-
-    def __post_init__(self) -> None:
-        ConnectOptions.__post_init__(self)
-        for name in ("source", "output"):
-            as_path(self, name)
-        asked = {*self.run_ids, *(() if self.run_id is None else (self.run_id,))}
-        object.__setattr__(self, "run_ids", tuple(sorted(int(i) for i in asked)))
-
-    def describe(self) -> dict[str, str]:
-        """The options as text for the Summary sheet and the journal (never the key)."""
-        out = {**ConnectOptions.describe(self), "force": "yes" if self.force else "no"}
-        if self.run_ids:
-            out["run_ids"] = ", ".join(map(str, self.run_ids))
-        return out
 
 
 # -- finding the journal and the run --------------------------------------------------
@@ -399,7 +373,9 @@ def rollback_run(
             also when called inside a running event loop (``await rollback_run_async`` there).
         AuthError: the key was rejected before anything was sent (exit 3).
     """
-    return drive(_RollbackJob(config, transport, on_progress, None, None), "rollback_run_async")
+    return run_sync(
+        lambda ask: _rollback(config, transport, on_progress, None, None, ask), "rollback_run_async"
+    )
 
 
 async def rollback_run_async(
@@ -411,99 +387,139 @@ async def rollback_run_async(
     limiter: RateLimiter | None = None,
 ) -> RunSummary:
     """``rollback_run`` inside an event loop; ``cancel`` and ``limiter`` as in ``run_import_async``."""
-    return await drive_async(_RollbackJob(config, transport, on_progress, cancel, limiter))
+    return await _rollback(config, transport, on_progress, cancel, limiter, ask_in_loop)
 
 
-class _RollbackJob(Job[RollbackConfig, RunSummary]):
-    """One rollback's stages, in order: prepare (find the run -> live state -> plan), then the
-    engine's approve and apply (``apply.Job``), then report (the rollback's results workbook)."""
+async def _rollback(
+    config: RollbackConfig,
+    transport: httpx.AsyncBaseTransport | None,
+    on_progress: ProgressCallback | None,
+    cancel: asyncio.Event | None,
+    limiter: RateLimiter | None,
+    ask: Ask,
+) -> RunSummary:
+    """One rollback, its stages in order: each passes its value to the next."""
+    started = now_text()
+    config.check()
+    if config.output is not None:  # before the source is read: a bad -o is the plainest problem
+        check_workbook_name(config.output)
+    journal_path, anchor, sha256 = locate_run(config.source)
+    journal_path = config.journal or journal_path
+    if not journal_path.exists():
+        raise InputError(
+            f"no journal at {journal_path}: a rollback needs the journal the run wrote (pass it instead)"
+        )
+    results = config.output or free_rollback_path(journal_path, dt.datetime.now())
+    check_writable(results)
+    journal_sha = _sha256(journal_path)
+    with open_journal(journal_path, claim=not config.dry_run, read_only=config.dry_run) as journal:
+        covered = choose_runs(journal, config.run_ids, anchor, sha256)
 
-    async def prepare(self) -> None:
-        """Check the options, find the journal and the run, read the live state, plan the undos."""
-        config = self.config
-        config.check()
-        if config.output is not None:  # before the source is read: a bad -o is the plainest problem
-            check_workbook_name(config.output)
-        journal_path, anchor, sha256 = locate_run(config.source)
-        journal_path = config.journal or journal_path
-        if not journal_path.exists():
-            raise InputError(
-                f"no journal at {journal_path}: a rollback needs the journal the run wrote (pass it instead)"
+        def start_run(journal: Journal, session: Session) -> int:
+            return journal.start_run(
+                input_sha256=f"{COMMAND}:{covered.runs[-1].input_sha256}",
+                input_name=f"rollback of {covered.label()} ({covered.inputs()})",
+                command=COMMAND,
+                audit={**session.audit, "rollback_of_run": ",".join(map(str, covered.ids))},
+                options=config.describe(),
             )
-        self.results = config.output or free_rollback_path(journal_path, dt.datetime.now())
-        check_writable(self.results)
-        self.journal_sha = _sha256(journal_path)
-        journal = self.journal = open_journal(journal_path, claim=not config.dry_run)
-        covered = self.covered = choose_runs(journal, config.run_ids, anchor, sha256)
-        session = await self.open_session(
-            [named_did(c) for c in covered.changes],
+
+        async with open_session(
+            config,
+            transport,
+            limiter,
+            rows=[named_did(c) for c in covered.changes],
             used_before=covered.runs[-1].audit.get("connection") or None,
+        ) as session:
+            heading = f"rollback of {covered.label()} ({covered.inputs()}) from {journal.path}:"
+            plan = plan_rollback(covered.changes, session.inventory, config.force, heading=heading)
+            plan = priced(plan, config, session)
+            if config.on_plan is not None:
+                config.on_plan(plan)
+            approved = await approve(plan, config, ask)
+            applied, run_id = await send_plan(
+                plan,
+                approved=approved,
+                session=session,
+                journal=journal,
+                config=config,
+                start_run=start_run,
+                cancel=cancel,
+                on_progress=on_progress,
+            )
+        return await asyncio.to_thread(
+            write_report,
+            config,
+            covered,
+            plan,
+            applied,
+            session,
+            journal,
+            run_id,
+            journal_sha,
+            started,
+            results,
         )
-        heading = f"rollback of {covered.label()} ({covered.inputs()}) from {journal.path}:"
-        plan = plan_rollback(covered.changes, session.inventory, config.force, heading=heading)
-        self.plan = self.priced(plan)
-        if config.on_plan is not None:
-            config.on_plan(self.plan)
 
-    def start_run(self, journal: Journal, session: Session) -> int:
-        return journal.start_run(
-            input_sha256=f"{COMMAND}:{self.covered.runs[-1].input_sha256}",
-            input_name=f"rollback of {self.covered.label()} ({self.covered.inputs()})",
-            command=COMMAND,
-            audit={**session.audit, "rollback_of_run": ",".join(map(str, self.covered.ids))},
-            options=self.config.describe(),
-        )
 
-    def report(self) -> RunSummary:
-        """Write the rollback's results workbook and close its journal run."""
-        plan, applied = self.plan, self.applied
-        assert plan is not None and self.journal is not None
-        by_row = {o.row: o for o in applied.outcomes}
-        outcomes = tuple(by_row[u.index] for u in plan.undos)
-        info = self.run_info(
-            COMMAND,
-            {
-                "rollback of runs": ", ".join(map(str, self.covered.ids)),
-                "run input": self.covered.inputs(),
-                "run input sha256": ", ".join(dict.fromkeys(r.input_sha256 for r in self.covered.runs)),
-                **self.audit(),
-                "journal": str(self.journal.path),
-            },
+def write_report(
+    config: RollbackConfig,
+    covered: Coverage,
+    plan: Plan,
+    applied: Applied,
+    session: Session,
+    journal: Journal,
+    run_id: int,
+    journal_sha: str,
+    started: str,
+    results: Path,
+) -> RunSummary:
+    """Write the rollback's results workbook, close its journal run, sum the rollback up."""
+    by_row = {o.row: o for o in applied.outcomes}
+    outcomes = tuple(by_row[u.index] for u in plan.undos)
+    audit = {
+        "rollback of runs": ", ".join(map(str, covered.ids)),
+        "run input": covered.inputs(),
+        "run input sha256": ", ".join(dict.fromkeys(r.input_sha256 for r in covered.runs)),
+        **job_audit(session, plan, applied, journal, run_id),
+        "journal": str(journal.path),
+    }
+    info = run_info(COMMAND, config, started, audit)
+    tally = collections.Counter(o.status for o in outcomes)
+    table = _table(journal.path, journal_sha, plan.undos)
+    try:
+        _, results, saved = save_with_fallback(
+            lambda path: write_results(path, table, outcomes, (), info), results
         )
-        tally = collections.Counter(o.status for o in outcomes)
-        table = _table(self.journal.path, self.journal_sha, plan.undos)
-        try:
-            _, self.results, saved = save_with_fallback(
-                lambda path: write_results(path, table, outcomes, (), info), self.results
-            )
-        finally:
-            self.finish_run(tally)
-        notes = [*self.notes(), *([saved] if saved else [])]
-        deactivated = [
-            u.run_id
-            for u, o in zip(plan.undos, outcomes, strict=True)
-            if u.action_undone == Action.CREATE and o.status is Status.SUCCEEDED
-        ]
-        if deactivated:
-            notes.append(
-                f"{NO_DELETE}: {len(deactivated)} routing records {_runs_label(sorted(set(deactivated)))} "
-                "created were deactivated (status 0), modes kept"
-            )
-        if tally[Status.SKIPPED]:
-            notes.append(
-                f"{tally[Status.SKIPPED]} rows skipped: changed since the run "
-                "(see the results; --force overwrites them)"
-            )
-        failed_kinds = [describe_kind(o.reason_kind) for o in outcomes if o.status is Status.FAILED]
-        return RunSummary(
-            rows=len(outcomes),
-            counts=dict(tally),
-            top_reasons=collections.Counter(failed_kinds).most_common(5),
-            results_path=self.results,
-            failed_path=None,
-            exit_code=applied.exit_code or (ExitCode.ROWS_FAILED if failed_kinds else ExitCode.OK),
-            notes=notes,
-            outcomes=outcomes,
-            stopped=applied.stop_reason,
-            requests=self.session.client.request_count if self.session is not None else 0,
+    finally:
+        if run_id:
+            journal.finish_run(run_id, {s.value: tally.get(s, 0) for s in Status})
+    notes = [*job_notes(plan, applied, session.client, dry_run=config.dry_run), *([saved] if saved else [])]
+    deactivated = [
+        u.run_id
+        for u, o in zip(plan.undos, outcomes, strict=True)
+        if u.action_undone == Action.CREATE and o.status is Status.SUCCEEDED
+    ]
+    if deactivated:
+        notes.append(
+            f"{NO_DELETE}: {len(deactivated)} routing records {_runs_label(sorted(set(deactivated)))} "
+            "created were deactivated (status 0), modes kept"
         )
+    if tally[Status.SKIPPED]:
+        notes.append(
+            f"{tally[Status.SKIPPED]} rows skipped: changed since the run "
+            "(see the results; --force overwrites them)"
+        )
+    failed_kinds = [describe_kind(o.reason_kind) for o in outcomes if o.status is Status.FAILED]
+    return RunSummary(
+        rows=len(outcomes),
+        counts=dict(tally),
+        top_reasons=collections.Counter(failed_kinds).most_common(5),
+        results_path=results,
+        failed_path=None,
+        exit_code=applied.exit_code or (ExitCode.ROWS_FAILED if failed_kinds else ExitCode.OK),
+        notes=notes,
+        outcomes=outcomes,
+        stopped=applied.stop_reason,
+        requests=session.client.request_count,
+    )

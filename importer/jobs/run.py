@@ -1,131 +1,67 @@
-"""Import for real: read -> validate -> resolve -> plan -> (confirm) -> apply -> results, resumable.
+"""Import for real: read -> validate -> account state -> plan -> confirm -> apply -> results, resumable.
 
-``run_import`` (or ``await run_import_async``) is the whole job in one call; the stages are
-the methods of ``_ImportJob`` in the order they run. The live state is read once, in as few
-reads as the rows allow (connections and one sync, and only what sync leaves unresolved:
-``live.read_inventory``); ``plan.plan_import`` turns every row into a write or a settled
-outcome, its cost (reads done, writes, time) shown before asking; ``apply.apply_plan`` sends
-the writes, and one more sync reads the ids of created routing back, only if there are some.
+``run_import`` (or ``await run_import_async``) is the whole job in one call; ``_run_import`` is
+its body, the stages in the order they run, each passing its value to the next. The live state
+is read once, in as few reads as the rows allow (connections and one sync, and only what sync
+leaves unresolved: ``live.read_inventory``); ``plan.plan_import`` turns every row into a write
+or a settled outcome, its cost (reads done, writes, time) shown before asking;
+``apply.apply_plan`` sends the writes, and one more sync reads the ids of created routing back,
+only if there are some.
 
 Guarantees (kept by the engine in ``apply.py``): never a duplicate, never a lost row, within
 the rate limit. Resume: every row is planned against the live state, whatever earlier runs of
 the same file (same sha256) did: a row they confirmed is unchanged if still as asked and updated
 back ("changed since run N") if not; a write a crash left in flight shows as done if it had
-landed and is sent once if not.
+landed and is sent once if not. A dry run reads the journal too (read-only, unclaimed), so it
+plans exactly what the real run would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import sqlite3
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from importer.account.limiter import RateLimiter
-from importer.account.live import DEFAULT_BASE_URL
 from importer.account.retry import MAX_ATTEMPTS
-from importer.engine.apply import (
-    ConnectOptions,
-    Job,
-    ProgressCallback,
-    Session,
-    drive,
-    drive_async,
-)
+from importer.engine.apply import Applied, ProgressCallback
 from importer.engine.journal import Journal
-from importer.engine.plan import History, plan_import
-from importer.errors import InputError
-from importer.jobs.pipeline import (
-    InputOptions,
+from importer.engine.plan import Plan, plan_import
+from importer.jobs.outputs import (
     OutcomeTally,
-    RunSummary,
-    as_path,
     check_writable,
-    failed_outcome,
-    input_notes,
-    load_and_validate,
+    default_journal_path,
     output_paths,
-    reasons_by_row,
     save_with_fallback,
-    skipped_outcome,
-    top_reasons,
     write_outputs,
 )
-from importer.model import RowOutcome, Status, ValidationReport
+from importer.jobs.session import (
+    Ask,
+    Session,
+    approve,
+    ask_in_loop,
+    history_of,
+    job_audit,
+    journal_for,
+    now_text,
+    open_session,
+    priced,
+    run_info,
+    run_sync,
+    send_plan,
+)
+from importer.jobs.summary import RunSummary, input_notes, job_notes, top_reasons
+from importer.jobs.validate import every_row, load_and_validate
+from importer.model import Status, ValidationReport
+from importer.options import ImportConfig
 from importer.output.results import failed_path_for
-from importer.vocab import ExitCode, OnExisting, ReasonKind
+from importer.vocab import ExitCode
 
-__all__ = [
-    "DEFAULT_BASE_URL",
-    "MAX_WRITE_ATTEMPTS",
-    "ImportConfig",
-    "default_journal_path",
-    "every_row",
-    "open_journal",
-    "run_import",
-    "run_import_async",
-]
+__all__ = ["MAX_WRITE_ATTEMPTS", "run_import", "run_import_async", "write_report"]
 
 MAX_WRITE_ATTEMPTS = MAX_ATTEMPTS
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ImportConfig(ConnectOptions):
-    """Everything a run needs; the CLI builds it from flags and the environment."""
-
-    input: InputOptions
-    output: Path | None = None
-    failed_out: Path | None = None
-    overwrite: bool = False
-    """Overwrite the default output files of an earlier run instead of writing timestamped ones."""
-    on_existing: OnExisting = OnExisting.UPDATE
-    command: str = "run"
-    audit_extra: Mapping[str, str] = field(default_factory=dict)
-    """More lines for the Summary sheet's audit (a web service: who uploaded it, from where)."""
-
-    def __post_init__(self) -> None:
-        ConnectOptions.__post_init__(self)
-        for name in ("output", "failed_out"):
-            as_path(self, name)
-        if self.on_existing not in OnExisting._value2member_map_:
-            raise InputError(f"--on-existing must be one of {', '.join(OnExisting)}")
-        object.__setattr__(self, "on_existing", OnExisting(self.on_existing))
-
-    def describe(self) -> dict[str, str]:
-        """The options as text for the Summary sheet and the journal (never the key)."""
-        return {
-            **self.input.describe(),
-            **ConnectOptions.describe(self),
-            "on_existing": self.on_existing.value,
-        }
-
-
-def default_journal_path(results: Path, input_path: Path) -> Path:
-    """The journal sits beside the results: <stem>.journal.sqlite."""
-    return results.with_name(input_path.stem + ".journal.sqlite")
-
-
-def open_journal(path: Path, *, claim: bool) -> Journal:
-    """Open a journal (and claim it for this process's writes).
-
-    Raises:
-        InputError: it cannot be opened, or another live run holds it.
-    """
-    try:
-        journal = Journal.open(path)
-    except (OSError, ValueError, sqlite3.Error) as exc:  # sqlite3.DatabaseError: not a journal
-        raise InputError(f"cannot open the journal {path}: {exc}") from None
-    if claim:
-        try:
-            journal.claim()
-        except InputError:
-            journal.close()
-            raise
-    return journal
 
 
 def run_import(
@@ -157,7 +93,10 @@ def run_import(
             loop (a notebook): ``await run_import_async(...)`` there.
         AuthError: the key was rejected before anything was sent (exit 3).
     """
-    return drive(_ImportJob(config, transport, on_progress, None, None, validated), "run_import_async")
+    return run_sync(
+        lambda ask: _run_import(config, transport, on_progress, None, None, validated, ask),
+        "run_import_async",
+    )
 
 
 async def run_import_async(
@@ -182,112 +121,107 @@ async def run_import_async(
 
     Returns, Raises: as ``run_import``.
     """
-    return await drive_async(_ImportJob(config, transport, on_progress, cancel, limiter, validated))
+    return await _run_import(config, transport, on_progress, cancel, limiter, validated, ask_in_loop)
 
 
-class _ImportJob(Job[ImportConfig, RunSummary]):
-    """One run's stages, in order: prepare (read -> validate -> live state -> plan), then the
-    engine's approve and apply (``apply.Job``), then report (the results workbook)."""
+async def _run_import(
+    config: ImportConfig,
+    transport: httpx.AsyncBaseTransport | None,
+    on_progress: ProgressCallback | None,
+    cancel: asyncio.Event | None,
+    limiter: RateLimiter | None,
+    validated: ValidationReport | None,
+    ask: Ask,
+) -> RunSummary:
+    """One run, its stages in order: each passes its value to the next."""
+    started = now_text()
+    config.check()
+    results, failed = output_paths(
+        config.input.path, config.output, config.failed_out, overwrite=config.overwrite
+    )
+    check_writable(results, failed)
+    report = validated or load_and_validate(config.input)
+    sha256 = report.table.source.sha256
 
-    def __init__(
-        self,
-        config: ImportConfig,
-        transport: httpx.AsyncBaseTransport | None,
-        on_progress: ProgressCallback | None,
-        cancel: asyncio.Event | None,
-        limiter: RateLimiter | None,
-        validated: ValidationReport | None,
-    ) -> None:
-        super().__init__(config, transport, on_progress, cancel, limiter)
-        self.validated = validated
-
-    async def prepare(self) -> None:
-        """Check the options, read and validate the file, open the journal, read the live state, plan."""
-        config = self.config
-        config.check()
-        self.results, self.failed_path = output_paths(
-            config.input.path, config.output, config.failed_out, overwrite=config.overwrite
-        )
-        check_writable(self.results, self.failed_path)
-        self.validation = self.validated or load_and_validate(config.input)
-        if not config.dry_run:
-            path = config.journal or default_journal_path(self.results, config.input.path)
-            self.journal = open_journal(path, claim=True)
-        session = await self.open_session(self.validation.valid)
-        plan = plan_import(
-            self.validation.valid,
-            session.inventory,
-            session.inventory.connection,
-            self.history(self.validation.table.source.sha256),
-            config.on_existing,
-        )
-        self.plan = self.priced(plan)
-        if config.on_plan is not None:
-            config.on_plan(self.plan)
-
-    def history(self, sha256: str) -> History:
-        """What earlier runs of this input did (nothing for a dry run: it opens no journal)."""
-        if self.journal is None:
-            return History()
-        return History(self.journal.confirmed(sha256), self.journal.in_flight(sha256))
-
-    def start_run(self, journal: Journal, session: Session) -> int:
+    def start_run(journal: Journal, session: Session) -> int:
         return journal.start_run(
-            input_sha256=self.validation.table.source.sha256,
-            input_name=self.config.input.path.name,
-            command=self.config.command,
+            input_sha256=sha256,
+            input_name=config.input.path.name,
+            command=config.command,
             audit=session.audit,
-            options=self.config.describe(),
+            options=config.describe(),
         )
 
-    def report(self) -> RunSummary:
-        """Write the results workbook (every input row) and close the journal's run."""
-        config, report, applied = self.config, self.validation, self.applied
-        by_row = {o.row: o for o in applied.outcomes}
-        outcomes = tuple(every_row(report, by_row))
-        info = self.run_info(config.command, {**self.audit(), **config.audit_extra})
-
-        def save(results: Path) -> OutcomeTally:
-            if results != self.results:  # a fallback: its failed-rows file goes beside it
-                self.failed_path = failed_path_for(results)
-            return write_outputs(report.table, outcomes, report.issues, info, results, self.failed_path)
-
-        try:
-            tally, self.results, saved = save_with_fallback(save, self.results)
-        finally:
-            self.finish_run(collections.Counter(o.status for o in outcomes))  # every input row's
-        failed_kinds = [o.reason_kind for o in applied.outcomes if o.status is Status.FAILED]
-        return RunSummary(
-            rows=report.table.row_count,
-            counts=dict(tally.counts),
-            top_reasons=top_reasons(report.issues, failed_kinds),
-            results_path=self.results,
-            failed_path=self.failed_path if tally.failed_rows else None,
-            exit_code=applied.exit_code or (ExitCode.ROWS_FAILED if tally.failed_rows else ExitCode.OK),
-            notes=[
-                *input_notes(report.table, config.input.skip_hidden_rows),
-                *report.notes,
-                *self.notes(),
-                *([saved] if saved else []),
-            ],
-            outcomes=outcomes,
-            stopped=applied.stop_reason,
-            requests=self.session.client.request_count if self.session is not None else 0,
-        )
-
-
-def every_row(report: ValidationReport, by_row: Mapping[int, RowOutcome]) -> Iterator[RowOutcome]:
-    """One outcome per input row, in input order: validation's, or the plan's and the engine's."""
-    grouped = reasons_by_row(report.issues)
-    for row in report.table.frame.index.tolist():
-        issues = grouped.get(row)
-        if issues:
-            yield failed_outcome(row, issues)
-        else:
-            yield (
-                by_row.get(row)
-                or skipped_outcome(report, row)
-                or RowOutcome(
-                    row=row, status=Status.NOT_SENT, reason="not sent", reason_kind=ReasonKind.NOT_SENT
-                )
+    journal_path = config.journal or default_journal_path(results, config.input.path)
+    with journal_for(journal_path, dry_run=config.dry_run) as journal:
+        async with open_session(config, transport, limiter, rows=report.valid) as session:
+            history = history_of(journal, sha256)
+            plan = plan_import(
+                report.valid, session.inventory, session.inventory.connection, history, config.on_existing
             )
+            plan = priced(plan, config, session)
+            if config.on_plan is not None:
+                config.on_plan(plan)
+            approved = await approve(plan, config, ask)
+            applied, run_id = await send_plan(
+                plan,
+                approved=approved,
+                session=session,
+                journal=journal,
+                config=config,
+                start_run=start_run,
+                cancel=cancel,
+                on_progress=on_progress,
+            )
+        # A results workbook of every row takes seconds for a large input: off the event loop,
+        # which may be serving others (a web service's other jobs).
+        return await asyncio.to_thread(
+            write_report, config, report, plan, applied, session, journal, run_id, started, results, failed
+        )
+
+
+def write_report(
+    config: ImportConfig,
+    report: ValidationReport,
+    plan: Plan,
+    applied: Applied,
+    session: Session,
+    journal: Journal | None,
+    run_id: int,
+    started: str,
+    results: Path,
+    failed: Path,
+) -> RunSummary:
+    """Write the results workbook (every input row), close the journal's run, sum the run up."""
+    outcomes = tuple(every_row(report, {o.row: o for o in applied.outcomes}))
+    audit = {**job_audit(session, plan, applied, journal, run_id), **config.audit_extra}
+    info = run_info(config.command, config, started, audit)
+
+    def save(path: Path) -> tuple[OutcomeTally, Path]:
+        failed_here = failed if path == results else failed_path_for(path)  # a fallback's goes beside it
+        return write_outputs(report.table, outcomes, report.issues, info, path, failed_here), failed_here
+
+    try:
+        (tally, failed), results, saved = save_with_fallback(save, results)
+    finally:
+        if journal is not None and run_id:  # every input row's outcome, counted by status
+            counts = collections.Counter(o.status for o in outcomes)
+            journal.finish_run(run_id, {s.value: counts.get(s, 0) for s in Status})
+    failed_kinds = [o.reason_kind for o in applied.outcomes if o.status is Status.FAILED]
+    return RunSummary(
+        rows=report.table.row_count,
+        counts=dict(tally.counts),
+        top_reasons=top_reasons(report.issues, failed_kinds),
+        results_path=results,
+        failed_path=failed if tally.failed_rows else None,
+        exit_code=applied.exit_code or (ExitCode.ROWS_FAILED if tally.failed_rows else ExitCode.OK),
+        notes=[
+            *input_notes(report.table, config.input.skip_hidden_rows),
+            *report.notes,
+            *job_notes(plan, applied, session.client, dry_run=config.dry_run),
+            *([saved] if saved else []),
+        ],
+        outcomes=outcomes,
+        stopped=applied.stop_reason,
+        requests=session.client.request_count,
+    )

@@ -572,7 +572,7 @@ def atomic_workbook(path: Path) -> Iterator[Any]:
     never sees a half-written file and a failed save leaves the earlier one in place.
 
     Failing to save raises ``OutputError`` naming ``path`` (the temp file is an internal detail)
-    with a plain reason. The folder must exist (``pipeline.check_writable`` makes it).
+    with a plain reason. The folder must exist (``jobs.outputs.check_writable`` makes it).
     """
     # Not mkstemp: its 0600 mode would stick to the final file; this name is unique enough.
     temp_name = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))

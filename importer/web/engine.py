@@ -1,7 +1,7 @@
 """The web service's only door into the import engine: read, edit, validate, plan, send, write.
 
 Everything the service does with a spreadsheet goes through the few functions here, and each of
-them calls the same code the CLI runs (``reader``, ``validate``, ``run``, ``pipeline``); nothing in
+them calls the same code the CLI runs (``reader``, ``validate``, ``run``, ``jobs``); nothing in
 ``importer.web`` reads, validates, plans or sends by itself. A plan or a send is one call of
 ``run.run_import_async`` with the job's validated (edited) table, its cancel event and the
 rate limiter every job on the key shares; the engine takes no signal handlers then (the server
@@ -20,13 +20,16 @@ from pathlib import Path
 import httpx
 
 from importer.account.limiter import RateLimiter
-from importer.engine.apply import Progress, audit_of
+from importer.engine.apply import Progress
 from importer.engine.journal import ConfirmedRow
 from importer.engine.plan import Plan
 from importer.errors import ImporterError, InputError
-from importer.jobs.pipeline import InputOptions, collector_paused, now_text, write_outputs
-from importer.jobs.run import ImportConfig, every_row, open_journal, run_import_async
+from importer.jobs.outputs import write_outputs
+from importer.jobs.run import run_import_async
+from importer.jobs.session import audit_of, now_text, open_journal
+from importer.jobs.validate import every_row
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
+from importer.options import ImportConfig, InputOptions
 from importer.read.table import read_table
 from importer.validate.rules import parse_column_map, validate_table
 from importer.vocab import ReasonKind
@@ -133,8 +136,7 @@ def load_table(
     Raises:
         InputError: the file or sheet cannot be used, or it has no data rows.
     """
-    with collector_paused():
-        table = read_table(path, sheets=sheet or (), extra_headers=column_map)
+    table = read_table(path, sheets=sheet or (), extra_headers=column_map)
     if header_row is not None and header_row != table.source.header_row:
         table = move_header(table, header_row)
     if table.row_count == 0:
@@ -189,8 +191,7 @@ def validate(table: RawTable, column_map: Mapping[str, str], default_region: str
     Raises:
         InputError: the columns cannot be mapped or the region is unknown.
     """
-    with collector_paused():
-        return validate_table(table, column_map=column_map, default_region=default_region)
+    return validate_table(table, column_map=column_map, default_region=default_region)
 
 
 def row_outcomes(report: ValidationReport, outcomes: Mapping[int, RowOutcome]) -> list[RowOutcome]:

@@ -37,8 +37,10 @@ from typing import Any, TypeVar
 
 from importer.account.limiter import RateLimiter
 from importer.errors import ImporterError
-from importer.jobs.pipeline import InputOptions, now_text, reasons_by_row
+from importer.jobs.session import now_text
+from importer.jobs.validate import reasons_by_row
 from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
+from importer.options import InputOptions
 from importer.web import engine
 from importer.web.engine import Connection, Edit, SendProgress
 

@@ -40,7 +40,7 @@ from starlette.staticfiles import StaticFiles
 
 from importer import fields
 from importer.errors import ImporterError
-from importer.jobs.pipeline import top_reasons
+from importer.jobs.summary import top_reasons
 from importer.model import Action, RawTable, RowIssue
 from importer.web import engine
 from importer.web.jobs import Job, JobError, JobService, JobStatus, in_background
