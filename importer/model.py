@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from importer.read.sheets import SheetInfo
 from importer.vocab import Action, ReasonKind, Status
 from importer.words import IssueKind, Note, Surface, render, render_note
 
@@ -18,10 +19,17 @@ __all__ = [
     "RowIssue",
     "RowOutcome",
     "RunInfo",
+    "SheetInfo",
     "SourceInfo",
     "Status",
     "ValidationReport",
 ]
+
+
+ROW_KEY_STRIDE = 10_000_000
+"""Rows of a table read from several sheets are keyed ``position * ROW_KEY_STRIDE + Excel row``,
+``position`` the sheet's place in ``RawTable.row_sheets``: above Excel's 1,048,576 rows, so the
+keys of different sheets never meet, and the first sheet's rows keep their Excel numbers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +41,7 @@ class SourceInfo:
     """'csv', 'xlsx', 'xlsm', 'xls' or 'ods'."""
     sha256: str
     sheet: str | None = None
+    """The sheet read; when several were read, their names joined by ", " (``RawTable.row_sheets``)."""
     encoding: str | None = None
     delimiter: str | None = None
     header_row: int = 1
@@ -49,7 +58,8 @@ class RawTable:
 
     ``frame`` has one column per input column, labelled 0..n-1 (headers can repeat or be
     blank, so they are kept apart in ``headers``), every value a ``str`` ("" for an empty
-    cell), and its index is the Excel row number (header row 1, first data row 2).
+    cell), and its index is the Excel row number (header row 1, first data row 2); a table read
+    from several sheets keys its rows by sheet and Excel row instead (``origin`` tells both).
     Fully blank rows are not in it.
     """
 
@@ -65,10 +75,32 @@ class RawTable:
     cell_notes: Mapping[tuple[int, int], str] = field(default_factory=dict)
     """What a cell's text alone does not say, by (Excel row, column position): e.g. that the
     cell is part of a merged range whose value Excel keeps in its first cell."""
+    sheets: tuple[SheetInfo, ...] = ()
+    """Every visible sheet of the workbook, with its row count and whether it matches (() for text)."""
+    row_sheets: tuple[str, ...] = ()
+    """The sheets the rows come from when several were read, in key order (see ``ROW_KEY_STRIDE``);
+    () when the table is one sheet or a text file, its index then being plain Excel row numbers."""
 
     @property
     def row_count(self) -> int:
         return len(self.frame)
+
+    @property
+    def sheets_read(self) -> tuple[str, ...]:
+        """The sheets the table was read from, in order (() for text)."""
+        return self.row_sheets or ((self.source.sheet,) if self.source.sheet is not None else ())
+
+    def origin(self, row: int) -> tuple[str | None, int]:
+        """Return the sheet (None for text) and the Excel row number of the row keyed ``row``."""
+        if not self.row_sheets:
+            return self.source.sheet, row
+        position, excel_row = divmod(row, ROW_KEY_STRIDE)
+        return self.row_sheets[position], excel_row
+
+    def row_name(self, row: int) -> str:
+        """Name a row for people: 'row 5', or 'row 5 of sheet "UK"' when several sheets were read."""
+        sheet, excel_row = self.origin(row)
+        return f'row {excel_row} of sheet "{sheet}"' if self.row_sheets else f"row {excel_row}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,7 +69,10 @@ class InputOptions:
     """How to read and validate the input file."""
 
     path: Path
-    sheet: str | None = None
+    sheets: tuple[str, ...] = ()
+    """--sheet: the workbook sheets to read; () reads the one sheet that names the fields."""
+    all_sheets: bool = False
+    """--all-sheets: read every sheet that names the fields, as one table."""
     column_map: Mapping[str, str] = field(default_factory=dict)
     """--map: header text or column letter -> field; wins over header matching."""
     default_region: str | None = None
@@ -86,10 +89,17 @@ class InputOptions:
     def __post_init__(self) -> None:
         as_path(self, "path")
         object.__setattr__(self, "ignore_columns", tuple(self.ignore_columns))
+        # One name given where a tuple of names is wanted is one sheet, not its letters.
+        object.__setattr__(
+            self, "sheets", (self.sheets,) if isinstance(self.sheets, str) else tuple(self.sheets)
+        )
+        if self.sheets and self.all_sheets:
+            raise InputError("give --sheet NAME or --all-sheets, not both")
 
     def describe(self) -> dict[str, str]:
         """The options as text for the Summary sheet."""
-        out = {"sheet": self.sheet or "(auto)", "default_region": self.default_region or "(none)"}
+        sheet = "; ".join(self.sheets) or ("(all that match)" if self.all_sheets else "(auto)")
+        out = {"sheet": sheet, "default_region": self.default_region or "(none)"}
         if self.column_map:
             out["map"] = "; ".join(f"{h}={f}" for h, f in self.column_map.items())
         if self.encoding:

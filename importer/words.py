@@ -163,7 +163,11 @@ class IssueKind(enum.StrEnum):
     MISSING_DID = (
         "missing_did",
         "no DID on the row",
-        'no DID: fill in "{number_column}" or "{id_column}"{note}',
+        {
+            "": 'no DID: fill in "{number_column}" or "{id_column}"{note}',
+            # A formula never calculated is not a missing DID: the reader's note says what the cell holds.
+            "formula": "{formula}",
+        },
     )
     MISSING_MODE = (
         "missing_mode",
@@ -202,7 +206,7 @@ class IssueKind(enum.StrEnum):
         '"{column}": "{value}" is not a status; use active/inactive, 1/0, yes/no, y/n or true/false',
     )
     BAD_UUID = ("bad_uuid", "connection id is not a UUID", '"{column}": "{value}" is not a connection UUID')
-    DUPLICATE = ("duplicate", "duplicate DID", '"{column}": "{value}" is a duplicate of row {first}')
+    DUPLICATE = ("duplicate", "duplicate DID", '"{column}": "{value}" is a duplicate of {first}')
     EXCEL_ERROR = (
         "excel_error",
         "Excel error in a cell (#N/A, #REF!, ...)",

@@ -232,3 +232,83 @@ def hidden_book(path: Path) -> Path:
     sheet.merge_cells("C6:C8")
     book.save(path)
     return path
+
+
+CARRIER_HEADER = [
+    "DID Number",
+    "Inbound Mode",
+    "Inbound Bot ID",
+    "Outbound Mode",
+    "Outbound Bot ID",
+    "Status",
+    "Customer",
+]
+"""The header row of the carrier workbooks below (every column but Customer names a field)."""
+
+
+def carrier_row(i: int) -> list[object]:
+    """Row ``i`` of a carrier's DIDs sheet: DID ``did_number(i)``, a bot inbound, only-answer outbound.
+
+    Typical mistakes, on purpose: every 10th row from the 4th says "In Service" (not a status), every
+    10th from the 8th has no inbound bot id, row 13 (i == 12) writes "Only Answr".
+    """
+    status = "In Service" if i % 10 == 3 else "Active"
+    bot: object = None if i % 10 == 7 else 93
+    outbound = "Only Answr" if i == 12 else "Only answer"
+    return ["+" + did_number(i), "WebSocket bot", bot, outbound, None, status, f"customer {i}"]
+
+
+def write_carrier_workbook(path: Path, *, stale_matches: bool = False) -> Path:
+    """Write the four-sheet carrier workbook an ops engineer gets from a carrier's portal.
+
+    Sheets, in order: "Read me" (two lines of text), "Old DIDs 2023" (3 stale rows; its headers
+    name the fields only with ``stale_matches``), "DIDs" (a title row, a blank row, the header on
+    row 3, 40 rows from ``carrier_row`` on rows 4-43, then "Total DIDs: 40" on row 44: 41 rows
+    below the header) and "Lists" (the mode labels).
+    """
+    book = openpyxl.Workbook()
+    readme = book.active
+    assert readme is not None
+    readme.title = "Read me"
+    readme.append(["How to fill this workbook"])
+    readme.append(["One row per DID on the DIDs sheet; modes from the Lists sheet."])
+    stale = book.create_sheet("Old DIDs 2023")
+    stale.append(CARRIER_HEADER if stale_matches else ["Number", "Route", "Comment"])
+    for i in range(3):
+        stale.append(["+" + did_number(900 + i), "WebSocket bot", 93, "Only answer", None, "Active", "2023"])
+    dids = book.create_sheet("DIDs")
+    dids.append(["Carrier X - DID routing export, March 2024"])
+    dids.append([None])
+    dids.append(CARRIER_HEADER)
+    for i in range(40):
+        dids.append(carrier_row(i))
+    dids.append(["Total DIDs: 40"])
+    lists = book.create_sheet("Lists")
+    for label in ("Mode", "Mobile", "SIP", "WebSocket bot", "Only answer"):
+        lists.append([label])
+    book.save(path)
+    return path
+
+
+REGIONS = ("US East", "US West", "UK", "Germany", "France", "India", "Japan", "Brazil", "Australia")
+
+
+def write_region_workbook(path: Path, rows: int = 6, *, repeat: tuple[int, int] | None = None) -> Path:
+    """Write one sheet per region of ``REGIONS``, all under one header row, ``rows`` valid rows each.
+
+    The DIDs run on from sheet to sheet (sheet k holds DIDs k*rows .. k*rows+rows-1 of
+    ``did_number``), each row bot inbound, only-answer outbound, active. ``repeat=(k, j)`` makes
+    data row ``j`` (0-based) of sheet ``k`` repeat the first DID of the first sheet.
+    """
+    book = openpyxl.Workbook()
+    first = book.active
+    assert first is not None
+    book.remove(first)
+    for k, region in enumerate(REGIONS):
+        sheet = book.create_sheet(region)
+        sheet.append(["DID Number", "Inbound Mode", "Inbound Bot ID", "Outbound Mode", "Status"])
+        for j in range(rows):
+            n = 0 if repeat == (k, j) else k * rows + j
+            sheet.append(["+" + did_number(n), 3, 93, 4, "active"])
+    book.save(path)
+    return path

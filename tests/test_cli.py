@@ -108,7 +108,7 @@ def test_cli_demo_runs_in_the_current_folder(tmp_path: Path) -> None:
         timeout=120,
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # run's code for "some rows failed": the sample's on purpose
     assert "succeeded 12, unchanged 1, failed 10" in result.stdout
     assert (tmp_path / "voicelink-demo.results.xlsx").exists()
 
@@ -160,7 +160,7 @@ def test_cli_progress_into_a_log_is_lines_not_bar_frames(tmp_path: Path) -> None
     result = subprocess.run(
         [sys.executable, "-m", "importer", "demo"], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
     assert "\r" not in result.stderr and "sending" not in result.stderr
     # One plain line a minute (tests/test_messages.py); the demo takes seconds: none, the summary says it.
     assert " writes, " not in result.stderr
@@ -190,5 +190,42 @@ def test_cli_output_names_are_checked_and_the_failed_file_follows(
 
 def test_cli_demo_takes_any_xlsx_name(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["demo", "--quiet", "-o", str(tmp_path / "mine.xlsx")])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     assert (tmp_path / "mine.xlsx").exists() and (tmp_path / "mine.failed.xlsx").exists()
+
+
+def test_cli_default_region_uk_is_read_as_gb(tmp_path: Path) -> None:
+    sheet = tmp_path / "uk.csv"
+    sheet.write_text("DID,Inbound Mode,Outbound Mode\n020 7946 0958,mobile,only-answer\n", encoding="utf-8")
+    result = CliRunner().invoke(
+        main, ["validate", str(sheet), "--default-region", "UK", "-o", str(tmp_path / "r.xlsx")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "valid 1" in result.output
+
+
+def test_cli_two_did_headers_suggest_a_map_that_is_then_accepted(tmp_path: Path) -> None:
+    """The first error names the columns by letter at once, and each suggestion works as given."""
+    sheet = tmp_path / "twice.csv"
+    sheet.write_text(
+        "DID,DID,Inbound Mode,Outbound Mode\nold,+918012345678,mobile,only-answer\n", encoding="utf-8"
+    )
+    first = cli("validate", str(sheet), "-o", str(tmp_path / "r.xlsx"))
+    assert first.returncode == 2, first.stderr
+    assert first.stderr.count("\n") == 1 and "Traceback" not in first.stderr
+    suggested = re.findall(r'(--map|--ignore-column) "([^"]+)"', first.stderr)
+    assert suggested == [("--map", "B=did_number"), ("--ignore-column", "A")], first.stderr
+    for option, value in suggested:
+        again = cli("validate", str(sheet), option, value, "-o", str(tmp_path / "r.xlsx"), "--force")
+        assert again.returncode == 0, (option, value, again.stderr)
+        assert "valid 1" in again.stdout
+
+
+@pytest.mark.parametrize("content", ["+918012345678\n", "DID", "  \n\nhello;\n"])
+def test_cli_one_cell_csv_is_not_a_table(tmp_path: Path, content: str) -> None:
+    sheet = tmp_path / "one.csv"
+    sheet.write_text(content, encoding="utf-8")
+    result = cli("validate", str(sheet), "-o", str(tmp_path / "r.xlsx"))
+    assert result.returncode == 2, result.stderr
+    assert "holds a single cell" in result.stderr and "not a table" in result.stderr
+    assert "header is on row" not in result.stderr and result.stderr.count("\n") == 1

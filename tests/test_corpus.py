@@ -16,7 +16,7 @@ import pytest
 
 from importer.errors import InputError
 from importer.model import RawTable
-from importer.read.reader import read_table
+from importer.read.table import read_table
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "peer"
 if not CORPUS.is_dir():  # the repo checked out elsewhere: fall back to the workspace copy

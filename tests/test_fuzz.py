@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import openpyxl
 import pytest
@@ -37,7 +38,8 @@ from hypothesis import strategies as st
 from importer.cli import main
 from importer.errors import InputError
 from importer.model import RawTable
-from importer.read.reader import MAX_FILE_BYTES, MAX_TEXT_BYTES, read_table
+from importer.read.sniff import HEAD_BYTES, MAX_FILE_BYTES, MAX_TEXT_BYTES
+from importer.read.table import read_table
 from importer.validate.rules import validate_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -514,7 +516,7 @@ _CHILD = textwrap.dedent(
     resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
     from pathlib import Path
     from importer.errors import InputError
-    from importer.read.reader import read_table
+    from importer.read.table import read_table
     try:
         table = read_table(Path(sys.argv[1]))
     except InputError as error:
@@ -724,16 +726,45 @@ def test_read_table_xml_entity_bomb_refused(tmp_path: Path, member: str, padding
 # --- size limits ------------------------------------------------------------------------------------------
 
 
+class _ReadSpy:
+    """Count the bytes read through every ``Path.open`` handle: proof of what the reader looked at."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.bytes_read = 0
+        real_open = Path.open
+        spy = self
+
+        class Counted(io.BufferedReader):
+            def read(self, size: int | None = -1, /) -> bytes:
+                data = super().read(size)
+                spy.bytes_read += len(data)
+                return data
+
+            def readinto(self, buffer: Any, /) -> int:
+                count = super().readinto(buffer)
+                spy.bytes_read += count or 0
+                return count
+
+        def open_counted(path: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            if mode == "rb":
+                return Counted(io.FileIO(path, "rb"))
+            return real_open(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", open_counted)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
-def test_read_table_file_over_one_gib_refused_without_reading(tmp_path: Path, suffix: str) -> None:
-    """A sparse file one byte over the limit is refused from its size alone, at once."""
+def test_read_table_file_over_one_gib_refused_without_reading(
+    tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sparse file one byte over the limit is refused from its size alone: no byte of it is read."""
     path = tmp_path / f"huge{suffix}"
     with path.open("wb") as handle:
         handle.truncate(MAX_FILE_BYTES + 1)
-    started = time.monotonic()
+    spy = _ReadSpy(monkeypatch)
     with pytest.raises(InputError, match="larger than 1 GiB") as caught:
         read_table(path)
-    assert time.monotonic() - started < 1
+    assert spy.bytes_read == 0
     assert_one_line(str(caught.value))
 
 
@@ -751,16 +782,18 @@ def test_read_table_large_csv_within_limit_is_read_in_bounded_memory(tmp_path: P
     assert seconds < CHILD_SECONDS
 
 
-def test_read_table_text_over_its_limit_refused_without_reading(tmp_path: Path) -> None:
-    """Delimited text has a lower limit than workbooks: it is held in memory cell by cell."""
+def test_read_table_text_over_its_limit_refused_without_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delimited text has a lower limit than workbooks: refused after sniffing its first bytes, unread."""
     path = tmp_path / "huge.csv"
     with path.open("wb") as handle:
         handle.write(b"DID,Inbound Mode,Outbound Mode\r\n")
         handle.truncate(MAX_TEXT_BYTES + 1)
-    started = time.monotonic()
+    spy = _ReadSpy(monkeypatch)
     with pytest.raises(InputError, match="MiB of text; split it") as caught:
         read_table(path)
-    assert time.monotonic() - started < 1
+    assert 0 < spy.bytes_read <= HEAD_BYTES  # the magic-number sniff, nothing more
     assert_one_line(str(caught.value))
 
 

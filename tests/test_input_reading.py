@@ -6,15 +6,17 @@ error cells via openpyxl), read by the real pipeline and CLI, results read back 
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import openpyxl
 import pytest
+import xlsxwriter
 from click.testing import CliRunner
 from helpers import hidden_book
 
 from importer.cli import main
-from importer.jobs.validate import validate_file
+from importer.jobs.validate import load_and_validate, validate_file
 from importer.options import InputOptions, ValidateConfig
 
 HEADER = ["DID Number", "Inbound Mode", "Outbound Mode", "Inbound Bot ID"]
@@ -212,7 +214,12 @@ def test_validate_protected_cell_still_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("header", "args", "fragment"),
     [
-        ('"DID\nNumber","DID Number"', [], r'columns "DID\nNumber" and "DID Number" both mean did_number'),
+        (
+            '"DID\nNumber","DID Number"',
+            [],
+            r'columns A "DID\nNumber" and B "DID Number" both mean did_number; '
+            r'pick one with --map "B=did_number"',
+        ),
         ('"Weird\x07Col","Inbound\r\nNotes"', [], r'columns found: "Weird\x07Col", "Inbound\r\nNotes"'),
         ('"DID\tNumber","Notes"', ["--map", "Nope\x07=did_number"], r'--map names the column "Nope\x07"'),
     ],
@@ -277,3 +284,43 @@ def test_validate_carries_other_cells_as_the_sheet_shows_them(tmp_path: Path) ->
         *("918012345679", "2024-02-01", None, None, "12", "0.25", "TRUE", "1001"),
         *("31/12/2024", "100.0%", "2024-12-31"),
     ]
+
+
+def test_validate_formula_without_saved_result_is_named_not_reported_missing(tmp_path: Path) -> None:
+    """A script (openpyxl) writes =D2 with no cached value: calamine reads it as empty."""
+    book = openpyxl.Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["DID Number", "Inbound Mode", "Outbound Mode", "Source"])
+    sheet.append(["=D2", 1, 4, "+918012345678"])
+    sheet.append(["+918012345679", "=1+0", 4, "x"])
+    sheet.append(["+918012345680", 1, 4, "fine"])
+    book.save(tmp_path / "script.xlsx")
+    report = load_and_validate(InputOptions(tmp_path / "script.xlsx"))
+    messages = {issue.row: issue.message for issue in report.issues}
+    assert messages[2] == "cell A2 holds a formula with no saved result: open and save the file in Excel"
+    assert messages[3].startswith('"Inbound Mode" is empty')
+    assert messages[3].endswith(
+        "; cell B3 holds a formula with no saved result: open and save the file in Excel"
+    )
+    assert 4 not in messages
+
+
+def test_validate_formula_saved_as_empty_text_is_an_empty_cell(tmp_path: Path) -> None:
+    """Excel saves a formula whose result is "" as a string value (t="str"), empty: a saved result."""
+    written = tmp_path / "written.xlsx"
+    with xlsxwriter.Workbook(written) as book:
+        sheet = book.add_worksheet("DIDs")
+        sheet.write_row(0, 0, ["DID Number", "Inbound Mode", "Outbound Mode"])
+        sheet.write_formula(1, 0, '=IF(TRUE,"","x")', None, "")
+        sheet.write_row(1, 1, [1, 4])
+    path = tmp_path / "saved.xlsx"
+    with zipfile.ZipFile(written) as source, zipfile.ZipFile(path, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "xl/worksheets/sheet1.xml":
+                assert b'<c r="A2"><f>' in data
+                data = data.replace(b'<c r="A2"><f>', b'<c r="A2" t="str"><f>')  # as Excel writes it
+            target.writestr(info, data)
+    (issue,) = load_and_validate(InputOptions(path)).issues
+    assert issue.message.startswith("no DID") and "formula" not in issue.message

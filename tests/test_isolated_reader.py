@@ -14,7 +14,8 @@ import pytest
 
 from importer.errors import InputError, UnreadableFileError
 from importer.read import isolated as isolated_reader
-from importer.read.isolated import SheetGrid, grid_from_json, grid_to_json, read_workbook_isolated
+from importer.read.isolated import grid_from_json, grid_to_json, read_workbook_isolated
+from importer.read.workbook import SheetGrid
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER = ["DID Number", "Inbound Mode", "Outbound Mode"]
@@ -33,7 +34,9 @@ def _workbook(path: Path) -> Path:
 
 def test_isolated_reader_child_answers_json_not_pickle(tmp_path: Path) -> None:
     path = _workbook(tmp_path / "dids.xlsx")
-    request = json.dumps({"path": str(path), "name": path.name, "sheet": None, "extra_keys": []})
+    request = json.dumps(
+        {"path": str(path), "name": path.name, "sheets": [], "all_sheets": False, "extra_keys": []}
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
         [sys.executable, "-c", isolated_reader._CHILD_CODE],
@@ -44,16 +47,18 @@ def test_isolated_reader_child_answers_json_not_pickle(tmp_path: Path) -> None:
         check=True,
     )
     answer = json.loads(done.stdout)
-    assert answer["ok"]["header"] == HEADER and answer["ok"]["columns"][0] == ["918012345678"]
+    (grid,) = answer["ok"]["grids"]
+    assert grid["header"] == HEADER and grid["columns"][0] == ["918012345678"]
+    assert answer["ok"]["sheets"] == [{"name": "DIDs", "rows": 1, "matches": True}]
 
 
 def test_isolated_reader_reads_a_workbook_and_reports_child_errors(tmp_path: Path) -> None:
     path = _workbook(tmp_path / "dids.xlsx")
-    grid = read_workbook_isolated(path, None, frozenset())
+    (grid,) = read_workbook_isolated(path, (), frozenset()).grids
     assert (grid.sheet, grid.header_row, grid.header) == ("DIDs", 1, tuple(HEADER))
     assert grid.columns == (["918012345678"], ["3"], ["4"])
     with pytest.raises(InputError, match="'DIDs'"):
-        read_workbook_isolated(path, "Nope", frozenset())
+        read_workbook_isolated(path, ("Nope",), frozenset())
 
 
 def test_isolated_reader_refuses_a_pickled_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,7 +68,7 @@ def test_isolated_reader_refuses_a_pickled_answer(tmp_path: Path, monkeypatch: p
     code = f"import sys; sys.stdout.buffer.write({payload!r})"
     monkeypatch.setattr(isolated_reader, "_CHILD_CODE", code)
     with pytest.raises(UnreadableFileError, match="could not be read safely"):
-        read_workbook_isolated(_workbook(tmp_path / "dids.xlsx"), None, frozenset())
+        read_workbook_isolated(_workbook(tmp_path / "dids.xlsx"), (), frozenset())
 
 
 def test_grid_json_round_trip_keeps_any_text() -> None:

@@ -23,7 +23,7 @@ from importer.jobs.run import run_import
 from importer.jobs.validate import validate_file
 from importer.options import ImportConfig, InputOptions, ValidateConfig
 from importer.output.template import template_csv_text, write_template_xlsx
-from importer.read.reader import read_table
+from importer.read.table import read_table
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox
 
 HOSTILE = [

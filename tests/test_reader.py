@@ -16,8 +16,9 @@ from helpers import hidden_book
 
 from importer.display import render
 from importer.errors import InputError, UnreadableFileError
-from importer.read.isolated import float_text, read_workbook_isolated
-from importer.read.reader import read_table
+from importer.read.isolated import read_workbook_isolated
+from importer.read.table import read_table
+from importer.read.workbook import float_text
 
 HEADER = ["DID Number", "Inbound Mode", "Outbound Mode", "Inbound Bot ID"]
 ROWS = [["+918012345678", "3", "4", "93"], ["0801234567", "mobile", "only-answer", ""]]
@@ -251,13 +252,13 @@ def test_float_text_integral_digits_and_excel_scientific(value: float, text: str
 )
 def test_read_table_xlsx_sheet_option_selects_by_name(tmp_path: Path, sheet: str, expected: str) -> None:
     """--sheet reads the named sheet, hidden or not; case is forgiven when unambiguous."""
-    table = read_table(_carrier_workbook(tmp_path / "carrier.xlsx"), sheet=sheet)
+    table = read_table(_carrier_workbook(tmp_path / "carrier.xlsx"), sheets=sheet)
     assert table.frame.iloc[0, 0] == expected
 
 
 def test_read_table_xlsx_unknown_sheet_lists_the_sheets(tmp_path: Path) -> None:
     with pytest.raises(InputError) as caught:
-        read_table(_carrier_workbook(tmp_path / "carrier.xlsx"), sheet="Routing")
+        read_table(_carrier_workbook(tmp_path / "carrier.xlsx"), sheets="Routing")
     assert "'Notes', 'Old', 'DIDs'" in str(caught.value)
     _assert_one_line(caught.value)
 
@@ -469,14 +470,14 @@ def test_read_table_ods_read_in_a_child_process(tmp_path: Path) -> None:
 
 def test_read_table_ods_unknown_sheet_refused_from_the_child(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="'Readme', 'DIDs'") as caught:
-        read_table(_write_ods(tmp_path / "dids.ods"), sheet="Nope")
+        read_table(_write_ods(tmp_path / "dids.ods"), sheets="Nope")
     _assert_one_line(caught.value)
 
 
 def test_read_workbook_isolated_timeout_is_a_clean_refusal(tmp_path: Path) -> None:
     path = _write_ods(tmp_path / "dids.ods")
     with pytest.raises(UnreadableFileError, match="could not be read safely") as caught:
-        read_workbook_isolated(path, None, frozenset(), timeout=0.01)
+        read_workbook_isolated(path, (), frozenset(), timeout=0.01)
     _assert_one_line(caught.value)
 
 

@@ -23,7 +23,7 @@ from importer.output.results import (
     write_failed_rows,
     write_results,
 )
-from importer.read.reader import read_table
+from importer.read.table import read_table
 from importer.words import IssueKind
 
 HEADERS = ("Customer", "Phone Number", "Inbound Mode", "Outbound Mode", "Inbound Bot ID", "Notes")

@@ -27,7 +27,7 @@ from importer.engine.plan import Plan
 from importer.errors import AuthError, InputError
 from importer.jobs.run import run_import, run_import_async
 from importer.model import RawTable, ValidationReport
-from importer.read.reader import read_table
+from importer.read.table import read_table
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 from importer.validate.rules import validate_table
 

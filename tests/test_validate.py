@@ -21,7 +21,7 @@ from importer.jobs.run import run_import
 from importer.jobs.validate import validate_file
 from importer.model import RawTable, SourceInfo
 from importer.options import InputOptions, ValidateConfig
-from importer.read.reader import column_letters
+from importer.read.xlsx import column_letters
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 from importer.validate.cells import parse_mode, parse_status
 from importer.validate.columns import map_columns, parse_column_map

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from importer.jobs.outputs import write_outputs
 from importer.jobs.validate import load_and_validate, validation_outcomes
 from importer.model import RawTable, RowIssue, RunInfo, SourceInfo
 from importer.options import InputOptions
+from importer.read.xlsx import UNSAVED_FORMULA
 from importer.sandbox import SandboxConfig, create_sandbox
 from importer.validate.rules import validate_table
 from importer.vocab import ReasonKind
@@ -94,6 +96,9 @@ def _every_kind_raised() -> list[RowIssue]:
     issues += validate_table(region, default_region="IN").issues
     issues += validate_table(absent).issues
     issues += validate_table(wrong).issues
+    # A DID cell written by a script as a formula with no saved result (the reader's cell note).
+    formula = dataclasses.replace(_table([_ok("")]), cell_notes={(2, 0): f"cell A2 {UNSAVED_FORMULA}"})
+    issues += validate_table(formula).issues
     return issues
 
 

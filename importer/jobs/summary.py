@@ -15,7 +15,8 @@ from importer.engine.apply import Applied
 from importer.engine.plan import Plan
 from importer.jobs.session import NOT_CONFIRMED, skipped_by_parser
 from importer.model import RawTable, RowIssue, RowOutcome, Status
-from importer.read.reader import describe_hidden
+from importer.read.sheets import sheet_notes
+from importer.read.xlsx import describe_hidden
 from importer.vocab import Action, ExitCode, describe_kind
 from importer.words import issue_label
 
@@ -76,7 +77,7 @@ class RunSummary:
 
 def input_notes(table: RawTable, skip_hidden_rows: bool = False) -> list[str]:
     """Say how the input was read where the user may not expect it (printed with the summary)."""
-    notes: list[str] = []
+    notes = sheet_notes(table.sheets, table.sheets_read)
     for name, text in describe_hidden(table):
         if name == "hidden rows":
             text += (

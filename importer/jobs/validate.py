@@ -21,7 +21,7 @@ from importer.jobs.summary import RunSummary, input_notes, top_reasons
 from importer.model import RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
 from importer.options import InputOptions, ValidateConfig
 from importer.output.results import OutcomeColumns
-from importer.read.reader import read_table
+from importer.read.table import read_table
 from importer.validate.rules import validate_table
 from importer.vocab import Action, ExitCode, ReasonKind
 from importer.words import Surface, render_reason
@@ -73,7 +73,11 @@ def load_and_validate(options: InputOptions, edits: Sequence[CellEdit] = ()) -> 
     if options.path.is_dir():
         raise InputError(f"{options.path} is a folder; give a .csv or .xlsx file")
     table = read_table(
-        options.path, sheet=options.sheet, extra_headers=options.column_map, encoding=options.encoding
+        options.path,
+        sheets=options.sheets,
+        all_sheets=options.all_sheets,
+        extra_headers=options.column_map,
+        encoding=options.encoding,
     )
     if options.header_row is not None and options.header_row != table.source.header_row:
         table = move_header(table, options.header_row)

@@ -27,7 +27,7 @@ import xlsxwriter.exceptions
 
 from importer.errors import InputError, OutputError
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status
-from importer.read.reader import describe_hidden
+from importer.read.xlsx import describe_hidden
 from importer.vocab import ReasonKind
 from importer.words import Surface, render, render_reason
 
@@ -43,6 +43,8 @@ RESULT_COLUMNS = (
 DRY_RUN_COLUMNS = ("import_current", "import_proposed")
 ROW_COLUMN = "import_row"
 """Last column of the Results sheet: the input's Excel row number, to find the row in the file."""
+SHEET_COLUMN = "import_sheet"
+"""Before ``import_row`` when several sheets were read: the sheet the row is on."""
 
 EXCEL_MAX_ROWS = 1_048_576
 EXCEL_MAX_COLUMNS = 16_384
@@ -50,7 +52,7 @@ EXCEL_MAX_CELL = 32_767
 """Excel's cell limit, counted in UTF-16 code units."""
 TRUNCATION_MARKER = " …[truncated: cell longer than Excel's 32767 characters]"
 
-_OWN_COLUMNS = frozenset((*RESULT_COLUMNS, *DRY_RUN_COLUMNS, ROW_COLUMN))
+_OWN_COLUMNS = frozenset((*RESULT_COLUMNS, *DRY_RUN_COLUMNS, SHEET_COLUMN, ROW_COLUMN))
 _MIN_WIDTH = 6
 _MAX_WIDTH = 60
 _WORKBOOK_OPTIONS = {"constant_memory": True}
@@ -268,7 +270,7 @@ def write_results(
         _column(header, values)
         for header, values in _result_values(outcome_columns, dry_run, info.status_labels)
     ]
-    columns.append(_column(ROW_COLUMN, [str(r) for r in excel_rows]))
+    columns += _origin_columns(table, excel_rows)
     if len(columns) > EXCEL_MAX_COLUMNS:
         raise InputError(f"{len(columns)} columns do not fit in one Excel sheet ({EXCEL_MAX_COLUMNS} max)")
     failed = outcome_columns.failed()
@@ -281,7 +283,7 @@ def write_results(
         summary = book.add_worksheet("Summary")
         errors = book.add_worksheet("Errors")
         _write_table(results, columns, bold, fill, failed)
-        errors_written = _write_errors(errors, error_lines, bold)
+        errors_written = _write_errors(errors, error_lines, bold, table)
         _write_summary(
             summary,
             _summary_items(table, outcome_columns, issues, info, columns, len(error_lines) - errors_written),
@@ -321,18 +323,26 @@ def write_failed_rows(
     kept = table.frame[index.isin(wanted)]
     columns = _input_columns(table.headers, kept)
     numbers = kept.index.tolist()
-    reason_header, row_header = FAILED_COLUMNS
-    columns.append(_column(reason_header, [(reasons or {}).get(r, "") for r in numbers]))
-    columns.append(_column(row_header, [str(r) for r in numbers]))
+    columns.append(_column(FAILED_COLUMNS[0], [(reasons or {}).get(r, "") for r in numbers]))
+    columns += _origin_columns(table, numbers)
     with atomic_workbook(path) as book:
         text = book.add_format({"num_format": "@"})
         bold = book.add_format({"bold": True, "num_format": "@"})
-        sheet = book.add_worksheet(_sheet_name(table.source.sheet))
+        sheet = book.add_worksheet(_sheet_name(None if table.row_sheets else table.source.sheet))
         # Text-formatted columns keep the digits of numbers the user types in while fixing rows.
         _write_table(sheet, columns, bold, None, [False] * len(wanted), column_format=text)
 
 
 # --- the Results sheet ---------------------------------------------------------------------------------
+
+
+def _origin_columns(table: RawTable, rows: Sequence[int]) -> list[_Column]:
+    """Where each row is in the input: its Excel row, after its sheet when several sheets were read."""
+    origins = [table.origin(r) for r in rows]
+    row_column = _column(ROW_COLUMN, [str(excel_row) for _sheet, excel_row in origins])
+    if not table.row_sheets:
+        return [row_column]
+    return [_column(SHEET_COLUMN, [sheet or "" for sheet, _row in origins]), row_column]
 
 
 def _input_columns(headers: Sequence[str], frame: pd.DataFrame) -> list[_Column]:
@@ -462,13 +472,17 @@ def _error_lines(
     return lines
 
 
-def _write_errors(sheet: Any, lines: list[_ErrorLine], bold: Any) -> int:
+def _write_errors(sheet: Any, lines: list[_ErrorLine], bold: Any, table: RawTable) -> int:
     """Write the problem lines (as many as fit) and return how many were written."""
     kept = lines[: EXCEL_MAX_ROWS - 1]
     columns = [
         _column(header, [str(line[k]) for line in kept], min_width=width)
         for k, (header, width) in enumerate(zip(_ERROR_HEADERS, _ERROR_WIDTHS, strict=True))
     ]
+    if table.row_sheets:  # the row keys of several sheets, as each sheet's name and Excel row
+        origins = [table.origin(line[0]) for line in kept]
+        columns[0] = _column("row", [str(row) for _sheet, row in origins], min_width=_ERROR_WIDTHS[0])
+        columns.insert(0, _column("sheet", [sheet or "" for sheet, _row in origins], min_width=16))
     _write_table(sheet, columns, bold, None, [False] * len(kept))
     return len(kept)
 

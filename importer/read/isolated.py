@@ -1,364 +1,27 @@
-"""Read a workbook's cells as text with calamine, in this process or in a capped child process.
+"""Run the workbook reader in a child process with memory and CPU caps and a wall-clock timeout.
 
-Formats whose parsers are less hardened (.xls, .ods) are parsed in a child process with memory
-and CPU limits and a wall-clock timeout, so a hostile file can crash or exhaust only the child.
-The child answers with JSON (the cells are text), never a pickle: unpickling what a process that
-just parsed a hostile file wrote would let that file run code in the parent.
-
-Everything here is free of pandas so that the child starts fast and inside a small memory limit.
-``reader.py`` builds the table from the ``SheetGrid`` this module returns; it also reuses
-``find_header`` and ``cell_text`` for CSV.
+Formats whose parsers are less hardened (.xls, .xlsb, .ods) are parsed in a child, so a hostile
+file can crash or exhaust only the child. The child answers with JSON (the cells are text), never
+a pickle: unpickling what a process that just parsed a hostile file wrote would let that file run
+code in the parent. A sheet choice the child cannot make (``SheetChoiceNeeded``) crosses as data.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import json
 import os
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TypeGuard
 
-from importer import fields
 from importer.errors import ImporterError, InputError, UnreadableFileError
+from importer.read.sheets import SheetChoiceNeeded, SheetInfo
+from importer.read.workbook import SheetGrid, WorkbookRead, calamine_failure, read_workbook
 
-HEADER_SCAN_ROWS = 30
-"""How many non-blank rows at the top of a sheet may hold the header row."""
-MIN_HEADER_MATCHES = 2
 CHILD_MEMORY_BYTES = 2 * 1024**3
 CHILD_TIMEOUT_SECONDS = 60.0
-_PRECISE_LIMIT = 1e15
-"""Integral floats below this are exact in 15 significant digits, as Excel shows them."""
-
-UNREADABLE_CELL = "#UNREADABLE!"
-"""Fills every cell of a row calamine cannot convert, so the row fails validation instead of vanishing."""
-
-REFUSE_PASSWORD = "password-protected or encrypted workbook: remove the password in Excel and save again"
-
-
-@dataclass(frozen=True, slots=True)
-class SheetGrid:
-    """The chosen sheet of a workbook, as text: its header row and its data columns."""
-
-    sheet: str
-    header_row: int
-    """The Excel row number of the header row."""
-    first_column: int
-    """The 0-based sheet column of the grid's first column (calamine skips empty leading columns)."""
-    header: tuple[str, ...]
-    columns: tuple[list[str], ...]
-    """One list per column (as wide as the sheet), rows from header_row + 1 on, blanks included."""
-    dated: tuple[int, ...] = ()
-    """Positions of the columns holding date or time cells (their number format may show them otherwise)."""
-    numeric: tuple[int, ...] = ()
-    """Positions of the columns holding non-integral or numeric cells read as numbers."""
-
-
-def _timedelta_text(value: dt.timedelta) -> str:
-    # Durations read as [h]:mm:ss, as Excel shows a time above 24 hours.
-    total = int(value.total_seconds())
-    sign = "-" if total < 0 else ""
-    hours, rest = divmod(abs(total), 3600)
-    return f"{sign}{hours}:{rest // 60:02d}:{rest % 60:02d}"
-
-
-def float_text(value: float) -> str:
-    """Render a numeric cell as the digits the user typed, or as Excel would show a lossy number."""
-    if value != value or value in (float("inf"), float("-inf")):
-        return repr(value)
-    if value.is_integer():
-        if abs(value) < _PRECISE_LIMIT:
-            return str(int(value))
-        # 15 significant digits in scientific notation, as Excel displays such a cell: the digits
-        # beyond are lost already, and validation should see that rather than invented digits.
-        mantissa, exponent = f"{value:.14E}".split("E")
-        mantissa = mantissa.rstrip("0").rstrip(".")
-        power = int(exponent)
-        return f"{mantissa}E{'+' if power >= 0 else '-'}{abs(power):02d}"
-    # Excel shows at most 15 significant digits: 0.1 + 0.2, stored as 0.30000000000000004, shows 0.3.
-    return f"{value:.15g}"
-
-
-def cell_text(value: object) -> str:
-    """Render one calamine cell value as the text a user sees in the cell."""
-    kind = type(value)
-    if kind is str:
-        return value  # type: ignore[return-value]
-    if kind is float:
-        return float_text(value)  # type: ignore[arg-type]
-    if kind is bool:
-        return "TRUE" if value else "FALSE"
-    if kind is int:
-        return str(value)
-    if kind is dt.datetime:
-        stamp: dt.datetime = value  # type: ignore[assignment]
-        return stamp.isoformat(sep=" ", timespec="seconds" if not stamp.microsecond else "milliseconds")
-    if kind is dt.date:
-        return value.isoformat()  # type: ignore[attr-defined, no-any-return]
-    if kind is dt.time:
-        moment: dt.time = value  # type: ignore[assignment]
-        return moment.isoformat(timespec="seconds" if not moment.microsecond else "milliseconds")
-    if kind is dt.timedelta:
-        return _timedelta_text(value)  # type: ignore[arg-type]
-    if value is None:
-        return ""
-    return str(value)
-
-
-def column_text(values: Sequence[Any]) -> list[str]:
-    """Render a column of cells as text; columns of only strings and numbers take a fast path."""
-    return _column_text(values, set(map(type, values)))
-
-
-def _column_text(values: Sequence[Any], kinds: set[type]) -> list[str]:
-    if kinds <= {str}:
-        return list(values)
-    if kinds <= {str, float}:
-        limit = _PRECISE_LIMIT
-        return [
-            v if type(v) is str else (str(int(v)) if v.is_integer() and -limit < v < limit else float_text(v))
-            for v in values
-        ]
-    return [cell_text(v) for v in values]
-
-
-_DATE_KINDS = frozenset({dt.date, dt.datetime, dt.time})
-
-
-def is_blank(cells: Iterable[str]) -> bool:
-    """Tell whether a row of text cells is empty or only whitespace."""
-    joined = "".join(cells)
-    return not joined or joined.isspace()
-
-
-def header_score(cells: Sequence[str], extra_keys: frozenset[str]) -> int:
-    """Count the cells of a row that name a field (or a header the user mapped)."""
-    score = 0
-    for cell in cells:
-        if cell and (fields.match_header(cell) is not None or fields.header_key(cell) in extra_keys):
-            score += 1
-    return score
-
-
-def find_header(rows: Sequence[Sequence[str]], extra_keys: frozenset[str]) -> tuple[int, int]:
-    """Find the header among the top non-blank rows.
-
-    Args:
-        rows: Rows of text cells, blank rows included.
-        extra_keys: ``fields.header_key`` of headers the user mapped to fields.
-
-    Returns:
-        The index of the best row (the first non-blank row when none matches) and its score;
-        (-1, 0) when every row is blank.
-    """
-    best, best_score, seen = -1, -1, 0
-    for index, row in enumerate(rows):
-        if is_blank(row):
-            continue
-        score = header_score(row, extra_keys)
-        if score > best_score:
-            best, best_score = index, score
-        seen += 1
-        if seen >= HEADER_SCAN_ROWS:
-            break
-    if best_score < MIN_HEADER_MATCHES:
-        first = next((i for i, row in enumerate(rows) if not is_blank(row)), -1)
-        return first, max(best_score, 0)
-    return best, best_score
-
-
-def _one_line(text: str, limit: int = 160) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _calamine_failure(name: str, error: BaseException) -> UnreadableFileError:
-    import python_calamine as pc
-
-    if isinstance(error, pc.PasswordError):
-        return UnreadableFileError(f"{name}: {REFUSE_PASSWORD}")
-    detail = _one_line(str(error) or type(error).__name__)
-    return UnreadableFileError(
-        f"{name} cannot be read as a spreadsheet ({detail}); open it in Excel and save as .xlsx"
-    )
-
-
-def _grid(
-    name: str, raw: list[list[object]], start: tuple[int, int], extra_keys: frozenset[str]
-) -> SheetGrid | None:
-    """Turn a sheet's cells into a SheetGrid, or None when the sheet has no non-blank row."""
-    head: list[list[str]] = []
-    nonblank = 0
-    for row in raw:
-        text = [cell_text(v) for v in row]
-        head.append(text)
-        if not is_blank(text):
-            nonblank += 1
-            if nonblank >= HEADER_SCAN_ROWS:
-                break
-    index, _score = find_header(head, extra_keys)
-    if index < 0:
-        return None
-    data = raw[index + 1 :]
-    width = max([len(head[index]), *map(len, data)])
-    if any(len(row) != width for row in data):  # calamine gives a rectangle; be safe anyway
-        data = [[*row, *([""] * (width - len(row)))] for row in data]
-    header = (*head[index], *([""] * (width - len(head[index]))))
-    texts: list[list[str]] = []
-    dated: list[int] = []
-    numeric: list[int] = []
-    for j, col in enumerate(zip(*data, strict=True) if data else ()):
-        kinds = set(map(type, col))
-        texts.append(_column_text(col, kinds))
-        if kinds & _DATE_KINDS:
-            dated.append(j)
-        if float in kinds:
-            numeric.append(j)
-    columns = tuple(texts) if texts else tuple([] for _ in range(width))
-    return SheetGrid(name, start[0] + 1 + index, start[1], header, columns, tuple(dated), tuple(numeric))
-
-
-def _sheet_score(grid: SheetGrid, extra_keys: frozenset[str]) -> int:
-    return header_score(grid.header, extra_keys)
-
-
-def read_workbook(path: Path, sheet: str | None, extra_keys: frozenset[str]) -> SheetGrid:
-    """Read the wanted sheet of a workbook (xlsx, xlsm, xlsb, xls, ods) with calamine.
-
-    Args:
-        path: The workbook.
-        sheet: The sheet name the user asked for, or None to pick the first visible sheet
-            whose header names at least two fields (else the first non-empty visible sheet).
-        extra_keys: ``fields.header_key`` of headers the user mapped to fields.
-
-    Returns:
-        The sheet's header and data columns as text.
-    """
-    import python_calamine as pc
-
-    def load(name: str) -> SheetGrid | None:
-        found = workbook.get_sheet_by_name(name)
-        try:
-            with _native_stderr_muted():
-                raw: list[list[object]] = found.to_python()  # type: ignore[assignment]
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException:  # PanicException: calamine cannot convert a cell (see _rows_one_by_one)
-            raw = _rows_one_by_one(found)
-        # calamine skips the empty rows and columns before the data; start says where it begins.
-        return _grid(name, raw, found.start or (0, 0), extra_keys)
-
-    try:
-        workbook = pc.CalamineWorkbook.from_path(str(path))
-        metas = workbook.sheets_metadata
-    except Exception as error:
-        raise _calamine_failure(path.name, error) from None
-    names = [m.name for m in metas]
-    if not names:
-        raise UnreadableFileError(f"{path.name} has no sheets; open it in Excel, add the data and save again")
-    if sheet is not None:
-        chosen = _resolve_sheet(sheet, names)
-        if chosen is None:
-            listed = ", ".join(repr(n) for n in names)
-            raise InputError(f"sheet {sheet!r} is not in {path.name}; its sheets are {listed}")
-        try:
-            grid = load(chosen)
-        except Exception as error:
-            raise _calamine_failure(path.name, error) from None
-        if grid is None:
-            raise InputError(f"sheet {chosen!r} of {path.name} is empty; choose another with --sheet")
-        return grid
-    visible = [
-        m.name
-        for m in metas
-        if m.typ == pc.SheetTypeEnum.WorkSheet and m.visible == pc.SheetVisibleEnum.Visible
-    ]
-    fallback: SheetGrid | None = None
-    failure: BaseException | None = None
-    for name in visible:
-        try:
-            grid = load(name)
-        except Exception as error:  # one broken sheet must not hide a good one
-            failure = failure or error
-            continue
-        if grid is None:
-            continue
-        if _sheet_score(grid, extra_keys) >= MIN_HEADER_MATCHES:
-            return grid
-        fallback = fallback or grid
-    if fallback is not None:
-        return fallback
-    if failure is not None:
-        raise _calamine_failure(path.name, failure)
-    raise UnreadableFileError(f"{path.name} has no visible sheet with data; check the file and save again")
-
-
-def _rows_one_by_one(found: Any) -> list[list[object]]:
-    """Read a sheet row by row, a row calamine cannot convert becoming a row of UNREADABLE_CELL.
-
-    calamine raises for the whole sheet when one cell cannot be converted (a number such as
-    -1e20 in a duration format overflows its time types, and panics); the other rows are fine.
-    ``iter_rows`` starts at the sheet's first row, not at ``start`` as ``to_python`` does.
-    """
-    first_row = (found.start or (0, 0))[0]
-    width = found.width
-    rows: list[list[object]] = []
-    iterator = found.iter_rows()
-    # Bounded: a failing row still advances the iterator, but never loop on a stuck one.
-    for _ in range(first_row + found.height + 1):
-        try:
-            with _native_stderr_muted():
-                row: list[object] = next(iterator)
-        except StopIteration:
-            break
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException:
-            row = [UNREADABLE_CELL] * width
-        rows.append(row)
-    return rows[first_row:]
-
-
-@contextlib.contextmanager
-def _native_stderr_muted() -> Iterator[None]:
-    """Keep a Rust panic's message off the user's terminal; pass anything else written through.
-
-    A panic inside calamine prints to file descriptor 2 before Python sees an exception, which
-    would break the one-line error promise. Output of a call that succeeds is replayed.
-    """
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no usable fd 2: nothing to protect
-        yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        failed = True
-        try:
-            yield
-            failed = False
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            if not failed:
-                sink.seek(0)
-                captured = sink.read()
-                if captured:
-                    os.write(2, captured)
-
-
-def _resolve_sheet(wanted: str, names: Sequence[str]) -> str | None:
-    if wanted in names:
-        return wanted
-    # Forgive case and surrounding spaces, but only when that still names one sheet.
-    folded = [n for n in names if n.strip().casefold() == wanted.strip().casefold()]
-    return folded[0] if len(folded) == 1 else None
 
 
 def _limit_child() -> None:
@@ -375,12 +38,20 @@ def _child_main() -> None:
     request = json.loads(sys.stdin.read())
     outcome: dict[str, object]
     try:
-        grid = read_workbook(Path(request["path"]), request["sheet"], frozenset(request["extra_keys"]))
-        outcome = {"ok": grid_to_json(grid)}
+        found = read_workbook(
+            Path(request["path"]),
+            request["sheets"],
+            frozenset(request["extra_keys"]),
+            all_sheets=request["all_sheets"],
+        )
+        outcome = {"ok": workbook_to_json(found)}
+    except SheetChoiceNeeded as error:
+        sheets = [sheet_to_json(s) for s in error.sheets]
+        outcome = {"error": {"kind": "SheetChoiceNeeded", "message": str(error), "sheets": sheets}}
     except ImporterError as error:
         outcome = {"error": {"kind": type(error).__name__, "message": str(error)}}
     except BaseException as error:  # PanicException derives from BaseException
-        message = str(_calamine_failure(request["name"], error))
+        message = str(calamine_failure(request["name"], error))
         outcome = {"error": {"kind": "UnreadableFileError", "message": message}}
     # ensure_ascii: any text calamine hands over (lone surrogates included) encodes and decodes back.
     sys.stdout.write(json.dumps(outcome, separators=(",", ":")))
@@ -396,6 +67,46 @@ def grid_to_json(grid: SheetGrid) -> dict[str, object]:
         "header": list(grid.header),
         "columns": list(grid.columns),
     }
+
+
+def sheet_to_json(sheet: SheetInfo) -> dict[str, object]:
+    return {"name": sheet.name, "rows": sheet.rows, "matches": sheet.matches}
+
+
+def sheet_from_json(data: object) -> SheetInfo:
+    """Rebuild a SheetInfo from the child's JSON, checking every type.
+
+    Raises:
+        ValueError: The data is not a sheet's survey.
+    """
+    if not isinstance(data, dict):
+        raise ValueError("the sheet is not an object")
+    name, rows, matches = data.get("name"), data.get("rows"), data.get("matches")
+    if not (isinstance(name, str) and type(rows) is int and rows >= 0 and type(matches) is bool):
+        raise ValueError("the sheet's fields have the wrong types")
+    return SheetInfo(name, rows, matches)
+
+
+def workbook_to_json(found: WorkbookRead) -> dict[str, object]:
+    """Return a WorkbookRead as JSON-ready data (the child's answer)."""
+    return {
+        "sheets": [sheet_to_json(s) for s in found.sheets],
+        "grids": [grid_to_json(g) for g in found.grids],
+    }
+
+
+def workbook_from_json(data: object) -> WorkbookRead:
+    """Rebuild a WorkbookRead from the child's JSON, checking every type.
+
+    Raises:
+        ValueError: The data is not a workbook's survey and grids.
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("sheets"), list):
+        raise ValueError("the workbook is not an object with sheets")
+    grids = data.get("grids")
+    if not isinstance(grids, list):
+        raise ValueError("the workbook has no grids")
+    return WorkbookRead(tuple(map(sheet_from_json, data["sheets"])), tuple(map(grid_from_json, grids)))
 
 
 def grid_from_json(data: object) -> SheetGrid:
@@ -424,18 +135,20 @@ def _is_text_list(value: object) -> TypeGuard[list[str]]:
     return isinstance(value, list) and all(type(cell) is str for cell in value)
 
 
-def _outcome(stdout: bytes) -> SheetGrid | ImporterError:
-    """Decode the child's answer: the grid, or the error it reported.
+def _outcome(stdout: bytes, name: str) -> WorkbookRead | ImporterError:
+    """Decode the child's answer: the workbook read, or the error it reported.
 
     Raises:
         ValueError: The answer is not one the child writes.
     """
     answer = json.loads(stdout)
     if isinstance(answer, dict) and set(answer) == {"ok"}:
-        return grid_from_json(answer["ok"])
+        return workbook_from_json(answer["ok"])
     error = answer.get("error") if isinstance(answer, dict) and set(answer) == {"error"} else None
     if not (isinstance(error, dict) and isinstance(error.get("message"), str)):
-        raise ValueError("the answer is neither a grid nor an error")
+        raise ValueError("the answer is neither a workbook nor an error")
+    if error.get("kind") == "SheetChoiceNeeded" and isinstance(error.get("sheets"), list):
+        return SheetChoiceNeeded(name, [sheet_from_json(s) for s in error["sheets"]])
     error_class: Callable[[str], ImporterError] = (
         InputError if error.get("kind") == "InputError" else UnreadableFileError
     )
@@ -447,21 +160,23 @@ _CHILD_CODE = "from importer.read.isolated import _limit_child, _child_main\n_li
 
 def read_workbook_isolated(
     path: Path,
-    sheet: str | None,
+    wanted: Sequence[str],
     extra_keys: frozenset[str],
     *,
+    all_sheets: bool = False,
     timeout: float = CHILD_TIMEOUT_SECONDS,
-) -> SheetGrid:
+) -> WorkbookRead:
     """Run ``read_workbook`` in a child process with a memory cap and a wall-clock timeout.
 
     Args:
         path: The workbook.
-        sheet: As for ``read_workbook``.
+        wanted: As for ``read_workbook``.
         extra_keys: As for ``read_workbook``.
+        all_sheets: As for ``read_workbook``.
         timeout: Seconds before the child is killed.
 
     Returns:
-        The child's SheetGrid; a crash, kill or timeout of the child becomes UnreadableFileError.
+        The child's WorkbookRead; a crash, kill or timeout of the child becomes UnreadableFileError.
     """
     unsafe = UnreadableFileError(
         f"{path.name} could not be read safely (the reader crashed, ran out of memory or time); "
@@ -475,7 +190,13 @@ def read_workbook_isolated(
         env[var] = "1"
     env["RUST_BACKTRACE"] = "0"
     request = json.dumps(
-        {"path": str(path), "name": path.name, "sheet": sheet, "extra_keys": sorted(extra_keys)}
+        {
+            "path": str(path),
+            "name": path.name,
+            "sheets": list(wanted),
+            "all_sheets": all_sheets,
+            "extra_keys": sorted(extra_keys),
+        }
     )
     try:
         done = subprocess.run(
@@ -491,7 +212,7 @@ def read_workbook_isolated(
     if done.returncode != 0 or not done.stdout:
         raise unsafe
     try:
-        outcome = _outcome(done.stdout)
+        outcome = _outcome(done.stdout, path.name)
     except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
         raise unsafe from None
     if isinstance(outcome, ImporterError):

@@ -19,7 +19,7 @@ from importer.fields import (
     header_key,
     match_header,
 )
-from importer.read.reader import column_letters
+from importer.read.xlsx import column_letters
 from importer.validate.cells import Parsed
 from importer.validate.phones import PHONE_SEPARATORS
 from importer.words import Surface, WordedInputError, render_template, worded
@@ -134,6 +134,18 @@ def map_columns(
             continue
         if matched in mapping:
             first = headers[mapping[matched]]
+            if header_key(first) == header_key(header):  # the same header twice: only letters tell them apart
+                first_letter = column_letters(first_column + mapping[matched])
+                letter = column_letters(first_column + pos)
+                raise worded(
+                    'columns {first} "{first_header}" and {header} "{header_text}" both mean {field}; '
+                    "{pick_one}",
+                    first=first_letter,
+                    first_header=first,
+                    header=letter,
+                    header_text=header,
+                    field=matched,
+                )
             raise worded(
                 'columns "{first}" and "{header}" both mean {field}; {pick_one}',
                 first=first,

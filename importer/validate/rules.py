@@ -33,7 +33,7 @@ from importer.fields import (
     describe_modes,
 )
 from importer.model import RawTable, RoutingRow, RowIssue, ValidationReport
-from importer.read.reader import EXCEL_ERRORS
+from importer.read.xlsx import EXCEL_ERRORS, UNSAVED_FORMULA
 from importer.validate.cells import NOT_WHOLE, Parsed, clean_frame, clean_text, describe_bad_int, parse_cells
 from importer.validate.columns import map_columns, wrong_column_params, wrong_matches
 from importer.validate.phones import PhoneNormaliser
@@ -173,6 +173,7 @@ class _Messages:
             value = self.raw(row, id_field)
             return [_issue(row, self.header(id_field), value, IssueKind.ID_FOR_UNUSED_MODE, **about_mode)]
         if check == "did_missing":
+            note = self.note(row, "did_number") or self.note(row, "did_id")
             return [
                 _issue(
                     row,
@@ -181,14 +182,15 @@ class _Messages:
                     IssueKind.MISSING_DID,
                     number_column=self.header("did_number"),
                     id_column=self.header("did_id"),
-                    note=self.note(row, "did_number") or self.note(row, "did_id"),
+                    note=note,
+                    **({"variant": "formula", "formula": note[2:]} if UNSAVED_FORMULA in note else {}),
                 )
             ]
         if check == "duplicate_did":
             issues = []
             for field, firsts in (("did_number", self.dup_number), ("did_id", self.dup_id)):
                 if row in firsts.index:
-                    first = str(cast(int, firsts.at[row]))
+                    first = self.table.row_name(cast(int, firsts.at[row]))
                     issues.append(
                         _issue(
                             row, self.header(field), self.raw(row, field), IssueKind.DUPLICATE, first=first
@@ -272,7 +274,9 @@ def validate_table(
         InputError: the columns cannot be mapped, or the region is unknown.
     """
     if default_region is not None:
-        default_region = default_region.upper()
+        default_region = default_region.strip().upper()
+        # "UK" is what people write; ISO 3166 (and phonenumbers) call the United Kingdom GB.
+        default_region = {"UK": "GB"}.get(default_region, default_region)
         if default_region not in phonenumbers.SUPPORTED_REGIONS:
             raise worded(
                 '{region_option} "{region}" is not a known region code (e.g. IN, US, GB)',

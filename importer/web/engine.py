@@ -30,7 +30,7 @@ from importer.jobs.session import audit_of, now_text, open_journal
 from importer.jobs.validate import every_row
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
 from importer.options import ImportConfig, InputOptions
-from importer.read.reader import read_table
+from importer.read.table import read_table
 from importer.validate.columns import parse_column_map
 from importer.validate.rules import validate_table
 from importer.vocab import ReasonKind
@@ -138,7 +138,7 @@ def load_table(
     Raises:
         InputError: the file or sheet cannot be used, or it has no data rows.
     """
-    table = read_table(path, sheet=sheet, extra_headers=column_map)
+    table = read_table(path, sheets=sheet or (), extra_headers=column_map)
     if header_row is not None and header_row != table.source.header_row:
         table = move_header(table, header_row)
     if table.row_count == 0:

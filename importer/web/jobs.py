@@ -158,7 +158,7 @@ class Job:
     def input_options(self) -> InputOptions:
         return InputOptions(
             path=self.input_path,
-            sheet=self.sheet,
+            sheets=(self.sheet,) if self.sheet else (),
             column_map=dict(self.column_map),
             default_region=self.default_region,
         )
@@ -502,7 +502,7 @@ class JobService:
         options = job.input_options()
 
         def work() -> ValidationReport:
-            table = engine.load_table(options.path, options.sheet, options.column_map, job.header_row)
+            table = engine.load_table(options.path, job.sheet, options.column_map, job.header_row)
             table = engine.apply_edits(table, job.edits)
             return engine.validate(table, options.column_map, options.default_region)
 
