@@ -719,3 +719,99 @@ def test_page_fix_edits_the_cell_at_its_position_when_headers_repeat(web: Web, t
     assert fixed.status_code == 303, fixed.text
     row = web.client.get(f"/api/jobs/{job['id']}/rows", params={"limit": 1}).json()["rows"][0]
     assert row["values"][-2:] == ["first", "edited"]
+
+
+# -- the plan shown is the plan sent -------------------------------------------------------------
+
+
+def _serving(settings: ServeSettings) -> Any:
+    """The server and an authorised client, as one context (start it twice for a restart)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def both() -> Iterator[httpx.Client]:
+        with (
+            running_server(settings) as (url, _t, _s),
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+        ):
+            yield client
+
+    return both()
+
+
+def _planned(client: httpx.Client, sheet: Path) -> dict[str, Any]:
+    job_id = _upload(client, sheet).json()["id"]
+    wait_for_job(client, job_id, {"validated"})
+    assert client.post(f"/api/jobs/{job_id}/plan").status_code == 202
+    return wait_for_job(client, job_id, {"planned"})
+
+
+def test_web_send_page_after_restart_states_the_planned_counts(tmp_path: Path) -> None:
+    """Plan, restart, open the Send page directly: it states the plan's writes (not 0)."""
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 40)))
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
+    with _serving(settings) as client:
+        job = _planned(client, _sheet(tmp_path))
+    with _serving(settings) as client:
+        page = client.get(f"/jobs/{job['id']}/send")
+        assert page.status_code == 200
+        text = re.sub(r"<[^>]+>", "", page.text)
+        assert "Send 10 writes" in text and "10 new routing records and 0 updates" in text, text
+        assert "Send 10 rows now" in text
+        snap = client.get(f"/api/jobs/{job['id']}").json()
+        assert snap["planned"]["create"] == 10 and snap["planned"]["writes"] == 10
+        plan_page = re.sub(r"<[^>]+>", "", client.get(f"/jobs/{job['id']}/plan").text)
+        assert re.search(r"10\s+to create", plan_page), plan_page
+
+
+def test_web_start_needs_a_plan_of_the_inputs_shown(web: Web, tmp_path: Path) -> None:
+    """No plan, an edited row or changed options after the plan: start is refused with 409 and why."""
+    job_id = _upload(web.client, _sheet(tmp_path)).json()["id"]
+    wait_for_job(web.client, job_id, {"validated"})
+    refused = web.client.post(f"/api/jobs/{job_id}/start")
+    assert refused.status_code == 409 and "plan" in refused.json()["error"]
+
+    web.client.post(f"/api/jobs/{job_id}/plan")
+    wait_for_job(web.client, job_id, {"planned"})
+    assert web.client.patch(f"/api/jobs/{job_id}/rows/12", json={"Inbound Mode": "1"}).status_code == 200
+    edited = web.client.post(f"/api/jobs/{job_id}/start")
+    assert edited.status_code == 409 and "plan" in edited.json()["error"]
+
+    web.client.post(f"/api/jobs/{job_id}/plan")
+    wait_for_job(web.client, job_id, {"planned"})
+    assert web.client.patch(f"/api/jobs/{job_id}", json={"on_existing": "skip"}).status_code == 200
+    wait_for_job(web.client, job_id, {"validated"})
+    changed = web.client.post(f"/api/jobs/{job_id}/start")
+    assert changed.status_code == 409 and "plan" in changed.json()["error"]
+    assert web.sandbox.state_snapshot()["writes"] == []
+
+
+def test_web_live_change_after_the_plan_sends_nothing_and_plans_again(web: Web, tmp_path: Path) -> None:
+    """Someone routes a planned DID after the plan was shown: nothing is sent; the new plan is shown."""
+    job = _planned(web.client, _sheet(tmp_path, bad=False))
+    assert job["planned"]["create"] == 10
+
+    async def route_did_elsewhere() -> None:
+        transport = httpx.ASGITransport(app=web.sandbox.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox.test/api/v2") as api:
+            answer = await api.post(
+                "/voicelink/call-routing",
+                json={"did_id": 1000, "for_inbound_call": 1, "for_outbound_call": 4, "status": 1},
+                headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
+            )
+            assert answer.status_code < 300, answer.text
+
+    import asyncio
+
+    asyncio.run(route_did_elsewhere())
+    assert web.client.post(f"/api/jobs/{job['id']}/start").status_code == 202
+    again = wait_for_job(web.client, job["id"], {"planned", "done", "failed", "cancelled"})
+    assert again["status"] == "planned", again
+    assert "changed since the plan was shown" in again["error"]
+    assert again["planned"]["create"] == 9 and again["planned"]["update"] == 1
+    assert len(web.sandbox.state_snapshot()["writes"]) == 1  # only the change made above
+    assert web.client.post(f"/api/jobs/{job['id']}/start").status_code == 202  # the new plan, reviewed
+    done = wait_for_job(web.client, job["id"], FINAL)
+    assert done["status"] == "done" and done["counts"]["succeeded"] == 10
