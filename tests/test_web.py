@@ -75,6 +75,12 @@ def _upload(client: httpx.Client, path: Path, **fields: Any) -> httpx.Response:
         return client.post("/api/jobs", files={"file": (path.name, fh)}, data=fields)
 
 
+def _plan(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    """Plan a validated job (only a planned job starts) and wait for its plan."""
+    assert client.post(f"/api/jobs/{job_id}/plan").status_code == 202
+    return wait_for_job(client, job_id, {"planned"})
+
+
 def _summary(data: bytes) -> dict[str, Any]:
     book = openpyxl.load_workbook(io.BytesIO(data), read_only=True)
     try:
@@ -163,6 +169,7 @@ def test_web_failed_rows_and_snapshot_downloads_before_sending(web: Web, tmp_pat
 def test_web_events_stream_sends_full_snapshots(web: Web, tmp_path: Path) -> None:
     job = _upload(web.client, _sheet(tmp_path, bad=False)).json()
     wait_for_job(web.client, job["id"], {"validated"})
+    _plan(web.client, job["id"])
     seen: list[dict[str, Any]] = []
     with web.client.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
@@ -175,7 +182,7 @@ def test_web_events_stream_sends_full_snapshots(web: Web, tmp_path: Path) -> Non
                 web.client.post(f"/api/jobs/{job['id']}/start")
             if seen[-1]["status"] == "done":
                 break
-    assert seen[0]["status"] == "validated" and seen[0]["counts"]["valid"] == 10
+    assert seen[0]["status"] == "planned" and seen[0]["counts"]["valid"] == 10
     assert {"id", "status", "file", "created", "counts", "progress", "queue_position", "error"} <= set(
         seen[-1]
     )
@@ -358,6 +365,7 @@ def test_web_key_never_leaves_the_server(web: Web, tmp_path: Path) -> None:
     """The key is in no JSON, event, page, download or file under the data dir."""
     job = _upload(web.client, _sheet(tmp_path), uploaded_by="ops").json()
     wait_for_job(web.client, job["id"], {"validated"})
+    _plan(web.client, job["id"])
     web.client.post(f"/api/jobs/{job['id']}/start")
     wait_for_job(web.client, job["id"], FINAL)
     answers = [
@@ -412,10 +420,12 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
         jobs = [_upload(client, path).json()["id"] for path in (first, second)]
         for job_id in jobs:
             wait_for_job(client, job_id, {"validated"})
+            _plan(client, job_id)
         for job_id in jobs:
             assert client.post(f"/api/jobs/{job_id}/start").status_code == 202
         third = _upload(client, first).json()["id"]
         wait_for_job(client, third, {"validated"})
+        _plan(client, third)
         client.post(f"/api/jobs/{third}/start")
         waiting = client.get(f"/api/jobs/{jobs[1]}").json()
         assert waiting["queue_position"] == 1 and waiting["status"] == "sending"
@@ -449,8 +459,8 @@ def test_web_jobs_survive_a_restart(tmp_path: Path) -> None:
         for job_id in (done, planned):
             wait_for_job(client, job_id, {"validated"})
             client.patch(f"/api/jobs/{job_id}/rows/12", json={"for_inbound_call": "1"})
-        client.post(f"/api/jobs/{planned}/plan")
-        wait_for_job(client, planned, {"planned"})
+        for job_id in (planned, done):
+            _plan(client, job_id)
         client.post(f"/api/jobs/{done}/start")
         before = {j: wait_for_job(client, j, {"done", "planned"}) for j in (done, planned)}
     with (
@@ -495,20 +505,28 @@ def test_web_restart_validates_again_and_drops_a_half_plan(tmp_path: Path) -> No
 
 
 def test_web_rejected_key_fails_the_job_with_its_reason_and_can_be_retried(tmp_path: Path) -> None:
+    """A rejected key fails a plan (the job stays validated) and a send (the job fails, may start again).
+
+    The send's key is rejected after the plan was made with a good one: the server restarted with
+    another key in between.
+    """
     sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
     key = "rg_live_wrong_key_5678"
-    connection = web_connection(sandbox, api_key=key)
-    settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
-    with (
-        running_server(settings) as (url, _t, _s),
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
+    wrong = ServeSettings(
+        connection=web_connection(sandbox, api_key=key), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
+    good = ServeSettings(connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN)
+    with _serving(wrong) as client:
         job_id = _upload(client, _sheet(tmp_path)).json()["id"]
         wait_for_job(client, job_id, {"validated"})
         client.post(f"/api/jobs/{job_id}/plan")
         planned = wait_for_job(client, job_id, {"planned", "validated"})
         assert planned["status"] == "validated" and planned["error"].startswith("plan failed: ")
-        client.post(f"/api/jobs/{job_id}/start")
+        assert client.post(f"/api/jobs/{job_id}/start").status_code == 409  # no plan to send
+    with _serving(good) as client:
+        _plan(client, job_id)
+    with _serving(wrong) as client:
+        assert client.post(f"/api/jobs/{job_id}/start").status_code == 202
         failed = wait_for_job(client, job_id, FINAL)
         assert failed["status"] == "failed" and "rejected the API key" in failed["error"]
         assert key not in failed["error"] and key not in planned["error"]
@@ -530,6 +548,7 @@ def test_web_cancel_settles_writes_in_flight_and_sends_no_more(tmp_path: Path) -
     ):
         job_id = _upload(client, write_sheet(tmp_path / "routing.csv", 40)).json()["id"]
         wait_for_job(client, job_id, {"validated"})
+        _plan(client, job_id)
         client.post(f"/api/jobs/{job_id}/start")
         while len(sandbox.state_snapshot()["writes"]) < 3:
             time.sleep(0.01)
@@ -607,6 +626,7 @@ def _stop(p: Process) -> None:
 def _start_sending(p: Process, sheet: Path, sandbox: Sandbox, writes: int) -> str:
     job_id: str = _upload(p.client, sheet).json()["id"]
     wait_for_job(p.client, job_id, {"validated"})
+    _plan(p.client, job_id)
     assert p.client.post(f"/api/jobs/{job_id}/start").status_code == 202
     deadline = time.monotonic() + 20
     while len(sandbox.state_snapshot()["writes"]) < writes:

@@ -40,6 +40,8 @@ class Case:
     """(folder) -> the file to import."""
     options: dict[str, Any]
     """InputOptions fields besides the path."""
+    note: str = ""
+    """Words one of the notes must hold (so the notes compared are not both empty)."""
 
 
 def _sample_csv(folder: Path) -> Path:
@@ -58,7 +60,7 @@ def _hidden_xlsx(folder: Path) -> Path:
     """The sample workbook with two data rows hidden (a hidden-rows note, skipped rows)."""
     path = Path(shutil.copy(SAMPLE / "carrier_routing.xlsx", folder / "hidden.xlsx"))
     book = openpyxl.load_workbook(path)
-    sheet = book.worksheets[0]
+    sheet = book["DID Routing"]  # the data sheet (a "Notes" sheet comes first)
     header = next(r for r in range(1, 10) if any(str(c.value or "").strip() for c in sheet[r]))
     for row in (header + 2, header + 5):
         sheet.row_dimensions[row].hidden = True
@@ -68,8 +70,13 @@ def _hidden_xlsx(folder: Path) -> Path:
 
 CASES = [
     Case("sample", _sample_csv, {}),
-    Case("legacy-encoding", _cp1252_csv, {"default_region": "IN", "ignore_columns": ("Notes",)}),
-    Case("hidden-rows", _hidden_xlsx, {"default_region": "IN", "skip_hidden_rows": True}),
+    Case(
+        "legacy-encoding",
+        _cp1252_csv,
+        {"default_region": "IN", "ignore_columns": ("Notes",), "encoding": None},
+        note="(detected)",
+    ),
+    Case("hidden-rows", _hidden_xlsx, {"default_region": "IN", "skip_hidden_rows": True}, note="hidden rows"),
 ]
 
 
@@ -132,6 +139,9 @@ def test_web_parity_with_the_library_row_by_row(
 
     assert _web_rows(client, job_id) == validated
     assert job["notes"] == list(checked.notes)
+    assert case.note in " ".join(job["notes"])
+    kinds = {v[0] for v in validated.values()}
+    assert "failed" in kinds and ("skipped" in kinds) == case.options.get("skip_hidden_rows", False)
     assert job["counts"]["failed"] == checked.counts.get("failed", 0)
 
     client.post(f"/api/jobs/{job_id}/plan")

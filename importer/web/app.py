@@ -7,7 +7,9 @@ Routes (every one needs the token; see ``security``):
     POST   /api/jobs                       multipart: file, sheet, default_region, map (repeatable),
                                            uploaded_by -> 201 with the job (validation runs after)
     GET    /api/jobs/{id}                  one job
-    PATCH  /api/jobs/{id}                  {"sheet", "default_region", "map", "header_row"}: read again
+    PATCH  /api/jobs/{id}                  {"sheet", "default_region", "map", "header_row", "encoding",
+                                           "skip_hidden_rows", "ignore_columns", "on_existing",
+                                           "max_error_rate"}: read again, the plan dropped
     GET    /api/jobs/{id}/rows             ?status=failed&offset=0&limit=100
     PATCH  /api/jobs/{id}/rows/{row}       {"Header or field": "new value", ...} before sending
     POST   /api/jobs/{id}/plan|start|cancel
@@ -36,12 +38,13 @@ from starlette.routing import Route
 from starlette.types import Message, Receive
 
 from importer.errors import ImporterError
+from importer.vocab import OnExisting
 from importer.web import engine
 from importer.web.jobs import Job, JobError, JobService, JobStatus, safe_name
 from importer.web.pages import page_routes
 from importer.web.security import Guard
 
-__all__ = ["UploadRefused", "WebConfig", "accept_upload", "create_app", "sniff_upload"]
+__all__ = ["UploadRefused", "WebConfig", "accept_upload", "create_app", "more_options", "sniff_upload"]
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -101,6 +104,41 @@ def sniff_upload(head: bytes, name: str) -> str | None:
     if controls > len(head) // 100:
         return None
     return ".tsv" if suffix in (".tsv", ".tab") else ".csv"
+
+
+def more_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The job options beyond sheet, region and mapping that ``body`` sets (the CLI's options).
+
+    Raises:
+        JobError: a value of the wrong kind (the API answers 409 with the message).
+    """
+    out: dict[str, Any] = {}
+    if "encoding" in body:
+        encoding = body["encoding"]
+        if encoding is not None and not isinstance(encoding, str):
+            raise JobError('"encoding" must be a text encoding name (like "cp1252"), or null to detect it')
+        out["encoding"] = _clean_text(encoding, 40) or None
+    if "skip_hidden_rows" in body:
+        if not isinstance(body["skip_hidden_rows"], bool):
+            raise JobError('"skip_hidden_rows" must be true or false')
+        out["skip_hidden_rows"] = body["skip_hidden_rows"]
+    if "ignore_columns" in body:
+        ignored = body["ignore_columns"]
+        if not isinstance(ignored, list) or not all(isinstance(c, str) for c in ignored):
+            raise JobError('"ignore_columns" must be a list of header texts or column letters')
+        out["ignore_columns"] = [_clean_text(c) for c in ignored if _clean_text(c)]
+    if "on_existing" in body:
+        if body["on_existing"] not in OnExisting._value2member_map_:
+            raise JobError(f'"on_existing" must be one of {", ".join(OnExisting)}')
+        out["on_existing"] = str(body["on_existing"])
+    if "max_error_rate" in body:
+        rate = body["max_error_rate"]
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1
+        ):
+            raise JobError('"max_error_rate" must be a share between 0 and 1, or null for no limit')
+        out["max_error_rate"] = None if rate is None else float(rate)
+    return out
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -248,6 +286,7 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
             _clean_text(body.get("default_region", job.default_region), 8) or None,
             engine.parse_column_map([str(m) for m in maps]),
             header_row,
+            **more_options(body),
         )
         return JSONResponse(service.snapshot(job))
 

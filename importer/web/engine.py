@@ -16,20 +16,30 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from importer.account.limiter import RateLimiter
 from importer.engine.apply import Progress, audit_of
 from importer.engine.journal import ConfirmedRow
-from importer.engine.plan import Plan
+from importer.engine.plan import Plan, writes_fingerprint
 from importer.errors import ImporterError, InputError
-from importer.jobs.pipeline import InputOptions, collector_paused, now_text, write_outputs
+from importer.jobs import pipeline
+from importer.jobs.pipeline import (
+    HIDDEN_ROW_REASON,
+    VALIDATE_LABELS,
+    InputOptions,
+    collector_paused,
+    now_text,
+    validation_outcomes,
+    write_outputs,
+)
 from importer.jobs.run import ImportConfig, every_row, open_journal, run_import_async
-from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
+from importer.model import Action, RawTable, RowOutcome, RunInfo, Status, ValidationReport
 from importer.read.reader import read_table
 from importer.validate.rules import parse_column_map, validate_table
-from importer.vocab import ReasonKind
+from importer.vocab import OnExisting, ReasonKind
 
 __all__ = [
     "Connection",
@@ -37,16 +47,19 @@ __all__ = [
     "JobRun",
     "SendProgress",
     "apply_edits",
+    "check_table",
     "clean_error",
+    "import_config",
+    "input_notes",
     "lane_key",
-    "load_table",
+    "load_and_validate",
     "make_limiter",
     "move_header",
     "parse_column_map",
+    "read_upload",
     "row_outcomes",
     "run_job",
     "send_budget",
-    "validate",
     "write_results",
 ]
 
@@ -97,16 +110,19 @@ class SendProgress:
 
 @dataclass(frozen=True, slots=True)
 class JobRun:
-    """What a plan or send did: one outcome per row it decided, and how it ended."""
+    """What a plan or send did: one outcome per row it decided, the plan it made, how it ended."""
 
     outcomes: Mapping[int, RowOutcome]
-    plan_text: str
+    plan: Plan | None
+    """The plan the run made against the live state (None: it stopped before planning)."""
     stop_reason: str
     exit_code: int
     requests: int = 0
     """Requests the job made (for a plan: the reads a send will make again, before its writes)."""
-    writes: int = 0
-    """Writes the plan holds."""
+    notes: tuple[str, ...] = ()
+    """The run's notes (``RunSummary.notes``): hidden rows, encoding, skipped API items, ..."""
+    refused: bool = False
+    """The plan made at send time had other writes than the plan shown: nothing was sent."""
 
 
 def lane_key(connection: Connection) -> str:
@@ -119,27 +135,76 @@ def make_limiter(connection: Connection) -> RateLimiter:
     return RateLimiter(connection.requests_per_minute, window=connection.rate_window)
 
 
-def load_table(
-    path: Path, sheet: str | None, column_map: Mapping[str, str], header_row: int | None = None
-) -> RawTable:
-    """Read an uploaded file with the CLI's reader (blocking: call it in a thread).
+def load_and_validate(
+    options: InputOptions, edits: Sequence[Edit] = (), header_row: int | None = None
+) -> ValidationReport:
+    """Read and validate an upload as the CLI does, with the job's corrections (blocking).
+
+    The one door from the web to the library's ``load_and_validate``: every option of
+    ``InputOptions`` (encoding, ignored columns, hidden rows) counts for a web job as for the CLI.
+    Corrections and a header row chosen on the page are the web's own: until the library takes
+    them (``load_and_validate(options, edits=...)``), they are laid over the table the library's
+    reader gave and the table is checked by ``check_table``, the library's own rules.
 
     Args:
-        path: The upload.
-        sheet: The sheet, or None for the reader's choice.
-        column_map: Header text -> field, as ``--map`` gives it.
+        options: How to read and check the upload.
+        edits: Cell corrections, in order (a later one of a cell wins).
+        header_row: The Excel row of the header when the user chose it (see ``move_header``).
+
+    Raises:
+        InputError: the file or sheet cannot be used, or it has no data rows.
+    """
+    if not edits and header_row is None:
+        return pipeline.load_and_validate(options)
+    return check_table(apply_edits(read_upload(options, header_row), edits), options)
+
+
+def read_upload(options: InputOptions, header_row: int | None = None) -> RawTable:
+    """Read an upload with the library's reader and the job's options, without checking rows.
+
+    Args:
+        options: How to read it (sheet, mapping, encoding).
         header_row: The Excel row of the header when the user chose it (see ``move_header``).
 
     Raises:
         InputError: the file or sheet cannot be used, or it has no data rows.
     """
     with collector_paused():
-        table = read_table(path, sheet=sheet, extra_headers=column_map)
+        table = read_table(
+            options.path, sheet=options.sheet, extra_headers=options.column_map, encoding=options.encoding
+        )
     if header_row is not None and header_row != table.source.header_row:
         table = move_header(table, header_row)
     if table.row_count == 0:
         raise InputError(f"the header is on row {table.source.header_row} but no data rows follow it")
     return table
+
+
+def check_table(table: RawTable, options: InputOptions) -> ValidationReport:
+    """Validate a table already read (a row corrected) as ``load_and_validate`` does (blocking).
+
+    Hidden rows are left out when ``options.skip_hidden_rows`` and end as skipped, as for the CLI.
+
+    Raises:
+        InputError: the columns cannot be mapped or the region is unknown.
+    """
+    hidden = table.hidden_rows if options.skip_hidden_rows else ()
+    visible = dataclasses.replace(table, frame=table.frame.drop(index=list(hidden))) if hidden else table
+    with collector_paused():
+        report = validate_table(
+            visible,
+            column_map=options.column_map,
+            default_region=options.default_region,
+            ignore_columns=options.ignore_columns,
+        )
+    if not hidden:
+        return report
+    return dataclasses.replace(report, table=table, skipped=dict.fromkeys(hidden, HIDDEN_ROW_REASON))
+
+
+def input_notes(report: ValidationReport, options: InputOptions) -> list[str]:
+    """How the upload was read, where people may not expect it: the notes ``validate`` prints."""
+    return [*pipeline.input_notes(report.table, options.skip_hidden_rows), *report.notes]
 
 
 def move_header(table: RawTable, row: int) -> RawTable:
@@ -183,16 +248,6 @@ def apply_edits(table: RawTable, edits: Sequence[Edit]) -> RawTable:
     return RawTable(source=table.source, headers=table.headers, frame=frame, row_problems=table.row_problems)
 
 
-def validate(table: RawTable, column_map: Mapping[str, str], default_region: str | None) -> ValidationReport:
-    """Validate every row with the CLI's validator (blocking: call it in a thread).
-
-    Raises:
-        InputError: the columns cannot be mapped or the region is unknown.
-    """
-    with collector_paused():
-        return validate_table(table, column_map=column_map, default_region=default_region)
-
-
 def row_outcomes(report: ValidationReport, outcomes: Mapping[int, RowOutcome]) -> list[RowOutcome]:
     """One outcome per table row in table order: validation failures, then the stage's outcomes."""
     return list(every_row(report, outcomes))
@@ -204,8 +259,7 @@ def _audit(connection: Connection, extra: Mapping[str, str]) -> dict[str, str]:
 
 def write_results(
     report: ValidationReport,
-    outcomes: Sequence[RowOutcome],
-    issues: Sequence[RowIssue],
+    outcomes: Sequence[RowOutcome] | None,
     *,
     command: str,
     options: Mapping[str, str],
@@ -214,15 +268,23 @@ def write_results(
     results: Path,
     failed: Path,
 ) -> None:
-    """Write the results workbook (and the failed-rows file) as the CLI does (blocking)."""
+    """Write the results workbook (and the failed-rows file) as the CLI does (blocking).
+
+    ``outcomes`` None: the table is only validated; its workbook is the CLI's ``validate``
+    workbook (valid rows labelled "valid").
+    """
+    validated_only = outcomes is None
     info = RunInfo(
         command=command,
         started=audit.get("started", ""),
         finished=now_text(),
         options=options,
         audit=_audit(connection, audit),
+        status_labels=VALIDATE_LABELS if validated_only else {},
+        notes=report.notes if validated_only else (),
     )
-    write_outputs(report.table, outcomes, issues, info, results, failed)
+    rows = validation_outcomes(report) if outcomes is None else outcomes
+    write_outputs(report.table, rows, report.issues, info, results, failed)
 
 
 async def run_job(
@@ -236,6 +298,9 @@ async def run_job(
     failed: Path,
     limiter: RateLimiter,
     cancel: asyncio.Event,
+    on_existing: OnExisting = OnExisting.UPDATE,
+    max_error_rate: float | None = None,
+    shown_writes: str | None = None,
     on_progress: Callable[[SendProgress], None] | None = None,
     audit: Mapping[str, str] = {},
 ) -> JobRun:
@@ -247,13 +312,18 @@ async def run_job(
     Args:
         connection: The key, base URL and pacing.
         report: The validated (possibly edited) table.
-        input_options: How the upload was read (for the Summary sheet).
+        input_options: How the upload was read (for the Summary sheet and the notes).
         dry_run: Plan only: read the live state, send nothing, no journal.
         journal_path: The job's journal (ignored for a dry run).
         results: The results workbook to write.
         failed: The failed-rows file to write when rows failed.
         limiter: The key's limiter, shared by every job on the key.
         cancel: Set it to stop new writes; writes in flight settle first.
+        on_existing: What a row whose DID has other routing does (the job's choice).
+        max_error_rate: Stop when more than this share of writes failed (None: never).
+        shown_writes: ``writes_fingerprint`` of the plan the user confirmed: the engine's
+            ``confirm`` accepts only a plan with these writes (the account changed otherwise:
+            nothing is sent, ``JobRun.refused``). None: no check (a resumed send).
         on_progress: Called with the plan's settled outcomes, then after each write.
         audit: Extra Summary lines (who uploaded it, from where, the edits).
 
@@ -264,6 +334,7 @@ async def run_job(
     if not dry_run and journal_path is not None:  # a resumed job's own rows (a read: off the loop)
         earlier = await asyncio.to_thread(_confirmed, journal_path, report.table.source.sha256)
     plans: list[Plan] = []
+    refused: list[Plan] = []
 
     def planned(plan: Plan) -> None:
         plans.append(plan)
@@ -271,24 +342,30 @@ async def run_job(
             settled = tuple(_own_earlier(o, earlier) for o in plan.outcomes)
             on_progress(SendProgress(0, len(plan.writes), 0, 0, None, settled))
 
+    def confirm(plan: Plan) -> bool:
+        if shown_writes is None or writes_fingerprint(plan) == shown_writes:
+            return True
+        refused.append(plan)
+        return False
+
     def progress(p: Progress) -> None:
         if on_progress is not None:
             fresh = () if p.outcome is None else (p.outcome,)
             on_progress(SendProgress(p.done, p.total, p.succeeded, p.failed, p.eta_seconds, fresh))
 
-    # Every field of a Connection but its transport is an ImportConfig option of the same name.
-    sending = {f.name: getattr(connection, f.name) for f in dataclasses.fields(connection)}
-    del sending["transport"]
-    config = ImportConfig(
+    config = import_config(
+        connection,
         input=input_options,
         output=results,
         failed_out=failed,
         dry_run=dry_run,
         journal=journal_path,
         command="web",
-        **sending,
+        on_existing=on_existing,
+        max_error_rate=max_error_rate,
         audit_extra={k: v for k, v in audit.items() if k != "started"},
         on_plan=planned,
+        confirm=confirm,
     )
     summary = await run_import_async(
         config,
@@ -301,20 +378,37 @@ async def run_job(
     invalid = set(report.failed_rows)  # the job shows validation's own outcomes for these
     return JobRun(
         outcomes={o.row: _own_earlier(o, earlier) for o in summary.outcomes if o.row not in invalid},
-        plan_text=plans[0].text() if plans else "",
+        plan=plans[0] if plans else None,
         stop_reason=summary.stopped,
         exit_code=int(summary.exit_code),
         requests=summary.requests,
-        writes=len(plans[0].writes) if plans else 0,
+        notes=tuple(summary.notes),
+        refused=bool(refused),
     )
 
 
-def send_budget(connection: Connection, run: JobRun) -> dict[str, float | int]:
-    """What sending a plan will cost: its reads again, its writes, one read back, and the time
-    the key's rate limit alone needs for them (a fresh window; other jobs on the key add to it)."""
-    reads = run.requests + 1
-    seconds = make_limiter(connection).eta(reads + run.writes)
-    return {"reads": reads, "writes": run.writes, "seconds": round(seconds, 1)}
+def import_config(connection: Connection, **options: Any) -> ImportConfig:
+    """The library's run options for a web job: the server's connection plus the job's own."""
+    return ImportConfig(
+        api_key=connection.api_key,
+        base_url=connection.base_url,
+        connection_id=connection.connection_id,
+        requests_per_minute=connection.requests_per_minute,
+        rate_window=connection.rate_window,
+        concurrency=connection.concurrency,
+        timeout=connection.timeout,
+        retry_backoff=connection.retry_backoff,
+        **options,
+    )
+
+
+def send_budget(connection: Connection, plan: Plan, requests: int) -> dict[str, float | int]:
+    """What sending a plan will cost: its reads again, its writes, one read back, and their time
+    at the key's rate, worked out as the CLI's plan and Summary say it (``SendOptions.estimate``)."""
+    reads = requests + 1
+    writes = len(plan.writes)
+    per_minute = connection.requests_per_minute * 60 / connection.rate_window
+    return {"reads": reads, "writes": writes, "seconds": round(writes * 60 / per_minute, 1)}
 
 
 def _confirmed(journal_path: Path, sha256: str) -> Mapping[int, ConfirmedRow]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from importer import fields
+from importer.engine.apply import human_duration
 from importer.errors import ImporterError
 from importer.jobs.pipeline import top_reasons
 from importer.model import Action, RawTable, RowIssue
@@ -162,16 +162,8 @@ def _open_steps(job: Job) -> set[str]:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "working it out"
-    seconds = max(0, math.ceil(seconds))
-    if seconds < 90:
-        return f"{seconds} s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 90:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    """A duration in the library's words (``human_duration``: the CLI's plan and Summary say the same)."""
+    return "working it out" if seconds is None else human_duration(seconds)
 
 
 def _record(text: str) -> dict[str, Any] | None:
@@ -295,9 +287,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         if job.report is not None or job.status in (JobStatus.VALIDATED, JobStatus.PLANNED):
             return (await service.report(job)).table, ""
         try:
-            table = await in_background(
-                engine.load_table, job.input_path, job.sheet, job.column_map, job.header_row
-            )
+            table = await in_background(engine.read_upload, job.input_options(), job.header_row)
         except ImporterError as exc:
             return None, str(exc)
         return table, ""
@@ -455,18 +445,19 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
     # -- plan -----------------------------------------------------------------------------
 
     def action_counts(job: Job) -> dict[str, int]:
-        counter = collections.Counter(o.action.value for o in job.outcomes.values())
-        return {a.value: counter.get(a.value, 0) for a in (Action.CREATE, Action.UPDATE, Action.UNCHANGED)}
+        """The plan shown, as its counts: stored with the job, so a restart or eviction keeps them."""
+        return {
+            a.value: int(job.planned.get(a.value, 0))
+            for a in (Action.CREATE, Action.UPDATE, Action.UNCHANGED)
+        }
 
     def held_back(job: Job) -> list[tuple[str, int]]:
         """Rows that will not be sent, by why: the check's problems and the plan's failures."""
         kinds: collections.Counter[str] = collections.Counter(
             {_kind_label(k): v for k, v in job.problems.items()}
         )
-        for o in job.outcomes.values():
-            if o.action in (Action.FAIL, Action.SKIP):
-                kind = o.reason_kind or "failed"
-                kinds[PLAN_REASONS.get(kind, kind.replace("_", " "))] += 1
+        for kind, n in job.planned.get("held", {}).items():
+            kinds[PLAN_REASONS.get(kind, kind.replace("_", " "))] += n
         return kinds.most_common()
 
     async def plan_page(request: Request, job: Job) -> Response:
