@@ -26,7 +26,15 @@ from typing import Any
 import httpx
 import openpyxl
 import pytest
-from helpers import REPO, did_number, wait_for_job, web_connection, write_inventory, write_sheet
+from helpers import (
+    REPO,
+    did_number,
+    read_results,
+    wait_for_job,
+    web_connection,
+    write_inventory,
+    write_sheet,
+)
 
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 from importer.web.app import sniff_upload
@@ -835,3 +843,62 @@ def test_web_live_change_after_the_plan_sends_nothing_and_plans_again(web: Web, 
     assert web.client.post(f"/api/jobs/{job['id']}/start").status_code == 202  # the new plan, reviewed
     done = wait_for_job(web.client, job["id"], FINAL)
     assert done["status"] == "done" and done["counts"]["succeeded"] == 10
+
+
+def test_web_validate_download_says_valid_as_the_cli(web: Web, tmp_path: Path) -> None:
+    """A validated job's results workbook is ``validate``'s: valid rows say "valid", not "not sent"."""
+    job_id = _upload(web.client, _sheet(tmp_path)).json()["id"]
+    wait_for_job(web.client, job_id, {"validated"})
+    answer = web.client.get(f"/api/jobs/{job_id}/results.xlsx")
+    path = tmp_path / "v.results.xlsx"
+    path.write_bytes(answer.content)
+    statuses = [r["import_status"] for r in read_results(path)]
+    assert statuses == ["valid"] * 10 + ["failed"]
+
+
+def test_web_job_options_reach_the_plan(tmp_path: Path) -> None:
+    """on_existing and max_error_rate, set through the API or the page's options step, reach the plan."""
+    routed = {0: {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}}
+    sandbox = create_sandbox(
+        SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20, routed))
+    )
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
+    with _serving(settings) as client:
+        job_id = _upload(client, _sheet(tmp_path, bad=False)).json()["id"]
+        wait_for_job(client, job_id, {"validated"})
+        assert _plan(client, job_id)["planned"]["update"] == 1
+        bad = client.patch(f"/api/jobs/{job_id}", json={"on_existing": "overwrite"})
+        assert bad.status_code == 409 and "on_existing" in bad.json()["error"]
+        set_ = client.patch(f"/api/jobs/{job_id}", json={"on_existing": "skip", "max_error_rate": 0.5})
+        assert set_.status_code == 200 and set_.json()["options"]["on_existing"] == "skip"
+        wait_for_job(client, job_id, {"validated"})
+        planned = _plan(client, job_id)["planned"]
+        assert planned["update"] == 0 and planned["held"] == {"exists_skipped": 1}
+        assert planned["create"] == 9
+        form = {"on_existing": "fail", "max_error_rate": "25", "default_region": "", "sheet": ""}
+        page = client.post(f"/jobs/{job_id}/columns", data=form, follow_redirects=False)
+        assert page.status_code == 303, page.text
+        job = wait_for_job(client, job_id, {"validated"})
+        assert job["options"]["on_existing"] == "fail" and job["options"]["max_error_rate"] == 0.25
+        assert job["planned"] is None  # an option changed: the plan shown is dropped
+        assert _plan(client, job_id)["planned"]["held"] == {"exists_failed": 1}
+
+
+def test_web_plan_page_states_the_time_the_summary_states(tmp_path: Path) -> None:
+    """At 60 requests a minute the plan's cost and the plan page give the same time for 10 writes."""
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
+    settings = ServeSettings(
+        connection=web_connection(sandbox, requests_per_minute=60),
+        data_dir=tmp_path / "data",
+        port=0,
+        token=TOKEN,
+    )
+    with _serving(settings) as client:
+        job_id = _upload(client, _sheet(tmp_path, bad=False)).json()["id"]
+        wait_for_job(client, job_id, {"validated"})
+        job = _plan(client, job_id)
+        assert "10 writes, about 10 s at 60/min" in job["plan"]
+        page = re.sub(r"<[^>]+>", "", client.get(f"/jobs/{job_id}/plan").text)
+        assert "that is about 10 s" in page, page

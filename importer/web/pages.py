@@ -42,6 +42,7 @@ from importer.engine.apply import human_duration
 from importer.errors import ImporterError
 from importer.jobs.pipeline import top_reasons
 from importer.model import Action, RawTable, RowIssue
+from importer.vocab import OnExisting
 from importer.web import engine
 from importer.web.jobs import Job, JobError, JobService, JobStatus, in_background
 
@@ -212,6 +213,28 @@ def _sheet_names(job: Job) -> list[str]:
         return []
 
 
+def _more_options(form: Mapping[str, Any]) -> dict[str, Any] | str:
+    """The options step's fields beyond sheet, region and columns (the CLI's options); a str: why not."""
+    on_existing = str(form.get("on_existing") or OnExisting.UPDATE.value)
+    if on_existing not in OnExisting._value2member_map_:
+        return "choose what to do with a DID that already has other routing from the list"
+    rate_text = str(form.get("max_error_rate") or "").strip().rstrip("%")
+    rate: float | None = None
+    if rate_text:
+        try:
+            rate = float(rate_text) / 100
+        except ValueError:
+            rate = -1.0
+        if not 0 <= rate <= 1:
+            return "the share of failed writes to stop at is a percentage from 0 to 100, or empty"
+    return {
+        "encoding": str(form.get("encoding") or "").strip()[:40] or None,
+        "skip_hidden_rows": form.get("skip_hidden_rows") == "1",
+        "on_existing": on_existing,
+        "max_error_rate": rate,
+    }
+
+
 def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
     """The page's routes over ``service``; ``upload`` is the API's upload handler (one code path).
 
@@ -335,6 +358,9 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
             wanted_row = str(form.get("header_row") or "").strip()
             shown = str(form.get("shown_header_row") or "").strip()
             picks = {f.name: str(form.get(f"field_{f.name}") or "") for f in fields.FIELDS}
+            more = _more_options(form)
+        if isinstance(more, str):
+            return await columns(request, job, more, 400)
         column_map: dict[str, str] = {}
         for name, header in picks.items():
             if not header:
@@ -355,7 +381,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
             column_map = {}  # another sheet has other headers: start from the automatic match
             header_row = None
         try:
-            await service.set_options(job, sheet, region, column_map, header_row)
+            await service.set_options(job, sheet, region, column_map, header_row, **more)
         except JobError as exc:
             return await columns(request, job, str(exc), 409)
         if job.status is JobStatus.VALIDATED:
