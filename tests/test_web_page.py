@@ -357,6 +357,9 @@ def test_page_reopened_mid_send_shows_progress_and_cancels(browser: Browser, tmp
             page.get_by_role("button", name="Upload and check").click()
             page.get_by_role("button", name="Save and check the rows").click()
             page.get_by_role("link", name="5. Send").click()
+            page.get_by_role("link", name="‹ Go to the plan").click()  # only a plan seen is sent
+            page.get_by_role("button", name="Check against my account").click()
+            page.get_by_role("link", name="Next: send ›").click()
             page.get_by_label("I want to write these changes to the account now").check()
             page.get_by_role("button", name="Send 60 rows now").click()
             expect(page.locator("[data-k=done]")).not_to_have_text("0")
@@ -566,6 +569,8 @@ def test_page_reconnects_after_server_killed_and_finishes(browser: Browser, tmp_
             with sheet.open("rb") as fh:
                 job = api.post("/api/jobs", files={"file": ("routing.csv", fh)}).json()
             wait_for_job(api, job["id"], {"validated"})
+            assert api.post(f"/api/jobs/{job['id']}/plan").status_code == 202
+            wait_for_job(api, job["id"], {"planned"})
             context, page = _open(browser, url)
             page.goto(f"{url}/jobs/{job['id']}/send")
             page.get_by_label("I want to write these changes to the account now").check()
