@@ -7,7 +7,10 @@ behind the server for the flow, over TCP in the test process when the server is 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -21,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -36,7 +40,10 @@ from helpers import (
     write_sheet,
 )
 
+from importer.engine.plan import Plan, Write, plan_from_dict, plan_to_dict, writes_fingerprint
+from importer.model import RowOutcome
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
+from importer.vocab import Action, ReasonKind, Status
 from importer.web.app import sniff_upload
 from importer.web.engine import Connection
 from importer.web.jobs import safe_name
@@ -754,7 +761,6 @@ def test_page_fix_edits_the_cell_at_its_position_when_headers_repeat(web: Web, t
 
 def _serving(settings: ServeSettings) -> Any:
     """The server and an authorised client, as one context (start it twice for a restart)."""
-    import contextlib
 
     @contextlib.contextmanager
     def both() -> Iterator[httpx.Client]:
@@ -831,8 +837,6 @@ def test_web_live_change_after_the_plan_sends_nothing_and_plans_again(web: Web, 
             )
             assert answer.status_code < 300, answer.text
 
-    import asyncio
-
     asyncio.run(route_did_elsewhere())
     assert web.client.post(f"/api/jobs/{job['id']}/start").status_code == 202
     again = wait_for_job(web.client, job["id"], {"planned", "done", "failed", "cancelled"})
@@ -902,3 +906,29 @@ def test_web_plan_page_states_the_time_the_summary_states(tmp_path: Path) -> Non
         assert "10 writes, about 10 s at 60/min" in job["plan"]
         page = re.sub(r"<[^>]+>", "", client.get(f"/jobs/{job_id}/plan").text)
         assert "that is about 10 s" in page, page
+
+
+def test_web_plan_kept_reads_back_equal_and_fingerprints_only_its_writes() -> None:
+    """plan.json holds the plan as it was shown; the fingerprint changes with a write, not with words."""
+    body = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}
+    write = Write(
+        row=2,
+        did_id=1000,
+        did_number="918020000000",
+        action=Action.UPDATE,
+        routing_id=7000,
+        body=MappingProxyType(dict(body)),
+        before=MappingProxyType({"for_inbound_call": 3, "for_outbound_call": 4, "status": 1}),
+        expect=MappingProxyType(dict(body)),
+        note="changed since run 1",
+    )
+    settled = RowOutcome(3, Status.UNCHANGED, Action.UNCHANGED, "as asked", ReasonKind.UNCHANGED, 1001, 7001)
+    plan = Plan((write,), (settled,), MappingProxyType({"update": 1, "unchanged": 1}), cost="2 reads done")
+    again = plan_from_dict(json.loads(json.dumps(plan_to_dict(plan))))
+    assert again == plan and again.text() == plan.text()
+    assert writes_fingerprint(again) == writes_fingerprint(plan)
+    reworded = dataclasses.replace(plan, writes=(dataclasses.replace(write, note="other words"),))
+    assert writes_fingerprint(reworded) == writes_fingerprint(plan)
+    other = MappingProxyType({**body, "status": 0})
+    changed = dataclasses.replace(plan, writes=(dataclasses.replace(write, body=other),))
+    assert writes_fingerprint(changed) != writes_fingerprint(plan)

@@ -38,6 +38,8 @@ from starlette.routing import Route
 from starlette.types import Message, Receive
 
 from importer.errors import ImporterError
+from importer.read.reader import _OLE_MAGIC as OLE_MAGIC
+from importer.read.reader import _ZIP_MAGICS as ZIP_MAGICS
 from importer.vocab import OnExisting
 from importer.web import engine
 from importer.web.jobs import Job, JobError, JobService, JobStatus, safe_name
@@ -47,8 +49,6 @@ from importer.web.security import Guard
 __all__ = ["UploadRefused", "WebConfig", "accept_upload", "create_app", "more_options", "sniff_upload"]
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-ZIP_MAGIC = b"PK\x03\x04"
-OLE_MAGIC = bytes.fromhex("D0CF11E0A1B11AE1")
 FORM_OVERHEAD = 64 * 1024
 """Room for the multipart framing and the small fields around the file."""
 JSON_LIMIT = 64 * 1024
@@ -92,7 +92,8 @@ def _counting(receive: Receive, limit: int) -> Receive:
 def sniff_upload(head: bytes, name: str) -> str | None:
     """The suffix to store an upload under, told by its first bytes; None for unsupported content."""
     suffix = Path(name).suffix.lower()
-    if head.startswith(ZIP_MAGIC):  # xlsx, xlsm and ods are zip files; the reader checks which
+    # The reader's own signatures: what it will open as a workbook is what is stored as one.
+    if head.startswith(ZIP_MAGICS):  # xlsx, xlsm and ods are zip files; the reader checks which
         return suffix if suffix in (".xlsx", ".xlsm", ".ods") else ".xlsx"
     if head.startswith(OLE_MAGIC):
         return ".xls"

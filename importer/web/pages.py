@@ -213,6 +213,23 @@ def _sheet_names(job: Job) -> list[str]:
         return []
 
 
+def action_counts(job: Job) -> dict[str, int]:
+    """The plan shown, as its counts: stored with the job, so a restart or eviction keeps them."""
+    return {
+        a.value: int(job.planned.get(a.value, 0)) for a in (Action.CREATE, Action.UPDATE, Action.UNCHANGED)
+    }
+
+
+def held_back(job: Job) -> list[tuple[str, int]]:
+    """Rows that will not be sent, by why: the check's problems and the plan's failures."""
+    kinds: collections.Counter[str] = collections.Counter(
+        {_kind_label(k): v for k, v in job.problems.items()}
+    )
+    for kind, n in job.planned.get("held", {}).items():
+        kinds[PLAN_REASONS.get(kind, kind.replace("_", " "))] += n
+    return kinds.most_common()
+
+
 def _more_options(form: Mapping[str, Any]) -> dict[str, Any] | str:
     """The options step's fields beyond sheet, region and columns (the CLI's options); a str: why not."""
     on_existing = str(form.get("on_existing") or OnExisting.UPDATE.value)
@@ -469,22 +486,6 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         return see(check_url(job, problems, page) + f"&saved={row}#row-{row}")
 
     # -- plan -----------------------------------------------------------------------------
-
-    def action_counts(job: Job) -> dict[str, int]:
-        """The plan shown, as its counts: stored with the job, so a restart or eviction keeps them."""
-        return {
-            a.value: int(job.planned.get(a.value, 0))
-            for a in (Action.CREATE, Action.UPDATE, Action.UNCHANGED)
-        }
-
-    def held_back(job: Job) -> list[tuple[str, int]]:
-        """Rows that will not be sent, by why: the check's problems and the plan's failures."""
-        kinds: collections.Counter[str] = collections.Counter(
-            {_kind_label(k): v for k, v in job.problems.items()}
-        )
-        for kind, n in job.planned.get("held", {}).items():
-            kinds[PLAN_REASONS.get(kind, kind.replace("_", " "))] += n
-        return kinds.most_common()
 
     async def plan_page(request: Request, job: Job) -> Response:
         if _unread(job):
