@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 
 from importer.account.limiter import RateLimiter
-from importer.engine.apply import Progress, audit_of
+from importer.engine.apply import ConnectOptions, Progress, audit_of
 from importer.engine.journal import ConfirmedRow
 from importer.engine.plan import Plan, writes_fingerprint
 from importer.errors import ImporterError, InputError
@@ -64,19 +64,12 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """Where and how one key sends: the server's key and base URL (never shown), pacing, transport."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connection(ConnectOptions):
+    """The server's key, base URL and pacing: the library's ``ConnectOptions`` (the same options
+    the CLI's ``run`` takes), plus the transport every job on it sends through (tests: the sandbox)."""
 
-    api_key: str = field(repr=False)
-    base_url: str
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
-    requests_per_minute: int = 60
-    rate_window: float = 60.0
-    concurrency: int = 4
-    timeout: float = 30.0
-    retry_backoff: float = 1.0
-    connection_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
