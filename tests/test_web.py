@@ -905,7 +905,7 @@ def test_web_plan_page_states_the_time_the_summary_states(tmp_path: Path) -> Non
         job = _plan(client, job_id)
         assert "10 writes, about 10 s at 60/min" in job["plan"]
         page = re.sub(r"<[^>]+>", "", client.get(f"/jobs/{job_id}/plan").text)
-        assert "that is about 10 s" in page, page
+        assert "the writes take about 10 s" in page, page
 
 
 def test_web_plan_kept_reads_back_equal_and_fingerprints_only_its_writes() -> None:
