@@ -144,6 +144,8 @@ def idle_cpu(data: Path, seconds: float) -> tuple[float, int]:
             with sample.open("rb") as fh:
                 job_id = s.client.post("/api/jobs", files={"file": (sample.name, fh)}).json()["id"]
             wait_status(s.client, job_id, {"validated"})
+            s.client.post(f"/api/jobs/{job_id}/plan")  # only a planned job starts
+            wait_status(s.client, job_id, {"planned"})
             s.client.post(f"/api/jobs/{job_id}/start")
             jobs.append(job_id)
         for job_id in jobs:

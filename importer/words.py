@@ -87,6 +87,14 @@ CONTROLS: Mapping[str, Mapping[Surface, str]] = {
         Surface.WEB: "choose one of them for {field} in the list",
     },
     "skip_hidden": {Surface.CLI: "--skip-hidden-rows", Surface.WEB: "skip hidden rows"},
+    "skip_hidden_advice": {
+        Surface.CLI: "--skip-hidden-rows skips them",
+        Surface.WEB: f'"Skip hidden rows" {_STEP2} skips them',
+    },
+    "encoding_advice": {
+        Surface.CLI: "pass --encoding NAME",
+        Surface.WEB: f"choose the file's encoding {_STEP2}",
+    },
     "force": {Surface.CLI: "--force", Surface.WEB: "forced"},
 }
 """Advice that names a control, per surface: templates over the same params as the message."""

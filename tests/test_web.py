@@ -7,7 +7,10 @@ behind the server for the flow, over TCP in the test process when the server is 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -21,14 +24,26 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import httpx
 import openpyxl
 import pytest
-from helpers import REPO, did_number, wait_for_job, web_connection, write_inventory, write_sheet
+from helpers import (
+    REPO,
+    did_number,
+    read_results,
+    wait_for_job,
+    web_connection,
+    write_inventory,
+    write_sheet,
+)
 
+from importer.engine.plan import Plan, Write, plan_from_dict, plan_to_dict, writes_fingerprint
+from importer.model import RowOutcome
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
+from importer.vocab import Action, ReasonKind, Status
 from importer.web.app import sniff_upload
 from importer.web.engine import Connection
 from importer.web.jobs import safe_name
@@ -93,6 +108,12 @@ def _put_record(data: Path, job_id: str, **changes: Any) -> None:
         store.put(job_id, {**_record(data, job_id), **changes})
     finally:
         store.close()
+
+
+def _plan(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    """Plan a validated job (only a planned job starts) and wait for its plan."""
+    assert client.post(f"/api/jobs/{job_id}/plan").status_code == 202
+    return wait_for_job(client, job_id, {"planned"})
 
 
 def _summary(data: bytes) -> dict[str, Any]:
@@ -183,6 +204,7 @@ def test_web_failed_rows_and_snapshot_downloads_before_sending(web: Web, tmp_pat
 def test_web_events_stream_sends_full_snapshots(web: Web, tmp_path: Path) -> None:
     job = _upload(web.client, _sheet(tmp_path, bad=False)).json()
     wait_for_job(web.client, job["id"], {"validated"})
+    _plan(web.client, job["id"])
     seen: list[dict[str, Any]] = []
     with web.client.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
@@ -195,7 +217,7 @@ def test_web_events_stream_sends_full_snapshots(web: Web, tmp_path: Path) -> Non
                 web.client.post(f"/api/jobs/{job['id']}/start")
             if seen[-1]["status"] == "done":
                 break
-    assert seen[0]["status"] == "validated" and seen[0]["counts"]["valid"] == 10
+    assert seen[0]["status"] == "planned" and seen[0]["counts"]["valid"] == 10
     assert {"id", "status", "file", "created", "counts", "progress", "queue_position", "error"} <= set(
         seen[-1]
     )
@@ -378,6 +400,7 @@ def test_web_key_never_leaves_the_server(web: Web, tmp_path: Path) -> None:
     """The key is in no JSON, event, page, download or file under the data dir."""
     job = _upload(web.client, _sheet(tmp_path), uploaded_by="ops").json()
     wait_for_job(web.client, job["id"], {"validated"})
+    _plan(web.client, job["id"])
     web.client.post(f"/api/jobs/{job['id']}/start")
     wait_for_job(web.client, job["id"], FINAL)
     answers = [
@@ -432,10 +455,12 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
         jobs = [_upload(client, path).json()["id"] for path in (first, second)]
         for job_id in jobs:
             wait_for_job(client, job_id, {"validated"})
+            _plan(client, job_id)
         for job_id in jobs:
             assert client.post(f"/api/jobs/{job_id}/start").status_code == 202
         third = _upload(client, first).json()["id"]
         wait_for_job(client, third, {"validated"})
+        _plan(client, third)
         client.post(f"/api/jobs/{third}/start")
         waiting = client.get(f"/api/jobs/{jobs[1]}").json()
         assert waiting["queue_position"] == 1 and waiting["status"] == "sending"
@@ -469,8 +494,8 @@ def test_web_jobs_survive_a_restart(tmp_path: Path) -> None:
         for job_id in (done, planned):
             wait_for_job(client, job_id, {"validated"})
             client.patch(f"/api/jobs/{job_id}/rows/12", json={"for_inbound_call": "1"})
-        client.post(f"/api/jobs/{planned}/plan")
-        wait_for_job(client, planned, {"planned"})
+        for job_id in (planned, done):
+            _plan(client, job_id)
         client.post(f"/api/jobs/{done}/start")
         before = {j: wait_for_job(client, j, {"done", "planned"}) for j in (done, planned)}
     with (
@@ -514,20 +539,28 @@ def test_web_restart_validates_again_and_drops_a_half_plan(tmp_path: Path) -> No
 
 
 def test_web_rejected_key_fails_the_job_with_its_reason_and_can_be_retried(tmp_path: Path) -> None:
+    """A rejected key fails a plan (the job stays validated) and a send (the job fails, may start again).
+
+    The send's key is rejected after the plan was made with a good one: the server restarted with
+    another key in between.
+    """
     sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
     key = "rg_live_wrong_key_5678"
-    connection = web_connection(sandbox, api_key=key)
-    settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
-    with (
-        running_server(settings) as (url, _t, _s),
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
+    wrong = ServeSettings(
+        connection=web_connection(sandbox, api_key=key), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
+    good = ServeSettings(connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN)
+    with _serving(wrong) as client:
         job_id = _upload(client, _sheet(tmp_path)).json()["id"]
         wait_for_job(client, job_id, {"validated"})
         client.post(f"/api/jobs/{job_id}/plan")
         planned = wait_for_job(client, job_id, {"planned", "validated"})
         assert planned["status"] == "validated" and planned["error"].startswith("plan failed: ")
-        client.post(f"/api/jobs/{job_id}/start")
+        assert client.post(f"/api/jobs/{job_id}/start").status_code == 409  # no plan to send
+    with _serving(good) as client:
+        _plan(client, job_id)
+    with _serving(wrong) as client:
+        assert client.post(f"/api/jobs/{job_id}/start").status_code == 202
         failed = wait_for_job(client, job_id, FINAL)
         assert failed["status"] == "failed" and "rejected the API key" in failed["error"]
         assert key not in failed["error"] and key not in planned["error"]
@@ -549,6 +582,7 @@ def test_web_cancel_settles_writes_in_flight_and_sends_no_more(tmp_path: Path) -
     ):
         job_id = _upload(client, write_sheet(tmp_path / "routing.csv", 40)).json()["id"]
         wait_for_job(client, job_id, {"validated"})
+        _plan(client, job_id)
         client.post(f"/api/jobs/{job_id}/start")
         while len(sandbox.state_snapshot()["writes"]) < 3:
             time.sleep(0.01)
@@ -626,6 +660,7 @@ def _stop(p: Process) -> None:
 def _start_sending(p: Process, sheet: Path, sandbox: Sandbox, writes: int) -> str:
     job_id: str = _upload(p.client, sheet).json()["id"]
     wait_for_job(p.client, job_id, {"validated"})
+    _plan(p.client, job_id)
     assert p.client.post(f"/api/jobs/{job_id}/start").status_code == 202
     deadline = time.monotonic() + 20
     while len(sandbox.state_snapshot()["writes"]) < writes:
@@ -738,3 +773,181 @@ def test_page_fix_edits_the_cell_at_its_position_when_headers_repeat(web: Web, t
     assert fixed.status_code == 303, fixed.text
     row = web.client.get(f"/api/jobs/{job['id']}/rows", params={"limit": 1}).json()["rows"][0]
     assert row["values"][-2:] == ["first", "edited"]
+
+
+# -- the plan shown is the plan sent -------------------------------------------------------------
+
+
+def _serving(settings: ServeSettings) -> Any:
+    """The server and an authorised client, as one context (start it twice for a restart)."""
+
+    @contextlib.contextmanager
+    def both() -> Iterator[httpx.Client]:
+        with (
+            running_server(settings) as (url, _t, _s),
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+        ):
+            yield client
+
+    return both()
+
+
+def _planned(client: httpx.Client, sheet: Path) -> dict[str, Any]:
+    job_id = _upload(client, sheet).json()["id"]
+    wait_for_job(client, job_id, {"validated"})
+    assert client.post(f"/api/jobs/{job_id}/plan").status_code == 202
+    return wait_for_job(client, job_id, {"planned"})
+
+
+def test_web_send_page_after_restart_states_the_planned_counts(tmp_path: Path) -> None:
+    """Plan, restart, open the Send page directly: it states the plan's writes (not 0)."""
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 40)))
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
+    with _serving(settings) as client:
+        job = _planned(client, _sheet(tmp_path))
+    with _serving(settings) as client:
+        page = client.get(f"/jobs/{job['id']}/send")
+        assert page.status_code == 200
+        text = re.sub(r"<[^>]+>", "", page.text)
+        assert "Send 10 writes" in text and "10 new routing records and 0 updates" in text, text
+        assert "Send 10 rows now" in text
+        snap = client.get(f"/api/jobs/{job['id']}").json()
+        assert snap["planned"]["create"] == 10 and snap["planned"]["writes"] == 10
+        plan_page = re.sub(r"<[^>]+>", "", client.get(f"/jobs/{job['id']}/plan").text)
+        assert re.search(r"10\s+to create", plan_page), plan_page
+
+
+def test_web_start_needs_a_plan_of_the_inputs_shown(web: Web, tmp_path: Path) -> None:
+    """No plan, an edited row or changed options after the plan: start is refused with 409 and why."""
+    job_id = _upload(web.client, _sheet(tmp_path)).json()["id"]
+    wait_for_job(web.client, job_id, {"validated"})
+    refused = web.client.post(f"/api/jobs/{job_id}/start")
+    assert refused.status_code == 409 and "plan" in refused.json()["error"]
+
+    web.client.post(f"/api/jobs/{job_id}/plan")
+    wait_for_job(web.client, job_id, {"planned"})
+    assert web.client.patch(f"/api/jobs/{job_id}/rows/12", json={"Inbound Mode": "1"}).status_code == 200
+    edited = web.client.post(f"/api/jobs/{job_id}/start")
+    assert edited.status_code == 409 and "plan" in edited.json()["error"]
+
+    web.client.post(f"/api/jobs/{job_id}/plan")
+    wait_for_job(web.client, job_id, {"planned"})
+    assert web.client.patch(f"/api/jobs/{job_id}", json={"on_existing": "skip"}).status_code == 200
+    wait_for_job(web.client, job_id, {"validated"})
+    changed = web.client.post(f"/api/jobs/{job_id}/start")
+    assert changed.status_code == 409 and "plan" in changed.json()["error"]
+    assert web.sandbox.state_snapshot()["writes"] == []
+
+
+def test_web_live_change_after_the_plan_sends_nothing_and_plans_again(web: Web, tmp_path: Path) -> None:
+    """Someone routes a planned DID after the plan was shown: nothing is sent; the new plan is shown."""
+    job = _planned(web.client, _sheet(tmp_path, bad=False))
+    assert job["planned"]["create"] == 10
+
+    async def route_did_elsewhere() -> None:
+        transport = httpx.ASGITransport(app=web.sandbox.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox.test/api/v2") as api:
+            answer = await api.post(
+                "/voicelink/call-routing",
+                json={"did_id": 1000, "for_inbound_call": 1, "for_outbound_call": 4, "status": 1},
+                headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"},
+            )
+            assert answer.status_code < 300, answer.text
+
+    asyncio.run(route_did_elsewhere())
+    assert web.client.post(f"/api/jobs/{job['id']}/start").status_code == 202
+    again = wait_for_job(web.client, job["id"], {"planned", "done", "failed", "cancelled"})
+    assert again["status"] == "planned", again
+    assert "changed since the plan was shown" in again["error"]
+    assert again["planned"]["create"] == 9 and again["planned"]["update"] == 1
+    assert len(web.sandbox.state_snapshot()["writes"]) == 1  # only the change made above
+    assert web.client.post(f"/api/jobs/{job['id']}/start").status_code == 202  # the new plan, reviewed
+    done = wait_for_job(web.client, job["id"], FINAL)
+    assert done["status"] == "done" and done["counts"]["succeeded"] == 10
+
+
+def test_web_validate_download_says_valid_as_the_cli(web: Web, tmp_path: Path) -> None:
+    """A validated job's results workbook is ``validate``'s: valid rows say "valid", not "not sent"."""
+    job_id = _upload(web.client, _sheet(tmp_path)).json()["id"]
+    wait_for_job(web.client, job_id, {"validated"})
+    answer = web.client.get(f"/api/jobs/{job_id}/results.xlsx")
+    path = tmp_path / "v.results.xlsx"
+    path.write_bytes(answer.content)
+    statuses = [r["import_status"] for r in read_results(path)]
+    assert statuses == ["valid"] * 10 + ["failed"]
+
+
+def test_web_job_options_reach_the_plan(tmp_path: Path) -> None:
+    """on_existing and max_error_rate, set through the API or the page's options step, reach the plan."""
+    routed = {0: {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}}
+    sandbox = create_sandbox(
+        SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20, routed))
+    )
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
+    with _serving(settings) as client:
+        job_id = _upload(client, _sheet(tmp_path, bad=False)).json()["id"]
+        wait_for_job(client, job_id, {"validated"})
+        assert _plan(client, job_id)["planned"]["update"] == 1
+        bad = client.patch(f"/api/jobs/{job_id}", json={"on_existing": "overwrite"})
+        assert bad.status_code == 409 and "on_existing" in bad.json()["error"]
+        set_ = client.patch(f"/api/jobs/{job_id}", json={"on_existing": "skip", "max_error_rate": 0.5})
+        assert set_.status_code == 200 and set_.json()["options"]["on_existing"] == "skip"
+        wait_for_job(client, job_id, {"validated"})
+        planned = _plan(client, job_id)["planned"]
+        assert planned["update"] == 0 and planned["held"] == {"exists_skipped": 1}
+        assert planned["create"] == 9
+        form = {"on_existing": "fail", "max_error_rate": "25", "default_region": "", "sheet": ""}
+        page = client.post(f"/jobs/{job_id}/columns", data=form, follow_redirects=False)
+        assert page.status_code == 303, page.text
+        job = wait_for_job(client, job_id, {"validated"})
+        assert job["options"]["on_existing"] == "fail" and job["options"]["max_error_rate"] == 0.25
+        assert job["planned"] is None  # an option changed: the plan shown is dropped
+        assert _plan(client, job_id)["planned"]["held"] == {"exists_failed": 1}
+
+
+def test_web_plan_page_states_the_time_the_summary_states(tmp_path: Path) -> None:
+    """At 60 requests a minute the plan's cost and the plan page give the same time for 10 writes."""
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
+    settings = ServeSettings(
+        connection=web_connection(sandbox, requests_per_minute=60),
+        data_dir=tmp_path / "data",
+        port=0,
+        token=TOKEN,
+    )
+    with _serving(settings) as client:
+        job_id = _upload(client, _sheet(tmp_path, bad=False)).json()["id"]
+        wait_for_job(client, job_id, {"validated"})
+        job = _plan(client, job_id)
+        assert "10 writes, about 10 s at 60/min" in job["plan"]
+        page = re.sub(r"<[^>]+>", "", client.get(f"/jobs/{job_id}/plan").text)
+        assert "the writes take about 10 s" in page, page
+
+
+def test_web_plan_kept_reads_back_equal_and_fingerprints_only_its_writes() -> None:
+    """plan.json holds the plan as it was shown; the fingerprint changes with a write, not with words."""
+    body = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}
+    write = Write(
+        row=2,
+        did_id=1000,
+        did_number="918020000000",
+        action=Action.UPDATE,
+        routing_id=7000,
+        body=MappingProxyType(dict(body)),
+        before=MappingProxyType({"for_inbound_call": 3, "for_outbound_call": 4, "status": 1}),
+        expect=MappingProxyType(dict(body)),
+        note="changed since run 1",
+    )
+    settled = RowOutcome(3, Status.UNCHANGED, Action.UNCHANGED, "as asked", ReasonKind.UNCHANGED, 1001, 7001)
+    plan = Plan((write,), (settled,), MappingProxyType({"update": 1, "unchanged": 1}), cost="2 reads done")
+    again = plan_from_dict(json.loads(json.dumps(plan_to_dict(plan))))
+    assert again == plan and again.text() == plan.text()
+    assert writes_fingerprint(again) == writes_fingerprint(plan)
+    reworded = dataclasses.replace(plan, writes=(dataclasses.replace(write, note="other words"),))
+    assert writes_fingerprint(reworded) == writes_fingerprint(plan)
+    other = MappingProxyType({**body, "status": 0})
+    changed = dataclasses.replace(plan, writes=(dataclasses.replace(write, body=other),))
+    assert writes_fingerprint(changed) != writes_fingerprint(plan)

@@ -29,8 +29,9 @@ from helpers import REPO, SAMPLE, did_number, wait_for_job, web_connection, writ
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from importer.errors import InputError
+from importer.jobs.validate import move_header, read_input
+from importer.options import InputOptions
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
-from importer.web.engine import load_table, move_header
 from importer.web.server import ServeSettings, running_server
 
 TOKEN = "page-test-token-0123456789-abcdefghijk"
@@ -114,9 +115,9 @@ def test_page_header_row_moves_only_down(tmp_path: Path) -> None:
     """The reader took the title row; the header moves down to the names, never above the table."""
     path = tmp_path / "export.csv"
     path.write_text("Export,,\nNummer,Eingehend,Ausgehend\n+918020000000,1,4\n\n+918020000001,1,4\n")
-    table = load_table(path, None, {})
+    table = read_input(InputOptions(path=path))
     assert table.source.header_row == 1 and table.headers == ("Export", "", "")
-    moved = load_table(path, None, {}, header_row=2)
+    moved = read_input(InputOptions(path=path, header_row=2))
     assert moved.headers == ("Nummer", "Eingehend", "Ausgehend") and moved.source.header_row == 2
     assert moved.frame.index.tolist() == [3, 5] and moved.frame.loc[5].tolist() == ["+918020000001", "1", "4"]
     with pytest.raises(InputError, match="can only move down from row 2"):
@@ -356,6 +357,9 @@ def test_page_reopened_mid_send_shows_progress_and_cancels(browser: Browser, tmp
             page.get_by_role("button", name="Upload and check").click()
             page.get_by_role("button", name="Save and check the rows").click()
             page.get_by_role("link", name="5. Send").click()
+            page.get_by_role("link", name="‹ Go to the plan").click()  # only a plan seen is sent
+            page.get_by_role("button", name="Check against my account").click()
+            page.get_by_role("link", name="Next: send ›").click()
             page.get_by_label("I want to write these changes to the account now").check()
             page.get_by_role("button", name="Send 60 rows now").click()
             expect(page.locator("[data-k=done]")).not_to_have_text("0")
@@ -401,6 +405,8 @@ def test_page_queued_job_shows_its_place_and_cancels(browser: Browser, tmp_path:
         try:
             page.goto(f"{url}/jobs/{ids[1]}/check?problems=1")
             for job_id in ids:
+                assert api.post(f"/api/jobs/{job_id}/plan").status_code == 202
+                wait_for_job(api, job_id, {"planned"})
                 assert api.post(f"/api/jobs/{job_id}/start").status_code == 202
             page.locator("#c-11-1").fill("WebSocket bot")  # too late: the job is in the queue now
             page.get_by_role("button", name="Save row 11", exact=True).click()
@@ -563,6 +569,8 @@ def test_page_reconnects_after_server_killed_and_finishes(browser: Browser, tmp_
             with sheet.open("rb") as fh:
                 job = api.post("/api/jobs", files={"file": ("routing.csv", fh)}).json()
             wait_for_job(api, job["id"], {"validated"})
+            assert api.post(f"/api/jobs/{job['id']}/plan").status_code == 202
+            wait_for_job(api, job["id"], {"planned"})
             context, page = _open(browser, url)
             page.goto(f"{url}/jobs/{job['id']}/send")
             page.get_by_label("I want to write these changes to the account now").check()

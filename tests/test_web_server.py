@@ -152,8 +152,9 @@ def test_web_plan_outcomes_dropped_when_a_send_begins_even_across_a_restart(tmp_
             ]
             for n in ("a.csv", "b.csv")
         )
-        assert client.post(f"/api/jobs/{queued}/plan").status_code == 202
-        wait_for_job(client, queued, {"planned"})
+        for job_id in (busy, queued):  # only a planned job starts
+            assert client.post(f"/api/jobs/{job_id}/plan").status_code == 202
+            wait_for_job(client, job_id, {"planned"})
         assert {r["action"] for r in client.get(f"/api/jobs/{queued}/rows").json()["rows"]} == {"create"}
         assert client.post(f"/api/jobs/{busy}/start").status_code == 202
         assert client.post(f"/api/jobs/{queued}/start").status_code == 202
@@ -319,8 +320,14 @@ def test_web_restart_keeps_the_rate_window_no_429_at_the_api_limit(tmp_path: Pat
             )["id"]
             for name, n in (("a.csv", 8), ("b.csv", 16))
         )
+        # Only a planned job starts; the second is planned once the first changed the account, and
+        # its plan survives the restart.
+        assert client.post(f"/api/jobs/{first}/plan").status_code == 202
+        wait_for_job(client, first, {"planned"})
         assert client.post(f"/api/jobs/{first}/start").status_code == 202
         assert wait_for_job(client, first, FINAL)["status"] == "done"
+        assert client.post(f"/api/jobs/{second}/plan").status_code == 202
+        wait_for_job(client, second, {"planned"})
     with _serving(settings) as (_url, client):
         assert client.post(f"/api/jobs/{second}/start").status_code == 202
         assert wait_for_job(client, second, FINAL)["status"] == "done"
@@ -454,6 +461,8 @@ def test_web_metrics_prometheus_text_without_the_key(tmp_path: Path) -> None:
         job = wait_for_job(
             client, _upload(client, write_sheet(tmp_path / "r.csv", 4)).json()["id"], {"validated"}
         )
+        assert client.post(f"/api/jobs/{job['id']}/plan").status_code == 202
+        wait_for_job(client, job["id"], {"planned"})
         assert client.post(f"/api/jobs/{job['id']}/start").status_code == 202
         wait_for_job(client, job["id"], FINAL)
         assert httpx.get(f"{url}/metrics").status_code == 401

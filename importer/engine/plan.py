@@ -36,9 +36,12 @@ __all__ = [
     "Write",
     "body_of",
     "named_did",
+    "plan_from_dict",
     "plan_import",
     "plan_rollback",
+    "plan_to_dict",
     "record_text",
+    "writes_fingerprint",
 ]
 
 NO_DELETE = "the API has no delete"
@@ -643,3 +646,106 @@ def plan_rollback(
         journal_rows=MappingProxyType({u.index: u.run_row for u in undos}),
         undos=tuple(undos),
     )
+
+
+# -- a plan as data on disk, and the fingerprint of its writes ---------------------------
+
+
+def _mapping(values: Mapping[str, object] | None) -> dict[str, object] | None:
+    return None if values is None else dict(values)
+
+
+def _frozen(values: Mapping[str, object] | None) -> MappingProxyType[str, object] | None:
+    return None if values is None else MappingProxyType(dict(values))
+
+
+def _outcome_to_dict(o: RowOutcome) -> dict[str, object]:
+    return {name: getattr(o, name) for name in RowOutcome.__slots__}
+
+
+def _outcome_from_dict(d: Mapping[str, object]) -> RowOutcome:
+    values = dict(d)
+    values["status"] = Status(str(values["status"]))
+    values["action"] = Action(str(values["action"]))
+    return RowOutcome(**values)  # type: ignore[arg-type]
+
+
+def plan_to_dict(plan: Plan) -> dict[str, object]:
+    """A plan as JSON-ready data (``plan_from_dict`` reads it back equal), to keep it with a job."""
+    writes = []
+    for w in plan.writes:
+        item: dict[str, object] = {name: getattr(w, name) for name in Write.__slots__}
+        for name in ("body", "before", "expect", "guard"):
+            item[name] = _mapping(item[name])  # type: ignore[arg-type]
+        writes.append(item)
+    undos = []
+    for u in plan.undos:
+        item = {name: getattr(u, name) for name in Undo.__slots__}
+        for name in ("run_wrote", "target", "live_record"):
+            item[name] = _mapping(item[name])  # type: ignore[arg-type]
+        undos.append(item)
+    return {
+        "writes": writes,
+        "outcomes": [_outcome_to_dict(o) for o in plan.outcomes],
+        "counts": dict(plan.counts),
+        "on_existing": plan.on_existing.value,
+        "note": plan.note,
+        "heading": plan.heading,
+        "details": list(plan.details),
+        # JSON keys are text: the rows go as pairs.
+        "journal_rows": [[k, v] for k, v in plan.journal_rows.items()],
+        "undos": undos,
+        "cost": plan.cost,
+    }
+
+
+def plan_from_dict(data: Mapping[str, object]) -> Plan:
+    """The plan ``plan_to_dict`` wrote.
+
+    Raises:
+        KeyError, TypeError, ValueError: the data is not a plan.
+    """
+    writes = []
+    for raw in data["writes"]:  # type: ignore[attr-defined]
+        item = dict(raw)
+        for name in ("body", "before", "expect", "guard"):
+            item[name] = _frozen(item.get(name))
+        item["action"] = Action(item["action"])
+        item["done_kind"] = ReasonKind(item["done_kind"])
+        item["dry_kind"] = ReasonKind(item["dry_kind"])
+        writes.append(Write(**item))
+    undos = []
+    for raw in data.get("undos", ()):  # type: ignore[attr-defined]
+        item = dict(raw)
+        for name in ("run_wrote", "target", "live_record"):
+            item[name] = _frozen(item.get(name))
+        item["decision"] = Decision(item["decision"])
+        item["reason_kind"] = ReasonKind(item["reason_kind"])
+        undos.append(Undo(**item))
+    return Plan(
+        writes=tuple(writes),
+        outcomes=tuple(_outcome_from_dict(o) for o in data["outcomes"]),  # type: ignore[attr-defined]
+        counts=MappingProxyType(dict(data["counts"])),  # type: ignore[call-overload]
+        on_existing=OnExisting(str(data["on_existing"])),
+        note=str(data.get("note", "")),
+        heading=str(data.get("heading", "")),
+        details=tuple(str(d) for d in data.get("details", ())),  # type: ignore[attr-defined]
+        journal_rows=MappingProxyType({int(k): int(v) for k, v in data.get("journal_rows", ())}),  # type: ignore[attr-defined]
+        undos=tuple(undos),
+        cost=str(data.get("cost", "")),
+    )
+
+
+def writes_fingerprint(plan: Plan) -> str:
+    """A digest of what a plan writes: which record of which DID, how, and with what body.
+
+    Two plans with the same fingerprint send the same requests. The words around a write (its
+    reason, its note) and the plan's settled outcomes are left out: only the writes change the
+    account, so only they decide whether a plan shown is still the plan that would be sent.
+    """
+    import hashlib
+
+    writes = sorted(
+        (w.row, w.did_id, w.action.value, w.routing_id, sorted(w.body.items())) for w in plan.writes
+    )
+    return hashlib.sha256(json.dumps(writes, default=str).encode()).hexdigest()

@@ -217,8 +217,8 @@ def write_report(
         failed_path=failed if tally.failed_rows else None,
         exit_code=applied.exit_code or (ExitCode.ROWS_FAILED if tally.failed_rows else ExitCode.OK),
         notes=[
-            *input_notes(report.table, config.input.skip_hidden_rows),
-            *report.notes,
+            *input_notes(report.table, config.input.skip_hidden_rows, config.surface),
+            *report.notes_for(config.surface),
             *job_notes(plan, applied, session.client, dry_run=config.dry_run),
             *([saved] if saved else []),
         ],

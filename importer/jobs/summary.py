@@ -18,7 +18,7 @@ from importer.model import RawTable, RowIssue, RowOutcome, Status
 from importer.read.sheets import sheet_notes
 from importer.read.xlsx import describe_hidden
 from importer.vocab import Action, ExitCode, describe_kind
-from importer.words import issue_label
+from importer.words import Surface, issue_label, render_template
 
 __all__ = ["RunSummary", "input_notes", "job_notes", "top_reasons"]
 
@@ -75,21 +75,28 @@ class RunSummary:
         return out
 
 
-def input_notes(table: RawTable, skip_hidden_rows: bool = False) -> list[str]:
-    """Say how the input was read where the user may not expect it (printed with the summary)."""
+def input_notes(table: RawTable, skip_hidden_rows: bool = False, surface: Surface = Surface.CLI) -> list[str]:
+    """Say how the input was read where the user may not expect it (printed with the summary).
+
+    ``surface`` says whose controls the advice names (the CLI's flags, the page's fields).
+    """
     notes = sheet_notes(table.sheets, table.sheets_read)
     for name, text in describe_hidden(table):
         if name == "hidden rows":
             text += (
                 " skipped"
                 if skip_hidden_rows
-                else " imported like the others (--skip-hidden-rows skips them)"
+                else render_template(" imported like the others ({skip_hidden_advice})", {}, surface)
             )
         notes.append(f"{name} in Excel: {text}")
     source = table.source
     if source.encoding_chosen == "detected" and not (source.encoding or "").startswith("utf"):
         notes.append(
-            f"text read as {source.encoding} (detected); if letters look wrong, pass --encoding NAME"
+            render_template(
+                "text read as {encoding} (detected); if letters look wrong, {encoding_advice}",
+                {"encoding": source.encoding or ""},
+                surface,
+            )
         )
     return notes
 

@@ -30,10 +30,12 @@ __all__ = [
     "VALIDATE_LABELS",
     "CellEdit",
     "apply_edits",
+    "check_table",
     "every_row",
     "failed_outcome",
     "load_and_validate",
     "move_header",
+    "read_input",
     "reasons_by_row",
     "skipped_outcome",
     "validate_file",
@@ -68,6 +70,16 @@ def load_and_validate(options: InputOptions, edits: Sequence[CellEdit] = ()) -> 
         InputError: the file, a sheet, an option, a header row or an edit cannot be used, or
             the table has no data rows.
     """
+    return check_table(read_input(options), options, edits)
+
+
+def read_input(options: InputOptions) -> RawTable:
+    """Read the input file as ``options`` say (sheets, encoding, header row), without checking rows.
+
+    Raises:
+        InputError: the file, a sheet, an option or the header row cannot be used, or the table
+            has no data rows.
+    """
     if not options.path.exists():
         raise InputError(f"{options.path}: no such file")
     if options.path.is_dir():
@@ -85,6 +97,16 @@ def load_and_validate(options: InputOptions, edits: Sequence[CellEdit] = ()) -> 
         raise InputError(
             f"{options.path.name}: the header is on row {table.source.header_row} but no data rows follow it"
         )
+    return table
+
+
+def check_table(table: RawTable, options: InputOptions, edits: Sequence[CellEdit] = ()) -> ValidationReport:
+    """Validate a table already read (``read_input``), with ``edits`` laid over it first.
+
+    Raises:
+        InputError: an edit names a cell the table does not have, the columns cannot be mapped,
+            or the region is unknown.
+    """
     table = apply_edits(table, edits)
     hidden = table.hidden_rows if options.skip_hidden_rows else ()
     # The hidden rows are left out of validation (a duplicate of a skipped row is no duplicate)

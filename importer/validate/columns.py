@@ -170,9 +170,21 @@ def map_columns(
         for surface in Surface:
             hints = [render_template('"{near}" looks like {field}: {map_pick}', p, surface) for p in nearest]
             hint = ("; " + "; ".join(hints)) if hints else ""
-            texts[surface] = f"missing required column {', '.join(missing)}; columns found: {found}{hint}"
+            # The CLI names fields as --map takes them; the page by the titles its lists show.
+            named = missing if surface is Surface.CLI else [_titled(name) for name in missing]
+            texts[surface] = f"missing required column {', '.join(named)}; columns found: {found}{hint}"
         raise WordedInputError(texts)
     return mapping
+
+
+def _titled(missing: str) -> str:
+    """A missing field as the page's lists name it ("did_number (or did_id)" -> "DID Number (or DID ID)")."""
+    return " ".join(
+        FIELD_BY_NAME[w.strip("()")].title.join(("(" * w.startswith("("), ")" * w.endswith(")")))
+        if w.strip("()") in FIELD_BY_NAME
+        else w
+        for w in missing.split(" ")
+    )
 
 
 WRONG_MATCH_SHARE = 0.2

@@ -10,7 +10,9 @@ Routes (every one but /healthz needs the token; see ``security``):
     POST   /api/jobs                       multipart: file, sheet, default_region, map (repeatable),
                                            uploaded_by -> 201 with the job (validation runs after)
     GET    /api/jobs/{id}                  one job (410 with the reason for a damaged one)
-    PATCH  /api/jobs/{id}                  {"sheet", "default_region", "map", "header_row"}: read again
+    PATCH  /api/jobs/{id}                  {"sheet", "default_region", "map", "header_row", "encoding",
+                                           "skip_hidden_rows", "ignore_columns", "on_existing",
+                                           "max_error_rate"}: read again, the plan dropped
     GET    /api/jobs/{id}/rows             ?status=failed&offset=0&limit=100
     PATCH  /api/jobs/{id}/rows/{row}       {"Header or field": "new value", ...} before sending
     POST   /api/jobs/{id}/plan|start|cancel
@@ -41,6 +43,8 @@ from starlette.routing import Route
 from starlette.types import Message, Receive
 
 from importer.errors import ImporterError
+from importer.read.sniff import Format, sniff
+from importer.vocab import OnExisting
 from importer.web import engine, observe, ratememory
 from importer.web.jobs import Job, JobError, JobService, JobStatus, safe_name
 from importer.web.pages import page_routes
@@ -48,11 +52,9 @@ from importer.web.security import Guard
 from importer.web.spool import FormRefused, spool_form
 from importer.web.store import full_disk
 
-__all__ = ["UploadRefused", "WebConfig", "accept_upload", "create_app", "sniff_upload"]
+__all__ = ["UploadRefused", "WebConfig", "accept_upload", "create_app", "more_options", "sniff_upload"]
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-ZIP_MAGIC = b"PK\x03\x04"
-OLE_MAGIC = bytes.fromhex("D0CF11E0A1B11AE1")
 FORM_OVERHEAD = 64 * 1024
 """Room for the multipart framing and the small fields around the file."""
 JSON_LIMIT = 64 * 1024
@@ -98,9 +100,12 @@ def _counting(receive: Receive, limit: int) -> Receive:
 def sniff_upload(head: bytes, name: str) -> str | None:
     """The suffix to store an upload under, told by its first bytes; None for unsupported content."""
     suffix = Path(name).suffix.lower()
-    if head.startswith(ZIP_MAGIC):  # xlsx, xlsm and ods are zip files; the reader checks which
+    # The reader's own sniffer: what it will open as a workbook is what is stored as one (the
+    # name's suffix is the web's to choose, so the content is judged as if it were named .csv).
+    found = sniff(head, "upload.csv") if head else None
+    if found is Format.ZIP:  # xlsx, xlsm and ods are zip files; the reader checks which
         return suffix if suffix in (".xlsx", ".xlsm", ".ods") else ".xlsx"
-    if head.startswith(OLE_MAGIC):
+    if found is Format.OLE:
         return ".xls"
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 text with its byte order mark
         return ".tsv" if suffix in (".tsv", ".tab") else ".csv"
@@ -110,6 +115,41 @@ def sniff_upload(head: bytes, name: str) -> str | None:
     if controls > len(head) // 100:
         return None
     return ".tsv" if suffix in (".tsv", ".tab") else ".csv"
+
+
+def more_options(body: dict[str, Any]) -> dict[str, Any]:
+    """The job options beyond sheet, region and mapping that ``body`` sets (the CLI's options).
+
+    Raises:
+        JobError: a value of the wrong kind (the API answers 409 with the message).
+    """
+    out: dict[str, Any] = {}
+    if "encoding" in body:
+        encoding = body["encoding"]
+        if encoding is not None and not isinstance(encoding, str):
+            raise JobError('"encoding" must be a text encoding name (like "cp1252"), or null to detect it')
+        out["encoding"] = _clean_text(encoding, 40) or None
+    if "skip_hidden_rows" in body:
+        if not isinstance(body["skip_hidden_rows"], bool):
+            raise JobError('"skip_hidden_rows" must be true or false')
+        out["skip_hidden_rows"] = body["skip_hidden_rows"]
+    if "ignore_columns" in body:
+        ignored = body["ignore_columns"]
+        if not isinstance(ignored, list) or not all(isinstance(c, str) for c in ignored):
+            raise JobError('"ignore_columns" must be a list of header texts or column letters')
+        out["ignore_columns"] = [_clean_text(c) for c in ignored if _clean_text(c)]
+    if "on_existing" in body:
+        if body["on_existing"] not in OnExisting._value2member_map_:
+            raise JobError(f'"on_existing" must be one of {", ".join(OnExisting)}')
+        out["on_existing"] = str(body["on_existing"])
+    if "max_error_rate" in body:
+        rate = body["max_error_rate"]
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1
+        ):
+            raise JobError('"max_error_rate" must be a share between 0 and 1, or null for no limit')
+        out["max_error_rate"] = None if rate is None else float(rate)
+    return out
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -288,6 +328,7 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
             _clean_text(body.get("default_region", job.default_region), 8) or None,
             engine.parse_column_map([str(m) for m in maps]),
             header_row,
+            **more_options(body),
         )
         return JSONResponse(service.snapshot(job))
 

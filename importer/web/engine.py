@@ -1,7 +1,7 @@
 """The web service's only door into the import engine: read, edit, validate, plan, send, write.
 
 Everything the service does with a spreadsheet goes through the few functions here, and each of
-them calls the same code the CLI runs (``reader``, ``validate``, ``run``, ``jobs``); nothing in
+them calls the same code the CLI runs (``read``, ``validate``, ``jobs``); nothing in
 ``importer.web`` reads, validates, plans or sends by itself. A plan or a send is one call of
 ``run.run_import_async`` with the job's validated (edited) table, its cancel event and the
 rate limiter every job on the key shares; the engine takes no signal handlers then (the server
@@ -22,18 +22,18 @@ import httpx
 from importer.account.limiter import RateLimiter
 from importer.engine.apply import Progress
 from importer.engine.journal import ConfirmedRow
-from importer.engine.plan import Plan
-from importer.errors import ImporterError, InputError
+from importer.engine.plan import Plan, writes_fingerprint
+from importer.errors import ImporterError
+from importer.jobs import validate as validate_job
 from importer.jobs.outputs import write_outputs
 from importer.jobs.run import run_import_async
 from importer.jobs.session import audit_of, now_text, open_journal
-from importer.jobs.validate import every_row
-from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
-from importer.options import ImportConfig, InputOptions
-from importer.read.table import read_table
+from importer.jobs.summary import input_notes as summary_input_notes
+from importer.jobs.validate import VALIDATE_LABELS, CellEdit, every_row, validation_outcomes
+from importer.model import Action, RowOutcome, RunInfo, Status, ValidationReport
+from importer.options import ConnectOptions, ImportConfig, InputOptions
 from importer.validate.columns import parse_column_map
-from importer.validate.rules import validate_table
-from importer.vocab import ReasonKind
+from importer.vocab import OnExisting, ReasonKind
 from importer.words import Surface
 
 __all__ = [
@@ -41,34 +41,25 @@ __all__ = [
     "Edit",
     "JobRun",
     "SendProgress",
-    "apply_edits",
     "clean_error",
+    "input_notes",
     "lane_key",
-    "load_table",
+    "load_and_validate",
     "make_limiter",
-    "move_header",
     "parse_column_map",
     "row_outcomes",
     "run_job",
     "send_budget",
-    "validate",
     "write_results",
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """Where and how one key sends: the server's key and base URL (never shown), pacing, transport."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Connection(ConnectOptions):
+    """The server's key, base URL and pacing: the library's ``ConnectOptions`` (the same options
+    the CLI's ``run`` takes), plus the transport every job on it sends through (tests: the sandbox)."""
 
-    api_key: str = field(repr=False)
-    base_url: str
     transport: httpx.AsyncBaseTransport | None = field(default=None, repr=False, compare=False)
-    requests_per_minute: int = 60
-    rate_window: float = 60.0
-    concurrency: int = 4
-    timeout: float = 30.0
-    retry_backoff: float = 1.0
-    connection_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,16 +93,19 @@ class SendProgress:
 
 @dataclass(frozen=True, slots=True)
 class JobRun:
-    """What a plan or send did: one outcome per row it decided, and how it ended."""
+    """What a plan or send did: one outcome per row it decided, the plan it made, how it ended."""
 
     outcomes: Mapping[int, RowOutcome]
-    plan_text: str
+    plan: Plan | None
+    """The plan the run made against the live state (None: it stopped before planning)."""
     stop_reason: str
     exit_code: int
     requests: int = 0
     """Requests the job made (for a plan: the reads a send will make again, before its writes)."""
-    writes: int = 0
-    """Writes the plan holds."""
+    notes: tuple[str, ...] = ()
+    """The run's notes (``RunSummary.notes``): hidden rows, encoding, skipped API items, ..."""
+    refused: bool = False
+    """The plan made at send time had other writes than the plan shown: nothing was sent."""
 
 
 def lane_key(connection: Connection) -> str:
@@ -124,76 +118,25 @@ def make_limiter(connection: Connection) -> RateLimiter:
     return RateLimiter(connection.requests_per_minute, window=connection.rate_window)
 
 
-def load_table(
-    path: Path, sheet: str | None, column_map: Mapping[str, str], header_row: int | None = None
-) -> RawTable:
-    """Read an uploaded file with the CLI's reader (blocking: call it in a thread).
+def load_and_validate(options: InputOptions, edits: Sequence[Edit] = ()) -> ValidationReport:
+    """Read and validate an upload with the library's ``load_and_validate`` (blocking).
 
-    Args:
-        path: The upload.
-        sheet: The sheet, or None for the reader's choice.
-        column_map: Header text -> field, as ``--map`` gives it.
-        header_row: The Excel row of the header when the user chose it (see ``move_header``).
+    Every option of ``InputOptions`` (sheets, encoding, ignored columns, hidden rows, the header
+    row chosen on the page) counts for a web job as for the CLI; the job's corrections are passed
+    as the library's ``CellEdit``s.
 
     Raises:
         InputError: the file or sheet cannot be used, or it has no data rows.
     """
-    table = read_table(path, sheets=sheet or (), extra_headers=column_map)
-    if header_row is not None and header_row != table.source.header_row:
-        table = move_header(table, header_row)
-    if table.row_count == 0:
-        raise InputError(f"the header is on row {table.source.header_row} but no data rows follow it")
-    return table
+    return validate_job.load_and_validate(options, [CellEdit(e.row, e.column, e.new) for e in edits])
 
 
-def move_header(table: RawTable, row: int) -> RawTable:
-    """Take a later row of the table as its header: the reader took a title row for it.
-
-    The reader takes the first row when no row names the fields (headers in another language,
-    say); then the user points at the real one. Rows above the reader's header are not part of
-    the table, so the header can only move down.
-
-    Raises:
-        InputError: the row is above the reader's header, blank, or past the end.
-    """
-    found = table.source.header_row
-    if row < found:
-        raise InputError(
-            f"the header row can only move down from row {found}, where it was found; "
-            "rows above it are not read as part of the table"
-        )
-    if row not in table.frame.index:
-        raise InputError(f"row {row} is blank or past the end; choose the row that holds the column names")
-    frame = table.frame
-    headers = tuple(str(v).strip() for v in frame.loc[row, :])
-    return RawTable(
-        source=dataclasses.replace(table.source, header_row=row),
-        headers=headers,
-        frame=frame.loc[frame.index > row],
-        row_problems={r: text for r, text in table.row_problems.items() if r > row},
-    )
-
-
-def apply_edits(table: RawTable, edits: Sequence[Edit]) -> RawTable:
-    """Return a table with the edited cells (in order, so a later edit of a cell wins)."""
-    if not edits:
-        return table
-    frame = table.frame.copy(deep=False)
-    touched = {e.column for e in edits}
-    for column in touched:
-        frame[column] = frame[column].copy()  # only the edited columns are copied
-    for edit in edits:
-        frame.at[edit.row, edit.column] = edit.new
-    return RawTable(source=table.source, headers=table.headers, frame=frame, row_problems=table.row_problems)
-
-
-def validate(table: RawTable, column_map: Mapping[str, str], default_region: str | None) -> ValidationReport:
-    """Validate every row with the CLI's validator (blocking: call it in a thread).
-
-    Raises:
-        InputError: the columns cannot be mapped or the region is unknown.
-    """
-    return validate_table(table, column_map=column_map, default_region=default_region)
+def input_notes(report: ValidationReport, options: InputOptions) -> list[str]:
+    """How the upload was read, where people may not expect it: the notes ``validate`` prints."""
+    return [
+        *summary_input_notes(report.table, options.skip_hidden_rows, Surface.WEB),
+        *report.notes_for(Surface.WEB),
+    ]
 
 
 def row_outcomes(report: ValidationReport, outcomes: Mapping[int, RowOutcome]) -> list[RowOutcome]:
@@ -207,8 +150,7 @@ def _audit(connection: Connection, extra: Mapping[str, str]) -> dict[str, str]:
 
 def write_results(
     report: ValidationReport,
-    outcomes: Sequence[RowOutcome],
-    issues: Sequence[RowIssue],
+    outcomes: Sequence[RowOutcome] | None,
     *,
     command: str,
     options: Mapping[str, str],
@@ -217,15 +159,23 @@ def write_results(
     results: Path,
     failed: Path,
 ) -> None:
-    """Write the results workbook (and the failed-rows file) as the CLI does (blocking)."""
+    """Write the results workbook (and the failed-rows file) as the CLI does (blocking).
+
+    ``outcomes`` None: the table is only validated; its workbook is the CLI's ``validate``
+    workbook (valid rows labelled "valid").
+    """
+    validated_only = outcomes is None
     info = RunInfo(
         command=command,
         started=audit.get("started", ""),
         finished=now_text(),
         options=options,
         audit=_audit(connection, audit),
+        status_labels=VALIDATE_LABELS if validated_only else {},
+        notes=report.notes if validated_only else (),
     )
-    write_outputs(report.table, outcomes, issues, info, results, failed, Surface.WEB)
+    rows = validation_outcomes(report) if outcomes is None else outcomes
+    write_outputs(report.table, rows, report.issues, info, results, failed, Surface.WEB)
 
 
 async def run_job(
@@ -239,6 +189,9 @@ async def run_job(
     failed: Path,
     limiter: RateLimiter,
     cancel: asyncio.Event,
+    on_existing: OnExisting = OnExisting.UPDATE,
+    max_error_rate: float | None = None,
+    shown_writes: str | None = None,
     on_progress: Callable[[SendProgress], None] | None = None,
     audit: Mapping[str, str] = {},
 ) -> JobRun:
@@ -250,13 +203,18 @@ async def run_job(
     Args:
         connection: The key, base URL and pacing.
         report: The validated (possibly edited) table.
-        input_options: How the upload was read (for the Summary sheet).
+        input_options: How the upload was read (for the Summary sheet and the notes).
         dry_run: Plan only: read the live state, send nothing, no journal.
         journal_path: The job's journal (ignored for a dry run).
         results: The results workbook to write.
         failed: The failed-rows file to write when rows failed.
         limiter: The key's limiter, shared by every job on the key.
         cancel: Set it to stop new writes; writes in flight settle first.
+        on_existing: What a row whose DID has other routing does (the job's choice).
+        max_error_rate: Stop when more than this share of writes failed (None: never).
+        shown_writes: ``writes_fingerprint`` of the plan the user confirmed: the engine's
+            ``confirm`` accepts only a plan with these writes (the account changed otherwise:
+            nothing is sent, ``JobRun.refused``). None: no check (a resumed send).
         on_progress: Called with the plan's settled outcomes, then after each write.
         audit: Extra Summary lines (who uploaded it, from where, the edits).
 
@@ -267,6 +225,7 @@ async def run_job(
     if not dry_run and journal_path is not None:  # a resumed job's own rows (a read: off the loop)
         earlier = await asyncio.to_thread(_confirmed, journal_path, report.table.source.sha256)
     plans: list[Plan] = []
+    refused: list[Plan] = []
 
     def planned(plan: Plan) -> None:
         plans.append(plan)
@@ -274,24 +233,31 @@ async def run_job(
             settled = tuple(_own_earlier(o, earlier) for o in plan.outcomes)
             on_progress(SendProgress(0, len(plan.writes), 0, 0, None, settled))
 
+    def confirm(plan: Plan) -> bool:
+        if shown_writes is None or writes_fingerprint(plan) == shown_writes:
+            return True
+        refused.append(plan)
+        return False
+
     def progress(p: Progress) -> None:
         if on_progress is not None:
             fresh = () if p.outcome is None else (p.outcome,)
             on_progress(SendProgress(p.done, p.total, p.succeeded, p.failed, p.eta_seconds, fresh))
 
-    # Every field of a Connection but its transport is an ImportConfig option of the same name.
-    sending = {f.name: getattr(connection, f.name) for f in dataclasses.fields(connection)}
-    del sending["transport"]
-    config = ImportConfig(
+    config = ImportConfig.using(
+        connection,
         input=input_options,
         output=results,
         failed_out=failed,
         dry_run=dry_run,
         journal=journal_path,
         command="web",
-        **sending,
+        on_existing=on_existing,
+        max_error_rate=max_error_rate,
         audit_extra={k: v for k, v in audit.items() if k != "started"},
         on_plan=planned,
+        confirm=confirm,
+        surface=Surface.WEB,
     )
     summary = await run_import_async(
         config,
@@ -304,20 +270,22 @@ async def run_job(
     invalid = set(report.failed_rows)  # the job shows validation's own outcomes for these
     return JobRun(
         outcomes={o.row: _own_earlier(o, earlier) for o in summary.outcomes if o.row not in invalid},
-        plan_text=plans[0].text() if plans else "",
+        plan=plans[0] if plans else None,
         stop_reason=summary.stopped,
         exit_code=int(summary.exit_code),
         requests=summary.requests,
-        writes=len(plans[0].writes) if plans else 0,
+        notes=tuple(summary.notes),
+        refused=bool(refused),
     )
 
 
-def send_budget(connection: Connection, run: JobRun) -> dict[str, float | int]:
-    """What sending a plan will cost: its reads again, its writes, one read back, and the time
-    the key's rate limit alone needs for them (a fresh window; other jobs on the key add to it)."""
-    reads = run.requests + 1
-    seconds = make_limiter(connection).eta(reads + run.writes)
-    return {"reads": reads, "writes": run.writes, "seconds": round(seconds, 1)}
+def send_budget(connection: Connection, plan: Plan, requests: int) -> dict[str, float | int]:
+    """What sending a plan will cost: its reads again, its writes, one read back, and their time
+    at the key's rate, worked out as the CLI's plan and Summary say it (``SendOptions.estimate``)."""
+    reads = requests + 1
+    writes = len(plan.writes)
+    per_minute = connection.requests_per_minute * 60 / connection.rate_window
+    return {"reads": reads, "writes": writes, "seconds": round(writes * 60 / per_minute, 1)}
 
 
 def _confirmed(journal_path: Path, sha256: str) -> Mapping[int, ConfirmedRow]:

@@ -5,6 +5,7 @@ A job's folder holds everything it needs to carry on after a restart::
     input/<name>      the upload as received (never changed)
     edits.json        cell corrections, applied to the table after reading
     journal.sqlite    the engine's journal (what was sent, what came back)
+    plan.json         the plan shown (its writes, settled rows, counts, cost) and its inputs' fingerprint
     results.xlsx      the results workbook (plan.results.xlsx for a plan), failed.xlsx
 
 Its record (status, options, who uploaded it, counts) and the per-row outcomes of its last plan
@@ -25,6 +26,7 @@ import collections
 import contextlib
 import dataclasses
 import enum
+import hashlib
 import json
 import os
 import re
@@ -41,11 +43,14 @@ from typing import Any, TypeVar
 
 from importer import words
 from importer.account.limiter import RateLimiter
+from importer.engine.journal import Journal
+from importer.engine.plan import Plan, plan_from_dict, plan_to_dict, writes_fingerprint
 from importer.errors import ImporterError
 from importer.jobs.session import now_text
-from importer.jobs.validate import reasons_by_row
+from importer.jobs.validate import CellEdit, check_table, failed_outcome, reasons_by_row, skipped_outcome
 from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
 from importer.options import InputOptions
+from importer.vocab import OnExisting, ReasonKind
 from importer.web import engine, observe, ratememory
 from importer.web.engine import Connection, Edit, SendProgress
 from importer.web.store import DamagedRecord, JobStore, decode_list, decode_object, full_disk
@@ -70,10 +75,13 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+MORE_OPTIONS = frozenset({"encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"})
 EDITABLE = frozenset({JobStatus.VALIDATED, JobStatus.PLANNED})
 FINISHED = frozenset({JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED})
-KEEPS_OUTCOMES = frozenset({JobStatus.PLANNED, JobStatus.DONE, JobStatus.CANCELLED})
-"""States whose per-row outcomes are in the store (written when the plan or send ended)."""
+KEEPS_OUTCOMES = frozenset({JobStatus.DONE, JobStatus.CANCELLED})
+"""States whose per-row outcomes are in the store (written when the send ended); a planned
+job's are its plan's (plan.json)."""
+PLAN_AGAIN = "plan it again (“Check against my account”), review the plan, then start"
 
 NO_PROGRESS: Mapping[str, Any] = {
     "done": 0,
@@ -117,6 +125,11 @@ class Job:
     """The header's Excel row when the user chose it; None: where the reader found it."""
     default_region: str | None = None
     column_map: dict[str, str] = field(default_factory=dict)
+    encoding: str | None = None
+    skip_hidden_rows: bool = False
+    ignore_columns: list[str] = field(default_factory=list)
+    on_existing: str = OnExisting.UPDATE.value
+    max_error_rate: float | None = None
     uploaded_by: str = ""
     client: str = ""
     rows: int = 0
@@ -124,6 +137,10 @@ class Job:
     problems: dict[str, int] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     plan: str = ""
+    planned: dict[str, Any] = field(default_factory=dict)
+    """The plan shown, as counts (``plan_summary``), with its inputs' and writes' fingerprints."""
+    notes: list[str] = field(default_factory=list)
+    """How the upload was read and what the last plan or send noted (``RunSummary.notes``)."""
     budget: dict[str, float | int] = field(default_factory=dict)
     """After a plan: the reads and writes a send will make and the time the rate limit needs."""
     stopped: str = ""
@@ -133,6 +150,10 @@ class Job:
     finished: str = ""
     # -- runtime only --
     report: ValidationReport | None = None
+    shown: Plan | None = None
+    """The plan shown (plan.json), read with the table."""
+    resuming: bool = False
+    """Found sending at start: the send the user confirmed goes on from its journal."""
     outcomes: dict[int, RowOutcome] = field(default_factory=dict)
     edits: list[Edit] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -148,7 +169,8 @@ class Job:
     STORED = (
         *("id", "file", "upload", "created", "status", "error", "sheet", "default_region", "column_map"),
         *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
-        *("columns", "mapping", "source", "finished", "header_row"),
+        *("columns", "mapping", "source", "finished", "header_row", "planned", "notes"),
+        *("encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"),
     )
 
     @property
@@ -161,7 +183,31 @@ class Job:
             sheets=(self.sheet,) if self.sheet else (),
             column_map=dict(self.column_map),
             default_region=self.default_region,
+            encoding=self.encoding,
+            skip_hidden_rows=self.skip_hidden_rows,
+            ignore_columns=tuple(self.ignore_columns),
+            header_row=self.header_row,
         )
+
+    def inputs_fingerprint(self) -> str:
+        """A digest of everything a plan depends on besides the account: the upload, the
+        corrections and every option. A plan is sent only while this is what it was."""
+        inputs = {
+            "sha256": self.source.get("sha256"),
+            "edits": [dataclasses.asdict(e) for e in self.edits],
+            "options": {
+                "sheet": self.sheet,
+                "header_row": self.header_row,
+                "default_region": self.default_region,
+                "map": self.column_map,
+                "encoding": self.encoding,
+                "skip_hidden_rows": self.skip_hidden_rows,
+                "ignore_columns": self.ignore_columns,
+                "on_existing": self.on_existing,
+                "max_error_rate": self.max_error_rate,
+            },
+        }
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
     def stored(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.STORED}
@@ -300,6 +346,43 @@ def _import_folder(store: JobStore, folder: Path) -> None:
     store.put_raw(folder.name, raw, damaged)
 
 
+def plan_summary(plan: Plan) -> dict[str, Any]:
+    """What the plan and Send pages state about a plan, kept in job.json (no table needed)."""
+    actions = collections.Counter(w.action for w in plan.writes)
+    held = collections.Counter(
+        o.reason_kind or "failed" for o in plan.outcomes if o.action in (Action.FAIL, Action.SKIP)
+    )
+    return {
+        "create": actions[Action.CREATE],
+        "update": actions[Action.UPDATE],
+        "unchanged": sum(1 for o in plan.outcomes if o.action is Action.UNCHANGED),
+        "writes": len(plan.writes),
+        "held": dict(held),
+        "writes_fingerprint": writes_fingerprint(plan),
+    }
+
+
+def _read_plan(path: Path) -> Plan:
+    return plan_from_dict(json.loads(path.read_text(encoding="utf-8"))["plan"])
+
+
+def _journal_has_runs(path: Path) -> bool:
+    if not path.exists():
+        return False
+    journal = Journal.open(path)
+    try:
+        return bool(journal.runs())
+    finally:
+        journal.close()
+
+
+def _validated_only(row: int) -> RowOutcome:
+    """A valid row of a job not planned yet (the CLI's ``validate`` says the same of it)."""
+    return RowOutcome(
+        row=row, status=Status.NOT_SENT, reason="valid; not sent yet", reason_kind="validated_only"
+    )
+
+
 class Lane:
     """The jobs sending through one key: one limiter, one job at a time, the others queued."""
 
@@ -374,9 +457,11 @@ class JobService:
                 self._spawn(self._validate(job))
             elif job.status is JobStatus.PLANNING:
                 job.status = JobStatus.VALIDATED  # a plan is only a read: plan again when asked
+                self._drop_plan(job)
                 self._save(job)
             elif job.status is JobStatus.SENDING:
                 job.stopped = ""
+                job.resuming = True
                 self._enqueue(job)
 
     def begin_shutdown(self) -> None:
@@ -501,14 +586,14 @@ class JobService:
         """Read the upload, apply the edits, validate (in a thread): the CLI's reader and validator."""
         options = job.input_options()
 
-        def work() -> ValidationReport:
-            table = engine.load_table(options.path, job.sheet, options.column_map, job.header_row)
-            table = engine.apply_edits(table, job.edits)
-            return engine.validate(table, options.column_map, options.default_region)
-
-        report = await in_background(work)
+        report = await in_background(engine.load_and_validate, options, tuple(job.edits))
         if not job.outcomes and job.status in KEEPS_OUTCOMES:
             job.outcomes = await in_background(self._saved_outcomes, job.id)
+        shown = job.folder / "plan.json"
+        if job.shown is None and job.planned and shown.is_file():
+            job.shown = await in_background(_read_plan, shown)
+            if job.status is JobStatus.PLANNED and not job.outcomes:
+                job.outcomes = {o.row: o for o in job.shown.dry_run()}
         job.report = report
         self._keep_resident(job)
         return report
@@ -522,8 +607,9 @@ class JobService:
                 other = self.jobs[job_id]
                 if other is not job and other.status not in busy and not other.lock.locked():
                     other.report = None
-                    if other.status in KEEPS_OUTCOMES:
-                        other.outcomes = {}  # saved in the store; read again with the table
+                    other.shown = None  # in plan.json; read again with the table
+                    if other.status in (*KEEPS_OUTCOMES, JobStatus.PLANNED):
+                        other.outcomes = {}  # saved in the store or plan.json; read again with the table
                     other.view = None
                     del self._resident[job_id]
                     break
@@ -556,6 +642,7 @@ class JobService:
             "sha256": src.sha256,
         }
         job.problems = dict(collections.Counter(i.kind for i in report.issues))
+        job.notes = engine.input_notes(report, job.input_options())
         self._count(job)
 
     def _count(self, job: Job) -> None:
@@ -569,10 +656,27 @@ class JobService:
         job.counts = {s.value: counts.get(s.value, 0) for s in Status}
         job.counts["valid"] = job.rows - invalid
 
+    def _drop_plan(self, job: Job) -> None:
+        """Forget the plan shown: its inputs changed (or it was never finished)."""
+        job.plan, job.budget, job.planned, job.shown = "", {}, {}, None
+        for name in ("plan.json", "plan.results.xlsx", "plan.failed.xlsx"):
+            (job.folder / name).unlink(missing_ok=True)
+
+    async def _keep_plan(self, job: Job, plan: Plan, requests: int) -> None:
+        """Keep the plan shown with the job (plan.json), with the fingerprint of its inputs."""
+        job.shown = plan
+        job.outcomes = {o.row: o for o in plan.dry_run()}
+        job.planned = {**plan_summary(plan), "inputs": job.inputs_fingerprint()}
+        job.plan = plan.text()
+        job.budget = engine.send_budget(self.connection, plan, requests)
+        data = {"inputs": job.planned["inputs"], "plan": plan_to_dict(plan)}
+        await in_background(_write_json, job.folder / "plan.json", data)
+
     async def _validate(self, job: Job) -> None:
         job.status = JobStatus.VALIDATING
         job.error = ""
         job.outcomes = {}
+        self._drop_plan(job)
         self._save(job)
         try:
             async with job.lock:
@@ -595,11 +699,14 @@ class JobService:
         default_region: str | None,
         column_map: Mapping[str, str],
         header_row: int | EllipsisType | None = ...,
+        **more: Any,
     ) -> None:
-        """Read the upload again with another sheet, region or column mapping (edits are kept).
+        """Read the upload again with other options (edits are kept); any plan is dropped.
 
         ``header_row`` is the header's Excel row (None: where the reader finds it); left out, it
         stays as it was, unless the sheet changes (another sheet starts from the reader's choice).
+        ``more``: any of ``encoding``, ``skip_hidden_rows``, ``ignore_columns``, ``on_existing``,
+        ``max_error_rate`` (left out: unchanged).
         """
         sent = (job.folder / "journal.sqlite").exists()
         if job.status not in (*EDITABLE, JobStatus.FAILED) or sent or job.lock.locked():
@@ -609,7 +716,10 @@ class JobService:
         elif sheet != job.sheet:
             job.header_row = None
         job.sheet, job.default_region, job.column_map = sheet, default_region, dict(column_map)
-        job.plan, job.budget = "", {}
+        for name, value in more.items():
+            if name not in MORE_OPTIONS:
+                raise JobError(f"no option {name!r}")
+            setattr(job, name, value)
         await self._validate(job)
 
     # -- edits ------------------------------------------------------------------------------
@@ -642,14 +752,13 @@ class JobService:
             if not new_edits:
                 return
             edits = [*job.edits, *new_edits]
-            edited = engine.apply_edits(table, new_edits)
-            options = job.input_options()
-            fresh = await in_background(engine.validate, edited, options.column_map, options.default_region)
+            cells = [CellEdit(e.row, e.column, e.new) for e in new_edits]
+            fresh = await in_background(check_table, table, job.input_options(), cells)
             job.edits = edits
             _write_json(job.folder / "edits.json", [dataclasses.asdict(e) for e in edits])
             job.report = fresh
             job.outcomes = {}
-            job.plan, job.budget = "", {}
+            self._drop_plan(job)
             job.status = JobStatus.VALIDATED
             self._summarise(job, fresh)
             self._save(job)
@@ -694,34 +803,42 @@ class JobService:
                 failed=job.folder / "plan.failed.xlsx",
                 limiter=self._lane().limiter,
                 cancel=asyncio.Event(),
+                on_existing=OnExisting(job.on_existing),
+                max_error_rate=job.max_error_rate,
                 audit=self.audit(job),
             )
+            if run.plan is None:
+                raise ImporterError(run.stop_reason or "no plan was made")
+            await self._keep_plan(job, run.plan, run.requests)
         except Exception as exc:
             # A plan is only reads: the job stays usable and says why the plan did not happen.
+            self._drop_plan(job)
             job.status, job.error = JobStatus.VALIDATED, "plan failed: " + engine.clean_error(exc)
             self._save(job)
             return
-        job.outcomes = dict(run.outcomes)
-        job.plan = run.plan_text
-        job.budget = engine.send_budget(self.connection, run)
+        job.notes = list(run.notes)
         job.status = JobStatus.PLANNED
         self._count(job)
-        await self._save_outcomes(job)
         self._save(job)
 
     async def start(self, job: Job) -> None:
         """Queue the job for sending on its key's lane."""
         # A job that failed while sending (key rejected, API unreachable) may start again: the
         # engine resumes it from its journal, so nothing confirmed is sent twice.
+        # Only the plan shown is sent: from ``planned``, while its inputs are what they were.
         retry = job.status is JobStatus.FAILED and (job.folder / "journal.sqlite").exists()
-        if job.status not in EDITABLE and not retry:
-            raise JobError(f"the job is {job.status.value}; only a validated or planned job can start")
+        if job.status is not JobStatus.PLANNED and not retry:
+            raise JobError(f"the job is {job.status.value} and has no plan to send: {PLAN_AGAIN}")
+        if not job.planned:
+            raise JobError(f"the job has no plan to send: {PLAN_AGAIN}")
+        if job.planned.get("inputs") != job.inputs_fingerprint():
+            raise JobError(f"the file, its corrections or its options changed since the plan: {PLAN_AGAIN}")
         if self.closing.is_set():
             raise JobError("the server is shutting down")
         job.status, job.error = JobStatus.SENDING, ""
+        job.resuming = False
         job.outcomes = {}
         job.progress = {}
-        (job.folder / "outcomes.json").unlink(missing_ok=True)  # the plan's, no longer true
         self._save(job)
         self._enqueue(job)
 
@@ -812,14 +929,23 @@ class JobService:
                 failed=job.folder / "failed.xlsx",
                 limiter=lane.limiter,
                 cancel=job.cancel,
+                on_existing=OnExisting(job.on_existing),
+                max_error_rate=job.max_error_rate,
+                # A send the server resumes was confirmed before it stopped: its journal, not
+                # the plan's writes, says what is left (some of them landed already).
+                shown_writes=None if job.resuming else job.planned.get("writes_fingerprint"),
                 on_progress=progress,
                 audit=self.audit(job),
             )
+            if run.refused and run.plan is not None:
+                await self._plan_changed(job, report, run.plan, run.requests)
+                return
         except Exception as exc:
             if job.interrupted:
                 return  # the next start resumes it from its journal
             self._finish(job, JobStatus.FAILED, error=engine.clean_error(exc))
             return
+        job.notes = list(run.notes)
         job.outcomes = dict(run.outcomes)
         await self._save_outcomes(job)
         if job.interrupted:
@@ -833,6 +959,26 @@ class JobService:
             self._finish(job, JobStatus.FAILED, run.stop_reason, error=run.stop_reason)
         else:
             self._finish(job, JobStatus.DONE, run.stop_reason)
+
+    async def _plan_changed(self, job: Job, report: ValidationReport, plan: Plan, requests: int) -> None:
+        """The account changed since the plan was shown: nothing was sent; show the new plan."""
+        for name in ("results.xlsx", "failed.xlsx"):  # they say "not confirmed": not this job's result
+            (job.folder / name).unlink(missing_ok=True)
+        journal = job.folder / "journal.sqlite"
+        if not await in_background(_journal_has_runs, journal):  # nothing was ever sent: still editable
+            for suffix in ("", "-wal", "-shm"):
+                journal.with_name(journal.name + suffix).unlink(missing_ok=True)
+        self._drop_plan(job)
+        await self._keep_plan(job, plan, requests)
+        job.notes = engine.input_notes(report, job.input_options())
+        job.progress = {}
+        job.status = JobStatus.PLANNED
+        job.error = (
+            "the account changed since the plan was shown, so nothing was sent: this is the plan "
+            "against the account as it is now; review it and start again"
+        )
+        self._count(job)
+        self._save(job)
 
     # -- views ------------------------------------------------------------------------------
 
@@ -853,12 +999,20 @@ class JobService:
             "error": job.error or None,
             "stopped": job.stopped or None,
             "plan": job.plan or None,
+            "planned": {k: v for k, v in job.planned.items() if k not in ("inputs", "writes_fingerprint")}
+            or None,
             "budget": job.budget or None,
+            "notes": job.notes,
             "options": {
                 "sheet": job.sheet,
                 "header_row": job.header_row,
                 "default_region": job.default_region,
                 "map": [f"{h}={f}" for h, f in job.column_map.items()],
+                "encoding": job.encoding,
+                "skip_hidden_rows": job.skip_hidden_rows,
+                "ignore_columns": job.ignore_columns,
+                "on_existing": job.on_existing,
+                "max_error_rate": job.max_error_rate,
             },
             "source": job.source,
             "columns": job.columns,
@@ -876,7 +1030,11 @@ class JobService:
             statuses = [
                 Status.FAILED.value
                 if row in failed_rows
-                else (o.status.value if (o := job.outcomes.get(row)) else Status.NOT_SENT.value)
+                else (
+                    o.status.value
+                    if (o := job.outcomes.get(row))
+                    else (Status.SKIPPED.value if row in report.skipped else Status.NOT_SENT.value)
+                )
                 for row in index
             ]
             job.view = (job.version, statuses, reasons_by_row(report.issues))
@@ -894,29 +1052,39 @@ class JobService:
         for e in job.edits:
             edited[e.row].add(e.header)
         items = []
+        unplanned = job.status in (JobStatus.VALIDATING, JobStatus.VALIDATED, JobStatus.PLANNING)
         for i in page:
             row = index[i]
             values = [str(v) for v in frame.iloc[i].tolist()]
-            outcome = job.outcomes.get(row)
             row_issues = issues.get(row, [])
+            # One outcome per row, as the library's results say it (``run.every_row``).
+            outcome = (
+                failed_outcome(row, row_issues)
+                if row_issues
+                else job.outcomes.get(row)
+                or skipped_outcome(report, row)
+                or (_validated_only(row) if unplanned else None)
+                or RowOutcome(
+                    row=row, status=Status.NOT_SENT, reason="not sent", reason_kind=ReasonKind.NOT_SENT
+                )
+            )
             items.append(
                 {
                     "row": row,
                     "values": values,
                     "status": statuses[i],
                     "valid": not row_issues,
-                    "action": outcome.action.value if outcome else "",
-                    "reason": "; ".join(x.message for x in row_issues)
-                    if row_issues
-                    else (outcome.reason if outcome else "valid; not sent yet"),
+                    "action": outcome.action.value,
+                    "reason": outcome.reason,
+                    "reason_kind": str(outcome.reason_kind),
                     "issues": [
                         {"column": x.column, "value": x.value, "message": x.message, "kind": x.kind}
                         for x in row_issues
                     ],
-                    "did_id": outcome.did_id if outcome else None,
-                    "routing_id": outcome.routing_id if outcome else None,
-                    "current": outcome.current if outcome else "",
-                    "proposed": outcome.proposed if outcome else "",
+                    "did_id": outcome.did_id,
+                    "routing_id": outcome.routing_id,
+                    "current": outcome.current,
+                    "proposed": outcome.proposed,
                     "edited": sorted(edited.get(row, ())),
                 }
             )
@@ -941,7 +1109,8 @@ class JobService:
         if job.status in (JobStatus.VALIDATING, JobStatus.FAILED) and job.report is None:
             return None
         report = await self.report(job)
-        outcomes = engine.row_outcomes(report, job.outcomes)
+        unplanned = job.status in (JobStatus.VALIDATED, JobStatus.FAILED) and not job.outcomes
+        outcomes = None if unplanned else engine.row_outcomes(report, job.outcomes)
         results = job.folder / "snapshot.results.xlsx"
         failed = job.folder / "snapshot.failed.xlsx"
         command = {
@@ -955,7 +1124,6 @@ class JobService:
                 engine.write_results,
                 report,
                 outcomes,
-                report.issues,
                 command=command,
                 options=job.input_options().describe(),
                 audit=audit,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import bisect
 import collections
 import json
-import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import EllipsisType
@@ -40,9 +39,10 @@ from starlette.staticfiles import StaticFiles
 
 from importer import fields, words
 from importer.errors import ImporterError
+from importer.jobs.validate import read_input
 from importer.model import Action, RawTable, RowIssue
-from importer.vocab import describe_kind
-from importer.web import engine
+from importer.options import human_duration
+from importer.vocab import OnExisting, describe_kind
 from importer.web.jobs import Job, JobError, JobService, JobStatus, in_background
 
 __all__ = ["PAGE_SIZE", "page_routes"]
@@ -128,16 +128,8 @@ def _open_steps(job: Job) -> set[str]:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "working it out"
-    seconds = max(0, math.ceil(seconds))
-    if seconds < 90:
-        return f"{seconds} s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 90:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    """A duration in the library's words (``human_duration``: the CLI's plan and Summary say the same)."""
+    return "working it out" if seconds is None else human_duration(seconds)
 
 
 def _record(text: str) -> dict[str, Any] | None:
@@ -184,6 +176,45 @@ def _sheet_names(job: Job) -> list[str]:
         return [str(m.name) for m in book.sheets_metadata]
     except Exception:  # only a convenience: the sheet can still be typed
         return []
+
+
+def action_counts(job: Job) -> dict[str, int]:
+    """The plan shown, as its counts: stored with the job, so a restart or eviction keeps them."""
+    return {
+        a.value: int(job.planned.get(a.value, 0)) for a in (Action.CREATE, Action.UPDATE, Action.UNCHANGED)
+    }
+
+
+def held_back(job: Job) -> list[tuple[str, int]]:
+    """Rows that will not be sent, by why: the check's problems and the plan's failures."""
+    kinds: collections.Counter[str] = collections.Counter(
+        {words.issue_label(k): v for k, v in job.problems.items()}
+    )
+    for kind, n in job.planned.get("held", {}).items():
+        kinds[describe_kind(kind)] += n
+    return kinds.most_common()
+
+
+def _more_options(form: Mapping[str, Any]) -> dict[str, Any] | str:
+    """The options step's fields beyond sheet, region and columns (the CLI's options); a str: why not."""
+    on_existing = str(form.get("on_existing") or OnExisting.UPDATE.value)
+    if on_existing not in OnExisting._value2member_map_:
+        return "choose what to do with a DID that already has other routing from the list"
+    rate_text = str(form.get("max_error_rate") or "").strip().rstrip("%")
+    rate: float | None = None
+    if rate_text:
+        try:
+            rate = float(rate_text) / 100
+        except ValueError:
+            rate = -1.0
+        if not 0 <= rate <= 1:
+            return "the share of failed writes to stop at is a percentage from 0 to 100, or empty"
+    return {
+        "encoding": str(form.get("encoding") or "").strip()[:40] or None,
+        "skip_hidden_rows": form.get("skip_hidden_rows") == "1",
+        "on_existing": on_existing,
+        "max_error_rate": rate,
+    }
 
 
 def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
@@ -272,9 +303,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         if job.report is not None or job.status in (JobStatus.VALIDATED, JobStatus.PLANNED):
             return (await service.report(job)).table, ""
         try:
-            table = await in_background(
-                engine.load_table, job.input_path, job.sheet, job.column_map, job.header_row
-            )
+            table = await in_background(read_input, job.input_options())
         except ImporterError as exc:
             return None, str(exc)
         return table, ""
@@ -322,6 +351,9 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
             wanted_row = str(form.get("header_row") or "").strip()
             shown = str(form.get("shown_header_row") or "").strip()
             picks = {f.name: str(form.get(f"field_{f.name}") or "") for f in fields.FIELDS}
+            more = _more_options(form)
+        if isinstance(more, str):
+            return await columns(request, job, more, 400)
         column_map: dict[str, str] = {}
         for name, header in picks.items():
             if not header:
@@ -342,7 +374,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
             column_map = {}  # another sheet has other headers: start from the automatic match
             header_row = None
         try:
-            await service.set_options(job, sheet, region, column_map, header_row)
+            await service.set_options(job, sheet, region, column_map, header_row, **more)
         except JobError as exc:
             return await columns(request, job, str(exc), 409)
         if job.status is JobStatus.VALIDATED:
@@ -430,21 +462,6 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         return see(check_url(job, problems, page) + f"&saved={row}#row-{row}")
 
     # -- plan -----------------------------------------------------------------------------
-
-    def action_counts(job: Job) -> dict[str, int]:
-        counter = collections.Counter(o.action.value for o in job.outcomes.values())
-        return {a.value: counter.get(a.value, 0) for a in (Action.CREATE, Action.UPDATE, Action.UNCHANGED)}
-
-    def held_back(job: Job) -> list[tuple[str, int]]:
-        """Rows that will not be sent, by why: the check's problems and the plan's failures."""
-        kinds: collections.Counter[str] = collections.Counter(
-            {words.issue_label(k): v for k, v in job.problems.items()}
-        )
-        for o in job.outcomes.values():
-            if o.action in (Action.FAIL, Action.SKIP):
-                kind = o.reason_kind or "failed"
-                kinds[describe_kind(kind)] += 1
-        return kinds.most_common()
 
     async def plan_page(request: Request, job: Job) -> Response:
         if _unread(job):
