@@ -15,9 +15,9 @@ import pytest
 from helpers import desired_record, did_number, read_results, write_inventory, write_sheet
 
 from importer.account.client import VoiceLinkClient
-from importer.account.inventory import ReadReport, collect_created_ids, read_state
+from importer.account.inventory import Inventory, ReadReport, collect_created_ids, read_state
 from importer.account.limiter import RateLimiter
-from importer.account.live import Inventory, preflight
+from importer.account.preflight import preflight
 from importer.cli import _reading
 from importer.errors import ApiError
 from importer.jobs.rollback import rollback_run

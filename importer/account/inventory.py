@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from importer.account.client import DID_PAGE_SIZE, Bot, Connection, Did, Routing, VoiceLinkClient, number_key
-from importer.errors import ApiError
+from importer.account.client import DID_PAGE_SIZE, VoiceLinkClient
+from importer.account.paginate import DIDS_PATH, read_bots, read_did_page, walk_pages
+from importer.account.records import Bot, Connection, Did, Routing, number_key
 from importer.model import RowOutcome, Status
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "DidIndex",
     "DidRef",
     "Inventory",
+    "LiveRouting",
     "NamesADid",
     "ReadCallback",
     "ReadReport",
@@ -214,7 +216,7 @@ class _Reader:
         self.say(f"DIDs: page {page}{shown}")
         before = self.client.request_count
         try:
-            got = await self.client.read_did_page(page)
+            got = await read_did_page(self.client, page)
         finally:
             self.did_pages += self.client.request_count - before
         if got.last_page is not None:
@@ -227,13 +229,7 @@ class _Reader:
 
     async def pages_until(self, done: Callable[[], bool], start: int = 1) -> None:
         """Read pages from ``start`` until the last one, or until ``done()``."""
-        for number in range(start, self.client.max_pages + 1):
-            if await self.page(number) or done():
-                return
-        raise ApiError(
-            f"GET /voicelink/dids/purchased: more than {self.client.max_pages} pages; "
-            "stopping rather than reading forever"
-        )
+        await walk_pages(self.page, path=DIDS_PATH, max_pages=self.client.max_pages, start=start, until=done)
 
     async def find(self, rows: Sequence[NamesADid]) -> None:
         """Read just the DIDs the rows name that are not known yet, the cheaper way."""
@@ -292,7 +288,7 @@ async def read_state(
     if not bots and _names_a_bot(rows):
         say("bots")
         before = client.request_count
-        bots = {b.bot_id: b for b in await client.list_bots()}
+        bots = {b.bot_id: b for b in await read_bots(client)}
         bot_reads = client.request_count - before
     numbers, ids = _missing(rows, index)
     reader = _Reader(client, index, on_read)
@@ -349,3 +345,39 @@ async def collect_created_ids(
         if found is not None:
             out[row] = dataclasses.replace(outcome, routing_id=found.routing_id)
     return out
+
+
+class LiveRouting:
+    """Re-read the routing state, sharing one read among workers that ask at the same time.
+
+    Unknown outcomes are settled by re-reading (``apply.apply_plan``). The read retries on the
+    client's schedule (``retry.py``, the one policy); when it still fails the error stands.
+    """
+
+    def __init__(self, client: VoiceLinkClient, inventory: Inventory) -> None:
+        self._client = client
+        self._inventory = inventory
+        self._lock = asyncio.Lock()
+        self._reads = 0
+        self._fresh = 0
+        """The number (in ``_reads``) of the last read that succeeded: only it may be shared."""
+
+    async def fresh(self) -> dict[int, Routing]:
+        """Return routing read after this call began.
+
+        Raises:
+            ApiError: the state could not be read (after the client's own retries).
+        """
+        arrived = self._reads
+        async with self._lock:
+            # A read counted in `arrived` may have begun before the caller's write failed, so
+            # only a read begun after arrival is fresh enough to share, and only if it succeeded:
+            # after a failed one the routing held is stale and could call an applied write unsent.
+            if self._fresh > arrived:
+                return self._inventory.routing
+            self._reads += 1
+            number = self._reads
+            routings = await self._client.read_routing()
+            self._inventory.routing = index_routing(routings, self._inventory.dids_by_number)
+            self._fresh = number
+            return self._inventory.routing

@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 import httpx
 
 from importer.account.client import VoiceLinkClient
-from importer.account.inventory import NamesADid
+from importer.account.inventory import Inventory, LiveRouting, NamesADid
 from importer.account.limiter import RateLimiter
-from importer.account.live import ClientSettings, Inventory, LiveRouting, open_client, read_inventory
+from importer.account.preflight import ClientSettings, open_client, read_inventory
 from importer.engine.apply import Applied, ProgressCallback, apply_plan
 from importer.engine.journal import Journal
 from importer.engine.plan import History, Plan
@@ -239,7 +239,7 @@ async def send_plan(
         applied = await apply_plan(
             plan,
             client=session.client,
-            live=LiveRouting(session.client, session.inventory, config.retry_backoff),
+            live=LiveRouting(session.client, session.inventory),
             journal=journal,
             run_id=run_id,
             options=config,
