@@ -178,25 +178,29 @@ class VoiceLinkClient:
         )
         return decode_connections(payload, self.warnings)
 
-    async def read_routing(self) -> list[Routing]:
+    async def read_routing(self, *, attempts: int = READ_ATTEMPTS) -> list[Routing]:
         """Read the existing call routing through the read-only sync.
 
         Routing records come from ``routing[]``; the per-DID ``readiness[].routing`` fills in
         their DID when ``routing[]`` lacks it and adds records ``routing[]`` does not list.
 
+        Args:
+            attempts: Tries before giving up (``retry.SETTLE_ATTEMPTS`` for the re-reads that
+                settle unknown outcomes).
+
         Returns:
             One entry per routing record, each once.
         """
-        return decode_routings(await self._sync(), self.warnings)
+        return decode_routings(await self._sync(attempts), self.warnings)
 
-    async def _sync(self) -> Mapping[str, Any]:
+    async def _sync(self, attempts: int = READ_ATTEMPTS) -> Mapping[str, Any]:
         """One read-only sync; the object holding its lists.
 
         Raises:
             ApiError: the answer holds no routing (never read as "no routing": the plan would
                 create over existing records).
         """
-        payload = await self.read("POST", "voicelink/sync", body={"import_dids": False})
+        payload = await self.read("POST", "voicelink/sync", body={"import_dids": False}, attempts=attempts)
         data = sync_holder(payload)
         if data is None or ("routing" not in data and "readiness" not in data):
             raise ApiError("POST /voicelink/sync: the response holds neither routing[] nor readiness[]")
@@ -382,11 +386,13 @@ class VoiceLinkClient:
         body: Mapping[str, object] | None = None,
         scoped: bool = True,
         first: bool = False,
+        attempts: int = READ_ATTEMPTS,
     ) -> object:
         """Send a read, retrying server errors and lost responses; return the JSON body.
 
         ``first`` marks a run's first request: a 404 or an answer that is not JSON there most
-        likely means the base URL is not the API's root, and the error says so.
+        likely means the base URL is not the API's root, and the error says so. ``attempts``
+        is how many times a transient failure is tried (``retry.py`` says how long to wait).
         """
         if method == "GET":
             params = self._scoped_params(params, scoped)
@@ -394,11 +400,11 @@ class VoiceLinkClient:
             body = self._scoped_body(body)
         where = f"{method} /{path}" + (f" page {params['page']}" if params and "page" in params else "")
         sent = 0
-        for attempt in range(1, READ_ATTEMPTS + 1):
+        for attempt in range(1, attempts + 1):
             reply, n = await self._send(method, path, params, body)
             sent += n
             transient = reply.status is None or reply.status >= 500
-            if transient and attempt < READ_ATTEMPTS:
+            if transient and attempt < attempts:
                 await asyncio.sleep(backoff_delay(attempt, self._backoff, self._rng))
                 continue
             status = "no response" if reply.status is None else f"HTTP {reply.status}"

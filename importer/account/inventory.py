@@ -30,6 +30,7 @@ from typing import Protocol
 from importer.account.client import DID_PAGE_SIZE, VoiceLinkClient
 from importer.account.paginate import DIDS_PATH, read_bots, read_did_page, walk_pages
 from importer.account.records import Bot, Connection, Did, Routing, number_key
+from importer.account.retry import SETTLE_ATTEMPTS
 from importer.model import RowOutcome, Status
 
 __all__ = [
@@ -101,7 +102,7 @@ class Inventory:
 
     dids_by_id: dict[int, Did]
     dids_by_number: dict[str, Did]
-    """Keyed by the number's digits (``api.number_key``)."""
+    """Keyed by the number's digits (``records.number_key``)."""
     bots: dict[int, Bot]
     routing: dict[int, Routing]
     connection: str = ""
@@ -267,7 +268,7 @@ async def read_state(
     """Read the live state the rows need: one sync, then only what it leaves unresolved.
 
     Args:
-        client: The job's client, its connection already chosen (``live.read_inventory``).
+        client: The job's client, its connection already chosen (``preflight.read_inventory``).
         rows: What the job will touch: the valid rows of a file, or a rollback's DIDs.
         on_read: Called with a short progress text before each kind of read ("sync",
             "DIDs: page 12 of 50", "DID lookups: 3 of 10", "bots").
@@ -350,8 +351,9 @@ async def collect_created_ids(
 class LiveRouting:
     """Re-read the routing state, sharing one read among workers that ask at the same time.
 
-    Unknown outcomes are settled by re-reading (``apply.apply_plan``). The read retries on the
-    client's schedule (``retry.py``, the one policy); when it still fails the error stands.
+    Unknown outcomes are settled by re-reading (``apply.apply_plan``). The read retries in the
+    client's one loop (``retry.py``, the one policy), ``SETTLE_ATTEMPTS`` times: a failure here
+    stops the run; when it still fails the error stands.
     """
 
     def __init__(self, client: VoiceLinkClient, inventory: Inventory) -> None:
@@ -366,7 +368,7 @@ class LiveRouting:
         """Return routing read after this call began.
 
         Raises:
-            ApiError: the state could not be read (after the client's own retries).
+            ApiError: the state could not be read in ``SETTLE_ATTEMPTS`` tries.
         """
         arrived = self._reads
         async with self._lock:
@@ -377,7 +379,7 @@ class LiveRouting:
                 return self._inventory.routing
             self._reads += 1
             number = self._reads
-            routings = await self._client.read_routing()
+            routings = await self._client.read_routing(attempts=SETTLE_ATTEMPTS)
             self._inventory.routing = index_routing(routings, self._inventory.dids_by_number)
             self._fresh = number
             return self._inventory.routing

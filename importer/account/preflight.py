@@ -32,7 +32,7 @@ DEFAULT_BASE_URL = "https://api.vocobase.com/api/v2"
 
 
 class ClientSettings(Protocol):
-    """What opening a client needs (``apply.ConnectOptions`` provides it)."""
+    """What opening a client needs (``options.ConnectOptions`` provides it)."""
 
     @property
     def api_key(self) -> str: ...

@@ -165,7 +165,7 @@ async def open_session(
     rows: Sequence[NamesADid] = (),
     used_before: str | None = None,
 ) -> AsyncIterator[Session]:
-    """Open the client and read the account's state the rows need (``live.read_inventory``).
+    """Open the client and read the account's state the rows need (``preflight.read_inventory``).
 
     The client is closed on leaving; what the session read (its audit, the client's request
     count and warnings) stays readable after.
