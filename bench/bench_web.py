@@ -43,7 +43,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from bench_validate import DEFAULT_OUT, generate  # noqa: E402  (a sibling script, not a package)
 
-TOKEN = "bench-web-token-0000000000"
+TOKEN = "bench-web-token-0000000000-000000000000"
 RATIO_GOAL = 0.5
 RSS_GOAL_MB = 600.0
 IDLE_CPU_GOAL = 2.0

@@ -20,7 +20,7 @@ import click
 
 from importer.account.preflight import DEFAULT_BASE_URL
 from importer.engine.apply import ERROR_RATE_MIN_WRITES
-from importer.errors import ImporterError
+from importer.errors import ImporterError, NothingToDo
 from importer.options import SendOptions, human_duration
 from importer.vocab import ExitCode, OnExisting
 
@@ -43,6 +43,9 @@ def one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except NothingToDo as exc:  # said plainly, not as an error: exit 0
+            _say(str(exc))
+            sys.exit(exc.exit_code)
         except ImporterError as exc:
             fail(str(exc), exc.exit_code)
         except BrokenPipeError:
@@ -147,7 +150,7 @@ def build_input(file: Path) -> Any:
     """Return the InputOptions for FILE from the ``input_options`` of the running command, if any."""
     from importer.options import InputOptions
     from importer.read.reader import check_encoding
-    from importer.validate.rules import parse_column_map
+    from importer.validate.columns import parse_column_map
 
     meta = ctx.meta if (ctx := click.get_current_context(silent=True)) is not None else {}
     encoding = meta.get("input.encoding")
@@ -326,6 +329,18 @@ def _ask(plan: Any, estimate: Callable[[int], str], details: bool = True) -> boo
     # The plan line just above carries the cost (writes, time at the rate): the question need not repeat it.
     what = ("this write" if writes == 1 else f"these {writes:,} writes") if plan.cost else estimate(writes)
     return click.confirm(f"Send {what} now?", default=False, err=True)
+
+
+def _say(line: str) -> None:
+    """Print a line on stdout; once its reader has gone (`| head -1`), drop the rest and carry on.
+
+    A closed stdout must never stop or change a job: a rollback whose plan lines meet a closed
+    pipe still sends, writes its workbook and exits with its own code.
+    """
+    try:
+        click.echo(line)
+    except BrokenPipeError:
+        _silence_stdout()
 
 
 def _print_summary(summary: Any) -> None:
@@ -722,7 +737,7 @@ def rollback(
         if quiet:  # --quiet: the summary and errors only
             return
         for line in plan.lines(limit=50):
-            click.echo(line)
+            _say(line)
 
     config = RollbackConfig(
         source=source,
@@ -754,7 +769,7 @@ def history(source: Path) -> None:
     from importer.jobs.history import history_lines, run_history
 
     for line in history_lines(run_history(source)):
-        click.echo(line)
+        _say(line)
 
 
 @main.command()
@@ -772,16 +787,38 @@ def history(source: Path) -> None:
 @click.option("--max-upload-mb", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--requests-per-minute", type=click.IntRange(min=1), default=60, show_default=True)
 @click.option("--sandbox", "use_sandbox", is_flag=True, help="Send to an in-process sandbox (no key needed).")
+@click.option(
+    "--allowed-host",
+    "allowed_host",
+    multiple=True,
+    metavar="NAME",
+    help="A host name clients use to reach the server (repeatable); required with a non-loopback --host.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Log lines (one per job event) as text or as one JSON object each.",
+)
 @one_line_errors
 def serve(
-    host: str, port: int, data_dir: Path, max_upload_mb: int, requests_per_minute: int, use_sandbox: bool
+    host: str,
+    port: int,
+    data_dir: Path,
+    max_upload_mb: int,
+    requests_per_minute: int,
+    use_sandbox: bool,
+    allowed_host: tuple[str, ...],
+    log_format: str,
 ) -> None:
     """Serve the web service: upload, check, fix, plan and send imports from a browser or the API.
 
     The key and base URL come from VOCOBASE_API_KEY and VOCOBASE_BASE_URL and stay on the server.
-    The access token is random per start unless VOICELINK_WEB_TOKEN sets it.
+    The access token is random per start unless VOICELINK_WEB_TOKEN sets it (32 characters or more).
     """
     from importer.web.engine import Connection
+    from importer.web.observe import LogFormat
     from importer.web.server import ServeSettings, sandbox_connection
     from importer.web.server import serve as serve_web
 
@@ -807,7 +844,12 @@ def serve(
         port=port,
         max_upload_mb=max_upload_mb,
         token=os.environ.get("VOICELINK_WEB_TOKEN", ""),
+        allowed_host=allowed_host,
+        log_format=LogFormat(log_format),
     )
+    settings.check()  # before the key is looked at further or anything listens
+    for warning in settings.warnings():
+        click.echo(warning, err=True)
 
     def ready(url: str, token: str) -> None:
         click.echo(f"VoiceLink importer web service: {url}")

@@ -6,7 +6,8 @@ ImporterError                 one clean line for the CLI; exit code on the class
 │   └── OutputError           an output file cannot be saved             (exit 2)
 ├── ApiError                  the API answered something run-ending      (exit 3)
 │   └── AuthError             the key was rejected (401/403)             (exit 3)
-└── ResultsNotSavedError      writes were sent, but no results file could be saved (exit 3)
+├── ResultsNotSavedError      writes were sent, but no results file could be saved (exit 3)
+└── NothingToDo               the job has nothing to do, e.g. every run rolled back (exit 0)
 
 A job that stops itself once writes have begun (``--max-error-rate``, a key revoked midway,
 Ctrl-C) raises nothing: it settles what is in flight and returns a summary whose
@@ -59,6 +60,12 @@ class ApiError(ImporterError):
 
 class AuthError(ApiError):
     """The API key was rejected."""
+
+
+class NothingToDo(ImporterError):
+    """Nothing to do, and that is no failure (a rollback of a journal whose runs were all rolled back)."""
+
+    exit_code = ExitCode.OK
 
 
 class ResultsNotSavedError(ImporterError):

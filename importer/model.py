@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from importer.vocab import Action, Status
+from importer.vocab import Action, ReasonKind, Status
+from importer.words import IssueKind, Note, Surface, render, render_note
 
 __all__ = [
     "Action",
@@ -72,15 +73,21 @@ class RawTable:
 
 @dataclass(frozen=True, slots=True)
 class RowIssue:
-    """One problem of one row: errors are data."""
+    """One problem of one row, as data: its kind and the params its words are rendered from."""
 
     row: int
     column: str
     """The input's header text (or the field name when the column is absent)."""
     value: str
-    message: str
-    kind: str
-    """A short stable code for counting, e.g. 'missing_id', 'bad_mode', 'duplicate'."""
+    kind: IssueKind
+    """What is wrong (a ``StrEnum``: its code counts and is stored, its label is read)."""
+    params: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """What the kind's template needs (``column``, ``value``, ``region``, ``variant``, ...)."""
+
+    @property
+    def message(self) -> str:
+        """The problem in the CLI's words (``words.render`` renders it for any surface)."""
+        return render(self, Surface.CLI)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +148,22 @@ class ValidationReport:
     issues: tuple[RowIssue, ...]
     mapping: Mapping[str, int]
     """Field name -> input column position, for the fields the file has."""
-    skipped: Mapping[int, str] = field(default_factory=dict)
-    """Rows left out of validation on purpose (``--skip-hidden-rows``): Excel row -> reason."""
-    notes: tuple[str, ...] = ()
-    """File-level findings for the summary, e.g. a column that looks wrongly matched."""
+    skipped: Mapping[int, ReasonKind] = field(default_factory=dict)
+    """Rows left out of validation on purpose (hidden, with ``--skip-hidden-rows``; footers): row -> why."""
+    findings: tuple[Note, ...] = ()
+    """File-level findings for the summary, e.g. a column that looks wrongly matched (as data)."""
+    did_numbers: pd.Series | None = None
+    """Each validated row's DID number as E.164 digits without "+" (None where it did not read), by
+    Excel row: what a national number became under the default region."""
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """The findings in the CLI's words."""
+        return self.notes_for(Surface.CLI)
+
+    def notes_for(self, surface: Surface) -> tuple[str, ...]:
+        """The findings in the words of ``surface`` (the page names its own controls)."""
+        return tuple(render_note(n, surface) for n in self.findings)
 
     @property
     def failed_rows(self) -> frozenset[int]:

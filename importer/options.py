@@ -26,6 +26,7 @@ from importer.account.preflight import DEFAULT_BASE_URL
 from importer.engine.plan import Plan
 from importer.errors import InputError
 from importer.vocab import OnExisting
+from importer.words import Surface
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -262,6 +263,8 @@ class ImportConfig(ConnectOptions):
     command: str = "run"
     audit_extra: Mapping[str, str] = field(default_factory=dict)
     """More lines for the Summary sheet's audit (a web service: who uploaded it, from where)."""
+    surface: Surface = Surface.CLI
+    """Whose words the results workbook speaks: the CLI's flags or the page's controls."""
 
     def __post_init__(self) -> None:
         ConnectOptions.__post_init__(self)

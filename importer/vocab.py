@@ -20,14 +20,20 @@ __all__ = ["Action", "Decision", "ExitCode", "OnExisting", "ReasonKind", "Status
 
 
 class Coded(enum.StrEnum):
-    """A ``StrEnum`` whose members are declared ``NAME = "code", "label"``."""
+    """A ``StrEnum`` whose members are declared ``NAME = "code", "label"`` (or ``..., "template"``).
+
+    ``template`` is what a surface says for the member (``words.render_reason``): the label,
+    unless the words name a control (``{force}``), which each surface names its own way.
+    """
 
     label: str
+    template: str
 
-    def __new__(cls, code: str, label: str = "") -> Self:
+    def __new__(cls, code: str, label: str = "", template: str = "") -> Self:
         member = str.__new__(cls, code)
         member._value_ = code
         member.label = label or code.replace("_", " ")
+        member.template = template or member.label
         return member
 
 
@@ -70,7 +76,7 @@ class Decision(Coded):
 
 
 class ReasonKind(Coded):
-    """Why a row ended as it did: the engine's kinds (validation's and the API's are text)."""
+    """Why a row ended as it did: the engine's kinds (validation's: ``words.IssueKind``; the API's: text)."""
 
     CREATED = "created", "created"
     UPDATED = "updated", "updated"
@@ -80,12 +86,14 @@ class ReasonKind(Coded):
     SETTLED_ON_RESUME = "settled_on_resume", "an interrupted run's write had been applied"
     EXISTS_SKIPPED = "exists_skipped", "routing exists and differs (skipped)"
     EXISTS_FAILED = "exists_failed", "routing exists and differs"
-    UNSETTLED = "unsettled", "outcome unknown, not applied"
+    UNSETTLED = "unsettled", "outcome unknown (may have been applied): running the same file again settles it"
+    # Kept apart from UNSETTLED: re-reading proved these writes were not applied.
+    NOT_APPLIED = "not_applied", "not applied: re-reading showed the write did not take"
     VANISHED = "vanished", "routing removed meanwhile"
     CHANGED_MEANWHILE = "changed_meanwhile", "routing changed meanwhile"
     DID_NOT_FOUND = "did_not_found", "DID not in this account"
-    DID_MISMATCH = "did_mismatch", "did_id and did_number disagree"
-    BOT_NOT_FOUND = "bot_not_found", "no such bot"
+    DID_MISMATCH = "did_mismatch", "DID ID and DID number name different DIDs"
+    BOT_NOT_FOUND = "bot_not_found", "bot not in this account"
     BOT_INACTIVE = "bot_inactive", "bot inactive"
     OTHER_CONNECTION = "other_connection", "row names another connection"
     UNKNOWN_CONNECTION = "unknown_connection", "row names an unknown connection"
@@ -98,8 +106,9 @@ class ReasonKind(Coded):
     # rollback
     RESTORE = "restore", "restored"
     DEACTIVATE = "deactivate", "deactivated (status 0)"
-    FORCED = "forced", "overwritten (--force)"
+    FORCED = "forced", "overwritten (forced)", "overwritten ({force})"
     NEVER_APPLIED = "never_applied", "the run's write was never applied"
+    ROLLED_BACK = "rolled_back", "rolled back already"
     CHANGED_SINCE = "changed_since", "changed since the run"
     UNKNOWN_DID = "unknown_did", "the journal does not name the DID"
     UNREADABLE_JOURNAL = "unreadable_journal", "the journal's record is incomplete"
@@ -108,7 +117,14 @@ class ReasonKind(Coded):
     DRY_RUN_UPDATE = "dry_run_update", "dry run: would update"
     DRY_RUN_RESTORE = "dry_run_restore", "dry run: would restore"
     DRY_RUN_DEACTIVATE = "dry_run_deactivate", "dry run: would deactivate"
-    DRY_RUN_FORCED = "dry_run_forced", "dry run: would overwrite (--force)"
+    DRY_RUN_FORCED = (
+        "dry_run_forced",
+        "dry run: would overwrite (forced)",
+        "dry run: would overwrite ({force})",
+    )
+    # rows left out of validation on purpose
+    HIDDEN_ROW = "hidden_row", "hidden in Excel (skipped)", "hidden in Excel ({skip_hidden})"
+    FOOTER_ROW = "footer_row", "not a data row (footer?)"
 
     @staticmethod
     def api(code: str | int | None) -> str:

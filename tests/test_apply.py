@@ -265,7 +265,8 @@ def test_summary_prints_labels_never_internal_codes(tmp_path: Path) -> None:
     summary = run_import(config_for(sheet, tmp_path), transport=AlwaysLost(sandbox))
     text = "\n".join(summary.lines())
     assert summary.counts == {Status.FAILED: 2} and write_count(sandbox) == 0
-    assert ReasonKind.UNSETTLED.label in text and "unsettled" not in text
+    assert ReasonKind.NOT_APPLIED.label in text and "not_applied" not in text
+    assert "may have been applied" not in text  # re-reading proved them not applied
     rows = read_results(summary.results_path)
     assert all(r["import_attempts"] == "3" for r in rows)  # three unknown outcomes, then give up
 
@@ -417,6 +418,12 @@ def test_second_ctrl_c_leaves_writes_in_flight_for_the_next_run(tmp_path: Path) 
         "stopping: 2 writes in flight, settling",
         "stopping now: 2 writes left unsettled; running the same file again settles them",
     ]
+    # Nothing proved these two writes were not applied: the summary must not say they were not.
+    text = "\n".join(first.lines())
+    assert "2 x outcome unknown (may have been applied): running the same file again settles it" in text
+    assert "not applied" not in text
+    reasons = [r["import_reason"] for r in read_results(first.results_path) if r["import_status"] == "failed"]
+    assert len(reasons) == 2 and all(r.startswith("outcome unknown (may have been applied)") for r in reasons)
     sha = summary_sha(first)
     with Journal.open(tmp_path / "run.journal.sqlite") as journal:
         assert sorted(journal.in_flight(sha)) == [2, 3]  # consistent: sent, outcome unknown

@@ -275,3 +275,57 @@ def test_journal_claim_refuses_a_second_live_writer_and_frees_on_kill(tmp_path: 
         holder.wait(timeout=10)
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+def _write(
+    journal: Journal, run: int, row: int, did: int, body: dict[str, int], status: str = "succeeded"
+) -> None:
+    journal.record_sending(run, row, f"id:{did}", "update", body, BEFORE)
+    journal.record_outcome(
+        run,
+        row,
+        status=status,
+        action="update",
+        reason="",
+        did_id=did,
+        routing_id=7,
+        http_status=200,
+        attempts=1,
+    )
+
+
+def _rollback(journal: Journal, of: str) -> int:
+    return journal.start_run(
+        input_sha256=f"rollback:{SHA}", input_name="rollback", command="rollback",
+        audit={"rollback_of_run": of}, options={},
+    )  # fmt: skip
+
+
+def test_timeline_tells_what_is_left_to_roll_back(tmp_path: Path) -> None:
+    """Run 1 and run 2 (another input) write DID 812; run 3 rolls back run 2, run 4 run 1: nothing
+    left. A run 5 of a third input writes DID 813 after a rollback of it wrote there: that one is left."""
+    with Journal.open(tmp_path / "j.sqlite") as journal:
+        one, two = _start(journal), _start(journal, OTHER_SHA)
+        _write(journal, one, 2, 812, {**BEFORE, "status": 1})
+        _write(journal, two, 5, 812, BODY)
+        assert journal.timeline().left_runs() == (two,)  # run 1's write is under run 2's
+        _write(journal, three := _rollback(journal, str(two)), 5, 812, {**BEFORE, "status": 1})
+        assert journal.timeline().left_runs() == (one,)
+        _write(journal, _rollback(journal, str(one)), 2, 812, BEFORE)
+        timeline = journal.timeline()
+        assert timeline.left_runs() == ()
+        assert timeline.nothing_left("j.sqlite") == (
+            "nothing left to roll back in j.sqlite: every change was rolled back already "
+            "(run 1 by run 4, run 2 by run 3)"
+        )
+        fates = {key[0]: fate for key, fate in timeline.fates().items()}
+        assert fates[two].rolled_back_by == three and fates[two].overwritten is None
+        # The tool's own rollback of another run is told apart from an import over the row.
+        five = _start(journal, "c" * 64)
+        _write(journal, five, 2, 813, BODY)
+        _write(journal, six := _rollback(journal, str(one)), 3, 813, BEFORE)
+        fate = {key[0]: f for key, f in journal.timeline().fates().items()}[five]
+        assert (
+            fate.overwritten is not None and fate.overwritten.run_id == six and fate.overwritten_by_rollback
+        )
+        assert journal.timeline().left_runs() == ()

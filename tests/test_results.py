@@ -24,6 +24,7 @@ from importer.output.results import (
     write_results,
 )
 from importer.read.reader import read_table
+from importer.words import IssueKind
 
 HEADERS = ("Customer", "Phone Number", "Inbound Mode", "Outbound Mode", "Inbound Bot ID", "Notes")
 TRICKY = (
@@ -199,9 +200,9 @@ def test_write_results_summary_counts(tmp_path: Path) -> None:
         RowOutcome(6, Status.UNCHANGED, Action.UNCHANGED),
     ]
     issues = [
-        RowIssue(3, "Inbound Mode", "voicemail", "not a mode", "bad_mode"),
-        RowIssue(3, "Phone Number", "12", "not a number", "bad_number"),
-        RowIssue(4, "Inbound Mode", "x", "not a mode", "bad_mode"),
+        _issue(3, "Inbound Mode", "voicemail", IssueKind.BAD_MODE, direction="inbound", modes="1 (mobile)"),
+        _issue(3, "Phone Number", "12", IssueKind.BAD_NUMBER),
+        _issue(4, "Inbound Mode", "x", IssueKind.BAD_MODE, direction="inbound", modes="1 (mobile)"),
     ]
     out = tmp_path / "out.xlsx"
     write_results(out, table, outcomes, issues, INFO)
@@ -235,16 +236,28 @@ def test_write_results_errors_sheet_lists_every_problem(tmp_path: Path) -> None:
         RowOutcome(5, Status.SKIPPED, Action.SKIP, "skipped by --only", "filtered"),
     ]
     issues = [
-        RowIssue(3, "Inbound Mode", "voicemail", "not an inbound mode", "bad_mode"),
-        RowIssue(3, "Inbound Bot ID", "=1+1", "not a whole number", "bad_id"),
+        _issue(3, "Inbound Mode", "voicemail", IssueKind.BAD_MODE, direction="inbound", modes="1 (mobile)"),
+        _issue(3, "Inbound Bot ID", "=1+1", IssueKind.BAD_ID, problem="is not a whole number"),
     ]
     out = tmp_path / "out.xlsx"
     write_results(out, table, outcomes, issues, INFO)
     rows = list(openpyxl.load_workbook(out)["Errors"].iter_rows(values_only=True))
     assert rows == [
         ("row", "column", "value", "message", "kind"),
-        ("3", "Inbound Mode", "voicemail", "not an inbound mode", "bad_mode"),
-        ("3", "Inbound Bot ID", "=1+1", "not a whole number", "bad_id"),
+        (
+            "3",
+            "Inbound Mode",
+            "voicemail",
+            '"Inbound Mode": "voicemail" is not an inbound mode; use one of 1 (mobile)',
+            "bad_mode",
+        ),
+        (
+            "3",
+            "Inbound Bot ID",
+            "=1+1",
+            '"Inbound Bot ID": "=1+1" is not a whole number; ids are positive whole numbers',
+            "bad_id",
+        ),
         ("4", None, None, "DID not found", "not_found"),
     ]
     assert "<f>" not in sheet_xml(out, 3)
@@ -360,3 +373,7 @@ def test_benchmark_floor_writes_the_same_result_columns() -> None:
         del sys.modules[spec.name]
     expected = (*RESULT_COLUMNS, ROW_COLUMN)
     assert expected == module.RESULT_HEADERS
+
+
+def _issue(row: int, column: str, value: str, kind: IssueKind, **params: str) -> RowIssue:
+    return RowIssue(row, column, value, kind, {"column": column, "value": value, **params})

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from click.testing import CliRunner
 from helpers import (
     change_routing,
     desired_record,
+    did_number,
     read_results,
     routing_fields,
     write_inventory,
@@ -24,7 +28,7 @@ from helpers import (
 from importer.cli import main
 from importer.engine.journal import Journal
 from importer.engine.plan import Plan
-from importer.errors import AuthError, InputError
+from importer.errors import AuthError, InputError, NothingToDo
 from importer.jobs.rollback import ROLLBACK_COLUMNS, default_rollback_path
 from importer.jobs.rollback import rollback_run as rollback
 from importer.jobs.run import run_import, run_import_async
@@ -129,15 +133,20 @@ def test_rollback_twice_is_idempotent(
     transport = httpx.ASGITransport(app=sandbox.app)
     rollback(undo_config(run.results_path), transport=transport)
     writes = write_count(sandbox)
-    again = rollback(undo_config(tmp_path / "sheet.journal.sqlite"), transport=transport)
+    again = rollback(undo_config(run.results_path), transport=transport)  # the run's workbook names it
     assert again.exit_code == 0 and again.counts == {"unchanged": 5}
     assert write_count(sandbox) == writes
     assert routing_by_did(sandbox) == expected_after_rollback(before)
     reasons = {r["import_reason"] for r in read_results(again.results_path)}
-    assert reasons == {
-        "already as before the run; nothing to send",
-        "already inactive with the run's modes; nothing to send",
-    }
+    assert reasons == {"rolled back already by run 2; nothing left to roll back"}
+    # The journal alone never defaults to a run rolled back already: it says there is nothing left.
+    with pytest.raises(
+        NothingToDo,
+        match=r"^nothing left to roll back in sheet\.journal\.sqlite: every change was rolled back already "
+        r"\(run 1 by run 2\)$",
+    ):
+        rollback(undo_config(tmp_path / "sheet.journal.sqlite"), transport=transport)
+    assert write_count(sandbox) == writes
 
 
 def test_second_rollback_takes_a_stamped_name(
@@ -698,3 +707,138 @@ def test_rollback_after_rollback_and_rerun_restores_the_record_before_the_rerun(
     assert summary.counts == {"succeeded": 4, "unchanged": 1}
     assert summary.exit_code == 0
     assert routing_by_did(sandbox) == {**expected_after_rollback(before), 1000: someone}
+
+
+def _cli_into_closed_pipe(args: list[str], url: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with stdout a pipe whose reader has gone, as in `voicelink-import ... | head -1`
+    once head has its line: every write to stdout meets EPIPE."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader left before the first line
+    try:
+        env = {**os.environ, "VOCOBASE_API_KEY": SANDBOX_API_KEY, "VOCOBASE_BASE_URL": url}
+        return subprocess.run(
+            [sys.executable, "-m", "importer", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    finally:
+        os.close(write_end)
+
+
+def test_cli_closed_stdout_never_stops_or_changes_a_rollback(tmp_path: Path) -> None:
+    """`rollback ... | head -1`, `rollback --dry-run | head -1` and `history | head -1` still do
+    their whole job, over loopback TCP, and exit with the job's own code."""
+    inv = write_inventory(tmp_path / "inv.json", N, existing=existing())
+    with running_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000)) as (url, sandbox):
+        before = routing_by_did(sandbox)
+        run = do_import(tmp_path, sandbox)
+        writes = write_count(sandbox)
+        dry = _cli_into_closed_pipe(
+            ["rollback", str(run.results_path), "--dry-run", "-o", str(tmp_path / "plan.xlsx")], url
+        )
+        assert dry.returncode == 0, dry.stderr
+        assert write_count(sandbox) == writes
+        assert len(read_results(tmp_path / "plan.xlsx")) == 5  # the dry run's workbook is written
+        sent = _cli_into_closed_pipe(["rollback", str(run.results_path), "--yes"], url)
+        assert sent.returncode == 0, sent.stderr
+        assert write_count(sandbox) == writes + 4  # the undos were really sent
+        assert routing_by_did(sandbox) == expected_after_rollback(before)
+        assert {r["import_status"] for r in read_results(tmp_path / "sheet.rollback.xlsx")} == {
+            "succeeded",
+            "unchanged",
+        }
+        shown = _cli_into_closed_pipe(["history", str(tmp_path / "sheet.journal.sqlite")], url)
+        assert shown.returncode == 0, shown.stderr
+    assert "Error" not in dry.stderr + sent.stderr + shown.stderr
+
+
+def import_other_file(tmp: Path, sandbox: Sandbox) -> RunSummary:
+    """Another file for DIDs 0..4 (each mobile in, only-answer out), into the same journal as sheet.csv."""
+    other = tmp / "other.csv"
+    lines = ["Phone Number,Inbound Mode,Outbound Mode,Status"]
+    lines += [f"+{did_number(i)},1,4,active" for i in range(5)]
+    other.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = ImportConfig(
+        input=InputOptions(path=other),
+        api_key=SANDBOX_API_KEY,
+        base_url=BASE,
+        requests_per_minute=100_000,
+        retry_backoff=0,
+        journal=tmp / "sheet.journal.sqlite",
+    )
+    summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.counts == {"succeeded": 5}
+    return summary
+
+
+def test_rollback_never_replans_a_run_rolled_back_already(
+    tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
+) -> None:
+    """Run 1 (sheet.csv), run 2 (other.csv) over the same DIDs, run 3 rolls back run 2, run 4 run 1:
+    the journal alone has nothing left to roll back, and run 2 named again (even with --force)
+    is 'rolled back already', never 'someone's change', and nothing is re-activated."""
+    sandbox, _, before = imported
+    transport = httpx.ASGITransport(app=sandbox.app)
+    journal = tmp_path / "sheet.journal.sqlite"
+    import_other_file(tmp_path, sandbox)
+    assert rollback(undo_config(journal, run_ids=[2]), transport=transport).counts == {"succeeded": 5}
+    assert rollback(undo_config(journal, run_ids=[1]), transport=transport).counts == {
+        "succeeded": 4,
+        "unchanged": 1,
+    }
+    assert routing_by_did(sandbox) == expected_after_rollback(before)
+    writes = write_count(sandbox)
+    for force in (False, True):
+        with pytest.raises(NothingToDo) as info:
+            rollback(undo_config(journal, force=force), transport=transport)
+        assert str(info.value) == (
+            "nothing left to roll back in sheet.journal.sqlite: every change was rolled back already "
+            "(run 1 by run 4, run 2 by run 3)"
+        )
+        plans: list[Plan] = []
+        again = rollback(
+            undo_config(journal, run_ids=[2], force=force, on_plan=plans.append), transport=transport
+        )
+        assert again.counts == {"unchanged": 5} and again.exit_code == 0
+        assert {u.reason for u in plans[0].undos} == {
+            "rolled back already by run 3; nothing left to roll back"
+        }
+    assert write_count(sandbox) == writes
+    assert routing_by_did(sandbox) == expected_after_rollback(before)  # nothing re-activated
+    result = CliRunner().invoke(
+        main, ["rollback", str(journal), "--force", "--yes"], env={"VOCOBASE_API_KEY": SANDBOX_API_KEY}
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        result.output.startswith("nothing left to roll back in sheet.journal.sqlite")
+        and "Error" not in result.output
+    )
+
+
+def test_rollback_of_another_run_is_never_someones_change(
+    tmp_path: Path, imported: tuple[Sandbox, RunSummary, dict[int, dict[str, int]]]
+) -> None:
+    """Run 1, run 2 (another file) over the same DIDs, run 3 rolls back run 1 with --force (writing
+    over run 2): run 2's rows are the tool's own rollback now, left as they are even with --force."""
+    sandbox, _, before = imported
+    transport = httpx.ASGITransport(app=sandbox.app)
+    journal = tmp_path / "sheet.journal.sqlite"
+    import_other_file(tmp_path, sandbox)
+    forced = rollback(undo_config(journal, run_ids=[1], force=True), transport=transport)
+    assert forced.counts == {"succeeded": 4, "unchanged": 1}
+    mobile_in = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}  # run 2's, on DID 1002
+    assert routing_by_did(sandbox) == {**expected_after_rollback(before), 1002: mobile_in}
+    writes = write_count(sandbox)
+    plans: list[Plan] = []
+    again = rollback(undo_config(journal, run_ids=[2], force=True, on_plan=plans.append), transport=transport)
+    # DID 1002: run 1 left it as it was, so run 3 did not touch it: run 2's change is live, undone
+    assert again.counts == {"unchanged": 4, "succeeded": 1}
+    reasons = {u.did_id: u.reason for u in plans[0].undos}
+    assert all("run 3, a rollback, has written it since" in reasons[1000 + i] for i in (0, 1, 3, 4))
+    assert not any("someone" in r for r in reasons.values())
+    assert write_count(sandbox) == writes + 1 and routing_by_did(sandbox) == expected_after_rollback(before)
+    with pytest.raises(NothingToDo, match=r"\(run 1 by run 3, run 2 by run 4\)$"):
+        rollback(undo_config(journal), transport=transport)

@@ -424,3 +424,36 @@ def test_live_routing_re_read_is_one_retry_loop_of_settle_attempts() -> None:
     assert len(sent) == SETTLE_ATTEMPTS == 9
     assert all(path.endswith("/voicelink/sync") for path in sent)
     assert f"failed after {SETTLE_ATTEMPTS} attempt(s)" in message
+
+
+class _CountedRow:
+    """A row naming a DID, counting how often the reads look at its number."""
+
+    looks = 0
+
+    def __init__(self, number: str) -> None:
+        self._number = number
+        self.did_id: int | None = None
+
+    @property
+    def did_number(self) -> str | None:
+        _CountedRow.looks += 1
+        return self._number
+
+
+def test_read_state_looks_at_each_row_a_bounded_number_of_times_however_many_pages(tmp_path: Path) -> None:
+    """60 numbers the account lacks make it read all 10 pages; the rows are looked at a few times
+    in all, not once per page (20,000 such rows against 1,000 pages took minutes)."""
+    sandbox = _sandbox(tmp_path, 1000)
+    transport = _Queries(sandbox)
+    rows = [_CountedRow(did_number(5000 + k)) for k in range(60)]
+
+    async def main() -> ReadReport:
+        async with _client(transport) as client:
+            await preflight(client)
+            return (await read_state(client, rows)).reads
+
+    _CountedRow.looks = 0
+    report = asyncio.run(main())
+    assert report.did_pages == 10 and transport.pages == [str(p) for p in range(1, 11)]
+    assert _CountedRow.looks <= 3 * len(rows)

@@ -6,28 +6,27 @@ import random
 import re
 from pathlib import Path
 
+import httpx
 import openpyxl
 import pandas as pd
 import phonenumbers
 import pytest
 from click.testing import CliRunner
+from helpers import config_for, read_results, write_inventory, write_sheet
 
 from importer.cli import main
 from importer.errors import InputError
 from importer.fields import FIELD_NAMES, Direction
+from importer.jobs.run import run_import
 from importer.jobs.validate import validate_file
 from importer.model import RawTable, SourceInfo
 from importer.options import InputOptions, ValidateConfig
 from importer.read.reader import column_letters
-from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, running_sandbox
-from importer.validate.rules import (
-    PhoneNormaliser,
-    map_columns,
-    parse_column_map,
-    parse_mode,
-    parse_status,
-    validate_table,
-)
+from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
+from importer.validate.cells import parse_mode, parse_status
+from importer.validate.columns import map_columns, parse_column_map
+from importer.validate.phones import PhoneNormaliser
+from importer.validate.rules import validate_table
 
 HEADERS = (
     "Phone Number",
@@ -656,11 +655,12 @@ def test_phone_fast_path_agrees_with_is_valid_number_on_example_numbers() -> Non
 
 
 def test_validate_schema_covers_every_field() -> None:
-    from importer.validate.rules import _parse, build_schema
+    from importer.validate.cells import parse_cells
+    from importer.validate.rules import build_schema
 
     table = make_table([row()])
     clean = pd.DataFrame({name: [""] for name in FIELD_NAMES}, index=[2], dtype=object)
-    schema = build_schema(_parse(clean, PhoneNormaliser()))
+    schema = build_schema(parse_cells(clean, PhoneNormaliser()))
     assert list(schema.columns) == list(FIELD_NAMES)
     assert table.row_count == 1
 
@@ -749,3 +749,104 @@ def test_load_and_validate_takes_the_header_row_the_user_chose(tmp_path: Path) -
         move_header(moved.table, 1)
     with pytest.raises(InputError, match="row 4 is blank or past the end"):
         load_and_validate(InputOptions(path, column_map=letters, header_row=4))
+
+
+# -- issue 17: decimals, footers, what a number became -------------------------------------------
+
+
+@pytest.mark.parametrize("number", ["918040000040.0", "918040000040.00", "+918040000040.0"])
+def test_validate_reads_a_whole_number_decimal_did_as_the_number(number: str) -> None:
+    """918040000040.0 is what pandas writes for a DID column with a blank: the number 918040000040."""
+    report = validate_table(make_table([row(number=number, in_bot="11.0", inbound="3", status="1.0")]))
+    assert report.issues == ()
+    assert report.valid[0].did_number == "918040000040"
+    assert report.valid[0].inbound_websocket_bot_id == 11
+
+
+def test_validate_a_decimal_did_is_a_number_saved_as_a_decimal() -> None:
+    """A fraction is no phone number, and its digits build no country suggestion."""
+    (issue,) = validate_table(make_table([row(number="918040000040.5")])).issues
+    assert issue.kind == "decimal_number"
+    assert "a number saved as a decimal" in issue.message
+    assert "country code" not in issue.message and "+49" not in issue.message
+
+
+@pytest.mark.parametrize(
+    ("cells", "column"),
+    [
+        (row(inbound="3", in_bot="93.5"), "Inbound Bot ID"),
+        (row(inbound="1.5"), "Inbound Mode"),
+        (row(status="0.5"), "Status"),
+    ],
+)
+def test_validate_a_decimal_in_a_numeric_field_is_a_number_saved_as_a_decimal(
+    cells: list[str], column: str
+) -> None:
+    (issue,) = validate_table(make_table([cells])).issues
+    assert issue.column == column
+    assert issue.kind == "decimal_number" and "a number saved as a decimal" in issue.message
+
+
+FOOTER_HEADERS = ("DID Number", "Inbound Mode", "Outbound Mode", "Notes")
+
+
+def _write_csv(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_validate_file_skips_footer_rows_as_not_data_rows(tmp_path: Path) -> None:
+    """Text only outside the field columns, after the last data row: skipped, not failed, exit 0."""
+    path = _write_csv(
+        tmp_path / "portal.csv",
+        [
+            ",".join(FOOTER_HEADERS),
+            "+918012345678,1,4,first",
+            "+918012345679,1,4,",
+            ",,,Total numbers: 2",
+            ",,,Confidential - do not forward",
+        ],
+    )
+    summary = validate_file(ValidateConfig(InputOptions(path)))
+    assert summary.exit_code == 0
+    rows = {r["import_row"]: r for r in read_results(summary.results_path)}
+    for footer in ("4", "5"):
+        assert rows[footer]["import_status"] == "skipped"
+        assert rows[footer]["import_reason"] == "not a data row (footer?)"
+    assert [rows[r]["import_status"] for r in ("2", "3")] == ["valid", "valid"]
+
+
+def test_validate_empty_row_before_the_last_data_row_is_no_footer() -> None:
+    """A row without field values between data rows still fails: only trailing rows are footers."""
+    table = make_table(
+        [row(), row(number="", inbound="", outbound="", customer="note"), row(number="+918012345679")]
+    )
+    report = validate_table(table)
+    assert report.skipped == {}
+    assert 3 in report.failed_rows
+
+
+def test_validate_file_results_show_the_e164_number_of_each_row(tmp_path: Path) -> None:
+    """What 4805550123 became under --default-region US, before anything is sent."""
+    path = _write_csv(
+        tmp_path / "us.csv",
+        [",".join(FOOTER_HEADERS[:3]), "4805550123,1,4", "(480) 555-0124,1,4", "+918012345678,1,4", "12,1,4"],
+    )
+    summary = validate_file(ValidateConfig(InputOptions(path, default_region="US")))
+    numbers = [r["import_did_number"] for r in read_results(summary.results_path)]
+    assert numbers == ["+14805550123", "+14805550124", "+918012345678", None]
+
+
+def test_run_footer_rows_are_skipped_and_do_not_fail_the_run(tmp_path: Path) -> None:
+    """A portal export's footer lines end skipped in a real run too: nothing sent for them, exit 0."""
+    sheet = write_sheet(tmp_path / "sheet.csv", 3)
+    with sheet.open("a", encoding="utf-8") as fh:
+        fh.write(",,,,,,,,Total numbers: 3\n,,,,,,,,Confidential - do not forward\n")
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inv.json", 3)))
+    summary = run_import(config_for(sheet, tmp_path), transport=httpx.ASGITransport(app=sandbox.app))
+    assert summary.exit_code == 0
+    assert summary.counts == {"succeeded": 3, "skipped": 2}
+    footers = [r for r in read_results(summary.results_path) if r["import_row"] in ("5", "6")]
+    assert [(r["import_status"], r["import_reason"]) for r in footers] == [
+        ("skipped", "not a data row (footer?)")
+    ] * 2

@@ -34,8 +34,9 @@ from importer.web.engine import Connection
 from importer.web.jobs import safe_name
 from importer.web.security import allowed_hosts
 from importer.web.server import ServeSettings, build, running_server
+from importer.web.store import JobStore
 
-TOKEN = "web-test-token-0123456789"
+TOKEN = "web-test-token-0123456789-abcdefghijkl"
 FINAL = {"done", "cancelled", "failed"}
 
 
@@ -73,6 +74,25 @@ def _sheet(folder: Path, n: int = 10, bad: bool = True) -> Path:
 def _upload(client: httpx.Client, path: Path, **fields: Any) -> httpx.Response:
     with path.open("rb") as fh:
         return client.post("/api/jobs", files={"file": (path.name, fh)}, data=fields)
+
+
+def _record(data: Path, job_id: str) -> dict[str, Any]:
+    """A job's stored record, read from the data dir's database as the next start reads it."""
+    store = JobStore(data)
+    try:
+        found = [j.record for j in store.jobs() if j.id == job_id]
+    finally:
+        store.close()
+    assert found and found[0] is not None, job_id
+    return found[0]
+
+
+def _put_record(data: Path, job_id: str, **changes: Any) -> None:
+    store = JobStore(data)
+    try:
+        store.put(job_id, {**_record(data, job_id), **changes})
+    finally:
+        store.close()
 
 
 def _summary(data: bytes) -> dict[str, Any]:
@@ -483,8 +503,7 @@ def test_web_restart_validates_again_and_drops_a_half_plan(tmp_path: Path) -> No
         for job_id in jobs:
             wait_for_job(client, job_id, {"validated"})
     for job_id, status in zip(jobs, ("validating", "planning"), strict=True):
-        path = settings.data_dir / "jobs" / job_id / "job.json"
-        path.write_text(json.dumps({**json.loads(path.read_text()), "status": status, "counts": {}}))
+        _put_record(settings.data_dir, job_id, status=status, counts={})
     with (
         running_server(settings) as (url, _t, _s),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
@@ -636,7 +655,7 @@ def test_web_killed_mid_send_resumes_on_start_one_create_per_did(
         first.proc.wait(10)
     finally:
         _stop(first)
-    assert json.loads((data / "jobs" / job_id / "job.json").read_text())["status"] == "sending"
+    assert _record(data, job_id)["status"] == "sending"
     assert len(sandbox.state_snapshot()["writes"]) < 30
     second = _serve(data, base_url)
     try:
@@ -678,7 +697,7 @@ def test_web_sigterm_settles_closes_streams_and_resumes(api: tuple[str, Sandbox]
     # uvicorn re-raises the signal once it has shut down, so the exit status is SIGTERM's own.
     assert code in (0, -signal.SIGTERM) and took < 5, (code, took)
     assert ended.wait(2), "the event stream was not closed"
-    stored = json.loads((data / "jobs" / job_id / "job.json").read_text())
+    stored = _record(data, job_id)
     assert stored["status"] == "sending" and "resumes on the next start" in stored["stopped"]
     writes_before = len(sandbox.state_snapshot()["writes"])
     time.sleep(0.3)

@@ -234,9 +234,14 @@ class _Reader:
 
     async def find(self, rows: Sequence[NamesADid]) -> None:
         """Read just the DIDs the rows name that are not known yet, the cheaper way."""
+        # The index only grows, so what is missing only shrinks: filter what was missing, not every
+        # row again after each page (that made reading 1,000 pages for 20,000 rows quadratic).
+        numbers_left, ids_left = _missing(rows, self.index)
 
         def remaining() -> tuple[set[str], set[int]]:
-            return _missing(rows, self.index)
+            numbers_left.difference_update([n for n in numbers_left if n in self.index.by_number])
+            ids_left.difference_update([i for i in ids_left if i in self.index.by_id])
+            return set(numbers_left), set(ids_left)
 
         def all_found() -> bool:
             numbers, ids = remaining()

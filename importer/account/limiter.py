@@ -66,6 +66,12 @@ class RateLimiter:
         self._queue = asyncio.Lock()  # asyncio.Lock wakes its waiters in FIFO order
         self._changed = asyncio.Event()
         self._waiting: set[asyncio.Task[object]] = set()
+        self.requests = 0
+        """Slots taken since this limiter was made (the web service's /metrics)."""
+        self.throttled = 0
+        """Pauses after a 429 since this limiter was made."""
+        self.on_take: Callable[[RateLimiter], None] | None = None
+        """Called each time a slot is taken, before the request leaves (the web service keeps the window)."""
 
     def __repr__(self) -> str:
         return (
@@ -125,6 +131,9 @@ class RateLimiter:
                 if wait <= 0:
                     slot = Slot(next(self._numbers), now)
                     self._in_flight.add(slot.number)
+                    self.requests += 1
+                    if self.on_take is not None:
+                        self.on_take(self)
                     return slot
                 # Wake early on a release or a new pause; the tiny extra sleep steps past
                 # the inclusive window edge instead of spinning on it.
@@ -161,6 +170,7 @@ class RateLimiter:
         """
         now = self._clock()
         self._expire(now)
+        self.throttled += 1
         if seconds is not None:
             until = now + max(0.0, seconds)
         elif self._stamps:
@@ -168,6 +178,22 @@ class RateLimiter:
         else:
             until = now + self.window
         self._paused_until = max(self._paused_until, until)
+        self._changed.set()
+
+    def recent(self) -> list[float]:
+        """How many seconds ago each request still inside the window finished (one in flight: 0).
+
+        With :meth:`remember`, this is how a server keeps the window across a restart.
+        """
+        now = self._clock()
+        self._expire(now)
+        return [now - s for s in self._stamps] + [0.0] * len(self._in_flight)
+
+    def remember(self, ages: list[float]) -> None:
+        """Count requests an earlier run of the program finished ``ages`` seconds ago."""
+        now = self._clock()
+        kept = [now - max(0.0, a) for a in ages if a <= self.window]
+        self._stamps = deque(sorted([*self._stamps, *kept]))
         self._changed.set()
 
     @property

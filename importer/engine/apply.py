@@ -290,7 +290,7 @@ class _Engine:
     def not_resent(self, a: _Attempt) -> RowOutcome:
         """A write whose unknown outcomes all proved not applied, and that a stop keeps from re-sending."""
         reason = f"not applied: stopped ({'; '.join(a.causes)}); the live state does not match what was sent"
-        return a.outcome(Status.FAILED, ReasonKind.UNSETTLED, reason)
+        return a.outcome(Status.FAILED, ReasonKind.NOT_APPLIED, reason)
 
     async def settle(self, a: _Attempt, cause: str) -> RowOutcome | None:
         """Re-read the live state after an unknown outcome; return the outcome, or None to re-send."""
@@ -305,7 +305,7 @@ class _Engine:
         if len(a.causes) >= MAX_ATTEMPTS or self.stop_reason:
             why = "stopped" if self.stop_reason else f"after {a.attempts} attempts"
             reason = f"not applied {why} ({'; '.join(a.causes)}); the live state does not match what was sent"
-            return a.outcome(Status.FAILED, ReasonKind.UNSETTLED, reason)
+            return a.outcome(Status.FAILED, ReasonKind.NOT_APPLIED, reason)
         if a.action is Action.UPDATE:
             if current is None:
                 reason = f"routing {a.routing_id} no longer exists ({cause}); not re-sent"
@@ -354,8 +354,9 @@ class _Engine:
                 if not self.abandoning:
                     raise
                 # A second stop: leave the write in flight in the journal for the next run to settle.
+                # The server may well have applied it (the answer is what we stopped waiting for).
                 reason = (
-                    "outcome unknown: stopped before it was settled; "
+                    "outcome unknown (may have been applied): stopped before it was settled; "
                     "running the same file again settles it against the live state"
                 )
                 self.outcomes[w.row] = w.outcome(Status.FAILED, reason, ReasonKind.UNSETTLED)
@@ -366,7 +367,7 @@ class _Engine:
                 continue
             except ApiError as exc:
                 self.stop(f"the state could not be re-read ({exc})", ExitCode.ABORTED)
-                reason = f"outcome unknown and the state could not be re-read: {exc}"
+                reason = f"outcome unknown (may have been applied) and the state could not be re-read: {exc}"
                 outcome = w.outcome(Status.FAILED, reason, ReasonKind.UNSETTLED)
             finally:
                 self.busy.discard(task)

@@ -21,8 +21,8 @@ from types import MappingProxyType
 
 from importer.account.inventory import DidRef, Inventory
 from importer.account.records import Did, Routing, number_key
-from importer.engine.journal import ChangeRecord, ConfirmedRow, InFlightRow
-from importer.engine.resolve import resolve_row
+from importer.engine.journal import ChangeRecord, ConfirmedRow, Fate, InFlightRow, Timeline
+from importer.engine.resolve import NearIndex, resolve_row
 from importer.fields import ROUTING_FIELDS, routing_body
 from importer.model import RoutingRow, RowOutcome
 from importer.vocab import Action, Decision, OnExisting, ReasonKind, Status
@@ -249,8 +249,9 @@ def plan_import(
     details: list[str] = []
     seen: dict[int, int] = {}
     counts: collections.Counter[str] = collections.Counter()
+    near = NearIndex.of(inventory.dids_by_number)  # once: a scan per unknown number is quadratic
     for row in rows:
-        found = resolve_row(row, inventory, connection)
+        found = resolve_row(row, inventory, connection, near)
         if not found.ok:
             outcomes.append(_failed(row.row, found.kind, found.reason, found.did_id))
             counts["fail"] += 1
@@ -409,12 +410,17 @@ def _did_of(change: ChangeRecord, dids_by_number: Mapping[str, Did]) -> int | No
     return did.did_id if did is not None else None
 
 
+def _group(change: ChangeRecord, dids_by_number: Mapping[str, Did]) -> object:
+    """The DID a change belongs to, for collapsing (a DID the journal does not name: its row)."""
+    did = _did_of(change, dids_by_number)
+    return did if did is not None else ("row", change.row)
+
+
 def collapse(changes: Sequence[ChangeRecord], dids_by_number: Mapping[str, Did]) -> list[ChangeRecord]:
     """One change per DID: the first one's before and action, the last one's body."""
     by_did: dict[object, list[ChangeRecord]] = collections.defaultdict(list)
     for c in changes:
-        did = _did_of(c, dids_by_number)
-        by_did[did if did is not None else ("row", c.row)].append(c)
+        by_did[_group(c, dids_by_number)].append(c)
     out: list[ChangeRecord] = []
     for group in by_did.values():
         first, last = group[0], group[-1]
@@ -432,9 +438,14 @@ def collapse(changes: Sequence[ChangeRecord], dids_by_number: Mapping[str, Did])
 
 
 def _decide(
-    index: int, change: ChangeRecord, inventory: Inventory, force: bool
+    index: int, change: ChangeRecord, inventory: Inventory, force: bool, fate: Fate
 ) -> tuple[Undo, Mapping[str, int] | None]:
-    """Decide the undo of one change against the live state; also return the re-send guard."""
+    """Decide the undo of one change against the live state; also return the re-send guard.
+
+    ``fate`` is what the journal says became of the change since: a change already rolled back
+    has nothing left to roll back, and a rollback of another run that wrote over it since is the
+    tool's own work, never someone's change, so ``force`` does not undo it either.
+    """
     did_id = _did_of(change, inventory.dids_by_number)
     did = inventory.dids_by_id.get(did_id) if did_id is not None else None
     live_routing = inventory.routing.get(did_id) if did_id is not None else None
@@ -476,6 +487,12 @@ def _decide(
         return undo(
             Decision.FAIL, ReasonKind.UNREADABLE_JOURNAL, f"the journal's copy of {what} is incomplete"
         )
+    if fate.rolled_back_by is not None:
+        return undo(
+            Decision.UNCHANGED,
+            ReasonKind.ROLLED_BACK,
+            f"rolled back already by run {fate.rolled_back_by}; nothing left to roll back",
+        )
     if live is not None and live == target:
         done = "already inactive with the run's modes" if created else "already as before the run"
         return undo(Decision.UNCHANGED, ReasonKind.UNCHANGED, f"{done}; nothing to send")
@@ -498,6 +515,16 @@ def _decide(
     if live == run_wrote:
         return undo(Decision.SEND, kind, action + ("" if change.settled else IN_FLIGHT_APPLIED))
     now = record_text(live_record)
+    since = fate.overwritten
+    if since is not None and fate.overwritten_by_rollback and live == body_of(since.body):
+        return undo(
+            Decision.UNCHANGED,
+            ReasonKind.ROLLED_BACK,
+            f"run {since.run_id}, a rollback, has written it since (now {now}): nothing of run "
+            f"{change.run_id}'s change is left to roll back",
+        )
+    known = since is not None and live == body_of(since.body)
+    whose = f"run {since.run_id}'s change" if since is not None and known else "someone's change"
     if force:
         return undo(
             Decision.SEND,
@@ -508,7 +535,7 @@ def _decide(
         Decision.SKIP,
         ReasonKind.CHANGED_SINCE,
         f"changed since the run (now {now}, the run wrote {record_text(run_wrote)}); skipped so as not to "
-        "overwrite someone's change (--force overwrites it)",
+        f"overwrite {whose} (--force overwrites it)",
     )
 
 
@@ -525,7 +552,12 @@ _DRY_KIND = {
 
 
 def plan_rollback(
-    changes: Sequence[ChangeRecord], inventory: Inventory, force: bool, *, heading: str = ""
+    changes: Sequence[ChangeRecord],
+    inventory: Inventory,
+    force: bool,
+    *,
+    heading: str = "",
+    timeline: Timeline | None = None,
 ) -> Plan:
     """Plan one undo per DID the runs changed: restore an update, deactivate a create.
 
@@ -537,6 +569,8 @@ def plan_rollback(
         inventory: The account's live state.
         force: Overwrite rows someone changed since the run instead of skipping them.
         heading: The plan's first line for people.
+        timeline: The journal's every write and rollback (``Journal.timeline``): a change
+            already rolled back, or written over by a rollback of another run, is left alone.
 
     Returns:
         The plan: one update per undo to send, guarded by the live record it was planned
@@ -545,8 +579,12 @@ def plan_rollback(
     writes: list[Write] = []
     outcomes: list[RowOutcome] = []
     undos: list[Undo] = []
+    known = timeline.fates() if timeline is not None else {}
+    # Per DID, the last change of the runs decides what became of it (collapse keeps its body).
+    fates = {_group(c, inventory.dids_by_number): known.get(Timeline.key(c), Fate()) for c in changes}
     for index, change in enumerate(collapse(changes, inventory.dids_by_number), start=2):
-        u, live = _decide(index, change, inventory, force)
+        fate = fates.get(_group(change, inventory.dids_by_number), Fate())
+        u, live = _decide(index, change, inventory, force, fate)
         undos.append(u)
         if u.decision is not Decision.SEND:
             status, action = _SETTLED[u.decision]

@@ -6,15 +6,15 @@ per run (``live.read_inventory``), so a row's checks are a function of the row a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from importer.account.inventory import BOT_FIELDS, Inventory
-from importer.account.records import Connection
+from importer.account.records import Connection, Did
 from importer.model import RoutingRow
 from importer.vocab import ReasonKind
 
-__all__ = ["Resolution", "connection_problem", "near_match", "resolve_row"]
+__all__ = ["NearIndex", "Resolution", "connection_problem", "near_match", "resolve_row"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +38,57 @@ class Resolution:
         return "; ".join(text for _, text in self.problems)
 
 
-def near_match(number: str, inventory: Inventory) -> str:
+TAIL = 9
+"""A number whose last 9 digits match a purchased DID is that DID with another country code."""
+
+
+@dataclass(frozen=True, slots=True)
+class NearIndex:
+    """The purchased DIDs indexed for ``near_match``: a lookup per unknown number, not a scan.
+
+    The hint names the first DID (in the account's order) that ends with the unknown number's
+    last 9 digits, or that the unknown number ends with. Both are dictionary lookups: the DIDs
+    by their last 9 digits, and every suffix of the unknown number among the DIDs.
+    """
+
+    dids: tuple[Did, ...]
+    position: Mapping[str, int]
+    """Number key -> its place in the account's order (the first match wins, as a scan would)."""
+    by_tail: dict[int, dict[str, int]]
+    """Length -> last digits -> the first DID with at least that many digits ending so. Length 9 is
+    built at once; a number shorter than 9 digits needs a shorter length, built when first asked."""
+
+    @classmethod
+    def of(cls, dids_by_number: Mapping[str, Did]) -> NearIndex:
+        """Index the account's DIDs (keyed by number digits) once per job."""
+        index = cls(tuple(dids_by_number.values()), {k: i for i, k in enumerate(dids_by_number)}, {})
+        index.tails(TAIL)
+        return index
+
+    def tails(self, length: int) -> dict[str, int]:
+        if length not in self.by_tail:
+            firsts: dict[str, int] = {}
+            for known, i in self.position.items():
+                if len(known) >= length:
+                    firsts.setdefault(known[len(known) - length :], i)
+            self.by_tail[length] = firsts
+        return self.by_tail[length]
+
+    def first(self, number: str) -> Did | None:
+        """The first DID that ends with the number's last 9 digits or that the number ends with."""
+        tail = number[-TAIL:]
+        found = [self.tails(len(tail)).get(tail)]
+        found += [self.position.get(number[k:]) for k in range(len(number) + 1)]
+        places = [i for i in found if i is not None]
+        return self.dids[min(places)] if places else None
+
+
+def near_match(number: str, near: NearIndex) -> str:
     """A hint naming a purchased DID that differs only in its country code, or ""."""
-    tail = number[-9:]
-    for known, did in inventory.dids_by_number.items():
-        if known.endswith(tail) or number.endswith(known):
-            return f" (did you mean {did.did_number}, id {did.did_id}? check the country code)"
-    return ""
+    did = near.first(number)
+    if did is None:
+        return ""
+    return f" (did you mean {did.did_number}, id {did.did_id}? check the country code)"
 
 
 def connection_problem(
@@ -84,13 +128,17 @@ def connection_problem(
     )
 
 
-def resolve_row(row: RoutingRow, inventory: Inventory, connection: str) -> Resolution:
+def resolve_row(
+    row: RoutingRow, inventory: Inventory, connection: str, near: NearIndex | None = None
+) -> Resolution:
     """Find the row's DID id and check its bots and connection against the account.
 
     Args:
         row: A valid row.
         inventory: The account's live state.
         connection: The run's connection id.
+        near: The DIDs indexed for "did you mean" hints; build it once per job
+            (``NearIndex.of``), else each unknown number indexes the whole account again.
 
     Returns:
         The DID id (None when it cannot be found) and every problem, each with its kind.
@@ -103,7 +151,7 @@ def resolve_row(row: RoutingRow, inventory: Inventory, connection: str) -> Resol
             (
                 ReasonKind.DID_NOT_FOUND,
                 f"DID {row.did_number} is not in this account's purchased DIDs"
-                + near_match(row.did_number, inventory),
+                + near_match(row.did_number, near or NearIndex.of(inventory.dids_by_number)),
             )
         )
     if row.did_id is not None:

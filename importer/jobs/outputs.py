@@ -21,11 +21,13 @@ from importer.output.results import (
     check_workbook_name,
     default_paths,
     failed_path_for,
+    in_words,
     save_problem,
     stamped_path,
     write_failed_rows,
     write_results,
 )
+from importer.words import Surface
 
 __all__ = [
     "OutcomeTally",
@@ -145,11 +147,16 @@ def write_outputs(
     info: RunInfo,
     results: Path,
     failed: Path,
+    surface: Surface = Surface.CLI,
 ) -> OutcomeTally:
-    """Write the results workbook (streaming) and, when rows failed, the failed-rows file."""
+    """Write the results workbook (streaming) and, when rows failed, the failed-rows file.
+
+    ``surface`` says whose words the reasons are in: a web job's files use the page's.
+    """
     columns = outcomes if isinstance(outcomes, OutcomeColumns) else OutcomeColumns.from_outcomes(outcomes)
+    columns = in_words(columns, issues, surface)
     tally = OutcomeTally(columns)
-    write_results(results, table, columns, issues, info)
+    write_results(results, table, columns, issues, info, surface)
     if tally.failed_rows:
         write_failed_rows(failed, table, tally.failed_rows, columns.failed_reasons())
     elif failed.exists():

@@ -38,7 +38,7 @@ from importer.account.limiter import RateLimiter
 from importer.engine.apply import Applied, ProgressCallback
 from importer.engine.journal import ChangeRecord, Journal, RunRecord
 from importer.engine.plan import NO_DELETE, Plan, Undo, named_did, plan_rollback, record_text
-from importer.errors import InputError
+from importer.errors import InputError, NothingToDo
 from importer.jobs.outputs import check_writable, default_journal_path, save_with_fallback
 from importer.jobs.session import (
     Ask,
@@ -230,7 +230,11 @@ def choose_runs(
                 raise InputError(_changed_nothing(journal, [anchor], runs, imports, changes))
             sha256 = runs[anchor].input_sha256
         elif sha256 is None and imports:
-            sha256 = imports[-1].input_sha256
+            # The journal alone: the latest import with something left, never one rolled back already.
+            timeline = journal.timeline()
+            if not (left := timeline.left_runs()):
+                raise NothingToDo(timeline.nothing_left(journal.path.name))
+            sha256 = runs[left[-1]].input_sha256
         chosen = [r for r in imports if r.input_sha256 == sha256]
         if not chosen:
             which = "of that results workbook's input " if sha256 else ""
@@ -432,7 +436,10 @@ async def _rollback(
             used_before=covered.runs[-1].audit.get("connection") or None,
         ) as session:
             heading = f"rollback of {covered.label()} ({covered.inputs()}) from {journal.path}:"
-            plan = plan_rollback(covered.changes, session.inventory, config.force, heading=heading)
+            timeline = journal.timeline()
+            plan = plan_rollback(
+                covered.changes, session.inventory, config.force, heading=heading, timeline=timeline
+            )
             plan = priced(plan, config, session)
             if config.on_plan is not None:
                 config.on_plan(plan)

@@ -199,7 +199,8 @@ def write_report(
 
     def save(path: Path) -> tuple[OutcomeTally, Path]:
         failed_here = failed if path == results else failed_path_for(path)  # a fallback's goes beside it
-        return write_outputs(report.table, outcomes, report.issues, info, path, failed_here), failed_here
+        tally = write_outputs(report.table, outcomes, report.issues, info, path, failed_here, config.surface)
+        return tally, failed_here
 
     try:
         (tally, failed), results, saved = save_with_fallback(save, results)

@@ -17,6 +17,7 @@ from importer.jobs.session import NOT_CONFIRMED, skipped_by_parser
 from importer.model import RawTable, RowIssue, RowOutcome, Status
 from importer.read.reader import describe_hidden
 from importer.vocab import Action, ExitCode, describe_kind
+from importer.words import issue_label
 
 __all__ = ["RunSummary", "input_notes", "job_notes", "top_reasons"]
 
@@ -108,27 +109,7 @@ def top_reasons(
     """The most common problems as labels for people (validation's and the engine's kinds alike)."""
     counter: collections.Counter[str] = collections.Counter()
     for issue in issues:
-        counter[_KIND_TEXT.get(issue.kind, issue.kind)] += 1
+        counter[issue_label(issue.kind)] += 1
     for kind in extra:
         counter[describe_kind(kind)] += 1
     return counter.most_common(limit)
-
-
-_KIND_TEXT = {
-    "scientific_notation": "DID in scientific notation (Excel lost digits)",
-    "no_country_code": "DID without a country code",
-    "bad_number": "not a valid phone number",
-    "extension": "DID with an extension",
-    "missing_did": "no DID on the row",
-    "missing_mode": "mode missing",
-    "bad_mode": "unknown mode",
-    "missing_mode_id": "bot or trunk id missing for the mode",
-    "id_for_unused_mode": "id filled in for a mode that does not use it",
-    "bad_id": "id is not a positive whole number",
-    "bad_status": "unknown status",
-    "bad_uuid": "connection id is not a UUID",
-    "duplicate": "duplicate DID",
-    "excel_error": "Excel error in a cell (#N/A, #REF!, ...)",
-    "ragged_row": "row has the wrong number of fields",
-    "wrong_column": "column does not look like the field its header matched",
-}

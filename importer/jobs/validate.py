@@ -24,9 +24,9 @@ from importer.output.results import OutcomeColumns
 from importer.read.reader import read_table
 from importer.validate.rules import validate_table
 from importer.vocab import Action, ExitCode, ReasonKind
+from importer.words import Surface, render_reason
 
 __all__ = [
-    "HIDDEN_ROW_REASON",
     "VALIDATE_LABELS",
     "CellEdit",
     "apply_edits",
@@ -94,7 +94,9 @@ def load_and_validate(options: InputOptions, edits: Sequence[CellEdit] = ()) -> 
     )
     if not hidden:
         return report
-    return dataclasses.replace(report, table=table, skipped=dict.fromkeys(hidden, HIDDEN_ROW_REASON))
+    return dataclasses.replace(
+        report, table=table, skipped={**dict.fromkeys(hidden, ReasonKind.HIDDEN_ROW), **report.skipped}
+    )
 
 
 def move_header(table: RawTable, row: int) -> RawTable:
@@ -149,17 +151,13 @@ def apply_edits(table: RawTable, edits: Sequence[CellEdit]) -> RawTable:
     return dataclasses.replace(table, frame=frame)
 
 
-HIDDEN_ROW_REASON = "hidden in Excel (--skip-hidden-rows)"
-
-
 def skipped_outcome(report: ValidationReport, row: int) -> RowOutcome | None:
-    """The outcome of a row left out on purpose (a hidden row with --skip-hidden-rows), or None."""
-    reason = report.skipped.get(row)
-    if reason is None:
+    """The outcome of a row left out on purpose (hidden with --skip-hidden-rows, a footer), or None."""
+    kind = report.skipped.get(row)
+    if kind is None:
         return None
-    return RowOutcome(
-        row=row, status=Status.SKIPPED, action=Action.SKIP, reason=reason, reason_kind="hidden_row"
-    )
+    reason = render_reason(kind, Surface.CLI)
+    return RowOutcome(row=row, status=Status.SKIPPED, action=Action.SKIP, reason=reason, reason_kind=kind)
 
 
 def reasons_by_row(issues: Iterable[RowIssue]) -> dict[int, list[RowIssue]]:
@@ -217,6 +215,7 @@ def validation_outcomes(report: ValidationReport) -> OutcomeColumns:
     nothing: list[int | None] = [None] * count
     empty = [""] * count
     return OutcomeColumns(
+        did_number=_e164(report, rows),
         row=rows,
         status=status,
         action=action,
@@ -229,6 +228,15 @@ def validation_outcomes(report: ValidationReport) -> OutcomeColumns:
         current=empty,
         proposed=empty,
     )
+
+
+def _e164(report: ValidationReport, rows: list[int]) -> list[str]:
+    """Each row's DID number as E.164 ("+" and digits), "" where it did not read."""
+    numbers = report.did_numbers
+    if numbers is None:
+        return [""] * len(rows)
+    found = numbers.reindex(rows) if len(numbers) != len(rows) else numbers
+    return ["" if n is None or n != n else "+" + n for n in found.tolist()]  # n != n: NaN of reindex
 
 
 def every_row(report: ValidationReport, by_row: Mapping[int, RowOutcome]) -> Iterator[RowOutcome]:

@@ -8,6 +8,7 @@ to a temporary file in the target folder that replaces the target only when comp
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import errno
 import itertools
@@ -27,6 +28,8 @@ import xlsxwriter.exceptions
 from importer.errors import InputError, OutputError
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status
 from importer.read.reader import describe_hidden
+from importer.vocab import ReasonKind
+from importer.words import Surface, render, render_reason
 
 RESULT_COLUMNS = (
     "import_status",
@@ -88,6 +91,9 @@ class OutcomeColumns:
     attempts: Sequence[int]
     current: Sequence[str]
     proposed: Sequence[str]
+    did_number: Sequence[str] | None = None
+    """Validate only: each row's DID as E.164 ("+14805550123"; "" where it did not read): what a
+    national number became under ``--default-region`` before anything is sent."""
 
     @classmethod
     def from_outcomes(cls, outcomes: Iterable[RowOutcome]) -> OutcomeColumns:
@@ -197,12 +203,37 @@ def check_workbook_name(path: Path, option: str = "-o") -> None:
         )
 
 
+def in_words(columns: OutcomeColumns, issues: Sequence[RowIssue], surface: Surface) -> OutcomeColumns:
+    """The outcomes with their reasons in the words of ``surface`` (the CLI's are already so).
+
+    A failed row's reason is its issues, rendered again; a reason kind whose words name a
+    control (hidden rows, ``--force``) is rendered again when its reason is that kind's words.
+    """
+    if surface is Surface.CLI:
+        return columns
+    by_row: dict[int, list[str]] = {}
+    for issue in issues:
+        by_row.setdefault(issue.row, []).append(render(issue, surface))
+    reasons = list(columns.reason)
+    for k, (row, kind, reason) in enumerate(
+        zip(columns.row, columns.reason_kind, columns.reason, strict=True)
+    ):
+        if row in by_row:
+            reasons[k] = "; ".join(by_row[row])
+            continue
+        member = ReasonKind._value2member_map_.get(kind)
+        if isinstance(member, ReasonKind) and reason == render_reason(member, Surface.CLI):
+            reasons[k] = render_reason(member, surface)
+    return dataclasses.replace(columns, reason=reasons)
+
+
 def write_results(
     path: Path,
     table: RawTable,
     outcomes: Iterable[RowOutcome] | OutcomeColumns,
     issues: Sequence[RowIssue],
     info: RunInfo,
+    surface: Surface = Surface.CLI,
 ) -> None:
     """Write the results workbook: sheets Results, Summary and Errors.
 
@@ -213,14 +244,17 @@ def write_results(
             or as columns.
         issues: Every validation problem found (several per row are fine).
         info: The run's command, times, options and audit items.
+        surface: Whose words the reasons and problems are in (a web job's workbook: the page's).
 
     Raises:
         InputError: ``path`` is the input file, or the table is larger than a sheet can hold.
         ValueError: ``outcomes`` does not match the table's rows one to one.
     """
     _refuse_input(path, table)
-    outcome_columns = (
-        outcomes if isinstance(outcomes, OutcomeColumns) else OutcomeColumns.from_outcomes(outcomes)
+    outcome_columns = in_words(
+        outcomes if isinstance(outcomes, OutcomeColumns) else OutcomeColumns.from_outcomes(outcomes),
+        issues,
+        surface,
     )
     excel_rows = table.frame.index.tolist()
     if list(outcome_columns.row) != excel_rows:
@@ -238,7 +272,7 @@ def write_results(
     if len(columns) > EXCEL_MAX_COLUMNS:
         raise InputError(f"{len(columns)} columns do not fit in one Excel sheet ({EXCEL_MAX_COLUMNS} max)")
     failed = outcome_columns.failed()
-    error_lines = _error_lines(outcome_columns, failed, issues)
+    error_lines = _error_lines(outcome_columns, failed, issues, surface)
 
     with atomic_workbook(path) as book:
         bold = book.add_format({"bold": True})
@@ -332,6 +366,8 @@ def _result_values(
     yield "import_status", _Texts(labels.items()).of(outcomes.status)
     yield "import_action", _Texts().of(outcomes.action)
     yield "import_reason", list(outcomes.reason)
+    if outcomes.did_number is not None:
+        yield "import_did_number", list(outcomes.did_number)
     yield "import_did_id", _Texts().of(outcomes.did_id)
     yield "import_routing_id", _Texts().of(outcomes.routing_id)
     yield "import_http_status", _Texts().of(outcomes.http_status)
@@ -412,10 +448,10 @@ _ERROR_WIDTHS = (8, 24, 24, 80, 18)
 
 
 def _error_lines(
-    outcomes: OutcomeColumns, failed: list[bool], issues: Sequence[RowIssue]
+    outcomes: OutcomeColumns, failed: list[bool], issues: Sequence[RowIssue], surface: Surface
 ) -> list[_ErrorLine]:
     """List every problem: each issue, plus each failed row's reason when no issue explains it."""
-    lines = [(i.row, i.column, i.value, i.message, i.kind) for i in issues]
+    lines: list[_ErrorLine] = [(i.row, i.column, i.value, render(i, surface), str(i.kind)) for i in issues]
     explained = {i.row for i in issues}
     lines += [
         (outcomes.row[k], "", "", outcomes.reason[k], outcomes.reason_kind[k])

@@ -1,12 +1,15 @@
 """The JSON API (and a bare front page) over ``JobService``, behind ``security.Guard``.
 
-Routes (every one needs the token; see ``security``):
+Routes (every one but /healthz needs the token; see ``security``):
 
+    GET    /healthz                        200 {"status": "ok"} while the data dir takes writes, else 503
+    GET    /metrics                        Prometheus text: jobs, rows, requests and 429s per key, queues
+    POST   /logout                         clears the session cookie
     GET    /, /jobs/...                    the page (``pages``: HTML over the same service)
     GET    /api/jobs                       every job
     POST   /api/jobs                       multipart: file, sheet, default_region, map (repeatable),
                                            uploaded_by -> 201 with the job (validation runs after)
-    GET    /api/jobs/{id}                  one job
+    GET    /api/jobs/{id}                  one job (410 with the reason for a damaged one)
     PATCH  /api/jobs/{id}                  {"sheet", "default_region", "map", "header_row"}: read again
     GET    /api/jobs/{id}/rows             ?status=failed&offset=0&limit=100
     PATCH  /api/jobs/{id}/rows/{row}       {"Header or field": "new value", ...} before sending
@@ -21,25 +24,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from python_multipart.exceptions import FormParserError
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive
 
 from importer.errors import ImporterError
-from importer.web import engine
+from importer.web import engine, observe, ratememory
 from importer.web.jobs import Job, JobError, JobService, JobStatus, safe_name
 from importer.web.pages import page_routes
 from importer.web.security import Guard
+from importer.web.spool import FormRefused, spool_form
+from importer.web.store import full_disk
 
 __all__ = ["UploadRefused", "WebConfig", "accept_upload", "create_app", "sniff_upload"]
 
@@ -64,6 +71,8 @@ class WebConfig:
     max_upload_bytes: int
     scratch: Path
     """Where uploads land while they arrive (on the data dir's disk, so a move is a rename)."""
+    cookie: str = "voicelink_session"
+    """The session cookie's name (``security.cookie_name``: with the port)."""
 
 
 class _TooLarge(Exception):
@@ -112,7 +121,7 @@ def _clean_text(value: object, limit: int = 200) -> str:
 
 
 class UploadRefused(Exception):
-    """An upload the service does not take; ``status`` is the HTTP answer (400, 413, 415, 503)."""
+    """An upload the service does not take; ``status`` is the HTTP answer (400, 413, 415, 500, 503, 507)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -122,12 +131,13 @@ class UploadRefused(Exception):
 async def accept_upload(request: Request, service: JobService, config: WebConfig) -> Job:
     """Take a multipart upload (``file``, ``sheet``, ``default_region``, ``map``, ``uploaded_by``).
 
-    The body is counted as it streams to disk and refused once it passes the cap; the file type
-    is told by content. The job is answered at once and validated in the background. The page's
-    form handler (no JavaScript) can call this too and redirect to the job.
+    The body is counted as it streams into the data dir (``spool``) and refused once it passes
+    the cap; the file type is told by content. The job is answered at once and validated in the
+    background. The page's form handler (no JavaScript) can call this too and redirect to the job.
 
     Raises:
-        UploadRefused: too large, not a spreadsheet, a bad ``map``, or the server is stopping.
+        UploadRefused: too large, not a spreadsheet, a bad ``map``, the server is stopping, or
+            its disk is full (507; the partial upload is removed).
     """
     too_large = UploadRefused(413, f"the file is larger than {config.max_upload_bytes // 2**20} MB")
     if service.closing.is_set():
@@ -138,50 +148,77 @@ async def accept_upload(request: Request, service: JobService, config: WebConfig
         raise too_large
     counted = Request(request.scope, _counting(request.receive, limit))
     try:
-        async with counted.form(max_files=1, max_fields=64, max_part_size=64 * 1024) as form:
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise UploadRefused(400, "no file in the form (field 'file')")
-            name = upload.filename or "upload"
-            head = await upload.read(8192)
-            suffix = sniff_upload(head, name)
-            if suffix is None:
-                raise UploadRefused(
-                    415, "unsupported file: send a CSV, TSV, XLSX, XLSM, XLS or ODS spreadsheet"
-                )
-            try:
-                column_map = engine.parse_column_map([str(m) for m in form.getlist("map") if str(m).strip()])
-            except ImporterError as exc:
-                raise UploadRefused(400, str(exc)) from None
-            config.scratch.mkdir(parents=True, exist_ok=True)
-            size = len(head)
-            with tempfile.NamedTemporaryFile(dir=config.scratch, delete=False) as out:
-                scratch = Path(out.name)
-                out.write(head)
-                while size <= config.max_upload_bytes and (chunk := await upload.read(1 << 20)):
-                    size += len(chunk)
-                    out.write(chunk)
-            if size > config.max_upload_bytes:
-                scratch.unlink(missing_ok=True)
-                raise too_large
-            sheet = _clean_text(form.get("sheet")) or None
-            region = _clean_text(form.get("default_region"), 8) or None
-            uploaded_by = _clean_text(form.get("uploaded_by"), 100)
+        form = await spool_form(
+            counted.stream(),
+            request.headers.get("content-type", ""),
+            config.scratch,
+            max_file_bytes=config.max_upload_bytes,
+            max_fields=64,
+            max_field_bytes=64 * 1024,
+        )
     except _TooLarge:
         raise too_large from None
+    except FormRefused as exc:
+        raise UploadRefused(exc.status, str(exc)) from None
+    except FormParserError:
+        raise UploadRefused(400, "the upload is not a well-formed multipart form") from None
+    except ClientDisconnect:
+        raise UploadRefused(400, "the upload was cut off before it ended; nothing was kept") from None
+    except OSError as exc:
+        raise _disk_refusal(exc) from None
+    scratch = form.path
     try:
-        return service.create(
-            scratch,
-            file=_clean_text(name) or "upload",  # shown escaped; disk and download names are sanitised
-            stored_name=safe_name(name, suffix),
-            sheet=sheet,
-            default_region=region,
-            column_map=column_map,
-            uploaded_by=uploaded_by,
-            client=request.client.host if request.client else "",
-        )
+        if scratch is None:
+            raise UploadRefused(400, "no file in the form (field 'file')")
+        name = form.filename or "upload"
+        suffix = sniff_upload(form.head, name)
+        if suffix is None:
+            raise UploadRefused(415, "unsupported file: send a CSV, TSV, XLSX, XLSM, XLS or ODS spreadsheet")
+        try:
+            column_map = engine.parse_column_map([m for m in form.getlist("map") if m.strip()])
+        except ImporterError as exc:
+            raise UploadRefused(400, str(exc)) from None
+        try:
+            return service.create(
+                scratch,
+                file=_clean_text(name) or "upload",  # shown escaped; disk and download names are sanitised
+                stored_name=safe_name(name, suffix),
+                sheet=_clean_text(form.get("sheet")) or None,
+                default_region=_clean_text(form.get("default_region"), 8) or None,
+                column_map=column_map,
+                uploaded_by=_clean_text(form.get("uploaded_by"), 100),
+                client=request.client.host if request.client else "",
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise _disk_refusal(exc) from None
     finally:
-        scratch.unlink(missing_ok=True)  # moved into the job's folder unless creating it failed
+        if scratch is not None:
+            scratch.unlink(missing_ok=True)  # moved into the job's folder unless creating it failed
+
+
+def _disk_refusal(exc: BaseException) -> UploadRefused:
+    """507 for a full disk, 500 for another failing write: one line, logged once."""
+    if full_disk(exc):
+        observe.log_storage_error("", "an upload was refused: the server's disk is full")
+        return UploadRefused(507, "the server's disk is full; the upload was not kept (try again later)")
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    observe.log_storage_error("", f"an upload could not be stored: {reason}")
+    return UploadRefused(500, f"the upload could not be stored: {reason}")
+
+
+def data_dir_writable(data_dir: Path) -> bool:
+    """Whether a file can be created, written and removed in the data dir now."""
+    try:
+        fd, name = tempfile.mkstemp(dir=data_dir, prefix=".healthz-")
+        try:
+            os.write(fd, b"ok")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError:
+        return False
+    return True
 
 
 def create_app(service: JobService, config: WebConfig) -> Starlette:
@@ -196,6 +233,9 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         async def endpoint(request: Request) -> Response:
             job = job_or_404(request)
             if job is None:
+                damaged = service.damaged.get(str(request.path_params["job_id"]))
+                if damaged is not None:  # kept on disk as it is; gone from service until repaired
+                    return _error(410, f"this job is damaged and cannot be used: {damaged}")
                 return _error(404, "no such job")
             try:
                 return await handler(request, job)
@@ -321,6 +361,39 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
 
         return endpoint
 
+    async def healthz(request: Request) -> Response:
+        ok = await asyncio.to_thread(data_dir_writable, service.store.path.parent)
+        if ok:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse(
+            {"status": "unavailable", "reason": "the data dir takes no writes"}, status_code=503
+        )
+
+    async def metrics(request: Request) -> Response:
+        keys = [
+            observe.KeyFigures(
+                fingerprint=key,
+                requests=lane.limiter.requests,
+                throttled=lane.limiter.throttled,
+                waiting=len(lane.waiting),
+                sending=int(lane.running is not None),
+            )
+            for key, lane in service.lanes.items()
+        ]
+        jobs = list(service.jobs.values())
+        text = observe.render_metrics(
+            [j.status.value for j in jobs] + ["damaged"] * len(service.damaged),
+            [j.counts for j in jobs],
+            keys,
+            service.events,
+        )
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def logout(request: Request) -> Response:
+        response = PlainTextResponse("signed out")
+        response.delete_cookie(config.cookie, path="/", httponly=True, samesite="strict")
+        return response
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.load()
@@ -328,8 +401,13 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
             yield
         finally:
             await service.stop()
+            # A clean stop: the next start knows each key's window exactly (ratememory).
+            ratememory.save_all(service.store, [(k, lane.limiter) for k, lane in service.lanes.items()])
 
     routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/logout", logout, methods=["POST"]),
         *page_routes(service, upload=create_job),
         Route("/api/jobs", list_jobs, methods=["GET"]),
         Route("/api/jobs", create_job, methods=["POST"]),
@@ -345,5 +423,5 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         Route("/api/jobs/{job_id}/failed.xlsx", with_job(download("failed")), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_middleware(Guard, token=config.token, hosts=config.hosts)
+    app.add_middleware(Guard, token=config.token, hosts=config.hosts, cookie=config.cookie)
     return app

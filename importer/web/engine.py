@@ -31,8 +31,10 @@ from importer.jobs.validate import every_row
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status, ValidationReport
 from importer.options import ImportConfig, InputOptions
 from importer.read.reader import read_table
-from importer.validate.rules import parse_column_map, validate_table
+from importer.validate.columns import parse_column_map
+from importer.validate.rules import validate_table
 from importer.vocab import ReasonKind
+from importer.words import Surface
 
 __all__ = [
     "Connection",
@@ -223,7 +225,7 @@ def write_results(
         options=options,
         audit=_audit(connection, audit),
     )
-    write_outputs(report.table, outcomes, issues, info, results, failed)
+    write_outputs(report.table, outcomes, issues, info, results, failed, Surface.WEB)
 
 
 async def run_job(

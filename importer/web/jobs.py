@@ -2,12 +2,14 @@
 
 A job's folder holds everything it needs to carry on after a restart::
 
-    job.json          status, options, who uploaded it, counts (rewritten atomically)
     input/<name>      the upload as received (never changed)
     edits.json        cell corrections, applied to the table after reading
     journal.sqlite    the engine's journal (what was sent, what came back)
-    outcomes.json     per-row outcomes of the last plan or send, once it ended
     results.xlsx      the results workbook (plan.results.xlsx for a plan), failed.xlsx
+
+Its record (status, options, who uploaded it, counts) and the per-row outcomes of its last plan
+or send live in ``<data-dir>/jobs.sqlite`` (``web.store``); a record that cannot be read is
+listed as damaged, with its reason, and every other job is served.
 
 Jobs that send through one key run one at a time in that key's ``Lane`` and share its rate
 limiter; the others wait and report their place. A job found ``sending`` at start goes back
@@ -27,6 +29,8 @@ import json
 import os
 import re
 import secrets
+import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,14 +39,16 @@ from pathlib import Path
 from types import EllipsisType
 from typing import Any, TypeVar
 
+from importer import words
 from importer.account.limiter import RateLimiter
 from importer.errors import ImporterError
 from importer.jobs.session import now_text
 from importer.jobs.validate import reasons_by_row
 from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
 from importer.options import InputOptions
-from importer.web import engine
+from importer.web import engine, observe, ratememory
 from importer.web.engine import Connection, Edit, SendProgress
+from importer.web.store import DamagedRecord, JobStore, decode_list, decode_object, full_disk
 
 __all__ = ["Job", "JobService", "JobStatus", "safe_name"]
 
@@ -67,7 +73,7 @@ class JobStatus(enum.StrEnum):
 EDITABLE = frozenset({JobStatus.VALIDATED, JobStatus.PLANNED})
 FINISHED = frozenset({JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED})
 KEEPS_OUTCOMES = frozenset({JobStatus.PLANNED, JobStatus.DONE, JobStatus.CANCELLED})
-"""States whose per-row outcomes are in outcomes.json (written when the plan or send ended)."""
+"""States whose per-row outcomes are in the store (written when the plan or send ended)."""
 
 NO_PROGRESS: Mapping[str, Any] = {
     "done": 0,
@@ -97,7 +103,7 @@ class JobError(Exception):
 
 @dataclass(slots=True)
 class Job:
-    """One import job: what is stored in job.json, plus what lives only while the server runs."""
+    """One import job: what its stored record holds, plus what lives only while the server runs."""
 
     id: str
     folder: Path
@@ -227,15 +233,71 @@ def _outcome_dict(o: RowOutcome) -> dict[str, Any]:
     return {name: getattr(o, name) for name in RowOutcome.__slots__}
 
 
-def _read_outcomes(path: Path) -> dict[int, RowOutcome]:
-    return {o.row: o for o in map(_outcome_from, json.loads(path.read_text(encoding="utf-8")))}
-
-
 def _outcome_from(d: Mapping[str, Any]) -> RowOutcome:
     values = dict(d)
     values["status"] = Status(values["status"])
     values["action"] = Action(values["action"])
     return RowOutcome(**values)
+
+
+def _reason(exc: BaseException) -> str:
+    """An error in a few words, for a damaged job's reason or a log line (no traceback)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def damaged_entry(job_id: str, reason: str) -> dict[str, Any]:
+    """A damaged job as the jobs list shows it: the shape of a snapshot, ``error`` saying why."""
+    return {
+        "id": job_id,
+        "status": "damaged",
+        "file": "",
+        "created": "",
+        "finished": None,
+        "uploaded_by": "",
+        "rows": 0,
+        "counts": {},
+        "problems": {},
+        "progress": dict(NO_PROGRESS),
+        "queue_position": None,
+        "error": reason,
+        "stopped": None,
+        "plan": None,
+        "budget": None,
+        "options": {},
+        "source": {},
+        "columns": [],
+        "mapping": {},
+        "edits": 0,
+    }
+
+
+def _import_folder(store: JobStore, folder: Path) -> None:
+    """Take a job kept in job.json and outcomes.json (before the database) into the store, once.
+
+    A file that cannot be read makes the job damaged, with the reason; the files are left as they are.
+    """
+    damaged: str | None = None
+    try:
+        raw = (folder / "job.json").read_bytes()
+    except OSError as exc:
+        raw, damaged = b"", f"job.json cannot be read: {_reason(exc)}"
+    outcomes = folder / "outcomes.json"
+    if damaged is None and outcomes.is_file():
+        try:
+            rows = [_outcome_from(o) for o in decode_list(outcomes.read_bytes(), "outcomes.json")]
+            store.put_outcomes(folder.name, [_outcome_dict(o) for o in rows])
+        except DamagedRecord as exc:
+            damaged = str(exc)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            damaged = f"outcomes.json has a missing or wrong entry ({_reason(exc)})"
+    if damaged is None:
+        try:
+            decode_object(raw, "job.json")
+        except DamagedRecord as exc:
+            damaged = str(exc)
+    store.put_raw(folder.name, raw, damaged)
 
 
 class Lane:
@@ -261,6 +323,11 @@ class JobService:
 
     def __init__(self, data_dir: Path, connection: Connection) -> None:
         self.root = data_dir / "jobs"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = JobStore(data_dir)
+        self.damaged: dict[str, str] = {}
+        """Jobs whose record cannot be read: id -> why. Listed, never served, never deleted."""
+        self.events = observe.JobEvents()
         self.connection = connection
         self.jobs: dict[str, Job] = {}
         self.lanes: dict[str, Lane] = {}
@@ -274,13 +341,34 @@ class JobService:
         """Load the jobs on disk; resume what a stop interrupted."""
         self.root.mkdir(parents=True, exist_ok=True)
         for folder in sorted(self.root.iterdir()):
-            if not JOB_ID.fullmatch(folder.name) or not (folder / "job.json").is_file():
-                continue
+            if (
+                JOB_ID.fullmatch(folder.name)
+                and (folder / "job.json").is_file()
+                and not self.store.has(folder.name)
+            ):
+                try:
+                    _import_folder(self.store, folder)  # a job from before the database: taken in once
+                except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: tried again on the next start
+                    self.damaged[folder.name] = (
+                        f"could not be taken into {self.store.path.name}: {_reason(exc)}"
+                    )
+        for stored in self.store.jobs():
             try:
-                job = self._load(folder)
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # a folder we cannot read is left alone, not fatal to the server
+                if stored.record is None:
+                    raise DamagedRecord(stored.damaged or "unreadable")
+                job = self._load(self.root / stored.id, stored.record)
+            except DamagedRecord as exc:
+                self.damaged[stored.id] = str(exc)
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                self.damaged[stored.id] = f"the job record has a missing or wrong field ({_reason(exc)})"
+                continue
             self.jobs[job.id] = job
+            self.events.seen(job)
+        for job_id, reason in self.damaged.items():
+            observe.log_damaged(job_id, reason)
+        # The key's window as the last run left it, before anything here sends (ratememory).
+        ratememory.remember(self.store, engine.lane_key(self.connection), self._lane().limiter)
         for job in self.jobs.values():
             if job.status is JobStatus.VALIDATING:
                 self._spawn(self._validate(job))
@@ -325,25 +413,45 @@ class JobService:
 
     # -- storage ----------------------------------------------------------------------------
 
-    def _load(self, folder: Path) -> Job:
-        data = json.loads((folder / "job.json").read_text(encoding="utf-8"))
+    def _load(self, folder: Path, data: Mapping[str, Any]) -> Job:
         if data.get("id") != folder.name:
-            raise ValueError("job.json does not belong to its folder")
+            raise DamagedRecord("the job record names another job")
         values = {k: data[k] for k in Job.STORED if k in data}
         values["status"] = JobStatus(values["status"])
         job = Job(folder=folder, **values)
         edits = folder / "edits.json"
         if edits.is_file():
-            job.edits = [Edit(**e) for e in json.loads(edits.read_text(encoding="utf-8"))]
+            try:
+                job.edits = [Edit(**e) for e in decode_list(edits.read_bytes(), "edits.json")]
+            except TypeError as exc:
+                raise DamagedRecord(f"edits.json has a wrong entry ({_reason(exc)})") from None
         return job  # its outcomes are read with its table, when first needed
 
     def _save(self, job: Job) -> None:
-        _write_json(job.folder / "job.json", job.stored())
+        """Store the job's record (one transaction) and tell whoever watches (streams, log, metrics)."""
+        # A send begins: the plan's outcomes are no longer true (a job cancelled while queued has none).
+        begins = job.status is JobStatus.SENDING and self.events.last.get(job.id) != JobStatus.SENDING.value
+        try:
+            self.store.put(job.id, job.stored(), drop_outcomes=begins)
+        except Exception as exc:  # full disk, failing disk, or a bug: never a job stuck where it was
+            # The disk is full (or failing): the job cannot go on, and says why; the server goes on.
+            reason = ("the server's disk is full" if full_disk(exc) else "the job could not be saved") + (
+                f": {_reason(exc)}"
+            )
+            observe.log_storage_error(job.id, reason)
+            # A sending job goes on: its journal, not this record, is what a resume trusts.
+            if job.status not in (JobStatus.FAILED, JobStatus.SENDING):
+                job.status, job.error = JobStatus.FAILED, reason
+                job.finished = job.finished or now_text()
+        self.events.saved(job)
         job.touch()
 
     async def _save_outcomes(self, job: Job) -> None:
-        outcomes = list(job.outcomes.values())  # taken on the loop; written in a thread
-        await in_background(_write_json, job.folder / "outcomes.json", [_outcome_dict(o) for o in outcomes])
+        outcomes = [_outcome_dict(o) for o in job.outcomes.values()]  # taken on the loop; written in a thread
+        try:
+            await in_background(self.store.put_outcomes, job.id, outcomes)
+        except (OSError, sqlite3.Error) as exc:
+            observe.log_storage_error(job.id, f"the outcomes could not be saved: {_reason(exc)}")
 
     def create(
         self,
@@ -373,9 +481,14 @@ class JobService:
             uploaded_by=uploaded_by,
             client=client,
         )
-        os.replace(upload, job.input_path)
+        try:
+            os.replace(upload, job.input_path)
+            self.store.put(job.id, job.stored())
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # this request's own folder, never answered
+            raise
         self.jobs[job_id] = job
-        self._save(job)
+        self.events.saved(job)
         self._spawn(self._validate(job))
         return job
 
@@ -394,9 +507,8 @@ class JobService:
             return engine.validate(table, options.column_map, options.default_region)
 
         report = await in_background(work)
-        saved = job.folder / "outcomes.json"
-        if not job.outcomes and job.status in KEEPS_OUTCOMES and saved.is_file():
-            job.outcomes = await in_background(_read_outcomes, saved)
+        if not job.outcomes and job.status in KEEPS_OUTCOMES:
+            job.outcomes = await in_background(self._saved_outcomes, job.id)
         job.report = report
         self._keep_resident(job)
         return report
@@ -411,7 +523,7 @@ class JobService:
                 if other is not job and other.status not in busy and not other.lock.locked():
                     other.report = None
                     if other.status in KEEPS_OUTCOMES:
-                        other.outcomes = {}  # saved in outcomes.json; read again with the table
+                        other.outcomes = {}  # saved in the store; read again with the table
                     other.view = None
                     del self._resident[job_id]
                     break
@@ -466,7 +578,7 @@ class JobService:
             async with job.lock:
                 report = await self._load_report(job)
         except ImporterError as exc:
-            job.status, job.error = JobStatus.FAILED, str(exc)
+            job.status, job.error = JobStatus.FAILED, words.error_words(exc, words.Surface.WEB)
             job.report = None
         except Exception as exc:  # a bug must not leave the job validating for ever
             job.status, job.error = JobStatus.FAILED, engine.clean_error(exc)
@@ -855,7 +967,15 @@ class JobService:
         return path if path.is_file() else None
 
     def list(self) -> list[dict[str, Any]]:
-        return [self.snapshot(j) for j in sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)]
+        """Every job, newest first, then the damaged ones (status ``damaged``, ``error`` says why)."""
+        jobs = [self.snapshot(j) for j in sorted(self.jobs.values(), key=lambda j: j.created, reverse=True)]
+        return jobs + [damaged_entry(job_id, reason) for job_id, reason in sorted(self.damaged.items())]
+
+    def _saved_outcomes(self, job_id: str) -> dict[int, RowOutcome]:
+        try:
+            return {o.row: o for o in map(_outcome_from, self.store.outcomes(job_id) or [])}
+        except (DamagedRecord, KeyError, ValueError, TypeError) as exc:
+            raise ImporterError(f"the saved outcomes of this job cannot be read: {_reason(exc)}") from None
 
 
 def _column_position(headers: Sequence[str], mapping: Mapping[str, int], column: str | int) -> int:

@@ -21,11 +21,11 @@ that is ``JobService`` and ``engine``.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import json
 import math
-import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import EllipsisType
 from typing import Any
@@ -38,10 +38,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from importer import fields
+from importer import fields, words
 from importer.errors import ImporterError
-from importer.jobs.summary import top_reasons
 from importer.model import Action, RawTable, RowIssue
+from importer.vocab import describe_kind
 from importer.web import engine
 from importer.web.jobs import Job, JobError, JobService, JobStatus, in_background
 
@@ -62,41 +62,6 @@ TITLES = {f.name: f.title for f in fields.FIELDS}
 BUSY = frozenset({JobStatus.VALIDATING, JobStatus.PLANNING})
 SENT = frozenset({JobStatus.SENDING, JobStatus.DONE, JobStatus.CANCELLED})
 RESULT_FILTERS = ("", "failed", "succeeded", "unchanged", "skipped", "not_sent")
-HINTS = {
-    "scientific_notation": (
-        "Some DIDs are in scientific notation (like 9.18E+11): Excel showed them that way and kept "
-        "only the first digits, so the rest cannot be read from this file. Correct them below, or in "
-        "Excel format the DID column as Text, paste the numbers again, save and upload the new file."
-    ),
-    "no_country_code": (
-        "Some DIDs have no country code (080 1234 5678 instead of +91 80 1234 5678): spreadsheets often "
-        "drop a leading + or 00. Add the country code in the cells below, or set the default region "
-        "(e.g. IN) on the Sheet and columns step so national numbers are read as that country's."
-    ),
-}
-
-PLAN_REASONS = {
-    "did_not_found": "DID not in this account",
-    "did_mismatch": "DID id and number are different DIDs",
-    "bot_inactive": "bot inactive",
-    "bot_not_found": "bot not in this account",
-}
-"""Words for the plan's own reasons (reason kinds the engine settles when it reads the account)."""
-
-_CLI_WORDS = (
-    (re.compile(r"or pass --default-region to read national numbers"),
-     "or set the default region (step 2, Sheet and columns) to read national numbers"),
-    (re.compile(r"or pass --default-region (\w+)"),
-     r"or set the default region (step 2, Sheet and columns) to \1"),
-    (re.compile(r'add --map "([^"]*)=(\w+)"'), r'choose "\1" for \2 in the list'),
-    (re.compile(r'pick one with --map "[^"]*"'), "pick one in the list"),
-    (re.compile(r"--map names the column"), "the mapping names the column"),
-    (re.compile(r"--default-region"), "the default region"),
-    (re.compile(r"choose another with --sheet"), "choose another sheet"),
-)  # fmt: skip
-"""The engine's messages name CLI options; on the page the same advice names the page's controls."""
-_FIELD_NAME = re.compile(r"\b(" + "|".join(f.name for f in fields.FIELDS) + r")\b")
-
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -109,21 +74,22 @@ class Cell:
     issue: RowIssue | None
 
 
-def _page_words(text: str) -> str:
-    """An engine message with its CLI advice said in the page's own words."""
-    for pattern, words in _CLI_WORDS:
-        text = pattern.sub(words, text)
-    # Field names as the page's lists call them ("Inbound Bot ID", not inbound_websocket_bot_id).
-    return _FIELD_NAME.sub(lambda m: TITLES[m.group(0)], text)
+def _issues_of(issues: Sequence[RowIssue], row: int) -> list[RowIssue]:
+    """One row's problems, from a report's issues (sorted by row)."""
+    start = bisect.bisect_left(issues, row, key=lambda i: i.row)
+    end = bisect.bisect_right(issues, row, lo=start, key=lambda i: i.row)
+    return list(issues[start:end])
 
 
-def _kind_label(kind: str) -> str:
-    """The engine's own words for a kind of problem (the CLI's summary uses the same)."""
-    return top_reasons((RowIssue(0, "", "", "", kind),))[0][0]
+def _web_words(issue: RowIssue) -> str:
+    """A row problem in the page's words (its advice names the page's controls, not CLI options)."""
+    return words.render(issue, words.Surface.WEB)
 
 
-def _issue(data: Mapping[str, Any], row: int) -> RowIssue:
-    return RowIssue(row, str(data["column"]), str(data["value"]), str(data["message"]), str(data["kind"]))
+def _advice(kind: str) -> str:
+    """What to do about a kind of problem, in the page's words ("" when the kind has no advice)."""
+    member = words.IssueKind._value2member_map_.get(kind)
+    return words.render_advice(member, words.Surface.WEB) if isinstance(member, words.IssueKind) else ""
 
 
 def _unread(job: Job) -> bool:
@@ -236,8 +202,8 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    templates.globals.update(steps=STEPS, duration=_duration, kind_label=_kind_label)
-    templates.filters["words"] = _page_words
+    templates.globals.update(steps=STEPS, duration=_duration, kind_label=words.issue_label)
+    templates.filters["words"] = _web_words
 
     def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(templates.get_template(name).render(**context), status_code=status)
@@ -268,10 +234,21 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         return data, page, pages
 
     async def with_did(job: Job, data: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The page's rows, each with its DID as the file wrote it (number, else id) for the tables."""
-        mapping = (await service.report(job)).mapping
-        did = mapping.get("did_number", mapping.get("did_id", 0))
-        return [{**r, "did": r["values"][did] if did < len(r["values"]) else ""} for r in data["rows"]]
+        """The page's rows, each with its DID as the file wrote it (number, else id) for the tables.
+
+        A row that failed validation gets its reason in the page's words, from its issues.
+        """
+        report = await service.report(job)
+        did = report.mapping.get("did_number", report.mapping.get("did_id", 0))
+        return [
+            {
+                **r,
+                "did": r["values"][did] if did < len(r["values"]) else "",
+                "reason": "; ".join(map(_web_words, issues)) if issues else r["reason"],
+            }
+            for r in data["rows"]
+            for issues in (_issues_of(report.issues, r["row"]),)
+        ]
 
     # -- jobs and upload ------------------------------------------------------------------
 
@@ -398,7 +375,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         }
         table = []
         for item in data["rows"]:
-            issues = [_issue(x, item["row"]) for x in item["issues"]]
+            issues = _issues_of(report.issues, item["row"])
             by_column = {x.column: x for x in issues}
             pairs = enumerate(zip(headers, item["values"], strict=True))
             cells = [Cell(i, v, by_column.get(h)) for i, (h, v) in pairs]
@@ -420,7 +397,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
                 titles=titles,
                 table=table,
                 kinds=kinds,
-                hints=[(k, HINTS[k]) for k, _ in kinds if k in HINTS],
+                hints=[(k, text) for k, _ in kinds if (text := _advice(k))],
                 editable=editable,
                 message=message,
                 failed_edit=refused,
@@ -461,12 +438,12 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
     def held_back(job: Job) -> list[tuple[str, int]]:
         """Rows that will not be sent, by why: the check's problems and the plan's failures."""
         kinds: collections.Counter[str] = collections.Counter(
-            {_kind_label(k): v for k, v in job.problems.items()}
+            {words.issue_label(k): v for k, v in job.problems.items()}
         )
         for o in job.outcomes.values():
             if o.action in (Action.FAIL, Action.SKIP):
                 kind = o.reason_kind or "failed"
-                kinds[PLAN_REASONS.get(kind, kind.replace("_", " "))] += 1
+                kinds[describe_kind(kind)] += 1
         return kinds.most_common()
 
     async def plan_page(request: Request, job: Job) -> Response:

@@ -5,10 +5,11 @@ In the order a request meets them:
 1. ``Host`` must name the address the server is bound to (or ``localhost`` when that is a
    loopback address): a page on another site that re-points its own name at 127.0.0.1 (DNS
    rebinding) sends its own name as Host and is refused (403).
-2. The token: ``Authorization: Bearer <token>``, or the session cookie. Opening any page with
-   ``?token=<token>`` sets the cookie (HttpOnly, SameSite=Strict) and redirects to the same page
-   without the token, so it does not linger in the address bar or history. Anything else is
-   401 with a one-word body.
+2. The token: ``Authorization: Bearer <token>``, or the session cookie (named with the port, so
+   two servers on one host keep apart). Opening any page with ``?token=<token>`` sets the cookie
+   (HttpOnly, SameSite=Strict) and redirects to the same page without the token, so it does not
+   linger in the address bar or history. ``POST /logout`` clears it. Anything else is 401 with a
+   one-word body; only ``/healthz`` is answered without the token.
 3. A state-changing request (not GET/HEAD/OPTIONS) whose ``Origin`` is not this server, or that
    the browser marks ``Sec-Fetch-Site: cross-site``, is refused (403).
 4. Every response carries a Content-Security-Policy without inline script, ``nosniff``, no
@@ -20,19 +21,33 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 from collections.abc import Iterable
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["COOKIE", "CSP", "Guard", "allowed_hosts", "session_value"]
+__all__ = [
+    "CSP",
+    "MIN_TOKEN_LENGTH",
+    "OPEN_PATHS",
+    "Guard",
+    "allowed_hosts",
+    "check_token",
+    "cookie_name",
+    "is_loopback",
+    "session_value",
+]
 
-COOKIE = "voicelink_session"
+MIN_TOKEN_LENGTH = 32
+OPEN_PATHS = frozenset({"/healthz"})
+"""Answered without the token (still behind the Host check): they tell nothing about the jobs."""
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+_WITH_PORT = re.compile(r"(?:\[[^\]]*\]|[^:\[\]]+):\d+")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HEADERS = [
     (b"content-security-policy", CSP.encode()),
@@ -51,34 +66,63 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"voicelink-web-session", hashlib.sha256).hexdigest()
 
 
-def _is_loopback(host: str) -> bool:
+def cookie_name(port: int) -> str:
+    """The session cookie's name: with the port, so two servers on one host keep their own sessions."""
+    return f"voicelink_session_{port}"
+
+
+def check_token(token: str) -> str | None:
+    """Why a chosen token is refused (too short to resist guessing), or None when it will do."""
+    if len(token) >= MIN_TOKEN_LENGTH:
+        return None
+    return (
+        f"the access token must be at least {MIN_TOKEN_LENGTH} characters (this one has {len(token)}); "
+        'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is this machine only."""
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host == "localhost"
 
 
-def allowed_hosts(host: str, port: int) -> frozenset[str]:
-    """The Host header values that name this server."""
+def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The Host header values that name this server.
+
+    ``extra``: the names given with ``--allowed-host``; one without a port is taken bare too, as
+    a TLS-terminating proxy in front passes it (port 443 is left out of Host).
+    """
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     names = {shown}
-    if _is_loopback(host):
+    if is_loopback(host):
         names |= {"localhost", "127.0.0.1", "[::1]"}
     out = {f"{name}:{port}" for name in names}
     if port == 80:
         out |= names
+    for name in (n.strip() for n in extra):
+        if _WITH_PORT.fullmatch(name):
+            out.add(name)
+        elif name:
+            out |= {name, f"{name}:{port}"}
     return frozenset(n.lower() for n in out)
 
 
 class Guard:
     """ASGI middleware: Host, token, Origin, and the security headers on every response."""
 
-    def __init__(self, app: ASGIApp, *, token: str, hosts: Iterable[str], static_prefix: str = "/static/"):
+    def __init__(
+        self, app: ASGIApp, *, token: str, hosts: Iterable[str], cookie: str, static_prefix: str = "/static/"
+    ):
         self.app = app
         self.token = token
+        self.cookie = cookie
         self.session = session_value(token)
         self.hosts = frozenset(hosts)
-        self.origins = frozenset(f"http://{h}" for h in self.hosts)
+        # https too: behind a TLS-terminating proxy the browser's Origin is https://<allowed host>.
+        self.origins = frozenset(f"{scheme}://{h}" for h in self.hosts for scheme in ("http", "https"))
         self.static_prefix = static_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,9 +145,10 @@ class Guard:
             rest = urlencode([(k, v) for k, v in query.items() if k != "token"])
             # Quoted and with one leading slash: no header injection, no redirect off this site.
             path = "/" + quote(scope["path"]).lstrip("/")
-            await _redirect(send, path + (f"?{rest}" if rest else ""), self.session)
+            await _redirect(send, path + (f"?{rest}" if rest else ""), f"{self.cookie}={self.session}")
             return
-        if not self._authorised(headers):
+        open_path = scope["path"] in OPEN_PATHS and scope["method"] in SAFE_METHODS
+        if not open_path and not self._authorised(headers):
             await _plain(send, 401, "unauthorized")
             return
         if scope["method"] not in SAFE_METHODS and not self._same_origin(headers):
@@ -132,7 +177,7 @@ class Guard:
             cookie.load(headers.get("cookie", ""))
         except Exception:  # a malformed Cookie header is just no session
             return False
-        morsel = cookie.get(COOKIE)
+        morsel = cookie.get(self.cookie)
         return morsel is not None and hmac.compare_digest(morsel.value.encode(), self.session.encode())
 
     def _same_origin(self, headers: dict[str, str]) -> bool:
@@ -166,8 +211,8 @@ async def _plain(send: Send, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _redirect(send: Send, location: str, session: str) -> None:
-    cookie = f"{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/"
+async def _redirect(send: Send, location: str, cookie_value: str) -> None:
+    cookie = f"{cookie_value}; HttpOnly; SameSite=Strict; Path=/"
     await send(
         {
             "type": "http.response.start",

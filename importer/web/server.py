@@ -25,7 +25,8 @@ from importer.serving import listen, serving_in_thread
 from importer.web.app import WebConfig, create_app
 from importer.web.engine import Connection
 from importer.web.jobs import JobService
-from importer.web.security import allowed_hosts
+from importer.web.observe import LogFormat, configure_logging
+from importer.web.security import allowed_hosts, check_token, cookie_name, is_loopback
 
 __all__ = ["ServeSettings", "build", "running_server", "serve"]
 
@@ -43,7 +44,34 @@ class ServeSettings:
     port: int = 8000
     max_upload_mb: int = 100
     token: str = field(default="", repr=False)
-    """Empty: a random token for this start (``VOICELINK_WEB_TOKEN`` sets one in the CLI)."""
+    """Empty: a random token per start (``VOICELINK_WEB_TOKEN`` sets one in the CLI); else 32+ characters."""
+    allowed_host: tuple[str, ...] = ()
+    """Names the server answers to besides its address (``--allowed-host``); needed off loopback."""
+    log_format: LogFormat = LogFormat.TEXT
+
+    def check(self) -> None:
+        """Refuse settings that would leave the door open.
+
+        Raises:
+            InputError: a token shorter than 32 characters, or a non-loopback address without
+                ``--allowed-host``.
+        """
+        if self.token and (why := check_token(self.token)):
+            raise InputError(why)
+        if not is_loopback(self.host) and not self.allowed_host:
+            raise InputError(
+                f"--host {self.host} is reachable from other machines: name the host name(s) clients use "
+                "with --allowed-host NAME (repeatable); the Host check refuses every other name"
+            )
+
+    def warnings(self) -> list[str]:
+        """What an operator must know before this start (printed by the CLI)."""
+        if is_loopback(self.host):
+            return []
+        return [
+            "warning: this server speaks plain HTTP: the token and the uploads travel in clear unless a "
+            "TLS-terminating proxy (https) is in front of it"
+        ]
 
 
 def sandbox_connection(requests_per_minute: int) -> Connection:
@@ -61,13 +89,14 @@ def sandbox_connection(requests_per_minute: int) -> Connection:
 
 def build(settings: ServeSettings, port: int) -> tuple[Starlette, JobService, str]:
     """The app, its jobs and the token, for the port actually bound."""
-    token = settings.token or secrets.token_urlsafe(24)
+    token = settings.token or secrets.token_urlsafe(32)
     service = JobService(settings.data_dir, settings.connection)
     config = WebConfig(
         token=token,
-        hosts=allowed_hosts(settings.host, port),
+        hosts=allowed_hosts(settings.host, port, settings.allowed_host),
         max_upload_bytes=settings.max_upload_mb * 2**20,
         scratch=settings.data_dir / "incoming",
+        cookie=cookie_name(port),
     )
     return create_app(service, config), service, token
 
@@ -85,6 +114,8 @@ class _Server(uvicorn.Server):
 
 
 def _prepare(settings: ServeSettings) -> tuple[socket.socket, _Server, str, str]:
+    settings.check()
+    configure_logging(settings.log_format)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(settings.data_dir, 0o700)  # uploads and journals are the team's data
