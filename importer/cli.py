@@ -18,7 +18,7 @@ from typing import Any, TextIO, TypeVar
 
 import click
 
-from importer.account.live import DEFAULT_BASE_URL
+from importer.account.preflight import DEFAULT_BASE_URL
 from importer.engine.apply import ERROR_RATE_MIN_WRITES
 from importer.errors import ImporterError, NothingToDo
 from importer.options import SendOptions, human_duration

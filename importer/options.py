@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from importer.account.inventory import ReadCallback
-from importer.account.live import DEFAULT_BASE_URL
+from importer.account.preflight import DEFAULT_BASE_URL
 from importer.engine.plan import Plan
 from importer.errors import InputError
 from importer.vocab import OnExisting

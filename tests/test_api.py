@@ -18,8 +18,11 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from importer.account.client import Bot, Did, VoiceLinkClient, WriteResult, _retry_after
+from importer.account.client import VoiceLinkClient, WriteResult, _retry_after
+from importer.account.inventory import DidIndex, read_all_dids
 from importer.account.limiter import RateLimiter
+from importer.account.paginate import read_bots
+from importer.account.records import Bot, Did
 from importer.errors import ApiError, AuthError
 from importer.fields import ROUTING_FIELDS
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
@@ -52,6 +55,13 @@ def _sandbox_client(sandbox: Sandbox, **kwargs: Any) -> VoiceLinkClient:
         transport=httpx.ASGITransport(app=sandbox.app),
         **kwargs,
     )
+
+
+async def _all_dids(client: VoiceLinkClient) -> list[Did]:
+    """Every DID of the account through the one page walker (export's read), in the API's order."""
+    index = DidIndex()
+    await read_all_dids(client, index)
+    return list(index.by_id.values())
 
 
 def _ok(data: object, status: int = 200, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -99,7 +109,7 @@ def test_client_reads_the_sandbox_inventory() -> None:
 
     async def main() -> tuple[list[Any], list[Did], list[Bot]]:
         async with _sandbox_client(sandbox) as client:
-            return await client.list_connections(), await client.list_dids(), await client.list_bots()
+            return await client.list_connections(), await _all_dids(client), await read_bots(client)
 
     connections, dids, bots = _run(main())
     assert [(c.connection_id, c.status, c.is_default) for c in connections] == [(CONN_1, "ACTIVE", True)]
@@ -115,7 +125,7 @@ def test_client_reads_every_page_of_a_long_list(tmp_path: Path) -> None:
 
     async def main() -> tuple[list[Did], int]:
         async with _sandbox_client(sandbox) as client:
-            return await client.list_dids(), client.request_count
+            return await _all_dids(client), client.request_count
 
     dids, requests = _run(main())
     assert [d.did_id for d in dids] == list(range(1000, 1250))
@@ -202,13 +212,13 @@ def test_client_sends_the_connection_id_on_every_request() -> None:
         async with _sandbox_client(sandbox) as client:
             assert len(await client.list_connections()) == 2  # the pre-flight needs no connection
             with pytest.raises(ApiError) as caught:
-                await client.list_dids()
+                await _all_dids(client)
             return str(caught.value)
 
     async def chosen() -> tuple[int, int, bool]:
         async with _sandbox_client(sandbox, connection_id=CONN_1) as client:
-            dids = await client.list_dids()
-            bots = await client.list_bots()
+            dids = await _all_dids(client)
+            bots = await read_bots(client)
             routing = await client.read_routing()
             made = await client.create_routing(
                 {"did_id": free, "for_inbound_call": 1, "for_outbound_call": 4}
@@ -237,7 +247,7 @@ def test_client_at_the_sandbox_limit_meets_no_429(latency_ms: int) -> None:
 
     async def main() -> int:
         async with _sandbox_client(sandbox, limiter=limiter, max_connections=12) as client:
-            jobs = [client.list_bots, client.list_dids, client.read_routing] * 20
+            jobs = [lambda: read_bots(client), lambda: _all_dids(client), client.read_routing] * 20
 
             async def worker() -> None:
                 while jobs:
@@ -259,7 +269,7 @@ def test_client_recovers_from_a_429_without_retry_after() -> None:
 
     async def main() -> tuple[list[int], int]:
         async with _sandbox_client(sandbox, limiter=limiter) as client:
-            bots = await asyncio.gather(*(client.list_bots() for _ in range(6)))
+            bots = await asyncio.gather(*(read_bots(client) for _ in range(6)))
             return [len(b) for b in bots], client.request_count
 
     counts, requests = _run(main())
@@ -294,7 +304,7 @@ def test_client_gives_up_on_429_after_the_cap() -> None:
         async with _mock_client(handler, max_rate_retries=2) as client:
             write = await client.create_routing({"did_id": 812})
             with pytest.raises(ApiError) as caught:
-                await client.list_bots()
+                await read_bots(client)
             return write, str(caught.value), client.request_count
 
     write, read_error, requests = _run(main())
@@ -338,7 +348,7 @@ def test_client_retries_reads_on_server_errors_then_succeeds() -> None:
 
     async def main() -> tuple[list[Bot], int]:
         async with _mock_client(handler) as client:
-            return await client.list_bots(), client.request_count
+            return await read_bots(client), client.request_count
 
     assert _run(main()) == ([Bot(93, "", True)], 3)
 
@@ -353,7 +363,7 @@ def test_client_read_backoff_grows() -> None:
     async def main() -> str:
         async with _mock_client(handler, backoff=0.1) as client:
             with pytest.raises(ApiError) as caught:
-                await client.list_dids()
+                await _all_dids(client)
             return str(caught.value)
 
     message = _run(main())
@@ -448,7 +458,7 @@ def test_client_over_tcp_timeouts_make_reads_fail_and_writes_unknown() -> None:
         async def main() -> tuple[str, WriteResult, int]:
             async with _tcp(base_url, timeout=0.25) as client:
                 with pytest.raises(ApiError) as caught:
-                    await client.list_bots()
+                    await read_bots(client)
                 write = await client.create_routing(
                     {"did_id": 815, "for_inbound_call": 1, "for_outbound_call": 4}
                 )
@@ -558,7 +568,7 @@ def test_client_pages_through_every_list_shape(shape: str, count: int, pages: in
 
     async def main() -> list[Did]:
         async with _mock_client(handler) as client:
-            return await client.list_dids()
+            return await _all_dids(client)
 
     dids = _run(main())
     assert [d.did_id for d in dids] == [2000 + i for i in range(count)]
@@ -579,7 +589,7 @@ def test_client_stops_when_the_server_ignores_paging() -> None:
 
     async def main() -> list[Did]:
         async with _mock_client(handler) as client:
-            return await client.list_dids()
+            return await _all_dids(client)
 
     assert len(_run(main())) == 100
     assert len(requests) == 2
@@ -594,7 +604,7 @@ def test_client_stops_when_per_page_is_ignored() -> None:
 
     async def main() -> list[Did]:
         async with _mock_client(handler) as client:
-            return await client.list_dids()
+            return await _all_dids(client)
 
     assert len(_run(main())) == 250
     assert len(requests) == 1
@@ -608,7 +618,7 @@ def test_client_page_cap_raises() -> None:
     async def main() -> str:
         async with _mock_client(handler, max_pages=4) as client:
             with pytest.raises(ApiError) as caught:
-                await client.list_dids()
+                await _all_dids(client)
             return str(caught.value)
 
     assert "more than 4 pages" in _run(main())
@@ -632,7 +642,7 @@ def test_client_page_cap_raises() -> None:
 def test_client_parses_did_items(item: dict[str, Any], expected: Did | None) -> None:
     async def main() -> tuple[list[Did], list[str]]:
         async with _mock_client(lambda r: _ok({"data": [item]})) as client:
-            return await client.list_dids(), client.warnings
+            return await _all_dids(client), client.warnings
 
     dids, warnings = _run(main())
     assert dids == ([] if expected is None else [expected])
@@ -659,7 +669,7 @@ def test_client_parses_bot_status(status: object, active: bool) -> None:
     async def main() -> list[Bot]:
         item = {"id": "93", "bot_name": "Support", "status": status}
         async with _mock_client(lambda r: _ok({"data": [item]})) as client:
-            return await client.list_bots()
+            return await read_bots(client)
 
     assert _run(main()) == [Bot(93, "Support", active)]
 
@@ -669,7 +679,7 @@ def test_client_bot_without_status_is_active_and_bots_ask_for_big_pages() -> Non
 
     async def main() -> list[Bot]:
         async with _mock_client(handler) as client:
-            return await client.list_bots()
+            return await read_bots(client)
 
     assert _run(main()) == [Bot(7, "x", True)]
     assert seen[0]["per_page"] == "1000"
@@ -753,7 +763,7 @@ def test_client_unusable_read_answers_raise(answer: httpx.Response) -> None:
     async def main() -> str:
         async with _mock_client(lambda r: answer) as client:
             with pytest.raises(ApiError) as caught:
-                await client.list_bots()
+                await read_bots(client)
             return str(caught.value)
 
     message = _run(main())
@@ -777,7 +787,7 @@ def test_client_puts_the_connection_in_query_or_body_and_the_key_only_in_the_hea
         async with _mock_client(handler) as client:
             await client.list_connections()
             client.connection_id = CONN_1
-            await client.list_dids()
+            await _all_dids(client)
             await client.read_routing()
             await client.create_routing({"did_id": 812})
             await client.update_routing(5001, {"status": 1, "connection_id": CONN_2})
@@ -826,8 +836,8 @@ def test_client_auth_failures_abort_without_leaking_the_key(
             texts.append(repr(client))
             calls: list[Callable[[], Awaitable[object]]] = [
                 client.list_connections,
-                client.list_dids,
-                client.list_bots,
+                lambda: _all_dids(client),
+                lambda: read_bots(client),
                 client.read_routing,
                 lambda: client.create_routing({"did_id": 1}),
                 lambda: client.update_routing(1, {}),
@@ -864,7 +874,7 @@ def test_client_messages_never_carry_the_key() -> None:
             for _ in range(3):
                 texts.append(repr(await client.create_routing({"did_id": 812})))
             with pytest.raises(ApiError) as caught:
-                await client.list_dids()
+                await _all_dids(client)
             texts += [str(caught.value), repr(client), repr(client.warnings)]
         return texts
 

@@ -28,8 +28,8 @@ from helpers import (
 )
 
 import importer
-from importer.account.client import Bot, Connection, Did, Routing
-from importer.account.live import Inventory
+from importer.account.inventory import Inventory
+from importer.account.records import Bot, Connection, Did, Routing
 from importer.cli import main
 from importer.engine.apply import Progress
 from importer.engine.journal import Journal

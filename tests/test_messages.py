@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse
 from starlette.routing import Route
 
-from importer.account.client import Connection
+from importer.account.records import Connection
 from importer.cli import _ask, _progress_bar, main
 from importer.engine.apply import Progress
 from importer.engine.plan import Plan, Write

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import ItemsView, Iterator, KeysView, ValuesView
 
-from importer.account.client import Did
 from importer.account.inventory import Inventory
+from importer.account.records import Did
 from importer.engine.plan import History, plan_import
 from importer.engine.resolve import NearIndex, near_match
 from importer.model import RoutingRow

@@ -15,9 +15,10 @@ import pytest
 from helpers import desired_record, did_number, read_results, write_inventory, write_sheet
 
 from importer.account.client import VoiceLinkClient
-from importer.account.inventory import ReadReport, collect_created_ids, read_state
+from importer.account.inventory import Inventory, LiveRouting, ReadReport, collect_created_ids, read_state
 from importer.account.limiter import RateLimiter
-from importer.account.live import Inventory, preflight
+from importer.account.preflight import preflight
+from importer.account.retry import SETTLE_ATTEMPTS
 from importer.cli import _reading
 from importer.errors import ApiError
 from importer.jobs.rollback import rollback_run
@@ -400,6 +401,29 @@ def test_collect_created_ids_reads_nothing_when_no_row_lacks_an_id(tmp_path: Pat
         4: RowOutcome(row=4, status=Status.SUCCEEDED, did_id=1001, routing_id=7001)
     }
     assert _counts(sandbox) == {SYNC: 1}
+
+
+def test_live_routing_re_read_is_one_retry_loop_of_settle_attempts() -> None:
+    """A re-read that keeps failing: SETTLE_ATTEMPTS tries in the client's one loop, then an error."""
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return httpx.Response(
+            500, json={"success": False, "error": {"code": "INTERNAL_ERROR", "message": "down"}}
+        )
+
+    async def main() -> str:
+        async with _client(httpx.MockTransport(handler)) as client:
+            live = LiveRouting(client, Inventory({}, {}, {}, {}))
+            with pytest.raises(ApiError) as caught:
+                await live.fresh()
+            return str(caught.value)
+
+    message = asyncio.run(main())
+    assert len(sent) == SETTLE_ATTEMPTS == 9
+    assert all(path.endswith("/voicelink/sync") for path in sent)
+    assert f"failed after {SETTLE_ATTEMPTS} attempt(s)" in message
 
 
 class _CountedRow:

@@ -1,1 +1,1 @@
-"""The VoiceLink account: the API client, live state, the rate limiter and the retry policy."""
+"""The VoiceLink account: API client, its records, the page walker, inventory, limiter, retries."""

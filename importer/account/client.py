@@ -1,21 +1,19 @@
-"""An async client for the few Vocobase API v2 endpoints the importer uses.
+"""The async client for the few Vocobase API v2 endpoints the importer uses: HTTP, pauses, errors.
 
 Every request goes through one shared :class:`~importer.account.limiter.RateLimiter`. The rules
 of what is retried are deliberately narrow:
 
 - a 429 means the request was not applied: pause every worker, then send it again;
 - reads (GETs and the read-only sync) are retried on 5xx, timeouts and dropped
-  connections, at most three attempts, then :class:`~importer.errors.ApiError`;
+  connections, at most three attempts (``retry.py``, the one policy), then
+  :class:`~importer.errors.ApiError`;
 - writes are never re-sent after a 5xx or a lost response: the result says the outcome
   is unknown (``WriteResult.known`` is False) and the caller settles it by re-reading;
 - 401/403 on any request raise :class:`~importer.errors.AuthError`.
 
-Response shapes are parsed defensively (see the API reference §5): lists may sit at
-``data.data``, ``data.data.data`` or ``data``, pagination metadata may be missing, ids
-may be strings of digits and ``did_number`` may be a JSON number.
-
-The API key lives only in the ``Authorization`` header; it is masked in any text this
-module produces.
+Answers are decoded into records by ``records.py``; lists of more than one page are walked by
+``paginate.py``. The API key lives only in the ``Authorization`` header; it is masked in any
+text this module produces.
 """
 
 from __future__ import annotations
@@ -23,38 +21,42 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import html
-import json
-import math
 import random
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import httpx
 
 from importer.account.limiter import RateLimiter
+from importer.account.records import (
+    Connection,
+    Did,
+    DidSearch,
+    Routing,
+    SyncState,
+    as_int,
+    created_id,
+    decode_connections,
+    decode_did,
+    decode_routings,
+    decode_sync,
+    error_of,
+    find_list,
+    number_key,
+    objects,
+    one_line,
+    sync_holder,
+)
 from importer.account.retry import MAX_ATTEMPTS, backoff_delay
 from importer.errors import ApiError, AuthError
-from importer.fields import ROUTING_FIELDS
 
-__all__ = [
-    "Bot",
-    "Connection",
-    "Did",
-    "DidPage",
-    "DidSearch",
-    "Routing",
-    "SyncState",
-    "VoiceLinkClient",
-    "WriteResult",
-    "number_key",
-]
+__all__ = ["DID_PAGE_SIZE", "VoiceLinkClient", "WriteResult"]
 
 DID_PAGE_SIZE = 100
-BOT_PAGE_SIZE = 1000  # the documented maximum for /voicelink/bots
 READ_ATTEMPTS = MAX_ATTEMPTS
 MAX_RETRY_AFTER = 600.0
 """A Retry-After longer than this is cut to it; the next 429 pauses again if needed."""
@@ -62,44 +64,6 @@ MAX_RETRY_AFTER = 600.0
 _MESSAGE_LIMIT = 300
 _EXCERPT_LIMIT = 80
 """An answer that is not JSON (a web page) is quoted this short, on one line."""
-
-
-@dataclass(frozen=True, slots=True)
-class Connection:
-    """One VoiceLink connection of the partner account."""
-
-    connection_id: str
-    name: str
-    status: str
-    is_default: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Did:
-    """One purchased DID; ``did_number`` is always text (country code + number, as the API sent it)."""
-
-    did_id: int
-    did_number: str
-    status: str
-
-
-@dataclass(frozen=True, slots=True)
-class Bot:
-    """One WebSocket bot."""
-
-    bot_id: int
-    name: str
-    active: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Routing:
-    """One existing call-routing record; ``record`` has every field of ``fields.ROUTING_FIELDS``."""
-
-    routing_id: int
-    did_id: int | None
-    did_number: str | None
-    record: Mapping[str, int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,38 +81,6 @@ class WriteResult:
     attempts: int
     routing_id: int | None = None
     """The routing id if the response carried one (the docs' example returns ``{}``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SyncState:
-    """What one read-only sync answered: the lists it carried, each item parsed or skipped."""
-
-    dids: tuple[Did, ...]
-    """Empty when sync sent no ``dids[]`` (or an empty one): the DID list must then be read."""
-    bots: tuple[Bot, ...]
-    routing: tuple[Routing, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class DidPage:
-    """One page of the purchased-DIDs list."""
-
-    page: int
-    dids: tuple[Did, ...]
-    last_page: int | None
-    """The list's page count from the pagination metadata (``last_page``, else ``total``/``per_page``)."""
-    last: bool
-    """True when no page follows this one."""
-
-
-@dataclass(frozen=True, slots=True)
-class DidSearch:
-    """The DIDs a search for one number found, exact matches only."""
-
-    matches: tuple[Did, ...]
-    conclusive: bool
-    """False when the answer cannot prove the number is absent: the server ignored ``search``
-    (it sent numbers that do not contain the one asked for) or more pages of results follow."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,72 +173,35 @@ class VoiceLinkClient:
         Returns:
             Every connection the API listed, in its order.
         """
-        payload = await self._read(
+        payload = await self.read(
             "GET", "telephony/connections", params={"provider": "voicelink"}, scoped=False, first=True
         )
-        found = _find_list(payload)
-        if found is None:
-            raise ApiError("GET /telephony/connections: the response holds no list of connections")
-        out: list[Connection] = []
-        for item in found[0]:
-            if not isinstance(item, Mapping):
-                continue
-            cid = item.get("connection_id", item.get("id"))
-            if cid is None or str(cid).strip() == "":
-                self.warnings.append("a connection without an id was ignored")
-                continue
-            out.append(
-                Connection(
-                    connection_id=str(cid).strip(),
-                    name=_as_text(item.get("name")),
-                    status=_as_text(item.get("status")),
-                    is_default=_as_flag(item.get("is_default")) is True,
-                )
-            )
-        return out
+        return decode_connections(payload, self.warnings)
 
-    async def list_dids(self) -> list[Did]:
-        """Read every page of the purchased DIDs.
-
-        Returns:
-            The DIDs, each once, in the API's order.
-        """
-        path = "voicelink/dids/purchased"
-        items = await self._list_all(path, DID_PAGE_SIZE, ("did_id", "id"))
-        return [
-            did for item in items if (did := self._did(item, f"GET /{path}", need_number=False)) is not None
-        ]
-
-    async def list_bots(self) -> list[Bot]:
-        """Read every page of the WebSocket bots.
-
-        Returns:
-            The bots, each once; a bot without a status counts as active (the API's default).
-        """
-        items = await self._list_all("voicelink/bots", BOT_PAGE_SIZE, ("id", "bot_id"))
-        parsed = (self._bot(item, "GET /voicelink/bots") for item in items)
-        return [bot for bot in parsed if bot is not None]
-
-    async def read_routing(self) -> list[Routing]:
+    async def read_routing(self, *, attempts: int = READ_ATTEMPTS) -> list[Routing]:
         """Read the existing call routing through the read-only sync.
 
         Routing records come from ``routing[]``; the per-DID ``readiness[].routing`` fills in
         their DID when ``routing[]`` lacks it and adds records ``routing[]`` does not list.
 
+        Args:
+            attempts: Tries before giving up (``retry.SETTLE_ATTEMPTS`` for the re-reads that
+                settle unknown outcomes).
+
         Returns:
             One entry per routing record, each once.
         """
-        return self._routings_from(await self._sync())
+        return decode_routings(await self._sync(attempts), self.warnings)
 
-    async def _sync(self) -> Mapping[str, Any]:
+    async def _sync(self, attempts: int = READ_ATTEMPTS) -> Mapping[str, Any]:
         """One read-only sync; the object holding its lists.
 
         Raises:
             ApiError: the answer holds no routing (never read as "no routing": the plan would
                 create over existing records).
         """
-        payload = await self._read("POST", "voicelink/sync", body={"import_dids": False})
-        data = _sync_holder(payload)
+        payload = await self.read("POST", "voicelink/sync", body={"import_dids": False}, attempts=attempts)
+        data = sync_holder(payload)
         if data is None or ("routing" not in data and "readiness" not in data):
             raise ApiError("POST /voicelink/sync: the response holds neither routing[] nor readiness[]")
         return data
@@ -321,55 +216,7 @@ class VoiceLinkClient:
         Returns:
             The DIDs, bots and routing records sync carried (a missing list is empty).
         """
-        where = "POST /voicelink/sync"
-        data = await self._sync()
-        dids: dict[int, Did] = {}
-        for item in self._objects(_nested_list(data.get("dids")), f"{where} dids[]"):
-            did = self._did(item, f"{where} dids[]", need_number=True)
-            if did is not None:
-                dids.setdefault(did.did_id, did)
-        bots: dict[int, Bot] = {}
-        for item in self._objects(_nested_list(data.get("bots")), f"{where} bots[]"):
-            bot = self._bot(item, f"{where} bots[]")
-            if bot is not None:
-                bots.setdefault(bot.bot_id, bot)
-        return SyncState(tuple(dids.values()), tuple(bots.values()), tuple(self._routings_from(data)))
-
-    async def read_did_page(self, page: int, per_page: int = DID_PAGE_SIZE) -> DidPage:
-        """Read one page of the purchased DIDs; its metadata tells how many pages there are.
-
-        Args:
-            page: The page number, from 1.
-            per_page: The page size asked for (the server may send fewer).
-
-        Returns:
-            The page's DIDs (items without a usable id skipped with a warning) and whether it is the last.
-        """
-        path = "voicelink/dids/purchased"
-        payload = await self._read("GET", path, params={"page": page, "per_page": per_page})
-        found = _find_list(payload)
-        if found is None:
-            raise ApiError(f"GET /{path} page {page}: the response holds no list")
-        items, meta = found
-        where = f"GET /{path} page {page}"
-        dids = tuple(
-            did
-            for item in self._objects(items, where)
-            if (did := self._did(item, where, need_number=False)) is not None
-        )
-        size = _as_int(meta.get("per_page")) or per_page
-        total = _as_int(meta.get("total"))
-        last_page = _as_int(meta.get("last_page"))
-        if last_page is None and total is not None and size > 0:
-            last_page = max(1, math.ceil(total / size))
-        current = _as_int(meta.get("current_page"))
-        last = (
-            not items
-            or (current is not None and current != page)
-            or (last_page is not None and page >= last_page)
-            or (last_page is None and len(items) != size)
-        )
-        return DidPage(page, dids, last_page, last)
+        return decode_sync(await self._sync(), self.warnings)
 
     async def find_dids(self, number: str) -> DidSearch:
         """Look one number up with the DID list's search parameter; keep exact matches only.
@@ -388,16 +235,16 @@ class VoiceLinkClient:
             return DidSearch((), True)
         path = "voicelink/dids/purchased"
         params: dict[str, str | int] = {"search": wanted, "page": 1, "per_page": DID_PAGE_SIZE}
-        payload = await self._read("GET", path, params=params)
-        found = _find_list(payload)
+        payload = await self.read("GET", path, params=params)
+        found = find_list(payload)
         where = f"GET /{path} search"
         if found is None:
             raise ApiError(f"{where}: the response holds no list")
         items, meta = found
         matches: dict[int, Did] = {}
         ignored_search = False
-        for item in self._objects(items, where):
-            did = self._did(item, where, need_number=False)
+        for item in objects(items, where, self.warnings):
+            did = decode_did(item, where, self.warnings, need_number=False)
             if did is None:
                 continue
             key = number_key(did.did_number)
@@ -405,8 +252,8 @@ class VoiceLinkClient:
                 matches.setdefault(did.did_id, did)
             elif wanted not in key:
                 ignored_search = True
-        last_page = _as_int(meta.get("last_page"))
-        size = _as_int(meta.get("per_page")) or DID_PAGE_SIZE
+        last_page = as_int(meta.get("last_page"))
+        size = as_int(meta.get("per_page")) or DID_PAGE_SIZE
         more = last_page > 1 if last_page is not None else len(items) >= size
         return DidSearch(tuple(matches.values()), bool(matches) or not (ignored_search or more))
 
@@ -414,70 +261,6 @@ class VoiceLinkClient:
     def max_pages(self) -> int:
         """Pages read from one list before giving up."""
         return self._max_pages
-
-    def _objects(self, items: Sequence[object], where: str) -> list[Mapping[str, Any]]:
-        """The items that are JSON objects; a warning for each one that is not."""
-        out: list[Mapping[str, Any]] = []
-        for item in items:
-            if isinstance(item, Mapping):
-                out.append(item)
-            else:
-                self.warnings.append(f"{where}: a non-object item was ignored")
-        return out
-
-    def _did(self, item: Mapping[str, Any], where: str, *, need_number: bool) -> Did | None:
-        """A Did from a list or sync item (its ``raw`` upstream object fills gaps); None if unusable."""
-        raw = item.get("raw")
-        fields: Mapping[str, Any] = {**raw, **item} if isinstance(raw, Mapping) else item
-        did_id = _first_int(fields, ("did_id", "id"))
-        if did_id is None:
-            self.warnings.append(f"{where}: a DID without a usable id was ignored: {_brief(item)}")
-            return None
-        number = _did_number(fields) or ""
-        if need_number and not number:
-            self.warnings.append(f"{where}: DID {did_id} without a number was ignored")
-            return None
-        return Did(did_id=did_id, did_number=number, status=_as_text(fields.get("status")))
-
-    def _bot(self, item: Mapping[str, Any], where: str) -> Bot | None:
-        """A Bot from a list or sync item; a bot without a status counts as active (the API's default)."""
-        bot_id = _first_int(item, ("id", "bot_id"))
-        if bot_id is None:
-            self.warnings.append(f"{where}: a bot without a usable id was ignored: {_brief(item)}")
-            return None
-        flag = _as_flag(item.get("status")) if "status" in item else True
-        return Bot(bot_id=bot_id, name=_as_text(item.get("bot_name", item.get("name"))), active=flag is True)
-
-    def _routings_from(self, data: Mapping[str, Any]) -> list[Routing]:
-        """Routing records of a sync answer: ``routing[]``, completed and extended by readiness."""
-        out: dict[int, Routing] = {}
-        for item in _nested_list(data.get("routing")):
-            if isinstance(item, Mapping):
-                made = self._routing(item, None)
-                if made is not None:
-                    out.setdefault(made.routing_id, made)
-        added: dict[int, Routing] = {}
-        for entry in _nested_list(data.get("readiness")):
-            if not isinstance(entry, Mapping) or not isinstance(entry.get("routing"), Mapping):
-                continue
-            # A record routing[] already has whole needs no second parse (100k-DID accounts).
-            known = out.get(_first_int(entry["routing"], ("routing_id", "id")) or 0)
-            if known is not None and known.did_id is not None and known.did_number is not None:
-                continue
-            hint = self._routing(entry["routing"], entry)
-            if hint is None:
-                continue
-            made = out.get(hint.routing_id)
-            if made is None:
-                added.setdefault(hint.routing_id, hint)
-            elif made.did_id is None or made.did_number is None:
-                out[hint.routing_id] = Routing(
-                    made.routing_id,
-                    made.did_id if made.did_id is not None else hint.did_id,
-                    made.did_number if made.did_number is not None else hint.did_number,
-                    made.record,
-                )
-        return [*out.values(), *(r for rid, r in added.items() if rid not in out)]
 
     async def create_routing(self, body: Mapping[str, object]) -> WriteResult:
         """Create a routing record; never re-sent except after a 429.
@@ -536,14 +319,14 @@ class VoiceLinkClient:
             payload = response.json()
         except (ValueError, UnicodeDecodeError):
             payload = None
-        code, message = _error_of(payload)
+        code, message = error_of(payload)
         if payload is None:
             # Not JSON (a web page, a proxy's error): a short excerpt, not the whole page.
             message = _excerpt(response.text)
             if not message and response.status_code >= 300:
                 message = response.reason_phrase
         elif not message and response.status_code >= 300:
-            message = _one_line(response.text)[:_MESSAGE_LIMIT] or response.reason_phrase
+            message = one_line(response.text)[:_MESSAGE_LIMIT] or response.reason_phrase
         return _Reply(
             response.status_code,
             payload,
@@ -571,7 +354,7 @@ class VoiceLinkClient:
             if reply.status in (401, 403):
                 what = "rejected the API key" if reply.status == 401 else "refused access"
                 detail = f" {reply.error_code}" if reply.error_code else ""
-                message = _one_line(reply.message)
+                message = one_line(reply.message)
                 raise AuthError(
                     f"the API {what} (HTTP {reply.status}{detail}) on {method} /{path}: {message}"
                 )
@@ -594,7 +377,7 @@ class VoiceLinkClient:
             out["connection_id"] = self.connection_id
         return out
 
-    async def _read(
+    async def read(
         self,
         method: str,
         path: str,
@@ -603,11 +386,13 @@ class VoiceLinkClient:
         body: Mapping[str, object] | None = None,
         scoped: bool = True,
         first: bool = False,
+        attempts: int = READ_ATTEMPTS,
     ) -> object:
         """Send a read, retrying server errors and lost responses; return the JSON body.
 
         ``first`` marks a run's first request: a 404 or an answer that is not JSON there most
-        likely means the base URL is not the API's root, and the error says so.
+        likely means the base URL is not the API's root, and the error says so. ``attempts``
+        is how many times a transient failure is tried (``retry.py`` says how long to wait).
         """
         if method == "GET":
             params = self._scoped_params(params, scoped)
@@ -615,11 +400,11 @@ class VoiceLinkClient:
             body = self._scoped_body(body)
         where = f"{method} /{path}" + (f" page {params['page']}" if params and "page" in params else "")
         sent = 0
-        for attempt in range(1, READ_ATTEMPTS + 1):
+        for attempt in range(1, attempts + 1):
             reply, n = await self._send(method, path, params, body)
             sent += n
             transient = reply.status is None or reply.status >= 500
-            if transient and attempt < READ_ATTEMPTS:
+            if transient and attempt < attempts:
                 await asyncio.sleep(backoff_delay(attempt, self._backoff, self._rng))
                 continue
             status = "no response" if reply.status is None else f"HTTP {reply.status}"
@@ -632,11 +417,11 @@ class VoiceLinkClient:
                 code = f" {reply.error_code}" if reply.error_code else ""
                 text = reply.message.removeprefix("no response: ")
                 raise ApiError(
-                    f"{where} failed after {sent} attempt(s): {status}{code}: {_one_line(text)}{hint}"
+                    f"{where} failed after {sent} attempt(s): {status}{code}: {one_line(text)}{hint}"
                 )
             if isinstance(reply.payload, Mapping) and reply.payload.get("success") is False:
                 code = f" {reply.error_code}" if reply.error_code else ""
-                raise ApiError(f"{where} failed: {status}{code}: {_one_line(reply.message)}")
+                raise ApiError(f"{where} failed: {status}{code}: {one_line(reply.message)}")
             if reply.payload is None:
                 excerpt = f": {reply.message}" if reply.message else ""
                 raise ApiError(f"{where}: the response is not JSON ({status}){excerpt}{hint}")
@@ -655,227 +440,14 @@ class VoiceLinkClient:
         if 200 <= status < 300:
             if isinstance(reply.payload, Mapping) and reply.payload.get("success") is False:
                 return WriteResult(status, False, True, reply.error_code, reply.message, attempts)
-            return WriteResult(status, True, True, None, "", attempts, _created_id(reply.payload))
+            return WriteResult(status, True, True, None, "", attempts, created_id(reply.payload))
         # 4xx (including a 429 that outlasted the re-sends) means not applied; anything else
         # (5xx, an unexpected redirect) may or may not have been.
         known = 400 <= status < 500
         return WriteResult(status, False, known, reply.error_code, reply.message, attempts)
 
-    async def _list_all(self, path: str, per_page: int, id_keys: Sequence[str]) -> list[Mapping[str, Any]]:
-        """Read every page of a list endpoint; return its items, each once."""
-        out: list[Mapping[str, Any]] = []
-        seen: set[object] = set()
-        for page in range(1, self._max_pages + 1):
-            payload = await self._read("GET", path, params={"page": page, "per_page": per_page})
-            found = _find_list(payload)
-            if found is None:
-                raise ApiError(f"GET /{path} page {page}: the response holds no list")
-            items, meta = found
-            new = 0
-            for item in items:
-                if not isinstance(item, Mapping):
-                    self.warnings.append(f"GET /{path} page {page}: a non-object item was ignored")
-                    continue
-                key = _identity(item, id_keys)
-                if key not in seen:
-                    seen.add(key)
-                    out.append(item)
-                    new += 1
-            # A page with nothing new means the server ignores `page`: stop instead of looping.
-            if not items or new == 0:
-                return out
-            last_page = _as_int(meta.get("last_page"))
-            total = _as_int(meta.get("total"))
-            current = _as_int(meta.get("current_page"))
-            size = _as_int(meta.get("per_page")) or per_page
-            if current is not None and current != page:
-                return out
-            if last_page is not None:
-                if page >= last_page:
-                    return out
-            elif total is not None:
-                if len(out) >= total:
-                    return out
-            elif len(items) != size:
-                # Shorter: the last page. Longer: the server ignored per_page and sent everything.
-                return out
-        raise ApiError(
-            f"GET /{path}: more than {self._max_pages} pages; stopping rather than reading forever"
-        )
 
-    def _routing(self, item: Mapping[str, Any], entry: Mapping[str, Any] | None) -> Routing | None:
-        """Build a Routing from a routing item (and, for readiness, its entry); None if unusable."""
-        raw = item.get("raw")
-        fields: dict[str, Any] = {**raw, **item} if isinstance(raw, Mapping) else dict(item)
-        routing_id = _as_int(fields.get("routing_id"))
-        if routing_id is None:
-            routing_id = _as_int(fields.get("id"))
-        if routing_id is None:
-            self.warnings.append(f"a routing record without a usable id was ignored: {_brief(item)}")
-            return None
-        did_id = _as_int(fields.get("did_id"))
-        did_number = _did_number(fields)
-        nested = fields.get("did")
-        if isinstance(nested, Mapping):
-            did_id = did_id if did_id is not None else _as_int(nested.get("did_id", nested.get("id")))
-            did_number = did_number or _did_number(nested)
-        if entry is not None:
-            remote = entry.get("remote_did")
-            if isinstance(remote, Mapping):
-                did_id = did_id if did_id is not None else _as_int(remote.get("did_id", remote.get("id")))
-                did_number = did_number or _did_number(remote)
-            if not did_number and entry.get("key") is not None:
-                did_number = _as_text(entry.get("key")) or None
-        record: dict[str, int | None] = {}
-        for name in ROUTING_FIELDS:
-            value = fields.get(name)
-            record[name] = _as_flag_int(value) if name == "status" else _as_int(value)
-        return Routing(routing_id, did_id, did_number or None, MappingProxyType(record))
-
-
-# -- parsing helpers ------------------------------------------------------------------
-
-_DIGITS = re.compile(r"[0-9]+")
-
-
-def _as_int(value: object) -> int | None:
-    """Read an id-like value: an int, an integral float or a string of digits; else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    if isinstance(value, str):
-        text = value.strip()
-        if _DIGITS.fullmatch(text):
-            return int(text)
-        if text.endswith(".0") and _DIGITS.fullmatch(text[:-2]):
-            return int(text[:-2])
-    return None
-
-
-def _as_text(value: object) -> str:
-    return "" if value is None else str(value).strip()
-
-
-def _as_flag(value: object) -> bool | None:
-    """Read 1/"1"/true/"active" as True, 0/"0"/false/"inactive" as False, else None."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int | float):
-        return {1: True, 0: False}.get(int(value)) if float(value).is_integer() else None
-    if isinstance(value, str):
-        return {"1": True, "true": True, "active": True, "0": False, "false": False, "inactive": False}.get(
-            value.strip().casefold()
-        )
-    return None
-
-
-def _as_flag_int(value: object) -> int | None:
-    flag = _as_flag(value)
-    return None if flag is None else int(flag)
-
-
-def _did_number(item: Mapping[str, Any]) -> str | None:
-    """The DID number as text; the API sometimes sends it as a JSON number."""
-    value = item.get("did_number")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = _as_int(value)
-        return None if number is None else str(number)
-    text = _as_text(value)
-    if text:
-        return text
-    phone = _as_text(item.get("phone_number"))
-    return phone.lstrip("+") or None
-
-
-def _first_int(item: Mapping[str, Any], keys: Sequence[str]) -> int | None:
-    """The first of ``keys`` whose value is a usable integer id."""
-    for key in keys:
-        value = _as_int(item.get(key))
-        if value is not None:
-            return value
-    return None
-
-
-def _identity(item: Mapping[str, Any], id_keys: Sequence[str]) -> object:
-    value = _first_int(item, id_keys)
-    return ("id", value) if value is not None else json.dumps(item, sort_keys=True, default=str)
-
-
-def number_key(text: str) -> str:
-    """A DID number as digits only, the form numbers are compared in ("+91 80-11" -> "918011")."""
-    return "".join(ch for ch in text if ch.isascii() and ch.isdigit())
-
-
-def _nested_list(value: object) -> list[object]:
-    """A sync list: a bare array, or one at ``data``/``data.data`` of an object; else empty."""
-    if isinstance(value, list):
-        return value
-    found = _find_list(value) if isinstance(value, Mapping) else None
-    return found[0] if found is not None else []
-
-
-def _sync_holder(payload: object) -> Mapping[str, Any] | None:
-    """Find the object holding a sync answer's lists (at the top, ``data`` or ``data.data``)."""
-    holder = payload
-    for _ in range(3):
-        if not isinstance(holder, Mapping):
-            return None
-        if any(key in holder for key in ("dids", "bots", "routing", "readiness")):
-            return holder
-        holder = holder.get("data")
-    return None
-
-
-def _find_list(payload: object) -> tuple[list[object], Mapping[str, Any]] | None:
-    """Find the item list at data.data, data.data.data or data (or a bare list).
-
-    Returns:
-        The list and the pagination metadata next to it (from its holder and a ``meta``
-        object there), or None when there is no list.
-    """
-    if isinstance(payload, list):
-        return payload, {}
-    if not isinstance(payload, Mapping):
-        return None
-    holder: Mapping[str, Any] = payload
-    for _ in range(3):
-        inner = holder.get("data")
-        if isinstance(inner, list):
-            meta = holder.get("meta")
-            return inner, {**holder, **meta} if isinstance(meta, Mapping) else holder
-        if not isinstance(inner, Mapping):
-            return None
-        holder = inner
-    return None
-
-
-def _created_id(payload: object) -> int | None:
-    holder = payload
-    for _ in range(3):
-        if not isinstance(holder, Mapping):
-            return None
-        for key in ("routing_id", "id"):
-            value = _as_int(holder.get(key))
-            if value is not None and key in holder:
-                return value
-        holder = holder.get("data")
-    return None
-
-
-def _error_of(payload: object) -> tuple[str | None, str]:
-    """Return the error code and message of an error envelope (or a looser error body)."""
-    if not isinstance(payload, Mapping):
-        return None, ""
-    error = payload.get("error")
-    if isinstance(error, Mapping):
-        code = error.get("code")
-        return (None if code is None else str(code)), _as_text(error.get("message"))
-    if isinstance(error, str):
-        return None, error
-    return None, _as_text(payload.get("message"))
+# -- reading answers that are not the API's records ------------------------------------
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -894,10 +466,6 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title", re.IGNORECASE | re.DOTALL)
 _HIDDEN = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
@@ -907,11 +475,7 @@ def _excerpt(text: str) -> str:
     """Quote a body that is not JSON in one short line: an HTML page's title, else its first text."""
     head = text[:65_536]  # a page can be megabytes; its title and first words come early
     title = _TITLE.search(head)
-    found = _one_line(html.unescape(_TAG.sub(" ", title.group(1)))) if title else ""
+    found = one_line(html.unescape(_TAG.sub(" ", title.group(1)))) if title else ""
     if not found:
-        found = _one_line(html.unescape(_TAG.sub(" ", _HIDDEN.sub(" ", head))))
+        found = one_line(html.unescape(_TAG.sub(" ", _HIDDEN.sub(" ", head))))
     return found if len(found) <= _EXCERPT_LIMIT else found[: _EXCERPT_LIMIT - 1].rstrip() + "…"
-
-
-def _brief(item: Mapping[str, Any]) -> str:
-    return _one_line(json.dumps(item, default=str))[:120]

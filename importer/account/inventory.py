@@ -27,8 +27,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from importer.account.client import DID_PAGE_SIZE, Bot, Connection, Did, Routing, VoiceLinkClient, number_key
-from importer.errors import ApiError
+from importer.account.client import DID_PAGE_SIZE, VoiceLinkClient
+from importer.account.paginate import DIDS_PATH, read_bots, read_did_page, walk_pages
+from importer.account.records import Bot, Connection, Did, Routing, number_key
+from importer.account.retry import SETTLE_ATTEMPTS
 from importer.model import RowOutcome, Status
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "DidIndex",
     "DidRef",
     "Inventory",
+    "LiveRouting",
     "NamesADid",
     "ReadCallback",
     "ReadReport",
@@ -99,7 +102,7 @@ class Inventory:
 
     dids_by_id: dict[int, Did]
     dids_by_number: dict[str, Did]
-    """Keyed by the number's digits (``api.number_key``)."""
+    """Keyed by the number's digits (``records.number_key``)."""
     bots: dict[int, Bot]
     routing: dict[int, Routing]
     connection: str = ""
@@ -214,7 +217,7 @@ class _Reader:
         self.say(f"DIDs: page {page}{shown}")
         before = self.client.request_count
         try:
-            got = await self.client.read_did_page(page)
+            got = await read_did_page(self.client, page)
         finally:
             self.did_pages += self.client.request_count - before
         if got.last_page is not None:
@@ -227,13 +230,7 @@ class _Reader:
 
     async def pages_until(self, done: Callable[[], bool], start: int = 1) -> None:
         """Read pages from ``start`` until the last one, or until ``done()``."""
-        for number in range(start, self.client.max_pages + 1):
-            if await self.page(number) or done():
-                return
-        raise ApiError(
-            f"GET /voicelink/dids/purchased: more than {self.client.max_pages} pages; "
-            "stopping rather than reading forever"
-        )
+        await walk_pages(self.page, path=DIDS_PATH, max_pages=self.client.max_pages, start=start, until=done)
 
     async def find(self, rows: Sequence[NamesADid]) -> None:
         """Read just the DIDs the rows name that are not known yet, the cheaper way."""
@@ -276,7 +273,7 @@ async def read_state(
     """Read the live state the rows need: one sync, then only what it leaves unresolved.
 
     Args:
-        client: The job's client, its connection already chosen (``live.read_inventory``).
+        client: The job's client, its connection already chosen (``preflight.read_inventory``).
         rows: What the job will touch: the valid rows of a file, or a rollback's DIDs.
         on_read: Called with a short progress text before each kind of read ("sync",
             "DIDs: page 12 of 50", "DID lookups: 3 of 10", "bots").
@@ -297,7 +294,7 @@ async def read_state(
     if not bots and _names_a_bot(rows):
         say("bots")
         before = client.request_count
-        bots = {b.bot_id: b for b in await client.list_bots()}
+        bots = {b.bot_id: b for b in await read_bots(client)}
         bot_reads = client.request_count - before
     numbers, ids = _missing(rows, index)
     reader = _Reader(client, index, on_read)
@@ -354,3 +351,40 @@ async def collect_created_ids(
         if found is not None:
             out[row] = dataclasses.replace(outcome, routing_id=found.routing_id)
     return out
+
+
+class LiveRouting:
+    """Re-read the routing state, sharing one read among workers that ask at the same time.
+
+    Unknown outcomes are settled by re-reading (``apply.apply_plan``). The read retries in the
+    client's one loop (``retry.py``, the one policy), ``SETTLE_ATTEMPTS`` times: a failure here
+    stops the run; when it still fails the error stands.
+    """
+
+    def __init__(self, client: VoiceLinkClient, inventory: Inventory) -> None:
+        self._client = client
+        self._inventory = inventory
+        self._lock = asyncio.Lock()
+        self._reads = 0
+        self._fresh = 0
+        """The number (in ``_reads``) of the last read that succeeded: only it may be shared."""
+
+    async def fresh(self) -> dict[int, Routing]:
+        """Return routing read after this call began.
+
+        Raises:
+            ApiError: the state could not be read in ``SETTLE_ATTEMPTS`` tries.
+        """
+        arrived = self._reads
+        async with self._lock:
+            # A read counted in `arrived` may have begun before the caller's write failed, so
+            # only a read begun after arrival is fresh enough to share, and only if it succeeded:
+            # after a failed one the routing held is stale and could call an applied write unsent.
+            if self._fresh > arrived:
+                return self._inventory.routing
+            self._reads += 1
+            number = self._reads
+            routings = await self._client.read_routing(attempts=SETTLE_ATTEMPTS)
+            self._inventory.routing = index_routing(routings, self._inventory.dids_by_number)
+            self._fresh = number
+            return self._inventory.routing

@@ -1,7 +1,8 @@
 """The one retry policy: how many tries, and how long to wait before the next one.
 
-Used by the client's read retries (``api.py``), the engine's re-sends after a settled unknown
-outcome (``apply.py``) and the re-reads of live state (``live.py``).
+Used by the client's read retries (``client.py``; the re-reads of live state during the writes,
+``inventory.LiveRouting``, go through them and add none of their own) and the engine's re-sends
+after a settled unknown outcome (``apply.py``).
 
 What is retried is decided where the answer is understood; this module only says when:
 wait ``base * 2 ** (attempt - 1)`` seconds, capped at :data:`MAX_DELAY`, times a random factor
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import random
 
-__all__ = ["MAX_ATTEMPTS", "MAX_DELAY", "backoff_delay"]
+__all__ = ["MAX_ATTEMPTS", "MAX_DELAY", "SETTLE_ATTEMPTS", "backoff_delay"]
 
 MAX_ATTEMPTS = 3
 """Tries of one read, and unknown outcomes of one write, before giving up."""
+SETTLE_ATTEMPTS = MAX_ATTEMPTS * MAX_ATTEMPTS
+"""Tries of a re-read that settles an unknown outcome: when it fails the whole run stops, so it
+gets three reads' worth of tries, in one loop (the client's), not rounds of retries around retries."""
 MAX_DELAY = 8.0
 """The longest wait between two tries, in seconds."""
 

@@ -32,9 +32,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from importer.account.client import VoiceLinkClient, WriteResult
-from importer.account.inventory import collect_created_ids
+from importer.account.inventory import LiveRouting, collect_created_ids
 from importer.account.limiter import RateLimiter
-from importer.account.live import LiveRouting
 from importer.account.retry import MAX_ATTEMPTS, backoff_delay
 from importer.engine.journal import Journal
 from importer.engine.plan import Plan, Write, body_of, record_text

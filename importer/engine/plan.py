@@ -19,9 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from importer.account.client import Did, Routing, number_key
-from importer.account.inventory import DidRef
-from importer.account.live import Inventory
+from importer.account.inventory import DidRef, Inventory
+from importer.account.records import Did, Routing, number_key
 from importer.engine.journal import ChangeRecord, ConfirmedRow, Fate, InFlightRow, Timeline
 from importer.engine.resolve import NearIndex, resolve_row
 from importer.fields import ROUTING_FIELDS, routing_body

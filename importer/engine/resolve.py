@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from importer.account.client import Connection, Did
 from importer.account.inventory import BOT_FIELDS, Inventory
+from importer.account.records import Connection, Did
 from importer.model import RoutingRow
 from importer.vocab import ReasonKind
 

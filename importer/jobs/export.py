@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import xlsxwriter
 
-from importer.account.client import Connection, Routing, number_key
 from importer.account.inventory import DidIndex, read_all_dids
-from importer.account.live import open_client, preflight
+from importer.account.preflight import open_client, preflight
+from importer.account.records import Connection, Routing, number_key
 from importer.errors import OutputError
 from importer.fields import DIRECTION_OF, FIELD_NAMES, MODES, STATUS_LABELS
 from importer.jobs.outputs import check_writable

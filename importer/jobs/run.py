@@ -3,7 +3,7 @@
 ``run_import`` (or ``await run_import_async``) is the whole job in one call; ``_run_import`` is
 its body, the stages in the order they run, each passing its value to the next. The live state
 is read once, in as few reads as the rows allow (connections and one sync, and only what sync
-leaves unresolved: ``live.read_inventory``); ``plan.plan_import`` turns every row into a write
+leaves unresolved: ``preflight.read_inventory``); ``plan.plan_import`` turns every row into a write
 or a settled outcome, its cost (reads done, writes, time) shown before asking;
 ``apply.apply_plan`` sends the writes, and one more sync reads the ids of created routing back,
 only if there are some.

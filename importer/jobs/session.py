@@ -26,9 +26,9 @@ from typing import Any, TypeVar
 import httpx
 
 from importer.account.client import VoiceLinkClient
-from importer.account.inventory import NamesADid
+from importer.account.inventory import Inventory, LiveRouting, NamesADid
 from importer.account.limiter import RateLimiter
-from importer.account.live import ClientSettings, Inventory, LiveRouting, open_client, read_inventory
+from importer.account.preflight import ClientSettings, open_client, read_inventory
 from importer.engine.apply import Applied, ProgressCallback, apply_plan
 from importer.engine.journal import Journal
 from importer.engine.plan import History, Plan
@@ -165,7 +165,7 @@ async def open_session(
     rows: Sequence[NamesADid] = (),
     used_before: str | None = None,
 ) -> AsyncIterator[Session]:
-    """Open the client and read the account's state the rows need (``live.read_inventory``).
+    """Open the client and read the account's state the rows need (``preflight.read_inventory``).
 
     The client is closed on leaving; what the session read (its audit, the client's request
     count and warnings) stays readable after.
@@ -239,7 +239,7 @@ async def send_plan(
         applied = await apply_plan(
             plan,
             client=session.client,
-            live=LiveRouting(session.client, session.inventory, config.retry_backoff),
+            live=LiveRouting(session.client, session.inventory),
             journal=journal,
             run_id=run_id,
             options=config,

@@ -1,33 +1,28 @@
-"""The account's live state during a job: the pre-flight, the state read once, coalesced re-reads.
+"""Opening a job's access to the account: the client, the pre-flight, the inventory read once.
 
-Shared by ``run``, ``rollback`` and ``export`` (and any caller of ``apply.apply_plan``): the
-client is opened inside the event loop that uses it, the pre-flight checks the key and chooses
-the connection (:func:`preflight`, the only place that does), the state the job needs is read
-once (:func:`read_inventory`, in as few reads as ``state.read_state`` can), and unknown outcomes
-are settled by re-reading the routing (one read shared by the workers that ask at the same time).
+Shared by ``run``, ``rollback`` and ``export``: the client is opened inside the event loop that
+uses it, the pre-flight checks the key and chooses the connection (:func:`preflight`, the only
+place that does), and the state the job needs is read once (:func:`read_inventory`, in as few
+reads as ``inventory.read_state`` can). Re-reads during the writes are ``inventory.LiveRouting``.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Protocol
 
 import httpx
 
-from importer.account.client import Connection, Routing, VoiceLinkClient
-from importer.account.inventory import Inventory, NamesADid, ReadCallback, index_routing, read_state
+from importer.account.client import VoiceLinkClient
+from importer.account.inventory import Inventory, NamesADid, ReadCallback, read_state
 from importer.account.limiter import RateLimiter
-from importer.account.retry import MAX_ATTEMPTS, backoff_delay
-from importer.errors import ApiError, AuthError, InputError
+from importer.account.records import Connection
+from importer.errors import ApiError, InputError
 
 __all__ = [
     "DEFAULT_BASE_URL",
     "ClientSettings",
-    "Inventory",
-    "LiveRouting",
     "choose_connection",
-    "index_routing",
     "open_client",
     "preflight",
     "read_inventory",
@@ -36,53 +31,8 @@ __all__ = [
 DEFAULT_BASE_URL = "https://api.vocobase.com/api/v2"
 
 
-class LiveRouting:
-    """Re-read the routing state, sharing one read among workers that ask at the same time."""
-
-    ROUNDS = MAX_ATTEMPTS
-    """Rounds of the client's own read retries before the run gives up on settling."""
-
-    def __init__(self, client: VoiceLinkClient, inventory: Inventory, backoff: float) -> None:
-        self._client = client
-        self._inventory = inventory
-        self._backoff = backoff
-        self._lock = asyncio.Lock()
-        self._reads = 0
-        self._fresh = 0
-        """The number (in ``_reads``) of the last read that succeeded: only it may be shared."""
-
-    async def fresh(self) -> dict[int, Routing]:
-        """Return routing read after this call began.
-
-        Raises:
-            ApiError: the state could not be read in several rounds of retries.
-        """
-        arrived = self._reads
-        async with self._lock:
-            # A read counted in `arrived` may have begun before the caller's write failed, so
-            # only a read begun after arrival is fresh enough to share, and only if it succeeded:
-            # after a failed one the routing held is stale and could call an applied write unsent.
-            if self._fresh > arrived:
-                return self._inventory.routing
-            self._reads += 1
-            number = self._reads
-            for round_ in range(1, self.ROUNDS + 1):
-                try:
-                    routings = await self._client.read_routing()
-                    break
-                except AuthError:
-                    raise
-                except ApiError:
-                    if round_ == self.ROUNDS:
-                        raise
-                    await asyncio.sleep(backoff_delay(round_ + 1, self._backoff))
-            self._inventory.routing = index_routing(routings, self._inventory.dids_by_number)
-            self._fresh = number
-            return self._inventory.routing
-
-
 class ClientSettings(Protocol):
-    """What opening a client needs (``apply.ConnectOptions`` provides it)."""
+    """What opening a client needs (``options.ConnectOptions`` provides it)."""
 
     @property
     def api_key(self) -> str: ...
@@ -197,7 +147,7 @@ async def read_inventory(
     rows: Sequence[NamesADid] = (),
     on_read: ReadCallback | None = None,
 ) -> Inventory:
-    """The pre-flight, then the account's state the job needs, read once (``state.read_state``).
+    """The pre-flight, then the account's state the job needs, read once (``inventory.read_state``).
 
     Args:
         client: The job's client; its ``connection_id`` is set to the chosen connection.
