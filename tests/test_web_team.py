@@ -185,8 +185,16 @@ def test_team_roles_notifications_and_audit_over_a_real_server(tmp_path: Path) -
         assert not_his.status_code == 403
         assert "uploaded by olga" in not_his.json()["error"]
         assert otto.post(f"/api/jobs/{job_id}/cancel").status_code == 403
-        # The page's buttons are held to the same table.
+        # The page's buttons are held to the same table, and the pages offer only what the role may do.
         assert otto.post(f"/jobs/{job_id}/send").status_code == 403
+        send_page = otto.get(f"/jobs/{job_id}/send").text
+        assert "rows now</button>" not in send_page and "only they or an admin can start a job" in send_page
+        assert "rows now</button>" in olga.get(f"/jobs/{job_id}/send").text
+        front = vic.get("/").text
+        assert 'action="/upload"' not in front and "your role viewer cannot upload a file" in front
+        front = olga.get("/").text
+        assert 'action="/upload"' in front and "signed in as olga (operator)" in front
+        assert 'name="uploaded_by"' not in front  # the uploader is who signed in
 
         assert olga.post(f"/api/jobs/{job_id}/start").status_code == 202
         done = wait_for_job(vic, job_id, FINAL)

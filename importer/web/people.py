@@ -22,6 +22,7 @@ import re
 import secrets
 import tomllib
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,11 @@ __all__ = [
     "can",
     "hash_token",
     "load_users",
+    "may",
+    "named_user",
+    "refusal",
     "remove_user",
+    "signed_in",
 ]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
@@ -123,6 +128,26 @@ def can(user: User, action: Action, owner: str | None = None) -> str | None:
     if rule.own_only and user.role is not Role.ADMIN and owner is not None and owner != user.name:
         return f"this job was uploaded by {owner or '(not given)'}; only they or an admin can {action.value}"
     return None
+
+
+signed_in: ContextVar[User] = ContextVar("signed_in", default=SOLE_ADMIN)
+"""Who the request being answered is from (set by the Guard), for the page's templates."""
+
+
+def refusal(action: str, owner: str | None = None) -> str:
+    """Why the signed-in user may not do ``action`` (an ``Action`` name); "" when they may."""
+    return can(signed_in.get(), Action[action], owner) or ""
+
+
+def may(action: str, owner: str | None = None) -> bool:
+    """Whether the signed-in user may do ``action`` (templates hide what they may not)."""
+    return not refusal(action, owner)
+
+
+def named_user() -> User | None:
+    """The signed-in user when the server has a users file (None: the single token's admin)."""
+    user = signed_in.get()
+    return None if user is SOLE_ADMIN else user
 
 
 def hash_token(token: str) -> str:

@@ -33,7 +33,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from importer.web.people import SOLE_ADMIN, Action, People, User, action_of, can
+from importer.web.people import SOLE_ADMIN, Action, People, User, action_of, can, signed_in
 
 __all__ = [
     "CSP",
@@ -217,6 +217,7 @@ class Guard:
         record: dict[str, object] | None = None
         if user is not None and not scope["path"].startswith(self.static_prefix):
             scope.setdefault("state", {})["user"] = user
+            signed_in.set(user)  # this request's own context: the page's templates read it
             action, job_id = action_of(scope["method"], scope["path"])
             if action is not None and action not in (Action.VIEW, Action.AUDIT):
                 record = {
