@@ -358,3 +358,21 @@ def test_serve_settings_refuse_a_user_header_without_users_and_proxy(tmp_path: P
         ).check()
     with pytest.raises(InputError, match="--notify-url must start with http"):
         ServeSettings(web_connection(sandbox), tmp_path, notify_url=("ftp://x",)).check()
+
+
+def test_notifier_queue_drops_the_oldest_with_a_log_line_when_full() -> None:
+    """Putting never waits: a full queue loses its oldest notice, and says so in the log."""
+    from importer.web.notify import Notifier
+    from importer.web.observe import LogFormat, configure_logging
+
+    log = io.StringIO()
+    handler = configure_logging(LogFormat.TEXT, stream=log)
+    try:
+        notifier = Notifier(["http://127.0.0.1:9/hook"], link_base="http://x", queue_size=2)
+        for n in range(3):
+            notifier.put({"event": "done", "job": f"job{n}"})
+    finally:
+        handler.close()
+    assert [b["job"] for b in notifier.queue] == ["job1", "job2"]
+    assert notifier.dropped == 1
+    assert "notification queue full: dropped the done notice of job job0" in log.getvalue()
