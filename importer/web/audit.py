@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from importer.errors import InputError
 from importer.web.store import DB_NAME
 
 if TYPE_CHECKING:
@@ -63,10 +64,19 @@ class AuditLog:
     """The audit table; safe from the event loop and worker threads (one lock, short writes)."""
 
     def __init__(self, data_dir: Path) -> None:
+        """Open (or create) the audit table in the data dir's database.
+
+        Raises:
+            InputError: the database cannot be opened or the table made (left as it is).
+        """
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(data_dir / DB_NAME, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        path = data_dir / DB_NAME
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise InputError(f"cannot keep the audit records in {path}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:

@@ -1,7 +1,8 @@
 """Tell the team: POST a JSON notice to each ``--notify-url`` when a job needs them.
 
 Notified events: ``needs-approval``, ``scheduled``, ``done``, ``failed``, ``cancelled`` (a
-``observe.JobEvents`` listener; the approval and schedule steps emit the first two). The body::
+``observe.JobEvents`` listener; the approval and schedule steps emit the first two with
+``service.events.emit("needs-approval", job)``). The body::
 
     {"event": "done", "job": "<id>", "kind": "import", "file": "numbers.xlsx", "status": "done",
      "counts": {...}, "users": {"uploaded by": "alice", "started by": "bob"},
