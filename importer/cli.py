@@ -814,6 +814,30 @@ def history(source: Path) -> None:
     show_default=True,
     help="Log lines (one per job event) as text or as one JSON object each.",
 )
+@click.option(
+    "--users",
+    "users_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The team's users and roles (TOML, made by 'voicelink-import users add').",
+)
+@click.option(
+    "--user-header",
+    metavar="NAME",
+    default="",
+    help="Take the user from this header set by a sign-on proxy (only from --trusted-proxy addresses).",
+)
+@click.option(
+    "--trusted-proxy",
+    multiple=True,
+    metavar="ADDRESS",
+    help="An address (or network) of the sign-on proxy whose --user-header is believed (repeatable).",
+)
+@click.option(
+    "--notify-url",
+    multiple=True,
+    metavar="URL",
+    help="POST a JSON notice here when a job is done, failed or cancelled (repeatable; e.g. a chat webhook).",
+)
 @one_line_errors
 def serve(
     host: str,
@@ -824,6 +848,10 @@ def serve(
     use_sandbox: bool,
     allowed_host: tuple[str, ...],
     log_format: str,
+    users_file: Path | None,
+    user_header: str,
+    trusted_proxy: tuple[str, ...],
+    notify_url: tuple[str, ...],
 ) -> None:
     """Serve the web service: upload, check, fix, plan and send imports from a browser or the API.
 
@@ -859,6 +887,10 @@ def serve(
         token=os.environ.get("VOICELINK_WEB_TOKEN", ""),
         allowed_host=allowed_host,
         log_format=LogFormat(log_format),
+        users_file=users_file,
+        user_header=user_header,
+        trusted_proxy=trusted_proxy,
+        notify_url=notify_url,
     )
     settings.check()  # before the key is looked at further or anything listens
     for warning in settings.warnings():
@@ -866,7 +898,10 @@ def serve(
 
     def ready(url: str, token: str) -> None:
         click.echo(f"VoiceLink importer web service: {url}")
-        click.echo(f"open: {url}/?token={token}")
+        if users_file is not None:  # the server's own token opens nothing then: each user has theirs
+            click.echo(f"open: {url}/?token=<your token from 'voicelink-import users add'>")
+        else:
+            click.echo(f"open: {url}/?token={token}")
         click.echo(f"API: Authorization: Bearer <token> ; jobs kept in {data_dir}")
         click.echo("SIGTERM or Ctrl-C stops it (sends in flight settle and resume on the next start)")
 
@@ -876,6 +911,64 @@ def serve(
         # uvicorn has shut down cleanly and re-raised the Ctrl-C it caught: say so, not a crash.
         click.echo("web service stopped; jobs that were sending resume on the next start", err=True)
         sys.exit(ExitCode.INTERRUPTED)
+
+
+_USERS_FILE = click.option(
+    "--file",
+    "users_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("voicelink-users.toml"),
+    show_default=True,
+    help="The users file (give it to serve --users).",
+)
+
+
+@main.group()
+def users() -> None:
+    """Manage the web service's users: names, roles and tokens (kept only as hashes)."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option(
+    "--role",
+    type=click.Choice(["viewer", "operator", "approver", "admin"]),
+    required=True,
+    help="viewer: see and download; operator: also upload, fix, plan, start; approver: also approve; "
+    "admin: also manage others' jobs.",
+)
+@_USERS_FILE
+@one_line_errors
+def users_add(name: str, role: str, users_file: Path) -> None:
+    """Add NAME (or give them a new token); prints the token once: it is stored only as a hash."""
+    from importer.web.people import Role, add_user
+
+    token = add_user(users_file, name, Role(role))
+    click.echo(f"user {name} ({role}) saved in {users_file}; their token (shown only now):")
+    click.echo(token)
+
+
+@users.command("list")
+@_USERS_FILE
+@one_line_errors
+def users_list(users_file: Path) -> None:
+    """List the users and their roles."""
+    from importer.web.people import load_users
+
+    for user in load_users(users_file).by_name.values():
+        click.echo(f"{user.name}\t{user.role.value}")
+
+
+@users.command("remove")
+@click.argument("name")
+@_USERS_FILE
+@one_line_errors
+def users_remove(name: str, users_file: Path) -> None:
+    """Remove NAME: their token stops working when the server next starts."""
+    from importer.web.people import remove_user
+
+    remove_user(users_file, name)
+    click.echo(f"user {name} removed from {users_file}")
 
 
 @main.command()

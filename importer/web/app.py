@@ -6,7 +6,8 @@ Routes (every one but /healthz needs the token; see ``security``):
     GET    /metrics                        Prometheus text: jobs, rows, requests and 429s per key, queues
     POST   /logout                         clears the session cookie
     GET    /, /jobs/...                    the page (``pages``: HTML over the same service)
-    GET    /api/jobs                       every job
+    GET    /api/jobs                       every job; ?user=NAME&status=S filter the list
+    GET    /api/audit                      ?since=ISO: the audit records as JSON lines (``audit``)
     POST   /api/jobs                       multipart: file, sheet, default_region, map (repeatable),
                                            uploaded_by -> 201 with the job (validation runs after)
     GET    /api/jobs/{id}                  one job (410 with the reason for a damaged one)
@@ -46,9 +47,12 @@ from importer.errors import ImporterError
 from importer.read.sniff import Format, sniff
 from importer.vocab import OnExisting
 from importer.web import engine, observe, ratememory
+from importer.web.audit import parse_since
 from importer.web.jobs import Job, JobError, JobService, JobStatus, safe_name
+from importer.web.notify import Notifier
 from importer.web.pages import page_routes
-from importer.web.security import Guard
+from importer.web.people import People
+from importer.web.security import Guard, user_of
 from importer.web.spool import FormRefused, spool_form
 from importer.web.store import full_disk
 
@@ -75,6 +79,13 @@ class WebConfig:
     """Where uploads land while they arrive (on the data dir's disk, so a move is a rename)."""
     cookie: str = "voicelink_session"
     """The session cookie's name (``security.cookie_name``: with the port)."""
+    people: People | None = None
+    """The users file's users (``people``); None: the token stands for one admin."""
+    user_header: str = ""
+    trusted_proxies: tuple[str, ...] = ()
+    notify_urls: tuple[str, ...] = ()
+    link_base: str = ""
+    """The server's address as the team reaches it, for links in notifications."""
 
 
 class _TooLarge(Exception):
@@ -226,7 +237,12 @@ async def accept_upload(request: Request, service: JobService, config: WebConfig
                 sheet=_clean_text(form.get("sheet")) or None,
                 default_region=_clean_text(form.get("default_region"), 8) or None,
                 column_map=column_map,
-                uploaded_by=_clean_text(form.get("uploaded_by"), 100),
+                # With users, the uploader is who signed in; the form's free-text name only without.
+                uploaded_by=(
+                    user_of(request.scope).name
+                    if config.people is not None
+                    else _clean_text(form.get("uploaded_by"), 100)
+                ),
                 client=request.client.host if request.client else "",
             )
         except (OSError, sqlite3.Error) as exc:
@@ -264,6 +280,9 @@ def data_dir_writable(data_dir: Path) -> bool:
 def create_app(service: JobService, config: WebConfig) -> Starlette:
     """Build the ASGI app: routes over ``service``, wrapped in the Guard."""
 
+    notifier = Notifier(config.notify_urls, link_base=config.link_base, involved=service.audit_log.involved)
+    service.events.listeners.append(notifier.job_event)
+
     def job_or_404(request: Request) -> Job | None:
         return service.get(str(request.path_params["job_id"]))
 
@@ -300,7 +319,21 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
             raise JobError("the body is not JSON") from None
 
     async def list_jobs(request: Request) -> Response:
-        return JSONResponse({"jobs": service.list()})
+        jobs = service.list()
+        if status := request.query_params.get("status", ""):
+            jobs = [j for j in jobs if j["status"] == status]
+        if user := request.query_params.get("user", ""):
+            acted = service.audit_log.jobs_of(user)
+            jobs = [j for j in jobs if j["uploaded_by"] == user or j["id"] in acted]
+        return JSONResponse({"jobs": jobs})
+
+    async def audit(request: Request) -> Response:
+        try:
+            since = parse_since(request.query_params.get("since", ""))
+        except ValueError:
+            return _error(400, "since must be an ISO 8601 time, e.g. 2026-01-31T22:00:00Z")
+        lines = await asyncio.to_thread(lambda: list(service.audit_log.lines(since)))
+        return Response("".join(lines), media_type="application/x-ndjson")
 
     async def create_job(request: Request) -> Response:
         try:
@@ -438,10 +471,12 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.load()
+        notifier.start()
         try:
             yield
         finally:
             await service.stop()
+            await notifier.stop()
             # A clean stop: the next start knows each key's window exactly (ratememory).
             ratememory.save_all(service.store, [(k, lane.limiter) for k, lane in service.lanes.items()])
 
@@ -451,6 +486,7 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         Route("/logout", logout, methods=["POST"]),
         *page_routes(service, upload=create_job),
         Route("/api/jobs", list_jobs, methods=["GET"]),
+        Route("/api/audit", audit, methods=["GET"]),
         Route("/api/jobs", create_job, methods=["POST"]),
         Route("/api/jobs/{job_id}", with_job(get_job), methods=["GET"]),
         Route("/api/jobs/{job_id}", with_job(set_options), methods=["PATCH"]),
@@ -464,5 +500,20 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         Route("/api/jobs/{job_id}/failed.xlsx", with_job(download("failed")), methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_middleware(Guard, token=config.token, hosts=config.hosts, cookie=config.cookie)
+
+    def owner(job_id: str) -> str | None:
+        job = service.get(job_id)
+        return None if job is None else job.uploaded_by
+
+    app.add_middleware(
+        Guard,
+        token=config.token,
+        hosts=config.hosts,
+        cookie=config.cookie,
+        people=config.people,
+        user_header=config.user_header,
+        trusted_proxies=config.trusted_proxies,
+        owner=owner,
+        on_action=service.audit_log.action,
+    )
     return app

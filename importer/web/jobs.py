@@ -52,6 +52,7 @@ from importer.model import Action, RowIssue, RowOutcome, Status, ValidationRepor
 from importer.options import InputOptions
 from importer.vocab import OnExisting, ReasonKind
 from importer.web import engine, observe, ratememory
+from importer.web.audit import AuditLog
 from importer.web.engine import Connection, Edit, SendProgress
 from importer.web.store import DamagedRecord, JobStore, decode_list, decode_object, full_disk
 
@@ -411,6 +412,8 @@ class JobService:
         self.damaged: dict[str, str] = {}
         """Jobs whose record cannot be read: id -> why. Listed, never served, never deleted."""
         self.events = observe.JobEvents()
+        self.audit_log = AuditLog(data_dir)  # who did what, when, from where (web.audit)
+        self.events.listeners.append(self.audit_log.job_event)
         self.connection = connection
         self.jobs: dict[str, Job] = {}
         self.lanes: dict[str, Lane] = {}
@@ -780,6 +783,7 @@ class JobService:
             out[f"edit {n}"] = edit.text()
         if job.header_row is not None:
             out["header row"] = f"{job.header_row} (chosen on the web page)"
+        out.update(self.audit_log.summary(job.id))  # uploaded, planned, approved, started by
         return out
 
     async def plan(self, job: Job) -> None:

@@ -111,6 +111,8 @@ class JobEvents:
     events: Counter[str] = field(default_factory=Counter)
     validation_seconds: float = 0.0
     validations: int = 0
+    listeners: list[Callable[[str, Job], None]] = field(default_factory=list)
+    """Told of each event as it is logged (the audit records, notifications); a listener must not block."""
 
     def seen(self, job: Job) -> None:
         """A job found at start: its status is where it is, not an event."""
@@ -145,6 +147,17 @@ class JobEvents:
         extra = f": {job.error}" if job.error and name == "failed" else ""
         level = logging.WARNING if name == "failed" else logging.INFO
         _log(level, f"job {job.id} {name} (uploaded by {who}){extra}", **fields)
+        for listener in self.listeners:
+            try:
+                listener(name, job)
+            except Exception as exc:  # a listener's fault (full disk, a bug) never stops the job
+                _log(
+                    logging.ERROR, f"job {job.id}: a {name} listener failed: {exc!r}", event="listener_error"
+                )
+
+    def emit(self, name: str, job: Job) -> None:
+        """An event that is not a status (e.g. ``needs-approval``, ``scheduled``): logged, counted, told."""
+        self._emit(name, job)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from importer.jobs.validate import read_input
 from importer.model import Action, RawTable, RowIssue
 from importer.options import human_duration
 from importer.vocab import OnExisting, describe_kind
+from importer.web import people
 from importer.web.jobs import Job, JobError, JobService, JobStatus, in_background
 
 __all__ = ["PAGE_SIZE", "page_routes"]
@@ -234,6 +235,8 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         lstrip_blocks=True,
     )
     templates.globals.update(steps=STEPS, duration=_duration, kind_label=words.issue_label)
+    # Who is signed in and what their role allows (web.people): pages offer only what they may do.
+    templates.globals.update(may=people.may, refusal=people.refusal, me=people.named_user)
     templates.filters["words"] = _web_words
 
     def render(name: str, status: int = 200, **context: Any) -> HTMLResponse:

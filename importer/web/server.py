@@ -26,7 +26,8 @@ from importer.web.app import WebConfig, create_app
 from importer.web.engine import Connection
 from importer.web.jobs import JobService
 from importer.web.observe import LogFormat, configure_logging
-from importer.web.security import allowed_hosts, check_token, cookie_name, is_loopback
+from importer.web.people import load_users
+from importer.web.security import allowed_hosts, check_token, cookie_name, is_loopback, trusted_networks
 
 __all__ = ["ServeSettings", "build", "running_server", "serve"]
 
@@ -48,6 +49,14 @@ class ServeSettings:
     allowed_host: tuple[str, ...] = ()
     """Names the server answers to besides its address (``--allowed-host``); needed off loopback."""
     log_format: LogFormat = LogFormat.TEXT
+    users_file: Path | None = None
+    """``--users``: the team's users and roles; None: the token stands for one admin."""
+    user_header: str = ""
+    """``--user-header``: the header a sign-on proxy names the user in."""
+    trusted_proxy: tuple[str, ...] = ()
+    """``--trusted-proxy``: the only addresses whose ``user_header`` is believed."""
+    notify_url: tuple[str, ...] = ()
+    """``--notify-url``: where job notices are POSTed."""
 
     def check(self) -> None:
         """Refuse settings that would leave the door open.
@@ -58,6 +67,20 @@ class ServeSettings:
         """
         if self.token and (why := check_token(self.token)):
             raise InputError(why)
+        if self.user_header and (self.users_file is None or not self.trusted_proxy):
+            raise InputError(
+                "--user-header needs --users FILE (the roles) and --trusted-proxy ADDRESS (the sign-on "
+                "proxy whose header is believed)"
+            )
+        try:
+            trusted_networks(self.trusted_proxy)
+        except ValueError as exc:
+            raise InputError(f"--trusted-proxy: {exc}") from None
+        for url in self.notify_url:
+            if not url.startswith(("http://", "https://")):
+                raise InputError(f"--notify-url must start with http:// or https://, not {url!r}")
+        if self.users_file is not None:
+            load_users(self.users_file)  # a bad file is one line now, not a failed start later
         if not is_loopback(self.host) and not self.allowed_host:
             raise InputError(
                 f"--host {self.host} is reachable from other machines: name the host name(s) clients use "
@@ -97,8 +120,22 @@ def build(settings: ServeSettings, port: int) -> tuple[Starlette, JobService, st
         max_upload_bytes=settings.max_upload_mb * 2**20,
         scratch=settings.data_dir / "incoming",
         cookie=cookie_name(port),
+        people=load_users(settings.users_file) if settings.users_file is not None else None,
+        user_header=settings.user_header,
+        trusted_proxies=settings.trusted_proxy,
+        notify_urls=settings.notify_url,
+        link_base=_link_base(settings, port),
     )
     return create_app(service, config), service, token
+
+
+def _link_base(settings: ServeSettings, port: int) -> str:
+    """The address links in notices point at: the first ``--allowed-host``, else the bound one."""
+    if settings.allowed_host:
+        name = settings.allowed_host[0]
+        return name if name.startswith(("http://", "https://")) else f"http://{name}"
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"http://{shown}:{port}"
 
 
 class _Server(uvicorn.Server):
