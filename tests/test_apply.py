@@ -324,6 +324,7 @@ def test_cli_takes_choices_and_defaults_from_the_library() -> None:
     assert list(on_existing.type.choices) == [c.value for c in OnExisting]  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_cli_output_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     """`voicelink-import validate FILE | head -0`: the reader is gone before the first line."""
     proc = subprocess.Popen(

@@ -459,6 +459,7 @@ def _write_ods(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_read_table_ods_read_in_a_child_process(tmp_path: Path) -> None:
     table = read_table(_write_ods(tmp_path / "dids.ods"))
     assert table.source.format == "ods"
@@ -468,6 +469,7 @@ def test_read_table_ods_read_in_a_child_process(tmp_path: Path) -> None:
     assert list(table.frame.index) == [2]
 
 
+@pytest.mark.slow
 def test_read_table_ods_unknown_sheet_refused_from_the_child(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="'Readme', 'DIDs'") as caught:
         read_table(_write_ods(tmp_path / "dids.ods"), sheets="Nope")

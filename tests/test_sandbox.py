@@ -766,6 +766,7 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, Path]]:
         proc.communicate(timeout=10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_stops_cleanly_on_a_signal_and_writes_state(
     served: tuple[subprocess.Popen[str], str, Path], sig: signal.Signals

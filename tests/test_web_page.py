@@ -33,6 +33,8 @@ from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_san
 from importer.web.engine import load_table, move_header
 from importer.web.server import ServeSettings, running_server
 
+pytestmark = pytest.mark.slow  # browser: a real chromium driving the page, served by subprocesses
+
 TOKEN = "page-test-token-0123456789-abcdefghijk"
 SHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium")
