@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import python_calamine
-from helpers import CONNECTION, REPO, did_number, write_inventory, write_sheet
+from helpers import CONNECTION, REPO, did_number, wait_until, write_inventory, write_sheet
 
 from importer.sandbox import SandboxConfig, running_sandbox
 
@@ -225,9 +224,12 @@ def test_run_interrupted_by_sigint_never_shows_the_key(work: Path) -> None:
             text=True,
         )
         # Wait until writes are under way (the journal exists), then interrupt.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sandbox.state_snapshot().get("routing") in (None, []):
-            time.sleep(0.05)
+        try:
+            wait_until(lambda: sandbox.state_snapshot().get("routing") not in (None, []), "a first write")
+        except AssertionError:
+            proc.kill()
+            proc.communicate(timeout=60)
+            raise
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
         sandbox.write_state(work / "sandbox-state.json")
