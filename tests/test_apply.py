@@ -243,7 +243,8 @@ def test_progress_carries_each_outcome_and_the_limiters_pause(tmp_path: Path) ->
     )
     assert summary.counts == {Status.SUCCEEDED: 2}
     assert seen[0].outcome is None and sorted(p.outcome.row for p in seen[1:] if p.outcome) == [2, 3]
-    assert max(p.paused_seconds for p in seen) > 0.3  # the slow write finished inside the 429's pause
+    # The slow write finished inside the 429's pause, which never exceeds its Retry-After.
+    assert 0 < max(p.paused_seconds for p in seen) <= 1.0
 
 
 class AlwaysLost(httpx.AsyncBaseTransport):
