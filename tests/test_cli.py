@@ -209,6 +209,7 @@ def test_cli_default_region_uk_is_read_as_gb(tmp_path: Path) -> None:
     assert "valid 1" in result.output
 
 
+@pytest.mark.slow
 def test_cli_two_did_headers_suggest_a_map_that_is_then_accepted(tmp_path: Path) -> None:
     """The first error names the columns by letter at once, and each suggestion works as given."""
     sheet = tmp_path / "twice.csv"
@@ -226,6 +227,7 @@ def test_cli_two_did_headers_suggest_a_map_that_is_then_accepted(tmp_path: Path)
         assert "valid 1" in again.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", ["+918012345678\n", "DID", "  \n\nhello;\n"])
 def test_cli_one_cell_csv_is_not_a_table(tmp_path: Path, content: str) -> None:
     sheet = tmp_path / "one.csv"
