@@ -40,8 +40,17 @@ def _keep(group: str, ctx: click.Context, param: click.Parameter, value: Any) ->
     return value
 
 
-_keep_input_option = functools.partial(_keep, "input")
-_keep_connect_option = functools.partial(_keep, "connect")
+def _kept(group: str) -> Callable[..., Callable[[F], F]]:
+    """A ``click.option`` whose value is kept in the context under ``group``, not passed to the command."""
+
+    def option(*decls: str, **attrs: Any) -> Callable[[F], F]:
+        return click.option(*decls, expose_value=False, callback=functools.partial(_keep, group), **attrs)
+
+    return option
+
+
+_input_option = _kept("input")
+_connect_option = _kept("connect")
 
 
 def _meta() -> dict[str, Any]:
@@ -55,60 +64,46 @@ def input_options(fn: F) -> F:
     They reach ``build_input`` through the click context, so a command takes only FILE and an input
     option added here needs no change to any command's signature.
     """
-    fn = click.option(
+    fn = _input_option(
         "--default-region",
         metavar="XX",
-        expose_value=False,
-        callback=_keep_input_option,
         help="Read national numbers (no country code) as numbers of this region, e.g. IN or US.",
     )(fn)
-    fn = click.option(
+    fn = _input_option(
         "--ignore-column",
         "ignore_columns",
         multiple=True,
         metavar="NAME",
-        expose_value=False,
-        callback=_keep_input_option,
         help="Leave a column out of matching, by header text or letter (repeatable).",
     )(fn)
-    fn = click.option(
+    fn = _input_option(
         "--map",
         "maps",
         multiple=True,
         metavar='"Header Text=field"',
-        expose_value=False,
-        callback=_keep_input_option,
         help='Map a column (header text or letter: "C=did_number") to a field; wins over '
         "header matching (repeatable).",
     )(fn)
-    fn = click.option(
+    fn = _input_option(
         "--sheet",
         multiple=True,
         metavar="NAME",
-        expose_value=False,
-        callback=_keep_input_option,
         help="A worksheet to read (repeatable: several make one table). Default: the one sheet whose "
         "headers name the fields; with several such sheets, choose or pass --all-sheets.",
     )(fn)
-    fn = click.option(
+    fn = _input_option(
         "--all-sheets",
         is_flag=True,
-        expose_value=False,
-        callback=_keep_input_option,
         help="Read every worksheet whose headers name the fields, as one table.",
     )(fn)
-    fn = click.option(
+    fn = _input_option(
         "--encoding",
         metavar="NAME",
-        expose_value=False,
-        callback=_keep_input_option,
         help="The text encoding of a CSV, e.g. cp1251 or iso-8859-7 (default: detected).",
     )(fn)
-    fn = click.option(
+    fn = _input_option(
         "--skip-hidden-rows",
         is_flag=True,
-        expose_value=False,
-        callback=_keep_input_option,
         help="Skip rows hidden in Excel (filtered out or hidden) instead of importing them.",
     )(fn)
     return click.argument("file", type=click.Path(path_type=Path, dir_okay=True))(fn)
@@ -143,72 +138,54 @@ def _apply_options(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 
 
 connect_options = _apply_options(
-    click.option(
+    _connect_option(
         "--base-url",
         envvar="VOCOBASE_BASE_URL",
         default=DEFAULT_BASE_URL,
         show_default=True,
-        expose_value=False,
-        callback=_keep_connect_option,
         help="API root (env VOCOBASE_BASE_URL).",
     ),
-    click.option(
+    _connect_option(
         "--api-key",
-        expose_value=False,
-        callback=_keep_connect_option,
         help="API key (prefer the env VOCOBASE_API_KEY: flags show in `ps`).",
     ),
-    click.option(
+    _connect_option(
         "--connection-id",
         envvar="VOCOBASE_CONNECTION_ID",
-        expose_value=False,
-        callback=_keep_connect_option,
         help="VoiceLink connection UUID when several are active (env VOCOBASE_CONNECTION_ID).",
     ),
-    click.option(
+    _connect_option(
         "--requests-per-minute",
         type=click.IntRange(min=1),
         default=SEND_DEFAULTS.requests_per_minute,
         show_default=True,
-        expose_value=False,
-        callback=_keep_connect_option,
     ),
-    click.option(
+    _connect_option(
         "--concurrency",
         type=click.IntRange(1, 16),
         default=SEND_DEFAULTS.concurrency,
         show_default=True,
-        expose_value=False,
-        callback=_keep_connect_option,
     ),
-    click.option(
+    _connect_option(
         "--timeout",
         type=click.FloatRange(min=0.1),
         default=SEND_DEFAULTS.timeout,
         show_default=True,
-        expose_value=False,
-        callback=_keep_connect_option,
     ),
-    click.option(
+    _connect_option(
         "--max-error-rate",
         type=click.FloatRange(0, 1),
-        expose_value=False,
-        callback=_keep_connect_option,
         help="Stop when more than this share of writes failed "
         f"(once {ERROR_RATE_MIN_WRITES} are done), e.g. 0.2.",
     ),
-    click.option(
+    _connect_option(
         "--dry-run",
         is_flag=True,
-        expose_value=False,
-        callback=_keep_connect_option,
         help="Plan only: show what would be sent; send nothing.",
     ),
-    click.option(
+    _connect_option(
         "--yes",
         is_flag=True,
-        expose_value=False,
-        callback=_keep_connect_option,
         help="Do not ask before sending.",
     ),
     # The one shared flag a command takes as a parameter: it decides how the command shows progress.
