@@ -145,10 +145,7 @@ connect_options = _apply_options(
         show_default=True,
         help="API root (env VOCOBASE_BASE_URL).",
     ),
-    _connect_option(
-        "--api-key",
-        help="API key (prefer the env VOCOBASE_API_KEY: flags show in `ps`).",
-    ),
+    _connect_option("--api-key", help="API key (prefer the env VOCOBASE_API_KEY: flags show in `ps`)."),
     _connect_option(
         "--connection-id",
         envvar="VOCOBASE_CONNECTION_ID",
@@ -161,16 +158,10 @@ connect_options = _apply_options(
         show_default=True,
     ),
     _connect_option(
-        "--concurrency",
-        type=click.IntRange(1, 16),
-        default=SEND_DEFAULTS.concurrency,
-        show_default=True,
+        "--concurrency", type=click.IntRange(1, 16), default=SEND_DEFAULTS.concurrency, show_default=True
     ),
     _connect_option(
-        "--timeout",
-        type=click.FloatRange(min=0.1),
-        default=SEND_DEFAULTS.timeout,
-        show_default=True,
+        "--timeout", type=click.FloatRange(min=0.1), default=SEND_DEFAULTS.timeout, show_default=True
     ),
     _connect_option(
         "--max-error-rate",
@@ -178,16 +169,8 @@ connect_options = _apply_options(
         help="Stop when more than this share of writes failed "
         f"(once {ERROR_RATE_MIN_WRITES} are done), e.g. 0.2.",
     ),
-    _connect_option(
-        "--dry-run",
-        is_flag=True,
-        help="Plan only: show what would be sent; send nothing.",
-    ),
-    _connect_option(
-        "--yes",
-        is_flag=True,
-        help="Do not ask before sending.",
-    ),
+    _connect_option("--dry-run", is_flag=True, help="Plan only: show what would be sent; send nothing."),
+    _connect_option("--yes", is_flag=True, help="Do not ask before sending."),
     # The one shared flag a command takes as a parameter: it decides how the command shows progress.
     click.option("--quiet", is_flag=True, help="No progress bar (rollback: no plan lines either)."),
 )
