@@ -55,7 +55,8 @@ from importer.jobs.session import (
 from importer.jobs.summary import RunSummary, job_notes
 from importer.model import RawTable, SourceInfo, Status
 from importer.options import RollbackConfig
-from importer.output.results import check_workbook_name, stamped_path, write_results
+from importer.output.paths import check_workbook_name, stamped_path
+from importer.output.results import write_results
 from importer.vocab import Action, ExitCode, describe_kind
 
 __all__ = [
