@@ -36,8 +36,9 @@ import pandas as pd
 
 from importer.account.limiter import RateLimiter
 from importer.engine.apply import Applied, ProgressCallback
-from importer.engine.journal import ChangeRecord, Journal, RunRecord
+from importer.engine.journal import Journal
 from importer.engine.plan import NO_DELETE, Plan, Undo, named_did, plan_rollback, record_text
+from importer.engine.records import ChangeRecord, RunRecord
 from importer.errors import InputError, NothingToDo
 from importer.jobs.outputs import check_writable, default_journal_path, save_with_fallback
 from importer.jobs.session import (
