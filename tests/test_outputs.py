@@ -21,7 +21,7 @@ from importer.jobs.run import run_import
 from importer.jobs.validate import validate_file
 from importer.model import Status
 from importer.options import InputOptions, ValidateConfig
-from importer.output.results import failed_path_for, save_problem
+from importer.output.paths import failed_path_for, save_problem
 from importer.sandbox import SandboxConfig, create_sandbox
 
 

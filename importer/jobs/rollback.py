@@ -36,8 +36,9 @@ import pandas as pd
 
 from importer.account.limiter import RateLimiter
 from importer.engine.apply import Applied, ProgressCallback
-from importer.engine.journal import ChangeRecord, Journal, RunRecord
+from importer.engine.journal import Journal
 from importer.engine.plan import NO_DELETE, Plan, Undo, named_did, plan_rollback, record_text
+from importer.engine.records import ChangeRecord, RunRecord
 from importer.errors import InputError, NothingToDo
 from importer.jobs.outputs import check_writable, default_journal_path, save_with_fallback
 from importer.jobs.session import (
@@ -55,7 +56,8 @@ from importer.jobs.session import (
 from importer.jobs.summary import RunSummary, job_notes
 from importer.model import RawTable, SourceInfo, Status
 from importer.options import RollbackConfig
-from importer.output.results import check_workbook_name, stamped_path, write_results
+from importer.output.paths import check_workbook_name, stamped_path
+from importer.output.results import write_results
 from importer.vocab import Action, ExitCode, describe_kind
 
 __all__ = [

@@ -54,7 +54,7 @@ from importer.jobs.summary import RunSummary, input_notes, job_notes, top_reason
 from importer.jobs.validate import every_row, load_and_validate
 from importer.model import Status, ValidationReport
 from importer.options import ImportConfig
-from importer.output.results import failed_path_for
+from importer.output.paths import failed_path_for
 from importer.vocab import ExitCode
 
 __all__ = ["MAX_WRITE_ATTEMPTS", "run_import", "run_import_async", "write_report"]
