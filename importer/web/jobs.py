@@ -25,7 +25,6 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import enum
 import hashlib
 import json
 import os
@@ -33,13 +32,12 @@ import re
 import secrets
 import shutil
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
-from typing import Any, TypeVar
+from typing import Any
 
 from importer import words
 from importer.account.limiter import RateLimiter
@@ -54,31 +52,18 @@ from importer.vocab import OnExisting, ReasonKind
 from importer.web import engine, observe, ratememory
 from importer.web.audit import AuditLog
 from importer.web.engine import Connection, Edit, SendProgress
+from importer.web.lifecycle import JobError, JobStatus, Step, next_status
 from importer.web.store import DamagedRecord, JobStore, decode_list, decode_object, full_disk
+from importer.web.work import DEFAULT_WORKERS, WorkQueue, in_background
 
-__all__ = ["Job", "JobService", "JobStatus", "safe_name"]
+__all__ = ["Job", "JobError", "JobService", "JobStatus", "in_background", "safe_name"]
 
 JOB_ID = re.compile(r"[0-9a-f]{24}")
 RESIDENT_TABLES = 3
 """Validated tables kept in memory; others are read again from their folder when asked for."""
 
 
-class JobStatus(enum.StrEnum):
-    """Where a job is; ``failed`` means the job itself could not go on (``error`` says why)."""
-
-    VALIDATING = "validating"
-    VALIDATED = "validated"
-    PLANNING = "planning"
-    PLANNED = "planned"
-    SENDING = "sending"
-    DONE = "done"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
-
 MORE_OPTIONS = frozenset({"encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"})
-EDITABLE = frozenset({JobStatus.VALIDATED, JobStatus.PLANNED})
-FINISHED = frozenset({JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED})
 KEEPS_OUTCOMES = frozenset({JobStatus.DONE, JobStatus.CANCELLED})
 """States whose per-row outcomes are in the store (written when the send ended); a planned
 job's are its plan's (plan.json)."""
@@ -104,10 +89,6 @@ def safe_name(name: str, suffix: str = "") -> str:
     if suffix and not stem.lower().endswith(suffix):
         stem = Path(stem).stem[:80] + suffix
     return stem
-
-
-class JobError(Exception):
-    """A request a job cannot take in its state; the API answers 409 with the message."""
 
 
 @dataclass(slots=True)
@@ -164,6 +145,9 @@ class Job:
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     queue_position: int | None = None
+    """Its place in the line: for a worker (``WorkQueue``) or for its key's lane (``Lane``)."""
+    busy: str = ""
+    """Work under way besides the status (a row edit being checked): nothing else begins meanwhile."""
     view: tuple[int, list[str], dict[int, list[RowIssue]]] | None = None
     """Per-row statuses and issues for paging, as of ``version``."""
 
@@ -230,40 +214,6 @@ class Job:
         except TimeoutError:
             return False
         return True
-
-
-T = TypeVar("T")
-
-
-async def in_background(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run blocking work (reading, validating, writing a workbook) in a daemon thread.
-
-    Not ``asyncio.to_thread``: the loop's executor is joined when the server exits, so a
-    shutdown would wait for a long validation. Work abandoned this way is safe to drop: the
-    job is validated again on the next start, and workbooks are replaced atomically.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def work() -> None:
-        try:
-            result: Any = fn(*args, **kwargs)
-            ok = True
-        except BaseException as exc:  # handed to the awaiting task, which decides
-            result, ok = exc, False
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(settle, ok, result)
-
-    threading.Thread(target=work, name="voicelink-web-work", daemon=True).start()
-    return await future
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -405,7 +355,9 @@ class Lane:
 class JobService:
     """Every job of the server: create, validate, edit, plan, send, cancel, resume."""
 
-    def __init__(self, data_dir: Path, connection: Connection) -> None:
+    def __init__(self, data_dir: Path, connection: Connection, workers: int = DEFAULT_WORKERS) -> None:
+        self.work = WorkQueue(workers)
+        """Validation, revalidation, plans and workbooks: ``workers`` at a time, the rest in line."""
         self.root = data_dir / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(data_dir)
@@ -459,7 +411,7 @@ class JobService:
             if job.status is JobStatus.VALIDATING:
                 self._spawn(self._validate(job))
             elif job.status is JobStatus.PLANNING:
-                job.status = JobStatus.VALIDATED  # a plan is only a read: plan again when asked
+                job.status = next_status(job.status, Step.PLAN_FAILED)  # only reads: plan again when asked
                 self._drop_plan(job)
                 self._save(job)
             elif job.status is JobStatus.SENDING:
@@ -589,7 +541,7 @@ class JobService:
         """Read the upload, apply the edits, validate (in a thread): the CLI's reader and validator."""
         options = job.input_options()
 
-        report = await in_background(engine.load_and_validate, options, tuple(job.edits))
+        report = await self.work.run(job, engine.load_and_validate, options, tuple(job.edits))
         if not job.outcomes and job.status in KEEPS_OUTCOMES:
             job.outcomes = await in_background(self._saved_outcomes, job.id)
         shown = job.folder / "plan.json"
@@ -608,7 +560,12 @@ class JobService:
         while len(self._resident) > RESIDENT_TABLES:
             for job_id in self._resident:
                 other = self.jobs[job_id]
-                if other is not job and other.status not in busy and not other.lock.locked():
+                if (
+                    other is not job
+                    and other.status not in busy
+                    and not other.lock.locked()
+                    and not other.busy
+                ):
                     other.report = None
                     other.shown = None  # in plan.json; read again with the table
                     if other.status in (*KEEPS_OUTCOMES, JobStatus.PLANNED):
@@ -676,7 +633,7 @@ class JobService:
         await in_background(_write_json, job.folder / "plan.json", data)
 
     async def _validate(self, job: Job) -> None:
-        job.status = JobStatus.VALIDATING
+        """Validate in turn (``work``): the job is ``validating`` (new, restarted or options changed)."""
         job.error = ""
         job.outcomes = {}
         self._drop_plan(job)
@@ -684,15 +641,20 @@ class JobService:
         try:
             async with job.lock:
                 report = await self._load_report(job)
-        except ImporterError as exc:
-            job.status, job.error = JobStatus.FAILED, words.error_words(exc, words.Surface.WEB)
-            job.report = None
         except Exception as exc:  # a bug must not leave the job validating for ever
-            job.status, job.error = JobStatus.FAILED, engine.clean_error(exc)
-            job.report = None
+            if job.status is not JobStatus.VALIDATING:
+                return  # its record could not be saved: it failed already, with that reason
+            job.error = (
+                words.error_words(exc, words.Surface.WEB)
+                if isinstance(exc, ImporterError)
+                else engine.clean_error(exc)
+            )
+            job.status, job.report = next_status(job.status, Step.FAIL), None
         else:
+            if job.status is not JobStatus.VALIDATING:
+                return
             self._summarise(job, report)
-            job.status = JobStatus.VALIDATED
+            job.status = next_status(job.status, Step.VALIDATED)
         self._save(job)
 
     async def set_options(
@@ -712,7 +674,8 @@ class JobService:
         ``max_error_rate`` (left out: unchanged).
         """
         sent = (job.folder / "journal.sqlite").exists()
-        if job.status not in (*EDITABLE, JobStatus.FAILED) or sent or job.lock.locked():
+        to = next_status(job.status, Step.VALIDATE, job.busy)
+        if sent or job.lock.locked():
             raise JobError(f"the job is {job.status.value}; options can change only before sending")
         if not isinstance(header_row, EllipsisType):
             job.header_row = header_row
@@ -723,6 +686,7 @@ class JobService:
             if name not in MORE_OPTIONS:
                 raise JobError(f"no option {name!r}")
             setattr(job, name, value)
+        job.status = to
         await self._validate(job)
 
     # -- edits ------------------------------------------------------------------------------
@@ -736,12 +700,10 @@ class JobService:
         Raises:
             JobError: the job is not editable now, or a column or row is unknown.
         """
-        if job.status not in EDITABLE:
-            raise JobError(f"the job is {job.status.value}; rows can be edited only before sending")
+        next_status(job.status, Step.EDIT, job.busy)
         report = await self.report(job)
         async with job.lock:
-            if job.status not in EDITABLE:
-                raise JobError(f"the job is {job.status.value}; rows can be edited only before sending")
+            next_status(job.status, Step.EDIT, job.busy)  # a start or another edit came meanwhile
             table = report.table
             if row not in table.frame.index:
                 raise LookupError(f"row {row} is not a data row of this file")
@@ -756,13 +718,19 @@ class JobService:
                 return
             edits = [*job.edits, *new_edits]
             cells = [CellEdit(e.row, e.column, e.new) for e in new_edits]
-            fresh = await in_background(check_table, table, job.input_options(), cells)
+            # The plan and the send wait for this check (``busy``): a start now would send the
+            # table from before the edit, and the edit ending would undo the send's status.
+            job.busy = "a row edit is being checked"
+            try:
+                fresh = await self.work.run(job, check_table, table, job.input_options(), cells)
+            finally:
+                job.busy = ""
             job.edits = edits
             _write_json(job.folder / "edits.json", [dataclasses.asdict(e) for e in edits])
             job.report = fresh
             job.outcomes = {}
             self._drop_plan(job)
-            job.status = JobStatus.VALIDATED
+            job.status = next_status(job.status, Step.EDIT)
             self._summarise(job, fresh)
             self._save(job)
 
@@ -788,42 +756,51 @@ class JobService:
 
     async def plan(self, job: Job) -> None:
         """Run the dry run against the live state (in the background)."""
-        if job.status not in EDITABLE:
-            raise JobError(f"the job is {job.status.value}; a plan needs a validated job")
-        job.status, job.error = JobStatus.PLANNING, ""
+        job.status, job.error = next_status(job.status, Step.PLAN, job.busy), ""
         self._save(job)
         self._spawn(self._plan(job))
 
     async def _plan(self, job: Job) -> None:
         try:
             report = await self.report(job)
-            run = await engine.run_job(
-                self.connection,
-                report,
-                job.input_options(),
-                dry_run=True,
-                journal_path=None,
-                results=job.folder / "plan.results.xlsx",
-                failed=job.folder / "plan.failed.xlsx",
-                limiter=self._lane().limiter,
-                cancel=asyncio.Event(),
-                on_existing=OnExisting(job.on_existing),
-                max_error_rate=job.max_error_rate,
-                audit=self.audit(job),
-            )
+            async with self.work.turn(job):  # a dry run holds the table and a core like a validation
+                run = await self._dry_run(job, report)
             if run.plan is None:
                 raise ImporterError(run.stop_reason or "no plan was made")
             await self._keep_plan(job, run.plan, run.requests)
         except Exception as exc:
             # A plan is only reads: the job stays usable and says why the plan did not happen.
+            if job.status is not JobStatus.PLANNING:
+                return
             self._drop_plan(job)
-            job.status, job.error = JobStatus.VALIDATED, "plan failed: " + engine.clean_error(exc)
+            job.status, job.error = (
+                next_status(job.status, Step.PLAN_FAILED),
+                "plan failed: " + engine.clean_error(exc),
+            )
             self._save(job)
             return
+        if job.status is not JobStatus.PLANNING:
+            return
         job.notes = list(run.notes)
-        job.status = JobStatus.PLANNED
+        job.status = next_status(job.status, Step.PLANNED)
         self._count(job)
         self._save(job)
+
+    async def _dry_run(self, job: Job, report: ValidationReport) -> engine.JobRun:
+        return await engine.run_job(
+            self.connection,
+            report,
+            job.input_options(),
+            dry_run=True,
+            journal_path=None,
+            results=job.folder / "plan.results.xlsx",
+            failed=job.folder / "plan.failed.xlsx",
+            limiter=self._lane().limiter,
+            cancel=asyncio.Event(),
+            on_existing=OnExisting(job.on_existing),
+            max_error_rate=job.max_error_rate,
+            audit=self.audit(job),
+        )
 
     async def start(self, job: Job) -> None:
         """Queue the job for sending on its key's lane."""
@@ -831,6 +808,9 @@ class JobService:
         # engine resumes it from its journal, so nothing confirmed is sent twice.
         # Only the plan shown is sent: from ``planned``, while its inputs are what they were.
         retry = job.status is JobStatus.FAILED and (job.folder / "journal.sqlite").exists()
+        to = Step.RETRY if retry else Step.START
+        if job.busy:
+            next_status(job.status, to, job.busy)  # refused, saying what the job is busy with
         if job.status is not JobStatus.PLANNED and not retry:
             raise JobError(f"the job is {job.status.value} and has no plan to send: {PLAN_AGAIN}")
         if not job.planned:
@@ -839,7 +819,7 @@ class JobService:
             raise JobError(f"the file, its corrections or its options changed since the plan: {PLAN_AGAIN}")
         if self.closing.is_set():
             raise JobError("the server is shutting down")
-        job.status, job.error = JobStatus.SENDING, ""
+        job.status, job.error = next_status(job.status, to, job.busy), ""
         job.resuming = False
         job.outcomes = {}
         job.progress = {}
@@ -854,25 +834,27 @@ class JobService:
 
     async def cancel(self, job: Job) -> None:
         """Cancel: a queued or idle job at once, a sending one once its writes in flight settle."""
-        if job.status in FINISHED:
-            raise JobError(f"the job is already {job.status.value}")
+        next_status(job.status, Step.CANCEL)  # finished jobs, and work that cannot stop midway, say so
         for lane in self.lanes.values():
             if job in lane.waiting:
                 lane.waiting.remove(job)
                 lane.positions()
                 job.queue_position = None
-                self._finish(job, JobStatus.CANCELLED, "cancelled before sending started")
+                self._finish(job, Step.CANCEL, "cancelled before sending started")
                 return
-        if job.status is JobStatus.SENDING:
+            if lane.running is job:  # whatever else happens to the job, its send is told to stop
+                job.cancel.set()
+                job.touch()
+                return
+        if job.status is JobStatus.SENDING:  # between its lane and its send: the send sees the flag
             job.cancel.set()
             job.touch()
             return
-        if job.status in (JobStatus.VALIDATING, JobStatus.PLANNING):
-            raise JobError(f"the job is {job.status.value}; cancel it once that is done")
-        self._finish(job, JobStatus.CANCELLED, "cancelled before sending")
+        next_status(job.status, Step.CANCEL, job.busy)
+        self._finish(job, Step.CANCEL, "cancelled before sending")
 
-    def _finish(self, job: Job, status: JobStatus, stopped: str = "", error: str = "") -> None:
-        job.status, job.stopped, job.error = status, stopped, error
+    def _finish(self, job: Job, to_do: Step, stopped: str = "", error: str = "") -> None:
+        job.status, job.stopped, job.error = next_status(job.status, to_do), stopped, error
         job.finished = now_text()
         self._count(job)
         self._save(job)
@@ -947,7 +929,7 @@ class JobService:
         except Exception as exc:
             if job.interrupted:
                 return  # the next start resumes it from its journal
-            self._finish(job, JobStatus.FAILED, error=engine.clean_error(exc))
+            self._finish(job, Step.FAIL, error=engine.clean_error(exc))
             return
         job.notes = list(run.notes)
         job.outcomes = dict(run.outcomes)
@@ -958,11 +940,11 @@ class JobService:
             self._save(job)
             return
         if job.cancel.is_set():
-            self._finish(job, JobStatus.CANCELLED, "cancelled")
+            self._finish(job, Step.CANCEL, "cancelled")
         elif run.exit_code == 3:
-            self._finish(job, JobStatus.FAILED, run.stop_reason, error=run.stop_reason)
+            self._finish(job, Step.FAIL, run.stop_reason, error=run.stop_reason)
         else:
-            self._finish(job, JobStatus.DONE, run.stop_reason)
+            self._finish(job, Step.SENT, run.stop_reason)
 
     async def _plan_changed(self, job: Job, report: ValidationReport, plan: Plan, requests: int) -> None:
         """The account changed since the plan was shown: nothing was sent; show the new plan."""
@@ -976,7 +958,7 @@ class JobService:
         await self._keep_plan(job, plan, requests)
         job.notes = engine.input_notes(report, job.input_options())
         job.progress = {}
-        job.status = JobStatus.PLANNED
+        job.status = next_status(job.status, Step.PLAN_CHANGED)
         job.error = (
             "the account changed since the plan was shown, so nothing was sent: this is the plan "
             "against the account as it is now; review it and start again"
@@ -1124,7 +1106,8 @@ class JobService:
         audit = {"started": job.created, **self.audit(job)}
         # One snapshot at a time per job: two downloads must not write one file together.
         async with job.lock:
-            await in_background(
+            await self.work.run(
+                job,
                 engine.write_results,
                 report,
                 outcomes,

@@ -1,0 +1,192 @@
+"""The web service under team load: table work in a bounded queue, one state machine per job,
+answers that stay quick while validations run.
+
+Servers run on loopback (uvicorn on an ephemeral port, in a thread); the sandbox is the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from helpers import wait_for_job, web_connection, write_inventory, write_sheet
+
+from importer.sandbox import Sandbox, SandboxConfig
+from importer.web import engine, jobs, lifecycle
+from importer.web.jobs import Job
+from importer.web.lifecycle import JobStatus, Step
+from importer.web.server import ServeSettings, running_server
+from importer.web.store import JobStore
+
+TOKEN = "web-load-test-token-0123456789abcdefgh"
+
+
+def _settings(data: Path, sandbox: Sandbox, **overrides: Any) -> ServeSettings:
+    values: dict[str, Any] = {
+        "connection": web_connection(sandbox),
+        "data_dir": data,
+        "port": 0,
+        "token": TOKEN,
+        "max_upload_mb": 50,
+    }
+    values.update(overrides)
+    return ServeSettings(**values)
+
+
+@contextlib.contextmanager
+def _serving(settings: ServeSettings) -> Iterator[httpx.Client]:
+    with (
+        running_server(settings) as (url, _token, _service),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        yield client
+
+
+def _upload(client: httpx.Client, path: Path) -> str:
+    with path.open("rb") as fh:
+        answer = client.post("/api/jobs", files={"file": (path.name, fh)})
+    assert answer.status_code == 201, answer.text
+    return str(answer.json()["id"])
+
+
+def _left_validating(data: Path, sheet: Path, n: int) -> list[str]:
+    """``n`` jobs as a crash leaves them: stored ``validating``, their uploads in their folders."""
+    store = JobStore(data)
+    ids = []
+    try:
+        for i in range(n):
+            job_id = secrets.token_hex(12)
+            folder = data / "jobs" / job_id
+            (folder / "input").mkdir(parents=True)
+            shutil.copy(sheet, folder / "input" / "upload.csv")
+            job = Job(
+                id=job_id,
+                folder=folder,
+                file=sheet.name,
+                upload="upload.csv",
+                created=f"2026-01-01 00:{i:02d}",
+            )
+            store.put(job_id, job.stored())
+            ids.append(job_id)
+    finally:
+        store.close()
+    return ids
+
+
+class _Spy:
+    """Wraps a blocking function: counts calls and the most running at once; holds each call
+    until ``gate`` opens (so the test can look at the queue while it is full)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.inside = 0
+        self.most = 0
+        self.calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            self.inside += 1
+            self.calls += 1
+            self.most = max(self.most, self.inside)
+        try:
+            self.gate.wait(20)
+            return self.fn(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+# -- item 1: table work in a queue with a fixed number of workers ---------------------------------
+
+
+def test_web_restart_queues_unfinished_validations_at_most_workers_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A data dir with 12 jobs left ``validating``: the server starts, shows each waiting job its
+    place, validates them all, never more than ``workers`` at once."""
+    sandbox = Sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 50)))
+    data = tmp_path / "data"
+    ids = _left_validating(data, write_sheet(tmp_path / "sheet.csv", 50), 12)
+    spy = _Spy(engine.load_and_validate)
+    monkeypatch.setattr(engine, "load_and_validate", spy)
+    with _serving(_settings(data, sandbox, workers=2)) as client:
+        deadline = time.monotonic() + 10
+        while spy.inside < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        listed = {j["id"]: j for j in client.get("/api/jobs").json()["jobs"]}
+        places = sorted(j["queue_position"] for j in listed.values() if j["queue_position"] is not None)
+        assert places == list(range(1, 11)), places  # 2 at work, 10 in line, each told its place
+        assert spy.inside == 2
+        page = client.get(f"/jobs/{next(i for i in ids if listed[i]['queue_position'] == 3)}/columns")
+        assert "place 3 in the queue" in page.text
+        spy.gate.set()
+        for job_id in ids:
+            done = wait_for_job(client, job_id, {"validated", "failed"})
+            assert done["status"] == "validated" and done["queue_position"] is None, done
+    assert spy.calls == 12 and spy.most == 2
+
+
+# -- item 2: one state machine per job -------------------------------------------------------------
+
+
+def test_lifecycle_table_refuses_what_the_status_does_not_take() -> None:
+    assert lifecycle.next_status(JobStatus.PLANNED, Step.START) is JobStatus.SENDING
+    assert lifecycle.next_status(JobStatus.SENDING, Step.CANCEL) is JobStatus.CANCELLED
+    with pytest.raises(lifecycle.JobError, match="busy: a row edit"):
+        lifecycle.next_status(JobStatus.PLANNED, Step.START, "a row edit is being checked")
+    with pytest.raises(lifecycle.JobError, match="sending; rows can be edited only before sending"):
+        lifecycle.next_status(JobStatus.SENDING, Step.EDIT)
+    with pytest.raises(lifecycle.JobError, match="already done"):
+        lifecycle.next_status(JobStatus.DONE, Step.CANCEL)
+    # Work ending is never refused for being busy: it is what ends the busy spell.
+    assert lifecycle.next_status(JobStatus.PLANNED, Step.EDIT) is JobStatus.VALIDATED
+
+
+def test_web_start_while_an_edit_is_checked_is_409_and_the_job_ends_consistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PATCH a row of a planned 20,000-row job and ``start`` while its check runs: 409 saying why;
+    cancel too; the edit lands, the plan is dropped, nothing is sending."""
+    sandbox = Sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
+    spy = _Spy(jobs.check_table)
+    monkeypatch.setattr(jobs, "check_table", spy)
+    with _serving(_settings(tmp_path / "data", sandbox)) as client:
+        job_id = _upload(client, write_sheet(tmp_path / "big.csv", 20_000))
+        wait_for_job(client, job_id, {"validated"}, timeout=60)
+        assert client.post(f"/api/jobs/{job_id}/plan").status_code == 202
+        planned = wait_for_job(client, job_id, {"planned", "validated"}, timeout=120)
+        assert planned["status"] == "planned", planned
+        edited: dict[str, httpx.Response] = {}
+
+        def patch() -> None:
+            edited["answer"] = client.patch(f"/api/jobs/{job_id}/rows/2", json={"Customer": "Edited Ltd"})
+
+        editing = threading.Thread(target=patch)
+        editing.start()
+        deadline = time.monotonic() + 20
+        while spy.inside < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert spy.inside == 1  # the edit's check is under way
+        start = client.post(f"/api/jobs/{job_id}/start")
+        cancel = client.post(f"/api/jobs/{job_id}/cancel")
+        plan = client.post(f"/api/jobs/{job_id}/plan")
+        spy.gate.set()
+        editing.join(60)
+        assert start.status_code == 409 and "row edit is being checked" in start.json()["error"]
+        assert cancel.status_code == 409 and plan.status_code == 409
+        assert edited["answer"].status_code == 200, edited["answer"].text
+        job = client.get(f"/api/jobs/{job_id}").json()
+        assert job["status"] == "validated" and job["planned"] is None and job["edits"] == 1
+        assert job["queue_position"] is None and job["progress"]["done"] == 0
+        row = client.get(f"/api/jobs/{job_id}/rows", params={"offset": 0, "limit": 1}).json()["rows"][0]
+        assert "Edited Ltd" in row["values"]
