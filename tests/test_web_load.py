@@ -190,3 +190,98 @@ def test_web_start_while_an_edit_is_checked_is_409_and_the_job_ends_consistent(
         assert job["queue_position"] is None and job["progress"]["done"] == 0
         row = client.get(f"/api/jobs/{job_id}/rows", params={"offset": 0, "limit": 1}).json()["rows"][0]
         assert "Edited Ltd" in row["values"]
+
+
+# -- item 3: answers that are not tracebacks -------------------------------------------------------
+
+
+def _no_traceback(text: str) -> None:
+    assert "Traceback" not in text and "RecursionError" not in text, text[-2000:]
+
+
+def test_web_deeply_nested_json_to_either_patch_is_400_with_one_log_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from importer.web.observe import LogFormat
+
+    sandbox = Sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 5)))
+    nested = "[" * 30_000 + "]" * 30_000  # under the body cap; deeper than json's recursion
+    with _serving(_settings(tmp_path / "data", sandbox, log_format=LogFormat.JSON)) as client:
+        job_id = _upload(client, write_sheet(tmp_path / "a.csv", 5))
+        wait_for_job(client, job_id, {"validated"})
+        headers = {"Content-Type": "application/json"}
+        for path in (f"/api/jobs/{job_id}", f"/api/jobs/{job_id}/rows/2"):
+            answer = client.patch(path, content=nested, headers=headers)
+            assert answer.status_code == 400 and "nested too deeply" in answer.json()["error"], answer.text
+        assert client.get(f"/api/jobs/{job_id}").json()["status"] == "validated"
+    err = capsys.readouterr().err
+    _no_traceback(err)
+    assert err.count("refused a JSON body nested too deeply") == 2
+
+
+def test_web_job_whose_upload_went_bad_answers_410_on_pages_and_api(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a restart (tables not in memory), the upload of a validated job is garbled and that
+    of a planned job deleted: the row-fix form, the plan page and the rows API say so (410), the
+    log has one line each, and every other job is served."""
+    from importer.web.observe import LogFormat
+
+    sandbox = Sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 5)))
+    settings = _settings(tmp_path / "data", sandbox, log_format=LogFormat.JSON)
+    with _serving(settings) as client:
+        garbled, gone, fine = (_upload(client, write_sheet(tmp_path / f"{n}.csv", 5)) for n in "abc")
+        for job_id in (garbled, gone, fine):
+            wait_for_job(client, job_id, {"validated"})
+        assert client.post(f"/api/jobs/{gone}/plan").status_code == 202
+        wait_for_job(client, gone, {"planned"})
+    inputs = tmp_path / "data" / "jobs"
+    (inputs / garbled / "input" / "a.csv").write_bytes(b"\x00\x01\x02 not a sheet \xff" * 10)
+    (inputs / gone / "input" / "b.csv").unlink()
+    capsys.readouterr()
+    with _serving(settings) as client:
+        fix = client.post(f"/jobs/{garbled}/rows/2", data={"c8": "Edited"})
+        assert fix.status_code == 410 and "cannot be read again" in fix.text, fix.text
+        plan = client.get(f"/jobs/{gone}/plan")
+        assert plan.status_code == 410 and "cannot be read again" in plan.text, plan.text
+        rows = client.get(f"/api/jobs/{gone}/rows")
+        assert rows.status_code == 410 and "cannot be read again" in rows.json()["error"]
+        assert client.get(f"/api/jobs/{fine}/rows").status_code == 200
+    err = capsys.readouterr().err
+    _no_traceback(err)
+    assert err.count("cannot be read again") == 3
+
+
+def test_web_upload_cut_off_mid_way_answers_one_log_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from importer.web.observe import LogFormat
+
+    sandbox = Sandbox(SandboxConfig())
+    data = tmp_path / "data"
+    with _serving(_settings(data, sandbox, log_format=LogFormat.JSON)) as client:
+        url = str(client.base_url)
+        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        body = (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'
+            + b"Phone Number,Inbound Mode\r\n" * 2000
+        )
+        head = (
+            f"POST /api/jobs HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body) * 10}\r\n\r\n"
+        )
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(head.encode() + body)
+            deadline = time.monotonic() + 10
+            while not any((data / "incoming").glob("upload-*")):
+                assert time.monotonic() < deadline, "the upload never reached the disk"
+                time.sleep(0.01)
+        deadline = time.monotonic() + 10
+        while any((data / "incoming").iterdir()) or "cut off" not in (seen := capsys.readouterr().err):
+            assert time.monotonic() < deadline, "no line about the cut-off upload"
+            time.sleep(0.01)
+        assert client.get("/api/jobs").json()["jobs"] == []
+    _no_traceback(seen + capsys.readouterr().err)
+    assert seen.count("was cut off before it ended") == 1

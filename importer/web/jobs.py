@@ -56,7 +56,7 @@ from importer.web.lifecycle import JobError, JobStatus, Step, next_status
 from importer.web.store import DamagedRecord, JobStore, decode_list, decode_object, full_disk
 from importer.web.work import DEFAULT_WORKERS, WorkQueue, in_background
 
-__all__ = ["Job", "JobError", "JobService", "JobStatus", "in_background", "safe_name"]
+__all__ = ["Job", "JobDamaged", "JobError", "JobService", "JobStatus", "in_background", "safe_name"]
 
 JOB_ID = re.compile(r"[0-9a-f]{24}")
 RESIDENT_TABLES = 3
@@ -80,6 +80,10 @@ NO_PROGRESS: Mapping[str, Any] = {
 """A job's progress before its send reports any (the send's reports carry every one of these)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class JobDamaged(Exception):
+    """A job whose files on the server cannot be read again (the API answers 410 with the message)."""
 
 
 def safe_name(name: str, suffix: str = "") -> str:
@@ -538,9 +542,29 @@ class JobService:
     # -- validation and the table in memory -------------------------------------------------
 
     async def _load_report(self, job: Job) -> ValidationReport:
-        """Read the upload, apply the edits, validate (in a thread): the CLI's reader and validator."""
-        options = job.input_options()
+        """Read the upload, apply the edits, validate (in a thread): the CLI's reader and validator.
 
+        Raises:
+            JobDamaged: a job read before cannot be read again (its upload or plan was changed
+                or removed on the server).
+            ImporterError: the upload of a job being validated cannot be used (the job fails).
+        """
+        if job.status is JobStatus.VALIDATING:
+            return await self._read_table(job)
+        try:
+            return await self._read_table(job)
+        except (ImporterError, OSError, ValueError, KeyError, TypeError) as exc:
+            reason = (
+                words.error_words(exc, words.Surface.WEB) if isinstance(exc, ImporterError) else _reason(exc)
+            )
+            observe.LOGGER.error(
+                f"job {job.id}: its files cannot be read again: {reason}",
+                extra={"fields": {"event": "damaged", "job": job.id, "reason": reason}},
+            )
+            raise JobDamaged(f"this job's files on the server cannot be read again: {reason}") from None
+
+    async def _read_table(self, job: Job) -> ValidationReport:
+        options = job.input_options()
         report = await self.work.run(job, engine.load_and_validate, options, tuple(job.edits))
         if not job.outcomes and job.status in KEEPS_OUTCOMES:
             job.outcomes = await in_background(self._saved_outcomes, job.id)
