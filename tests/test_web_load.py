@@ -285,3 +285,25 @@ def test_web_upload_cut_off_mid_way_answers_one_log_line(
         assert client.get("/api/jobs").json()["jobs"] == []
     _no_traceback(seen + capsys.readouterr().err)
     assert seen.count("was cut off before it ended") == 1
+
+
+# -- item 4: downloads build once per state of the job ---------------------------------------------
+
+
+def test_web_results_download_builds_once_per_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox = Sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 5)))
+    spy = _Spy(engine.write_results)
+    spy.gate.set()
+    monkeypatch.setattr(engine, "write_results", spy)
+    with _serving(_settings(tmp_path / "data", sandbox)) as client:
+        job_id = _upload(client, write_sheet(tmp_path / "a.csv", 5))
+        wait_for_job(client, job_id, {"validated"})
+        first = client.get(f"/api/jobs/{job_id}/results.xlsx")
+        second = client.get(f"/api/jobs/{job_id}/results.xlsx")
+        assert first.status_code == second.status_code == 200 and first.content == second.content
+        assert spy.calls == 1  # the second download served the file built for the first
+        assert client.patch(f"/api/jobs/{job_id}/rows/2", json={"Customer": "Edited"}).status_code == 200
+        third = client.get(f"/api/jobs/{job_id}/results.xlsx")
+        assert third.status_code == 200 and spy.calls == 2  # the job changed: built again
+        client.get(f"/api/jobs/{job_id}/failed.xlsx")
+        assert spy.calls == 2  # built with the results, for the same state

@@ -151,6 +151,8 @@ class Job:
     queue_position: int | None = None
     """Its place in the line: for a worker (``WorkQueue``) or for its key's lane (``Lane``)."""
     busy: str = ""
+    snapshot_of: str = ""
+    """The state of the job its snapshot workbooks were built for (built again once it changes)."""
     """Work under way besides the status (a row edit being checked): nothing else begins meanwhile."""
     view: tuple[int, list[str], dict[int, list[RowIssue]]] | None = None
     """Per-row statuses and issues for paging, as of ``version``."""
@@ -1119,10 +1121,18 @@ class JobService:
         if job.status in (JobStatus.VALIDATING, JobStatus.FAILED) and job.report is None:
             return None
         report = await self.report(job)
-        unplanned = job.status in (JobStatus.VALIDATED, JobStatus.FAILED) and not job.outcomes
-        outcomes = None if unplanned else engine.row_outcomes(report, job.outcomes)
         results = job.folder / "snapshot.results.xlsx"
         failed = job.folder / "snapshot.failed.xlsx"
+        path = results if kind == "results" else failed
+        # Built once per state of the job: what it is, what it was read with, where its rows are.
+        state = json.dumps(
+            [job.status.value, job.inputs_fingerprint(), job.counts, job.progress.get("done"), job.stopped],
+            sort_keys=True,
+        )
+        if job.snapshot_of == state and results.is_file():
+            return path if path.is_file() else None
+        unplanned = job.status in (JobStatus.VALIDATED, JobStatus.FAILED) and not job.outcomes
+        outcomes = None if unplanned else engine.row_outcomes(report, job.outcomes)
         command = {
             JobStatus.SENDING: "web (snapshot while sending)",
             JobStatus.PLANNED: "web (dry run)",
@@ -1130,6 +1140,8 @@ class JobService:
         audit = {"started": job.created, **self.audit(job)}
         # One snapshot at a time per job: two downloads must not write one file together.
         async with job.lock:
+            if job.snapshot_of == state and results.is_file():  # built by a download just before
+                return path if path.is_file() else None
             await self.work.run(
                 job,
                 engine.write_results,
@@ -1142,7 +1154,7 @@ class JobService:
                 results=results,
                 failed=failed,
             )
-        path = results if kind == "results" else failed
+            job.snapshot_of = state
         return path if path.is_file() else None
 
     def list(self) -> list[dict[str, Any]]:
