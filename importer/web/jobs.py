@@ -319,6 +319,16 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
     }
 
 
+def _dry_run_outcomes(plan: Plan) -> dict[int, RowOutcome]:
+    return {o.row: o for o in plan.dry_run()}
+
+
+def _keep_plan_file(plan: Plan, inputs: str, path: Path) -> tuple[dict[str, Any], str, dict[int, RowOutcome]]:
+    """Write plan.json; return the plan's summary, its text and its outcomes (blocking: a thread)."""
+    _write_json(path, {"inputs": inputs, "plan": plan_to_dict(plan)})
+    return plan_summary(plan), plan.text(), _dry_run_outcomes(plan)
+
+
 def _read_plan(path: Path) -> Plan:
     return plan_from_dict(json.loads(path.read_text(encoding="utf-8"))["plan"])
 
@@ -493,9 +503,11 @@ class JobService:
         job.touch()
 
     async def _save_outcomes(self, job: Job) -> None:
-        outcomes = [_outcome_dict(o) for o in job.outcomes.values()]  # taken on the loop; written in a thread
+        outcomes = list(
+            job.outcomes.values()
+        )  # taken on the loop (the send adds to it); turned into rows in a thread
         try:
-            await in_background(self.store.put_outcomes, job.id, outcomes)
+            await in_background(lambda: self.store.put_outcomes(job.id, [_outcome_dict(o) for o in outcomes]))
         except (OSError, sqlite3.Error) as exc:
             observe.log_storage_error(job.id, f"the outcomes could not be saved: {_reason(exc)}")
 
@@ -574,7 +586,7 @@ class JobService:
         if job.shown is None and job.planned and shown.is_file():
             job.shown = await in_background(_read_plan, shown)
             if job.status is JobStatus.PLANNED and not job.outcomes:
-                job.outcomes = {o.row: o for o in job.shown.dry_run()}
+                job.outcomes = await in_background(_dry_run_outcomes, job.shown)
         job.report = report
         self._keep_resident(job)
         return report
@@ -650,13 +662,14 @@ class JobService:
 
     async def _keep_plan(self, job: Job, plan: Plan, requests: int) -> None:
         """Keep the plan shown with the job (plan.json), with the fingerprint of its inputs."""
+        inputs = job.inputs_fingerprint()
+        # A plan of a big file is a pass over every row: in a thread, never on the event loop.
+        summary, text, outcomes = await in_background(_keep_plan_file, plan, inputs, job.folder / "plan.json")
         job.shown = plan
-        job.outcomes = {o.row: o for o in plan.dry_run()}
-        job.planned = {**plan_summary(plan), "inputs": job.inputs_fingerprint()}
-        job.plan = plan.text()
+        job.outcomes = outcomes
+        job.planned = {**summary, "inputs": inputs}
+        job.plan = text
         job.budget = engine.send_budget(self.connection, plan, requests)
-        data = {"inputs": job.planned["inputs"], "plan": plan_to_dict(plan)}
-        await in_background(_write_json, job.folder / "plan.json", data)
 
     async def _validate(self, job: Job) -> None:
         """Validate in turn (``work``): the job is ``validating`` (new, restarted or options changed)."""
