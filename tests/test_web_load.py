@@ -152,6 +152,7 @@ def test_lifecycle_table_refuses_what_the_status_does_not_take() -> None:
     assert lifecycle.next_status(JobStatus.PLANNED, Step.EDIT) is JobStatus.VALIDATED
 
 
+@pytest.mark.slow
 def test_web_start_while_an_edit_is_checked_is_409_and_the_job_ends_consistent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
