@@ -362,3 +362,54 @@ def test_web_plan_kept_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.Mo
         assert client.post(f"/api/jobs/{job_id}/plan").status_code == 202
         assert wait_for_job(client, job_id, {"planned", "validated"})["status"] == "planned"
     assert len(threads) == 2 and set(threads) == {"voicelink-web-work"}, threads
+
+
+@pytest.mark.slow
+def test_web_restart_with_many_validating_jobs_under_a_memory_cap(tmp_path: Path) -> None:
+    """30 jobs left ``validating`` (20,000 rows each) and a server started on them in a process
+    whose address space is capped: it starts, validates them all, and stays up."""
+    import os
+    import re
+    import resource
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    ids = _left_validating(data, write_sheet(tmp_path / "sheet.csv", 20_000), 30)
+    cap = MEMORY_CAP_MB * 2**20
+
+    def capped() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    env = {**os.environ, "VOICELINK_WEB_TOKEN": TOKEN}
+    command = [sys.executable, "-m", "importer", "serve", "--sandbox", "--port", "0", "--data-dir", str(data)]
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=capped
+    )
+    try:
+        assert proc.stdout is not None
+        match = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline())
+        assert match is not None, "the server did not start"
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        with httpx.Client(
+            base_url=match.group(0), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        ) as c:
+            deadline = time.monotonic() + 280
+            statuses: dict[str, str] = {}
+            while time.monotonic() < deadline and proc.poll() is None:
+                with contextlib.suppress(httpx.TransportError):
+                    statuses = {j["id"]: j["status"] for j in c.get("/api/jobs").json()["jobs"]}
+                if statuses and all(s != "validating" for s in statuses.values()):
+                    break
+                time.sleep(0.2)
+            assert proc.poll() is None, f"the server died (exit {proc.returncode})"
+            assert sorted(statuses) == sorted(ids) and set(statuses.values()) == {"validated"}, statuses
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+MEMORY_CAP_MB = 1200
+"""Address space for the server process: its idle size (~400 MB) and two validations' worth."""
