@@ -20,7 +20,7 @@ import pytest
 from helpers import wait_for_job, web_connection, write_inventory, write_sheet
 
 from importer.sandbox import Sandbox, SandboxConfig
-from importer.web import engine, jobs, lifecycle
+from importer.web import engine, jobs, lifecycle, records
 from importer.web.jobs import Job
 from importer.web.lifecycle import JobStatus, Step
 from importer.web.server import ServeSettings, running_server
@@ -354,8 +354,8 @@ def test_web_plan_kept_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.Mo
 
         return spy
 
-    monkeypatch.setattr(jobs, "plan_summary", spying(jobs.plan_summary))
-    monkeypatch.setattr(jobs, "plan_to_dict", spying(jobs.plan_to_dict))
+    monkeypatch.setattr(records, "plan_summary", spying(records.plan_summary))
+    monkeypatch.setattr(records, "plan_to_dict", spying(records.plan_to_dict))
     with _serving(_settings(tmp_path / "data", sandbox)) as client:
         job_id = _upload(client, write_sheet(tmp_path / "a.csv", 5))
         wait_for_job(client, job_id, {"validated"})

@@ -25,329 +25,54 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
 
 from importer import words
 from importer.account.limiter import RateLimiter
-from importer.engine.journal import Journal
-from importer.engine.plan import Plan, plan_from_dict, plan_to_dict, writes_fingerprint
+from importer.engine.plan import Plan
 from importer.errors import ImporterError
 from importer.jobs.session import now_text
-from importer.jobs.validate import CellEdit, check_table, failed_outcome, reasons_by_row, skipped_outcome
-from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
-from importer.options import InputOptions
-from importer.vocab import OnExisting, ReasonKind
-from importer.web import engine, observe, ratememory
+from importer.jobs.validate import CellEdit, check_table
+from importer.model import RowOutcome, Status, ValidationReport
+from importer.vocab import OnExisting
+from importer.web import engine, observe, ratememory, views
 from importer.web.audit import AuditLog
 from importer.web.engine import Connection, Edit, SendProgress
 from importer.web.lifecycle import JobError, JobStatus, Step, next_status
-from importer.web.store import DamagedRecord, JobStore, decode_list, decode_object, full_disk
+from importer.web.records import (
+    JOB_ID,
+    KEEPS_OUTCOMES,
+    MORE_OPTIONS,
+    PLAN_AGAIN,
+    RESIDENT_TABLES,
+    Job,
+    JobDamaged,
+    column_position,
+    damaged_entry,
+    dry_run_outcomes,
+    import_folder,
+    journal_has_runs,
+    keep_plan_file,
+    outcome_dict,
+    outcome_from,
+    read_plan,
+    reason_of,
+    safe_name,
+    write_json,
+)
+from importer.web.store import DamagedRecord, JobStore, decode_list, full_disk
 from importer.web.work import DEFAULT_WORKERS, WorkQueue, in_background
 
 __all__ = ["Job", "JobDamaged", "JobError", "JobService", "JobStatus", "in_background", "safe_name"]
-
-JOB_ID = re.compile(r"[0-9a-f]{24}")
-RESIDENT_TABLES = 3
-"""Validated tables kept in memory; others are read again from their folder when asked for."""
-
-
-MORE_OPTIONS = frozenset({"encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"})
-KEEPS_OUTCOMES = frozenset({JobStatus.DONE, JobStatus.CANCELLED})
-"""States whose per-row outcomes are in the store (written when the send ended); a planned
-job's are its plan's (plan.json)."""
-PLAN_AGAIN = "plan it again (“Check against my account”), review the plan, then start"
-
-NO_PROGRESS: Mapping[str, Any] = {
-    "done": 0,
-    "total": 0,
-    "succeeded": 0,
-    "failed": 0,
-    "eta_seconds": None,
-    "paused_seconds": 0,
-}
-"""A job's progress before its send reports any (the send's reports carry every one of these)."""
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class JobDamaged(Exception):
-    """A job whose files on the server cannot be read again (the API answers 410 with the message)."""
-
-
-def safe_name(name: str, suffix: str = "") -> str:
-    """A file name that is safe on disk and in a Content-Disposition header."""
-    stem = _UNSAFE.sub("_", Path(name.replace("\\", "/")).name).strip(" .") or "upload"
-    stem = stem[:80]
-    if suffix and not stem.lower().endswith(suffix):
-        stem = Path(stem).stem[:80] + suffix
-    return stem
-
-
-@dataclass(slots=True)
-class Job:
-    """One import job: what its stored record holds, plus what lives only while the server runs."""
-
-    id: str
-    folder: Path
-    file: str
-    upload: str
-    created: str
-    status: JobStatus = JobStatus.VALIDATING
-    error: str = ""
-    sheet: str | None = None
-    header_row: int | None = None
-    """The header's Excel row when the user chose it; None: where the reader found it."""
-    default_region: str | None = None
-    column_map: dict[str, str] = field(default_factory=dict)
-    encoding: str | None = None
-    skip_hidden_rows: bool = False
-    ignore_columns: list[str] = field(default_factory=list)
-    on_existing: str = OnExisting.UPDATE.value
-    max_error_rate: float | None = None
-    uploaded_by: str = ""
-    client: str = ""
-    rows: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    problems: dict[str, int] = field(default_factory=dict)
-    progress: dict[str, Any] = field(default_factory=dict)
-    plan: str = ""
-    planned: dict[str, Any] = field(default_factory=dict)
-    """The plan shown, as counts (``plan_summary``), with its inputs' and writes' fingerprints."""
-    notes: list[str] = field(default_factory=list)
-    """How the upload was read and what the last plan or send noted (``RunSummary.notes``)."""
-    budget: dict[str, float | int] = field(default_factory=dict)
-    """After a plan: the reads and writes a send will make and the time the rate limit needs."""
-    stopped: str = ""
-    columns: list[str] = field(default_factory=list)
-    mapping: dict[str, str] = field(default_factory=dict)
-    source: dict[str, Any] = field(default_factory=dict)
-    finished: str = ""
-    # -- runtime only --
-    report: ValidationReport | None = None
-    shown: Plan | None = None
-    """The plan shown (plan.json), read with the table."""
-    resuming: bool = False
-    """Found sending at start: the send the user confirmed goes on from its journal."""
-    outcomes: dict[int, RowOutcome] = field(default_factory=dict)
-    edits: list[Edit] = field(default_factory=list)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    interrupted: bool = False
-    """Stopped by a server shutdown: stays ``sending`` and resumes on the next start."""
-    version: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    queue_position: int | None = None
-    """Its place in the line: for a worker (``WorkQueue``) or for its key's lane (``Lane``)."""
-    busy: str = ""
-    snapshot_of: str = ""
-    """The state of the job its snapshot workbooks were built for (built again once it changes)."""
-    """Work under way besides the status (a row edit being checked): nothing else begins meanwhile."""
-    view: tuple[int, list[str], dict[int, list[RowIssue]]] | None = None
-    """Per-row statuses and issues for paging, as of ``version``."""
-
-    STORED = (
-        *("id", "file", "upload", "created", "status", "error", "sheet", "default_region", "column_map"),
-        *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
-        *("columns", "mapping", "source", "finished", "header_row", "planned", "notes"),
-        *("encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"),
-    )
-
-    @property
-    def input_path(self) -> Path:
-        return self.folder / "input" / self.upload
-
-    def input_options(self) -> InputOptions:
-        return InputOptions(
-            path=self.input_path,
-            sheets=(self.sheet,) if self.sheet else (),
-            column_map=dict(self.column_map),
-            default_region=self.default_region,
-            encoding=self.encoding,
-            skip_hidden_rows=self.skip_hidden_rows,
-            ignore_columns=tuple(self.ignore_columns),
-            header_row=self.header_row,
-        )
-
-    def inputs_fingerprint(self) -> str:
-        """A digest of everything a plan depends on besides the account: the upload, the
-        corrections and every option. A plan is sent only while this is what it was."""
-        inputs = {
-            "sha256": self.source.get("sha256"),
-            "edits": [dataclasses.asdict(e) for e in self.edits],
-            "options": {
-                "sheet": self.sheet,
-                "header_row": self.header_row,
-                "default_region": self.default_region,
-                "map": self.column_map,
-                "encoding": self.encoding,
-                "skip_hidden_rows": self.skip_hidden_rows,
-                "ignore_columns": self.ignore_columns,
-                "on_existing": self.on_existing,
-                "max_error_rate": self.max_error_rate,
-            },
-        }
-        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-
-    def stored(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.STORED}
-
-    def touch(self) -> None:
-        """Wake everyone watching this job (event streams) after a change."""
-        self.version += 1
-        self.view = None
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    async def wait_change(self, seen: int, timeout: float) -> bool:
-        """Wait until the job changed after version ``seen``; False on timeout."""
-        if self.version != seen:
-            return True
-        try:
-            async with asyncio.timeout(timeout):
-                await self.changed.wait()
-        except TimeoutError:
-            return False
-        return True
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _outcome_dict(o: RowOutcome) -> dict[str, Any]:
-    return {name: getattr(o, name) for name in RowOutcome.__slots__}
-
-
-def _outcome_from(d: Mapping[str, Any]) -> RowOutcome:
-    values = dict(d)
-    values["status"] = Status(values["status"])
-    values["action"] = Action(values["action"])
-    return RowOutcome(**values)
-
-
-def _reason(exc: BaseException) -> str:
-    """An error in a few words, for a damaged job's reason or a log line (no traceback)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def damaged_entry(job_id: str, reason: str) -> dict[str, Any]:
-    """A damaged job as the jobs list shows it: the shape of a snapshot, ``error`` saying why."""
-    return {
-        "id": job_id,
-        "status": "damaged",
-        "file": "",
-        "created": "",
-        "finished": None,
-        "uploaded_by": "",
-        "rows": 0,
-        "counts": {},
-        "problems": {},
-        "progress": dict(NO_PROGRESS),
-        "queue_position": None,
-        "error": reason,
-        "stopped": None,
-        "plan": None,
-        "budget": None,
-        "options": {},
-        "source": {},
-        "columns": [],
-        "mapping": {},
-        "edits": 0,
-    }
-
-
-def _import_folder(store: JobStore, folder: Path) -> None:
-    """Take a job kept in job.json and outcomes.json (before the database) into the store, once.
-
-    A file that cannot be read makes the job damaged, with the reason; the files are left as they are.
-    """
-    damaged: str | None = None
-    try:
-        raw = (folder / "job.json").read_bytes()
-    except OSError as exc:
-        raw, damaged = b"", f"job.json cannot be read: {_reason(exc)}"
-    outcomes = folder / "outcomes.json"
-    if damaged is None and outcomes.is_file():
-        try:
-            rows = [_outcome_from(o) for o in decode_list(outcomes.read_bytes(), "outcomes.json")]
-            store.put_outcomes(folder.name, [_outcome_dict(o) for o in rows])
-        except DamagedRecord as exc:
-            damaged = str(exc)
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            damaged = f"outcomes.json has a missing or wrong entry ({_reason(exc)})"
-    if damaged is None:
-        try:
-            decode_object(raw, "job.json")
-        except DamagedRecord as exc:
-            damaged = str(exc)
-    store.put_raw(folder.name, raw, damaged)
-
-
-def plan_summary(plan: Plan) -> dict[str, Any]:
-    """What the plan and Send pages state about a plan, kept in job.json (no table needed)."""
-    actions = collections.Counter(w.action for w in plan.writes)
-    held = collections.Counter(
-        o.reason_kind or "failed" for o in plan.outcomes if o.action in (Action.FAIL, Action.SKIP)
-    )
-    return {
-        "create": actions[Action.CREATE],
-        "update": actions[Action.UPDATE],
-        "unchanged": sum(1 for o in plan.outcomes if o.action is Action.UNCHANGED),
-        "writes": len(plan.writes),
-        "held": dict(held),
-        "writes_fingerprint": writes_fingerprint(plan),
-    }
-
-
-def _dry_run_outcomes(plan: Plan) -> dict[int, RowOutcome]:
-    return {o.row: o for o in plan.dry_run()}
-
-
-def _keep_plan_file(plan: Plan, inputs: str, path: Path) -> tuple[dict[str, Any], str, dict[int, RowOutcome]]:
-    """Write plan.json; return the plan's summary, its text and its outcomes (blocking: a thread)."""
-    _write_json(path, {"inputs": inputs, "plan": plan_to_dict(plan)})
-    return plan_summary(plan), plan.text(), _dry_run_outcomes(plan)
-
-
-def _read_plan(path: Path) -> Plan:
-    return plan_from_dict(json.loads(path.read_text(encoding="utf-8"))["plan"])
-
-
-def _journal_has_runs(path: Path) -> bool:
-    if not path.exists():
-        return False
-    journal = Journal.open(path)
-    try:
-        return bool(journal.runs())
-    finally:
-        journal.close()
-
-
-def _validated_only(row: int) -> RowOutcome:
-    """A valid row of a job not planned yet (the CLI's ``validate`` says the same of it)."""
-    return RowOutcome(
-        row=row, status=Status.NOT_SENT, reason="valid; not sent yet", reason_kind="validated_only"
-    )
 
 
 class Lane:
@@ -401,10 +126,10 @@ class JobService:
                 and not self.store.has(folder.name)
             ):
                 try:
-                    _import_folder(self.store, folder)  # a job from before the database: taken in once
+                    import_folder(self.store, folder)  # a job from before the database: taken in once
                 except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: tried again on the next start
                     self.damaged[folder.name] = (
-                        f"could not be taken into {self.store.path.name}: {_reason(exc)}"
+                        f"could not be taken into {self.store.path.name}: {reason_of(exc)}"
                     )
         for stored in self.store.jobs():
             try:
@@ -415,7 +140,7 @@ class JobService:
                 self.damaged[stored.id] = str(exc)
                 continue
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.damaged[stored.id] = f"the job record has a missing or wrong field ({_reason(exc)})"
+                self.damaged[stored.id] = f"the job record has a missing or wrong field ({reason_of(exc)})"
                 continue
             self.jobs[job.id] = job
             self.events.seen(job)
@@ -480,7 +205,7 @@ class JobService:
             try:
                 job.edits = [Edit(**e) for e in decode_list(edits.read_bytes(), "edits.json")]
             except TypeError as exc:
-                raise DamagedRecord(f"edits.json has a wrong entry ({_reason(exc)})") from None
+                raise DamagedRecord(f"edits.json has a wrong entry ({reason_of(exc)})") from None
         return job  # its outcomes are read with its table, when first needed
 
     def _save(self, job: Job) -> None:
@@ -492,7 +217,7 @@ class JobService:
         except Exception as exc:  # full disk, failing disk, or a bug: never a job stuck where it was
             # The disk is full (or failing): the job cannot go on, and says why; the server goes on.
             reason = ("the server's disk is full" if full_disk(exc) else "the job could not be saved") + (
-                f": {_reason(exc)}"
+                f": {reason_of(exc)}"
             )
             observe.log_storage_error(job.id, reason)
             # A sending job goes on: its journal, not this record, is what a resume trusts.
@@ -507,9 +232,9 @@ class JobService:
             job.outcomes.values()
         )  # taken on the loop (the send adds to it); turned into rows in a thread
         try:
-            await in_background(lambda: self.store.put_outcomes(job.id, [_outcome_dict(o) for o in outcomes]))
+            await in_background(lambda: self.store.put_outcomes(job.id, [outcome_dict(o) for o in outcomes]))
         except (OSError, sqlite3.Error) as exc:
-            observe.log_storage_error(job.id, f"the outcomes could not be saved: {_reason(exc)}")
+            observe.log_storage_error(job.id, f"the outcomes could not be saved: {reason_of(exc)}")
 
     def create(
         self,
@@ -569,7 +294,9 @@ class JobService:
             return await self._read_table(job)
         except (ImporterError, OSError, ValueError, KeyError, TypeError) as exc:
             reason = (
-                words.error_words(exc, words.Surface.WEB) if isinstance(exc, ImporterError) else _reason(exc)
+                words.error_words(exc, words.Surface.WEB)
+                if isinstance(exc, ImporterError)
+                else reason_of(exc)
             )
             observe.LOGGER.error(
                 f"job {job.id}: its files cannot be read again: {reason}",
@@ -584,9 +311,9 @@ class JobService:
             job.outcomes = await in_background(self._saved_outcomes, job.id)
         shown = job.folder / "plan.json"
         if job.shown is None and job.planned and shown.is_file():
-            job.shown = await in_background(_read_plan, shown)
+            job.shown = await in_background(read_plan, shown)
             if job.status is JobStatus.PLANNED and not job.outcomes:
-                job.outcomes = await in_background(_dry_run_outcomes, job.shown)
+                job.outcomes = await in_background(dry_run_outcomes, job.shown)
         job.report = report
         self._keep_resident(job)
         return report
@@ -664,7 +391,7 @@ class JobService:
         """Keep the plan shown with the job (plan.json), with the fingerprint of its inputs."""
         inputs = job.inputs_fingerprint()
         # A plan of a big file is a pass over every row: in a thread, never on the event loop.
-        summary, text, outcomes = await in_background(_keep_plan_file, plan, inputs, job.folder / "plan.json")
+        summary, text, outcomes = await in_background(keep_plan_file, plan, inputs, job.folder / "plan.json")
         job.shown = plan
         job.outcomes = outcomes
         job.planned = {**summary, "inputs": inputs}
@@ -749,7 +476,7 @@ class JobService:
             new_edits = []
             when = now_text()
             for column, value in changes.items():
-                position = _column_position(table.headers, report.mapping, column)
+                position = column_position(table.headers, report.mapping, column)
                 old = str(table.frame.at[row, position])
                 if old != value:
                     new_edits.append(Edit(row, position, table.headers[position], old, value, when))
@@ -765,7 +492,7 @@ class JobService:
             finally:
                 job.busy = ""
             job.edits = edits
-            _write_json(job.folder / "edits.json", [dataclasses.asdict(e) for e in edits])
+            write_json(job.folder / "edits.json", [dataclasses.asdict(e) for e in edits])
             job.report = fresh
             job.outcomes = {}
             self._drop_plan(job)
@@ -990,7 +717,7 @@ class JobService:
         for name in ("results.xlsx", "failed.xlsx"):  # they say "not confirmed": not this job's result
             (job.folder / name).unlink(missing_ok=True)
         journal = job.folder / "journal.sqlite"
-        if not await in_background(_journal_has_runs, journal):  # nothing was ever sent: still editable
+        if not await in_background(journal_has_runs, journal):  # nothing was ever sent: still editable
             for suffix in ("", "-wal", "-shm"):
                 journal.with_name(journal.name + suffix).unlink(missing_ok=True)
         self._drop_plan(job)
@@ -1009,118 +736,11 @@ class JobService:
 
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the API and every event show it (never the key or a path on the server)."""
-        return {
-            "id": job.id,
-            "status": job.status.value,
-            "file": job.file,
-            "created": job.created,
-            "finished": job.finished or None,
-            "uploaded_by": job.uploaded_by,
-            "rows": job.rows,
-            "counts": job.counts,
-            "problems": job.problems,
-            "progress": {**NO_PROGRESS, **job.progress},
-            "queue_position": job.queue_position,
-            "error": job.error or None,
-            "stopped": job.stopped or None,
-            "plan": job.plan or None,
-            "planned": {k: v for k, v in job.planned.items() if k not in ("inputs", "writes_fingerprint")}
-            or None,
-            "budget": job.budget or None,
-            "notes": job.notes,
-            "options": {
-                "sheet": job.sheet,
-                "header_row": job.header_row,
-                "default_region": job.default_region,
-                "map": [f"{h}={f}" for h, f in job.column_map.items()],
-                "encoding": job.encoding,
-                "skip_hidden_rows": job.skip_hidden_rows,
-                "ignore_columns": job.ignore_columns,
-                "on_existing": job.on_existing,
-                "max_error_rate": job.max_error_rate,
-            },
-            "source": job.source,
-            "columns": job.columns,
-            "mapping": job.mapping,
-            "edits": len(job.edits),
-        }
+        return views.snapshot(job)
 
     async def rows(self, job: Job, status: str | None, offset: int, limit: int) -> dict[str, Any]:
         """One page of rows with their values, status and reasons (filtered by status)."""
-        report = await self.report(job)
-        frame = report.table.frame
-        index = frame.index.tolist()
-        if job.view is None or job.view[0] != job.version:
-            failed_rows = report.failed_rows
-            statuses = [
-                Status.FAILED.value
-                if row in failed_rows
-                else (
-                    o.status.value
-                    if (o := job.outcomes.get(row))
-                    else (Status.SKIPPED.value if row in report.skipped else Status.NOT_SENT.value)
-                )
-                for row in index
-            ]
-            job.view = (job.version, statuses, reasons_by_row(report.issues))
-        _, statuses, issues = job.view
-        if status:
-            wanted = set(status.split(","))
-            valid = "valid" in wanted  # not a status: the rows without issues, whatever their status
-            positions = [
-                i for i, s in enumerate(statuses) if s in wanted or (valid and index[i] not in issues)
-            ]
-        else:
-            positions = list(range(len(index)))
-        page = positions[offset : offset + limit]
-        edited = collections.defaultdict(set)
-        for e in job.edits:
-            edited[e.row].add(e.header)
-        items = []
-        unplanned = job.status in (JobStatus.VALIDATING, JobStatus.VALIDATED, JobStatus.PLANNING)
-        for i in page:
-            row = index[i]
-            values = [str(v) for v in frame.iloc[i].tolist()]
-            row_issues = issues.get(row, [])
-            # One outcome per row, as the library's results say it (``run.every_row``).
-            outcome = (
-                failed_outcome(row, row_issues)
-                if row_issues
-                else job.outcomes.get(row)
-                or skipped_outcome(report, row)
-                or (_validated_only(row) if unplanned else None)
-                or RowOutcome(
-                    row=row, status=Status.NOT_SENT, reason="not sent", reason_kind=ReasonKind.NOT_SENT
-                )
-            )
-            items.append(
-                {
-                    "row": row,
-                    "values": values,
-                    "status": statuses[i],
-                    "valid": not row_issues,
-                    "action": outcome.action.value,
-                    "reason": outcome.reason,
-                    "reason_kind": str(outcome.reason_kind),
-                    "issues": [
-                        {"column": x.column, "value": x.value, "message": x.message, "kind": x.kind}
-                        for x in row_issues
-                    ],
-                    "did_id": outcome.did_id,
-                    "routing_id": outcome.routing_id,
-                    "current": outcome.current,
-                    "proposed": outcome.proposed,
-                    "edited": sorted(edited.get(row, ())),
-                }
-            )
-        return {
-            "job": job.id,
-            "columns": list(report.table.headers),
-            "total": len(positions),
-            "offset": offset,
-            "limit": limit,
-            "rows": items,
-        }
+        return views.rows_page(job, await self.report(job), status, offset, limit)
 
     async def workbook(self, job: Job, kind: str) -> Path | None:
         """The results (``kind`` "results") or failed-rows workbook: final, or a snapshot now."""
@@ -1177,19 +797,6 @@ class JobService:
 
     def _saved_outcomes(self, job_id: str) -> dict[int, RowOutcome]:
         try:
-            return {o.row: o for o in map(_outcome_from, self.store.outcomes(job_id) or [])}
+            return {o.row: o for o in map(outcome_from, self.store.outcomes(job_id) or [])}
         except (DamagedRecord, KeyError, ValueError, TypeError) as exc:
-            raise ImporterError(f"the saved outcomes of this job cannot be read: {_reason(exc)}") from None
-
-
-def _column_position(headers: Sequence[str], mapping: Mapping[str, int], column: str | int) -> int:
-    """A column named by its position, its header text or the field it maps to."""
-    if isinstance(column, int):
-        if 0 <= column < len(headers):
-            return column
-        raise JobError(f"no column at position {column} in this file")
-    if column in headers:
-        return headers.index(column)
-    if column in mapping:
-        return mapping[column]
-    raise JobError(f"no column {column!r} in this file")
+            raise ImporterError(f"the saved outcomes of this job cannot be read: {reason_of(exc)}") from None
