@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = ["ServeSettings", "build", "running_server", "serve"]
 
 SANDBOX_BASE_URL = "http://sandbox.invalid/api/v2"
 SHUTDOWN_SECONDS = 4.0
+SWITCH_SECONDS = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +191,9 @@ def serve(settings: ServeSettings, on_ready: Callable[[str, str], None] | None =
         InputError: the address cannot be listened on or the data folder cannot be used.
     """
     sock, server, url, token = _prepare(settings)
+    # Validations run in threads that hold the GIL between releases; the event loop asks for it
+    # back after this long (5 ms by default, which lets a few busy workers delay every answer).
+    sys.setswitchinterval(SWITCH_SECONDS)
     try:
         if on_ready is not None:
             on_ready(url, token)
