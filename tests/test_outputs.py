@@ -63,6 +63,7 @@ def test_cli_template_into_a_missing_folder_creates_it(tmp_path: Path, fmt: str)
     assert out.is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_cli_output_into_a_missing_folder_creates_it(tmp_path: Path, command: str) -> None:
     """validate and run both create the results' folder (run did, through its journal)."""

@@ -19,7 +19,7 @@ from importer.account.inventory import Inventory, LiveRouting, ReadReport, colle
 from importer.account.limiter import RateLimiter
 from importer.account.preflight import preflight
 from importer.account.retry import SETTLE_ATTEMPTS
-from importer.cli import _reading
+from importer.cli.progress import reading
 from importer.errors import ApiError
 from importer.jobs.rollback import rollback_run
 from importer.jobs.run import run_import
@@ -200,19 +200,19 @@ class _Terminal(io.StringIO):
 def test_cli_reading_lines_on_a_terminal_and_one_a_minute_elsewhere() -> None:
     steps = ["sync", "DIDs: page 1 of 90", "DIDs: page 45 of 90", "DIDs: page 90 of 90"]
     terminal = _Terminal()
-    say = _reading(False, stream=terminal)
+    say = reading(False, stream=terminal)
     assert say is not None
     for text in steps:
         say(text)
     assert terminal.getvalue().splitlines() == [f"reading: {t}" for t in steps]
     log, now = io.StringIO(), [0.0]
-    say = _reading(False, stream=log, clock=lambda: now[0])
+    say = reading(False, stream=log, clock=lambda: now[0])
     assert say is not None
     for t, text in zip([0, 30, 61, 90], steps, strict=True):
         now[0] = t
         say(text)
     assert log.getvalue() == "reading: DIDs: page 45 of 90\n"
-    assert _reading(True, stream=terminal) is None
+    assert reading(True, stream=terminal) is None
 
 
 # -- read_state strategies -----------------------------------------------------------------

@@ -43,16 +43,14 @@ from importer.jobs.outputs import check_writable, default_journal_path, save_wit
 from importer.jobs.session import (
     Ask,
     Session,
-    approve,
     ask_in_loop,
     job_audit,
     now_text,
     open_journal,
     open_session,
-    priced,
     run_info,
     run_sync,
-    send_plan,
+    send_if_confirmed,
 )
 from importer.jobs.summary import RunSummary, job_notes
 from importer.model import RawTable, SourceInfo, Status
@@ -440,16 +438,12 @@ async def _rollback(
             plan = plan_rollback(
                 covered.changes, session.inventory, config.force, heading=heading, timeline=timeline
             )
-            plan = priced(plan, config, session)
-            if config.on_plan is not None:
-                config.on_plan(plan)
-            approved = await approve(plan, config, ask)
-            applied, run_id = await send_plan(
+            plan, applied, run_id = await send_if_confirmed(
                 plan,
-                approved=approved,
                 session=session,
                 journal=journal,
                 config=config,
+                ask=ask,
                 start_run=start_run,
                 cancel=cancel,
                 on_progress=on_progress,

@@ -56,6 +56,7 @@ __all__ = [
     "priced",
     "run_info",
     "run_sync",
+    "send_if_confirmed",
     "send_plan",
     "skipped_by_parser",
     "stop_on_signals",
@@ -252,6 +253,40 @@ async def send_plan(
     return Applied(
         plan.outcomes + applied.outcomes, applied.stop_reason, applied.exit_code, applied.notes
     ), run_id
+
+
+async def send_if_confirmed(
+    plan: Plan,
+    *,
+    session: Session,
+    journal: Journal | None,
+    config: ConnectOptions,
+    ask: Ask,
+    start_run: Callable[[Journal, Session], int],
+    cancel: asyncio.Event | None,
+    on_progress: ProgressCallback | None,
+) -> tuple[Plan, Applied, int]:
+    """Price a job's plan, show it (``on_plan``), ask ``confirm``, send it: every job's steps after planning.
+
+    Returns:
+        The plan with its cost (the report states it), every row's outcome and the journal's run id
+        (0: none started).
+    """
+    plan = priced(plan, config, session)
+    if config.on_plan is not None:
+        config.on_plan(plan)
+    approved = await approve(plan, config, ask)
+    applied, run_id = await send_plan(
+        plan,
+        approved=approved,
+        session=session,
+        journal=journal,
+        config=config,
+        start_run=start_run,
+        cancel=cancel,
+        on_progress=on_progress,
+    )
+    return plan, applied, run_id
 
 
 @contextlib.contextmanager
