@@ -161,6 +161,13 @@ def sandbox(
     metavar="URL",
     help="POST a JSON notice here when a job is done, failed or cancelled (repeatable; e.g. a chat webhook).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Uploads checked (and plans, workbooks built) at a time; the others wait their turn.",
+)
 @one_line_errors
 def serve(
     host: str,
@@ -175,6 +182,7 @@ def serve(
     user_header: str,
     trusted_proxy: tuple[str, ...],
     notify_url: tuple[str, ...],
+    workers: int,
 ) -> None:
     """Serve the web service: upload, check, fix, plan and send imports from a browser or the API.
 
@@ -214,6 +222,7 @@ def serve(
         user_header=user_header,
         trusted_proxy=trusted_proxy,
         notify_url=notify_url,
+        workers=workers,
     )
     settings.check()  # before the key is looked at further or anything listens
     for warning in settings.warnings():
