@@ -8,6 +8,7 @@ import json
 import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import httpx
@@ -27,7 +28,7 @@ from importer.account.inventory import (
 )
 from importer.account.limiter import RateLimiter
 from importer.account.preflight import preflight
-from importer.account.records import Did, number_key
+from importer.account.records import Did, decode_did, number_key
 from importer.account.retry import SETTLE_ATTEMPTS
 from importer.cli import _reading
 from importer.errors import ApiError
@@ -537,3 +538,45 @@ def test_number_key_matches_the_old_one_on_random_text() -> None:
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
         assert number_key(text) == _number_key_before(text)
+
+
+def test_sandbox_sync_answer_is_what_it_was_item_by_item(tmp_path: Path) -> None:
+    """Sync renders each DID's item once for dids[] and readiness[]: the answer is unchanged."""
+    sandbox = _sandbox(tmp_path, 40, routed=range(0, 40, 3))
+    transport = httpx.ASGITransport(app=sandbox.app)
+
+    async def main() -> Any:
+        async with httpx.AsyncClient(transport=transport, base_url=BASE + "/") as http:
+            headers = {"Authorization": f"Bearer {SANDBOX_API_KEY}"}
+            return (await http.post("voicelink/sync", json={}, headers=headers)).json()["data"]
+
+    data = asyncio.run(main())
+    account = sandbox._account  # the reference: every item rendered on its own, as before
+    dids = list(account.dids.values())[:40]
+    assert data["dids"] == [
+        {**account.did_item(d, as_int=True), "phone_number": "+" + d.did_number, "is_expired": False}
+        for d in dids
+    ]
+    assert data["readiness"] == [account.readiness(d) for d in dids]
+    assert {r["state"] for r in data["readiness"]} >= {"ROUTING_MISSING", "READY"}
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ({"id": 5, "did_number": " 918011223344 "}, (5, "918011223344")),
+        ({"id": 5, "did_number": 918011223344}, (5, "918011223344")),
+        ({"id": 5, "did_number": 918011223344.0}, (5, "918011223344")),
+        ({"id": 5, "did_number": True, "phone_number": "+918011"}, (5, "True")),
+        ({"id": 5, "did_number": "", "phone_number": "+918011"}, (5, "918011")),
+        ({"id": 5, "raw": MappingProxyType({"did_number": "91801"})}, (5, "91801")),
+        ({"raw": {"did_id": "6", "did_number": "91802"}, "status": "x"}, (6, "91802")),
+        ({"id": 5, "raw": ["not", "an", "object"], "did_number": "91803"}, (5, "91803")),
+        ({"id": 5, "raw": None, "did_number": None}, None),
+    ],
+)
+def test_decode_did_reads_each_shape_as_before(
+    item: dict[str, Any], expected: tuple[int, str] | None
+) -> None:
+    did = decode_did(item, "here", [], need_number=True)
+    assert (None if did is None else (did.did_id, did.did_number)) == expected
