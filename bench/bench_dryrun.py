@@ -44,7 +44,7 @@ from helpers import desired_record, did_number, write_inventory  # noqa: E402
 
 from importer.jobs.run import run_import  # noqa: E402  (the repository root goes on the path first)
 from importer.jobs.validate import validate_file  # noqa: E402
-from importer.options import ImportConfig, InputOptions, ValidateConfig  # noqa: E402
+from importer.options import ImportConfig, InputOptions, ValidateConfig, human_duration  # noqa: E402
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox  # noqa: E402
 
 GOAL = 1.6
@@ -94,7 +94,8 @@ def timed_validate(sheet: Path, folder: Path) -> tuple[float, float]:
 
 def timed_dry_run(
     sheet: Path, folder: Path, transport: httpx.AsyncBaseTransport, strangers: int
-) -> tuple[float, float]:
+) -> tuple[float, float, int]:
+    """Wall and CPU seconds of one dry run, and the requests it sent (every one a read)."""
     config = ImportConfig(
         input=InputOptions(path=sheet),
         api_key=SANDBOX_API_KEY,
@@ -113,7 +114,12 @@ def timed_dry_run(
     failed = summary.counts.get("failed", 0)
     if failed != strangers:  # every unknown number fails, and nothing else does
         raise SystemExit(f"the dry run failed {failed} rows, expected {strangers}: {summary.lines()}")
-    return seconds, cpu
+    return seconds, cpu, summary.requests
+
+
+def _at_60(requests: int) -> str:
+    """How long ``requests`` take at the API's 60 a minute (one a second, as bench_reads.py counts)."""
+    return human_duration(requests)
 
 
 def _load() -> str:
@@ -134,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rows:,} rows (CSV), {dids:,} DIDs (sync lists every one), {args.repeat} runs each (medians); "
         f"load average {_load()}"
     )
+    print("reads: the dry run's requests; at 60/min: what they take at the API's limit")
     header = (
         f"{'unknown':>8} {'validate s':>11} {'dry run s':>10} {'ratio':>6} {'goal':>5}  result "
-        f"{'cpu ratio':>10}   all runs (wall validate/dry run; cpu validate/dry run)"
+        f"{'cpu ratio':>10} {'reads':>6} {'at 60/min':>10}   all runs (wall validate/dry run; cpu ...)"
     )
     print(header)
     print("-" * len(header))
@@ -151,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             strangers = write_sheet(sheet, args.rows, dids, share, args.seed)
             validate: list[tuple[float, float]] = []
             dry: list[tuple[float, float]] = []
+            reads = 0
             for n in range(args.repeat):
                 gc.collect()
                 validate.append(timed_validate(sheet, folder))
                 gc.collect()
-                dry.append(timed_dry_run(sheet, folder, transport, strangers))
+                seconds, cpu, reads = timed_dry_run(sheet, folder, transport, strangers)
+                dry.append((seconds, cpu))
                 print(
                     f"  {share:g} run {n + 1}: validate {validate[-1][0]:.1f} s, dry run {dry[-1][0]:.1f} s "
                     f"(cpu {validate[-1][1]:.1f} / {dry[-1][1]:.1f} s), load average {_load()}",
@@ -171,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             cpus = ", ".join(f"{v[1]:.1f}/{d[1]:.1f}" for v, d in zip(validate, dry, strict=True))
             print(
                 f"{share:>8.0%} {wall_v:>11.1f} {wall_d:>10.1f} {ratio:>6.2f} {GOAL:>5} "
-                f"{'PASS' if passed else 'MISS':>7} {cpu_d / cpu_v:>10.2f}   {runs}; cpu {cpus}",
+                f"{'PASS' if passed else 'MISS':>7} {cpu_d / cpu_v:>10.2f} {reads:>6,} {_at_60(reads):>10}"
+                f"   {runs}; cpu {cpus}",
                 flush=True,
             )
     return 0 if ok else 1
