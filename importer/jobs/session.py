@@ -408,11 +408,16 @@ def run_sync(job: Callable[[Ask], Coroutine[Any, Any, R]], async_name: str) -> R
             watched: set[asyncio.Future[Any]] = {main, asked}
             await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
 
-        async def finish() -> R:
-            return await main
+        finished: list[R] = []
+
+        async def finish() -> None:
+            # The result stays off the runner's task: Python 3.11's Runner.run reprs that task on
+            # its way out (signal.getsignal), and a 100,000-row summary's repr takes a second.
+            finished.append(await main)
 
         runner.run(until_asked())  # Ctrl-C here: the runner cancels `main` on closing
         if asked.done() and not main.done():
             confirm, plan = asked.result()
             answer.set_result(confirm(plan))  # no loop runs: a KeyboardInterrupt leaves at once
-        return runner.run(finish())
+        runner.run(finish())
+        return finished[0]
