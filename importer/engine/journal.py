@@ -30,21 +30,10 @@ from types import MappingProxyType, TracebackType
 from typing import Any
 
 from importer.engine.records import ChangeRecord, ConfirmedRow, InFlightRow, RunHistory, RunRecord
-from importer.engine.timeline import Fate, Timeline
+from importer.engine.timeline import Timeline
 from importer.errors import InputError
 
-__all__ = [
-    # Records and the timeline live in records.py and timeline.py. ChangeRecord, ConfirmedRow,
-    # InFlightRow, Fate and Timeline are also named here only because engine/plan.py and
-    # web/engine.py still import them from here: switch those imports, then drop these names.
-    "ChangeRecord",
-    "ConfirmedRow",
-    "Fate",
-    "InFlightRow",
-    "Journal",
-    "Timeline",
-    "rollback_of",
-]
+__all__ = ["Journal", "rollback_of"]
 
 IN_FLIGHT = "in_flight"
 DONE = "done"

@@ -22,8 +22,9 @@ from typing import Any
 
 from importer.account.inventory import DidRef, Inventory
 from importer.account.records import Did, Routing, number_key
-from importer.engine.journal import ChangeRecord, ConfirmedRow, Fate, InFlightRow, Timeline
+from importer.engine.records import ChangeRecord, ConfirmedRow, InFlightRow
 from importer.engine.resolve import NearIndex, resolve_row
+from importer.engine.timeline import Fate, Timeline
 from importer.fields import ROUTING_FIELDS, routing_body
 from importer.model import RoutingRow, RowOutcome
 from importer.vocab import Action, Decision, OnExisting, ReasonKind, Status
