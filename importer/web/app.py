@@ -16,6 +16,9 @@ Routes (every one but /healthz needs the token; see ``security``):
                                            "max_error_rate"}: read again, the plan dropped
     GET    /api/jobs/{id}/rows             ?status=failed&offset=0&limit=100
     PATCH  /api/jobs/{id}/rows/{row}       {"Header or field": "new value", ...} before sending
+    POST   /api/jobs/{id}/edits            one operation (``web.edits``): set, replace, fill, exclude,
+                                           include, accept_suggestions, undo -> the job, rows changed
+    GET    /api/jobs/{id}/edits            the operations: who, when, what, how many cells
     POST   /api/jobs/{id}/plan|start|cancel
     GET    /api/jobs/{id}/events           server-sent events, each a full snapshot of the job
     GET    /api/jobs/{id}/results.xlsx     the results workbook (a snapshot until the job ends)
@@ -62,6 +65,8 @@ XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 FORM_OVERHEAD = 64 * 1024
 """Room for the multipart framing and the small fields around the file."""
 JSON_LIMIT = 64 * 1024
+EDIT_ROWS_SHOWN = 100
+"""Rows an edit operation answers with in full (all changed rows are listed by number)."""
 KEEPALIVE_SECONDS = 15.0
 EVENT_MIN_GAP = 0.2
 """At most five snapshots a second per stream, however fast rows settle."""
@@ -394,6 +399,42 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         one = await service.rows(job, None, position, 1)
         return JSONResponse({"job": service.snapshot(job), "row": one["rows"][0], "columns": one["columns"]})
 
+    async def apply_edit(request: Request, job: Job) -> Response:
+        body = await read_json(request)
+        if not isinstance(body, dict) or "op" not in body:
+            raise JobError(
+                'send one operation, e.g. {"op": "set", "row": 5, "column": "Status", "value": "1"}'
+            )
+        who = user_of(request.scope).name if config.people is not None else _clean_text(body.get("who"), 100)
+        changed = await service.apply_op(job, [body], who=who)
+        report = await service.report(job)
+        index = report.table.frame.index
+        shown_rows = []
+        for row in changed[:EDIT_ROWS_SHOWN]:
+            one = await service.rows(job, None, int(index.get_loc(row)), 1)  # type: ignore[arg-type]
+            shown_rows.append(one["rows"][0])
+        return JSONResponse({"job": service.snapshot(job), "changed": changed, "rows": shown_rows})
+
+    async def list_edits(request: Request, job: Job) -> Response:
+        return JSONResponse(
+            {
+                "edits": [
+                    {
+                        "id": o.id,
+                        "op": o.op,
+                        "who": o.who,
+                        "when": o.when,
+                        "what": o.what,
+                        "cells": o.cells,
+                        "rows": len(o.rows),
+                        "in_effect": not o.undone,
+                        "undone": o.undone or None,
+                    }
+                    for o in job.operations
+                ]
+            }
+        )
+
     async def plan(request: Request, job: Job) -> Response:
         await service.plan(job)
         return JSONResponse(service.snapshot(job), status_code=202)
@@ -492,6 +533,8 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         Route("/api/jobs/{job_id}", with_job(set_options), methods=["PATCH"]),
         Route("/api/jobs/{job_id}/rows", with_job(rows), methods=["GET"]),
         Route("/api/jobs/{job_id}/rows/{row}", with_job(edit_row), methods=["PATCH"]),
+        Route("/api/jobs/{job_id}/edits", with_job(apply_edit), methods=["POST"]),
+        Route("/api/jobs/{job_id}/edits", with_job(list_edits), methods=["GET"]),
         Route("/api/jobs/{job_id}/plan", with_job(plan), methods=["POST"]),
         Route("/api/jobs/{job_id}/start", with_job(start), methods=["POST"]),
         Route("/api/jobs/{job_id}/cancel", with_job(cancel), methods=["POST"]),

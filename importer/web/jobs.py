@@ -47,10 +47,11 @@ from importer.engine.journal import Journal
 from importer.engine.plan import Plan, plan_from_dict, plan_to_dict, writes_fingerprint
 from importer.errors import ImporterError
 from importer.jobs.session import now_text
-from importer.jobs.validate import CellEdit, check_table, failed_outcome, reasons_by_row, skipped_outcome
+from importer.jobs.validate import failed_outcome, read_input, reasons_by_row, skipped_outcome
 from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
 from importer.options import InputOptions
 from importer.vocab import OnExisting, ReasonKind
+from importer.web import edits as ops
 from importer.web import engine, observe, ratememory
 from importer.web.audit import AuditLog
 from importer.web.engine import Connection, Edit, SendProgress
@@ -157,6 +158,8 @@ class Job:
     """Found sending at start: the send the user confirmed goes on from its journal."""
     outcomes: dict[int, RowOutcome] = field(default_factory=dict)
     edits: list[Edit] = field(default_factory=list)
+    operations: list[ops.Operation] = field(default_factory=list)
+    """The edit operations (``web.edits``), in operations.json; ``edits`` holds their cells."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
@@ -196,6 +199,7 @@ class Job:
         inputs = {
             "sha256": self.source.get("sha256"),
             "edits": [dataclasses.asdict(e) for e in self.edits],
+            **({"excluded": sorted(excluded)} if (excluded := ops.excluded_rows(self.operations)) else {}),
             "options": {
                 "sheet": self.sheet,
                 "header_row": self.header_row,
@@ -377,6 +381,12 @@ def _journal_has_runs(path: Path) -> bool:
         journal.close()
 
 
+def _read_and_check(
+    options: InputOptions, edits: Sequence[Edit], excluded: frozenset[int]
+) -> ValidationReport:
+    return ops.check(read_input(options), options, edits, excluded)
+
+
 def _validated_only(row: int) -> RowOutcome:
     """A valid row of a job not planned yet (the CLI's ``validate`` says the same of it)."""
     return RowOutcome(
@@ -513,6 +523,13 @@ class JobService:
                 job.edits = [Edit(**e) for e in decode_list(edits.read_bytes(), "edits.json")]
             except TypeError as exc:
                 raise DamagedRecord(f"edits.json has a wrong entry ({_reason(exc)})") from None
+        operations = folder / "operations.json"
+        if operations.is_file():
+            try:
+                listed = decode_list(operations.read_bytes(), "operations.json")
+                job.operations = [ops.operation_from(o) for o in listed]
+            except (TypeError, ValueError) as exc:
+                raise DamagedRecord(f"operations.json has a wrong entry ({_reason(exc)})") from None
         return job  # its outcomes are read with its table, when first needed
 
     def _save(self, job: Job) -> None:
@@ -589,7 +606,8 @@ class JobService:
         """Read the upload, apply the edits, validate (in a thread): the CLI's reader and validator."""
         options = job.input_options()
 
-        report = await in_background(engine.load_and_validate, options, tuple(job.edits))
+        excluded = ops.excluded_rows(job.operations)
+        report = await in_background(_read_and_check, options, tuple(job.edits), excluded)
         if not job.outcomes and job.status in KEEPS_OUTCOMES:
             job.outcomes = await in_background(self._saved_outcomes, job.id)
         shown = job.folder / "plan.json"
@@ -728,13 +746,30 @@ class JobService:
     # -- edits ------------------------------------------------------------------------------
 
     async def edit(self, job: Job, row: int, changes: Mapping[str, str] | Mapping[int, str]) -> None:
-        """Correct cells of one row and validate the table again; the upload is never changed.
+        """Correct cells of one row and validate again; the upload is never changed.
 
         A cell is named by its header text, the field it maps to, or its column's position (the
-        page's form: headers can repeat or be blank).
+        page's form: headers can repeat or be blank). Each changed cell is one ``set``
+        operation (``apply_op``), undoable.
 
         Raises:
             JobError: the job is not editable now, or a column or row is unknown.
+        """
+        report = await self.report(job)
+        if row not in report.table.frame.index:
+            raise LookupError(f"row {row} is not a data row of this file")
+        bodies = [{"op": "set", "row": row, "column": c, "value": v} for c, v in changes.items()]
+        await self.apply_op(job, bodies, who=job.uploaded_by, quiet=True)
+
+    async def apply_op(
+        self, job: Job, bodies: Sequence[Mapping[str, Any]], *, who: str, quiet: bool = False
+    ) -> list[int]:
+        """Apply edit operations (``web.edits``) in order, check the rows they touched, save.
+
+        Returns the rows changed. ``quiet``: a cell set to what it holds is no error.
+
+        Raises:
+            JobError: the job is not editable now, or an operation cannot be applied.
         """
         if job.status not in EDITABLE:
             raise JobError(f"the job is {job.status.value}; rows can be edited only before sending")
@@ -742,29 +777,33 @@ class JobService:
         async with job.lock:
             if job.status not in EDITABLE:
                 raise JobError(f"the job is {job.status.value}; rows can be edited only before sending")
-            table = report.table
-            if row not in table.frame.index:
-                raise LookupError(f"row {row} is not a data row of this file")
-            new_edits = []
-            when = now_text()
-            for column, value in changes.items():
-                position = _column_position(table.headers, report.mapping, column)
-                old = str(table.frame.at[row, position])
-                if old != value:
-                    new_edits.append(Edit(row, position, table.headers[position], old, value, when))
-            if not new_edits:
-                return
-            edits = [*job.edits, *new_edits]
-            cells = [CellEdit(e.row, e.column, e.new) for e in new_edits]
-            fresh = await in_background(check_table, table, job.input_options(), cells)
-            job.edits = edits
+            edits, operations, touched = list(job.edits), list(job.operations), set[int]()
+            for body in bodies:
+                try:
+                    change = ops.apply_op(body, report, edits, operations, who=who, when=now_text())
+                except ops.EditRefused as exc:
+                    if quiet and str(exc).startswith("nothing to change"):
+                        continue
+                    raise JobError(str(exc)) from None
+                edits, operations = list(change.edits), list(change.operations)
+                touched |= change.touched
+            if not touched:
+                return []
+            options = job.input_options()
+            excluded = ops.excluded_rows(operations)
+            fresh = await in_background(
+                ops.recheck_or_check, report, job.edits, edits, options, touched, excluded
+            )
+            job.edits, job.operations = edits, operations
             _write_json(job.folder / "edits.json", [dataclasses.asdict(e) for e in edits])
+            _write_json(job.folder / "operations.json", [dataclasses.asdict(o) for o in operations])
             job.report = fresh
             job.outcomes = {}
             self._drop_plan(job)
             job.status = JobStatus.VALIDATED
             self._summarise(job, fresh)
             self._save(job)
+            return sorted(touched)
 
     # -- plan and send ----------------------------------------------------------------------
 
@@ -1083,6 +1122,7 @@ class JobService:
                     "reason_kind": str(outcome.reason_kind),
                     "issues": [
                         {"column": x.column, "value": x.value, "message": x.message, "kind": x.kind}
+                        | ({"suggestion": hint} if (hint := ops.suggestion(x)) else {})
                         for x in row_issues
                     ],
                     "did_id": outcome.did_id,
