@@ -405,9 +405,9 @@ def recheck(
         [i for i in old.issues if i.row not in redone] + fresh_issues,
         key=lambda i: (i.row, _column_order(mapping, headers, i.column)),
     )
-    numbers = None if old.did_numbers is None else old.did_numbers.reindex(rows)
-    if numbers is not None and fresh_numbers is not None:
-        numbers.loc[fresh_numbers.index] = fresh_numbers
+    merged = None if old.did_numbers is None else old.did_numbers.reindex(rows)
+    if merged is not None and fresh_numbers is not None:
+        merged.loc[fresh_numbers.index] = fresh_numbers
     skipped: dict[int, ReasonKind] = {r: k for r, k in old.skipped.items() if k is not ReasonKind.EXCLUDED}
     skipped.update(dict.fromkeys((r for r in excluded if r in table.frame.index), ReasonKind.EXCLUDED))
     return dataclasses.replace(
@@ -416,7 +416,7 @@ def recheck(
         valid=_MergedRows(old.valid, redone, fresh_valid),
         issues=tuple(issues),
         skipped=skipped,
-        did_numbers=numbers,
+        did_numbers=merged,
     )
 
 

@@ -1,0 +1,190 @@
+"""Edit operations on a web job through a real server: set, replace, fill, exclude, include,
+accept suggestions, undo; and the incremental check, which must equal a whole check."""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from helpers import did_number, wait_for_job, web_connection, write_inventory, write_sheet
+
+from importer.jobs.validate import read_input
+from importer.options import InputOptions
+from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
+from importer.web import edits as ops
+from importer.web.server import ServeSettings, running_server
+
+TOKEN = "web-edits-token-0123456789-abcdefghijkl"
+
+
+@dataclass
+class Web:
+    client: httpx.Client
+    sandbox: Sandbox
+    data: Path
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[Web]:
+    inventory = write_inventory(tmp_path / "inventory.json", 40)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN, max_upload_mb=1
+    )
+    with (
+        running_server(settings) as (url, _token, _service),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        yield Web(client, sandbox, tmp_path / "data")
+
+
+def _sheet(folder: Path) -> Path:
+    """Rows 2-11 valid (DIDs 0..9); rows 12-14 with near-miss or wrong labels."""
+    path = write_sheet(folder / "routing.csv", 10)
+    with path.open("a", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["+" + did_number(10), "1", "", "", "Only Answr", "", "", "Actve", "c10"])
+        w.writerow(["+" + did_number(11), "1", "", "", "4", "", "", "In Service", "c11"])
+        w.writerow(["+" + did_number(12), "1", "", "", "4", "", "", "In Service", "c12"])
+    return path
+
+
+def _job(web: Web, path: Path) -> str:
+    with path.open("rb") as fh:
+        job = web.client.post("/api/jobs", files={"file": (path.name, fh)}).json()
+    wait_for_job(web.client, job["id"], {"validated"})
+    return str(job["id"])
+
+
+def _op(web: Web, job_id: str, **body: Any) -> dict[str, Any]:
+    answer = web.client.post(f"/api/jobs/{job_id}/edits", json=body)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def _row(web: Web, job_id: str, row: int) -> dict[str, Any]:
+    rows = web.client.get(f"/api/jobs/{job_id}/rows", params={"limit": 1000}).json()["rows"]
+    return next(r for r in rows if r["row"] == row)
+
+
+def test_edits_set_replace_fill_and_undo_a_bulk_operation(web: Web, tmp_path: Path) -> None:
+    job_id = _job(web, _sheet(tmp_path))
+    # set: a valid row's cell too
+    done = _op(web, job_id, op="set", row=2, column="Customer", value="renamed")
+    assert done["changed"] == [2] and done["rows"][0]["values"][8] == "renamed"
+    # replace: whole cell, case-insensitive, on the failed rows
+    done = _op(web, job_id, op="replace", column="Status", find="in service", replace="active", rows="failed")
+    assert done["changed"] == [13, 14] and done["job"]["counts"]["failed"] == 1
+    assert all(r["valid"] for r in done["rows"])
+    # fill
+    done = _op(web, job_id, op="fill", column="Customer", value="ours", rows=[13, 14])
+    assert [r["values"][8] for r in done["rows"]] == ["ours", "ours"]
+    listed = web.client.get(f"/api/jobs/{job_id}/edits").json()["edits"]
+    assert [(e["op"], e["cells"], e["in_effect"]) for e in listed] == [
+        ("set", 1, True),
+        ("replace", 2, True),
+        ("fill", 2, True),
+    ]
+    # undo takes back the fill, then the replace as a whole
+    _op(web, job_id, op="undo")
+    undone = _op(web, job_id, op="undo")
+    assert undone["changed"] == [13, 14] and undone["job"]["counts"]["failed"] == 3
+    assert [r["values"][7] for r in undone["rows"]] == ["In Service", "In Service"]
+    assert _row(web, job_id, 2)["values"][8] == "renamed"  # the set is still in effect
+    listed = web.client.get(f"/api/jobs/{job_id}/edits").json()["edits"]
+    assert [e["in_effect"] for e in listed] == [True, False, False]
+    assert undone["job"]["edits"] == 1
+    # the single-row PATCH is a set, undoable too
+    assert web.client.patch(f"/api/jobs/{job_id}/rows/12", json={"Status": "active"}).status_code == 200
+    assert _row(web, job_id, 12)["values"][7] == "active"
+    _op(web, job_id, op="undo")
+    assert _row(web, job_id, 12)["values"][7] == "Actve"
+    assert web.client.post(f"/api/jobs/{job_id}/edits", json={"op": "explode"}).status_code == 409
+    missing = web.client.post(f"/api/jobs/{job_id}/edits", json={"op": "set", "row": 99, "column": 0})
+    assert missing.status_code == 409 and "row 99" in missing.json()["error"]
+
+
+def test_edits_near_miss_labels_carry_a_suggestion_that_can_be_accepted(web: Web, tmp_path: Path) -> None:
+    job_id = _job(web, _sheet(tmp_path))
+    issues = _row(web, job_id, 12)["issues"]
+    assert {i["column"]: i.get("suggestion") for i in issues} == {"Outbound Mode": "4", "Status": "active"}
+    done = _op(web, job_id, op="accept_suggestions", rows=[12])
+    assert done["changed"] == [12] and done["rows"][0]["valid"]
+    assert done["rows"][0]["values"][4] == "4" and done["rows"][0]["values"][7] == "active"
+    assert web.client.get(f"/api/jobs/{job_id}/edits").json()["edits"][0]["cells"] == 2
+
+
+def test_edits_an_excluded_row_is_never_sent(web: Web, tmp_path: Path) -> None:
+    job_id = _job(web, _sheet(tmp_path))
+    _op(web, job_id, op="exclude", rows=[12, 13, 14, 5])
+    _op(web, job_id, op="include", rows=[5])
+    done = _op(web, job_id, op="exclude", rows=[3])
+    assert done["job"]["counts"]["failed"] == 0
+    row = done["rows"][0]
+    assert row["status"] == "skipped" and row["reason"] == "excluded on the page"
+    assert web.client.post(f"/api/jobs/{job_id}/plan").status_code == 202
+    planned = wait_for_job(web.client, job_id, {"planned"})
+    assert planned["planned"]["create"] == 9
+    assert web.client.post(f"/api/jobs/{job_id}/start").status_code == 202
+    job = wait_for_job(web.client, job_id, {"done", "cancelled", "failed"})
+    assert job["status"] == "done" and job["counts"]["succeeded"] == 9
+    sent = {w["did_id"] for w in web.sandbox.state_snapshot()["writes"] if w["op"] == "create"}
+    assert len(sent) == 9 and 1001 not in sent  # row 3 is DID 1 (id 1001)
+    assert _row(web, job_id, 3)["reason"] == "excluded on the page"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_edits_incremental_check_equals_a_whole_check(tmp_path: Path, seed: int) -> None:
+    """Random operations, each checked incrementally, give what a whole check of the result gives."""
+    rng = random.Random(seed)
+    path = write_sheet(tmp_path / "big.csv", 60)
+    with path.open("a", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerow(["+" + did_number(99), "1", "", "", "4", "", "", "active", "last"])
+    options = InputOptions(path=path)
+    raw = read_input(options)
+    report = ops.check(raw, options, (), frozenset())
+    edits: list[ops.Edit] = []
+    operations: list[ops.Operation] = []
+    values = {
+        0: ["+" + did_number(i) for i in (1, 2, 3, 70)] + ["", "12"],
+        4: ["1", "2", "3", "4", "Only Answr", "9", ""],
+        7: ["active", "Actve", "0", "x"],
+    }
+    incremental_used = 0
+    for step in range(25):
+        kind = rng.choice(["set", "set", "set", "exclude", "include", "undo", "replace"])
+        rows = [rng.randrange(2, 58) for _ in range(rng.randint(1, 3))]
+        column = rng.choice(list(values))
+        body: dict[str, Any] = {
+            "set": {"op": "set", "row": rows[0], "column": column, "value": rng.choice(values[column])},
+            "exclude": {"op": "exclude", "rows": rows},
+            "include": {"op": "include", "rows": rows},
+            "undo": {"op": "undo"},
+            "replace": {"op": "replace", "column": 4, "find": "4", "replace": "Only Answr", "rows": rows},
+        }[kind]
+        try:
+            change = ops.apply_op(body, report, edits, operations, who="t", when=str(step))
+        except ops.EditRefused:
+            continue
+        excluded = ops.excluded_rows(change.operations)
+        table = ops.edited_table(report.table, edits, change.edits)
+        quick = ops.recheck(report, table, options, change.touched, excluded)
+        incremental_used += quick is not None
+        report = ops.recheck_or_check(report, edits, change.edits, options, change.touched, excluded)
+        edits, operations = list(change.edits), list(change.operations)
+        whole = ops.check(raw, options, edits, excluded)
+        assert report.issues == whole.issues, step
+        assert [r.row for r in report.valid] == [r.row for r in whole.valid]
+        assert list(report.valid) == list(whole.valid)
+        assert dict(report.skipped) == dict(whole.skipped)
+        assert report.did_numbers is not None and whole.did_numbers is not None
+        assert report.did_numbers.to_dict() == whole.did_numbers.to_dict()
+        assert report.table.frame.equals(whole.table.frame)
+    assert incremental_used >= 5
