@@ -407,12 +407,7 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
             )
         who = user_of(request.scope).name if config.people is not None else _clean_text(body.get("who"), 100)
         changed = await service.apply_op(job, [body], who=who)
-        report = await service.report(job)
-        index = report.table.frame.index
-        shown_rows = []
-        for row in changed[:EDIT_ROWS_SHOWN]:
-            one = await service.rows(job, None, int(index.get_loc(row)), 1)  # type: ignore[arg-type]
-            shown_rows.append(one["rows"][0])
+        shown_rows = await service.row_items(job, changed[:EDIT_ROWS_SHOWN])
         return JSONResponse({"job": service.snapshot(job), "changed": changed, "rows": shown_rows})
 
     async def list_edits(request: Request, job: Job) -> Response:

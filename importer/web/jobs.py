@@ -280,6 +280,20 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _write_edits(folder: Path, edits: Sequence[Edit], operations: Sequence[ops.Operation]) -> None:
+    """Keep a job's cell edits and operations (a bulk one can hold 100,000 edits: no ``asdict``)."""
+    names = Edit.__slots__
+    for name, data in (
+        ("edits.json", [{n: getattr(e, n) for n in names} for e in edits]),
+        ("operations.json", [dataclasses.asdict(o) for o in operations]),
+    ):
+        tmp = folder / (name + ".tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / name)
+
+
 def _outcome_dict(o: RowOutcome) -> dict[str, Any]:
     return {name: getattr(o, name) for name in RowOutcome.__slots__}
 
@@ -795,8 +809,7 @@ class JobService:
                 ops.recheck_or_check, report, job.edits, edits, options, touched, excluded
             )
             job.edits, job.operations = edits, operations
-            _write_json(job.folder / "edits.json", [dataclasses.asdict(e) for e in edits])
-            _write_json(job.folder / "operations.json", [dataclasses.asdict(o) for o in operations])
+            await in_background(_write_edits, job.folder, edits, operations)
             job.report = fresh
             job.outcomes = {}
             self._drop_plan(job)
@@ -1091,13 +1104,33 @@ class JobService:
         else:
             positions = list(range(len(index)))
         page = positions[offset : offset + limit]
+        items = self._items(job, report, [(i, index[i], statuses[i]) for i in page], issues)
+        return {
+            "job": job.id,
+            "columns": list(report.table.headers),
+            "total": len(positions),
+            "offset": offset,
+            "limit": limit,
+            "rows": items,
+        }
+
+    def _items(
+        self,
+        job: Job,
+        report: ValidationReport,
+        page: Sequence[tuple[int, int, str]],
+        issues: Mapping[int, list[RowIssue]],
+    ) -> list[dict[str, Any]]:
+        """The rows at ``page`` (position, row, status) with their values, outcome and issues."""
         edited = collections.defaultdict(set)
+        shown = {row for _, row, _ in page}
         for e in job.edits:
-            edited[e.row].add(e.header)
+            if e.row in shown:
+                edited[e.row].add(e.header)
         items = []
+        frame = report.table.frame
         unplanned = job.status in (JobStatus.VALIDATING, JobStatus.VALIDATED, JobStatus.PLANNING)
-        for i in page:
-            row = index[i]
+        for i, row, status in page:
             values = [str(v) for v in frame.iloc[i].tolist()]
             row_issues = issues.get(row, [])
             # One outcome per row, as the library's results say it (``run.every_row``).
@@ -1115,7 +1148,7 @@ class JobService:
                 {
                     "row": row,
                     "values": values,
-                    "status": statuses[i],
+                    "status": status,
                     "valid": not row_issues,
                     "action": outcome.action.value,
                     "reason": outcome.reason,
@@ -1132,14 +1165,27 @@ class JobService:
                     "edited": sorted(edited.get(row, ())),
                 }
             )
-        return {
-            "job": job.id,
-            "columns": list(report.table.headers),
-            "total": len(positions),
-            "offset": offset,
-            "limit": limit,
-            "rows": items,
-        }
+        return items
+
+    async def row_items(self, job: Job, rows: Sequence[int]) -> list[dict[str, Any]]:
+        """Some rows as ``rows`` pages them, without building the whole table's view."""
+        report = await self.report(job)
+        index = report.table.frame.index
+        wanted = set(rows)
+        issues = reasons_by_row(i for i in report.issues if i.row in wanted)
+        page = []
+        for row in rows:
+            status = (
+                Status.FAILED.value
+                if row in issues
+                else (
+                    o.status.value
+                    if (o := job.outcomes.get(row))
+                    else (Status.SKIPPED.value if row in report.skipped else Status.NOT_SENT.value)
+                )
+            )
+            page.append((int(index.get_loc(row)), row, status))  # type: ignore[arg-type]
+        return self._items(job, report, page, issues)
 
     async def workbook(self, job: Job, kind: str) -> Path | None:
         """The results (``kind`` "results") or failed-rows workbook: final, or a snapshot now."""
