@@ -12,7 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import did_number, wait_for_job, web_connection, write_inventory, write_sheet
+from helpers import (
+    did_number,
+    wait_for_job,
+    web_connection,
+    write_carrier_workbook,
+    write_inventory,
+    write_sheet,
+)
 
 from importer.jobs.validate import read_input
 from importer.options import InputOptions
@@ -188,3 +195,29 @@ def test_edits_incremental_check_equals_a_whole_check(tmp_path: Path, seed: int)
         assert report.did_numbers.to_dict() == whole.did_numbers.to_dict()
         assert report.table.frame.equals(whole.table.frame)
     assert incremental_used >= 5
+
+
+def test_edits_needs_sheet_until_one_or_two_sheets_are_chosen(web: Web, tmp_path: Path) -> None:
+    """Two sheets name the fields: the job waits for a choice (not failed); one or both are read."""
+    path = write_carrier_workbook(tmp_path / "carrier.xlsx", stale_matches=True)
+    with path.open("rb") as fh:
+        job_id = web.client.post("/api/jobs", files={"file": (path.name, fh)}).json()["id"]
+    job = wait_for_job(web.client, job_id, {"needs_sheet", "validated", "failed"})
+    assert job["status"] == "needs_sheet", job
+    assert job["candidates"] == ["Old DIDs 2023", "DIDs"]
+    by_name = {s["name"]: s for s in job["sheets"]}
+    assert by_name["DIDs"]["rows"] == 41 and by_name["DIDs"]["matches"]
+    assert by_name["Old DIDs 2023"]["rows"] == 3 and not by_name["Lists"]["matches"]
+    assert web.client.post(f"/api/jobs/{job_id}/plan").status_code == 409
+    chosen = web.client.patch(f"/api/jobs/{job_id}", json={"sheets": ["DIDs"]})
+    assert chosen.status_code == 200, chosen.text
+    job = wait_for_job(web.client, job_id, {"validated", "failed"})
+    assert job["status"] == "validated" and job["rows"] == 41 and job["options"]["sheet"] == "DIDs"
+    assert job["candidates"] is None and len(job["sheets"]) == 4
+    both = web.client.patch(f"/api/jobs/{job_id}", json={"sheets": ["Old DIDs 2023", "DIDs"]})
+    assert both.status_code == 200, both.text
+    job = wait_for_job(web.client, job_id, {"validated", "failed"})
+    assert job["status"] == "validated" and job["rows"] == 44, job
+    assert job["options"]["sheets"] == ["Old DIDs 2023", "DIDs"]
+    rows = web.client.get(f"/api/jobs/{job_id}/rows", params={"limit": 1000}).json()["rows"]
+    assert len(rows) == 44

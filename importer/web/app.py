@@ -11,9 +11,10 @@ Routes (every one but /healthz needs the token; see ``security``):
     POST   /api/jobs                       multipart: file, sheet, default_region, map (repeatable),
                                            uploaded_by -> 201 with the job (validation runs after)
     GET    /api/jobs/{id}                  one job (410 with the reason for a damaged one)
-    PATCH  /api/jobs/{id}                  {"sheet", "default_region", "map", "header_row", "encoding",
-                                           "skip_hidden_rows", "ignore_columns", "on_existing",
-                                           "max_error_rate"}: read again, the plan dropped
+    PATCH  /api/jobs/{id}                  {"sheet" or "sheets": [...], "default_region", "map",
+                                           "header_row", "encoding", "skip_hidden_rows",
+                                           "ignore_columns", "on_existing", "max_error_rate"}:
+                                           read again, the plan dropped
     GET    /api/jobs/{id}/rows             ?status=failed&offset=0&limit=100
     PATCH  /api/jobs/{id}/rows/{row}       {"Header or field": "new value", ...} before sending
     POST   /api/jobs/{id}/edits            one operation (``web.edits``): set, replace, fill, exclude,
@@ -360,13 +361,23 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         header_row = body.get("header_row", ...)  # left out: unchanged
         if header_row not in (..., None) and (type(header_row) is not int or header_row < 1):
             raise JobError('"header_row" must be a row number (1 or more), or null for the one found')
+        more = more_options(body)
+        sheet = _clean_text(body.get("sheet", job.sheet)) or None
+        if "sheets" in body:  # the picker: one sheet, or several read as one table
+            chosen = body["sheets"]
+            if not isinstance(chosen, list) or not chosen or not all(isinstance(n, str) for n in chosen):
+                raise JobError('"sheets" must be a list of sheet names')
+            names = list(dict.fromkeys(_clean_text(n) for n in chosen))
+            sheet, more["sheets"] = (names[0], []) if len(names) == 1 else (None, names)
+        elif "sheet" in body:
+            more["sheets"] = []
         await service.set_options(
             job,
-            _clean_text(body.get("sheet", job.sheet)) or None,
+            sheet,
             _clean_text(body.get("default_region", job.default_region), 8) or None,
             engine.parse_column_map([str(m) for m in maps]),
             header_row,
-            **more_options(body),
+            **more,
         )
         return JSONResponse(service.snapshot(job))
 

@@ -354,11 +354,11 @@ def recheck(
     rows = _checked_rows(table, options, excluded)
     if old.skipped and any(kind is ReasonKind.FOOTER_ROW for kind in old.skipped.values()):
         return None
-    last = rows[-1] if len(rows) else None
-    if last is None or any(r >= last for r in touched) or touched & set(table.row_problems):
-        return None
     if len(touched) * 5 > len(rows):
         return None  # most of the table: one whole check costs less than two partial ones
+    last = rows[-1] if len(rows) else None
+    if last is None or max(touched, default=last) >= last or touched & set(table.row_problems):
+        return None
     mapping = old.mapping
     sub_rows = rows[rows.isin(list(touched))]
     affected = set(touched)

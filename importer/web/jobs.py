@@ -50,6 +50,7 @@ from importer.jobs.session import now_text
 from importer.jobs.validate import failed_outcome, read_input, reasons_by_row, skipped_outcome
 from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
 from importer.options import InputOptions
+from importer.read.sheets import SheetChoiceNeeded
 from importer.vocab import OnExisting, ReasonKind
 from importer.web import edits as ops
 from importer.web import engine, observe, ratememory
@@ -69,6 +70,8 @@ class JobStatus(enum.StrEnum):
 
     VALIDATING = "validating"
     VALIDATED = "validated"
+    NEEDS_SHEET = "needs_sheet"
+    """Several sheets name the fields and none was chosen: the user picks (``sheet_list``)."""
     PLANNING = "planning"
     PLANNED = "planned"
     SENDING = "sending"
@@ -77,7 +80,9 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
 
 
-MORE_OPTIONS = frozenset({"encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"})
+MORE_OPTIONS = frozenset(
+    {"sheets", "encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"}
+)
 EDITABLE = frozenset({JobStatus.VALIDATED, JobStatus.PLANNED})
 FINISHED = frozenset({JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED})
 KEEPS_OUTCOMES = frozenset({JobStatus.DONE, JobStatus.CANCELLED})
@@ -123,6 +128,10 @@ class Job:
     status: JobStatus = JobStatus.VALIDATING
     error: str = ""
     sheet: str | None = None
+    sheets: list[str] = field(default_factory=list)
+    """Several sheets chosen, read as one table (each row names its sheet); [] : ``sheet``."""
+    sheet_list: list[dict[str, Any]] = field(default_factory=list)
+    """Every visible sheet of a workbook as the reader surveyed it: name, rows, matches."""
     header_row: int | None = None
     """The header's Excel row when the user chose it; None: where the reader found it."""
     default_region: str | None = None
@@ -175,6 +184,7 @@ class Job:
         *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
         *("columns", "mapping", "source", "finished", "header_row", "planned", "notes"),
         *("encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"),
+        *("sheets", "sheet_list"),
     )
 
     @property
@@ -184,7 +194,7 @@ class Job:
     def input_options(self) -> InputOptions:
         return InputOptions(
             path=self.input_path,
-            sheets=(self.sheet,) if self.sheet else (),
+            sheets=tuple(self.sheets) or ((self.sheet,) if self.sheet else ()),
             column_map=dict(self.column_map),
             default_region=self.default_region,
             encoding=self.encoding,
@@ -202,6 +212,7 @@ class Job:
             **({"excluded": sorted(excluded)} if (excluded := ops.excluded_rows(self.operations)) else {}),
             "options": {
                 "sheet": self.sheet,
+                **({"sheets": self.sheets} if self.sheets else {}),
                 "header_row": self.header_row,
                 "default_region": self.default_region,
                 "map": self.column_map,
@@ -716,6 +727,10 @@ class JobService:
         try:
             async with job.lock:
                 report = await self._load_report(job)
+        except SheetChoiceNeeded as exc:  # not a failure: the user picks (``set_options``)
+            job.status, job.error = JobStatus.NEEDS_SHEET, words.error_words(exc, words.Surface.WEB)
+            job.sheet_list = [dataclasses.asdict(sheet) for sheet in exc.sheets]
+            job.report = None
         except ImporterError as exc:
             job.status, job.error = JobStatus.FAILED, words.error_words(exc, words.Surface.WEB)
             job.report = None
@@ -724,6 +739,7 @@ class JobService:
             job.report = None
         else:
             self._summarise(job, report)
+            job.sheet_list = [dataclasses.asdict(sheet) for sheet in report.table.sheets]
             job.status = JobStatus.VALIDATED
         self._save(job)
 
@@ -744,11 +760,15 @@ class JobService:
         ``max_error_rate`` (left out: unchanged).
         """
         sent = (job.folder / "journal.sqlite").exists()
-        if job.status not in (*EDITABLE, JobStatus.FAILED) or sent or job.lock.locked():
+        if (
+            job.status not in (*EDITABLE, JobStatus.FAILED, JobStatus.NEEDS_SHEET)
+            or sent
+            or job.lock.locked()
+        ):
             raise JobError(f"the job is {job.status.value}; options can change only before sending")
         if not isinstance(header_row, EllipsisType):
             job.header_row = header_row
-        elif sheet != job.sheet:
+        elif sheet != job.sheet or more.get("sheets", job.sheets) != job.sheets:
             job.header_row = None
         job.sheet, job.default_region, job.column_map = sheet, default_region, dict(column_map)
         for name, value in more.items():
@@ -1059,8 +1079,13 @@ class JobService:
             or None,
             "budget": job.budget or None,
             "notes": job.notes,
+            "sheets": job.sheet_list,
+            "candidates": [s["name"] for s in job.sheet_list if s["matches"] and s["rows"]]
+            if job.status is JobStatus.NEEDS_SHEET
+            else None,
             "options": {
                 "sheet": job.sheet,
+                "sheets": job.sheets,
                 "header_row": job.header_row,
                 "default_region": job.default_region,
                 "map": [f"{h}={f}" for h, f in job.column_map.items()],
