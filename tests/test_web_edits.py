@@ -221,3 +221,8 @@ def test_edits_needs_sheet_until_one_or_two_sheets_are_chosen(web: Web, tmp_path
     assert job["options"]["sheets"] == ["Old DIDs 2023", "DIDs"]
     rows = web.client.get(f"/api/jobs/{job_id}/rows", params={"limit": 1000}).json()["rows"]
     assert len(rows) == 44
+    assert [(r["sheet"], r["excel_row"]) for r in (rows[0], rows[3], rows[-1])] == [
+        ("Old DIDs 2023", 2),
+        ("DIDs", 4),
+        ("DIDs", 44),
+    ]

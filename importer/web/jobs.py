@@ -1188,6 +1188,7 @@ class JobService:
                     "current": outcome.current,
                     "proposed": outcome.proposed,
                     "edited": sorted(edited.get(row, ())),
+                    **dict(zip(("sheet", "excel_row"), report.table.origin(row), strict=True)),
                 }
             )
         return items
