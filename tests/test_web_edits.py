@@ -4,13 +4,16 @@ accept suggestions, undo; and the incremental check, which must equal a whole ch
 from __future__ import annotations
 
 import csv
+import io
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openpyxl
 import pytest
 from helpers import (
     did_number,
@@ -226,3 +229,49 @@ def test_edits_needs_sheet_until_one_or_two_sheets_are_chosen(web: Web, tmp_path
         ("DIDs", 4),
         ("DIDs", 44),
     ]
+
+
+def test_edits_cancelled_job_sends_the_rest_once(tmp_path: Path) -> None:
+    """Cancel mid-send: the download holds the unsent rows; resume plans the rest; each DID sent once."""
+    inventory = write_inventory(tmp_path / "inventory.json", 40)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=60))
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
+    with (
+        running_server(settings) as (url, _t, _s),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+    ):
+        path = write_sheet(tmp_path / "routing.csv", 40)
+        with path.open("rb") as fh:
+            job_id = client.post("/api/jobs", files={"file": (path.name, fh)}).json()["id"]
+        wait_for_job(client, job_id, {"validated"})
+        assert client.post(f"/api/jobs/{job_id}/plan").status_code == 202
+        wait_for_job(client, job_id, {"planned"})
+        assert client.post(f"/api/jobs/{job_id}/resume").status_code == 409  # not cancelled
+        client.post(f"/api/jobs/{job_id}/start")
+        deadline = time.monotonic() + 20
+        while len(sandbox.state_snapshot()["writes"]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 202
+        job = wait_for_job(client, job_id, {"done", "cancelled", "failed"})
+        assert job["status"] == "cancelled"
+        sent = job["counts"]["succeeded"]
+        assert 3 <= sent < 40
+        failed = client.get(f"/api/jobs/{job_id}/failed.xlsx")
+        assert failed.status_code == 200
+        book = openpyxl.load_workbook(io.BytesIO(failed.content), read_only=True)
+        rows = list(book.worksheets[0].iter_rows(values_only=True))
+        book.close()
+        assert len(rows) == 1 + 40 - sent and rows[1][-2] == "not sent: cancelled"
+
+        again = client.post(f"/api/jobs/{job_id}/resume")
+        assert again.status_code == 202 and again.json()["remaining"] == 40 - sent
+        job = wait_for_job(client, job_id, {"planned", "validated"})
+        assert job["status"] == "planned" and job["planned"]["create"] == 40 - sent, job
+        assert job["counts"]["succeeded"] == sent
+        assert client.post(f"/api/jobs/{job_id}/start").status_code == 202
+        job = wait_for_job(client, job_id, {"done", "cancelled", "failed"})
+        assert job["status"] == "done" and job["counts"]["succeeded"] == 40, job
+    creates = [w["did_id"] for w in sandbox.state_snapshot()["writes"] if w["op"] == "create"]
+    assert len(creates) == 40 == len(set(creates))

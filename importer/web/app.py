@@ -21,6 +21,7 @@ Routes (every one but /healthz needs the token; see ``security``):
                                            include, accept_suggestions, undo -> the job, rows changed
     GET    /api/jobs/{id}/edits            the operations: who, when, what, how many cells
     POST   /api/jobs/{id}/plan|start|cancel
+    POST   /api/jobs/{id}/resume           a cancelled or stopped job: plan the rows left -> planned
     GET    /api/jobs/{id}/events           server-sent events, each a full snapshot of the job
     GET    /api/jobs/{id}/results.xlsx     the results workbook (a snapshot until the job ends)
     GET    /api/jobs/{id}/failed.xlsx      the failed rows, in the input's own columns
@@ -449,6 +450,10 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         await service.start(job)
         return JSONResponse(service.snapshot(job), status_code=202)
 
+    async def resume(request: Request, job: Job) -> Response:
+        left = await service.resume(job)
+        return JSONResponse({**service.snapshot(job), "remaining": left}, status_code=202)
+
     async def cancel(request: Request, job: Job) -> Response:
         await service.cancel(job)
         return JSONResponse(service.snapshot(job), status_code=202)
@@ -544,6 +549,7 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         Route("/api/jobs/{job_id}/plan", with_job(plan), methods=["POST"]),
         Route("/api/jobs/{job_id}/start", with_job(start), methods=["POST"]),
         Route("/api/jobs/{job_id}/cancel", with_job(cancel), methods=["POST"]),
+        Route("/api/jobs/{job_id}/resume", with_job(resume), methods=["POST"]),
         Route("/api/jobs/{job_id}/events", with_job(events), methods=["GET"]),
         Route("/api/jobs/{job_id}/results.xlsx", with_job(download("results")), methods=["GET"]),
         Route("/api/jobs/{job_id}/failed.xlsx", with_job(download("failed")), methods=["GET"]),

@@ -50,6 +50,7 @@ from importer.jobs.session import now_text
 from importer.jobs.validate import failed_outcome, read_input, reasons_by_row, skipped_outcome
 from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
 from importer.options import InputOptions
+from importer.output.results import write_failed_rows
 from importer.read.sheets import SheetChoiceNeeded
 from importer.vocab import OnExisting, ReasonKind
 from importer.web import edits as ops
@@ -924,6 +925,39 @@ class JobService:
         lane.positions()
         lane.wake.set()
 
+    async def resume(self, job: Job) -> int:
+        """Plan the rows a cancelled or stopped send left, against the live state; ``planned`` next.
+
+        The job's journal stays: the rows it confirmed are found as asked and show as done; the
+        user reviews the plan and starts it (``start``), which sends only what is still needed.
+        Returns the rows not sent yet.
+
+        Raises:
+            JobError: the job is not cancelled or stopped.
+        """
+        stopped = job.status is JobStatus.FAILED and (job.folder / "journal.sqlite").exists()
+        if job.status is not JobStatus.CANCELLED and not stopped:
+            raise JobError(
+                f"the job is {job.status.value}; only a cancelled or stopped job can send the rest"
+            )
+        report = await self.report(job)  # its saved outcomes too
+        done = {r: o for r, o in job.outcomes.items() if o.status is Status.SUCCEEDED}
+        left = report.table.row_count - len(report.failed_rows) - len(report.skipped) - len(done)
+        job.status, job.error, job.stopped, job.finished = JobStatus.PLANNING, "", "", ""
+        self._save(job)
+        self._spawn(self._plan_rest(job, done))
+        return max(0, left)
+
+    async def _plan_rest(self, job: Job, done: Mapping[int, RowOutcome]) -> None:
+        await self._plan(job)
+        if job.status is JobStatus.PLANNED:  # sent by this job before: done, not "unchanged"
+            for row, outcome in done.items():
+                planned = job.outcomes.get(row)
+                if planned is not None and planned.action is Action.UNCHANGED:
+                    job.outcomes[row] = outcome
+            self._count(job)
+            job.touch()
+
     async def cancel(self, job: Job) -> None:
         """Cancel: a queued or idle job at once, a sending one once its writes in flight settle."""
         if job.status in FINISHED:
@@ -1216,6 +1250,8 @@ class JobService:
     async def workbook(self, job: Job, kind: str) -> Path | None:
         """The results (``kind`` "results") or failed-rows workbook: final, or a snapshot now."""
         name = "results.xlsx" if kind == "results" else "failed.xlsx"
+        if kind == "failed" and job.stopped and (job.status in (JobStatus.CANCELLED, JobStatus.FAILED)):
+            return await self._failed_and_unsent(job)
         if job.status in (JobStatus.DONE, JobStatus.CANCELLED) and (job.folder / "results.xlsx").is_file():
             path = job.folder / name
             return path if path.is_file() else None
@@ -1249,6 +1285,21 @@ class JobService:
             )
         path = results if kind == "results" else failed
         return path if path.is_file() else None
+
+    async def _failed_and_unsent(self, job: Job) -> Path | None:
+        """A cancelled or stopped job's failed rows and the rows it did not send, with their reasons."""
+        report = await self.report(job)
+        rows, reasons = [], {}
+        for outcome in engine.row_outcomes(report, job.outcomes):
+            if outcome.status in (Status.FAILED, Status.NOT_SENT):
+                rows.append(outcome.row)
+                reasons[outcome.row] = outcome.reason
+        if not rows:
+            return None
+        path = job.folder / "snapshot.unsent.xlsx"
+        async with job.lock:
+            await in_background(write_failed_rows, path, report.table, rows, reasons)
+        return path
 
     def list(self) -> list[dict[str, Any]]:
         """Every job, newest first, then the damaged ones (status ``damaged``, ``error`` says why)."""
