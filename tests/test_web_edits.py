@@ -275,3 +275,26 @@ def test_edits_cancelled_job_sends_the_rest_once(tmp_path: Path) -> None:
         assert job["status"] == "done" and job["counts"]["succeeded"] == 40, job
     creates = [w["did_id"] for w in sandbox.state_snapshot()["writes"] if w["op"] == "create"]
     assert len(creates) == 40 == len(set(creates))
+
+
+def test_edits_columns_step_offers_the_sheets_with_counts(web: Web, tmp_path: Path) -> None:
+    """The columns step of a needs_sheet job is a picker (no free-text box); ticking two reads both."""
+    path = write_carrier_workbook(tmp_path / "carrier.xlsx", stale_matches=True)
+    with path.open("rb") as fh:
+        job_id = web.client.post("/api/jobs", files={"file": (path.name, fh)}).json()["id"]
+    wait_for_job(web.client, job_id, {"needs_sheet"})
+    assert web.client.get(f"/jobs/{job_id}").headers["location"].endswith("/columns")
+    page = web.client.get(f"/jobs/{job_id}/columns").text
+    assert 'name="sheets" type="checkbox" value="DIDs"' in page and "(41 rows)" in page
+    assert 'value="Old DIDs 2023"' in page and "(3 rows)" in page and 'id="sheet" name="sheet"' not in page
+    assert 'value="Lists"' not in page  # its header names no field
+    url = str(web.client.base_url).rstrip("/")
+    posted = web.client.post(
+        f"/jobs/{job_id}/columns",
+        data={"sheets": ["DIDs", "Old DIDs 2023"], "on_existing": "update"},
+        headers={"Origin": url},
+    )
+    assert posted.status_code == 303, posted.text
+    job = wait_for_job(web.client, job_id, {"validated", "failed"})
+    assert job["status"] == "validated" and job["options"]["sheets"] == ["DIDs", "Old DIDs 2023"]
+    assert job["rows"] == 44

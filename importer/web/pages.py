@@ -98,7 +98,8 @@ def _unread(job: Job) -> bool:
 
     A job that failed while sending has ``finished`` set; one whose upload failed never has.
     """
-    return job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished)
+    waits = (JobStatus.VALIDATING, JobStatus.NEEDS_SHEET)
+    return job.status in waits or (job.status is JobStatus.FAILED and not job.finished)
 
 
 def _sent(job: Job) -> bool:
@@ -350,6 +351,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
     async def columns_post(request: Request, job: Job) -> Response:
         async with request.form(max_files=0, max_fields=64, max_part_size=4096) as form:
             sheet = str(form.get("sheet") or "").strip() or None
+            picked = list(dict.fromkeys(str(v).strip() for v in form.getlist("sheets") if str(v).strip()))
             region = str(form.get("default_region") or "").strip().upper() or None
             wanted_row = str(form.get("header_row") or "").strip()
             shown = str(form.get("shown_header_row") or "").strip()
@@ -373,6 +375,10 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
                 return await columns(request, job, "the header row is a row number, like 1 or 3", 400)
             header_row = int(wanted_row)
             column_map = {}  # another header row has other names: map them once they show
+        if picked:  # the sheet picker (``web.edits``' sheets): one sheet, or several as one table
+            sheet, more["sheets"] = (picked[0], []) if len(picked) == 1 else (None, picked)
+            if more["sheets"] != job.sheets:
+                column_map, header_row = {}, None
         if sheet != job.sheet and sheet is not None:
             column_map = {}  # another sheet has other headers: start from the automatic match
             header_row = None
