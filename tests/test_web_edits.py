@@ -298,3 +298,25 @@ def test_edits_columns_step_offers_the_sheets_with_counts(web: Web, tmp_path: Pa
     job = wait_for_job(web.client, job_id, {"validated", "failed"})
     assert job["status"] == "validated" and job["options"]["sheets"] == ["DIDs", "Old DIDs 2023"]
     assert job["rows"] == 44
+
+
+def test_edits_incremental_check_sees_a_column_turn_wrongly_matched(tmp_path: Path) -> None:
+    """Cell by cell a column's values stop fitting: once the whole check calls the column wrongly
+    matched (a finding, other reasons), the operation's check says the same."""
+    path = write_sheet(tmp_path / "small.csv", 12)
+    options = InputOptions(path=path)
+    raw = read_input(options)
+    report = ops.check(raw, options, (), frozenset())
+    edits: list[ops.Edit] = []
+    operations: list[ops.Operation] = []
+    found = False
+    for n, row in enumerate(range(2, 13)):
+        body = {"op": "set", "row": row, "column": "Outbound Mode", "value": f"route {n}"}
+        change = ops.apply_op(body, report, edits, operations, who="t", when=str(n))
+        excluded = ops.excluded_rows(change.operations)
+        report = ops.recheck_or_check(report, edits, change.edits, options, change.touched, excluded)
+        edits, operations = list(change.edits), list(change.operations)
+        whole = ops.check(raw, options, edits, excluded)
+        assert report.issues == whole.issues and report.findings == whole.findings, n
+        found = found or bool(whole.findings)
+    assert found

@@ -13,9 +13,10 @@ operations in effect: they are left out of validation, never planned nor sent, a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -28,6 +29,7 @@ from importer.jobs.validate import CellEdit, apply_edits, check_table
 from importer.model import RawTable, RoutingRow, RowIssue, ValidationReport
 from importer.options import InputOptions
 from importer.validate.cells import clean_frame, parse_cells, parse_positive_int, parse_series
+from importer.validate.columns import WRONG_MATCH_SHARE
 from importer.validate.phones import PhoneNormaliser
 from importer.validate.rules import _column_order, validate_table
 from importer.vocab import ReasonKind
@@ -338,6 +340,7 @@ def recheck(
     touched: Iterable[int],
     excluded: frozenset[int],
     before: RawTable | None = None,
+    columns: Collection[int] | None = None,
 ) -> ValidationReport | None:
     """Check again only the rows an operation touched and the rows sharing a DID with them.
 
@@ -345,7 +348,8 @@ def recheck(
     table, when left out). The rows checked again are closed under sharing a DID number or id
     (before or after the change), so each duplicate is found with its first occurrence, as a
     whole check finds it. Returns None when only a whole check can tell: the file has findings
-    about whole columns, or a touched row is at the end (a footer can appear or go).
+    about whole columns, one may appear (``columns``: the columns whose cells changed, None: any),
+    or a touched row is at the end (a footer can appear or go).
     """
     if old.findings:
         return None
@@ -406,6 +410,8 @@ def recheck(
         [i for i in old.issues if i.row not in redone] + fresh_issues,
         key=lambda i: (i.row, _column_order(mapping, headers, i.column)),
     )
+    if _may_look_wrong(table, mapping, options, issues, rows, columns):
+        return None
     merged = None if old.did_numbers is None else old.did_numbers.reindex(rows)
     if merged is not None and fresh_numbers is not None:
         merged.loc[fresh_numbers.index] = fresh_numbers
@@ -419,6 +425,31 @@ def recheck(
         skipped=skipped,
         did_numbers=merged,
     )
+
+
+def _may_look_wrong(
+    table: RawTable,
+    mapping: Mapping[str, int],
+    options: InputOptions,
+    issues: Sequence[RowIssue],
+    rows: pd.Index,
+    columns: Collection[int] | None,
+) -> bool:
+    """Whether a column may now look wrongly matched (``wrong_matches``): most of its filled
+    cells fail. An upper bound on its failing cells (its issues that quote a value) against its
+    filled cells: True sends the operation to a whole check, which decides."""
+    chosen = set(options.column_map.values())  # a --map is taken at its word
+    bad = collections.Counter(i.column for i in issues if i.value)
+    for field, position in mapping.items():
+        if field in chosen or (columns is not None and position not in columns):
+            continue
+        failing = bad.get(shown(table.headers[position]), 0)
+        if failing < 2:
+            continue
+        cells = table.frame[position].loc[rows].astype(str).str.strip()
+        if failing > int((cells != "").sum()) * (1 - WRONG_MATCH_SHARE):
+            return True
+    return False
 
 
 def _sub_table(table: RawTable, rows: pd.Index) -> RawTable:
@@ -509,5 +540,9 @@ def recheck_or_check(
 ) -> ValidationReport:
     """The check after an operation: only its rows when ``recheck`` can tell, else the whole table."""
     table = edited_table(report.table, before, after)
-    fresh = recheck(report, table, options, touched, excluded)
+    changed = after[len(before) :] if len(after) >= len(before) else before[len(after) :]
+    touched = set(touched)
+    # Exclusions change every column's share of failing cells; cell edits only their columns'.
+    columns = {e.column for e in changed} if touched == {e.row for e in changed} else None
+    fresh = recheck(report, table, options, touched, excluded, columns=columns)
     return fresh if fresh is not None else check(table, options, (), excluded)

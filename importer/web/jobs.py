@@ -812,6 +812,7 @@ class JobService:
         async with job.lock:
             if job.status not in EDITABLE:
                 raise JobError(f"the job is {job.status.value}; rows can be edited only before sending")
+            report = job.report or report  # another operation may have ended while this one waited
             edits, operations, touched = list(job.edits), list(job.operations), set[int]()
             for body in bodies:
                 try:
