@@ -405,7 +405,8 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         if not isinstance(body, dict) or not body:
             raise JobError('send {"column": "new value"}')
         changes = {str(k): "" if v is None else str(v) for k, v in body.items()}
-        await service.edit(job, row, changes)
+        who = user_of(request.scope).name if config.people is not None else ""
+        await service.edit(job, row, changes, who=who)
         report = await service.report(job)
         position = int(report.table.frame.index.get_loc(row))  # type: ignore[arg-type]
         one = await service.rows(job, None, position, 1)

@@ -780,7 +780,9 @@ class JobService:
 
     # -- edits ------------------------------------------------------------------------------
 
-    async def edit(self, job: Job, row: int, changes: Mapping[str, str] | Mapping[int, str]) -> None:
+    async def edit(
+        self, job: Job, row: int, changes: Mapping[str, str] | Mapping[int, str], *, who: str = ""
+    ) -> None:
         """Correct cells of one row and validate again; the upload is never changed.
 
         A cell is named by its header text, the field it maps to, or its column's position (the
@@ -794,7 +796,7 @@ class JobService:
         if row not in report.table.frame.index:
             raise LookupError(f"row {row} is not a data row of this file")
         bodies = [{"op": "set", "row": row, "column": c, "value": v} for c, v in changes.items()]
-        await self.apply_op(job, bodies, who=job.uploaded_by, quiet=True)
+        await self.apply_op(job, bodies, who=who, quiet=True)
 
     async def apply_op(
         self, job: Job, bodies: Sequence[Mapping[str, Any]], *, who: str, quiet: bool = False
