@@ -320,3 +320,40 @@ def test_edits_incremental_check_sees_a_column_turn_wrongly_matched(tmp_path: Pa
         assert report.issues == whole.issues and report.findings == whole.findings, n
         found = found or bool(whole.findings)
     assert found
+
+
+def test_edits_operations_survive_a_restart_and_undo_after_it(tmp_path: Path) -> None:
+    """The operations are kept with the job: after a restart the exclusion holds and undo works."""
+    inventory = write_inventory(tmp_path / "inventory.json", 40)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
+    path = _sheet(tmp_path)
+    for step in ("before", "after"):
+        with (
+            running_server(settings) as (url, _t, _s),
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
+        ):
+            web = Web(client, sandbox, tmp_path / "data")
+            if step == "before":
+                job_id = _job(web, path)
+                _op(
+                    web,
+                    job_id,
+                    op="replace",
+                    column="Status",
+                    find="In Service",
+                    replace="active",
+                    rows="all",
+                )
+                _op(web, job_id, op="exclude", rows=[12])
+                continue
+            wait_for_job(client, job_id, {"validated"})
+            assert _row(web, job_id, 12)["reason"] == "excluded on the page"
+            assert [_row(web, job_id, r)["values"][7] for r in (13, 14)] == ["active"] * 2
+            _op(web, job_id, op="undo")
+            assert _row(web, job_id, 12)["status"] == "failed"
+            undone = _op(web, job_id, op="undo")
+            assert undone["changed"] == [13, 14] and undone["rows"][0]["values"][7] == "In Service"
+            assert client.post(f"/api/jobs/{job_id}/edits", json={"op": "undo"}).status_code == 409
