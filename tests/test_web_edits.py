@@ -136,7 +136,7 @@ def test_edits_an_excluded_row_is_never_sent(web: Web, tmp_path: Path) -> None:
     _op(web, job_id, op="exclude", rows=[12, 13, 14, 5])
     _op(web, job_id, op="include", rows=[5])
     done = _op(web, job_id, op="exclude", rows=[3])
-    assert done["job"]["counts"]["failed"] == 0
+    assert done["job"]["counts"]["failed"] == 0 and done["job"]["counts"]["skipped"] == 4
     row = done["rows"][0]
     assert row["status"] == "skipped" and row["reason"] == "excluded on the page"
     assert web.client.post(f"/api/jobs/{job_id}/plan").status_code == 202

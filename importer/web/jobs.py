@@ -699,6 +699,8 @@ class JobService:
         invalid = len(report.failed_rows)
         counts = collections.Counter(o.status.value for o in job.outcomes.values())
         counts[Status.FAILED.value] += invalid
+        # Rows left out on purpose (excluded on the page, hidden, footers) are skipped from the start.
+        counts[Status.SKIPPED.value] += sum(1 for row in report.skipped if row not in job.outcomes)
         counts[Status.NOT_SENT.value] += max(0, job.rows - sum(counts.values()))
         job.counts = {s.value: counts.get(s.value, 0) for s in Status}
         job.counts["valid"] = job.rows - invalid
