@@ -28,7 +28,7 @@ from importer.fields import MODE_INDEX, STATUS_VALUES, header_key
 from importer.jobs.validate import CellEdit, apply_edits, check_table
 from importer.model import RawTable, RoutingRow, RowIssue, ValidationReport
 from importer.options import InputOptions
-from importer.validate.cells import clean_frame, parse_cells, parse_positive_int, parse_series
+from importer.validate.cells import clean_frame, clean_text, parse_cells, parse_positive_int, parse_series
 from importer.validate.columns import WRONG_MATCH_SHARE
 from importer.validate.phones import PhoneNormaliser
 from importer.validate.rules import _column_order, validate_table
@@ -358,18 +358,27 @@ def recheck(
     rows = _checked_rows(table, options, excluded)
     if old.skipped and any(kind is ReasonKind.FOOTER_ROW for kind in old.skipped.values()):
         return None
+    mapping = old.mapping
+    if (
+        columns is not None
+        and not set(columns) & set(mapping.values())
+        and _ends_with_data(table, mapping, rows)
+    ):
+        # Only columns no field reads changed: every row checks as before (no footer can appear
+        # while the last row holds a field value).
+        return dataclasses.replace(old, table=table)
     if len(touched) * 5 > len(rows):
         return None  # most of the table: one whole check costs less than two partial ones
     last = rows[-1] if len(rows) else None
     if last is None or max(touched, default=last) >= last or touched & set(table.row_problems):
         return None
-    mapping = old.mapping
     sub_rows = rows[rows.isin(list(touched))]
     affected = set(touched)
     now = _did_keys(table, mapping, old, rows) if mapping.keys() & {"did_number", "did_id"} else []
     if now:
         # The touched rows' keys before the change: rows that were their duplicates change too.
-        earlier = _did_keys(before, mapping, old, sub_rows)
+        # Over every touched row: one excluded now was checked before, and its duplicates change.
+        earlier = _did_keys(before, mapping, old, pd.Index(sorted(touched), dtype="int64"))
         if "did_number" in mapping and len(sub_rows):
             # The touched rows' numbers now, parsed as validation parses them (no schema needed).
             region = (options.default_region or "").strip().upper()
@@ -425,6 +434,14 @@ def recheck(
         skipped=skipped,
         did_numbers=merged,
     )
+
+
+def _ends_with_data(table: RawTable, mapping: Mapping[str, int], rows: pd.Index) -> bool:
+    """Whether the last checked row holds a value in a field's column (then no row is a footer)."""
+    if not len(rows):
+        return False
+    cells = table.frame.loc[rows[-1]]
+    return any(clean_text(str(cells.iloc[p])) for p in mapping.values())
 
 
 def _may_look_wrong(
