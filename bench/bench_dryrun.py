@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import os
 import random
 import statistics
 import sys
@@ -43,7 +44,7 @@ from helpers import desired_record, did_number, write_inventory  # noqa: E402
 
 from importer.jobs.run import run_import  # noqa: E402  (the repository root goes on the path first)
 from importer.jobs.validate import validate_file  # noqa: E402
-from importer.options import ImportConfig, InputOptions, ValidateConfig  # noqa: E402
+from importer.options import ImportConfig, InputOptions, ValidateConfig, human_duration  # noqa: E402
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox  # noqa: E402
 
 GOAL = 1.6
@@ -79,19 +80,22 @@ def write_sheet(path: Path, rows: int, dids: int, unknown: float, seed: int) -> 
     return strangers
 
 
-def timed_validate(sheet: Path, folder: Path) -> float:
+def timed_validate(sheet: Path, folder: Path) -> tuple[float, float]:
     config = ValidateConfig(
         input=InputOptions(path=sheet),
         output=folder / "validate.results.xlsx",
         failed_out=folder / "validate.failed.xlsx",
         overwrite=True,
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     validate_file(config)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
-def timed_dry_run(sheet: Path, folder: Path, transport: httpx.AsyncBaseTransport, strangers: int) -> float:
+def timed_dry_run(
+    sheet: Path, folder: Path, transport: httpx.AsyncBaseTransport, strangers: int
+) -> tuple[float, float, int]:
+    """Wall and CPU seconds of one dry run, and the requests it sent (every one a read)."""
     config = ImportConfig(
         input=InputOptions(path=sheet),
         api_key=SANDBOX_API_KEY,
@@ -104,13 +108,23 @@ def timed_dry_run(sheet: Path, folder: Path, transport: httpx.AsyncBaseTransport
         retry_backoff=0,
         dry_run=True,
     )
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     summary = run_import(config, transport=transport)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     failed = summary.counts.get("failed", 0)
     if failed != strangers:  # every unknown number fails, and nothing else does
         raise SystemExit(f"the dry run failed {failed} rows, expected {strangers}: {summary.lines()}")
-    return seconds
+    return seconds, cpu, summary.requests
+
+
+def _at_60(requests: int) -> str:
+    """How long ``requests`` take at the API's 60 a minute (one a second, as bench_reads.py counts)."""
+    return human_duration(requests)
+
+
+def _load() -> str:
+    """The 1-minute load average: on a shared machine, how much else was running."""
+    return f"{os.getloadavg()[0]:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,10 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dids = args.dids or args.rows
     print(
-        f"{args.rows:,} rows (CSV), {dids:,} DIDs (sync lists every one), {args.repeat} runs each (medians)"
+        f"{args.rows:,} rows (CSV), {dids:,} DIDs (sync lists every one), {args.repeat} runs each (medians); "
+        f"load average {_load()}"
     )
+    print("reads: the dry run's requests; at 60/min: what they take at the API's limit")
     header = (
-        f"{'unknown':>8} {'validate s':>11} {'dry run s':>10} {'ratio':>6} {'goal':>5}  result   all runs"
+        f"{'unknown':>8} {'validate s':>11} {'dry run s':>10} {'ratio':>6} {'goal':>5}  result "
+        f"{'cpu ratio':>10} {'reads':>6} {'at 60/min':>10}   all runs (wall validate/dry run; cpu ...)"
     )
     print(header)
     print("-" * len(header))
@@ -139,25 +156,32 @@ def main(argv: list[str] | None = None) -> int:
         for share in (float(s) for s in args.unknown.split(",")):
             sheet = folder / f"sheet_{share:g}.csv"
             strangers = write_sheet(sheet, args.rows, dids, share, args.seed)
-            validate: list[float] = []
-            dry: list[float] = []
+            validate: list[tuple[float, float]] = []
+            dry: list[tuple[float, float]] = []
+            reads = 0
             for n in range(args.repeat):
                 gc.collect()
                 validate.append(timed_validate(sheet, folder))
                 gc.collect()
-                dry.append(timed_dry_run(sheet, folder, transport, strangers))
+                seconds, cpu, reads = timed_dry_run(sheet, folder, transport, strangers)
+                dry.append((seconds, cpu))
                 print(
-                    f"  {share:g} run {n + 1}: validate {validate[-1]:.1f} s, dry run {dry[-1]:.1f} s",
+                    f"  {share:g} run {n + 1}: validate {validate[-1][0]:.1f} s, dry run {dry[-1][0]:.1f} s "
+                    f"(cpu {validate[-1][1]:.1f} / {dry[-1][1]:.1f} s), load average {_load()}",
                     file=sys.stderr,
                     flush=True,
                 )
-            ratio = statistics.median(dry) / statistics.median(validate)
+            wall_v, wall_d = (statistics.median(t[0] for t in times) for times in (validate, dry))
+            cpu_v, cpu_d = (statistics.median(t[1] for t in times) for times in (validate, dry))
+            ratio = wall_d / wall_v
             passed = ratio <= GOAL
             ok &= passed
-            runs = ", ".join(f"{v:.1f}/{d:.1f}" for v, d in zip(validate, dry, strict=True))
+            runs = ", ".join(f"{v[0]:.1f}/{d[0]:.1f}" for v, d in zip(validate, dry, strict=True))
+            cpus = ", ".join(f"{v[1]:.1f}/{d[1]:.1f}" for v, d in zip(validate, dry, strict=True))
             print(
-                f"{share:>8.0%} {statistics.median(validate):>11.1f} {statistics.median(dry):>10.1f} "
-                f"{ratio:>6.2f} {GOAL:>5} {'PASS' if passed else 'MISS':>7}   {runs}",
+                f"{share:>8.0%} {wall_v:>11.1f} {wall_d:>10.1f} {ratio:>6.2f} {GOAL:>5} "
+                f"{'PASS' if passed else 'MISS':>7} {cpu_d / cpu_v:>10.2f} {reads:>6,} {_at_60(reads):>10}"
+                f"   {runs}; cpu {cpus}",
                 flush=True,
             )
     return 0 if ok else 1

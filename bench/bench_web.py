@@ -22,6 +22,18 @@ a ``set`` of one field cell (median of ``--edit-repeat``, goal <= 150 ms), a ``r
 that touches every row (goal <= 3 s), its undo, and a ``replace`` of the customer name (a column
 no field reads) on every row.
 
+With ``--load`` it measures a team's load instead (issue 16), against one server:
+
+* **concurrent uploads**: ``--uploads`` (30) clients each upload a ``--load-rows`` (180,000) row
+  CSV at once: every job validated, none lost; the server's peak RSS (``VmHWM``). Goal: <= 1.2 GB.
+* **list latency**: ``GET /api/jobs`` every 50 ms while they validate. Goal: p95 <= 100 ms.
+* **keep-alive latency**: 200 ``GET /api/jobs/{id}`` on one connection. Goal: median <= 2 ms.
+* **restart mid-send**: a server sending through a sandbox process (``--rate``, the sandbox's own
+  limit too) is SIGKILLed mid-send and started again on its data dir; the job ends done. Goal:
+  0 answers 429 from the sandbox (the server's ``/metrics``).
+
+The machine may be shared: latencies are noisy there, and a run says so only in its figures.
+
 It prints one table and exits 0 when every goal holds, 1 otherwise. It is not a test.
 """
 
@@ -50,6 +62,10 @@ sys.path.insert(0, str(BENCH_DIR))
 from bench_validate import DEFAULT_OUT, generate  # noqa: E402  (a sibling script, not a package)
 
 TOKEN = "bench-web-token-0000000000-000000000000"
+SANDBOX_KEY = "rg_test_sandbox_key_0000"
+LOAD_RSS_GOAL_MB = 1200.0
+LIST_P95_GOAL_MS = 100.0
+KEEPALIVE_GOAL_MS = 2.0
 RATIO_GOAL = 0.5
 RSS_GOAL_MB = 600.0
 IDLE_CPU_GOAL = 2.0
@@ -64,10 +80,15 @@ class Server:
 
 
 @contextmanager
-def server(data: Path) -> Iterator[Server]:
+def server(data: Path, api: str | None = None, rate: int = 100_000) -> Iterator[Server]:
+    """A ``serve`` process: with its own in-process sandbox, or sending to the sandbox at ``api``."""
     env = {**os.environ, "VOICELINK_WEB_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "importer", "serve", "--sandbox", "--port", "0"]
-    command += ["--data-dir", str(data), "--requests-per-minute", "100000"]
+    command = [sys.executable, "-m", "importer", "serve", "--port", "0"]
+    if api is None:
+        command.append("--sandbox")
+    else:
+        env.update(VOCOBASE_BASE_URL=api, VOCOBASE_API_KEY=SANDBOX_KEY)
+    command += ["--data-dir", str(data), "--requests-per-minute", str(rate)]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     match = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline())
@@ -256,6 +277,160 @@ def edit_latencies(out: Path, rows: int, repeat: int) -> bool:
     return all(ok for _, _, ok, _ in checks)
 
 
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+def concurrent_uploads(data: Path, path: Path, uploads: int) -> dict[str, float]:
+    """``uploads`` clients upload ``path`` at once; the list polled meanwhile; then keep-alive."""
+    with server(data) as s:
+        ids: list[str] = []
+        lost: list[str] = []
+
+        def upload() -> None:
+            with (
+                httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600) as c,
+                path.open("rb") as fh,
+            ):
+                answer = c.post("/api/jobs", files={"file": (path.name, fh)})
+            if answer.status_code == 201:
+                ids.append(answer.json()["id"])
+            else:
+                lost.append(f"{answer.status_code} {answer.text[:200]}")
+
+        threads = [threading.Thread(target=upload) for _ in range(uploads)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        latencies: list[float] = []
+        after_uploads: list[float] = []  # once every upload was answered: validations only
+        statuses: dict[str, str] = {}
+        while True:
+            uploading = any(t.is_alive() for t in threads)
+            began = time.perf_counter()
+            jobs = s.client.get("/api/jobs").json()["jobs"]
+            latencies.append((time.perf_counter() - began) * 1000)
+            if not uploading:
+                after_uploads.append(latencies[-1])
+            statuses = {j["id"]: j["status"] for j in jobs}
+            settled = all(st not in ("validating",) for st in statuses.values())
+            if not any(t.is_alive() for t in threads) and settled and len(statuses) >= len(ids):
+                break
+            time.sleep(0.05)
+        took = time.monotonic() - started
+        validated = sum(1 for i in ids if statuses.get(i) == "validated")
+        peak = rss_mb(s.proc.pid)
+        one = ids[0] if ids else ""
+        keepalive: list[float] = []
+        for _ in range(200):
+            began = time.perf_counter()
+            s.client.get(f"/api/jobs/{one}").raise_for_status()
+            keepalive.append((time.perf_counter() - began) * 1000)
+        for why in lost:
+            print(f"  upload refused: {why}")
+        return {
+            "uploads": uploads,
+            "accepted": len(ids),
+            "validated": validated,
+            "seconds": took,
+            "peak_rss_mb": peak,
+            "list_p95_ms": percentile(latencies, 0.95),
+            "list_median_ms": statistics.median(latencies),
+            "list_n": len(latencies),
+            "list_p95_validating_ms": percentile(after_uploads, 0.95) if after_uploads else float("nan"),
+            "keepalive_median_ms": statistics.median(keepalive),
+        }
+
+
+@contextmanager
+def sandbox_process(rate: int) -> Iterator[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "importer", "sandbox", "--port", "0", "--requests-per-minute", str(rate)]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    match = re.search(r"http://127\.0\.0\.1:\d+/api/v2", proc.stdout.readline())
+    if match is None:
+        proc.kill()
+        raise SystemExit("the sandbox did not start")
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    try:
+        yield match.group(0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        proc.stdout.close()
+
+
+def throttled(s: Server) -> int:
+    text = s.client.get("/metrics").text
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("voicelink_api_429_total{")
+    )
+
+
+def killed_mid_send(data: Path, rate: int) -> dict[str, float]:
+    """SIGKILL a server mid-send, start it again on the same data dir: the 429s it then meets."""
+    sample = REPO / "sample_data" / "carrier_routing.csv"
+    with sandbox_process(rate) as api:
+        with server(data, api, rate) as s:
+            with sample.open("rb") as fh:
+                job_id = s.client.post("/api/jobs", files={"file": (sample.name, fh)}).json()["id"]
+            wait_status(s.client, job_id, {"validated"})
+            s.client.post(f"/api/jobs/{job_id}/plan")
+            wait_status(s.client, job_id, {"planned"}, poll=0.1)
+            s.client.post(f"/api/jobs/{job_id}/start").raise_for_status()
+            while True:
+                job = s.client.get(f"/api/jobs/{job_id}").json()
+                if int(job["progress"]["done"]) >= 3 or job["status"] != "sending":
+                    break
+                time.sleep(0.05)
+            before = throttled(s)
+            done_at_kill = int(job["progress"]["done"])
+            s.proc.kill()  # SIGKILL: no shutdown, nothing saved on the way out
+            s.proc.wait(30)
+        with server(data, api, rate) as s:
+            job = wait_status(s.client, job_id, {"done", "failed", "cancelled"}, poll=0.2)
+            after = throttled(s)
+    return {"429_before": before, "429_after": after, "done_at_kill": done_at_kill,
+            "status_done": float(job["status"] == "done")}  # fmt: skip
+
+
+def load_main(args: argparse.Namespace) -> None:
+    file = generate(args.out, args.load_rows, "csv", 0.03, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        up = concurrent_uploads(folder / "load", file.path, args.uploads)
+        kill = killed_mid_send(folder / "kill", args.rate)
+    all_in = up["validated"] == up["uploads"] == up["accepted"]
+    validated = f"{up['validated']:.0f} of {up['accepted']:.0f} accepted in {up['seconds']:.0f} s"
+    listing = (
+        f"{up['list_p95_ms']:.1f} ms (median {up['list_median_ms']:.1f}, n={up['list_n']:.0f}; "
+        f"after the uploads {up['list_p95_validating_ms']:.1f})"
+    )
+    killed = (
+        f"{kill['429_after']:.0f} x 429 after ({kill['429_before']:.0f} before; "
+        f"killed at {kill['done_at_kill']:.0f} rows)"
+    )
+    checks = [
+        (f"{args.uploads} uploads of {args.load_rows} rows validated", validated, all_in, "all, none lost"),
+        ("peak RSS of the server", f"{up['peak_rss_mb']:.0f} MB",
+         up["peak_rss_mb"] <= LOAD_RSS_GOAL_MB, f"<= {LOAD_RSS_GOAL_MB:.0f} MB"),
+        ("GET /api/jobs while validating, p95", listing,
+         up["list_p95_ms"] <= LIST_P95_GOAL_MS, f"<= {LIST_P95_GOAL_MS:.0f} ms"),
+        ("keep-alive GET /api/jobs/{id}, median", f"{up['keepalive_median_ms']:.2f} ms",
+         up["keepalive_median_ms"] <= KEEPALIVE_GOAL_MS, f"<= {KEEPALIVE_GOAL_MS} ms"),
+        (f"SIGKILL mid-send, restart, {args.rate}/min", killed,
+         kill["429_after"] == 0 and kill["status_done"] == 1, "0 x 429, done"),
+    ]  # fmt: skip
+    print(f"\nweb service under load ({file.invalid} invalid rows a file)")
+    for name, value, ok, goal in checks:
+        print(f"  {name:<42} {value:<52} goal {goal:<15} {'PASS' if ok else 'MISS'}")
+    sys.exit(0 if all(ok for _, _, ok, _ in checks) else 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -264,10 +439,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--load", action="store_true", help="measure concurrent uploads and a restart instead"
+    )
+    parser.add_argument("--uploads", type=int, default=30, help="--load: concurrent uploads")
+    parser.add_argument("--load-rows", type=int, default=180_000, help="--load: rows in each upload")
+    parser.add_argument("--rate", type=int, default=20, help="--load: requests a minute, server and sandbox")
     parser.add_argument("--edits", action="store_true", help="measure the edit operations only")
     parser.add_argument("--edit-rows", type=int, default=100_000)
     parser.add_argument("--edit-repeat", type=int, default=20)
     args = parser.parse_args()
+    if args.load:
+        load_main(args)
     if args.edits:
         sys.exit(0 if edit_latencies(args.out, args.edit_rows, args.edit_repeat) else 1)
 

@@ -411,11 +411,12 @@ def early_give_ups(results: Path, max_unknown: int) -> list[str]:
     return out
 
 
-def wait_quiet(sandbox: Sandbox, settle: float = 0.15, limit: float = 5.0) -> State:
+def wait_quiet(sandbox: Sandbox, settle: float = 0.15, limit: float = 30.0) -> State:
     """Wait until the sandbox has had no new request for ``settle`` seconds; return its state.
 
     A killed client's requests may still be inside the sandbox (its latency comes before the
-    write is applied), so the state is read only once they have landed.
+    write is applied), so the state is read only once they have landed. A sandbox still busy
+    after ``limit`` seconds fails the test: its state would not be the final one.
     """
     end = time.monotonic() + limit
     state = sandbox.state_snapshot()
@@ -425,7 +426,7 @@ def wait_quiet(sandbox: Sandbox, settle: float = 0.15, limit: float = 5.0) -> St
         if again["request_counts"] == state["request_counts"] and again["writes"] == state["writes"]:
             return again
         state = again
-    return state
+    raise AssertionError(f"the sandbox still took requests {limit:g} s after the client ended")
 
 
 # -- the table ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,6 +215,24 @@ def wait_for_job(
         if time.monotonic() > deadline:
             raise AssertionError(f"job stayed {job['status']}: {job}")
         time.sleep(0.05)
+
+
+def wait_until(ready: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll ``ready`` until it holds; fail naming ``what`` once ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.01)
+
+
+async def wait_until_async(ready: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """:func:`wait_until` inside an event loop: the loop keeps running while it polls."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        await asyncio.sleep(0.01)
 
 
 def hidden_book(path: Path) -> Path:

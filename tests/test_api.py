@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -18,11 +19,13 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from importer.account import client as client_module
 from importer.account.client import VoiceLinkClient, WriteResult, _retry_after
 from importer.account.inventory import DidIndex, read_all_dids
 from importer.account.limiter import RateLimiter
 from importer.account.paginate import read_bots
 from importer.account.records import Bot, Did
+from importer.account.retry import backoff_delay
 from importer.errors import ApiError, AuthError
 from importer.fields import ROUTING_FIELDS
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
@@ -353,8 +356,15 @@ def test_client_retries_reads_on_server_errors_then_succeeds() -> None:
     assert _run(main()) == ([Bot(93, "", True)], 3)
 
 
-def test_client_read_backoff_grows() -> None:
+def test_client_read_backoff_grows(monkeypatch: pytest.MonkeyPatch) -> None:
     times: list[float] = []
+    delays: list[float] = []
+
+    def spy(attempt: int, base: float, rng: random.Random | None = None) -> float:
+        delays.append(backoff_delay(attempt, base, rng))
+        return delays[-1]
+
+    monkeypatch.setattr(client_module, "backoff_delay", spy)
 
     def handler(request: httpx.Request) -> httpx.Response:
         times.append(time.monotonic())
@@ -371,8 +381,10 @@ def test_client_read_backoff_grows() -> None:
         message
         == "GET /voicelink/dids/purchased page 1 failed after 3 attempt(s): HTTP 500 INTERNAL_ERROR: boom"
     )
+    # The waits chosen grow (base 0.1 s, doubled, jitter in [0.5, 1)); each was really waited.
+    assert len(delays) == 2 and 0.05 <= delays[0] < 0.1 <= delays[1] < 0.2
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert 0.05 <= gaps[0] < 0.2 and 0.1 <= gaps[1] < 0.35
+    assert gaps[0] >= delays[0] - 0.01 and gaps[1] >= delays[1] - 0.01  # a timer may fire a tick early
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,8 @@ from importer.jobs.run import MAX_WRITE_ATTEMPTS, run_import
 from importer.options import ImportConfig, InputOptions
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
 
+pytestmark = pytest.mark.slow  # chaos: every fault kind, 22 SIGKILL points and resumes, real CLI subprocesses
+
 FAULT_ROWS = 36
 KILL_ROWS = 30
 MAX_PASSES = 3

@@ -73,6 +73,7 @@ def test_cli_validate_clean_file_exits_0(tmp_path: Path) -> None:
         (["run", "{sheet}", "--base-url", "ftp://x"], "no API key"),
     ],
 )
+@pytest.mark.slow
 def test_cli_unusable_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], fragment: str) -> None:
     sheet = tmp_path / "s.csv"
     sheet.write_text("DID,Inbound,Outbound\n+918011223344,1,4\n", encoding="utf-8")
@@ -100,6 +101,7 @@ def test_cli_template_matches_committed_file(tmp_path: Path, fmt: str) -> None:
     assert out.read_bytes() == (REPO / "templates" / f"voicelink-routing-template.{fmt}").read_bytes()
 
 
+@pytest.mark.slow
 def test_cli_demo_runs_in_the_current_folder(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "importer", "demo", "--quiet"],
@@ -113,6 +115,7 @@ def test_cli_demo_runs_in_the_current_folder(tmp_path: Path) -> None:
     assert (tmp_path / "voicelink-demo.results.xlsx").exists()
 
 
+@pytest.mark.slow
 def test_cli_run_against_tcp_sandbox_and_key_warning(tmp_path: Path) -> None:
     sheet = shutil.copy(SAMPLE / "carrier_routing.csv", tmp_path / "c.csv")
     with running_sandbox(SandboxConfig(requests_per_minute=100_000)) as (url, sandbox):
@@ -134,6 +137,7 @@ def test_cli_run_against_tcp_sandbox_and_key_warning(tmp_path: Path) -> None:
     assert len(state["routing"]) == 13
 
 
+@pytest.mark.slow
 def test_cli_sandbox_serves_until_sigterm_and_writes_state(tmp_path: Path) -> None:
     out = tmp_path / "state.json"
     command = [sys.executable, "-m", "importer", "sandbox", "--port", "0", "--state-out", str(out)]
@@ -155,6 +159,7 @@ def test_cli_sandbox_serves_until_sigterm_and_writes_state(tmp_path: Path) -> No
     assert len(json.loads(out.read_text())["routing"]) == 4
 
 
+@pytest.mark.slow
 def test_cli_progress_into_a_log_is_lines_not_bar_frames(tmp_path: Path) -> None:
     """stderr is a pipe here, as in CI or a log file: no carriage-return frames, a line instead."""
     result = subprocess.run(
@@ -204,6 +209,7 @@ def test_cli_default_region_uk_is_read_as_gb(tmp_path: Path) -> None:
     assert "valid 1" in result.output
 
 
+@pytest.mark.slow
 def test_cli_two_did_headers_suggest_a_map_that_is_then_accepted(tmp_path: Path) -> None:
     """The first error names the columns by letter at once, and each suggestion works as given."""
     sheet = tmp_path / "twice.csv"
@@ -221,6 +227,7 @@ def test_cli_two_did_headers_suggest_a_map_that_is_then_accepted(tmp_path: Path)
         assert "valid 1" in again.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", ["+918012345678\n", "DID", "  \n\nhello;\n"])
 def test_cli_one_cell_csv_is_not_a_table(tmp_path: Path, content: str) -> None:
     sheet = tmp_path / "one.csv"

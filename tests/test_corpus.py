@@ -118,6 +118,7 @@ def test_corpus_expectations_name_manifest_files() -> None:
     assert not set(MUST_READ) & set(MUST_REFUSE)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(SECONDS_PER_FILE + 30)
 @pytest.mark.parametrize("name", FILES)
 def test_corpus_file_read_or_refused_in_one_line(name: str) -> None:

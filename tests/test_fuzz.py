@@ -42,6 +42,8 @@ from importer.read.sniff import HEAD_BYTES, MAX_FILE_BYTES, MAX_TEXT_BYTES
 from importer.read.table import read_table
 from importer.validate.rules import validate_table
 
+pytestmark = pytest.mark.slow  # fuzz: hypothesis over hostile files, bombs in capped children
+
 REPO = Path(__file__).resolve().parent.parent
 HEADER = ["DID", "Inbound Mode", "Outbound Mode", "Inbound Bot ID", "Status"]
 EXAMPLE_SECONDS = 15

@@ -32,6 +32,7 @@ def _workbook(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_isolated_reader_child_answers_json_not_pickle(tmp_path: Path) -> None:
     path = _workbook(tmp_path / "dids.xlsx")
     request = json.dumps(
@@ -52,6 +53,7 @@ def test_isolated_reader_child_answers_json_not_pickle(tmp_path: Path) -> None:
     assert answer["ok"]["sheets"] == [{"name": "DIDs", "rows": 1, "matches": True}]
 
 
+@pytest.mark.slow
 def test_isolated_reader_reads_a_workbook_and_reports_child_errors(tmp_path: Path) -> None:
     path = _workbook(tmp_path / "dids.xlsx")
     (grid,) = read_workbook_isolated(path, (), frozenset()).grids

@@ -180,6 +180,7 @@ _CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_journal_outcomes_survive_sigkill_mid_write(tmp_path: Path) -> None:
     """Kill a writer with SIGKILL while it records in a loop; every reported outcome is readable."""
     path = tmp_path / "j.sqlite"
@@ -243,6 +244,7 @@ def test_journal_never_stores_a_key(tmp_path: Path) -> None:
     assert runs[0].audit == {"key_last4": "i5Op4"[-4:], "header": "Authorization: Bearer [masked]"}
 
 
+@pytest.mark.slow
 def test_journal_claim_refuses_a_second_live_writer_and_frees_on_kill(tmp_path: Path) -> None:
     """Two runs must not write one journal at once; a killed run must not block the resume."""
     import subprocess

@@ -9,6 +9,7 @@ from collections import deque
 
 import httpx
 import pytest
+from helpers import wait_until_async
 
 from importer.account.limiter import RateLimiter
 
@@ -80,10 +81,12 @@ def test_limiter_waits_for_the_window_with_a_real_clock() -> None:
             async with limiter.slot():
                 pass
         start = time.monotonic()
-        await limiter.acquire()
+        # Bounded, not timed: a loaded machine may wake the waiter late, never early.
+        if not await _acquired_within(limiter, 30):
+            raise AssertionError("no slot 30 s after a 0.3 s window")
         return time.monotonic() - start
 
-    assert 0.25 <= asyncio.run(main()) < 1.0
+    assert asyncio.run(main()) >= 0.25
 
 
 def test_limiter_serves_waiters_first_come_first_served() -> None:
@@ -111,7 +114,7 @@ def test_limiter_cancelled_waiter_takes_no_slot() -> None:
         limiter = RateLimiter(1, clock=clock)
         slot = await limiter.acquire()
         waiter = asyncio.create_task(limiter.acquire())
-        await asyncio.sleep(0.01)
+        await wait_until_async(lambda: limiter.is_waiting(waiter), "the second acquire waiting")
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter

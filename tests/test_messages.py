@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import click
@@ -16,6 +15,7 @@ from helpers import (
     config_for,
     did_number,
     read_results,
+    wait_until,
     write_inventory,
     write_sheet,
 )
@@ -25,7 +25,9 @@ from starlette.responses import HTMLResponse, PlainTextResponse
 from starlette.routing import Route
 
 from importer.account.records import Connection
-from importer.cli import _ask, _progress_bar, main
+from importer.cli import main
+from importer.cli.output import ask as cli_ask
+from importer.cli.progress import progress_bar
 from importer.engine.apply import Progress
 from importer.engine.plan import Plan, Write
 from importer.engine.resolve import connection_problem
@@ -123,7 +125,7 @@ def progress(done: int, failed: int = 0, eta: float | None = 780.0, total: int =
 def test_progress_off_a_terminal_is_one_plain_line_a_minute() -> None:
     out = io.StringIO()
     now = [0.0]
-    update, close = _progress_bar(False, stream=out, clock=lambda: now[0])
+    update, close = progress_bar(False, stream=out, clock=lambda: now[0])
     assert close is None
     for t, p in [
         (0, progress(0)),
@@ -146,7 +148,7 @@ def _asked(plan: Plan, answer: str) -> tuple[bool, str]:
 
     @click.command()
     def ask() -> None:
-        decided.append(_ask(plan, SendOptions(requests_per_minute=60).estimate))
+        decided.append(cli_ask(plan, SendOptions(requests_per_minute=60).estimate))
 
     result = CliRunner().invoke(ask, input=answer)
     assert result.exit_code == 0, result.output
@@ -180,12 +182,12 @@ class FakeTerminal(io.StringIO):
 def test_progress_bar_on_a_terminal_keeps_redrawing_while_writes_wait() -> None:
     """The rate limiter may hold writes back for a minute: the elapsed time must keep moving meanwhile."""
     out = FakeTerminal()
-    update, close = _progress_bar(False, stream=out, tick=0.02)
+    update, close = progress_bar(False, stream=out, tick=0.02)
     update(progress(0, total=5, eta=60))
     frames = out.getvalue().count("\r")
-    time.sleep(0.3)  # no progress reported meanwhile
+    # No progress is reported meanwhile: only the bar's own ticker can add frames.
+    wait_until(lambda: out.getvalue().count("\r") >= frames + 5, "five redraws with no progress reported")
     close()
-    assert out.getvalue().count("\r") >= frames + 5
     assert "0/5" in out.getvalue()
 
 

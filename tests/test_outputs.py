@@ -21,7 +21,7 @@ from importer.jobs.run import run_import
 from importer.jobs.validate import validate_file
 from importer.model import Status
 from importer.options import InputOptions, ValidateConfig
-from importer.output.results import failed_path_for, save_problem
+from importer.output.paths import failed_path_for, save_problem
 from importer.sandbox import SandboxConfig, create_sandbox
 
 
@@ -63,6 +63,7 @@ def test_cli_template_into_a_missing_folder_creates_it(tmp_path: Path, fmt: str)
     assert out.is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["validate", "run"])
 def test_cli_output_into_a_missing_folder_creates_it(tmp_path: Path, command: str) -> None:
     """validate and run both create the results' folder (run did, through its journal)."""

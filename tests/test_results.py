@@ -13,16 +13,10 @@ import pytest
 
 from importer.errors import InputError
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, SourceInfo, Status
-from importer.output.results import (
-    DRY_RUN_COLUMNS,
-    EXCEL_MAX_CELL,
-    RESULT_COLUMNS,
-    ROW_COLUMN,
-    TRUNCATION_MARKER,
-    default_paths,
-    write_failed_rows,
-    write_results,
-)
+from importer.output.failed import write_failed_rows
+from importer.output.paths import default_paths
+from importer.output.results import DRY_RUN_COLUMNS, RESULT_COLUMNS, ROW_COLUMN, write_results
+from importer.output.sheet import EXCEL_MAX_CELL, TRUNCATION_MARKER
 from importer.read.table import read_table
 from importer.words import IssueKind
 

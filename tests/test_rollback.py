@@ -728,6 +728,7 @@ def _cli_into_closed_pipe(args: list[str], url: str) -> subprocess.CompletedProc
         os.close(write_end)
 
 
+@pytest.mark.slow
 def test_cli_closed_stdout_never_stops_or_changes_a_rollback(tmp_path: Path) -> None:
     """`rollback ... | head -1`, `rollback --dry-run | head -1` and `history | head -1` still do
     their whole job, over loopback TCP, and exit with the job's own code."""

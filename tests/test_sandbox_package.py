@@ -51,6 +51,7 @@ def test_sandbox_modules_import_only_earlier_modules() -> None:
         assert imported <= set(ORDER[:index]), f"{name} imports {imported - set(ORDER[:index])}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ORDER)
 def test_sandbox_each_module_imports_first_in_a_fresh_interpreter(name: str) -> None:
     code = f"import importer.sandbox.{name}"
@@ -168,6 +169,7 @@ def test_sandbox_counts_requests_per_endpoint() -> None:
     }
 
 
+@pytest.mark.slow
 def test_cli_sandbox_lean_sync_flag(tmp_path: Path) -> None:
     out = tmp_path / "state.json"
     command = [

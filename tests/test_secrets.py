@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import python_calamine
-from helpers import CONNECTION, REPO, did_number, write_inventory, write_sheet
+from helpers import CONNECTION, REPO, did_number, wait_until, write_inventory, write_sheet
 
 from importer.sandbox import SandboxConfig, running_sandbox
 
@@ -116,6 +115,7 @@ def _common(url: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
 def test_run_success_never_shows_the_key(work: Path, dry_run: bool) -> None:
     with running_sandbox(_sandbox(work.parent)) as (url, sandbox):
@@ -129,6 +129,7 @@ def test_run_success_never_shows_the_key(work: Path, dry_run: bool) -> None:
         assert (work / "sheet.journal.sqlite").is_file()
 
 
+@pytest.mark.slow
 def test_run_with_row_failures_never_shows_the_key(work: Path) -> None:
     sheet = work / "sheet.csv"
     sheet.write_text(sheet.read_text(encoding="utf-8") + f"+{did_number(ROWS + 50)},9,,,1,,,active,x\r\n")
@@ -141,6 +142,7 @@ def test_run_with_row_failures_never_shows_the_key(work: Path) -> None:
     assert summary_items(work / "sheet.results.xlsx")["api_key"] == "..." + KEY[-4:]
 
 
+@pytest.mark.slow
 def test_run_with_a_wrong_key_never_shows_either_key(work: Path) -> None:
     wrong = "rg_live_WRONGkey000111222333"
     with running_sandbox(_sandbox(work.parent)) as (url, _sandbox_app):
@@ -171,6 +173,7 @@ def test_run_with_a_wrong_key_never_shows_either_key(work: Path) -> None:
     [(1.0, "Error: GET "), (0.5, "above --max-error-rate")],
     ids=["every-request-fails", "half-fail"],
 )
+@pytest.mark.slow
 def test_run_aborted_never_shows_the_key(work: Path, fail_rate: float, expected: str) -> None:
     """fail_rate 1.0 ends the run at its first read; 0.5 lets reads through (retried) and trips the rate."""
     with running_sandbox(_sandbox(work.parent, fail_rate=fail_rate)) as (url, sandbox):
@@ -208,6 +211,7 @@ def test_assert_key_absent_finds_a_planted_key(tmp_path: Path) -> None:
         assert_key_absent(tmp_path / "nothing-here", "stdout with " + KEY)
 
 
+@pytest.mark.slow
 def test_run_interrupted_by_sigint_never_shows_the_key(work: Path) -> None:
     with running_sandbox(_sandbox(work.parent, latency_ms=150)) as (url, sandbox):
         proc = subprocess.Popen(
@@ -220,9 +224,12 @@ def test_run_interrupted_by_sigint_never_shows_the_key(work: Path) -> None:
             text=True,
         )
         # Wait until writes are under way (the journal exists), then interrupt.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sandbox.state_snapshot().get("routing") in (None, []):
-            time.sleep(0.05)
+        try:
+            wait_until(lambda: sandbox.state_snapshot().get("routing") not in (None, []), "a first write")
+        except AssertionError:
+            proc.kill()
+            proc.communicate(timeout=60)
+            raise
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
         sandbox.write_state(work / "sandbox-state.json")
@@ -231,6 +238,7 @@ def test_run_interrupted_by_sigint_never_shows_the_key(work: Path) -> None:
     assert_key_absent(work, stdout, stderr)
 
 
+@pytest.mark.slow
 def test_api_key_flag_warns_and_never_echoes_the_key(work: Path) -> None:
     with running_sandbox(_sandbox(work.parent)) as (url, sandbox):
         done = run_cli(work, "sheet.csv", *_common(url), "--api-key", KEY, key_in_env=False)
@@ -240,6 +248,7 @@ def test_api_key_flag_warns_and_never_echoes_the_key(work: Path) -> None:
     assert_key_absent(work, done.stdout, done.stderr)
 
 
+@pytest.mark.slow
 def test_exception_text_never_holds_the_key(work: Path) -> None:
     """Run-level errors built while the key is in play (bad URL, unreachable server) stay clean."""
     cases = [
@@ -253,6 +262,7 @@ def test_exception_text_never_holds_the_key(work: Path) -> None:
         assert_key_absent(work, done.stdout, done.stderr)
 
 
+@pytest.mark.slow
 def test_sandbox_cli_with_api_key_flag_never_echoes_it(tmp_path: Path) -> None:
     """The sandbox command prints where it listens and that a key was given, never the key."""
     state = tmp_path / "state.json"

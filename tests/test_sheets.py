@@ -70,6 +70,7 @@ def test_read_table_several_matching_sheets_are_never_chosen_silently(tmp_path: 
     assert isinstance(caught.value, InputError)
 
 
+@pytest.mark.slow
 def test_read_table_choice_needed_crosses_the_child_process_as_data(tmp_path: Path) -> None:
     """The capped child (.xls/.ods) answers the same rule with the same candidates."""
     with pytest.raises(SheetChoiceNeeded) as caught:

@@ -620,6 +620,7 @@ def _full_parse(digits: str) -> str | None:
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:]
 
 
+@pytest.mark.slow
 def test_phone_fast_path_agrees_with_full_parse_for_every_country_code() -> None:
     """The fast path must never give a different answer than phonenumbers.parse + is_valid_number."""
     rng = random.Random(7)
@@ -636,6 +637,7 @@ def test_phone_fast_path_agrees_with_full_parse_for_every_country_code() -> None
     assert checked > 20000
 
 
+@pytest.mark.slow
 def test_phone_fast_path_agrees_with_is_valid_number_on_example_numbers() -> None:
     """Valid and nearly valid numbers of every region and type: the fast path, the full path and
     phonenumbers' own parse + is_valid_number give one answer, and the fast path reads most valid ones."""
@@ -665,6 +667,7 @@ def test_validate_schema_covers_every_field() -> None:
     assert table.row_count == 1
 
 
+@pytest.mark.slow
 def test_phone_quick_path_agrees_with_full_parse_on_formatted_numbers() -> None:
     """Numbers written with spaces, dashes, brackets or a 00 prefix take the quick path: same answers."""
     rng = random.Random(11)

@@ -430,6 +430,7 @@ def _xlsx_text(path: Path) -> str:
 # -- one key, one queue --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
     """At the sandbox's own limit (a window 20x shorter on both sides), two jobs never meet a 429.
 
@@ -677,6 +678,7 @@ def _one_create_per_did(sandbox: Sandbox, n: int) -> None:
     assert state["status_counts"].get("409", 0) == 0
 
 
+@pytest.mark.slow
 def test_web_killed_mid_send_resumes_on_start_one_create_per_did(
     api: tuple[str, Sandbox], tmp_path: Path
 ) -> None:
@@ -702,6 +704,7 @@ def test_web_killed_mid_send_resumes_on_start_one_create_per_did(
     _one_create_per_did(sandbox, 30)
 
 
+@pytest.mark.slow
 def test_web_sigterm_settles_closes_streams_and_resumes(api: tuple[str, Sandbox], tmp_path: Path) -> None:
     base_url, sandbox = api
     sheet = write_sheet(tmp_path / "routing.csv", 30)
@@ -746,6 +749,7 @@ def test_web_sigterm_settles_closes_streams_and_resumes(api: tuple[str, Sandbox]
     _one_create_per_did(sandbox, 30)
 
 
+@pytest.mark.slow
 def test_web_serve_without_key_says_so(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "VOCOBASE_API_KEY"} | {"PYTHONPATH": str(REPO)}
     done = subprocess.run(

@@ -28,6 +28,7 @@ from importer.jobs.validate import read_input
 from importer.options import InputOptions
 from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
 from importer.web import edits as ops
+from importer.web.lifecycle import JobError, JobStatus, Step, next_status
 from importer.web.server import ServeSettings, running_server
 
 TOKEN = "web-edits-token-0123456789-abcdefghijkl"
@@ -358,3 +359,19 @@ def test_edits_operations_survive_a_restart_and_undo_after_it(tmp_path: Path) ->
             undone = _op(web, job_id, op="undo")
             assert undone["changed"] == [13, 14] and undone["rows"][0]["values"][7] == "In Service"
             assert client.post(f"/api/jobs/{job_id}/edits", json={"op": "undo"}).status_code == 409
+
+
+def test_lifecycle_needs_sheet_and_resume_steps() -> None:
+    """A job waiting for its sheet is read again or cancelled, nothing else; a cancelled or
+    stopped one plans the rest, and a busy job takes no resume."""
+    assert next_status(JobStatus.VALIDATING, Step.SHEET_NEEDED) is JobStatus.NEEDS_SHEET
+    assert next_status(JobStatus.NEEDS_SHEET, Step.VALIDATE) is JobStatus.VALIDATING
+    assert next_status(JobStatus.NEEDS_SHEET, Step.CANCEL) is JobStatus.CANCELLED
+    with pytest.raises(JobError, match="needs_sheet; a plan needs a validated job"):
+        next_status(JobStatus.NEEDS_SHEET, Step.PLAN)
+    assert next_status(JobStatus.CANCELLED, Step.RESUME) is JobStatus.PLANNING
+    assert next_status(JobStatus.FAILED, Step.RESUME) is JobStatus.PLANNING
+    with pytest.raises(JobError, match="already done"):
+        next_status(JobStatus.DONE, Step.RESUME)
+    with pytest.raises(JobError, match="busy"):
+        next_status(JobStatus.CANCELLED, Step.RESUME, "an edit is being checked")

@@ -34,6 +34,8 @@ from importer.options import InputOptions
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 from importer.web.server import ServeSettings, running_server
 
+pytestmark = pytest.mark.slow  # browser: a real chromium driving the page, served by subprocesses
+
 TOKEN = "page-test-token-0123456789-abcdefghijk"
 SHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium")

@@ -128,6 +128,7 @@ def test_web_damaged_job_records_listed_others_served_nothing_deleted(tmp_path: 
         assert _files(jobs) == before  # nothing deleted, nothing rewritten
 
 
+@pytest.mark.slow
 def test_web_unreadable_job_database_is_one_line_and_left_alone(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -139,6 +140,7 @@ def test_web_unreadable_job_database_is_one_line_and_left_alone(tmp_path: Path) 
     assert (data / "jobs.sqlite").read_bytes() == b"not a database " * 100
 
 
+@pytest.mark.slow
 def test_web_plan_outcomes_dropped_when_a_send_begins_even_across_a_restart(tmp_path: Path) -> None:
     """Planned, queued, cancelled before sending: after a restart its rows show no planned action."""
     sandbox = create_sandbox(
@@ -298,6 +300,7 @@ def test_web_and_sandbox_keep_alive_requests_do_not_wait_for_delayed_acks(tmp_pa
 # -- item 7: the rate limit across a restart -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_web_restart_keeps_the_rate_window_no_429_at_the_api_limit(tmp_path: Path) -> None:
     """Most of a window's worth through the server, a clean restart, as much again at once: no 429.
 
@@ -378,6 +381,7 @@ def _serve_command(*args: str, token: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_web_short_token_refused_at_start_with_how_to_make_one(tmp_path: Path) -> None:
     done = _serve_command("--data-dir", str(tmp_path / "data"), token="short-token-0123456789")
     assert done.returncode == 2 and done.stdout == ""
@@ -387,6 +391,7 @@ def test_web_short_token_refused_at_start_with_how_to_make_one(tmp_path: Path) -
     )
 
 
+@pytest.mark.slow
 def test_web_non_loopback_host_needs_allowed_host(tmp_path: Path) -> None:
     """Refused before anything listens; with --allowed-host the Host check takes that name."""
     from importer.web.server import build

@@ -138,8 +138,13 @@ class DidIndex:
         self.by_number: dict[str, Did] = {}
         self.add(dids)
 
-    def add(self, dids: Iterable[Did]) -> None:
-        """Add DIDs not yet known (a DID already known keeps its first entry)."""
+    def add(self, dids: Iterable[Did]) -> list[tuple[str, Did]]:
+        """Add DIDs not yet known (a DID already known keeps its first entry).
+
+        Returns:
+            The DIDs added, each with its number key ("" for a DID without a number).
+        """
+        added: list[tuple[str, Did]] = []
         for did in dids:
             if did.did_id in self.by_id:
                 continue
@@ -147,6 +152,8 @@ class DidIndex:
             key = number_key(did.did_number)
             if key:
                 self.by_number.setdefault(key, did)
+            added.append((key, did))
+        return added
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -189,6 +196,20 @@ class _Reader:
         self.list_pages: int | None = None
         self.paged: set[int] = set()
         """DID ids seen on the pages read (the index also holds DIDs sync named)."""
+        self.numbers_left: set[str] = set()
+        self.ids_left: set[int] = set()
+        """What ``find`` still looks for: taken off as the DIDs that name it arrive."""
+
+    def learn(self, dids: Iterable[Did]) -> None:
+        """Index DIDs and strike what they resolve off what is still looked for."""
+        # Only what arrives can resolve a number, so the cost is per DID read, not per DID
+        # still missing per page (20,000 missing numbers x 1,000 pages was 20 million checks).
+        for key, did in self.index.add(dids):
+            self.numbers_left.discard(key)
+            self.ids_left.discard(did.did_id)
+
+    def all_found(self) -> bool:
+        return not self.numbers_left and not self.ids_left
 
     async def lookup(self, numbers: Sequence[str]) -> set[str]:
         """Search each number; return those whose search could not prove absence."""
@@ -202,7 +223,7 @@ class _Reader:
                 found = await self.client.find_dids(number)
             finally:
                 self.did_lookups += self.client.request_count - before
-            self.index.add(found.matches)
+            self.learn(found.matches)
             if not found.conclusive:
                 inconclusive.add(number)
             done += 1
@@ -222,7 +243,7 @@ class _Reader:
             self.did_pages += self.client.request_count - before
         if got.last_page is not None:
             self.list_pages = got.last_page
-        self.index.add(got.dids)
+        self.learn(got.dids)
         fresh = {d.did_id for d in got.dids} - self.paged
         self.paged |= fresh
         # A page with nothing new means the server ignores `page`: stop instead of looping.
@@ -232,39 +253,25 @@ class _Reader:
         """Read pages from ``start`` until the last one, or until ``done()``."""
         await walk_pages(self.page, path=DIDS_PATH, max_pages=self.client.max_pages, start=start, until=done)
 
-    async def find(self, rows: Sequence[NamesADid]) -> None:
-        """Read just the DIDs the rows name that are not known yet, the cheaper way."""
-        # The index only grows, so what is missing only shrinks: filter what was missing, not every
-        # row again after each page (that made reading 1,000 pages for 20,000 rows quadratic).
-        numbers_left, ids_left = _missing(rows, self.index)
-
-        def remaining() -> tuple[set[str], set[int]]:
-            numbers_left.difference_update([n for n in numbers_left if n in self.index.by_number])
-            ids_left.difference_update([i for i in ids_left if i in self.index.by_id])
-            return set(numbers_left), set(ids_left)
-
-        def all_found() -> bool:
-            numbers, ids = remaining()
-            return not numbers and not ids
-
-        numbers, ids = remaining()
-        if not numbers and not ids:
+    async def find(self, numbers: set[str], ids: set[int]) -> None:
+        """Read just the DIDs not known yet (``_missing``'s numbers and ids), the cheaper way."""
+        self.numbers_left, self.ids_left = set(numbers), set(ids)
+        if self.all_found():
             return
         # Every DID known so far is on some page, so the list has at least this many pages.
         at_least = math.ceil(len(self.index) / DID_PAGE_SIZE)
-        if not ids and len(numbers) <= at_least:
-            numbers = await self.lookup(sorted(numbers))
-            if not numbers:
-                return
+        few = not self.ids_left and len(self.numbers_left) <= at_least
+        if few and not await self.lookup(sorted(self.numbers_left)):
+            return
         stop = await self.page(1)
-        numbers, ids = remaining()
-        if stop or (not numbers and not ids):
+        if stop or self.all_found():
             return
         pages = self.list_pages
-        cheaper = not ids and not self.did_lookups and pages is not None and len(numbers) < pages - 1
-        if cheaper and not await self.lookup(sorted(numbers)):
+        left = len(self.numbers_left)
+        cheaper = not self.ids_left and not self.did_lookups and pages is not None and left < pages - 1
+        if cheaper and not await self.lookup(sorted(self.numbers_left)):
             return
-        await self.pages_until(all_found, start=2)
+        await self.pages_until(self.all_found, start=2)
 
 
 async def read_state(
@@ -298,7 +305,7 @@ async def read_state(
         bot_reads = client.request_count - before
     numbers, ids = _missing(rows, index)
     reader = _Reader(client, index, on_read)
-    await reader.find(rows)
+    await reader.find(numbers, ids)
     return Inventory(
         dids_by_id=dict(index.by_id),
         dids_by_number=dict(index.by_number),

@@ -123,39 +123,35 @@ class _Attempt:
         )
 
 
+@dataclass(eq=False)
 class _Engine:
-    """One call of :func:`apply_plan`: the counters, the stop flag, the outcomes so far."""
+    """One call of :func:`apply_plan`: its arguments, the counters, the stop flag, the outcomes so far."""
 
-    def __init__(
-        self,
-        plan: Plan,
-        client: VoiceLinkClient,
-        live: LiveRouting,
-        journal: Journal | None,
-        run_id: int,
-        options: SendOptions,
-        cancel: asyncio.Event,
-        abandon: asyncio.Event | None,
-        on_progress: ProgressCallback | None,
-        limiter: RateLimiter | None,
-        cancel_reason: str = "interrupted",
-    ) -> None:
-        self.cancel_reason = cancel_reason
-        self.plan, self.client, self.live, self.journal, self.run_id = plan, client, live, journal, run_id
-        self.options, self.cancel, self.on_progress, self.limiter = options, cancel, on_progress, limiter
-        self.abandon = abandon
-        self.outcomes: dict[int, RowOutcome] = {}
-        self.stop_reason = ""
-        self.exit_code: ExitCode | None = None
-        self.done = self.succeeded = self.failed = 0
-        self.workers: list[asyncio.Task[None]] = []
-        self.sending: set[asyncio.Task[None]] = set()
-        """Workers inside the client's send of a write (perhaps still waiting for a rate-limit slot)."""
-        self.busy: set[asyncio.Task[None]] = set()
-        """Workers with a write taken from the queue and not finished."""
-        self.dropped: set[asyncio.Task[None]] = set()
-        """Workers cancelled on purpose while waiting for a slot: their write was never sent."""
-        self.abandoning = False
+    plan: Plan
+    client: VoiceLinkClient
+    live: LiveRouting
+    journal: Journal | None
+    run_id: int
+    options: SendOptions
+    cancel: asyncio.Event
+    abandon: asyncio.Event | None
+    on_progress: ProgressCallback | None
+    limiter: RateLimiter | None
+    cancel_reason: str = "interrupted"
+    outcomes: dict[int, RowOutcome] = field(default_factory=dict, init=False)
+    stop_reason: str = field(default="", init=False)
+    exit_code: ExitCode | None = field(default=None, init=False)
+    done: int = field(default=0, init=False)
+    succeeded: int = field(default=0, init=False)
+    failed: int = field(default=0, init=False)
+    workers: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    sending: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    """Workers inside the client's send of a write (perhaps still waiting for a rate-limit slot)."""
+    busy: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    """Workers with a write taken from the queue and not finished."""
+    dropped: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    """Workers cancelled on purpose while waiting for a slot: their write was never sent."""
+    abandoning: bool = field(default=False, init=False)
 
     def stop(self, reason: str, code: ExitCode) -> None:
         if not self.stop_reason:

@@ -18,11 +18,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import Any
 
 from importer.account.inventory import DidRef, Inventory
 from importer.account.records import Did, Routing, number_key
-from importer.engine.journal import ChangeRecord, ConfirmedRow, Fate, InFlightRow, Timeline
+from importer.engine.records import ChangeRecord, ConfirmedRow, InFlightRow
 from importer.engine.resolve import NearIndex, resolve_row
+from importer.engine.timeline import Fate, Timeline
 from importer.fields import ROUTING_FIELDS, routing_body
 from importer.model import RoutingRow, RowOutcome
 from importer.vocab import Action, Decision, OnExisting, ReasonKind, Status
@@ -95,6 +97,40 @@ class Write:
     dry_kind: ReasonKind = ReasonKind.DRY_RUN_UPDATE
     note: str = ""
     """What the plan says about it, for people (shown in plan lines and dry runs)."""
+
+    @classmethod
+    def update(
+        cls,
+        row: int,
+        did_id: int,
+        did_number: str,
+        routing_id: int,
+        target: Mapping[str, int],
+        before: Mapping[str, int | None] | None,
+        **more: Any,
+    ) -> Write:
+        """An update of routing ``routing_id`` to ``target``, sent as it is and expected back so.
+
+        Args:
+            row: The outcome's row.
+            did_id: The DID the routing belongs to.
+            did_number: That DID's number, for people.
+            routing_id: The record the update replaces.
+            target: The record to send.
+            before: The live record when planned (None when it was not read).
+            more: The rest of the write (guard, done, done_kind, dry_kind, note).
+        """
+        return cls(
+            row=row,
+            did_id=did_id,
+            did_number=did_number,
+            action=Action.UPDATE,
+            routing_id=routing_id,
+            body=MappingProxyType(dict(target)),
+            before=None if before is None else MappingProxyType(dict(before)),
+            expect=MappingProxyType(dict(target)),
+            **more,
+        )
 
     def outcome(
         self, status: Status, reason: str, kind: str, *, current: str = "", proposed: str = ""
@@ -342,15 +378,13 @@ def plan_import(
             counts["skip" if skip else "fail"] += 1
             continue
         writes.append(
-            Write(
-                row=row.row,
-                did_id=did_id,
-                did_number=number,
-                action=Action.UPDATE,
-                routing_id=existing.routing_id,
-                body=MappingProxyType(dict(desired)),
-                before=MappingProxyType(dict(existing.record)),
-                expect=MappingProxyType(desired),
+            Write.update(
+                row.row,
+                did_id,
+                number,
+                existing.routing_id,
+                desired,
+                existing.record,
                 done=f"updated; {drift}" if drift else "",
                 note=drift,
             )
@@ -611,15 +645,13 @@ def plan_rollback(
             else f"routing {u.routing_id} restored to its record before run {u.run_id}"
         ) + (IN_FLIGHT_APPLIED if u.reason.endswith(IN_FLIGHT_APPLIED) else "")
         writes.append(
-            Write(
-                row=u.index,
-                did_id=u.did_id,
-                did_number=u.did_number,
-                action=Action.UPDATE,
-                routing_id=u.routing_id,
-                body=MappingProxyType(dict(u.target)),
-                before=None if u.live_record is None else MappingProxyType(dict(u.live_record)),
-                expect=MappingProxyType(dict(u.target)),
+            Write.update(
+                u.index,
+                u.did_id,
+                u.did_number,
+                u.routing_id,
+                u.target,
+                u.live_record,
                 guard=live,
                 done=done,
                 done_kind=u.reason_kind,

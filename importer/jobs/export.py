@@ -30,7 +30,7 @@ from importer.fields import DIRECTION_OF, FIELD_NAMES, MODES, STATUS_LABELS
 from importer.jobs.outputs import check_writable
 from importer.jobs.session import key_fingerprint
 from importer.options import ExportConfig
-from importer.output.results import atomic_workbook, check_workbook_name, save_problem
+from importer.output.paths import atomic_workbook, check_workbook_name, save_problem
 from importer.output.template import ROUTING_SHEET
 
 __all__ = ["ExportSummary", "export_routing"]

@@ -1,7 +1,7 @@
 """The runs a journal records, for people: what ``voicelink-import history`` prints.
 
 ``run_history`` finds the journal the way ``rollback`` does (``rollback.locate_run``) and
-returns typed records (``journal.RunHistory``); ``history_lines`` lays them out as a table.
+returns typed records (``records.RunHistory``); ``history_lines`` lays them out as a table.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from importer.engine.journal import RunHistory
+from importer.engine.records import RunHistory
 from importer.errors import InputError
 from importer.jobs.rollback import locate_run
 from importer.jobs.session import open_journal

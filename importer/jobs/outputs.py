@@ -16,17 +16,15 @@ from typing import TypeVar
 
 from importer.errors import InputError, OutputError, ResultsNotSavedError
 from importer.model import RawTable, RowIssue, RowOutcome, RunInfo, Status
-from importer.output.results import (
-    OutcomeColumns,
+from importer.output.failed import write_failed_rows
+from importer.output.paths import (
     check_workbook_name,
     default_paths,
     failed_path_for,
-    in_words,
     save_problem,
     stamped_path,
-    write_failed_rows,
-    write_results,
 )
+from importer.output.results import OutcomeColumns, in_words, write_results
 from importer.words import Surface
 
 __all__ = [

@@ -36,28 +36,28 @@ import pandas as pd
 
 from importer.account.limiter import RateLimiter
 from importer.engine.apply import Applied, ProgressCallback
-from importer.engine.journal import ChangeRecord, Journal, RunRecord
+from importer.engine.journal import Journal
 from importer.engine.plan import NO_DELETE, Plan, Undo, named_did, plan_rollback, record_text
+from importer.engine.records import ChangeRecord, RunRecord
 from importer.errors import InputError, NothingToDo
 from importer.jobs.outputs import check_writable, default_journal_path, save_with_fallback
 from importer.jobs.session import (
     Ask,
     Session,
-    approve,
     ask_in_loop,
     job_audit,
     now_text,
     open_journal,
     open_session,
-    priced,
     run_info,
     run_sync,
-    send_plan,
+    send_if_confirmed,
 )
 from importer.jobs.summary import RunSummary, job_notes
 from importer.model import RawTable, SourceInfo, Status
 from importer.options import RollbackConfig
-from importer.output.results import check_workbook_name, stamped_path, write_results
+from importer.output.paths import check_workbook_name, stamped_path
+from importer.output.results import write_results
 from importer.vocab import Action, ExitCode, describe_kind
 
 __all__ = [
@@ -440,16 +440,12 @@ async def _rollback(
             plan = plan_rollback(
                 covered.changes, session.inventory, config.force, heading=heading, timeline=timeline
             )
-            plan = priced(plan, config, session)
-            if config.on_plan is not None:
-                config.on_plan(plan)
-            approved = await approve(plan, config, ask)
-            applied, run_id = await send_plan(
+            plan, applied, run_id = await send_if_confirmed(
                 plan,
-                approved=approved,
                 session=session,
                 journal=journal,
                 config=config,
+                ask=ask,
                 start_run=start_run,
                 cancel=cancel,
                 on_progress=on_progress,

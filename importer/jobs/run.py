@@ -40,23 +40,21 @@ from importer.jobs.outputs import (
 from importer.jobs.session import (
     Ask,
     Session,
-    approve,
     ask_in_loop,
     history_of,
     job_audit,
     journal_for,
     now_text,
     open_session,
-    priced,
     run_info,
     run_sync,
-    send_plan,
+    send_if_confirmed,
 )
 from importer.jobs.summary import RunSummary, input_notes, job_notes, top_reasons
 from importer.jobs.validate import every_row, load_and_validate
 from importer.model import Status, ValidationReport
 from importer.options import ImportConfig
-from importer.output.results import failed_path_for
+from importer.output.paths import failed_path_for
 from importer.vocab import ExitCode
 
 __all__ = ["MAX_WRITE_ATTEMPTS", "run_import", "run_import_async", "write_report"]
@@ -159,16 +157,12 @@ async def _run_import(
             plan = plan_import(
                 report.valid, session.inventory, session.inventory.connection, history, config.on_existing
             )
-            plan = priced(plan, config, session)
-            if config.on_plan is not None:
-                config.on_plan(plan)
-            approved = await approve(plan, config, ask)
-            applied, run_id = await send_plan(
+            plan, applied, run_id = await send_if_confirmed(
                 plan,
-                approved=approved,
                 session=session,
                 journal=journal,
                 config=config,
+                ask=ask,
                 start_run=start_run,
                 cancel=cancel,
                 on_progress=on_progress,

@@ -56,6 +56,7 @@ __all__ = [
     "priced",
     "run_info",
     "run_sync",
+    "send_if_confirmed",
     "send_plan",
     "skipped_by_parser",
     "stop_on_signals",
@@ -254,6 +255,40 @@ async def send_plan(
     ), run_id
 
 
+async def send_if_confirmed(
+    plan: Plan,
+    *,
+    session: Session,
+    journal: Journal | None,
+    config: ConnectOptions,
+    ask: Ask,
+    start_run: Callable[[Journal, Session], int],
+    cancel: asyncio.Event | None,
+    on_progress: ProgressCallback | None,
+) -> tuple[Plan, Applied, int]:
+    """Price a job's plan, show it (``on_plan``), ask ``confirm``, send it: every job's steps after planning.
+
+    Returns:
+        The plan with its cost (the report states it), every row's outcome and the journal's run id
+        (0: none started).
+    """
+    plan = priced(plan, config, session)
+    if config.on_plan is not None:
+        config.on_plan(plan)
+    approved = await approve(plan, config, ask)
+    applied, run_id = await send_plan(
+        plan,
+        approved=approved,
+        session=session,
+        journal=journal,
+        config=config,
+        start_run=start_run,
+        cancel=cancel,
+        on_progress=on_progress,
+    )
+    return plan, applied, run_id
+
+
 @contextlib.contextmanager
 def stop_on_signals(cancel: asyncio.Event, abandon: asyncio.Event | None = None) -> Iterator[None]:
     """Ctrl-C or SIGTERM set ``cancel`` (no new writes; those sent settle); a second one ``abandon``."""
@@ -373,11 +408,16 @@ def run_sync(job: Callable[[Ask], Coroutine[Any, Any, R]], async_name: str) -> R
             watched: set[asyncio.Future[Any]] = {main, asked}
             await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
 
-        async def finish() -> R:
-            return await main
+        finished: list[R] = []
+
+        async def finish() -> None:
+            # The result stays off the runner's task: Python 3.11's Runner.run reprs that task on
+            # its way out (signal.getsignal), and a 100,000-row summary's repr takes a second.
+            finished.append(await main)
 
         runner.run(until_asked())  # Ctrl-C here: the runner cancels `main` on closing
         if asked.done() and not main.done():
             confirm, plan = asked.result()
             answer.set_result(confirm(plan))  # no loop runs: a KeyboardInterrupt leaves at once
-        return runner.run(finish())
+        runner.run(finish())
+        return finished[0]

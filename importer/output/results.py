@@ -1,33 +1,26 @@
-"""Write the results workbook (every row's outcome) and the failed-rows file.
+"""Write the results workbook: the Results sheet (every row's outcome), its Errors sheet, and the
+Summary sheet (``summary_sheet``); ``OutcomeColumns`` carries the outcomes into it.
 
-Both files are streamed with xlsxwriter in ``constant_memory`` mode, every cell from the
-input written as text with ``write_string`` (never a formula, whatever it starts with),
-to a temporary file in the target folder that replaces the target only when complete.
+The workbook is streamed with xlsxwriter (``sheet``) to a temporary file in the target folder
+that replaces the target only when complete (``paths.atomic_workbook``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime as dt
-import errno
 import itertools
-import os
-import re
-import secrets
-from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import xlsxwriter
-import xlsxwriter.exceptions
 
-from importer.errors import InputError, OutputError
+from importer.errors import InputError
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status
-from importer.read.xlsx import describe_hidden
+from importer.output.paths import _refuse_input, atomic_workbook
+from importer.output.sheet import EXCEL_MAX_COLUMNS, EXCEL_MAX_ROWS, _Column, _column, _write_table
+from importer.output.summary_sheet import _summary_items, _write_summary
 from importer.vocab import ReasonKind
 from importer.words import Surface, render, render_reason
 
@@ -46,32 +39,11 @@ ROW_COLUMN = "import_row"
 SHEET_COLUMN = "import_sheet"
 """Before ``import_row`` when several sheets were read: the sheet the row is on."""
 
-EXCEL_MAX_ROWS = 1_048_576
-EXCEL_MAX_COLUMNS = 16_384
-EXCEL_MAX_CELL = 32_767
-"""Excel's cell limit, counted in UTF-16 code units."""
-TRUNCATION_MARKER = " …[truncated: cell longer than Excel's 32767 characters]"
-
 _OWN_COLUMNS = frozenset((*RESULT_COLUMNS, *DRY_RUN_COLUMNS, SHEET_COLUMN, ROW_COLUMN))
-_MIN_WIDTH = 6
-_MAX_WIDTH = 60
-_WORKBOOK_OPTIONS = {"constant_memory": True}
 _FAILED_FILL = {"bg_color": "#FFC7CE", "font_color": "#9C0006"}
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
-_StringWriter = Callable[..., int]
 _ErrorLine = tuple[int, str, str, str, str]
 """row, column, value, message, kind"""
-
-
-@dataclass(frozen=True, slots=True)
-class _Column:
-    """One output column: its header and its cleaned cell texts."""
-
-    header: str
-    values: list[str]
-    truncated: int
-    width: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,74 +106,6 @@ class OutcomeColumns:
         failed = self.failed()
         return dict(
             zip(itertools.compress(self.row, failed), itertools.compress(self.reason, failed), strict=True)
-        )
-
-
-def default_paths(input_path: Path) -> tuple[Path, Path]:
-    """Return where the results and failed-rows workbooks go by default.
-
-    Args:
-        input_path: The imported file.
-
-    Returns:
-        ``(<dir>/<stem>.results.xlsx, <dir>/<stem>.failed.xlsx)``; neither can equal the input,
-        since both end in a suffix the input's own name cannot end in.
-    """
-    folder, stem = input_path.parent, input_path.stem
-    return folder / f"{stem}.results.xlsx", folder / f"{stem}.failed.xlsx"
-
-
-def stamped_path(path: Path, when: dt.datetime) -> Path:
-    """Return a free name beside ``path`` with a timestamp: ``x.results.xlsx`` -> ``x.results.<stamp>.xlsx``.
-
-    Args:
-        path: The name that is taken (``<stem>.results.xlsx``).
-        when: The time to stamp (local time, to the second).
-
-    Returns:
-        ``<stem>.results.<YYYYmmdd-HHMMSS>.xlsx``, with ``-2``, ``-3``... added when that is taken too
-        (the failed-rows name that goes with it, by ``failed_path_for``, must be free as well).
-    """
-    stem = path.name[: -len(".xlsx")] if path.name.lower().endswith(".xlsx") else path.name
-    stamp = when.strftime("%Y%m%d-%H%M%S")
-    for n in itertools.count(1):
-        candidate = path.with_name(f"{stem}.{stamp}{'' if n == 1 else f'-{n}'}.xlsx")
-        if not candidate.exists() and not failed_path_for(candidate).exists():
-            return candidate
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-_RESULTS_NAME = re.compile(r"(?P<stem>.*)\.results(?P<stamp>\.\d{8}-\d{6}(?:-\d+)?)?\.xlsx", re.IGNORECASE)
-
-
-def failed_path_for(results: Path) -> Path:
-    """Return the failed-rows file that goes with a results workbook, beside it.
-
-    Args:
-        results: The results workbook.
-
-    Returns:
-        ``x.results.xlsx`` -> ``x.failed.xlsx``, ``x.results.<stamp>.xlsx`` -> ``x.failed.<stamp>.xlsx``,
-        any other ``x.xlsx`` -> ``x.failed.xlsx``.
-    """
-    match = _RESULTS_NAME.fullmatch(results.name)
-    if match:
-        return results.with_name(f"{match['stem']}.failed{match['stamp'] or ''}.xlsx")
-    name = results.name
-    stem = name[: -len(".xlsx")] if name.lower().endswith(".xlsx") else name
-    return results.with_name(f"{stem}.failed.xlsx")
-
-
-def check_workbook_name(path: Path, option: str = "-o") -> None:
-    """Refuse an output name that does not end in .xlsx: the tool writes only workbooks.
-
-    Raises:
-        InputError: the name ends otherwise (``out.csv`` would be a workbook named .csv).
-    """
-    if path.suffix.lower() != ".xlsx":
-        raise InputError(
-            f"{path.name}: results are always an Excel workbook; give {option} a name ending in .xlsx "
-            f"(e.g. {path.with_suffix('.xlsx').name})"
         )
 
 
@@ -291,48 +195,6 @@ def write_results(
         )
 
 
-FAILED_COLUMNS = ("import_reason", ROW_COLUMN)
-"""Added after the input's columns in the failed-rows file: why the row failed, and its row in the input."""
-
-
-def write_failed_rows(
-    path: Path, table: RawTable, rows: Collection[int], reasons: Mapping[int, str] | None = None
-) -> None:
-    """Write only the given rows, in the input's own columns and headers, ready to fix and re-import.
-
-    The input's columns come first, unchanged, so column letters stay those of the input; then
-    ``import_reason`` and ``import_row`` (the row's number in the input), which the next import
-    carries along as ordinary columns.
-
-    Args:
-        path: The workbook to write; replaced atomically, never the input file.
-        table: The input as read.
-        rows: Excel row numbers of the rows to keep (rows of ``table``).
-        reasons: Each row's reason (a row not in it gets an empty reason).
-
-    Raises:
-        InputError: ``path`` is the input file.
-        ValueError: A row number is not a row of the table.
-    """
-    _refuse_input(path, table)
-    wanted = set(rows)
-    index = table.frame.index
-    missing = wanted.difference(index.tolist())
-    if missing:
-        raise ValueError(f"rows not in the table: {sorted(missing)[:10]}")
-    kept = table.frame[index.isin(wanted)]
-    columns = _input_columns(table.headers, kept)
-    numbers = kept.index.tolist()
-    columns.append(_column(FAILED_COLUMNS[0], [(reasons or {}).get(r, "") for r in numbers]))
-    columns += _origin_columns(table, numbers)
-    with atomic_workbook(path) as book:
-        text = book.add_format({"num_format": "@"})
-        bold = book.add_format({"bold": True, "num_format": "@"})
-        sheet = book.add_worksheet(_sheet_name(None if table.row_sheets else table.source.sheet))
-        # Text-formatted columns keep the digits of numbers the user types in while fixing rows.
-        _write_table(sheet, columns, bold, None, [False] * len(wanted), column_format=text)
-
-
 # --- the Results sheet ---------------------------------------------------------------------------------
 
 
@@ -387,71 +249,7 @@ def _result_values(
         yield "import_proposed", list(outcomes.proposed)
 
 
-def _column(header: str, values: list[str], min_width: int = _MIN_WIDTH) -> _Column:
-    """Make cell texts safe for Excel and size the column from them."""
-    truncated = 0
-    longest = max(map(len, values), default=0)
-    # A whole-column encode is C-speed; only columns that fail it pay for a per-cell fix.
-    try:
-        "".join(values).encode("utf-8")
-    except UnicodeEncodeError:
-        values = [_LONE_SURROGATE.sub("\ufffd", v) for v in values]
-    # Half the limit in characters cannot exceed the limit in UTF-16 units.
-    if longest > EXCEL_MAX_CELL // 2:
-        fitted = [_fit_cell(v) for v in values]
-        truncated = sum(a is not b for a, b in zip(values, fitted, strict=True))
-        values = fitted
-    width = min(max(len(header) + 2, min(longest, _MAX_WIDTH) + 1, min_width), max(_MAX_WIDTH, min_width))
-    return _Column(_fit_cell(_LONE_SURROGATE.sub("\ufffd", header)), values, truncated, width)
-
-
-def _fit_cell(value: str) -> str:
-    """Cut a string to Excel's cell limit with a visible marker; return it unchanged when it fits."""
-    if len(value) <= EXCEL_MAX_CELL // 2:
-        return value
-    units = value.encode("utf-16-le")
-    if len(units) // 2 <= EXCEL_MAX_CELL:
-        return value
-    room = (EXCEL_MAX_CELL - len(TRUNCATION_MARKER.encode("utf-16-le")) // 2) * 2
-    # "ignore" drops half of a surrogate pair cut at the boundary.
-    return units[:room].decode("utf-16-le", errors="ignore") + TRUNCATION_MARKER
-
-
-def _write_table(
-    sheet: Any,
-    columns: list[_Column],
-    header_format: Any,
-    fill: Any,
-    highlighted: list[bool],
-    *,
-    column_format: Any = None,
-) -> None:
-    """Stream a header and rows of text cells; highlighted rows get ``fill`` on every cell."""
-    last_col = len(columns) - 1
-    for c, column in enumerate(columns):
-        sheet.set_column(c, c, column.width, column_format)
-        sheet.write_string(0, c, column.header, header_format)
-    sheet.freeze_panes(1, 0)
-    sheet.autofilter(0, 0, len(highlighted), last_col)
-
-    write: _StringWriter = sheet.write_string
-    blank: _StringWriter = sheet.write_blank
-    rows = zip(*(column.values for column in columns), strict=True) if columns else iter(())
-    for r, (values, marked) in enumerate(zip(rows, highlighted, strict=True), start=1):
-        if marked:
-            for c, value in enumerate(values):
-                if value:
-                    write(r, c, value, fill)
-                else:
-                    blank(r, c, None, fill)
-        else:
-            # Empty cells are left out: they read back as empty and keep the file small.
-            for c, value in enumerate(values):
-                if value:
-                    write(r, c, value)
-
-
-# --- the Errors and Summary sheets ---------------------------------------------------------------------
+# --- the Errors sheet -----------------------------------------------------------------------------------
 
 _ERROR_HEADERS = ("row", "column", "value", "message", "kind")
 _ERROR_WIDTHS = (8, 24, 24, 80, 18)
@@ -485,147 +283,3 @@ def _write_errors(sheet: Any, lines: list[_ErrorLine], bold: Any, table: RawTabl
         columns.insert(0, _column("sheet", [sheet or "" for sheet, _row in origins], min_width=16))
     _write_table(sheet, columns, bold, None, [False] * len(kept))
     return len(kept)
-
-
-def _summary_items(
-    table: RawTable,
-    outcomes: OutcomeColumns,
-    issues: Sequence[RowIssue],
-    info: RunInfo,
-    columns: list[_Column],
-    errors_left_out: int,
-) -> list[tuple[str, str | int | None]]:
-    """List the Summary sheet's lines; a line whose value is None is a section title."""
-    src = table.source
-    delimiter = {"\t": "tab", " ": "space"}.get(src.delimiter or "", src.delimiter or "")
-    items: list[tuple[str, str | int | None]] = [
-        ("Input", None),
-        ("file", src.path.name),
-        ("path", str(src.path)),
-        ("sha256", src.sha256),
-        ("format", src.format),
-        ("sheet", src.sheet or ""),
-        (
-            "encoding",
-            f"{src.encoding} ({src.encoding_chosen})" if src.encoding_chosen else src.encoding or "",
-        ),
-        ("delimiter", delimiter),
-        ("header row", src.header_row),
-        ("rows read", table.row_count),
-        *describe_hidden(table),
-        ("Run", None),
-        ("command", info.command),
-        ("started", info.started),
-        ("finished", info.finished),
-    ]
-    items += [(f"option {name}", value) for name, value in info.options.items()]
-    items += [(name, value) for name, value in info.audit.items()]
-    by_status = Counter(outcomes.status)
-    items.append(("Rows by status", None))
-    items += [(info.status_labels.get(status, status.value), by_status[status]) for status in Status]
-    items.append(("Rows by reason", None))
-    by_reason = Counter(outcomes.reason_kind)
-    by_reason.pop("", None)
-    items += sorted(by_reason.items())
-    items.append(("Problems by kind", None))
-    items += sorted(Counter(i.kind for i in issues).items())
-    truncated = sum(c.truncated for c in columns)
-    notes: list[tuple[str, str | int | None]] = [("note", note) for note in info.notes]
-    if truncated:
-        notes.append(("cells truncated", f"{truncated} cells over Excel's limit were cut, marked at the end"))
-    if errors_left_out:
-        notes.append(("problems left out", f"{errors_left_out} problems did not fit in the Errors sheet"))
-    if notes:
-        items += [("Notes", None), *notes]
-    return items
-
-
-def _write_summary(sheet: Any, items: list[tuple[str, str | int | None]], bold: Any) -> None:
-    sheet.set_column(0, 0, 24)
-    sheet.set_column(1, 1, 70)
-    for r, (name, value) in enumerate(items):
-        if value is None:
-            sheet.write_string(r, 0, name, bold)
-            continue
-        sheet.write_string(r, 0, name)
-        if isinstance(value, int):
-            sheet.write_number(r, 1, value)
-        else:
-            sheet.write_string(r, 1, _fit_cell(_LONE_SURROGATE.sub("\ufffd", value)))
-
-
-# --- files ---------------------------------------------------------------------------------------------
-
-
-def _refuse_input(path: Path, table: RawTable) -> None:
-    source = table.source.path
-    same = path.resolve() == source.resolve()
-    if not same and path.exists() and source.exists():
-        same = os.path.samefile(path, source)
-    if same:
-        raise InputError(f"refusing to overwrite the input file {source.name}: choose another output path")
-
-
-def _sheet_name(name: str | None) -> str:
-    """Return ``name`` made valid as an Excel sheet name, or 'Sheet1'."""
-    cleaned = re.sub(r"[\[\]:*?/\\]", "_", name or "").strip("'")[:31]
-    return cleaned or "Sheet1"
-
-
-def save_problem(exc: OSError, *, replacing: bool) -> str:
-    """Say in plain words why a file could not be saved (never naming a temp file).
-
-    Args:
-        exc: The error from creating the folder, writing the temp file or replacing the target.
-        replacing: True when the temp file was written and only replacing the target failed, so
-            the folder is writable and a refusal comes from the target file itself.
-    """
-    code = exc.errno
-    if code in (errno.EACCES, errno.EPERM):
-        if replacing:
-            return "the file is locked by another program (open in Excel?) or read-only"
-        return "permission denied (the folder is read-only or belongs to another user)"
-    reasons = {
-        errno.ENOENT: "the folder does not exist",
-        errno.ENOTDIR: "a part of the path is a file, not a folder",
-        errno.EEXIST: "a part of the path is a file, not a folder",
-        errno.EISDIR: "a folder has that name",
-        errno.EROFS: "the disk is read-only",
-        errno.ENOSPC: "the disk is full",
-        errno.EDQUOT: "the disk quota is used up",
-        errno.ENAMETOOLONG: "the name is too long",
-    }
-    if code in reasons:
-        return reasons[code]
-    return (os.strerror(code) if code else type(exc).__name__).lower()
-
-
-@contextlib.contextmanager
-def atomic_workbook(path: Path) -> Iterator[Any]:
-    """Yield a streaming workbook written to a temp file that replaces ``path`` once complete.
-
-    The results, failed-rows and export workbooks are written through here, so a reader
-    never sees a half-written file and a failed save leaves the earlier one in place.
-
-    Failing to save raises ``OutputError`` naming ``path`` (the temp file is an internal detail)
-    with a plain reason. The folder must exist (``jobs.outputs.check_writable`` makes it).
-    """
-    # Not mkstemp: its 0600 mode would stick to the final file; this name is unique enough.
-    temp_name = str(path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
-    replacing = False
-    try:
-        book = xlsxwriter.Workbook(temp_name, _WORKBOOK_OPTIONS)
-        try:
-            yield book
-        finally:
-            book.close()
-        replacing = True
-        os.replace(temp_name, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        # xlsxwriter wraps the OSError of writing the file in FileCreateError.
-        cause = exc.args[0] if isinstance(exc, xlsxwriter.exceptions.FileCreateError) and exc.args else exc
-        if isinstance(cause, OSError):
-            raise OutputError(path, save_problem(cause, replacing=replacing)) from None
-        raise

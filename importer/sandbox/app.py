@@ -375,11 +375,13 @@ class Sandbox:
         ]
         # Lean: routing only, as a sync that does not carry the lists would answer.
         listed = [] if self.config.lean_sync else dids
+        # Each DID's item appears twice (dids[] and readiness[].remote_did): rendered once.
+        items = [account.did_item(d, as_int=True) for d in listed]
         return {
             "clients": [],
             "dids": [
-                {**account.did_item(d, as_int=True), "phone_number": "+" + d.did_number, "is_expired": False}
-                for d in listed
+                {**item, "phone_number": "+" + d.did_number, "is_expired": False}
+                for d, item in zip(listed, items, strict=True)
             ],
             "available_dids": [],
             "bots": [
@@ -389,7 +391,7 @@ class Sandbox:
             ],
             "routing": [account.routing_item(r, as_int=True) for r in routing],
             "local_phone_numbers": [],
-            "readiness": [account.readiness(d) for d in listed],
+            "readiness": [account.readiness(d, item) for d, item in zip(listed, items, strict=True)],
             "drift": [],
         }
 

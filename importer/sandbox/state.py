@@ -51,6 +51,9 @@ __all__ = [
 SANDBOX_API_KEY = "rg_test_sandbox_key_0000"
 """The sandbox's documented default key; it opens nothing outside the sandbox."""
 
+_BOT_ID_ORDER = tuple(sorted(BOT_ID_FIELDS, reverse=True))
+"""The bot id fields in the order readiness looks at them (sorted once, not per DID)."""
+
 DEFAULT_INVENTORY = "inventory.json"
 """The packaged inventory (in ``importer.data``) a sandbox serves unless given another."""
 
@@ -343,15 +346,15 @@ class Account:
             "is_default": conn.is_default,
         }
 
-    def readiness(self, did: Did) -> dict[str, Any]:
-        """Render sync's readiness entry for a DID: routed to a bot, routed otherwise, or unrouted."""
+    def readiness(self, did: Did, item: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Render sync's readiness entry for a DID: routed to a bot, routed otherwise, or unrouted.
+
+        ``item`` is the DID's ``did_item(did, as_int=True)`` when the caller has it already
+        (sync renders every DID twice: in ``dids`` and here).
+        """
         routing_id = self.routing_by_did.get(did.id)
         record = self.routing[routing_id] if routing_id is not None else None
-        bot_ids = (
-            [record.values[n] for n in sorted(BOT_ID_FIELDS, reverse=True) if n in record.values]
-            if record
-            else []
-        )
+        bot_ids = [record.values[n] for n in _BOT_ID_ORDER if n in record.values] if record else []
         bot = self.bots.get(bot_ids[0]) if bot_ids else None
         if record is None:
             state, issues, actions = (
@@ -368,7 +371,7 @@ class Account:
             "phone_number": "+" + did.did_number,
             "state": state,
             "issues": issues,
-            "remote_did": self.did_item(did, as_int=True),
+            "remote_did": self.did_item(did, as_int=True) if item is None else item,
             "local_phone_number": None,
             "routing": self.routing_item(record, as_int=True) if record else None,
             "bot": self.bot_item(bot) if bot else None,

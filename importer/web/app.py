@@ -53,7 +53,7 @@ from importer.read.sniff import Format, sniff
 from importer.vocab import OnExisting
 from importer.web import engine, observe, ratememory
 from importer.web.audit import parse_since
-from importer.web.jobs import Job, JobError, JobService, JobStatus, safe_name
+from importer.web.jobs import Job, JobDamaged, JobError, JobService, JobStatus, safe_name
 from importer.web.notify import Notifier
 from importer.web.pages import page_routes
 from importer.web.people import People
@@ -97,6 +97,10 @@ class WebConfig:
 
 class _TooLarge(Exception):
     pass
+
+
+class _BadBody(Exception):
+    """A request body the API cannot take (400 with the message)."""
 
 
 def _counting(receive: Receive, limit: int) -> Receive:
@@ -221,6 +225,10 @@ async def accept_upload(request: Request, service: JobService, config: WebConfig
     except FormParserError:
         raise UploadRefused(400, "the upload is not a well-formed multipart form") from None
     except ClientDisconnect:
+        observe.LOGGER.warning(
+            "an upload was cut off before it ended (the client went away); nothing was kept",
+            extra={"fields": {"event": "refused", "reason": "upload cut off"}},
+        )
         raise UploadRefused(400, "the upload was cut off before it ended; nothing was kept") from None
     except OSError as exc:
         raise _disk_refusal(exc) from None
@@ -307,6 +315,10 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
                 return await handler(request, job)
             except JobError as exc:
                 return _error(409, str(exc))
+            except _BadBody as exc:
+                return _error(400, str(exc))
+            except JobDamaged as exc:
+                return _error(410, str(exc))  # logged where it was found
             except LookupError as exc:
                 return _error(404, str(exc))
             except ImporterError as exc:
@@ -324,6 +336,12 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
             return json.loads(body or b"{}")
         except ValueError:
             raise JobError("the body is not JSON") from None
+        except RecursionError:
+            observe.LOGGER.warning(
+                f"{request.method} {request.url.path}: refused a JSON body nested too deeply",
+                extra={"fields": {"event": "refused", "reason": "json nested too deeply"}},
+            )
+            raise _BadBody("the body's JSON is nested too deeply (send a flat object)") from None
 
     async def list_jobs(request: Request) -> Response:
         jobs = service.list()
@@ -555,7 +573,12 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         Route("/api/jobs/{job_id}/results.xlsx", with_job(download("results")), methods=["GET"]),
         Route("/api/jobs/{job_id}/failed.xlsx", with_job(download("failed")), methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+
+    async def damaged(request: Request, exc: Exception) -> Response:
+        # A page (not the API, which answers in ``with_job``) reached files that went bad.
+        return PlainTextResponse(str(exc), status_code=410)
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={JobDamaged: damaged})
 
     def owner(job_id: str) -> str | None:
         job = service.get(job_id)

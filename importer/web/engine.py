@@ -21,8 +21,8 @@ import httpx
 
 from importer.account.limiter import RateLimiter
 from importer.engine.apply import Progress
-from importer.engine.journal import ConfirmedRow
 from importer.engine.plan import Plan, writes_fingerprint
+from importer.engine.records import ConfirmedRow
 from importer.errors import ImporterError
 from importer.jobs import validate as validate_job
 from importer.jobs.outputs import write_outputs

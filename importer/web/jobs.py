@@ -4,6 +4,7 @@ A job's folder holds everything it needs to carry on after a restart::
 
     input/<name>      the upload as received (never changed)
     edits.json        cell corrections, applied to the table after reading
+    operations.json   the edit operations (``web.edits``) that made them, with their undos
     journal.sqlite    the engine's journal (what was sent, what came back)
     plan.json         the plan shown (its writes, settled rows, counts, cost) and its inputs' fingerprint
     results.xlsx      the results workbook (plan.results.xlsx for a plan), failed.xlsx
@@ -25,271 +26,56 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import enum
-import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import EllipsisType
-from typing import Any, TypeVar
+from typing import Any
 
 from importer import words
 from importer.account.limiter import RateLimiter
-from importer.engine.journal import Journal
-from importer.engine.plan import Plan, plan_from_dict, plan_to_dict, writes_fingerprint
+from importer.engine.plan import Plan
 from importer.errors import ImporterError
 from importer.jobs.session import now_text
-from importer.jobs.validate import failed_outcome, read_input, reasons_by_row, skipped_outcome
-from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
+from importer.jobs.validate import read_input
+from importer.model import Action, RowOutcome, Status, ValidationReport
 from importer.options import InputOptions
-from importer.output.results import write_failed_rows
+from importer.output.failed import write_failed_rows
 from importer.read.sheets import SheetChoiceNeeded
-from importer.vocab import OnExisting, ReasonKind
+from importer.vocab import OnExisting
 from importer.web import edits as ops
-from importer.web import engine, observe, ratememory
+from importer.web import engine, observe, ratememory, views
 from importer.web.audit import AuditLog
 from importer.web.engine import Connection, Edit, SendProgress
-from importer.web.store import DamagedRecord, JobStore, decode_list, decode_object, full_disk
-
-__all__ = ["Job", "JobService", "JobStatus", "safe_name"]
-
-JOB_ID = re.compile(r"[0-9a-f]{24}")
-RESIDENT_TABLES = 3
-"""Validated tables kept in memory; others are read again from their folder when asked for."""
-
-
-class JobStatus(enum.StrEnum):
-    """Where a job is; ``failed`` means the job itself could not go on (``error`` says why)."""
-
-    VALIDATING = "validating"
-    VALIDATED = "validated"
-    NEEDS_SHEET = "needs_sheet"
-    """Several sheets name the fields and none was chosen: the user picks (``sheet_list``)."""
-    PLANNING = "planning"
-    PLANNED = "planned"
-    SENDING = "sending"
-    DONE = "done"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-
-
-MORE_OPTIONS = frozenset(
-    {"sheets", "encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"}
+from importer.web.lifecycle import JobError, JobStatus, Step, next_status
+from importer.web.records import (
+    JOB_ID,
+    KEEPS_OUTCOMES,
+    MORE_OPTIONS,
+    PLAN_AGAIN,
+    RESIDENT_TABLES,
+    Job,
+    JobDamaged,
+    damaged_entry,
+    dry_run_outcomes,
+    import_folder,
+    journal_has_runs,
+    keep_plan_file,
+    outcome_dict,
+    outcome_from,
+    read_plan,
+    reason_of,
+    safe_name,
 )
-EDITABLE = frozenset({JobStatus.VALIDATED, JobStatus.PLANNED})
-FINISHED = frozenset({JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED})
-KEEPS_OUTCOMES = frozenset({JobStatus.DONE, JobStatus.CANCELLED})
-"""States whose per-row outcomes are in the store (written when the send ended); a planned
-job's are its plan's (plan.json)."""
-PLAN_AGAIN = "plan it again (“Check against my account”), review the plan, then start"
+from importer.web.store import DamagedRecord, JobStore, decode_list, full_disk
+from importer.web.work import DEFAULT_WORKERS, WorkQueue, in_background
 
-NO_PROGRESS: Mapping[str, Any] = {
-    "done": 0,
-    "total": 0,
-    "succeeded": 0,
-    "failed": 0,
-    "eta_seconds": None,
-    "paused_seconds": 0,
-}
-"""A job's progress before its send reports any (the send's reports carry every one of these)."""
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(name: str, suffix: str = "") -> str:
-    """A file name that is safe on disk and in a Content-Disposition header."""
-    stem = _UNSAFE.sub("_", Path(name.replace("\\", "/")).name).strip(" .") or "upload"
-    stem = stem[:80]
-    if suffix and not stem.lower().endswith(suffix):
-        stem = Path(stem).stem[:80] + suffix
-    return stem
-
-
-class JobError(Exception):
-    """A request a job cannot take in its state; the API answers 409 with the message."""
-
-
-@dataclass(slots=True)
-class Job:
-    """One import job: what its stored record holds, plus what lives only while the server runs."""
-
-    id: str
-    folder: Path
-    file: str
-    upload: str
-    created: str
-    status: JobStatus = JobStatus.VALIDATING
-    error: str = ""
-    sheet: str | None = None
-    sheets: list[str] = field(default_factory=list)
-    """Several sheets chosen, read as one table (each row names its sheet); [] : ``sheet``."""
-    sheet_list: list[dict[str, Any]] = field(default_factory=list)
-    """Every visible sheet of a workbook as the reader surveyed it: name, rows, matches."""
-    header_row: int | None = None
-    """The header's Excel row when the user chose it; None: where the reader found it."""
-    default_region: str | None = None
-    column_map: dict[str, str] = field(default_factory=dict)
-    encoding: str | None = None
-    skip_hidden_rows: bool = False
-    ignore_columns: list[str] = field(default_factory=list)
-    on_existing: str = OnExisting.UPDATE.value
-    max_error_rate: float | None = None
-    uploaded_by: str = ""
-    client: str = ""
-    rows: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    problems: dict[str, int] = field(default_factory=dict)
-    progress: dict[str, Any] = field(default_factory=dict)
-    plan: str = ""
-    planned: dict[str, Any] = field(default_factory=dict)
-    """The plan shown, as counts (``plan_summary``), with its inputs' and writes' fingerprints."""
-    notes: list[str] = field(default_factory=list)
-    """How the upload was read and what the last plan or send noted (``RunSummary.notes``)."""
-    budget: dict[str, float | int] = field(default_factory=dict)
-    """After a plan: the reads and writes a send will make and the time the rate limit needs."""
-    stopped: str = ""
-    columns: list[str] = field(default_factory=list)
-    mapping: dict[str, str] = field(default_factory=dict)
-    source: dict[str, Any] = field(default_factory=dict)
-    finished: str = ""
-    # -- runtime only --
-    report: ValidationReport | None = None
-    shown: Plan | None = None
-    """The plan shown (plan.json), read with the table."""
-    resuming: bool = False
-    """Found sending at start: the send the user confirmed goes on from its journal."""
-    outcomes: dict[int, RowOutcome] = field(default_factory=dict)
-    edits: list[Edit] = field(default_factory=list)
-    operations: list[ops.Operation] = field(default_factory=list)
-    """The edit operations (``web.edits``), in operations.json; ``edits`` holds their cells."""
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-    interrupted: bool = False
-    """Stopped by a server shutdown: stays ``sending`` and resumes on the next start."""
-    version: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    queue_position: int | None = None
-    view: tuple[int, list[str], dict[int, list[RowIssue]]] | None = None
-    """Per-row statuses and issues for paging, as of ``version``."""
-
-    STORED = (
-        *("id", "file", "upload", "created", "status", "error", "sheet", "default_region", "column_map"),
-        *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
-        *("columns", "mapping", "source", "finished", "header_row", "planned", "notes"),
-        *("encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"),
-        *("sheets", "sheet_list"),
-    )
-
-    @property
-    def input_path(self) -> Path:
-        return self.folder / "input" / self.upload
-
-    def input_options(self) -> InputOptions:
-        return InputOptions(
-            path=self.input_path,
-            sheets=tuple(self.sheets) or ((self.sheet,) if self.sheet else ()),
-            column_map=dict(self.column_map),
-            default_region=self.default_region,
-            encoding=self.encoding,
-            skip_hidden_rows=self.skip_hidden_rows,
-            ignore_columns=tuple(self.ignore_columns),
-            header_row=self.header_row,
-        )
-
-    def inputs_fingerprint(self) -> str:
-        """A digest of everything a plan depends on besides the account: the upload, the
-        corrections and every option. A plan is sent only while this is what it was."""
-        inputs = {
-            "sha256": self.source.get("sha256"),
-            "edits": [dataclasses.asdict(e) for e in self.edits],
-            **({"excluded": sorted(excluded)} if (excluded := ops.excluded_rows(self.operations)) else {}),
-            "options": {
-                "sheet": self.sheet,
-                **({"sheets": self.sheets} if self.sheets else {}),
-                "header_row": self.header_row,
-                "default_region": self.default_region,
-                "map": self.column_map,
-                "encoding": self.encoding,
-                "skip_hidden_rows": self.skip_hidden_rows,
-                "ignore_columns": self.ignore_columns,
-                "on_existing": self.on_existing,
-                "max_error_rate": self.max_error_rate,
-            },
-        }
-        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-
-    def stored(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.STORED}
-
-    def touch(self) -> None:
-        """Wake everyone watching this job (event streams) after a change."""
-        self.version += 1
-        self.view = None
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    async def wait_change(self, seen: int, timeout: float) -> bool:
-        """Wait until the job changed after version ``seen``; False on timeout."""
-        if self.version != seen:
-            return True
-        try:
-            async with asyncio.timeout(timeout):
-                await self.changed.wait()
-        except TimeoutError:
-            return False
-        return True
-
-
-T = TypeVar("T")
-
-
-async def in_background(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run blocking work (reading, validating, writing a workbook) in a daemon thread.
-
-    Not ``asyncio.to_thread``: the loop's executor is joined when the server exits, so a
-    shutdown would wait for a long validation. Work abandoned this way is safe to drop: the
-    job is validated again on the next start, and workbooks are replaced atomically.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def work() -> None:
-        try:
-            result: Any = fn(*args, **kwargs)
-            ok = True
-        except BaseException as exc:  # handed to the awaiting task, which decides
-            result, ok = exc, False
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
-            loop.call_soon_threadsafe(settle, ok, result)
-
-    threading.Thread(target=work, name="voicelink-web-work", daemon=True).start()
-    return await future
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+__all__ = ["Job", "JobDamaged", "JobError", "JobService", "JobStatus", "in_background", "safe_name"]
 
 
 def _write_edits(folder: Path, edits: Sequence[Edit], operations: Sequence[ops.Operation]) -> None:
@@ -306,118 +92,10 @@ def _write_edits(folder: Path, edits: Sequence[Edit], operations: Sequence[ops.O
         os.replace(tmp, folder / name)
 
 
-def _outcome_dict(o: RowOutcome) -> dict[str, Any]:
-    return {name: getattr(o, name) for name in RowOutcome.__slots__}
-
-
-def _outcome_from(d: Mapping[str, Any]) -> RowOutcome:
-    values = dict(d)
-    values["status"] = Status(values["status"])
-    values["action"] = Action(values["action"])
-    return RowOutcome(**values)
-
-
-def _reason(exc: BaseException) -> str:
-    """An error in a few words, for a damaged job's reason or a log line (no traceback)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def damaged_entry(job_id: str, reason: str) -> dict[str, Any]:
-    """A damaged job as the jobs list shows it: the shape of a snapshot, ``error`` saying why."""
-    return {
-        "id": job_id,
-        "status": "damaged",
-        "file": "",
-        "created": "",
-        "finished": None,
-        "uploaded_by": "",
-        "rows": 0,
-        "counts": {},
-        "problems": {},
-        "progress": dict(NO_PROGRESS),
-        "queue_position": None,
-        "error": reason,
-        "stopped": None,
-        "plan": None,
-        "budget": None,
-        "options": {},
-        "source": {},
-        "columns": [],
-        "mapping": {},
-        "edits": 0,
-    }
-
-
-def _import_folder(store: JobStore, folder: Path) -> None:
-    """Take a job kept in job.json and outcomes.json (before the database) into the store, once.
-
-    A file that cannot be read makes the job damaged, with the reason; the files are left as they are.
-    """
-    damaged: str | None = None
-    try:
-        raw = (folder / "job.json").read_bytes()
-    except OSError as exc:
-        raw, damaged = b"", f"job.json cannot be read: {_reason(exc)}"
-    outcomes = folder / "outcomes.json"
-    if damaged is None and outcomes.is_file():
-        try:
-            rows = [_outcome_from(o) for o in decode_list(outcomes.read_bytes(), "outcomes.json")]
-            store.put_outcomes(folder.name, [_outcome_dict(o) for o in rows])
-        except DamagedRecord as exc:
-            damaged = str(exc)
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            damaged = f"outcomes.json has a missing or wrong entry ({_reason(exc)})"
-    if damaged is None:
-        try:
-            decode_object(raw, "job.json")
-        except DamagedRecord as exc:
-            damaged = str(exc)
-    store.put_raw(folder.name, raw, damaged)
-
-
-def plan_summary(plan: Plan) -> dict[str, Any]:
-    """What the plan and Send pages state about a plan, kept in job.json (no table needed)."""
-    actions = collections.Counter(w.action for w in plan.writes)
-    held = collections.Counter(
-        o.reason_kind or "failed" for o in plan.outcomes if o.action in (Action.FAIL, Action.SKIP)
-    )
-    return {
-        "create": actions[Action.CREATE],
-        "update": actions[Action.UPDATE],
-        "unchanged": sum(1 for o in plan.outcomes if o.action is Action.UNCHANGED),
-        "writes": len(plan.writes),
-        "held": dict(held),
-        "writes_fingerprint": writes_fingerprint(plan),
-    }
-
-
-def _read_plan(path: Path) -> Plan:
-    return plan_from_dict(json.loads(path.read_text(encoding="utf-8"))["plan"])
-
-
-def _journal_has_runs(path: Path) -> bool:
-    if not path.exists():
-        return False
-    journal = Journal.open(path)
-    try:
-        return bool(journal.runs())
-    finally:
-        journal.close()
-
-
 def _read_and_check(
     options: InputOptions, edits: Sequence[Edit], excluded: frozenset[int]
 ) -> ValidationReport:
     return ops.check(read_input(options), options, edits, excluded)
-
-
-def _validated_only(row: int) -> RowOutcome:
-    """A valid row of a job not planned yet (the CLI's ``validate`` says the same of it)."""
-    return RowOutcome(
-        row=row, status=Status.NOT_SENT, reason="valid; not sent yet", reason_kind="validated_only"
-    )
 
 
 class Lane:
@@ -441,7 +119,9 @@ class Lane:
 class JobService:
     """Every job of the server: create, validate, edit, plan, send, cancel, resume."""
 
-    def __init__(self, data_dir: Path, connection: Connection) -> None:
+    def __init__(self, data_dir: Path, connection: Connection, workers: int = DEFAULT_WORKERS) -> None:
+        self.work = WorkQueue(workers)
+        """Validation, revalidation, plans and workbooks: ``workers`` at a time, the rest in line."""
         self.root = data_dir / "jobs"
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(data_dir)
@@ -469,10 +149,10 @@ class JobService:
                 and not self.store.has(folder.name)
             ):
                 try:
-                    _import_folder(self.store, folder)  # a job from before the database: taken in once
+                    import_folder(self.store, folder)  # a job from before the database: taken in once
                 except (OSError, sqlite3.Error) as exc:  # e.g. a full disk: tried again on the next start
                     self.damaged[folder.name] = (
-                        f"could not be taken into {self.store.path.name}: {_reason(exc)}"
+                        f"could not be taken into {self.store.path.name}: {reason_of(exc)}"
                     )
         for stored in self.store.jobs():
             try:
@@ -483,7 +163,7 @@ class JobService:
                 self.damaged[stored.id] = str(exc)
                 continue
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.damaged[stored.id] = f"the job record has a missing or wrong field ({_reason(exc)})"
+                self.damaged[stored.id] = f"the job record has a missing or wrong field ({reason_of(exc)})"
                 continue
             self.jobs[job.id] = job
             self.events.seen(job)
@@ -495,7 +175,7 @@ class JobService:
             if job.status is JobStatus.VALIDATING:
                 self._spawn(self._validate(job))
             elif job.status is JobStatus.PLANNING:
-                job.status = JobStatus.VALIDATED  # a plan is only a read: plan again when asked
+                job.status = next_status(job.status, Step.PLAN_FAILED)  # only reads: plan again when asked
                 self._drop_plan(job)
                 self._save(job)
             elif job.status is JobStatus.SENDING:
@@ -548,14 +228,14 @@ class JobService:
             try:
                 job.edits = [Edit(**e) for e in decode_list(edits.read_bytes(), "edits.json")]
             except TypeError as exc:
-                raise DamagedRecord(f"edits.json has a wrong entry ({_reason(exc)})") from None
+                raise DamagedRecord(f"edits.json has a wrong entry ({reason_of(exc)})") from None
         operations = folder / "operations.json"
         if operations.is_file():
             try:
                 listed = decode_list(operations.read_bytes(), "operations.json")
                 job.operations = [ops.operation_from(o) for o in listed]
             except (TypeError, ValueError) as exc:
-                raise DamagedRecord(f"operations.json has a wrong entry ({_reason(exc)})") from None
+                raise DamagedRecord(f"operations.json has a wrong entry ({reason_of(exc)})") from None
         return job  # its outcomes are read with its table, when first needed
 
     def _save(self, job: Job) -> None:
@@ -567,7 +247,7 @@ class JobService:
         except Exception as exc:  # full disk, failing disk, or a bug: never a job stuck where it was
             # The disk is full (or failing): the job cannot go on, and says why; the server goes on.
             reason = ("the server's disk is full" if full_disk(exc) else "the job could not be saved") + (
-                f": {_reason(exc)}"
+                f": {reason_of(exc)}"
             )
             observe.log_storage_error(job.id, reason)
             # A sending job goes on: its journal, not this record, is what a resume trusts.
@@ -578,11 +258,13 @@ class JobService:
         job.touch()
 
     async def _save_outcomes(self, job: Job) -> None:
-        outcomes = [_outcome_dict(o) for o in job.outcomes.values()]  # taken on the loop; written in a thread
+        outcomes = list(
+            job.outcomes.values()
+        )  # taken on the loop (the send adds to it); turned into rows in a thread
         try:
-            await in_background(self.store.put_outcomes, job.id, outcomes)
+            await in_background(lambda: self.store.put_outcomes(job.id, [outcome_dict(o) for o in outcomes]))
         except (OSError, sqlite3.Error) as exc:
-            observe.log_storage_error(job.id, f"the outcomes could not be saved: {_reason(exc)}")
+            observe.log_storage_error(job.id, f"the outcomes could not be saved: {reason_of(exc)}")
 
     def create(
         self,
@@ -629,18 +311,40 @@ class JobService:
     # -- validation and the table in memory -------------------------------------------------
 
     async def _load_report(self, job: Job) -> ValidationReport:
-        """Read the upload, apply the edits, validate (in a thread): the CLI's reader and validator."""
-        options = job.input_options()
+        """Read the upload, apply the edits, validate (in a thread): the CLI's reader and validator.
 
+        Raises:
+            JobDamaged: a job read before cannot be read again (its upload or plan was changed
+                or removed on the server).
+            ImporterError: the upload of a job being validated cannot be used (the job fails).
+        """
+        if job.status is JobStatus.VALIDATING:
+            return await self._read_table(job)
+        try:
+            return await self._read_table(job)
+        except (ImporterError, OSError, ValueError, KeyError, TypeError) as exc:
+            reason = (
+                words.error_words(exc, words.Surface.WEB)
+                if isinstance(exc, ImporterError)
+                else reason_of(exc)
+            )
+            observe.LOGGER.error(
+                f"job {job.id}: its files cannot be read again: {reason}",
+                extra={"fields": {"event": "damaged", "job": job.id, "reason": reason}},
+            )
+            raise JobDamaged(f"this job's files on the server cannot be read again: {reason}") from None
+
+    async def _read_table(self, job: Job) -> ValidationReport:
+        options = job.input_options()
         excluded = ops.excluded_rows(job.operations)
-        report = await in_background(_read_and_check, options, tuple(job.edits), excluded)
+        report = await self.work.run(job, _read_and_check, options, tuple(job.edits), excluded)
         if not job.outcomes and job.status in KEEPS_OUTCOMES:
             job.outcomes = await in_background(self._saved_outcomes, job.id)
         shown = job.folder / "plan.json"
         if job.shown is None and job.planned and shown.is_file():
-            job.shown = await in_background(_read_plan, shown)
+            job.shown = await in_background(read_plan, shown)
             if job.status is JobStatus.PLANNED and not job.outcomes:
-                job.outcomes = {o.row: o for o in job.shown.dry_run()}
+                job.outcomes = await in_background(dry_run_outcomes, job.shown)
         job.report = report
         self._keep_resident(job)
         return report
@@ -652,7 +356,12 @@ class JobService:
         while len(self._resident) > RESIDENT_TABLES:
             for job_id in self._resident:
                 other = self.jobs[job_id]
-                if other is not job and other.status not in busy and not other.lock.locked():
+                if (
+                    other is not job
+                    and other.status not in busy
+                    and not other.lock.locked()
+                    and not other.busy
+                ):
                     other.report = None
                     other.shown = None  # in plan.json; read again with the table
                     if other.status in (*KEEPS_OUTCOMES, JobStatus.PLANNED):
@@ -713,16 +422,17 @@ class JobService:
 
     async def _keep_plan(self, job: Job, plan: Plan, requests: int) -> None:
         """Keep the plan shown with the job (plan.json), with the fingerprint of its inputs."""
+        inputs = job.inputs_fingerprint()
+        # A plan of a big file is a pass over every row: in a thread, never on the event loop.
+        summary, text, outcomes = await in_background(keep_plan_file, plan, inputs, job.folder / "plan.json")
         job.shown = plan
-        job.outcomes = {o.row: o for o in plan.dry_run()}
-        job.planned = {**plan_summary(plan), "inputs": job.inputs_fingerprint()}
-        job.plan = plan.text()
+        job.outcomes = outcomes
+        job.planned = {**summary, "inputs": inputs}
+        job.plan = text
         job.budget = engine.send_budget(self.connection, plan, requests)
-        data = {"inputs": job.planned["inputs"], "plan": plan_to_dict(plan)}
-        await in_background(_write_json, job.folder / "plan.json", data)
 
     async def _validate(self, job: Job) -> None:
-        job.status = JobStatus.VALIDATING
+        """Validate in turn (``work``): the job is ``validating`` (new, restarted or options changed)."""
         job.error = ""
         job.outcomes = {}
         self._drop_plan(job)
@@ -731,19 +441,26 @@ class JobService:
             async with job.lock:
                 report = await self._load_report(job)
         except SheetChoiceNeeded as exc:  # not a failure: the user picks (``set_options``)
-            job.status, job.error = JobStatus.NEEDS_SHEET, words.error_words(exc, words.Surface.WEB)
+            if job.status is not JobStatus.VALIDATING:
+                return
+            job.error = words.error_words(exc, words.Surface.WEB)
             job.sheet_list = [dataclasses.asdict(sheet) for sheet in exc.sheets]
-            job.report = None
-        except ImporterError as exc:
-            job.status, job.error = JobStatus.FAILED, words.error_words(exc, words.Surface.WEB)
-            job.report = None
+            job.status, job.report = next_status(job.status, Step.SHEET_NEEDED), None
         except Exception as exc:  # a bug must not leave the job validating for ever
-            job.status, job.error = JobStatus.FAILED, engine.clean_error(exc)
-            job.report = None
+            if job.status is not JobStatus.VALIDATING:
+                return  # its record could not be saved: it failed already, with that reason
+            job.error = (
+                words.error_words(exc, words.Surface.WEB)
+                if isinstance(exc, ImporterError)
+                else engine.clean_error(exc)
+            )
+            job.status, job.report = next_status(job.status, Step.FAIL), None
         else:
+            if job.status is not JobStatus.VALIDATING:
+                return
             self._summarise(job, report)
             job.sheet_list = [dataclasses.asdict(sheet) for sheet in report.table.sheets]
-            job.status = JobStatus.VALIDATED
+            job.status = next_status(job.status, Step.VALIDATED)
         self._save(job)
 
     async def set_options(
@@ -759,15 +476,12 @@ class JobService:
 
         ``header_row`` is the header's Excel row (None: where the reader finds it); left out, it
         stays as it was, unless the sheet changes (another sheet starts from the reader's choice).
-        ``more``: any of ``encoding``, ``skip_hidden_rows``, ``ignore_columns``, ``on_existing``,
+        ``more``: any of ``sheets``, ``encoding``, ``skip_hidden_rows``, ``ignore_columns``, ``on_existing``,
         ``max_error_rate`` (left out: unchanged).
         """
         sent = (job.folder / "journal.sqlite").exists()
-        if (
-            job.status not in (*EDITABLE, JobStatus.FAILED, JobStatus.NEEDS_SHEET)
-            or sent
-            or job.lock.locked()
-        ):
+        to = next_status(job.status, Step.VALIDATE, job.busy)
+        if sent or job.lock.locked():
             raise JobError(f"the job is {job.status.value}; options can change only before sending")
         if not isinstance(header_row, EllipsisType):
             job.header_row = header_row
@@ -778,6 +492,7 @@ class JobService:
             if name not in MORE_OPTIONS:
                 raise JobError(f"no option {name!r}")
             setattr(job, name, value)
+        job.status = to
         await self._validate(job)
 
     # -- edits ------------------------------------------------------------------------------
@@ -794,6 +509,7 @@ class JobService:
         Raises:
             JobError: the job is not editable now, or a column or row is unknown.
         """
+        next_status(job.status, Step.EDIT, job.busy)
         report = await self.report(job)
         if row not in report.table.frame.index:
             raise LookupError(f"row {row} is not a data row of this file")
@@ -808,43 +524,47 @@ class JobService:
         Returns the rows changed. ``quiet``: a cell set to what it holds is no error.
 
         Raises:
-            JobError: the job is not editable now, or an operation cannot be applied.
+            JobError: the job is not editable now (or busy), or an operation cannot be applied.
         """
-        if job.status not in EDITABLE:
-            raise JobError(f"the job is {job.status.value}; rows can be edited only before sending")
+        next_status(job.status, Step.EDIT, job.busy)
         report = await self.report(job)
         async with job.lock:
-            if job.status not in EDITABLE:
-                raise JobError(f"the job is {job.status.value}; rows can be edited only before sending")
+            next_status(job.status, Step.EDIT, job.busy)  # a start or another edit came meanwhile
             report = job.report or report  # another operation may have ended while this one waited
-            edits, operations, touched = list(job.edits), list(job.operations), set[int]()
-            for body in bodies:
-                try:
-                    # In a thread: a bulk operation builds an edit per cell (100,000 cost ~0.5 s).
-                    change = await in_background(
-                        ops.apply_op, body, report, edits, operations, who=who, when=now_text()
-                    )
-                except ops.EditRefused as exc:
-                    if quiet and str(exc).startswith("nothing to change"):
-                        continue
-                    raise JobError(str(exc)) from None
-                edits, operations = list(change.edits), list(change.operations)
-                touched |= change.touched
-            if not touched:
-                return []
-            options = job.input_options()
-            excluded = ops.excluded_rows(operations)
-            fresh = await in_background(
-                ops.recheck_or_check, report, job.edits, edits, options, touched, excluded
-            )
-            job.edits, job.operations = edits, operations
-            await in_background(_write_edits, job.folder, edits, operations)
-            job.report = fresh
-            job.outcomes = {}
-            self._drop_plan(job)
-            job.status = JobStatus.VALIDATED
-            self._summarise(job, fresh)
-            self._save(job)
+            # The plan and the send wait for this check (``busy``): a start now would send the
+            # table from before the edit, and the edit ending would undo the send's status.
+            job.busy = "an edit is being checked"
+            try:
+                edits, operations, touched = list(job.edits), list(job.operations), set[int]()
+                for body in bodies:
+                    try:
+                        # In a thread: a bulk operation builds an edit per cell (100,000 cost ~0.5 s).
+                        change = await in_background(
+                            ops.apply_op, body, report, edits, operations, who=who, when=now_text()
+                        )
+                    except ops.EditRefused as exc:
+                        if quiet and str(exc).startswith("nothing to change"):
+                            continue
+                        raise JobError(str(exc)) from None
+                    edits, operations = list(change.edits), list(change.operations)
+                    touched |= change.touched
+                if not touched:
+                    return []
+                options = job.input_options()
+                excluded = ops.excluded_rows(operations)
+                fresh = await self.work.run(
+                    job, ops.recheck_or_check, report, job.edits, edits, options, touched, excluded
+                )
+                await in_background(_write_edits, job.folder, edits, operations)
+                job.edits, job.operations = edits, operations
+                job.report = fresh
+                job.outcomes = {}
+                self._drop_plan(job)
+                job.status = next_status(job.status, Step.EDIT)
+                self._summarise(job, fresh)
+                self._save(job)
+            finally:
+                job.busy = ""
             return sorted(touched)
 
     # -- plan and send ----------------------------------------------------------------------
@@ -869,42 +589,51 @@ class JobService:
 
     async def plan(self, job: Job) -> None:
         """Run the dry run against the live state (in the background)."""
-        if job.status not in EDITABLE:
-            raise JobError(f"the job is {job.status.value}; a plan needs a validated job")
-        job.status, job.error = JobStatus.PLANNING, ""
+        job.status, job.error = next_status(job.status, Step.PLAN, job.busy), ""
         self._save(job)
         self._spawn(self._plan(job))
 
     async def _plan(self, job: Job) -> None:
         try:
             report = await self.report(job)
-            run = await engine.run_job(
-                self.connection,
-                report,
-                job.input_options(),
-                dry_run=True,
-                journal_path=None,
-                results=job.folder / "plan.results.xlsx",
-                failed=job.folder / "plan.failed.xlsx",
-                limiter=self._lane().limiter,
-                cancel=asyncio.Event(),
-                on_existing=OnExisting(job.on_existing),
-                max_error_rate=job.max_error_rate,
-                audit=self.audit(job),
-            )
+            async with self.work.turn(job):  # a dry run holds the table and a core like a validation
+                run = await self._dry_run(job, report)
             if run.plan is None:
                 raise ImporterError(run.stop_reason or "no plan was made")
             await self._keep_plan(job, run.plan, run.requests)
         except Exception as exc:
             # A plan is only reads: the job stays usable and says why the plan did not happen.
+            if job.status is not JobStatus.PLANNING:
+                return
             self._drop_plan(job)
-            job.status, job.error = JobStatus.VALIDATED, "plan failed: " + engine.clean_error(exc)
+            job.status, job.error = (
+                next_status(job.status, Step.PLAN_FAILED),
+                "plan failed: " + engine.clean_error(exc),
+            )
             self._save(job)
             return
+        if job.status is not JobStatus.PLANNING:
+            return
         job.notes = list(run.notes)
-        job.status = JobStatus.PLANNED
+        job.status = next_status(job.status, Step.PLANNED)
         self._count(job)
         self._save(job)
+
+    async def _dry_run(self, job: Job, report: ValidationReport) -> engine.JobRun:
+        return await engine.run_job(
+            self.connection,
+            report,
+            job.input_options(),
+            dry_run=True,
+            journal_path=None,
+            results=job.folder / "plan.results.xlsx",
+            failed=job.folder / "plan.failed.xlsx",
+            limiter=self._lane().limiter,
+            cancel=asyncio.Event(),
+            on_existing=OnExisting(job.on_existing),
+            max_error_rate=job.max_error_rate,
+            audit=self.audit(job),
+        )
 
     async def start(self, job: Job) -> None:
         """Queue the job for sending on its key's lane."""
@@ -912,6 +641,9 @@ class JobService:
         # engine resumes it from its journal, so nothing confirmed is sent twice.
         # Only the plan shown is sent: from ``planned``, while its inputs are what they were.
         retry = job.status is JobStatus.FAILED and (job.folder / "journal.sqlite").exists()
+        to = Step.RETRY if retry else Step.START
+        if job.busy:
+            next_status(job.status, to, job.busy)  # refused, saying what the job is busy with
         if job.status is not JobStatus.PLANNED and not retry:
             raise JobError(f"the job is {job.status.value} and has no plan to send: {PLAN_AGAIN}")
         if not job.planned:
@@ -920,7 +652,7 @@ class JobService:
             raise JobError(f"the file, its corrections or its options changed since the plan: {PLAN_AGAIN}")
         if self.closing.is_set():
             raise JobError("the server is shutting down")
-        job.status, job.error = JobStatus.SENDING, ""
+        job.status, job.error = next_status(job.status, to, job.busy), ""
         job.resuming = False
         job.outcomes = {}
         job.progress = {}
@@ -948,10 +680,12 @@ class JobService:
             raise JobError(
                 f"the job is {job.status.value}; only a cancelled or stopped job can send the rest"
             )
+        next_status(job.status, Step.RESUME, job.busy)
         report = await self.report(job)  # its saved outcomes too
+        to = next_status(job.status, Step.RESUME, job.busy)  # another resume may have come meanwhile
         done = {r: o for r, o in job.outcomes.items() if o.status is Status.SUCCEEDED}
         left = report.table.row_count - len(report.failed_rows) - len(report.skipped) - len(done)
-        job.status, job.error, job.stopped, job.finished = JobStatus.PLANNING, "", "", ""
+        job.status, job.error, job.stopped, job.finished = to, "", "", ""
         self._save(job)
         self._spawn(self._plan_rest(job, done))
         return max(0, left)
@@ -968,25 +702,27 @@ class JobService:
 
     async def cancel(self, job: Job) -> None:
         """Cancel: a queued or idle job at once, a sending one once its writes in flight settle."""
-        if job.status in FINISHED:
-            raise JobError(f"the job is already {job.status.value}")
+        next_status(job.status, Step.CANCEL)  # finished jobs, and work that cannot stop midway, say so
         for lane in self.lanes.values():
             if job in lane.waiting:
                 lane.waiting.remove(job)
                 lane.positions()
                 job.queue_position = None
-                self._finish(job, JobStatus.CANCELLED, "cancelled before sending started")
+                self._finish(job, Step.CANCEL, "cancelled before sending started")
                 return
-        if job.status is JobStatus.SENDING:
+            if lane.running is job:  # whatever else happens to the job, its send is told to stop
+                job.cancel.set()
+                job.touch()
+                return
+        if job.status is JobStatus.SENDING:  # between its lane and its send: the send sees the flag
             job.cancel.set()
             job.touch()
             return
-        if job.status in (JobStatus.VALIDATING, JobStatus.PLANNING):
-            raise JobError(f"the job is {job.status.value}; cancel it once that is done")
-        self._finish(job, JobStatus.CANCELLED, "cancelled before sending")
+        next_status(job.status, Step.CANCEL, job.busy)
+        self._finish(job, Step.CANCEL, "cancelled before sending")
 
-    def _finish(self, job: Job, status: JobStatus, stopped: str = "", error: str = "") -> None:
-        job.status, job.stopped, job.error = status, stopped, error
+    def _finish(self, job: Job, to_do: Step, stopped: str = "", error: str = "") -> None:
+        job.status, job.stopped, job.error = next_status(job.status, to_do), stopped, error
         job.finished = now_text()
         self._count(job)
         self._save(job)
@@ -1061,7 +797,7 @@ class JobService:
         except Exception as exc:
             if job.interrupted:
                 return  # the next start resumes it from its journal
-            self._finish(job, JobStatus.FAILED, error=engine.clean_error(exc))
+            self._finish(job, Step.FAIL, error=engine.clean_error(exc))
             return
         job.notes = list(run.notes)
         job.outcomes = dict(run.outcomes)
@@ -1072,25 +808,25 @@ class JobService:
             self._save(job)
             return
         if job.cancel.is_set():
-            self._finish(job, JobStatus.CANCELLED, "cancelled")
+            self._finish(job, Step.CANCEL, "cancelled")
         elif run.exit_code == 3:
-            self._finish(job, JobStatus.FAILED, run.stop_reason, error=run.stop_reason)
+            self._finish(job, Step.FAIL, run.stop_reason, error=run.stop_reason)
         else:
-            self._finish(job, JobStatus.DONE, run.stop_reason)
+            self._finish(job, Step.SENT, run.stop_reason)
 
     async def _plan_changed(self, job: Job, report: ValidationReport, plan: Plan, requests: int) -> None:
         """The account changed since the plan was shown: nothing was sent; show the new plan."""
         for name in ("results.xlsx", "failed.xlsx"):  # they say "not confirmed": not this job's result
             (job.folder / name).unlink(missing_ok=True)
         journal = job.folder / "journal.sqlite"
-        if not await in_background(_journal_has_runs, journal):  # nothing was ever sent: still editable
+        if not await in_background(journal_has_runs, journal):  # nothing was ever sent: still editable
             for suffix in ("", "-wal", "-shm"):
                 journal.with_name(journal.name + suffix).unlink(missing_ok=True)
         self._drop_plan(job)
         await self._keep_plan(job, plan, requests)
         job.notes = engine.input_notes(report, job.input_options())
         job.progress = {}
-        job.status = JobStatus.PLANNED
+        job.status = next_status(job.status, Step.PLAN_CHANGED)
         job.error = (
             "the account changed since the plan was shown, so nothing was sent: this is the plan "
             "against the account as it is now; review it and start again"
@@ -1102,158 +838,15 @@ class JobService:
 
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the API and every event show it (never the key or a path on the server)."""
-        return {
-            "id": job.id,
-            "status": job.status.value,
-            "file": job.file,
-            "created": job.created,
-            "finished": job.finished or None,
-            "uploaded_by": job.uploaded_by,
-            "rows": job.rows,
-            "counts": job.counts,
-            "problems": job.problems,
-            "progress": {**NO_PROGRESS, **job.progress},
-            "queue_position": job.queue_position,
-            "error": job.error or None,
-            "stopped": job.stopped or None,
-            "plan": job.plan or None,
-            "planned": {k: v for k, v in job.planned.items() if k not in ("inputs", "writes_fingerprint")}
-            or None,
-            "budget": job.budget or None,
-            "notes": job.notes,
-            "sheets": job.sheet_list,
-            "candidates": [s["name"] for s in job.sheet_list if s["matches"] and s["rows"]]
-            if job.status is JobStatus.NEEDS_SHEET
-            else None,
-            "options": {
-                "sheet": job.sheet,
-                "sheets": job.sheets,
-                "header_row": job.header_row,
-                "default_region": job.default_region,
-                "map": [f"{h}={f}" for h, f in job.column_map.items()],
-                "encoding": job.encoding,
-                "skip_hidden_rows": job.skip_hidden_rows,
-                "ignore_columns": job.ignore_columns,
-                "on_existing": job.on_existing,
-                "max_error_rate": job.max_error_rate,
-            },
-            "source": job.source,
-            "columns": job.columns,
-            "mapping": job.mapping,
-            "edits": len(job.edits),
-        }
+        return views.snapshot(job)
 
     async def rows(self, job: Job, status: str | None, offset: int, limit: int) -> dict[str, Any]:
         """One page of rows with their values, status and reasons (filtered by status)."""
-        report = await self.report(job)
-        frame = report.table.frame
-        index = frame.index.tolist()
-        if job.view is None or job.view[0] != job.version:
-            failed_rows = report.failed_rows
-            statuses = [
-                Status.FAILED.value
-                if row in failed_rows
-                else (
-                    o.status.value
-                    if (o := job.outcomes.get(row))
-                    else (Status.SKIPPED.value if row in report.skipped else Status.NOT_SENT.value)
-                )
-                for row in index
-            ]
-            job.view = (job.version, statuses, reasons_by_row(report.issues))
-        _, statuses, issues = job.view
-        if status:
-            wanted = set(status.split(","))
-            valid = "valid" in wanted  # not a status: the rows without issues, whatever their status
-            positions = [
-                i for i, s in enumerate(statuses) if s in wanted or (valid and index[i] not in issues)
-            ]
-        else:
-            positions = list(range(len(index)))
-        page = positions[offset : offset + limit]
-        items = self._items(job, report, [(i, index[i], statuses[i]) for i in page], issues)
-        return {
-            "job": job.id,
-            "columns": list(report.table.headers),
-            "total": len(positions),
-            "offset": offset,
-            "limit": limit,
-            "rows": items,
-        }
-
-    def _items(
-        self,
-        job: Job,
-        report: ValidationReport,
-        page: Sequence[tuple[int, int, str]],
-        issues: Mapping[int, list[RowIssue]],
-    ) -> list[dict[str, Any]]:
-        """The rows at ``page`` (position, row, status) with their values, outcome and issues."""
-        edited = collections.defaultdict(set)
-        shown = {row for _, row, _ in page}
-        for e in job.edits:
-            if e.row in shown:
-                edited[e.row].add(e.header)
-        items = []
-        frame = report.table.frame
-        unplanned = job.status in (JobStatus.VALIDATING, JobStatus.VALIDATED, JobStatus.PLANNING)
-        for i, row, status in page:
-            values = [str(v) for v in frame.iloc[i].tolist()]
-            row_issues = issues.get(row, [])
-            # One outcome per row, as the library's results say it (``run.every_row``).
-            outcome = (
-                failed_outcome(row, row_issues)
-                if row_issues
-                else job.outcomes.get(row)
-                or skipped_outcome(report, row)
-                or (_validated_only(row) if unplanned else None)
-                or RowOutcome(
-                    row=row, status=Status.NOT_SENT, reason="not sent", reason_kind=ReasonKind.NOT_SENT
-                )
-            )
-            items.append(
-                {
-                    "row": row,
-                    "values": values,
-                    "status": status,
-                    "valid": not row_issues,
-                    "action": outcome.action.value,
-                    "reason": outcome.reason,
-                    "reason_kind": str(outcome.reason_kind),
-                    "issues": [
-                        {"column": x.column, "value": x.value, "message": x.message, "kind": x.kind}
-                        | ({"suggestion": hint} if (hint := ops.suggestion(x)) else {})
-                        for x in row_issues
-                    ],
-                    "did_id": outcome.did_id,
-                    "routing_id": outcome.routing_id,
-                    "current": outcome.current,
-                    "proposed": outcome.proposed,
-                    "edited": sorted(edited.get(row, ())),
-                    **dict(zip(("sheet", "excel_row"), report.table.origin(row), strict=True)),
-                }
-            )
-        return items
+        return views.rows_page(job, await self.report(job), status, offset, limit)
 
     async def row_items(self, job: Job, rows: Sequence[int]) -> list[dict[str, Any]]:
         """Some rows as ``rows`` pages them, without building the whole table's view."""
-        report = await self.report(job)
-        index = report.table.frame.index
-        wanted = set(rows)
-        issues = reasons_by_row(i for i in report.issues if i.row in wanted)
-        page = []
-        for row in rows:
-            status = (
-                Status.FAILED.value
-                if row in issues
-                else (
-                    o.status.value
-                    if (o := job.outcomes.get(row))
-                    else (Status.SKIPPED.value if row in report.skipped else Status.NOT_SENT.value)
-                )
-            )
-            page.append((int(index.get_loc(row)), row, status))  # type: ignore[arg-type]
-        return self._items(job, report, page, issues)
+        return views.row_items(job, await self.report(job), rows)
 
     async def workbook(self, job: Job, kind: str) -> Path | None:
         """The results (``kind`` "results") or failed-rows workbook: final, or a snapshot now."""
@@ -1269,10 +862,18 @@ class JobService:
         if job.status in (JobStatus.VALIDATING, JobStatus.FAILED) and job.report is None:
             return None
         report = await self.report(job)
-        unplanned = job.status in (JobStatus.VALIDATED, JobStatus.FAILED) and not job.outcomes
-        outcomes = None if unplanned else engine.row_outcomes(report, job.outcomes)
         results = job.folder / "snapshot.results.xlsx"
         failed = job.folder / "snapshot.failed.xlsx"
+        path = results if kind == "results" else failed
+        # Built once per state of the job: what it is, what it was read with, where its rows are.
+        state = json.dumps(
+            [job.status.value, job.inputs_fingerprint(), job.counts, job.progress.get("done"), job.stopped],
+            sort_keys=True,
+        )
+        if job.snapshot_of == state and results.is_file():
+            return path if path.is_file() else None
+        unplanned = job.status in (JobStatus.VALIDATED, JobStatus.FAILED) and not job.outcomes
+        outcomes = None if unplanned else engine.row_outcomes(report, job.outcomes)
         command = {
             JobStatus.SENDING: "web (snapshot while sending)",
             JobStatus.PLANNED: "web (dry run)",
@@ -1280,7 +881,10 @@ class JobService:
         audit = {"started": job.created, **self.audit(job)}
         # One snapshot at a time per job: two downloads must not write one file together.
         async with job.lock:
-            await in_background(
+            if job.snapshot_of == state and results.is_file():  # built by a download just before
+                return path if path.is_file() else None
+            await self.work.run(
+                job,
                 engine.write_results,
                 report,
                 outcomes,
@@ -1291,7 +895,7 @@ class JobService:
                 results=results,
                 failed=failed,
             )
-        path = results if kind == "results" else failed
+            job.snapshot_of = state
         return path if path.is_file() else None
 
     async def _failed_and_unsent(self, job: Job) -> Path | None:
@@ -1306,7 +910,7 @@ class JobService:
             return None
         path = job.folder / "snapshot.unsent.xlsx"
         async with job.lock:
-            await in_background(write_failed_rows, path, report.table, rows, reasons)
+            await self.work.run(job, write_failed_rows, path, report.table, rows, reasons)
         return path
 
     def list(self) -> list[dict[str, Any]]:
@@ -1316,19 +920,6 @@ class JobService:
 
     def _saved_outcomes(self, job_id: str) -> dict[int, RowOutcome]:
         try:
-            return {o.row: o for o in map(_outcome_from, self.store.outcomes(job_id) or [])}
+            return {o.row: o for o in map(outcome_from, self.store.outcomes(job_id) or [])}
         except (DamagedRecord, KeyError, ValueError, TypeError) as exc:
-            raise ImporterError(f"the saved outcomes of this job cannot be read: {_reason(exc)}") from None
-
-
-def _column_position(headers: Sequence[str], mapping: Mapping[str, int], column: str | int) -> int:
-    """A column named by its position, its header text or the field it maps to."""
-    if isinstance(column, int):
-        if 0 <= column < len(headers):
-            return column
-        raise JobError(f"no column at position {column} in this file")
-    if column in headers:
-        return headers.index(column)
-    if column in mapping:
-        return mapping[column]
-    raise JobError(f"no column {column!r} in this file")
+            raise ImporterError(f"the saved outcomes of this job cannot be read: {reason_of(exc)}") from None

@@ -311,30 +311,21 @@ def _headers(scope: Scope) -> dict[str, str]:
 
 
 async def _plain(send: Send, status: int, text: str) -> None:
-    body = text.encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-                *_HEADERS,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await _answer(send, status, b"text/plain; charset=utf-8", text.encode())
 
 
 async def _json(send: Send, status: int, data: object) -> None:
-    body = json.dumps(data).encode()
+    await _answer(send, status, b"application/json", json.dumps(data).encode())
+
+
+async def _answer(send: Send, status: int, content_type: bytes, body: bytes) -> None:
+    """Send a whole answer of the Guard's own, never cached, with the security headers."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type),
                 (b"content-length", str(len(body)).encode()),
                 (b"cache-control", b"no-store"),
                 *_HEADERS,

@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +29,13 @@ from importer.web.jobs import JobService
 from importer.web.observe import LogFormat, configure_logging
 from importer.web.people import load_users
 from importer.web.security import allowed_hosts, check_token, cookie_name, is_loopback, trusted_networks
+from importer.web.work import DEFAULT_WORKERS
 
 __all__ = ["ServeSettings", "build", "running_server", "serve"]
 
 SANDBOX_BASE_URL = "http://sandbox.invalid/api/v2"
 SHUTDOWN_SECONDS = 4.0
+SWITCH_SECONDS = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,8 @@ class ServeSettings:
     """``--trusted-proxy``: the only addresses whose ``user_header`` is believed."""
     notify_url: tuple[str, ...] = ()
     """``--notify-url``: where job notices are POSTed."""
+    workers: int = DEFAULT_WORKERS
+    """``--workers``: validations, plans and workbook builds run this many at a time; the rest queue."""
 
     def check(self) -> None:
         """Refuse settings that would leave the door open.
@@ -79,6 +84,8 @@ class ServeSettings:
         for url in self.notify_url:
             if not url.startswith(("http://", "https://")):
                 raise InputError(f"--notify-url must start with http:// or https://, not {url!r}")
+        if self.workers < 1:
+            raise InputError(f"--workers must be 1 or more, not {self.workers}")
         if self.users_file is not None:
             load_users(self.users_file)  # a bad file is one line now, not a failed start later
         if not is_loopback(self.host) and not self.allowed_host:
@@ -113,7 +120,7 @@ def sandbox_connection(requests_per_minute: int) -> Connection:
 def build(settings: ServeSettings, port: int) -> tuple[Starlette, JobService, str]:
     """The app, its jobs and the token, for the port actually bound."""
     token = settings.token or secrets.token_urlsafe(32)
-    service = JobService(settings.data_dir, settings.connection)
+    service = JobService(settings.data_dir, settings.connection, workers=settings.workers)
     config = WebConfig(
         token=token,
         hosts=allowed_hosts(settings.host, port, settings.allowed_host),
@@ -184,6 +191,9 @@ def serve(settings: ServeSettings, on_ready: Callable[[str, str], None] | None =
         InputError: the address cannot be listened on or the data folder cannot be used.
     """
     sock, server, url, token = _prepare(settings)
+    # Validations run in threads that hold the GIL between releases; the event loop asks for it
+    # back after this long (5 ms by default, which lets a few busy workers delay every answer).
+    sys.setswitchinterval(SWITCH_SECONDS)
     try:
         if on_ready is not None:
             on_ready(url, token)

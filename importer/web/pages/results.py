@@ -1,0 +1,42 @@
+"""The results step: each row's outcome, filtered by status and paged, and the downloads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from importer.web.jobs import Job
+from importer.web.pages.base import PageContext, base, int_param, paged, render, see, sent, step_of, with_did
+
+RESULT_FILTERS = ("", "failed", "succeeded", "unchanged", "skipped", "not_sent")
+
+
+async def results(ctx: PageContext, request: Request, job: Job) -> Response:
+    """``GET /jobs/{id}/results``: each row's outcome, filtered and paged."""
+    if not sent(job):
+        return see(f"/jobs/{job.id}/{step_of(job)}")
+    wanted = request.query_params.get("status", "")
+    wanted = wanted if wanted in RESULT_FILTERS else ""
+    page = int_param(request.query_params.get("page"))
+    rows: list[dict[str, Any]] = []
+    total, pages = 0, 1
+    if job.report is not None or job.rows:
+        data, page, pages = await paged(ctx, job, wanted or None, page)
+        total = data["total"]
+        rows = await with_did(ctx, job, data)
+    return render(
+        "results.html",
+        **base(
+            ctx,
+            job,
+            "results",
+            rows=rows,
+            total=total,
+            page=page,
+            pages=pages,
+            wanted=wanted,
+            filters=RESULT_FILTERS,
+        ),
+    )
