@@ -37,8 +37,9 @@ import pandas as pd
 from importer.account.limiter import RateLimiter
 from importer.engine.apply import Applied, ProgressCallback
 from importer.engine.journal import Journal
-from importer.engine.plan import NO_DELETE, Plan, Undo, named_did, plan_rollback, record_text
+from importer.engine.plan import NO_DELETE, Plan, Undo, record_text
 from importer.engine.records import ChangeRecord, RunRecord
+from importer.engine.undo import named_did, plan_rollback
 from importer.errors import InputError, NothingToDo
 from importer.jobs.outputs import check_writable, default_journal_path, save_with_fallback
 from importer.jobs.session import (
