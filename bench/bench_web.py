@@ -16,6 +16,12 @@ Three figures, each against a ``voicelink-import serve --sandbox`` process on lo
 * **idle CPU** of a fresh server holding 10 finished jobs with 10 event streams open, over
   ``--idle-seconds``. Goal: < 2 % of one core.
 
+With ``--edits`` it measures the edit operations instead (``POST /api/jobs/{id}/edits``) on a job
+of ``--edit-rows`` rows (a generated CSV whose Status and Customer columns each hold one value):
+a ``set`` of one field cell (median of ``--edit-repeat``, goal <= 150 ms), a ``replace`` of the status
+that touches every row (goal <= 3 s), its undo, and a ``replace`` of the customer name (a column
+no field reads) on every row.
+
 With ``--load`` it measures a team's load instead (issue 16), against one server:
 
 * **concurrent uploads**: ``--uploads`` (30) clients each upload a ``--load-rows`` (180,000) row
@@ -200,6 +206,77 @@ def idle_cpu(data: Path, seconds: float) -> tuple[float, int]:
         return 100 * used / elapsed, events[0]
 
 
+SET_GOAL_MS = 150.0
+REPLACE_GOAL_S = 3.0
+
+
+def uniform_customer_csv(out: Path, rows: int) -> Path:
+    """The generated carrier CSV with one status and one customer name on every row (a replace
+    of either then touches every row)."""
+    import csv
+
+    source = generate(out, rows, "csv", 0.03, 1).path
+    path = out / f"edits_{rows}_v2.csv"
+    if not path.exists():
+        with (
+            source.open(newline="", encoding="utf-8") as src,
+            path.open("w", newline="", encoding="utf-8") as dst,
+        ):
+            writer = csv.writer(dst)
+            for n, row in enumerate(csv.reader(src)):
+                writer.writerow(row if n == 0 else [*row[:7], "active", "Acme", *row[9:]])
+    return path
+
+
+def edit_latencies(out: Path, rows: int, repeat: int) -> bool:
+    """Time edit operations on a job of ``rows`` rows; print them; True when the goals hold."""
+    path = uniform_customer_csv(out, rows)
+    with tempfile.TemporaryDirectory() as tmp, server(Path(tmp) / "data") as s:
+        with path.open("rb") as fh:
+            job_id = s.client.post("/api/jobs", files={"file": (path.name, fh)}).json()["id"]
+        wait_status(s.client, job_id, {"validated"})
+        s.client.get(f"/api/jobs/{job_id}/rows", params={"limit": 1}).raise_for_status()
+
+        def timed(body: dict[str, object]) -> tuple[float, int]:
+            started = time.perf_counter()
+            answer = s.client.post(f"/api/jobs/{job_id}/edits", json=body)
+            took = time.perf_counter() - started
+            answer.raise_for_status()
+            return took, len(answer.json()["changed"])
+
+        first = s.client.get(f"/api/jobs/{job_id}/rows", params={"limit": 1}).json()["rows"][0]["values"][0]
+        # Field cells, each checked again with its duplicates: a status, and a number made a
+        # duplicate of the first row's.
+        bodies = [
+            {"op": "set", "row": 1000 + 37 * n, "column": "Status", "value": "inactive"}
+            if n % 2
+            else {"op": "set", "row": 1000 + 37 * n, "column": "TN", "value": first}
+            for n in range(repeat)
+        ]
+        sets = [timed(body)[0] for body in bodies]
+        replace, touched = timed(
+            {"op": "replace", "column": "Status", "find": "ACTIVE", "replace": "1", "rows": "all"}
+        )
+        undo, undone = timed({"op": "undo"})
+        other, others = timed(
+            {"op": "replace", "column": "Customer", "find": "ACME", "replace": "Globex", "rows": "all"}
+        )
+    set_ms = statistics.median(sets) * 1000
+    checks = [
+        (f"set one cell (median of {repeat})", f"{set_ms:.0f} ms",
+         set_ms <= SET_GOAL_MS, f"<= {SET_GOAL_MS:.0f} ms"),
+        (f"replace a field touching {touched} rows", f"{replace:.2f} s",
+         replace <= REPLACE_GOAL_S, f"<= {REPLACE_GOAL_S:.0f} s"),
+        (f"undo of that replace ({undone} rows)", f"{undo:.2f} s", True, "(reported)"),
+        (f"replace a non-field column, {others} rows", f"{other:.2f} s",
+         other <= REPLACE_GOAL_S, f"<= {REPLACE_GOAL_S:.0f} s"),
+    ]  # fmt: skip
+    print(f"\nweb edit operations, {rows} rows CSV")
+    for name, value, ok, goal in checks:
+        print(f"  {name:<42} {value:<34} goal {goal:<12} {'PASS' if ok else 'MISS'}")
+    return all(ok for _, _, ok, _ in checks)
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
@@ -368,9 +445,14 @@ def main() -> None:
     parser.add_argument("--uploads", type=int, default=30, help="--load: concurrent uploads")
     parser.add_argument("--load-rows", type=int, default=180_000, help="--load: rows in each upload")
     parser.add_argument("--rate", type=int, default=20, help="--load: requests a minute, server and sandbox")
+    parser.add_argument("--edits", action="store_true", help="measure the edit operations only")
+    parser.add_argument("--edit-rows", type=int, default=100_000)
+    parser.add_argument("--edit-repeat", type=int, default=20)
     args = parser.parse_args()
     if args.load:
         load_main(args)
+    if args.edits:
+        sys.exit(0 if edit_latencies(args.out, args.edit_rows, args.edit_repeat) else 1)
 
     file = generate(args.out, args.rows, "xlsx", 0.03, 1)
     web_times: list[float] = []

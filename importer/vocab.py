@@ -125,6 +125,7 @@ class ReasonKind(Coded):
     # rows left out of validation on purpose
     HIDDEN_ROW = "hidden_row", "hidden in Excel (skipped)", "hidden in Excel ({skip_hidden})"
     FOOTER_ROW = "footer_row", "not a data row (footer?)"
+    EXCLUDED = "excluded", "excluded on the page"
 
     @staticmethod
     def api(code: str | int | None) -> str:

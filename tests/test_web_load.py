@@ -20,7 +20,7 @@ import pytest
 from helpers import wait_for_job, web_connection, write_inventory, write_sheet
 
 from importer.sandbox import Sandbox, SandboxConfig
-from importer.web import engine, jobs, lifecycle, records
+from importer.web import edits, engine, jobs, lifecycle, records
 from importer.web.jobs import Job
 from importer.web.lifecycle import JobStatus, Step
 from importer.web.server import ServeSettings, running_server
@@ -117,8 +117,8 @@ def test_web_restart_queues_unfinished_validations_at_most_workers_at_once(
     sandbox = Sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 50)))
     data = tmp_path / "data"
     ids = _left_validating(data, write_sheet(tmp_path / "sheet.csv", 50), 12)
-    spy = _Spy(engine.load_and_validate)
-    monkeypatch.setattr(engine, "load_and_validate", spy)
+    spy = _Spy(jobs._read_and_check)
+    monkeypatch.setattr(jobs, "_read_and_check", spy)
     with _serving(_settings(data, sandbox, workers=2)) as client:
         deadline = time.monotonic() + 10
         while spy.inside < 2 and time.monotonic() < deadline:
@@ -159,8 +159,8 @@ def test_web_start_while_an_edit_is_checked_is_409_and_the_job_ends_consistent(
     """PATCH a row of a planned 20,000-row job and ``start`` while its check runs: 409 saying why;
     cancel too; the edit lands, the plan is dropped, nothing is sending."""
     sandbox = Sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 20)))
-    spy = _Spy(jobs.check_table)
-    monkeypatch.setattr(jobs, "check_table", spy)
+    spy = _Spy(edits.recheck_or_check)
+    monkeypatch.setattr(edits, "recheck_or_check", spy)
     with _serving(_settings(tmp_path / "data", sandbox)) as client:
         job_id = _upload(client, write_sheet(tmp_path / "big.csv", 20_000))
         wait_for_job(client, job_id, {"validated"}, timeout=60)
@@ -183,7 +183,7 @@ def test_web_start_while_an_edit_is_checked_is_409_and_the_job_ends_consistent(
         plan = client.post(f"/api/jobs/{job_id}/plan")
         spy.gate.set()
         editing.join(60)
-        assert start.status_code == 409 and "row edit is being checked" in start.json()["error"]
+        assert start.status_code == 409 and "edit is being checked" in start.json()["error"]
         assert cancel.status_code == 409 and plan.status_code == 409
         assert edited["answer"].status_code == 200, edited["answer"].text
         job = client.get(f"/api/jobs/{job_id}").json()

@@ -11,12 +11,17 @@ Routes (every one but /healthz needs the token; see ``security``):
     POST   /api/jobs                       multipart: file, sheet, default_region, map (repeatable),
                                            uploaded_by -> 201 with the job (validation runs after)
     GET    /api/jobs/{id}                  one job (410 with the reason for a damaged one)
-    PATCH  /api/jobs/{id}                  {"sheet", "default_region", "map", "header_row", "encoding",
-                                           "skip_hidden_rows", "ignore_columns", "on_existing",
-                                           "max_error_rate"}: read again, the plan dropped
+    PATCH  /api/jobs/{id}                  {"sheet" or "sheets": [...], "default_region", "map",
+                                           "header_row", "encoding", "skip_hidden_rows",
+                                           "ignore_columns", "on_existing", "max_error_rate"}:
+                                           read again, the plan dropped
     GET    /api/jobs/{id}/rows             ?status=failed&offset=0&limit=100
     PATCH  /api/jobs/{id}/rows/{row}       {"Header or field": "new value", ...} before sending
+    POST   /api/jobs/{id}/edits            one operation (``web.edits``): set, replace, fill, exclude,
+                                           include, accept_suggestions, undo -> the job, rows changed
+    GET    /api/jobs/{id}/edits            the operations: who, when, what, how many cells
     POST   /api/jobs/{id}/plan|start|cancel
+    POST   /api/jobs/{id}/resume           a cancelled or stopped job: plan the rows left -> planned
     GET    /api/jobs/{id}/events           server-sent events, each a full snapshot of the job
     GET    /api/jobs/{id}/results.xlsx     the results workbook (a snapshot until the job ends)
     GET    /api/jobs/{id}/failed.xlsx      the failed rows, in the input's own columns
@@ -62,6 +67,8 @@ XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 FORM_OVERHEAD = 64 * 1024
 """Room for the multipart framing and the small fields around the file."""
 JSON_LIMIT = 64 * 1024
+EDIT_ROWS_SHOWN = 100
+"""Rows an edit operation answers with in full (all changed rows are listed by number)."""
 KEEPALIVE_SECONDS = 15.0
 EVENT_MIN_GAP = 0.2
 """At most five snapshots a second per stream, however fast rows settle."""
@@ -373,13 +380,23 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         header_row = body.get("header_row", ...)  # left out: unchanged
         if header_row not in (..., None) and (type(header_row) is not int or header_row < 1):
             raise JobError('"header_row" must be a row number (1 or more), or null for the one found')
+        more = more_options(body)
+        sheet = _clean_text(body.get("sheet", job.sheet)) or None
+        if "sheets" in body:  # the picker: one sheet, or several read as one table
+            chosen = body["sheets"]
+            if not isinstance(chosen, list) or not chosen or not all(isinstance(n, str) for n in chosen):
+                raise JobError('"sheets" must be a list of sheet names')
+            names = list(dict.fromkeys(_clean_text(n) for n in chosen))
+            sheet, more["sheets"] = (names[0], []) if len(names) == 1 else (None, names)
+        elif "sheet" in body:
+            more["sheets"] = []
         await service.set_options(
             job,
-            _clean_text(body.get("sheet", job.sheet)) or None,
+            sheet,
             _clean_text(body.get("default_region", job.default_region), 8) or None,
             engine.parse_column_map([str(m) for m in maps]),
             header_row,
-            **more_options(body),
+            **more,
         )
         return JSONResponse(service.snapshot(job))
 
@@ -406,11 +423,43 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         if not isinstance(body, dict) or not body:
             raise JobError('send {"column": "new value"}')
         changes = {str(k): "" if v is None else str(v) for k, v in body.items()}
-        await service.edit(job, row, changes)
+        who = user_of(request.scope).name if config.people is not None else ""
+        await service.edit(job, row, changes, who=who)
         report = await service.report(job)
         position = int(report.table.frame.index.get_loc(row))  # type: ignore[arg-type]
         one = await service.rows(job, None, position, 1)
         return JSONResponse({"job": service.snapshot(job), "row": one["rows"][0], "columns": one["columns"]})
+
+    async def apply_edit(request: Request, job: Job) -> Response:
+        body = await read_json(request)
+        if not isinstance(body, dict) or "op" not in body:
+            raise JobError(
+                'send one operation, e.g. {"op": "set", "row": 5, "column": "Status", "value": "1"}'
+            )
+        who = user_of(request.scope).name if config.people is not None else _clean_text(body.get("who"), 100)
+        changed = await service.apply_op(job, [body], who=who)
+        shown_rows = await service.row_items(job, changed[:EDIT_ROWS_SHOWN])
+        return JSONResponse({"job": service.snapshot(job), "changed": changed, "rows": shown_rows})
+
+    async def list_edits(request: Request, job: Job) -> Response:
+        return JSONResponse(
+            {
+                "edits": [
+                    {
+                        "id": o.id,
+                        "op": o.op,
+                        "who": o.who,
+                        "when": o.when,
+                        "what": o.what,
+                        "cells": o.cells,
+                        "rows": len(o.rows),
+                        "in_effect": not o.undone,
+                        "undone": o.undone or None,
+                    }
+                    for o in job.operations
+                ]
+            }
+        )
 
     async def plan(request: Request, job: Job) -> Response:
         await service.plan(job)
@@ -419,6 +468,10 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
     async def start(request: Request, job: Job) -> Response:
         await service.start(job)
         return JSONResponse(service.snapshot(job), status_code=202)
+
+    async def resume(request: Request, job: Job) -> Response:
+        left = await service.resume(job)
+        return JSONResponse({**service.snapshot(job), "remaining": left}, status_code=202)
 
     async def cancel(request: Request, job: Job) -> Response:
         await service.cancel(job)
@@ -510,9 +563,12 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         Route("/api/jobs/{job_id}", with_job(set_options), methods=["PATCH"]),
         Route("/api/jobs/{job_id}/rows", with_job(rows), methods=["GET"]),
         Route("/api/jobs/{job_id}/rows/{row}", with_job(edit_row), methods=["PATCH"]),
+        Route("/api/jobs/{job_id}/edits", with_job(apply_edit), methods=["POST"]),
+        Route("/api/jobs/{job_id}/edits", with_job(list_edits), methods=["GET"]),
         Route("/api/jobs/{job_id}/plan", with_job(plan), methods=["POST"]),
         Route("/api/jobs/{job_id}/start", with_job(start), methods=["POST"]),
         Route("/api/jobs/{job_id}/cancel", with_job(cancel), methods=["POST"]),
+        Route("/api/jobs/{job_id}/resume", with_job(resume), methods=["POST"]),
         Route("/api/jobs/{job_id}/events", with_job(events), methods=["GET"]),
         Route("/api/jobs/{job_id}/results.xlsx", with_job(download("results")), methods=["GET"]),
         Route("/api/jobs/{job_id}/failed.xlsx", with_job(download("failed")), methods=["GET"]),

@@ -19,6 +19,8 @@ class JobStatus(enum.StrEnum):
 
     VALIDATING = "validating"
     VALIDATED = "validated"
+    NEEDS_SHEET = "needs_sheet"
+    """Several sheets name the fields and none was chosen: the user picks (``sheet_list``)."""
     PLANNING = "planning"
     PLANNED = "planned"
     SENDING = "sending"
@@ -37,6 +39,8 @@ class Step(enum.StrEnum):
     VALIDATE = "validate"
     """Read and check the upload (again): on upload, an options change, a restart."""
     VALIDATED = "validated"
+    SHEET_NEEDED = "sheet needed"
+    """Several sheets name the fields: the user chooses (a sheets option) before anything else."""
     EDIT = "edit"
     """A corrected row was checked again: any plan is dropped."""
     PLAN = "plan"
@@ -49,6 +53,8 @@ class Step(enum.StrEnum):
     PLAN_CHANGED = "plan changed"
     """The account changed since the plan was shown: nothing sent, the new plan shown."""
     SENT = "sent"
+    RESUME = "resume"
+    """Plan again the rows a cancelled or stopped send left (its journal stays)."""
     CANCEL = "cancel"
     FAIL = "fail"
 
@@ -57,12 +63,15 @@ S, J = Step, JobStatus
 TRANSITIONS: dict[tuple[JobStatus, Step], JobStatus] = {
     (J.VALIDATING, S.VALIDATE): J.VALIDATING,
     (J.VALIDATING, S.VALIDATED): J.VALIDATED,
+    (J.VALIDATING, S.SHEET_NEEDED): J.NEEDS_SHEET,
     (J.VALIDATING, S.FAIL): J.FAILED,
     (J.VALIDATED, S.VALIDATE): J.VALIDATING,
     (J.VALIDATED, S.EDIT): J.VALIDATED,
     (J.VALIDATED, S.PLAN): J.PLANNING,
     (J.VALIDATED, S.CANCEL): J.CANCELLED,
     (J.VALIDATED, S.FAIL): J.FAILED,
+    (J.NEEDS_SHEET, S.VALIDATE): J.VALIDATING,
+    (J.NEEDS_SHEET, S.CANCEL): J.CANCELLED,
     (J.PLANNING, S.PLANNED): J.PLANNED,
     (J.PLANNING, S.PLAN_FAILED): J.VALIDATED,
     (J.PLANNING, S.FAIL): J.FAILED,
@@ -78,11 +87,13 @@ TRANSITIONS: dict[tuple[JobStatus, Step], JobStatus] = {
     (J.SENDING, S.FAIL): J.FAILED,
     (J.FAILED, S.VALIDATE): J.VALIDATING,
     (J.FAILED, S.RETRY): J.SENDING,
+    (J.FAILED, S.RESUME): J.PLANNING,
+    (J.CANCELLED, S.RESUME): J.PLANNING,
     (J.FAILED, S.FAIL): J.FAILED,
 }
-"""(from status, step) -> to status. Finished jobs (done, cancelled) take no step."""
+"""(from status, step) -> to status. A done job takes no step; a cancelled one only ``resume``."""
 
-BEGINS_WORK = frozenset({S.VALIDATE, S.EDIT, S.PLAN, S.START, S.RETRY, S.CANCEL})
+BEGINS_WORK = frozenset({S.VALIDATE, S.EDIT, S.PLAN, S.START, S.RETRY, S.RESUME, S.CANCEL})
 """Steps a request asks for: refused while the job is busy with other work."""
 
 _REFUSALS: dict[Step, str] = {
@@ -91,6 +102,7 @@ _REFUSALS: dict[Step, str] = {
     S.PLAN: "a plan needs a validated job",
     S.START: "nothing can start now",
     S.RETRY: "nothing can start now",
+    S.RESUME: "only a cancelled or stopped job can send the rest",
     S.CANCEL: "it cannot be cancelled now",
 }
 

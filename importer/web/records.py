@@ -23,6 +23,7 @@ from importer.engine.plan import Plan, plan_from_dict, plan_to_dict, writes_fing
 from importer.model import Action, RowIssue, RowOutcome, Status, ValidationReport
 from importer.options import InputOptions
 from importer.vocab import OnExisting
+from importer.web import edits as ops
 from importer.web.engine import Edit
 from importer.web.lifecycle import JobError, JobStatus
 from importer.web.store import DamagedRecord, JobStore, decode_list, decode_object
@@ -32,7 +33,9 @@ RESIDENT_TABLES = 3
 """Validated tables kept in memory; others are read again from their folder when asked for."""
 
 
-MORE_OPTIONS = frozenset({"encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"})
+MORE_OPTIONS = frozenset(
+    {"sheets", "encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"}
+)
 KEEPS_OUTCOMES = frozenset({JobStatus.DONE, JobStatus.CANCELLED})
 """States whose per-row outcomes are in the store (written when the send ended); a planned
 job's are its plan's (plan.json)."""
@@ -76,6 +79,10 @@ class Job:
     status: JobStatus = JobStatus.VALIDATING
     error: str = ""
     sheet: str | None = None
+    sheets: list[str] = field(default_factory=list)
+    """Several sheets chosen, read as one table (each row names its sheet); [] : ``sheet``."""
+    sheet_list: list[dict[str, Any]] = field(default_factory=list)
+    """Every visible sheet of a workbook as the reader surveyed it: name, rows, matches."""
     header_row: int | None = None
     """The header's Excel row when the user chose it; None: where the reader found it."""
     default_region: str | None = None
@@ -111,6 +118,8 @@ class Job:
     """Found sending at start: the send the user confirmed goes on from its journal."""
     outcomes: dict[int, RowOutcome] = field(default_factory=dict)
     edits: list[Edit] = field(default_factory=list)
+    operations: list[ops.Operation] = field(default_factory=list)
+    """The edit operations (``web.edits``), in operations.json; ``edits`` holds their cells."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     interrupted: bool = False
@@ -131,6 +140,7 @@ class Job:
         *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
         *("columns", "mapping", "source", "finished", "header_row", "planned", "notes"),
         *("encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"),
+        *("sheets", "sheet_list"),
     )
 
     @property
@@ -140,7 +150,7 @@ class Job:
     def input_options(self) -> InputOptions:
         return InputOptions(
             path=self.input_path,
-            sheets=(self.sheet,) if self.sheet else (),
+            sheets=tuple(self.sheets) or ((self.sheet,) if self.sheet else ()),
             column_map=dict(self.column_map),
             default_region=self.default_region,
             encoding=self.encoding,
@@ -155,8 +165,10 @@ class Job:
         inputs = {
             "sha256": self.source.get("sha256"),
             "edits": [dataclasses.asdict(e) for e in self.edits],
+            **({"excluded": sorted(excluded)} if (excluded := ops.excluded_rows(self.operations)) else {}),
             "options": {
                 "sheet": self.sheet,
+                **({"sheets": self.sheets} if self.sheets else {}),
                 "header_row": self.header_row,
                 "default_region": self.default_region,
                 "map": self.column_map,

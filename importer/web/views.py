@@ -6,15 +6,17 @@ Values only, from the job and its validated table; ``JobService`` fetches the ta
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from importer.jobs.validate import failed_outcome, reasons_by_row, skipped_outcome
-from importer.model import RowOutcome, Status, ValidationReport
+from importer.model import RowIssue, RowOutcome, Status, ValidationReport
 from importer.vocab import ReasonKind
+from importer.web import edits as ops
 from importer.web.lifecycle import JobStatus
 from importer.web.records import NO_PROGRESS, Job, validated_only
 
-__all__ = ["rows_page", "snapshot"]
+__all__ = ["row_items", "rows_page", "snapshot"]
 
 
 def snapshot(job: Job) -> dict[str, Any]:
@@ -38,8 +40,13 @@ def snapshot(job: Job) -> dict[str, Any]:
         or None,
         "budget": job.budget or None,
         "notes": job.notes,
+        "sheets": job.sheet_list,
+        "candidates": [s["name"] for s in job.sheet_list if s["matches"] and s["rows"]]
+        if job.status is JobStatus.NEEDS_SHEET
+        else None,
         "options": {
             "sheet": job.sheet,
+            "sheets": job.sheets,
             "header_row": job.header_row,
             "default_region": job.default_region,
             "map": [f"{h}={f}" for h, f in job.column_map.items()],
@@ -83,13 +90,53 @@ def rows_page(
     else:
         positions = list(range(len(index)))
     page = positions[offset : offset + limit]
+    items = _items(job, report, [(i, index[i], statuses[i]) for i in page], issues)
+    return {
+        "job": job.id,
+        "columns": list(report.table.headers),
+        "total": len(positions),
+        "offset": offset,
+        "limit": limit,
+        "rows": items,
+    }
+
+
+def row_items(job: Job, report: ValidationReport, rows: Sequence[int]) -> list[dict[str, Any]]:
+    """Some rows as ``rows_page`` pages them, without building the whole table's view."""
+    index = report.table.frame.index
+    wanted = set(rows)
+    issues = reasons_by_row(i for i in report.issues if i.row in wanted)
+    page = []
+    for row in rows:
+        status = (
+            Status.FAILED.value
+            if row in issues
+            else (
+                o.status.value
+                if (o := job.outcomes.get(row))
+                else (Status.SKIPPED.value if row in report.skipped else Status.NOT_SENT.value)
+            )
+        )
+        page.append((int(index.get_loc(row)), row, status))  # type: ignore[arg-type]
+    return _items(job, report, page, issues)
+
+
+def _items(
+    job: Job,
+    report: ValidationReport,
+    page: Sequence[tuple[int, int, str]],
+    issues: Mapping[int, list[RowIssue]],
+) -> list[dict[str, Any]]:
+    """The rows at ``page`` (position, row, status) with their values, outcome and issues."""
     edited = collections.defaultdict(set)
+    shown = {row for _, row, _ in page}
     for e in job.edits:
-        edited[e.row].add(e.header)
+        if e.row in shown:
+            edited[e.row].add(e.header)
     items = []
+    frame = report.table.frame
     unplanned = job.status in (JobStatus.VALIDATING, JobStatus.VALIDATED, JobStatus.PLANNING)
-    for i in page:
-        row = index[i]
+    for i, row, status in page:
         values = [str(v) for v in frame.iloc[i].tolist()]
         row_issues = issues.get(row, [])
         # One outcome per row, as the library's results say it (``run.every_row``).
@@ -105,13 +152,14 @@ def rows_page(
             {
                 "row": row,
                 "values": values,
-                "status": statuses[i],
+                "status": status,
                 "valid": not row_issues,
                 "action": outcome.action.value,
                 "reason": outcome.reason,
                 "reason_kind": str(outcome.reason_kind),
                 "issues": [
                     {"column": x.column, "value": x.value, "message": x.message, "kind": x.kind}
+                    | ({"suggestion": hint} if (hint := ops.suggestion(x)) else {})
                     for x in row_issues
                 ],
                 "did_id": outcome.did_id,
@@ -119,13 +167,7 @@ def rows_page(
                 "current": outcome.current,
                 "proposed": outcome.proposed,
                 "edited": sorted(edited.get(row, ())),
+                **dict(zip(("sheet", "excel_row"), report.table.origin(row), strict=True)),
             }
         )
-    return {
-        "job": job.id,
-        "columns": list(report.table.headers),
-        "total": len(positions),
-        "offset": offset,
-        "limit": limit,
-        "rows": items,
-    }
+    return items

@@ -60,7 +60,8 @@ def unread(job: Job) -> bool:
 
     A job that failed while sending has ``finished`` set; one whose upload failed never has.
     """
-    return job.status is JobStatus.VALIDATING or (job.status is JobStatus.FAILED and not job.finished)
+    waits = (JobStatus.VALIDATING, JobStatus.NEEDS_SHEET)
+    return job.status in waits or (job.status is JobStatus.FAILED and not job.finished)
 
 
 def sent(job: Job) -> bool:

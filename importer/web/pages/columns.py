@@ -122,6 +122,7 @@ async def columns_post(ctx: PageContext, request: Request, job: Job) -> Response
     """``POST /jobs/{id}/columns``: the options chosen; the job is read and checked again."""
     async with request.form(max_files=0, max_fields=64, max_part_size=4096) as form:
         sheet = str(form.get("sheet") or "").strip() or None
+        picked = list(dict.fromkeys(str(v).strip() for v in form.getlist("sheets") if str(v).strip()))
         region = str(form.get("default_region") or "").strip().upper() or None
         wanted_row = str(form.get("header_row") or "").strip()
         shown = str(form.get("shown_header_row") or "").strip()
@@ -145,6 +146,10 @@ async def columns_post(ctx: PageContext, request: Request, job: Job) -> Response
             return await columns(ctx, request, job, "the header row is a row number, like 1 or 3", 400)
         header_row = int(wanted_row)
         column_map = {}  # another header row has other names: map them once they show
+    if picked:  # the sheet picker (``web.edits``' sheets): one sheet, or several as one table
+        sheet, more["sheets"] = (picked[0], []) if len(picked) == 1 else (None, picked)
+        if more["sheets"] != job.sheets:
+            column_map, header_row = {}, None
     if sheet != job.sheet and sheet is not None:
         column_map = {}  # another sheet has other headers: start from the automatic match
         header_row = None
