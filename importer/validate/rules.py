@@ -373,25 +373,19 @@ def _column_order(mapping: Mapping[str, int], headers: tuple[str, ...], column: 
         return len(headers) + (FIELD_NAMES.index(column) if column in FIELD_NAMES else 0)
 
 
-class _LazyRows(Sequence[RoutingRow]):
-    """The valid rows as RoutingRow values, built when first read."""
+class LazyRows(Sequence[RoutingRow]):
+    """Rows built when first read (``_build``), then kept: a plan reads them, a validate-only run
+    and a cell edit never do."""
 
-    def __init__(self, values: dict[str, pd.Series], rows: npt.NDArray[np.int64]) -> None:
-        # Only the parsed values are kept (not the cleaned frame): a validate-only run holds
-        # them while it writes, and never builds the rows.
-        self._values: dict[str, pd.Series] | None = values
-        self._numbers = rows
-        self._rows: list[RoutingRow] | None = None
+    _rows: list[RoutingRow] | None = None
+
+    def _build(self) -> list[RoutingRow]:
+        raise NotImplementedError
 
     def _built(self) -> list[RoutingRow]:
         if self._rows is None:
-            assert self._values is not None
-            self._rows = _valid_rows(self._values, self._numbers.tolist())
-            self._values = None
+            self._rows = self._build()
         return self._rows
-
-    def __len__(self) -> int:
-        return len(self._numbers)
 
     @overload
     def __getitem__(self, index: int) -> RoutingRow: ...
@@ -399,6 +393,28 @@ class _LazyRows(Sequence[RoutingRow]):
     def __getitem__(self, index: slice) -> Sequence[RoutingRow]: ...
     def __getitem__(self, index: int | slice) -> RoutingRow | Sequence[RoutingRow]:
         return self._built()[index]
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+
+class _LazyRows(LazyRows):
+    """The valid rows as RoutingRow values, built when first read."""
+
+    def __init__(self, values: dict[str, pd.Series], rows: npt.NDArray[np.int64]) -> None:
+        # Only the parsed values are kept (not the cleaned frame): a validate-only run holds
+        # them while it writes, and never builds the rows.
+        self._values: dict[str, pd.Series] | None = values
+        self._numbers = rows
+
+    def _build(self) -> list[RoutingRow]:
+        assert self._values is not None
+        rows = _valid_rows(self._values, self._numbers.tolist())
+        self._values = None
+        return rows
+
+    def __len__(self) -> int:
+        return len(self._numbers)
 
     def __repr__(self) -> str:
         return f"<{len(self)} valid rows>"

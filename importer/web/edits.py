@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from importer.options import InputOptions
 from importer.validate.cells import clean_frame, clean_text, parse_cells, parse_positive_int, parse_series
 from importer.validate.columns import WRONG_MATCH_SHARE
 from importer.validate.phones import PhoneNormaliser
-from importer.validate.rules import _column_order, validate_table
+from importer.validate.rules import LazyRows, _column_order, validate_table
 from importer.vocab import ReasonKind
 from importer.web.engine import Edit
 from importer.words import IssueKind
@@ -480,7 +480,7 @@ def _sub_table(table: RawTable, rows: pd.Index) -> RawTable:
     )
 
 
-class _MergedRows(Sequence[RoutingRow]):
+class _MergedRows(LazyRows):
     """The valid rows of an earlier check, with some rows' replaced by a new check's, in row order.
 
     Built when first read, as the library's own valid rows are: a plan reads them, a cell edit
@@ -491,27 +491,14 @@ class _MergedRows(Sequence[RoutingRow]):
         self._old: Sequence[RoutingRow] | None = old
         self._redone = redone
         self._fresh = fresh
-        self._rows: list[RoutingRow] | None = None
 
-    def _built(self) -> list[RoutingRow]:
-        if self._rows is None:
-            assert self._old is not None
-            kept = [r for r in self._old if r.row not in self._redone]
-            rows = kept + self._fresh
-            order = np.argsort(np.array([r.row for r in rows], dtype=np.int64), kind="stable")
-            self._rows = [rows[i] for i in order.tolist()]
-            self._old = None
-        return self._rows
-
-    def __len__(self) -> int:
-        return len(self._built())
-
-    @overload
-    def __getitem__(self, index: int) -> RoutingRow: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[RoutingRow]: ...
-    def __getitem__(self, index: int | slice) -> RoutingRow | Sequence[RoutingRow]:
-        return self._built()[index]
+    def _build(self) -> list[RoutingRow]:
+        assert self._old is not None
+        kept = [r for r in self._old if r.row not in self._redone]
+        rows = kept + self._fresh
+        order = np.argsort(np.array([r.row for r in rows], dtype=np.int64), kind="stable")
+        self._old = None
+        return [rows[i] for i in order.tolist()]
 
     def __repr__(self) -> str:
         return "<valid rows, merged>"
