@@ -88,7 +88,7 @@ class _RecordTexts(dict[tuple[tuple[str, object], ...], str]):
             return ""
         items = tuple(values.items())
         # Only ints, texts and None as keys: True == 1 == 1.0 would share a text they do not have.
-        if not all(type(v) in _PLAIN for _k, v in items):
+        if not _PLAIN.issuperset(map(type, values.values())):
             return record_text(values)
         if items and items[0][0] == "did_id" and type(items[0][1]) is int:
             rest = self[items[1:]]
