@@ -69,6 +69,33 @@ def record_text(values: Mapping[str, object] | None) -> str:
     return json.dumps({k: v for k, v in values.items() if v is not None})
 
 
+class _RecordTexts(dict[tuple[tuple[str, object], ...], str]):
+    """``record_text`` of many records, the text of each distinct record after its DID id made once.
+
+    A dry run shows a create body per row: ``{"did_id": N, ...}`` with a handful of distinct
+    routings after the id. The id is spliced in front of the rest's text, as json.dumps writes it.
+    """
+
+    def __missing__(self, key: tuple[tuple[str, object], ...]) -> str:
+        self[key] = text = record_text(dict(key))
+        return text
+
+    def text(self, values: Mapping[str, object] | None) -> str:
+        if values is None:
+            return ""
+        items = tuple(values.items())
+        # Only ints, texts and None as keys: True == 1 == 1.0 would share a text they do not have.
+        if not _PLAIN.issuperset(map(type, values.values())):
+            return record_text(values)
+        if items and items[0][0] == "did_id" and type(items[0][1]) is int:
+            rest = self[items[1:]]
+            return f'{{"did_id": {items[0][1]}' + (", " + rest[1:] if rest != "{}" else "}")
+        return self[items]
+
+
+_PLAIN = frozenset((int, str, type(None)))
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
     """One write to send: the data the engine needs to send it, settle it and report it."""
@@ -223,13 +250,14 @@ class Plan:
 
     def dry_run(self) -> tuple[RowOutcome, ...]:
         """Every row's outcome when nothing is sent: the settled ones, and each write as 'would ...'."""
+        texts = _RecordTexts()
         would = tuple(
             w.outcome(
                 Status.NOT_SENT,
                 w.dry_kind.label + (f"; {w.note}" if w.note else ""),
                 w.dry_kind,
-                current=record_text(w.before),
-                proposed=record_text(w.body),
+                current=texts.text(w.before),
+                proposed=texts.text(w.body),
             )
             for w in self.writes
         )

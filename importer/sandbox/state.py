@@ -356,16 +356,15 @@ class Account:
         record = self.routing[routing_id] if routing_id is not None else None
         bot_ids = [record.values[n] for n in _BOT_ID_ORDER if n in record.values] if record else []
         bot = self.bots.get(bot_ids[0]) if bot_ids else None
+        # Literal lists per state (fresh each call): sync renders this for every DID of the account.
         if record is None:
-            state, issues, actions = (
-                "ROUTING_MISSING",
-                ["ROUTING_MISSING"],
-                [("create_routing", "Create call routing")],
-            )
+            state, issues, codes = "ROUTING_MISSING", ["ROUTING_MISSING"], ["create_routing"]
+            items = [{"code": "create_routing", "label": "Create call routing"}]
         elif bot is None:
-            state, issues, actions = "NO_BOT", ["NO_BOT"], [("attach_bot", "Route calls to a WebSocket bot")]
+            state, issues, codes = "NO_BOT", ["NO_BOT"], ["attach_bot"]
+            items = [{"code": "attach_bot", "label": "Route calls to a WebSocket bot"}]
         else:
-            state, issues, actions = "READY", [], []
+            state, issues, codes, items = "READY", [], [], []
         return {
             "key": did.did_number,
             "phone_number": "+" + did.did_number,
@@ -375,8 +374,8 @@ class Account:
             "local_phone_number": None,
             "routing": self.routing_item(record, as_int=True) if record else None,
             "bot": self.bot_item(bot) if bot else None,
-            "actions": [code for code, _ in actions],
-            "action_items": [{"code": code, "label": label} for code, label in actions],
+            "actions": codes,
+            "action_items": items,
         }
 
     def snapshot(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ silently: each input row is in ``ValidationReport.valid``, has at least one issu
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import cast, overload
 
 import numpy as np
@@ -394,6 +394,10 @@ class LazyRows(Sequence[RoutingRow]):
     def __getitem__(self, index: int | slice) -> RoutingRow | Sequence[RoutingRow]:
         return self._built()[index]
 
+    def __iter__(self) -> Iterator[RoutingRow]:
+        # Sequence's own goes through __getitem__ (and _built) once per row.
+        return iter(self._built())
+
     def __len__(self) -> int:
         return len(self._built())
 
@@ -424,21 +428,38 @@ def _valid_rows(values: dict[str, pd.Series], rows: list[int]) -> list[RoutingRo
     if not rows:
         return []
     cols = {name: values[name].loc[rows].tolist() for name in FIELD_NAMES}
+    id_columns = [cols[f] for f in MODE_ID_FIELDS]
+    # The ids a pair of modes needs, as positions in MODE_ID_FIELDS: looked up once per pair.
+    needed_at: dict[tuple[int, int], tuple[int, ...]] = {}
     out: list[RoutingRow] = []
-    for i, row in enumerate(rows):
-        inbound = cols["for_inbound_call"][i]
-        outbound = cols["for_outbound_call"][i]
-        needed = {f: cols[f][i] for f in MODE_ID_FIELDS if f in _required_ids(int(inbound), int(outbound))}
-        out.append(
+    append = out.append
+    for i, (row, inbound, outbound, status, did_id, did_number, connection_id) in enumerate(
+        zip(
+            rows,
+            cols["for_inbound_call"],
+            cols["for_outbound_call"],
+            cols["status"],
+            cols["did_id"],
+            cols["did_number"],
+            cols["connection_id"],
+            strict=True,
+        )
+    ):
+        modes = (int(inbound), int(outbound))
+        at = needed_at.get(modes)
+        if at is None:
+            wanted = _required_ids(*modes)
+            at = needed_at[modes] = tuple(k for k, f in enumerate(MODE_ID_FIELDS) if f in wanted)
+        append(
             RoutingRow(
                 row=int(row),
-                did_id=cols["did_id"][i],
-                did_number=cols["did_number"][i],
-                for_inbound_call=int(inbound),
-                for_outbound_call=int(outbound),
-                status=int(cols["status"][i]),
-                connection_id=cols["connection_id"][i],
-                **needed,
+                did_id=did_id,
+                did_number=did_number,
+                for_inbound_call=modes[0],
+                for_outbound_call=modes[1],
+                status=int(status),
+                connection_id=connection_id,
+                **{MODE_ID_FIELDS[k]: id_columns[k][i] for k in at},
             )
         )
     return out
