@@ -454,15 +454,14 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
     ):
         jobs = [_upload(client, path).json()["id"] for path in (first, second)]
-        for job_id in jobs:
+        third = _upload(client, first).json()["id"]
+        # Every plan before any send: a plan made while the first job sends would wait for the
+        # key's limiter behind its writes, and the queue could have moved on by then.
+        for job_id in (*jobs, third):
             wait_for_job(client, job_id, {"validated"})
             _plan(client, job_id)
-        for job_id in jobs:
+        for job_id in (*jobs, third):
             assert client.post(f"/api/jobs/{job_id}/start").status_code == 202
-        third = _upload(client, first).json()["id"]
-        wait_for_job(client, third, {"validated"})
-        _plan(client, third)
-        client.post(f"/api/jobs/{third}/start")
         waiting = client.get(f"/api/jobs/{jobs[1]}").json()
         assert waiting["queue_position"] == 1 and waiting["status"] == "sending"
         assert client.get(f"/api/jobs/{third}").json()["queue_position"] == 2
