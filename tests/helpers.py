@@ -331,3 +331,21 @@ def write_region_workbook(path: Path, rows: int = 6, *, repeat: tuple[int, int] 
             sheet.append(["+" + did_number(n), 3, 93, 4, "active"])
     book.save(path)
     return path
+
+
+def cut_off_upload(url: str, data: Path, token: str) -> None:
+    """Start a multipart upload to ``url`` and go away mid-way, once its file reached ``data``."""
+    import socket
+
+    host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'
+        + b"Phone Number,Inbound Mode\r\n" * 2000
+    )
+    head = (
+        f"POST /api/jobs HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body) * 10}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(head.encode() + body)
+        wait_until(lambda: any((data / "incoming").glob("upload-*")), "the upload to reach the disk", 10)

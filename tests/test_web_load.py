@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import wait_for_job, web_connection, write_inventory, write_sheet
+from helpers import cut_off_upload, wait_for_job, web_connection, write_inventory, write_sheet
 
 from importer.sandbox import Sandbox, SandboxConfig
 from importer.web import edits, engine, jobs, lifecycle, records
@@ -256,29 +256,12 @@ def test_web_job_whose_upload_went_bad_answers_410_on_pages_and_api(
 def test_web_upload_cut_off_mid_way_answers_one_log_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import socket
-
     from importer.web.observe import LogFormat
 
     sandbox = Sandbox(SandboxConfig())
     data = tmp_path / "data"
     with _serving(_settings(data, sandbox, log_format=LogFormat.JSON)) as client:
-        url = str(client.base_url)
-        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
-        body = (
-            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'
-            + b"Phone Number,Inbound Mode\r\n" * 2000
-        )
-        head = (
-            f"POST /api/jobs HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body) * 10}\r\n\r\n"
-        )
-        with socket.create_connection((host, int(port))) as raw:
-            raw.sendall(head.encode() + body)
-            deadline = time.monotonic() + 10
-            while not any((data / "incoming").glob("upload-*")):
-                assert time.monotonic() < deadline, "the upload never reached the disk"
-                time.sleep(0.01)
+        cut_off_upload(str(client.base_url), data, TOKEN)
         deadline = time.monotonic() + 10
         while any((data / "incoming").iterdir()) or "cut off" not in (seen := capsys.readouterr().err):
             assert time.monotonic() < deadline, "no line about the cut-off upload"

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import REPO, wait_for_job, web_connection, write_inventory, write_sheet
+from helpers import REPO, cut_off_upload, wait_for_job, web_connection, write_inventory, write_sheet
 
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox, running_sandbox
 from importer.web.server import ServeSettings, running_server
@@ -213,26 +213,10 @@ def test_web_full_disk_answers_507_removes_the_partial_upload_and_keeps_serving(
 
 def test_web_upload_cut_off_mid_way_leaves_no_partial_file(tmp_path: Path) -> None:
     """A client that goes away mid-upload: nothing stays in incoming/, the server goes on."""
-    import socket
-
     sandbox = create_sandbox(SandboxConfig())
     data = tmp_path / "data"
     with _serving(_settings(data, sandbox)) as (url, client):
-        host, port = url.removeprefix("http://").rsplit(":", 1)
-        body = (
-            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\n'
-            + b"Phone Number,Inbound Mode\r\n" * 2000
-        )
-        head = (
-            f"POST /api/jobs HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body) * 10}\r\n\r\n"
-        )
-        with socket.create_connection((host, int(port))) as raw:
-            raw.sendall(head.encode() + body)
-            deadline = time.monotonic() + 10
-            while not any((data / "incoming").glob("upload-*")):  # the upload is being written
-                assert time.monotonic() < deadline, "the upload never reached the disk"
-                time.sleep(0.01)
+        cut_off_upload(url, data, TOKEN)
         deadline = time.monotonic() + 10
         while any((data / "incoming").iterdir()):
             assert time.monotonic() < deadline, list((data / "incoming").iterdir())
