@@ -7,7 +7,8 @@ Routes (behind the same ``security.Guard`` as the API; forms post to the same or
     GET  /jobs/{id}                    the job's current step
     GET  /jobs/{id}/columns  POST      sheet, default region and the column for each field
     GET  /jobs/{id}/check              counts, the rows paged on the server (?problems=1&page=2)
-    POST /jobs/{id}/rows/{row}         correct cells of one row (plain form; htmx swaps the table)
+    POST /jobs/{id}/rows               the grid's form: cells changed, then one edit operation
+    POST /jobs/{id}/rows/{row}         correct cells of one row (plain form)
     GET  /jobs/{id}/plan     POST      the dry run against the account, side by side
     GET  /jobs/{id}/send     POST      the confirmation, then live progress (SSE from the API)
     POST /jobs/{id}/cancel             stop sending; writes in flight settle
@@ -59,6 +60,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         Route("/jobs/{job_id}/columns", on_job(columns.columns_get), methods=["GET"]),
         Route("/jobs/{job_id}/columns", on_job(columns.columns_post), methods=["POST"]),
         Route("/jobs/{job_id}/check", on_job(check.check_get), methods=["GET"]),
+        Route("/jobs/{job_id}/rows", on_job(check.save), methods=["POST"]),
         Route("/jobs/{job_id}/rows/{row}", on_job(check.fix), methods=["POST"]),
         Route("/jobs/{job_id}/plan", on_job(plan.plan_page), methods=["GET"]),
         Route("/jobs/{job_id}/plan", on_job(plan.plan_post), methods=["POST"]),

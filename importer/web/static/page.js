@@ -1,5 +1,6 @@
 // Progressive enhancement only: every page works without this file.
-// 1. Drag and drop onto the upload box. 2. Live job snapshots over server-sent events.
+// 1. Drag and drop onto the upload box. 2. The fixing grid's keys and unsaved cells.
+// 3. Live job snapshots over server-sent events.
 (function () {
   "use strict";
   var drop = document.querySelector("[data-drop]");
@@ -20,11 +21,179 @@
     });
   }
 
-  // After htmx swapped a table, move focus to the message saying what happened.
-  document.body.addEventListener("htmx:afterSettle", function () {
+  // The fixing grid (check page). Every cell is an input of one form, so the page works without
+  // this; here a cell behaves as in a spreadsheet: arrows move, typing or Enter or F2 edits,
+  // Esc takes the cell back, Enter keeps it, Ctrl+S saves. Cells typed and not saved stay in
+  // `pending` across table swaps (filters, pages, bulk fixes): a save sends them all, and only them.
+  var pending = {};
+  var sent = null;
+  var CELL = /^c-(\d+)-(\d+)$/;
+  var isCell = function (el) {
+    return !!(el && el.classList && el.classList.contains("cell") && el.closest("[data-grid]"));
+  };
+  var editing = function (input) { return input.parentElement.classList.contains("editing"); };
+  var plain = function (text) { return text.replace(/[\r\n]/g, ""); }; // an input drops line breaks
+  var unsaved = function () {
+    var shown = document.getElementById("unsaved");
+    if (!shown) { return; }
+    var ids = Object.keys(pending);
+    var away = ids.filter(function (id) { return !document.getElementById(id); }).length;
+    var text = ids.length ? ids.length + " unsaved change" + (ids.length > 1 ? "s" : "") : "";
+    if (away) { text += " (" + away + " in rows not shown)"; }
+    if (shown.textContent !== text) { shown.textContent = text; }
+  };
+  var mark = function (input) {
+    var dirty = input.value !== plain(input.defaultValue);
+    input.parentElement.classList.toggle("dirty", dirty);
+    if (dirty) { pending[input.id] = input.value; } else { delete pending[input.id]; }
+    unsaved();
+  };
+  var begin = function (input, select) {
+    input.parentElement.classList.add("editing");
+    if (select) { input.select(); } else { input.setSelectionRange(input.value.length, input.value.length); }
+  };
+  // A mode that needs an id (a bot, a SIP trunk): its id cell is marked, and (from the keyboard)
+  // is the next cell to type in, at once, before any save.
+  var needs = function (input, jump) {
+    var m = CELL.exec(input.id);
+    var th = m && input.closest("table").querySelector("th[data-pos='" + m[2] + "'][data-needs]");
+    if (!th) { return false; }
+    var pos = JSON.parse(th.getAttribute("data-needs"))[input.value.toLowerCase().replace(/[^0-9a-z]/g, "")];
+    var target = pos === undefined ? null : document.getElementById("c-" + m[1] + "-" + pos);
+    if (!target) { return false; }
+    target.parentElement.classList.add("needed");
+    target.setAttribute("aria-required", "true");
+    if (!jump || target.value.trim()) { return false; }
+    target.focus();
+    begin(target, false);
+    return true;
+  };
+  var commit = function (input, jump) {
+    input.parentElement.classList.remove("editing");
+    input.setAttribute("data-before", input.value);
+    mark(input);
+    return needs(input, jump);
+  };
+  var move = function (input, rows, cols) {
+    var tr = input.closest("tr");
+    var row = Array.prototype.slice.call(tr.querySelectorAll("input.cell"));
+    var at = row.indexOf(input);
+    var to = null;
+    if (rows) {
+      var next = rows < 0 ? tr.previousElementSibling : tr.nextElementSibling;
+      to = next && next.querySelectorAll("input.cell")[at];
+    } else {
+      to = row[at + cols];
+    }
+    if (to) { to.focus(); }
+  };
+  var cellKey = function (e, input) {
+    if (e.altKey || e.ctrlKey || e.metaKey) { return; }
+    var arrows = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] };
+    if (!editing(input)) {
+      if (arrows[e.key]) { e.preventDefault(); move(input, arrows[e.key][0], arrows[e.key][1]); }
+      else if (e.key === "Enter" || e.key === "F2") { e.preventDefault(); begin(input, false); }
+      else if (e.key === "Backspace" || e.key === "Delete" || e.key.length === 1) { begin(input, true); }
+      return;  // the key itself then types over the selected text
+    }
+    if (e.key === "Enter") {
+      e.preventDefault();
+      if (!commit(input, true)) { move(input, 1, 0); }
+    } else if (e.key === "Escape") {
+      e.preventDefault();
+      input.value = input.getAttribute("data-before");
+      input.parentElement.classList.remove("editing");
+      mark(input);
+    }
+  };
+  document.addEventListener("focusin", function (e) {
+    if (isCell(e.target)) { e.target.setAttribute("data-before", e.target.value); }
+  });
+  document.addEventListener("focusout", function (e) {
+    if (isCell(e.target) && editing(e.target)) { commit(e.target, false); }
+  });
+  document.addEventListener("click", function (e) {
+    var t = e.target;
+    if (isCell(t) && !editing(t) && !t.readOnly) { t.parentElement.classList.add("editing"); return; }
+    var link = t.closest && t.closest("a[data-cell]");
+    var cell = link && document.getElementById(link.getAttribute("data-cell"));
+    if (cell) {
+      e.preventDefault();
+      cell.focus({ preventScroll: true });
+      cell.scrollIntoView({ block: "center", inline: "center" });
+    }
+  });
+  document.addEventListener("input", function (e) {
+    var t = e.target;
+    if (!isCell(t)) { return; }
+    if (!editing(t)) { t.parentElement.classList.add("editing"); }  // pasted, or picked from a list
+    mark(t);
+  });
+  document.addEventListener("keydown", function (e) {
+    var save = document.getElementById("save");
+    var t = e.target;
+    if (save && (e.ctrlKey || e.metaKey) && !e.altKey && (e.key === "s" || e.key === "S")) {
+      e.preventDefault();
+      if (isCell(t) && editing(t)) { commit(t, false); }
+      save.click();
+    } else if (isCell(t)) {
+      cellKey(e, t);
+    } else if (e.key === "Enter" && t.tagName === "INPUT" && t.closest("fieldset.tool")) {
+      e.preventDefault();  // Enter in a bulk fix's field runs that fix, not the form's Save
+      t.closest("fieldset.tool").querySelector("[data-tool]").click();
+    }
+  });
+  var grid = function (elt) { return !!(elt && elt.closest && elt.closest("form#grid")); };
+  document.body.addEventListener("htmx:configRequest", function (e) {
+    if (!grid(e.detail.elt) || e.detail.verb !== "post") { return; }
+    var form = e.detail.formData;
+    var untouched = [];
+    form.forEach(function (value, key) { if (CELL.test(key) && !(key in pending)) { untouched.push(key); } });
+    untouched.forEach(function (key) { form.delete(key); });  // only what was typed: never an old value
+    Object.keys(pending).forEach(function (key) { form.set(key, pending[key]); });
+    sent = Object.assign({}, pending);
+  });
+  document.body.addEventListener("htmx:beforeRequest", function (e) {
+    // Nothing typed while a save is on its way can be lost: the cells wait for its answer.
+    if (grid(e.detail.elt) && e.detail.requestConfig.verb === "post") {
+      document.querySelectorAll("[data-grid] input.cell").forEach(function (i) { i.readOnly = true; });
+    }
+  });
+  document.body.addEventListener("htmx:afterRequest", function (e) {
+    if (!e.detail.successful) {
+      sent = null;
+      document.querySelectorAll("[data-grid] input.cell").forEach(function (i) { i.readOnly = false; });
+    }
+  });
+  var restore = function () {
+    if (sent) {
+      if (!document.querySelector("#message.error")) {
+        Object.keys(sent).forEach(function (id) { if (pending[id] === sent[id]) { delete pending[id]; } });
+      }
+      sent = null;
+    }
+    Object.keys(pending).forEach(function (id) {
+      var input = document.getElementById(id);
+      if (input) { input.value = pending[id]; mark(input); }
+    });
+    unsaved();
+  };
+  document.body.addEventListener("htmx:afterSwap", restore);
+
+  // After a save, the next row with a problem; after another change, the message saying what happened.
+  var land = function () {
+    var section = document.getElementById("check");
+    var cell = section && document.getElementById(section.getAttribute("data-focus") || "");
+    if (cell) {
+      cell.focus({ preventScroll: true });
+      cell.scrollIntoView({ block: "center", inline: "center" });
+      return;
+    }
     var m = document.getElementById("message");
     if (m) { m.focus(); }
-  });
+  };
+  document.body.addEventListener("htmx:afterSettle", land);
+  land();
 
   var main = document.querySelector("main[data-job]");
   if (!main || !window.EventSource) { return; }
