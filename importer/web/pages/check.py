@@ -179,7 +179,7 @@ def _grid_row(item: Mapping[str, Any], headers: Sequence[str], report: Validatio
         by_column.setdefault(x.column, x)
     edited = set(item["edited"])
     cells = tuple(
-        Cell(i, v, x, suggestion(x) if x else None, h in edited)
+        Cell(i, v, x, _suggested(x) if x else None, h in edited)
         for i, (h, v) in enumerate(zip(headers, item["values"], strict=True))
         for x in (by_column.get(h),)
     )
@@ -197,6 +197,16 @@ def _grid_row(item: Mapping[str, Any], headers: Sequence[str], report: Validatio
         state = "valid"
     loose = tuple(x for x in issues if x.column not in headers)
     return GridRow(row, state, cells, faults, loose, str(item["reason"]), tuple(item["edited"]))
+
+
+def _suggested(issue: RowIssue) -> str | None:
+    """What a near-miss label most likely means, as the page says it ("4 (only-answer)")."""
+    fix = suggestion(issue)
+    direction = issue.params.get("direction", "")
+    modes = next((m for d, m in fields.MODES.items() if d.value == direction), None)
+    if fix is None or modes is None or not fix.isdigit() or int(fix) not in modes:
+        return fix
+    return f"{fix} ({modes[int(fix)].label})"
 
 
 def _needs(report: ValidationReport) -> dict[int, dict[str, int]]:

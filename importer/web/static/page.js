@@ -120,7 +120,7 @@
     if (cell) {
       e.preventDefault();
       cell.focus({ preventScroll: true });
-      cell.scrollIntoView({ block: "center", inline: "center" });
+      cell.scrollIntoView({ block: "center", inline: "nearest" });
     }
   });
   document.addEventListener("input", function (e) {
@@ -186,7 +186,7 @@
     var cell = section && document.getElementById(section.getAttribute("data-focus") || "");
     if (cell) {
       cell.focus({ preventScroll: true });
-      cell.scrollIntoView({ block: "center", inline: "center" });
+      cell.scrollIntoView({ block: "center", inline: "nearest" });
       return;
     }
     var m = document.getElementById("message");
