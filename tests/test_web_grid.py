@@ -25,7 +25,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from importer.sandbox import SandboxConfig, create_sandbox
 from importer.web.server import ServeSettings, running_server
 
-pytestmark = pytest.mark.slow  # browser: a real chromium driving the page
+SLOW = pytest.mark.slow  # browser: a real chromium driving the page
 
 TOKEN = "grid-test-token-0123456789-abcdefghijk"
 SHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
@@ -155,6 +155,7 @@ def _shot(page: Page, name: str) -> None:
 # -- the sheet, the counts ------------------------------------------------------------------------
 
 
+@SLOW
 def test_grid_sheet_chosen_when_asked_then_counts_add_up(pages: Callable[..., Page], served: Served) -> None:
     """Two sheets name the fields: the page asks, with their row counts; the check counts each row once."""
     page = pages(served.url)
@@ -171,6 +172,7 @@ def test_grid_sheet_chosen_when_asked_then_counts_add_up(pages: Callable[..., Pa
     expect(page.locator("#sum")).to_contain_text("41 rows = 23 valid + 18 with problems + 0 excluded.")
 
 
+@SLOW
 def test_grid_counts_after_a_plan_are_disjoint_and_name_the_account(
     pages: Callable[..., Page], served: Served
 ) -> None:
@@ -193,6 +195,7 @@ def test_grid_counts_after_a_plan_are_disjoint_and_name_the_account(
 # -- editing cells ---------------------------------------------------------------------------------
 
 
+@SLOW
 def test_grid_valid_cell_edited_and_marked(pages: Callable[..., Page], served: Served) -> None:
     """A cell of a valid row takes a correction too; it is marked unsaved, then saved and marked."""
     job = _job(served)
@@ -210,6 +213,7 @@ def test_grid_valid_cell_edited_and_marked(pages: Callable[..., Page], served: S
     expect(page.locator("#unsaved")).to_have_text("")
 
 
+@SLOW
 def test_grid_two_rows_saved_at_once_nothing_lost_focus_on_next_problem(
     pages: Callable[..., Page], served: Served
 ) -> None:
@@ -246,6 +250,7 @@ def test_grid_two_rows_saved_at_once_nothing_lost_focus_on_next_problem(
     expect(page.locator("#unsaved")).to_have_text("")
 
 
+@SLOW
 def test_grid_status_cell_names_the_columns_and_links_to_them(
     pages: Callable[..., Page], served: Served
 ) -> None:
@@ -259,6 +264,7 @@ def test_grid_status_cell_names_the_columns_and_links_to_them(
     expect(page.locator("#c-44-3")).to_be_focused()
 
 
+@SLOW
 def test_grid_chip_filters_the_rows_to_one_kind(pages: Callable[..., Page], served: Served) -> None:
     job = _job(served)
     page = pages(served.url)
@@ -276,6 +282,7 @@ def test_grid_chip_filters_the_rows_to_one_kind(pages: Callable[..., Page], serv
 # -- bulk fixes ------------------------------------------------------------------------------------
 
 
+@SLOW
 def test_grid_find_and_replace_fixes_twelve_rows_then_undo_takes_it_back(
     pages: Callable[..., Page], served: Served
 ) -> None:
@@ -306,6 +313,7 @@ def test_grid_find_and_replace_fixes_twelve_rows_then_undo_takes_it_back(
     expect(page.locator("#operations tbody tr").first.locator("td").last).to_contain_text("undone")
 
 
+@SLOW
 def test_grid_fill_puts_the_missing_bot_id_into_the_failed_rows(
     pages: Callable[..., Page], served: Served
 ) -> None:
@@ -323,6 +331,7 @@ def test_grid_fill_puts_the_missing_bot_id_into_the_failed_rows(
     assert "missing_mode_id" not in served.api.get(f"/api/jobs/{job}").json()["problems"]
 
 
+@SLOW
 def test_grid_footer_row_excluded_then_included(pages: Callable[..., Page], served: Served) -> None:
     """ "Total DIDs: 40" is no DID: excluded, it leaves the problems and is counted as excluded."""
     job = _job(served)
@@ -341,6 +350,7 @@ def test_grid_footer_row_excluded_then_included(pages: Callable[..., Page], serv
     assert _counts(page)["excluded"] == 0
 
 
+@SLOW
 def test_grid_accept_suggestions_fixes_the_near_miss_label(
     pages: Callable[..., Page], served: Served
 ) -> None:
@@ -356,6 +366,7 @@ def test_grid_accept_suggestions_fixes_the_near_miss_label(
 # -- modes and the keyboard -------------------------------------------------------------------------
 
 
+@SLOW
 def test_grid_mode_change_makes_its_id_cell_the_next_to_fill(
     pages: Callable[..., Page], served: Served
 ) -> None:
@@ -375,6 +386,7 @@ def test_grid_mode_change_makes_its_id_cell_the_next_to_fill(
     expect(page.locator("#row-5 .status")).to_contain_text("valid")
 
 
+@SLOW
 def test_grid_keyboard_only(pages: Callable[..., Page], served: Served) -> None:
     """Tab into the grid, arrows to a cell, Enter edits, Esc cancels, F2 edits, Ctrl+S saves."""
     job = _job(served)
@@ -416,6 +428,7 @@ def test_grid_keyboard_only(pages: Callable[..., Page], served: Served) -> None:
     assert not {7, 11} & set(_failed_rows(served, job))
 
 
+@SLOW
 def test_grid_works_without_javascript(pages: Callable[..., Page], served: Served) -> None:
     """One form: two cells typed and a replace asked, all done by one plain post."""
     job = _job(served)
@@ -433,3 +446,74 @@ def test_grid_works_without_javascript(pages: Callable[..., Page], served: Serve
     page.get_by_role("button", name="Exclude row 44").click()
     expect(page.locator("#message")).to_have_text("Done, exclude 1 row(s).")
     assert _failed_rows(served, job) == [21, 31, 41]
+
+
+# -- the grid's form, without a browser --------------------------------------------------------------
+
+
+def _post(served: Served, job: str, **fields: Any) -> httpx.Response:
+    """The grid's form as a browser posts it (``sel`` may be a list)."""
+    return served.api.post(f"/jobs/{job}/rows", data=fields)
+
+
+def _edits(served: Served, job: str) -> list[tuple[str, int, bool]]:
+    edits = served.api.get(f"/api/jobs/{job}/edits").json()["edits"]
+    return [(e["op"], e["cells"], e["in_effect"]) for e in edits]
+
+
+def test_grid_form_saves_the_cells_changed_then_its_operation(served: Served) -> None:
+    """Cells first (a cell posted as it is is no edit), then the replace: it finds one row fixed already."""
+    job = _job(served)
+    answer = _post(
+        served,
+        job,
+        **{"c-7-5": "Active", "c-11-2": "93", "c-5-6": "customer 1", "problems": "1"},
+        op="replace",
+        replace_column="5",
+        find="IN SERVICE",
+        replace="active",
+        replace_rows="all",
+    )
+    assert answer.status_code == 303, answer.text
+    location = answer.headers["location"]
+    assert "saved=7%2C11" in location and "done=3" in location and "problems=1" in location
+    assert _edits(served, job) == [("set", 1, True), ("set", 1, True), ("replace", 11, True)]
+    page = served.api.get(location).text
+    assert "Rows 7, 11 saved and checked again. Done, replace &#39;IN SERVICE&#39;" in page
+    assert _failed_rows(served, job) == [16, 21, 31, 41, 44]
+
+
+def test_grid_form_undo_goes_before_the_cells_typed(served: Served) -> None:
+    """Undo takes back the last saved operation, not a cell typed with it; that cell is saved after."""
+    job = _job(served)
+    _post(served, job, op="fill", fill_column="2", fill_value="93", fill_rows="failed")
+    answer = _post(served, job, **{"c-7-5": "Active"}, op="undo")
+    assert answer.status_code == 303 and "undone=1" in answer.headers["location"]
+    assert _edits(served, job) == [("fill", 5, False), ("set", 1, True)]
+    assert _values(served, job, 11)[2] == "" and _values(served, job, 7)[5] == "Active"
+
+
+def test_grid_form_exclude_needs_rows_and_a_refusal_keeps_what_was_saved(served: Served) -> None:
+    job = _job(served)
+    refused = _post(served, job, **{"c-11-2": "93"}, op="exclude")
+    assert refused.status_code == 409
+    assert "Row 11 saved and checked again. no rows are selected" in refused.text
+    assert _values(served, job, 11)[2] == "93"  # saved before the refusal, and the page says so
+    refused = _post(served, job, op="replace", replace_column="5", find="nowhere", replace="x")
+    assert refused.status_code == 409 and "nothing to change" in refused.text
+    assert _post(served, job, sel=["41", "44"], op="exclude").status_code == 303
+    assert _failed_rows(served, job) == [7, 16, 17, 21, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 37]
+    assert _post(served, job, op="include:44").status_code == 303
+    assert 44 in _failed_rows(served, job) and 41 not in _failed_rows(served, job)
+    assert _post(served, job, **{"c-99-1": "x"}).status_code == 409  # no such row: said, not saved
+
+
+def test_grid_form_cell_with_a_line_break_is_not_changed_by_posting_it(served: Served) -> None:
+    """An input drops a cell's line breaks: posting the page back unchanged must not edit that cell."""
+    book = openpyxl.load_workbook(served.book)
+    book["DIDs"].cell(row=5, column=7).value = "customer\n1"
+    book.save(served.book)
+    job = _job(served)
+    answer = _post(served, job, **{"c-5-6": "customer1"})
+    assert answer.status_code == 303 and "nothing=1" in answer.headers["location"]
+    assert _edits(served, job) == []

@@ -381,7 +381,7 @@ def _cell_changes(report: ValidationReport, values: Mapping[str, str]) -> list[d
 
 
 def _operation(op: str, values: Mapping[str, str], selected: list[int]) -> dict[str, Any] | None:
-    """The one operation the grid's button asked for (None: only save the cells).
+    """The one operation besides undo the grid's button asked for (None: only save the cells).
 
     Raises:
         JobError: it needs selected rows and none are, or names no column.
@@ -421,8 +421,6 @@ def _operation(op: str, values: Mapping[str, str], selected: list[int]) -> dict[
         }
     if name == "accept":
         return {"op": "accept_suggestions", "rows": "failed"}
-    if name == "undo":
-        return {"op": "undo"}
     return None
 
 
@@ -455,14 +453,15 @@ async def save(ctx: PageContext, request: Request, job: Job) -> Response:
     query: dict[str, str | int] = {}
     try:
         sets = _cell_changes(report, values)
-        op = _operation(values.get("op", "save"), values, selected)
-        if op is not None and op["op"] == "undo":
+        asked = values.get("op", "save")
+        if asked == "undo":
             undone = next((o.id for o in reversed(job.operations) if not o.undone), 0)
-            await ctx.service.apply_op(job, [op], who=who)
-            query["undone"], op = undone, None
+            await ctx.service.apply_op(job, [{"op": "undo"}], who=who)
+            query["undone"] = undone
         if sets:
             saved = await ctx.service.apply_op(job, sets, who=who, quiet=True)
             query["saved"] = ",".join(map(str, saved))
+        op = None if asked == "undo" else _operation(asked, values, selected)
         if op is not None:
             await ctx.service.apply_op(job, [op], who=who)
             query["done"] = job.operations[-1].id
