@@ -340,3 +340,55 @@ def test_scheduled_job_can_be_moved_and_cancelled(tmp_path: Path) -> None:
         events = [r["name"] for r in records if r["kind"] == "event" and r["job"] == job_id]
         assert events.count("scheduled") == 2 and events[-1] == "cancelled"
     assert sandbox.state_snapshot()["writes"] == []
+
+
+def test_send_page_approves_and_schedules_without_javascript(tmp_path: Path) -> None:
+    """Plain forms: the planner sees who must approve and no Send button; the approver's page has
+    the Approve button; a "Send at" time in the form's zone schedules; the page offers Move and Cancel."""
+    users = tmp_path / "users.toml"
+    tokens = _team(users)
+    sandbox = _sandbox(tmp_path)
+    sheet = write_sheet(tmp_path / "routing.csv", 4)
+    with (
+        running_server(_settings(tmp_path / "data", sandbox, users, require_approval=True)) as (url, _t, _s),
+        _as(url, tokens["olga"]) as olga,
+        _as(url, tokens["ann"]) as ann,
+        _as(url, tokens["vic"]) as vic,
+    ):
+        job_id = _planned(olga, sheet)
+        mine = olga.get(f"/jobs/{job_id}/send").text
+        assert (
+            "Planned by <strong>olga</strong>" in mine and "needs approval by someone other than olga" in mine
+        )
+        assert "rows now</button>" not in mine and "Approve this plan" not in mine
+        assert "You planned it, so someone else approves it." in mine
+        assert "Approve this plan" not in vic.get(f"/jobs/{job_id}/send").text
+        assert "Approve this plan</button>" in ann.get(f"/jobs/{job_id}/send").text
+        assert vic.post(f"/jobs/{job_id}/approve").status_code == 403
+        self_approval = olga.post(f"/jobs/{job_id}/approve")
+        assert self_approval.status_code == 403
+        approved = ann.post(f"/jobs/{job_id}/approve")
+        assert approved.status_code == 303 and approved.headers["location"] == f"/jobs/{job_id}/send"
+
+        page = olga.get(f"/jobs/{job_id}/send").text
+        assert "Approved by <strong>ann</strong>" in page and "rows now</button>" in page
+        assert 'type="datetime-local"' in page and "Schedule the send</button>" in page
+        unconfirmed = olga.post(f"/jobs/{job_id}/send", data={"when": "at", "at": "2099-05-01T10:00"})
+        assert unconfirmed.status_code == 400
+        past = olga.post(
+            f"/jobs/{job_id}/send", data={"confirm": "yes", "when": "at", "at": "2001-05-01T10:00"}
+        )
+        assert past.status_code == 400 and "is not in the future" in past.text
+        form = {"confirm": "yes", "when": "at", "at": "2099-05-01T10:00", "zone": "Asia/Kolkata"}
+        scheduled = olga.post(f"/jobs/{job_id}/send", data=form)
+        assert scheduled.status_code == 303, scheduled.text
+        snap = olga.get(f"/api/jobs/{job_id}").json()
+        assert snap["status"] == "scheduled" and snap["scheduled_at"] == "2099-05-01T04:30:00Z"
+        assert olga.get(f"/jobs/{job_id}", follow_redirects=False).headers["location"].endswith("/send")
+        page = olga.get(f"/jobs/{job_id}/send").text
+        assert "2099-05-01T04:30:00Z" in page and 'data-watch="scheduled"' in page
+        assert "Move</button>" in page and "Cancel the scheduled send</button>" in page
+        assert "<script>" not in page and "style=" not in page
+        assert olga.get("/static/send.js").status_code == 200
+        assert olga.post(f"/jobs/{job_id}/cancel").status_code == 303
+        assert olga.get(f"/api/jobs/{job_id}").json()["status"] == "cancelled"
