@@ -304,6 +304,24 @@ def test_scheduled_job_whose_plan_changed_fails_and_sends_nothing(tmp_path: Path
     assert len(sandbox.state_snapshot()["writes"]) == 1  # only the hand change
 
 
+def test_scheduled_job_whose_window_passed_unseen_fails_and_sends_nothing(tmp_path: Path) -> None:
+    """The server finds a job long past its time (it was not running then): not sent late."""
+    users = tmp_path / "users.toml"
+    tokens = _team(users)
+    sandbox = _sandbox(tmp_path)
+    sheet = write_sheet(tmp_path / "routing.csv", 4)
+    with (
+        running_server(_settings(tmp_path / "data", sandbox, users)) as (url, _t, service),
+        _as(url, tokens["olga"]) as olga,
+    ):
+        job_id = _planned(olga, sheet)
+        assert olga.post(f"/api/jobs/{job_id}/start", json={"at": _in(60)}).status_code == 202
+        service.scheduler.clock = lambda: datetime.now(UTC) + timedelta(hours=2)  # as after a long stop
+        failed = wait_for_job(olga, job_id, FINAL, timeout=10)
+        assert failed["status"] == "failed" and "passed while the server was not running" in failed["error"]
+    assert sandbox.state_snapshot()["writes"] == []
+
+
 def test_scheduled_job_can_be_moved_and_cancelled(tmp_path: Path) -> None:
     """A move is a start with another time; a time past or unreadable is a 400; cancel sends nothing."""
     users = tmp_path / "users.toml"

@@ -10,6 +10,9 @@ and, for each job due:
 2. if the plan writes what was shown (same fingerprint) and, under ``--require-approval``, its
    approval still holds, starts it: the normal ``start`` into the key's lane, the one send path;
 3. otherwise stops it as ``failed``, saying why; nothing is sent.
+
+A job found more than ``MISSED_AFTER`` past its time (the server was not running then) is not
+sent outside its window: it fails, saying so, and is scheduled again by a person.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ __all__ = ["POLL_SECONDS", "Scheduler", "parse_at", "scheduled_at", "utc_now", "
 
 POLL_SECONDS = 1.0
 """The longest the scheduler sleeps: a job starts within this (and a plan's time) of its time."""
+MISSED_AFTER = timedelta(minutes=15)
+"""How late a send may still start: a change window is a promise about when the account changes."""
 EXAMPLE = "e.g. 2026-01-31T22:00:00+01:00 or 2026-01-31T21:00:00Z"
 
 
@@ -132,7 +137,13 @@ class Scheduler:
                 if job.status is not JobStatus.SCHEDULED or not job.schedule:
                     continue
                 at = datetime.fromisoformat(str(job.schedule["at"]))
-                if at <= now and not job.busy:
+                if now - at > MISSED_AFTER:
+                    missed = (
+                        f"its time ({utc_text(at)}) passed while the server was not running, so nothing was "
+                        "sent outside its window: schedule it again"
+                    )
+                    service._finish(job, Step.FAIL, error=missed)
+                elif at <= now and not job.busy:
                     # Taken now, before anything awaits: a start or cancel meanwhile is refused.
                     job.status = next_status(job.status, Step.DUE)
                     job.schedule = {**job.schedule, "due": "yes"}
