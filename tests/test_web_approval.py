@@ -16,9 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from helpers import wait_for_job, write_inventory, write_sheet
 from test_web_team import _as, _listener, _settings, _summary, _team, _upload, _wait_for
 
+from importer.cli import main
 from importer.errors import InputError
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
 from importer.web.lifecycle import JobError, JobStatus, Step, next_status
@@ -122,6 +124,13 @@ def test_serve_settings_refuse_approval_without_users(tmp_path: Path) -> None:
     no_users = ServeSettings(settings.connection, tmp_path / "data", require_approval=True)
     with pytest.raises(InputError, match="--require-approval needs --users"):
         no_users.check()
+    data = str(tmp_path / "data")
+    result = CliRunner().invoke(main, ["serve", "--sandbox", "--require-approval", "--data-dir", data])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [
+        "Error: --require-approval needs --users FILE: without users the token is one admin, and nobody "
+        "other than the planner could approve"
+    ]
 
 
 def test_approval_four_eyes_over_a_real_server(tmp_path: Path) -> None:
