@@ -25,6 +25,7 @@ from importer.errors import InputError
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
 from importer.web.lifecycle import JobError, JobStatus, Step, next_status
 from importer.web.server import ServeSettings, running_server
+from importer.web.store import JobStore
 from importer.web.windows import parse_at
 
 FINAL = {"done", "cancelled", "failed"}
@@ -285,6 +286,7 @@ def test_scheduled_job_survives_a_restart_and_starts_on_time(tmp_path: Path) -> 
             _wait_for(bodies, {(job_id, "done")})
     scheduled_notice = next(b for b in bodies if b["event"] == "scheduled")
     assert scheduled_notice["status"] == "scheduled" and scheduled_notice["job"] == job_id
+    assert f"for {at.strftime('%Y-%m-%dT%H:%M:%SZ')} (UTC)" in scheduled_notice["text"]
     assert not [b for b in bodies if b["event"] == "needs-approval" and b["status"] != "planned"]
     wire = json.dumps(bodies)
     for secret in [SANDBOX_API_KEY, *tokens.values()]:
@@ -310,7 +312,39 @@ def test_scheduled_job_whose_plan_changed_fails_and_sends_nothing(tmp_path: Path
         assert failed["error"].startswith(
             "the plan changed since it was approved/scheduled: 4 writes were shown"
         )
-    assert len(sandbox.state_snapshot()["writes"]) == 1  # only the hand change
+        # Failed before sending anything: it plans again (the new plan), is approved anew and sends.
+        assert olga.post(f"/api/jobs/{job_id}/plan").status_code == 202
+        again = wait_for_job(olga, job_id, {"planned"})
+        assert not again["error"] and again["approval"] is None
+        assert ann.post(f"/api/jobs/{job_id}/approve").status_code == 200
+        assert olga.post(f"/api/jobs/{job_id}/start").status_code == 202
+        assert wait_for_job(olga, job_id, FINAL)["status"] == "done"
+    assert len(sandbox.state_snapshot()["writes"]) == 5  # the hand change, then the new plan: 3 creates, 1 update
+
+
+def test_scheduled_job_whose_due_plan_a_restart_cut_fails_saying_so(tmp_path: Path) -> None:
+    """A stop while a due job was planning again: the next start says so and sends nothing."""
+    users = tmp_path / "users.toml"
+    tokens = _team(users)
+    sandbox = _sandbox(tmp_path)
+    sheet = write_sheet(tmp_path / "routing.csv", 4)
+    settings = _settings(tmp_path / "data", sandbox, users)
+    with running_server(settings) as (url, _t, _s), _as(url, tokens["olga"]) as olga:
+        job_id = _planned(olga, sheet)
+        assert olga.post(f"/api/jobs/{job_id}/start", json={"at": _in(600)}).status_code == 202
+    store = JobStore(tmp_path / "data")
+    try:
+        record = next(j.record for j in store.jobs() if j.id == job_id)
+        assert record is not None
+        store.put(job_id, {**record, "status": "planning", "schedule": {**record["schedule"], "due": "yes"}})
+    finally:
+        store.close()
+    with running_server(settings) as (url, _t, _s), _as(url, tokens["olga"]) as olga:
+        failed = wait_for_job(olga, job_id, FINAL, timeout=10)
+        assert failed["status"] == "failed" and "stopped while the scheduled send" in failed["error"]
+        assert olga.post(f"/api/jobs/{job_id}/plan").status_code == 202
+        assert wait_for_job(olga, job_id, {"planned"})["scheduled_at"] is None
+    assert sandbox.state_snapshot()["writes"] == []
 
 
 def test_scheduled_job_whose_window_passed_unseen_fails_and_sends_nothing(tmp_path: Path) -> None:

@@ -602,8 +602,20 @@ class JobService:
         return out
 
     async def plan(self, job: Job) -> None:
-        """Run the dry run against the live state (in the background)."""
+        """Run the dry run against the live state (in the background).
+
+        A failed job plans again only if it was validated and sent nothing (e.g. a scheduled send
+        whose plan changed): one that stopped while sending retries or sends the rest instead.
+        """
+        if job.status is JobStatus.FAILED:
+            if "valid" not in job.counts:
+                raise JobError(
+                    "the job failed before its rows were checked: change its options to read it again"
+                )
+            if (job.folder / "journal.sqlite").exists():
+                raise JobError("the job stopped while sending: start it again or send the rest")
         job.status, job.error = next_status(job.status, Step.PLAN, job.busy), ""
+        job.finished = ""
         job.planned_by = approval.asker()
         self._save(job)
         self._spawn(self._plan(job))

@@ -85,6 +85,12 @@ def scheduled_at(job: Job) -> str | None:
     return str(job.schedule.get("at")) if job.status is JobStatus.SCHEDULED and job.schedule else None
 
 
+RESTARTED_WHEN_DUE = (
+    "the server stopped while the scheduled send was being planned again, so nothing was sent: "
+    "plan it again, review and start or schedule it"
+)
+
+
 class Scheduler:
     """The scheduled jobs of one service and the task that starts them when due."""
 
@@ -127,9 +133,11 @@ class Scheduler:
     async def run(self) -> None:
         """Start each scheduled job when its time comes, until the service closes."""
         service = self.service
-        for job in service.jobs.values():  # a restart while a due job was planning: that plan was dropped
+        for job in list(service.jobs.values()):  # a restart while a due job was planning again
             if job.schedule.get("due") and job.status is not JobStatus.SCHEDULED:
                 job.schedule = {}
+                if job.status is JobStatus.VALIDATED:  # its plan was dropped at load: say so, send nothing
+                    service._finish(job, Step.FAIL, error=RESTARTED_WHEN_DUE)
         while not service.closing.is_set():
             now = self.clock()
             wait = self.poll
@@ -140,7 +148,7 @@ class Scheduler:
                 if now - at > MISSED_AFTER:
                     missed = (
                         f"its time ({utc_text(at)}) passed while the server was not running, so nothing was "
-                        "sent outside its window: schedule it again"
+                        "sent outside its window: plan it again and schedule it"
                     )
                     service._finish(job, Step.FAIL, error=missed)
                 elif at <= now and not job.busy:
@@ -179,7 +187,7 @@ class Scheduler:
             reason = (
                 f"the plan changed since it was approved/scheduled: {shown.get('writes', 0)} writes were "
                 f"shown, {now} now (the account or the file's rows changed); nothing was sent: "
-                "plan it again, review and start"
+                "plan it again, review and start or schedule it"
             )
         elif job.status is JobStatus.VALIDATED:
             reason = f"the plan at the scheduled time failed, so nothing was sent: {job.error or 'no plan'}"
