@@ -6,7 +6,9 @@ import asyncio
 import csv
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,8 @@ if TYPE_CHECKING:
     from importer.options import ImportConfig
     from importer.sandbox import Sandbox
     from importer.web.engine import Connection
+    from importer.web.jobs import JobService
+    from importer.web.server import ServeSettings
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "sample_data"
@@ -201,6 +205,45 @@ def web_connection(sandbox: Sandbox, **overrides: Any) -> Connection:
     }
     values.update(overrides)
     return Connection(**values)
+
+
+WEB_TOKEN = "web-test-token-0123456789-abcdefghijkl"
+
+
+@dataclass
+class Web:
+    """A web service on loopback in front of an in-process sandbox, with a signed-in client."""
+
+    url: str
+    client: httpx.Client
+    sandbox: Sandbox
+    data: Path
+    service: JobService
+
+
+@contextmanager
+def served_web(sandbox: Sandbox, data: Path, *, token: str = WEB_TOKEN, **settings: Any) -> Iterator[Web]:
+    """Serve the web service on ``data`` for the ``with`` (``settings``: more :class:`ServeSettings`)."""
+    from importer.web.server import ServeSettings, running_server
+
+    config = ServeSettings(connection=web_connection(sandbox), data_dir=data, port=0, token=token, **settings)
+    with (
+        running_server(config) as (url, _token, service),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client,
+    ):
+        yield Web(url, client, sandbox, data, service)
+
+
+@contextmanager
+def signed_in(settings: ServeSettings) -> Iterator[httpx.Client]:
+    """A client signed in to the web service served with ``settings`` for the ``with``."""
+    from importer.web.server import running_server
+
+    with (
+        running_server(settings) as (url, token, _service),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client,
+    ):
+        yield client
 
 
 def wait_for_job(

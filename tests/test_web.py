@@ -32,8 +32,11 @@ import openpyxl
 import pytest
 from helpers import (
     REPO,
+    Web,
     did_number,
     read_results,
+    served_web,
+    signed_in,
     wait_for_job,
     web_connection,
     write_inventory,
@@ -48,33 +51,19 @@ from importer.web.app import sniff_upload
 from importer.web.engine import Connection
 from importer.web.jobs import safe_name
 from importer.web.security import allowed_hosts
-from importer.web.server import ServeSettings, build, running_server
+from importer.web.server import ServeSettings, build
 from importer.web.store import JobStore
 
 TOKEN = "web-test-token-0123456789-abcdefghijkl"
 FINAL = {"done", "cancelled", "failed"}
 
 
-@dataclass
-class Web:
-    url: str
-    client: httpx.Client
-    sandbox: Sandbox
-    data: Path
-
-
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[Web]:
     inventory = write_inventory(tmp_path / "inventory.json", 40)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
-    settings = ServeSettings(
-        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN, max_upload_mb=1
-    )
-    with (
-        running_server(settings) as (url, _token, _service),
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
-        yield Web(url, client, sandbox, tmp_path / "data")
+    with served_web(sandbox, tmp_path / "data", token=TOKEN, max_upload_mb=1) as web:
+        yield web
 
 
 def _sheet(folder: Path, n: int = 10, bad: bool = True) -> Path:
@@ -449,10 +438,7 @@ def test_web_two_jobs_on_one_key_queue_and_meet_no_429(tmp_path: Path) -> None:
     second = tmp_path / "second.csv"
     lines = write_sheet(tmp_path / "all.csv", 20).read_text().splitlines()
     second.write_text("\n".join([lines[0], *lines[11:]]) + "\n")
-    with (
-        running_server(settings) as (url, _t, _s),
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
+    with signed_in(settings) as client:
         jobs = [_upload(client, path).json()["id"] for path in (first, second)]
         third = _upload(client, first).json()["id"]
         # Every plan before any send: a plan made while the first job sends would wait for the
@@ -486,10 +472,7 @@ def test_web_jobs_survive_a_restart(tmp_path: Path) -> None:
         connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
     )
     sheet = _sheet(tmp_path)
-    with (
-        running_server(settings) as (url, _t, _s),
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
+    with signed_in(settings) as client:
         done, planned = (_upload(client, sheet).json()["id"] for _ in range(2))
         for job_id in (done, planned):
             wait_for_job(client, job_id, {"validated"})
@@ -498,10 +481,7 @@ def test_web_jobs_survive_a_restart(tmp_path: Path) -> None:
             _plan(client, job_id)
         client.post(f"/api/jobs/{done}/start")
         before = {j: wait_for_job(client, j, {"done", "planned"}) for j in (done, planned)}
-    with (
-        running_server(settings) as (url, _t, _s),
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
+    with signed_in(settings) as client:
         for job_id, job in before.items():
             assert client.get(f"/api/jobs/{job_id}").json() == job
         succeeded = client.get(f"/api/jobs/{done}/rows", params={"status": "succeeded"}).json()
@@ -520,19 +500,13 @@ def test_web_restart_validates_again_and_drops_a_half_plan(tmp_path: Path) -> No
     settings = ServeSettings(
         connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
     )
-    with (
-        running_server(settings) as (url, _t, _s),
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
+    with signed_in(settings) as client:
         jobs = [_upload(client, _sheet(tmp_path)).json()["id"] for _ in range(2)]
         for job_id in jobs:
             wait_for_job(client, job_id, {"validated"})
     for job_id, status in zip(jobs, ("validating", "planning"), strict=True):
         _put_record(settings.data_dir, job_id, status=status, counts={})
-    with (
-        running_server(settings) as (url, _t, _s),
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
+    with signed_in(settings) as client:
         again = wait_for_job(client, jobs[0], {"validated"})
         assert again["counts"]["failed"] == 1 and again["counts"]["valid"] == 10
         assert client.get(f"/api/jobs/{jobs[1]}").json()["status"] == "validated"
@@ -576,10 +550,7 @@ def test_web_cancel_settles_writes_in_flight_and_sends_no_more(tmp_path: Path) -
     settings = ServeSettings(
         connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
     )
-    with (
-        running_server(settings) as (url, _t, _s),
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
+    with signed_in(settings) as client:
         job_id = _upload(client, write_sheet(tmp_path / "routing.csv", 40)).json()["id"]
         wait_for_job(client, job_id, {"validated"})
         _plan(client, job_id)
@@ -786,10 +757,7 @@ def _serving(settings: ServeSettings) -> Any:
 
     @contextlib.contextmanager
     def both() -> Iterator[httpx.Client]:
-        with (
-            running_server(settings) as (url, _t, _s),
-            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-        ):
+        with signed_in(settings) as client:
             yield client
 
     return both()

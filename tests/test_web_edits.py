@@ -8,15 +8,16 @@ import io
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openpyxl
 import pytest
 from helpers import (
+    Web,
     did_number,
+    served_web,
+    signed_in,
     wait_for_job,
     web_connection,
     write_carrier_workbook,
@@ -26,33 +27,20 @@ from helpers import (
 
 from importer.jobs.validate import read_input
 from importer.options import InputOptions
-from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
+from importer.sandbox import SandboxConfig, create_sandbox
 from importer.web import edits as ops
 from importer.web.lifecycle import JobError, JobStatus, Step, next_status
-from importer.web.server import ServeSettings, running_server
+from importer.web.server import ServeSettings
 
 TOKEN = "web-edits-token-0123456789-abcdefghijkl"
-
-
-@dataclass
-class Web:
-    client: httpx.Client
-    sandbox: Sandbox
-    data: Path
 
 
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[Web]:
     inventory = write_inventory(tmp_path / "inventory.json", 40)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
-    settings = ServeSettings(
-        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN, max_upload_mb=1
-    )
-    with (
-        running_server(settings) as (url, _token, _service),
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
-        yield Web(client, sandbox, tmp_path / "data")
+    with served_web(sandbox, tmp_path / "data", token=TOKEN, max_upload_mb=1) as web:
+        yield web
 
 
 def _sheet(folder: Path) -> Path:
@@ -240,10 +228,7 @@ def test_edits_cancelled_job_sends_the_rest_once(tmp_path: Path) -> None:
     settings = ServeSettings(
         connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
     )
-    with (
-        running_server(settings) as (url, _t, _s),
-        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-    ):
+    with signed_in(settings) as client:
         path = write_sheet(tmp_path / "routing.csv", 40)
         with path.open("rb") as fh:
             job_id = client.post("/api/jobs", files={"file": (path.name, fh)}).json()["id"]
@@ -328,16 +313,9 @@ def test_edits_operations_survive_a_restart_and_undo_after_it(tmp_path: Path) ->
     """The operations are kept with the job: after a restart the exclusion holds and undo works."""
     inventory = write_inventory(tmp_path / "inventory.json", 40)
     sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
-    settings = ServeSettings(
-        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
-    )
     path = _sheet(tmp_path)
     for step in ("before", "after"):
-        with (
-            running_server(settings) as (url, _t, _s),
-            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as client,
-        ):
-            web = Web(client, sandbox, tmp_path / "data")
+        with served_web(sandbox, tmp_path / "data", token=TOKEN) as web:
             if step == "before":
                 job_id = _job(web, path)
                 _op(
@@ -351,14 +329,14 @@ def test_edits_operations_survive_a_restart_and_undo_after_it(tmp_path: Path) ->
                 )
                 _op(web, job_id, op="exclude", rows=[12])
                 continue
-            wait_for_job(client, job_id, {"validated"})
+            wait_for_job(web.client, job_id, {"validated"})
             assert _row(web, job_id, 12)["reason"] == "excluded on the page"
             assert [_row(web, job_id, r)["values"][7] for r in (13, 14)] == ["active"] * 2
             _op(web, job_id, op="undo")
             assert _row(web, job_id, 12)["status"] == "failed"
             undone = _op(web, job_id, op="undo")
             assert undone["changed"] == [13, 14] and undone["rows"][0]["values"][7] == "In Service"
-            assert client.post(f"/api/jobs/{job_id}/edits", json={"op": "undo"}).status_code == 409
+            assert web.client.post(f"/api/jobs/{job_id}/edits", json={"op": "undo"}).status_code == 409
 
 
 def test_lifecycle_needs_sheet_and_resume_steps() -> None:

@@ -159,7 +159,14 @@ def sandbox(
     "--notify-url",
     multiple=True,
     metavar="URL",
-    help="POST a JSON notice here when a job is done, failed or cancelled (repeatable; e.g. a chat webhook).",
+    help="POST a JSON notice here when a job needs approval, is scheduled, done, failed or cancelled "
+    "(repeatable; e.g. a chat webhook).",
+)
+@click.option(
+    "--require-approval",
+    is_flag=True,
+    help="Four eyes: a planned job starts only once someone other than its planner approves it "
+    "(needs --users; approvers and admins approve).",
 )
 @click.option(
     "--workers",
@@ -182,6 +189,7 @@ def serve(
     user_header: str,
     trusted_proxy: tuple[str, ...],
     notify_url: tuple[str, ...],
+    require_approval: bool,
     workers: int,
 ) -> None:
     """Serve the web service: upload, check, fix, plan and send imports from a browser or the API.
@@ -223,6 +231,7 @@ def serve(
         trusted_proxy=trusted_proxy,
         notify_url=notify_url,
         workers=workers,
+        require_approval=require_approval,
     )
     settings.check()  # before the key is looked at further or anything listens
     for warning in settings.warnings():

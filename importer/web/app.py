@@ -21,6 +21,9 @@ Routes (every one but /healthz needs the token; see ``security``):
                                            include, accept_suggestions, undo -> the job, rows changed
     GET    /api/jobs/{id}/edits            the operations: who, when, what, how many cells
     POST   /api/jobs/{id}/plan|start|cancel
+                                           start with {"at": "<ISO 8601 time with zone>"}: scheduled
+                                           (``windows``); again with another "at": moved
+    POST   /api/jobs/{id}/approve          four eyes (``approval``): someone other than the planner
     POST   /api/jobs/{id}/resume           a cancelled or stopped job: plan the rows left -> planned
     GET    /api/jobs/{id}/events           server-sent events, each a full snapshot of the job
     GET    /api/jobs/{id}/results.xlsx     the results workbook (a snapshot until the job ends)
@@ -51,7 +54,8 @@ from starlette.types import Message, Receive
 from importer.errors import ImporterError
 from importer.read.sniff import Format, sniff
 from importer.vocab import OnExisting
-from importer.web import engine, observe, ratememory
+from importer.web import engine, observe, ratememory, windows
+from importer.web.approval import ApprovalRefused
 from importer.web.audit import parse_since
 from importer.web.jobs import Job, JobDamaged, JobError, JobService, JobStatus, safe_name
 from importer.web.notify import Notifier
@@ -466,8 +470,23 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         return JSONResponse(service.snapshot(job), status_code=202)
 
     async def start(request: Request, job: Job) -> Response:
-        await service.start(job)
+        body = await read_json(request)
+        if isinstance(body, dict) and "at" in body:  # a change window: send then, not now
+            try:
+                moment = windows.parse_at(body["at"], service.scheduler.clock())
+            except ValueError as exc:
+                return _error(400, str(exc))
+            service.scheduler.schedule(job, moment, user_of(request.scope).name)
+        else:
+            await service.start(job)
         return JSONResponse(service.snapshot(job), status_code=202)
+
+    async def approve(request: Request, job: Job) -> Response:
+        try:
+            await service.approve(job, user_of(request.scope))
+        except ApprovalRefused as exc:
+            return _error(403, str(exc))
+        return JSONResponse(service.snapshot(job))
 
     async def resume(request: Request, job: Job) -> Response:
         left = await service.resume(job)
@@ -568,6 +587,7 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         Route("/api/jobs/{job_id}/plan", with_job(plan), methods=["POST"]),
         Route("/api/jobs/{job_id}/start", with_job(start), methods=["POST"]),
         Route("/api/jobs/{job_id}/cancel", with_job(cancel), methods=["POST"]),
+        Route("/api/jobs/{job_id}/approve", with_job(approve), methods=["POST"]),
         Route("/api/jobs/{job_id}/resume", with_job(resume), methods=["POST"]),
         Route("/api/jobs/{job_id}/events", with_job(events), methods=["GET"]),
         Route("/api/jobs/{job_id}/results.xlsx", with_job(download("results")), methods=["GET"]),

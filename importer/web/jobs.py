@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -48,8 +49,8 @@ from importer.options import InputOptions
 from importer.output.failed import write_failed_rows
 from importer.read.sheets import SheetChoiceNeeded
 from importer.vocab import OnExisting
+from importer.web import approval, engine, observe, people, ratememory, views, windows
 from importer.web import edits as ops
-from importer.web import engine, observe, ratememory, views
 from importer.web.audit import AuditLog
 from importer.web.engine import Connection, Edit, SendProgress
 from importer.web.lifecycle import JobError, JobStatus, Step, next_status
@@ -119,7 +120,13 @@ class Lane:
 class JobService:
     """Every job of the server: create, validate, edit, plan, send, cancel, resume."""
 
-    def __init__(self, data_dir: Path, connection: Connection, workers: int = DEFAULT_WORKERS) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        connection: Connection,
+        workers: int = DEFAULT_WORKERS,
+        require_approval: bool = False,
+    ) -> None:
         self.work = WorkQueue(workers)
         """Validation, revalidation, plans and workbooks: ``workers`` at a time, the rest in line."""
         self.root = data_dir / "jobs"
@@ -130,6 +137,11 @@ class JobService:
         self.events = observe.JobEvents()
         self.audit_log = AuditLog(data_dir)  # who did what, when, from where (web.audit)
         self.events.listeners.append(self.audit_log.job_event)
+        self.require_approval = require_approval
+        """Four eyes (``web.approval``): a plan starts only once someone else approved it."""
+        if require_approval:
+            self.events.listeners.append(functools.partial(approval.needs_approval_event, self.events))
+        self.scheduler = windows.Scheduler(self)  # change windows: scheduled sends start when due
         self.connection = connection
         self.jobs: dict[str, Job] = {}
         self.lanes: dict[str, Lane] = {}
@@ -182,6 +194,7 @@ class JobService:
                 job.stopped = ""
                 job.resuming = True
                 self._enqueue(job)
+        self._spawn(self.scheduler.run())
 
     def begin_shutdown(self) -> None:
         """Stop taking work: close event streams, stop sends (writes in flight settle)."""
@@ -417,6 +430,7 @@ class JobService:
     def _drop_plan(self, job: Job) -> None:
         """Forget the plan shown: its inputs changed (or it was never finished)."""
         job.plan, job.budget, job.planned, job.shown = "", {}, {}, None
+        job.approval = {}  # an approval is for one plan (``web.approval``)
         for name in ("plan.json", "plan.results.xlsx", "plan.failed.xlsx"):
             (job.folder / name).unlink(missing_ok=True)
 
@@ -588,8 +602,21 @@ class JobService:
         return out
 
     async def plan(self, job: Job) -> None:
-        """Run the dry run against the live state (in the background)."""
+        """Run the dry run against the live state (in the background).
+
+        A failed job plans again only if it was validated and sent nothing (e.g. a scheduled send
+        whose plan changed): one that stopped while sending retries or sends the rest instead.
+        """
+        if job.status is JobStatus.FAILED:
+            if "valid" not in job.counts:
+                raise JobError(
+                    "the job failed before its rows were checked: change its options to read it again"
+                )
+            if (job.folder / "journal.sqlite").exists():
+                raise JobError("the job stopped while sending: start it again or send the rest")
         job.status, job.error = next_status(job.status, Step.PLAN, job.busy), ""
+        job.finished = ""
+        job.planned_by = approval.asker()
         self._save(job)
         self._spawn(self._plan(job))
 
@@ -644,12 +671,14 @@ class JobService:
         to = Step.RETRY if retry else Step.START
         if job.busy:
             next_status(job.status, to, job.busy)  # refused, saying what the job is busy with
-        if job.status is not JobStatus.PLANNED and not retry:
+        if job.status not in (JobStatus.PLANNED, JobStatus.SCHEDULED) and not retry:
             raise JobError(f"the job is {job.status.value} and has no plan to send: {PLAN_AGAIN}")
         if not job.planned:
             raise JobError(f"the job has no plan to send: {PLAN_AGAIN}")
         if job.planned.get("inputs") != job.inputs_fingerprint():
             raise JobError(f"the file, its corrections or its options changed since the plan: {PLAN_AGAIN}")
+        if why := approval.refusal(job, self.require_approval):
+            raise JobError(why)
         if self.closing.is_set():
             raise JobError("the server is shutting down")
         job.status, job.error = next_status(job.status, to, job.busy), ""
@@ -686,6 +715,7 @@ class JobService:
         done = {r: o for r, o in job.outcomes.items() if o.status is Status.SUCCEEDED}
         left = report.table.row_count - len(report.failed_rows) - len(report.skipped) - len(done)
         job.status, job.error, job.stopped, job.finished = to, "", "", ""
+        job.planned_by = approval.asker()
         self._save(job)
         self._spawn(self._plan_rest(job, done))
         return max(0, left)
@@ -838,7 +868,17 @@ class JobService:
 
     def snapshot(self, job: Job) -> dict[str, Any]:
         """The job as the API and every event show it (never the key or a path on the server)."""
-        return views.snapshot(job)
+        return {
+            **views.snapshot(job),
+            **approval.fields(job, self.require_approval),
+            "scheduled_at": windows.scheduled_at(job),
+        }
+
+    async def approve(self, job: Job, user: people.User) -> None:
+        """Approve the plan shown (four eyes, ``web.approval``); recorded in the audit."""
+        approval.approve(job, user, now_text())
+        self._save(job)
+        self.events.emit("approved", job)
 
     async def rows(self, job: Job, status: str | None, offset: int, limit: int) -> dict[str, Any]:
         """One page of rows with their values, status and reasons (filtered by status)."""

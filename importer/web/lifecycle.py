@@ -5,6 +5,10 @@ racing each other cannot leave a job half in one state and half in another: a ro
 being checked holds the job (``busy``), and nothing that begins work (a plan, a send, an options
 change, another edit, a cancel) is taken until it is done. Steps that end work (``VALIDATED``,
 ``PLANNED``, ``SENT``...) are what the work itself reports and are never refused for ``busy``.
+
+A change window (``web.windows``): a planned job is ``scheduled`` for a time; it can be moved
+(scheduled again) or cancelled; when due it plans again (``planning``) and, if the plan is the
+one shown, starts through the normal lane; a user may also start it at once.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ class JobStatus(enum.StrEnum):
     """Several sheets name the fields and none was chosen: the user picks (``sheet_list``)."""
     PLANNING = "planning"
     PLANNED = "planned"
+    SCHEDULED = "scheduled"
+    """Its send waits for a time (``scheduled_at``): a change window."""
     SENDING = "sending"
     DONE = "done"
     CANCELLED = "cancelled"
@@ -48,6 +54,10 @@ class Step(enum.StrEnum):
     PLAN_FAILED = "plan failed"
     """A plan is only reads: the job stays validated and says why."""
     START = "start"
+    SCHEDULE = "schedule"
+    """Send the plan shown at a time (again: move the time)."""
+    DUE = "due"
+    """A scheduled job's time came: plan again against the live state before sending."""
     RETRY = "retry"
     """Start again a send that failed (its journal says what landed)."""
     PLAN_CHANGED = "plan changed"
@@ -81,6 +91,12 @@ TRANSITIONS: dict[tuple[JobStatus, Step], JobStatus] = {
     (J.PLANNED, S.START): J.SENDING,
     (J.PLANNED, S.CANCEL): J.CANCELLED,
     (J.PLANNED, S.FAIL): J.FAILED,
+    (J.PLANNED, S.SCHEDULE): J.SCHEDULED,
+    (J.SCHEDULED, S.SCHEDULE): J.SCHEDULED,
+    (J.SCHEDULED, S.DUE): J.PLANNING,
+    (J.SCHEDULED, S.START): J.SENDING,
+    (J.SCHEDULED, S.CANCEL): J.CANCELLED,
+    (J.SCHEDULED, S.FAIL): J.FAILED,
     (J.SENDING, S.SENT): J.DONE,
     (J.SENDING, S.CANCEL): J.CANCELLED,
     (J.SENDING, S.PLAN_CHANGED): J.PLANNED,
@@ -88,12 +104,13 @@ TRANSITIONS: dict[tuple[JobStatus, Step], JobStatus] = {
     (J.FAILED, S.VALIDATE): J.VALIDATING,
     (J.FAILED, S.RETRY): J.SENDING,
     (J.FAILED, S.RESUME): J.PLANNING,
+    (J.FAILED, S.PLAN): J.PLANNING,
     (J.CANCELLED, S.RESUME): J.PLANNING,
     (J.FAILED, S.FAIL): J.FAILED,
 }
 """(from status, step) -> to status. A done job takes no step; a cancelled one only ``resume``."""
 
-BEGINS_WORK = frozenset({S.VALIDATE, S.EDIT, S.PLAN, S.START, S.RETRY, S.RESUME, S.CANCEL})
+BEGINS_WORK = frozenset({S.VALIDATE, S.EDIT, S.PLAN, S.START, S.SCHEDULE, S.DUE, S.RETRY, S.RESUME, S.CANCEL})
 """Steps a request asks for: refused while the job is busy with other work."""
 
 _REFUSALS: dict[Step, str] = {
@@ -101,6 +118,8 @@ _REFUSALS: dict[Step, str] = {
     S.EDIT: "rows can be edited only before sending",
     S.PLAN: "a plan needs a validated job",
     S.START: "nothing can start now",
+    S.SCHEDULE: "only a planned job can be scheduled",
+    S.DUE: "only a scheduled job comes due",
     S.RETRY: "nothing can start now",
     S.RESUME: "only a cancelled or stopped job can send the rest",
     S.CANCEL: "it cannot be cancelled now",

@@ -50,6 +50,8 @@ def notice(event: str, job: Job, link_base: str, users: Mapping[str, str]) -> di
     text = f"VoiceLink {kind} {job.file}: {event}" + (f" ({said})" if said else "")
     if job.error and event == "failed":
         text += f": {job.error}"
+    if event == "scheduled" and job.schedule.get("at"):
+        text += f" for {job.schedule['at']} (UTC)"
     text += (f" - {people}" if people else "") + f" - {link}"
     return {
         "event": event,

@@ -110,6 +110,12 @@ class Job:
     mapping: dict[str, str] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     finished: str = ""
+    planned_by: str = ""
+    """Who asked for the plan shown (four eyes: someone else approves it, ``web.approval``)."""
+    approval: dict[str, str] = field(default_factory=dict)
+    """Who approved which plan, when: ``by``, ``at``, ``fingerprint`` ({}: none)."""
+    schedule: dict[str, Any] = field(default_factory=dict)
+    """A change window (``web.windows``): ``at`` (UTC), ``by``, the plan's ``fingerprint`` and ``writes``."""
     # -- runtime only --
     report: ValidationReport | None = None
     shown: Plan | None = None
@@ -140,7 +146,7 @@ class Job:
         *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
         *("columns", "mapping", "source", "finished", "header_row", "planned", "notes"),
         *("encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"),
-        *("sheets", "sheet_list"),
+        *("sheets", "sheet_list", "planned_by", "approval", "schedule"),
     )
 
     @property

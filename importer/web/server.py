@@ -62,6 +62,8 @@ class ServeSettings:
     """``--notify-url``: where job notices are POSTed."""
     workers: int = DEFAULT_WORKERS
     """``--workers``: validations, plans and workbook builds run this many at a time; the rest queue."""
+    require_approval: bool = False
+    """``--require-approval``: a plan starts only once someone other than its planner approved it."""
 
     def check(self) -> None:
         """Refuse settings that would leave the door open.
@@ -84,6 +86,11 @@ class ServeSettings:
         for url in self.notify_url:
             if not url.startswith(("http://", "https://")):
                 raise InputError(f"--notify-url must start with http:// or https://, not {url!r}")
+        if self.require_approval and self.users_file is None:
+            raise InputError(
+                "--require-approval needs --users FILE: without users the token is one admin, and "
+                "nobody other than the planner could approve"
+            )
         if self.workers < 1:
             raise InputError(f"--workers must be 1 or more, not {self.workers}")
         if self.users_file is not None:
@@ -120,7 +127,12 @@ def sandbox_connection(requests_per_minute: int) -> Connection:
 def build(settings: ServeSettings, port: int) -> tuple[Starlette, JobService, str]:
     """The app, its jobs and the token, for the port actually bound."""
     token = settings.token or secrets.token_urlsafe(32)
-    service = JobService(settings.data_dir, settings.connection, workers=settings.workers)
+    service = JobService(
+        settings.data_dir,
+        settings.connection,
+        workers=settings.workers,
+        require_approval=settings.require_approval,
+    )
     config = WebConfig(
         token=token,
         hosts=allowed_hosts(settings.host, port, settings.allowed_host),

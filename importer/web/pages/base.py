@@ -75,7 +75,7 @@ def step_of(job: Job) -> str:
         return "columns"
     if job.status in (JobStatus.PLANNING, JobStatus.PLANNED):
         return "plan"
-    if job.status is JobStatus.SENDING:
+    if job.status in (JobStatus.SENDING, JobStatus.SCHEDULED):
         return "send"
     if job.status in (JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED):
         return "results"
