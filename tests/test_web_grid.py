@@ -259,7 +259,7 @@ def test_grid_status_cell_names_the_columns_and_links_to_them(
     page = pages(served.url)
     _check(page, served, job, "?problems=1")
     status = page.locator("#row-44 .status")
-    expect(status).to_contain_text("✖ DID Number, Inbound Mode, Outbound Mode")
+    expect(status).to_contain_text("✖ Problems in DID Number, Inbound Mode, Outbound Mode")
     status.get_by_role("link", name="Outbound Mode").click()
     expect(page.locator("#c-44-3")).to_be_focused()
 
@@ -346,7 +346,7 @@ def test_grid_footer_row_excluded_then_included(pages: Callable[..., Page], serv
     _check(page, served, job)
     expect(page.locator("#row-44 .status")).to_contain_text("excluded")
     page.get_by_role("button", name="Include row 44").click()
-    expect(page.locator("#row-44 .status")).to_contain_text("✖ DID Number")
+    expect(page.locator("#row-44 .status")).to_contain_text("✖ Problems in DID Number")
     assert _counts(page)["excluded"] == 0
 
 
@@ -392,6 +392,8 @@ def test_grid_keyboard_only(pages: Callable[..., Page], served: Served) -> None:
     job = _job(served)
     page = pages(served.url)
     _check(page, served, job, "?problems=1")
+    expect(page.locator("#keys")).to_contain_text("Ctrl+S saves")
+    expect(page.locator("#keys [data-js]")).to_be_visible()
     for _ in range(80):  # bounded: the grid is a few dozen stops down the page
         page.keyboard.press("Tab")
         if page.evaluate("document.activeElement.id") == "c-7-0":
@@ -434,6 +436,7 @@ def test_grid_works_without_javascript(pages: Callable[..., Page], served: Serve
     job = _job(served)
     page = pages(served.url, java_script_enabled=False)
     _check(page, served, job, "?problems=1")
+    expect(page.locator("#keys [data-js]")).to_be_hidden()  # no keys promised that need the script
     page.locator("#c-11-2").fill("93")
     page.locator("#c-16-3").fill("only answer")
     page.get_by_label("Column", exact=True).first.select_option(label="Status")

@@ -179,6 +179,10 @@
     unsaved();
   };
   document.body.addEventListener("htmx:afterSwap", restore);
+  // Help that only holds with this script (the keys) is shown by it.
+  var reveal = function () { document.querySelectorAll("[data-js][hidden]").forEach(function (el) { el.hidden = false; }); };
+  document.body.addEventListener("htmx:afterSwap", reveal);
+  reveal();
 
   // After a save, the next row with a problem; after another change, the message saying what happened.
   var land = function () {
