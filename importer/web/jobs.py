@@ -43,7 +43,7 @@ from importer.engine.plan import Plan
 from importer.errors import ImporterError
 from importer.jobs.session import now_text
 from importer.jobs.validate import read_input
-from importer.model import Action, RowOutcome, Status, ValidationReport
+from importer.model import Action, RowOutcome, RunFacts, Status, ValidationReport
 from importer.options import InputOptions
 from importer.output.failed import write_failed_rows
 from importer.read.sheets import SheetChoiceNeeded
@@ -587,6 +587,11 @@ class JobService:
         out.update(self.audit_log.summary(job.id))  # uploaded, planned, approved, started by
         return out
 
+    def facts(self, job: Job) -> RunFacts:
+        """Where the job ran, for its workbooks: the file as uploaded, none of the server's paths,
+        user or host (the job's id and uploader are ``audit`` lines)."""
+        return RunFacts(file=job.file, machine=False)
+
     async def plan(self, job: Job) -> None:
         """Run the dry run against the live state (in the background)."""
         job.status, job.error = next_status(job.status, Step.PLAN, job.busy), ""
@@ -633,6 +638,7 @@ class JobService:
             on_existing=OnExisting(job.on_existing),
             max_error_rate=job.max_error_rate,
             audit=self.audit(job),
+            facts=self.facts(job),
         )
 
     async def start(self, job: Job) -> None:
@@ -790,6 +796,7 @@ class JobService:
                 shown_writes=None if job.resuming else job.planned.get("writes_fingerprint"),
                 on_progress=progress,
                 audit=self.audit(job),
+                facts=self.facts(job),
             )
             if run.refused and run.plan is not None:
                 await self._plan_changed(job, report, run.plan, run.requests)
@@ -891,6 +898,7 @@ class JobService:
                 command=command,
                 options=job.input_options().describe(),
                 audit=audit,
+                facts=self.facts(job),
                 connection=self.connection,
                 results=results,
                 failed=failed,

@@ -1,0 +1,184 @@
+"""The page in plain words: labels with codes in the plan, titles naming the job, workbooks that say
+the job's facts (never the server's), finishing what was cancelled, mappings remembered, no
+console error or CSP violation on the way (Playwright on Debian's Chromium for the last).
+"""
+
+from __future__ import annotations
+
+import getpass
+import html
+import re
+import shutil
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openpyxl
+import pytest
+from helpers import did_number, wait_for_job, web_connection, write_inventory, write_sheet
+
+from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
+from importer.web.server import ServeSettings, running_server
+
+TOKEN = "words-test-token-0123456789-abcdefghijk"
+CHROMIUM = shutil.which("chromium")
+
+
+@dataclass
+class Served:
+    url: str
+    sandbox: Sandbox
+    api: httpx.Client
+    data: Path
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """The server on loopback over an in-process sandbox of 60 DIDs; DID 2 routed otherwise already."""
+    existing = {
+        2: {"for_inbound_call": 1, "for_outbound_call": 3, "outbound_websocket_bot_id": 94, "status": 1}
+    }
+    inventory = write_inventory(tmp_path / "inventory.json", 60, existing)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
+    data = tmp_path / "data"
+    settings = ServeSettings(connection=web_connection(sandbox), data_dir=data, port=0, token=TOKEN)
+    with (
+        running_server(settings) as (url, _token, _service),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as api,
+    ):
+        yield Served(url, sandbox, api, data)
+
+
+def _upload(api: httpx.Client, path: Path, name: str | None = None, **form: str) -> dict[str, Any]:
+    with path.open("rb") as fh:
+        answer = api.post("/api/jobs", files={"file": (name or path.name, fh)}, data=form)
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json())
+
+
+def _planned(api: httpx.Client, path: Path, name: str | None = None, **form: str) -> dict[str, Any]:
+    job = _upload(api, path, name, **form)
+    wait_for_job(api, job["id"], {"validated"})
+    assert api.post(f"/api/jobs/{job['id']}/plan").status_code == 202
+    return wait_for_job(api, job["id"], {"planned"})
+
+
+def _text(page: str) -> str:
+    """A page's text without its tags, entities resolved, blanks folded."""
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", page)))
+
+
+def _title(page: str) -> str:
+    found = re.search(r"<title>(.*?)</title>", page, re.S)
+    assert found is not None
+    return html.unescape(found.group(1).strip())
+
+
+def _cells(path: Path) -> list[tuple[str, str, str]]:
+    """Every non-empty cell of a workbook: (sheet, coordinate, text)."""
+    book = openpyxl.load_workbook(path, read_only=True)
+    try:
+        return [
+            (sheet.title, f"{r}:{c}", str(v))
+            for sheet in book.worksheets
+            for r, row in enumerate(sheet.iter_rows(values_only=True), start=1)
+            for c, v in enumerate(row, start=1)
+            if v is not None and str(v) != ""
+        ]
+    finally:
+        book.close()
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    book = openpyxl.load_workbook(path, read_only=True)
+    try:
+        return {str(r[0]): r[1] for r in book["Summary"].iter_rows(values_only=True) if r and r[0]}
+    finally:
+        book.close()
+
+
+# -- 5a: the plan in plain words --------------------------------------------------------------------
+
+
+def test_plan_page_shows_labels_with_codes(served: Served, tmp_path: Path) -> None:
+    """An update reads "Outbound: WebSocket bot (3) → SIP (2)"; fields by their titles, no API names."""
+    job = _planned(served.api, write_sheet(tmp_path / "routing.csv", 6))
+    page = served.api.get(f"/jobs/{job['id']}/plan")
+    assert page.status_code == 200
+    text = _text(page.text)
+    assert "Outbound: WebSocket bot (3) → SIP (2)" in text  # DID 2's routing, as it is and as asked
+    assert "Inbound: mobile (1) → SIP (2)" in text
+    assert "Outbound SIP Trunk ID: — → 8" in text
+    assert "Inbound Bot ID" in text and "WebSocket bot (3)" in text and "only-answer (4)" in text
+    assert "active (1)" in text and "inactive (0)" in text
+    assert "leave unchanged" not in text or "create" in text
+    for api_name in ("for_outbound_call", "for_inbound_call", "_websocket_bot_id", "_sip_trunk_id", "did_id"):
+        assert api_name not in text, api_name
+
+
+# -- 5b: tab titles ---------------------------------------------------------------------------------
+
+
+def test_page_titles_name_the_step_and_the_file(served: Served, tmp_path: Path) -> None:
+    """Every job page's tab names its step and the job's file; the jobs page is plain."""
+    job = _planned(served.api, write_sheet(tmp_path / "routing.csv", 4), "carrier March.csv")
+    steps = {"columns": "Sheet and columns", "check": "Check", "plan": "Plan", "send": "Send"}
+    for path, step in steps.items():
+        page = served.api.get(f"/jobs/{job['id']}/{path}")
+        assert page.status_code == 200, path
+        assert _title(page.text) == f"{step} · carrier March.csv · VoiceLink importer"
+    assert _title(served.api.get("/").text) == "Jobs · VoiceLink importer"
+    missing = served.api.get("/jobs/0123456789abcdef01234567/plan")
+    assert missing.status_code == 404 and _title(missing.text) == "No such job · VoiceLink importer"
+
+
+# -- 5c: the workbooks say the job's facts, not the server's ------------------------------------------
+
+
+def _machine_facts_in(path: Path, data: Path) -> list[tuple[str, str, str]]:
+    """Cells naming the data dir, the OS user or the host (as a whole word: "vm" in "vmware" is not)."""
+    dirs = {str(data), str(data.resolve())}
+    words = {getpass.getuser(), socket.gethostname()}
+    return [
+        (sheet, at, text)
+        for sheet, at, text in _cells(path)
+        if any(d in text for d in dirs) or words & set(re.split(r"[^\w.-]+", text))
+    ]
+
+
+def test_web_workbooks_carry_the_job_facts_not_the_server(served: Served, tmp_path: Path) -> None:
+    """The validate, plan, results and failed workbooks of a web job: its id, file and uploader only."""
+    sheet = write_sheet(tmp_path / "routing.csv", 8)
+    lines = sheet.read_text(encoding="utf-8").splitlines()
+    lines[3] = lines[3].replace("+" + did_number(2), "+91 80 12")  # one bad number: a failed.xlsx too
+    sheet.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    job = _upload(served.api, sheet, "carrier routing.csv", uploaded_by="Asha (NOC)")
+    wait_for_job(served.api, job["id"], {"validated"})
+    books: dict[str, Path] = {}
+
+    def fetch(kind: str, label: str) -> None:
+        answer = served.api.get(f"/api/jobs/{job['id']}/{kind}.xlsx")
+        assert answer.status_code == 200, (label, answer.text)
+        books[label] = tmp_path / f"{label}.xlsx"
+        books[label].write_bytes(answer.content)
+
+    fetch("results", "validated")
+    assert served.api.post(f"/api/jobs/{job['id']}/plan").status_code == 202
+    wait_for_job(served.api, job["id"], {"planned"})
+    fetch("results", "planned")
+    assert served.api.post(f"/api/jobs/{job['id']}/start").status_code == 202
+    wait_for_job(served.api, job["id"], {"done"})
+    fetch("results", "results")
+    fetch("failed", "failed")
+    for label in ("validated", "planned", "results"):
+        summary = _summary(books[label])
+        assert summary["web job"] == job["id"], label
+        assert summary["file"] == "carrier routing.csv", label
+        assert summary["uploaded_by"] == "Asha (NOC)", label
+        assert "path" not in summary and "os_user" not in summary and "host" not in summary, label
+    assert "journal run" in _summary(books["results"])  # the send's journal is named, not where it is
+    for label, path in books.items():
+        assert _machine_facts_in(path, served.data) == [], label
