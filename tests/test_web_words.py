@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import openpyxl
 import pytest
-from helpers import did_number, wait_for_job, web_connection, write_inventory, write_sheet
+from helpers import did_number, wait_for_job, wait_until, web_connection, write_inventory, write_sheet
 
 from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
 from importer.web.server import ServeSettings, running_server
@@ -88,6 +88,15 @@ def _cells(path: Path) -> list[tuple[str, str, str]]:
             for c, v in enumerate(row, start=1)
             if v is not None and str(v) != ""
         ]
+    finally:
+        book.close()
+
+
+def _rows(path: Path) -> list[tuple[Any, ...]]:
+    """The rows of a workbook's first sheet."""
+    book = openpyxl.load_workbook(path, read_only=True)
+    try:
+        return list(book.worksheets[0].iter_rows(values_only=True))
     finally:
         book.close()
 
@@ -182,3 +191,50 @@ def test_web_workbooks_carry_the_job_facts_not_the_server(served: Served, tmp_pa
     assert "journal run" in _summary(books["results"])  # the send's journal is named, not where it is
     for label, path in books.items():
         assert _machine_facts_in(path, served.data) == [], label
+
+
+# -- 6: finish what was cancelled ------------------------------------------------------------------
+
+
+def test_cancelled_job_sends_the_remaining_rows_from_its_page(tmp_path: Path) -> None:
+    """Cancelled mid-send: its page offers the rest and the rows not done; the rest is planned, then
+    sent once, and every DID ends created exactly once."""
+    inventory = write_inventory(tmp_path / "inventory.json", 40)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=60))
+    settings = ServeSettings(
+        connection=web_connection(sandbox, concurrency=1), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
+    with (
+        running_server(settings) as (url, _token, _service),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as api,
+    ):
+        job = _planned(api, write_sheet(tmp_path / "routing.csv", 40))
+        page = f"/jobs/{job['id']}"
+        assert api.post(page + "/send", data={"confirm": "yes"}).status_code == 303
+        wait_until(lambda: api.get(f"/api/jobs/{job['id']}").json()["progress"]["done"] >= 3, "3 writes")
+        assert api.post(page + "/cancel").status_code == 303
+        job = wait_for_job(api, job["id"], {"cancelled"})
+        done, left = job["counts"]["succeeded"], job["counts"]["not_sent"]
+        assert 0 < done < 40 and done + left == 40
+
+        results = _text(api.get(page + "/results").text)
+        assert f"Send the remaining {left} rows" in results
+        book = tmp_path / "not-done.xlsx"
+        book.write_bytes(api.get(f"/api/jobs/{job['id']}/failed.xlsx").content)
+        header, *unsent = _rows(book)
+        assert len(unsent) == left and header[0] == "Phone Number"  # the upload's own columns, and why
+        why = [str(r[header.index("import_reason")]) for r in unsent]
+        assert all("not sent" in w for w in why), why
+
+        answer = api.post(page + "/resume")
+        assert answer.status_code == 303 and answer.headers["location"] == page + "/plan"
+        job = wait_for_job(api, job["id"], {"planned"})
+        assert job["planned"]["create"] == left  # only what is still needed
+        plan = _text(api.get(page + "/plan").text)
+        assert f"{left} to create" in plan
+        assert api.post(page + "/send", data={"confirm": "yes"}).status_code == 303
+        job = wait_for_job(api, job["id"], {"done"})
+        assert job["counts"]["succeeded"] == 40
+        assert "Send the remaining" not in _text(api.get(page + "/results").text)
+    creates = [int(w["did_id"]) for w in sandbox.state_snapshot()["writes"] if w["op"] == "create"]
+    assert sorted(creates) == [1000 + i for i in range(40)]  # each DID once: nothing sent twice

@@ -159,3 +159,16 @@ async def plan_page(ctx: PageContext, request: Request, job: Job) -> Response:
 async def plan_post(ctx: PageContext, request: Request, job: Job) -> Response:
     """``POST /jobs/{id}/plan``: plan the job against the account."""
     return await act(ctx, job, ctx.service.plan, "plan", "plan")
+
+
+async def resume_post(ctx: PageContext, request: Request, job: Job) -> Response:
+    """``POST /jobs/{id}/resume``: a cancelled or stopped job plans what is left; its plan is shown.
+
+    The plan reads the live state, so rows this job already sent show as done and only what is
+    still needed is sent once the user confirms it on the send step.
+    """
+
+    async def plan_the_rest(job: Job) -> None:
+        await ctx.service.resume(job)
+
+    return await act(ctx, job, plan_the_rest, "results", "plan")
