@@ -31,6 +31,7 @@ from helpers import (
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
+from importer.web.mappings import MappingMemory
 from importer.web.server import ServeSettings, running_server
 
 TOKEN = "words-test-token-0123456789-abcdefghijk"
@@ -340,3 +341,125 @@ def test_page_every_step_without_console_error_or_csp_violation(
         assert errors == [], errors
     finally:
         context.close()
+
+
+# -- 7: mappings remembered -------------------------------------------------------------------------
+
+GERMAN = ("Nummer", "Eingehend", "Bot ein", "Trunk ein", "Ausgehend", "Bot aus", "Trunk aus", "Zustand")
+FIELD_OF = dict(
+    zip(
+        GERMAN,
+        (
+            "did_number",
+            "for_inbound_call",
+            "inbound_websocket_bot_id",
+            "inbound_sip_trunk_id",
+            "for_outbound_call",
+            "outbound_websocket_bot_id",
+            "outbound_sip_trunk_id",
+            "status",
+        ),
+        strict=True,
+    )
+)
+
+
+def _german(path: Path, n: int, headers: tuple[str, ...] = GERMAN, first: int = 0) -> Path:
+    """A carrier export with headers the reader does not know: rows ``first`` .. ``first+n-1``."""
+    lines = write_sheet(tmp := path.with_suffix(".tmp"), first + n).read_text(encoding="utf-8").splitlines()
+    tmp.unlink()
+    path.write_text("\n".join([",".join([*headers, "Kunde"]), *lines[1 + first :]]) + "\n", encoding="utf-8")
+    return path
+
+
+def _map_on_page(api: httpx.Client, job_id: str, picks: dict[str, str]) -> None:
+    """Save the columns step with ``picks`` (field -> header), as its form posts them."""
+    form = {f"field_{f}": h for f, h in picks.items()}
+    answer = api.post(f"/jobs/{job_id}/columns", data=form)
+    assert answer.status_code == 303, _text(answer.text)
+
+
+def test_mapping_remembered_for_the_same_header_row(served: Served, tmp_path: Path) -> None:
+    """Mapped once on the page, the next file with that header row maps itself and says from which
+    job; the user's change is what the file after it gets; other orders and explicit maps are left be."""
+    first = _upload(served.api, _german(tmp_path / "march.csv", 5), "march.csv")
+    first = wait_for_job(served.api, first["id"], {"failed"})
+    assert "missing required column" in first["error"]
+    _map_on_page(served.api, first["id"], {f: h for h, f in FIELD_OF.items()})
+    assert wait_for_job(served.api, first["id"], {"validated"})["counts"]["valid"] == 5
+
+    # Same headers once normalised (case, spaces, punctuation), same order: mapped by itself.
+    shouted = tuple(h.upper().replace(" ", "_") for h in GERMAN)
+    second = _upload(served.api, _german(tmp_path / "april.csv", 6, shouted, first=5), "april.csv")
+    second = wait_for_job(served.api, second["id"], {"validated", "failed"})
+    assert second["status"] == "validated" and second["counts"]["valid"] == 6, second["error"]
+    wanted = sorted(f"{h}={f}" for h, f in zip(shouted, FIELD_OF.values(), strict=True))
+    assert sorted(second["options"]["map"]) == wanted  # the pairs name this file's own headers
+    page = _text(served.api.get(f"/jobs/{second['id']}/columns").text)
+    assert f"Columns mapped as in job {first['id']} (march.csv)" in page
+    assert "mapped as in job" not in _text(served.api.get(f"/jobs/{first['id']}/columns").text)
+
+    # The user changes it (no status column now): the message goes, and the next file maps that way.
+    picks = {f: h for h, f in zip(shouted, FIELD_OF.values(), strict=True) if f != "status"}
+    _map_on_page(served.api, second["id"], picks)
+    second = wait_for_job(served.api, second["id"], {"validated"})
+    assert not any(m.endswith("=status") for m in second["options"]["map"])
+    assert "mapped as in job" not in _text(served.api.get(f"/jobs/{second['id']}/columns").text)
+    third = _upload(served.api, _german(tmp_path / "may.csv", 4, first=11), "may.csv")
+    third = wait_for_job(served.api, third["id"], {"validated", "failed"})
+    assert third["status"] == "validated" and len(third["options"]["map"]) == 7
+    assert f"Columns mapped as in job {second['id']} (april.csv)" in _text(
+        served.api.get(f"/jobs/{third['id']}/columns").text
+    )
+
+    # Another order is another header row; a file sent with its own map keeps it.
+    swapped = (GERMAN[1], GERMAN[0], *GERMAN[2:])
+    other = _upload(served.api, _german(tmp_path / "june.csv", 3, swapped, first=15), "june.csv")
+    assert wait_for_job(served.api, other["id"], {"validated", "failed"})["status"] == "failed"
+    own = _upload(
+        served.api, _german(tmp_path / "july.csv", 3, first=18), "july.csv", map="Nummer=did_number"
+    )
+    own = wait_for_job(served.api, own["id"], {"validated", "failed"})
+    assert own["options"]["map"] == ["Nummer=did_number"] and own["status"] == "failed"
+
+
+def test_mapping_remembered_across_a_restart(tmp_path: Path) -> None:
+    """The memory is in the data dir: a server started again maps the file the same way."""
+    inventory = write_inventory(tmp_path / "inventory.json", 20)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN
+    )
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with running_server(settings) as (url, _t, _s), httpx.Client(base_url=url, headers=headers) as api:
+        first = _upload(api, _german(tmp_path / "march.csv", 5), "march.csv")
+        wait_for_job(api, first["id"], {"failed"})
+        _map_on_page(api, first["id"], {f: h for h, f in FIELD_OF.items()})
+        wait_for_job(api, first["id"], {"validated"})
+    with running_server(settings) as (url, _t, _s), httpx.Client(base_url=url, headers=headers) as api:
+        second = _upload(api, _german(tmp_path / "april.csv", 6, first=5), "april.csv")
+        assert wait_for_job(api, second["id"], {"validated", "failed"})["status"] == "validated"
+        assert f"Columns mapped as in job {first['id']} (march.csv)" in _text(
+            api.get(f"/jobs/{second['id']}/columns").text
+        )
+
+
+def test_mapping_memory_is_bounded(tmp_path: Path) -> None:
+    """Past its limit the memory lets the least recently saved header rows go."""
+    memory = MappingMemory(tmp_path, limit=3)
+    try:
+        for i in range(5):
+            memory.remember(
+                [f"Nummer {i}", "Eingehend"], {f"Nummer {i}": "did_number"}, f"job{i}", f"{i}.csv"
+            )
+        assert len(memory) == 3
+        assert (
+            memory.recall(["Nummer 0", "Eingehend"]) is None
+            and memory.recall(["Nummer 1", "Eingehend"]) is None
+        )
+        kept = memory.recall(["nummer 4", "EINGEHEND"])
+        assert kept is not None and kept.job == "job4" and dict(kept.column_map) == {"Nummer 4": "did_number"}
+        memory.remember(["Plain", "Eingehend"], {}, "job9", "9.csv")  # automatic, nothing to undo: not kept
+        assert len(memory) == 3 and memory.recall(["Plain", "Eingehend"]) is None
+    finally:
+        memory.close()

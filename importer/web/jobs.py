@@ -32,7 +32,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
@@ -53,6 +53,7 @@ from importer.web import engine, observe, ratememory, views
 from importer.web.audit import AuditLog
 from importer.web.engine import Connection, Edit, SendProgress
 from importer.web.lifecycle import JobError, JobStatus, Step, next_status
+from importer.web.mappings import MappingMemory, Remembered
 from importer.web.records import (
     JOB_ID,
     KEEPS_OUTCOMES,
@@ -93,9 +94,17 @@ def _write_edits(folder: Path, edits: Sequence[Edit], operations: Sequence[ops.O
 
 
 def _read_and_check(
-    options: InputOptions, edits: Sequence[Edit], excluded: frozenset[int]
-) -> ValidationReport:
-    return ops.check(read_input(options), options, edits, excluded)
+    options: InputOptions,
+    edits: Sequence[Edit],
+    excluded: frozenset[int],
+    recall: Callable[[Sequence[str]], Remembered | None] | None = None,
+) -> tuple[ValidationReport, Remembered | None]:
+    table = read_input(options)
+    # A new upload whose header row an earlier job mapped on the page is mapped the same way.
+    found = None if recall is None else recall(table.headers)
+    if found is not None:
+        options = dataclasses.replace(options, column_map=dict(found.column_map))
+    return ops.check(table, options, edits, excluded), found
 
 
 class Lane:
@@ -129,6 +138,7 @@ class JobService:
         """Jobs whose record cannot be read: id -> why. Listed, never served, never deleted."""
         self.events = observe.JobEvents()
         self.audit_log = AuditLog(data_dir)  # who did what, when, from where (web.audit)
+        self.mappings = MappingMemory(data_dir)  # column mappings chosen on the page (web.mappings)
         self.events.listeners.append(self.audit_log.job_event)
         self.connection = connection
         self.jobs: dict[str, Job] = {}
@@ -301,6 +311,8 @@ class JobService:
             shutil.rmtree(folder, ignore_errors=True)  # this request's own folder, never answered
             raise
         self.jobs[job_id] = job
+        if not column_map:
+            self.mappings.expect(job_id)
         self.events.saved(job)
         self._spawn(self._validate(job))
         return job
@@ -337,7 +349,12 @@ class JobService:
     async def _read_table(self, job: Job) -> ValidationReport:
         options = job.input_options()
         excluded = ops.excluded_rows(job.operations)
-        report = await self.work.run(job, _read_and_check, options, tuple(job.edits), excluded)
+        recall = self.mappings.first_read(job.id)
+        report, remembered = await self.work.run(
+            job, _read_and_check, options, tuple(job.edits), excluded, recall
+        )
+        if remembered is not None:
+            job.column_map = dict(remembered.column_map)
         if not job.outcomes and job.status in KEEPS_OUTCOMES:
             job.outcomes = await in_background(self._saved_outcomes, job.id)
         shown = job.folder / "plan.json"
