@@ -463,3 +463,76 @@ def test_mapping_memory_is_bounded(tmp_path: Path) -> None:
         assert len(memory) == 3 and memory.recall(["Plain", "Eingehend"]) is None
     finally:
         memory.close()
+
+
+@pytest.mark.slow
+def test_page_cancelled_job_sends_the_rest_in_the_browser(browser: Browser, tmp_path: Path) -> None:
+    """From a cancelled job's results: "Send the remaining N rows", its plan, the send, all done."""
+    inventory = write_inventory(tmp_path / "inventory.json", 40)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=60))
+    connection = web_connection(sandbox, concurrency=1)
+    settings = ServeSettings(connection=connection, data_dir=tmp_path / "data", port=0, token=TOKEN)
+    with (
+        running_server(settings) as (url, _token, _service),
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as api,
+    ):
+        job = _planned(api, write_sheet(tmp_path / "routing.csv", 40))
+        assert api.post(f"/api/jobs/{job['id']}/start").status_code == 202
+        wait_until(lambda: api.get(f"/api/jobs/{job['id']}").json()["progress"]["done"] >= 3, "3 writes")
+        assert api.post(f"/api/jobs/{job['id']}/cancel").status_code == 202
+        left = wait_for_job(api, job["id"], {"cancelled"})["counts"]["not_sent"]
+        context, page, errors = _open(browser, url)
+        try:
+            page.goto(f"{url}/jobs/{job['id']}")
+            expect(page).to_have_title("Results · routing.csv · VoiceLink importer")
+            with page.expect_download() as download:
+                page.get_by_role("link", name="Download the rows not done, with why (xlsx)").click()
+            saved = tmp_path / "not-done.xlsx"
+            download.value.save_as(saved)
+            assert len(_rows(saved)) == left + 1
+            page.get_by_role("button", name=f"Send the remaining {left} rows").click()
+            expect(page.locator("h1")).to_have_text("4. Plan")
+            expect(page.locator(".counts")).to_contain_text(f"{left} to create")  # the page moved on itself
+            page.get_by_role("link", name="Next: send ›").click()
+            page.get_by_label("I want to write these changes to the account now").check()
+            page.locator("form.confirm").get_by_role("button").first.click()
+            page.wait_for_url(re.compile(r"/results$"))
+            expect(page.locator(".count.ok .n")).to_have_text("40")
+            expect(page.get_by_role("button", name=re.compile("Send the remaining"))).to_have_count(0)
+            assert errors == [], errors
+        finally:
+            context.close()
+    creates = [int(w["did_id"]) for w in sandbox.state_snapshot()["writes"] if w["op"] == "create"]
+    assert sorted(creates) == [1000 + i for i in range(40)]
+
+
+@pytest.mark.slow
+def test_page_mapping_remembered_in_the_browser(browser: Browser, served: Served, tmp_path: Path) -> None:
+    """The second export maps itself as the first was mapped, says so, and takes a change."""
+    first = _upload(served.api, _german(tmp_path / "march.csv", 5), "march.csv")
+    context, page, errors = _open(browser, served.url)
+    try:
+        page.goto(f"{served.url}/jobs/{first['id']}/columns")
+        expect(page.locator(".error")).to_contain_text("missing required column")
+        for header, field in FIELD_OF.items():
+            page.locator(f"#field_{field}").select_option(header)
+        page.get_by_role("button", name="Save and check the rows").click()
+        expect(page.locator("[data-k=valid]")).to_have_text("5")
+
+        page.goto(served.url + "/")
+        page.set_input_files("#file", str(_german(tmp_path / "april.csv", 6, first=5)))
+        page.get_by_role("button", name="Upload and check").click()
+        expect(page.locator("#mapped-from")).to_have_text(
+            re.compile(rf"^Columns mapped as in job {first['id']} \(march\.csv\)")
+        )
+        for header, field in FIELD_OF.items():
+            expect(page.locator(f"#field_{field}")).to_have_value(header)
+        page.locator("#field_status").select_option("")  # the user's own choice: no status column
+        page.get_by_role("button", name="Save and check the rows").click()
+        expect(page.locator("[data-k=valid]")).to_have_text("6")
+        page.get_by_role("link", name="‹ Back to sheet and columns").click()
+        expect(page.locator("#field_status")).to_have_value("")
+        expect(page.locator("#mapped-from")).to_have_count(0)
+        assert errors == [], errors
+    finally:
+        context.close()
