@@ -32,6 +32,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
 from importer.web.mappings import MappingMemory
+from importer.web.pages.plan import field_label, value_words
 from importer.web.server import ServeSettings, running_server
 
 TOKEN = "words-test-token-0123456789-abcdefghijk"
@@ -134,9 +135,38 @@ def test_plan_page_shows_labels_with_codes(served: Served, tmp_path: Path) -> No
     assert "Outbound SIP Trunk ID: — → 8" in text
     assert "Inbound Bot ID" in text and "WebSocket bot (3)" in text and "only-answer (4)" in text
     assert "active (1)" in text and "inactive (0)" in text
-    assert "leave unchanged" not in text or "create" in text
     for api_name in ("for_outbound_call", "for_inbound_call", "_websocket_bot_id", "_sip_trunk_id", "did_id"):
         assert api_name not in text, api_name
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "shown"),
+    [
+        ("for_inbound_call", 3, "WebSocket bot (3)"),
+        ("for_outbound_call", 4, "only-answer (4)"),
+        ("for_outbound_call", 1, "1"),  # no outbound mode 1: the code as the API gave it
+        ("status", 0, "inactive (0)"),
+        ("status", True, "True"),
+        ("outbound_sip_trunk_id", 8, "8"),
+        ("status", None, ""),
+    ],
+)
+def test_plan_value_words(key: str, value: object, shown: str) -> None:
+    assert value_words(key, value) == shown
+
+
+@pytest.mark.parametrize(
+    ("key", "label"),
+    [
+        ("for_outbound_call", "Outbound"),
+        ("for_inbound_call", "Inbound"),
+        ("outbound_sip_trunk_id", "Outbound SIP Trunk ID"),
+        ("did_id", "DID ID"),
+        ("created_at", "created_at"),  # an API extra no field has
+    ],
+)
+def test_plan_field_label(key: str, label: str) -> None:
+    assert field_label(key) == label
 
 
 # -- 5b: tab titles ---------------------------------------------------------------------------------
