@@ -237,6 +237,7 @@ def test_web_workbooks_carry_the_job_facts_not_the_server(served: Served, tmp_pa
 # -- 6: finish what was cancelled ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a send slowed down (60 ms a write) so that it can be cancelled midway
 def test_cancelled_job_sends_the_remaining_rows_from_its_page(tmp_path: Path) -> None:
     """Cancelled mid-send: its page offers the rest and the rows not done; the rest is planned, then
     sent once, and every DID ends created exactly once."""
