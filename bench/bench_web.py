@@ -328,6 +328,12 @@ def concurrent_uploads(data: Path, path: Path, uploads: int) -> dict[str, float]
             began = time.perf_counter()
             s.client.get(f"/api/jobs/{one}").raise_for_status()
             keepalive.append((time.perf_counter() - began) * 1000)
+        full_gcs = gc_collections(s, 2)
+        idle: list[float] = []  # the same list once nothing runs: what the handler itself costs
+        for _ in range(100):
+            began = time.perf_counter()
+            s.client.get("/api/jobs").raise_for_status()
+            idle.append((time.perf_counter() - began) * 1000)
         for why in lost:
             print(f"  upload refused: {why}")
         return {
@@ -342,7 +348,17 @@ def concurrent_uploads(data: Path, path: Path, uploads: int) -> dict[str, float]
             "list_n": len(latencies),
             "list_p95_validating_ms": percentile(after_uploads, 0.95) if after_uploads else float("nan"),
             "keepalive_median_ms": statistics.median(keepalive),
+            "list_idle_median_ms": statistics.median(idle),
+            "full_gcs": full_gcs,
         }
+
+
+def gc_collections(s: Server, generation: int) -> float:
+    """The server's garbage collections of ``generation`` since it started (NaN: not shown)."""
+    for line in s.client.get("/metrics").text.splitlines():
+        if line.startswith(f'python_gc_collections_total{{generation="{generation}"}} '):
+            return float(line.rsplit(" ", 1)[1])
+    return float("nan")
 
 
 @contextmanager
@@ -417,7 +433,7 @@ def load_main(args: argparse.Namespace) -> None:
     )
     listing = (
         f"{up['list_p95_ms']:.1f} ms (median {up['list_median_ms']:.1f}, n={up['list_n']:.0f}; "
-        f"after the uploads {up['list_p95_validating_ms']:.1f})"
+        f"after the uploads {up['list_p95_validating_ms']:.1f}; idle median {up['list_idle_median_ms']:.1f})"
     )
     killed = (
         f"{kill['429_after']:.0f} x 429 after ({kill['429_before']:.0f} before; "
@@ -427,6 +443,7 @@ def load_main(args: argparse.Namespace) -> None:
         (f"{args.uploads} uploads of {args.load_rows} rows validated", validated, all_in, "all, none lost"),
         ("peak RSS of the server", f"{up['peak_rss_mb']:.0f} MB",
          up["peak_rss_mb"] <= LOAD_RSS_GOAL_MB, f"<= {LOAD_RSS_GOAL_MB:.0f} MB"),
+        ("full garbage collections (all threads wait)", f"{up['full_gcs']:.0f}", True, "(reported)"),
         ("GET /api/jobs while validating, p95", listing,
          up["list_p95_ms"] <= LIST_P95_GOAL_MS, f"<= {LIST_P95_GOAL_MS:.0f} ms"),
         ("keep-alive GET /api/jobs/{id}, median", f"{up['keepalive_median_ms']:.2f} ms",
