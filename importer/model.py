@@ -13,11 +13,13 @@ from importer.vocab import Action, ReasonKind, Status
 from importer.words import IssueKind, Note, Surface, render, render_note
 
 __all__ = [
+    "MACHINE_FACTS",
     "Action",
     "RawTable",
     "RoutingRow",
     "RowIssue",
     "RowOutcome",
+    "RunFacts",
     "RunInfo",
     "SheetInfo",
     "SourceInfo",
@@ -202,6 +204,30 @@ class ValidationReport:
         return frozenset(i.row for i in self.issues)
 
 
+MACHINE_LINES = frozenset({"path", "os_user", "host", "journal"})
+"""Summary lines that say where on a machine a job ran: the CLI's, never a service's."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunFacts:
+    """Where a job ran, as its Summary sheet states it.
+
+    The CLI states its machine (the default): the input's path, the OS user, the host and the
+    journal's path, so a results file found later says where it came from. A service's workbooks
+    leave its server: it names the file as uploaded and states its own lines (its job id, who
+    uploaded: ``RunInfo.audit``), never its paths, user or host (``MACHINE_LINES``).
+    """
+
+    file: str | None = None
+    """The input's name as its user knows it (None: the name of the path read)."""
+    machine: bool = True
+    """State the machine's lines (``MACHINE_LINES``)."""
+
+
+MACHINE_FACTS = RunFacts()
+"""The CLI's facts: the machine it runs on."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunInfo:
     """What the Summary sheet says about a run besides the counts."""
@@ -216,3 +242,5 @@ class RunInfo:
     """Words shown instead of status codes in the workbook (validate: not_sent -> valid)."""
     notes: tuple[str, ...] = ()
     """File-level findings for the Summary sheet's Notes (e.g. a likely wrong column match)."""
+    facts: RunFacts = field(default_factory=RunFacts)
+    """Where the job ran: the machine (the CLI) or a service's own facts."""

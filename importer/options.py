@@ -25,6 +25,7 @@ from importer.account.inventory import ReadCallback
 from importer.account.preflight import DEFAULT_BASE_URL
 from importer.engine.plan import Plan
 from importer.errors import InputError
+from importer.model import RunFacts
 from importer.vocab import OnExisting
 from importer.words import Surface
 
@@ -275,6 +276,8 @@ class ImportConfig(ConnectOptions):
     """More lines for the Summary sheet's audit (a web service: who uploaded it, from where)."""
     surface: Surface = Surface.CLI
     """Whose words the results workbook speaks: the CLI's flags or the page's controls."""
+    facts: RunFacts = field(default_factory=RunFacts)
+    """Where the job runs, for the Summary sheet: the machine (the CLI), or a service's own facts."""
 
     def __post_init__(self) -> None:
         ConnectOptions.__post_init__(self)

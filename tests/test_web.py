@@ -170,7 +170,9 @@ def test_web_flow_upload_fix_plan_send_download(web: Web, tmp_path: Path) -> Non
     summary = _summary(results.content)
     assert summary["uploaded_by"] == "Asha (NOC)" and summary["client"] == "127.0.0.1"
     assert summary["edit 1"].startswith("row 12, column 'Inbound Mode': '9' -> '1'")
-    assert summary["succeeded"] == 11 and "os_user" in summary and "host" in summary
+    # A web job's workbook names its job and file, never the server's user or host (issue 18).
+    assert summary["succeeded"] == 11 and "os_user" not in summary and "host" not in summary
+    assert summary["web job"] == job["id"] and summary["file"] == job["file"]
     assert web.client.get(f"/api/jobs/{job['id']}/failed.xlsx").status_code == 404  # no row failed
     creates = [w for w in web.sandbox.state_snapshot()["writes"] if w["op"] == "create"]
     assert len(creates) == 11 == len({w["did_id"] for w in creates})

@@ -319,7 +319,7 @@ def test_scheduled_job_whose_plan_changed_fails_and_sends_nothing(tmp_path: Path
         assert ann.post(f"/api/jobs/{job_id}/approve").status_code == 200
         assert olga.post(f"/api/jobs/{job_id}/start").status_code == 202
         assert wait_for_job(olga, job_id, FINAL)["status"] == "done"
-    assert len(sandbox.state_snapshot()["writes"]) == 5  # the hand change, then the new plan: 3 creates, 1 update
+    assert len(sandbox.state_snapshot()["writes"]) == 5  # the hand change, then 3 creates and 1 update
 
 
 def test_scheduled_job_whose_due_plan_a_restart_cut_fails_saying_so(tmp_path: Path) -> None:

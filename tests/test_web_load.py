@@ -7,6 +7,7 @@ Servers run on loopback (uvicorn on an ephemeral port, in a thread); the sandbox
 from __future__ import annotations
 
 import contextlib
+import gc
 import secrets
 import shutil
 import threading
@@ -329,6 +330,72 @@ def test_web_jobs_list_answers_quickly_while_validations_run(tmp_path: Path) -> 
         )
         assert p95 <= 1.0, f"p95 {p95 * 1000:.0f} ms: answers waited on the validations"
         assert all(wait_for_job(client, i, {"validated"})["rows"] == 40_000 for i in ids)
+
+
+def test_read_text_rows_never_reach_the_older_collections(tmp_path: Path) -> None:
+    """While a CSV is read its rows stay out of the collector's older generations: a full
+    collection walked 180,000 row lists and held every thread, the event loop too, 100-200 ms."""
+    from importer.read.text import read_text
+
+    marker = "gc-row-marker"
+    path = tmp_path / "rows.csv"
+    path.write_text("DID,Mode,Note\n" + "".join(f"+1415{n:07d},1,{marker}\n" for n in range(30_000)))
+    held: list[int] = []
+
+    def look(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] >= 1:  # what the younger collections kept
+            held.append(
+                sum(
+                    1
+                    for o in gc.get_objects(generation=1)
+                    if type(o) in (list, tuple) and len(o) == 3 and isinstance(o[2], str) and o[2] == marker
+                )
+            )
+
+    gc.collect()
+    gc.callbacks.append(look)
+    try:
+        grid = read_text(path, path.read_bytes(), frozenset(), strict_table=True)
+    finally:
+        gc.callbacks.remove(look)
+    assert grid.matrix.shape == (30_000, 3)
+    assert held, "no collection of the older generations ran while reading"
+    assert max(held) == 0, f"{max(held)} rows were kept for older collections"
+
+
+@pytest.mark.slow
+def test_web_serve_freezes_what_it_loaded_out_of_collections(tmp_path: Path) -> None:
+    """``serve`` keeps what it loaded at start (modules, app) out of every later collection: a full
+    collection then walks only what validations and jobs hold (``/metrics`` shows the count)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VOICELINK_WEB_TOKEN": TOKEN}
+    command = [sys.executable, "-m", "importer", "serve", "--sandbox", "--port", "0"]
+    proc = subprocess.Popen(
+        [*command, "--data-dir", str(tmp_path / "data")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        match = re.search(r"http://127\.0\.0\.1:\d+", proc.stdout.readline())
+        assert match is not None, "the server did not start"
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        text = httpx.get(f"{match.group(0)}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    frozen = [
+        int(line.split()[1]) for line in text.splitlines() if line.startswith("python_gc_frozen_objects ")
+    ]
+    assert frozen and frozen[0] > 10_000, frozen
 
 
 def test_web_plan_kept_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

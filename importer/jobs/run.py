@@ -189,7 +189,7 @@ def write_report(
     """Write the results workbook (every input row), close the journal's run, sum the run up."""
     outcomes = tuple(every_row(report, {o.row: o for o in applied.outcomes}))
     audit = {**job_audit(session, plan, applied, journal, run_id), **config.audit_extra}
-    info = run_info(config.command, config, started, audit)
+    info = run_info(config.command, config, started, audit, config.facts)
 
     def save(path: Path) -> tuple[OutcomeTally, Path]:
         failed_here = failed if path == results else failed_path_for(path)  # a fallback's goes beside it

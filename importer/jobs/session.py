@@ -33,7 +33,7 @@ from importer.engine.apply import Applied, ProgressCallback, apply_plan
 from importer.engine.journal import Journal
 from importer.engine.plan import History, Plan
 from importer.errors import InputError
-from importer.model import RunInfo
+from importer.model import MACHINE_FACTS, RunFacts, RunInfo
 from importer.options import ConnectOptions
 from importer.vocab import ReasonKind
 
@@ -357,7 +357,13 @@ def job_audit(
     }
 
 
-def run_info(command: str, config: ConnectOptions, started: str, audit: Mapping[str, str]) -> RunInfo:
+def run_info(
+    command: str,
+    config: ConnectOptions,
+    started: str,
+    audit: Mapping[str, str],
+    facts: RunFacts = MACHINE_FACTS,
+) -> RunInfo:
     """The Summary sheet's run lines: the command (marked for a dry run), times, options, audit."""
     return RunInfo(
         command=command + (" (dry run)" if config.dry_run else ""),
@@ -365,6 +371,7 @@ def run_info(command: str, config: ConnectOptions, started: str, audit: Mapping[
         finished=now_text(),
         options=config.describe(),
         audit=audit,
+        facts=facts,
     )
 
 

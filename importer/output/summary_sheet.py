@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from importer.model import RawTable, RowIssue, RunInfo, Status
+from importer.model import MACHINE_LINES, RawTable, RowIssue, RunInfo, Status
 from importer.output.sheet import _LONE_SURROGATE, _Column, _fit_cell
 from importer.read.xlsx import describe_hidden
 
@@ -28,7 +28,7 @@ def _summary_items(
     delimiter = {"\t": "tab", " ": "space"}.get(src.delimiter or "", src.delimiter or "")
     items: list[tuple[str, str | int | None]] = [
         ("Input", None),
-        ("file", src.path.name),
+        ("file", info.facts.file or src.path.name),
         ("path", str(src.path)),
         ("sha256", src.sha256),
         ("format", src.format),
@@ -65,6 +65,8 @@ def _summary_items(
         notes.append(("problems left out", f"{errors_left_out} problems did not fit in the Errors sheet"))
     if notes:
         items += [("Notes", None), *notes]
+    if not info.facts.machine:  # a service's workbook leaves its server: none of its paths, user, host
+        items = [(name, value) for name, value in items if name not in MACHINE_LINES]
     return items
 
 

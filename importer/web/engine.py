@@ -30,7 +30,7 @@ from importer.jobs.run import run_import_async
 from importer.jobs.session import audit_of, now_text, open_journal
 from importer.jobs.summary import input_notes as summary_input_notes
 from importer.jobs.validate import VALIDATE_LABELS, CellEdit, every_row, validation_outcomes
-from importer.model import Action, RowOutcome, RunInfo, Status, ValidationReport
+from importer.model import MACHINE_FACTS, Action, RowOutcome, RunFacts, RunInfo, Status, ValidationReport
 from importer.options import ConnectOptions, ImportConfig, InputOptions
 from importer.validate.columns import parse_column_map
 from importer.vocab import OnExisting, ReasonKind
@@ -158,11 +158,12 @@ def write_results(
     connection: Connection,
     results: Path,
     failed: Path,
+    facts: RunFacts = MACHINE_FACTS,
 ) -> None:
     """Write the results workbook (and the failed-rows file) as the CLI does (blocking).
 
     ``outcomes`` None: the table is only validated; its workbook is the CLI's ``validate``
-    workbook (valid rows labelled "valid").
+    workbook (valid rows labelled "valid"). ``facts``: where the job ran, as the Summary says it.
     """
     validated_only = outcomes is None
     info = RunInfo(
@@ -173,6 +174,7 @@ def write_results(
         audit=_audit(connection, audit),
         status_labels=VALIDATE_LABELS if validated_only else {},
         notes=report.notes if validated_only else (),
+        facts=facts,
     )
     rows = validation_outcomes(report) if outcomes is None else outcomes
     write_outputs(report.table, rows, report.issues, info, results, failed, Surface.WEB)
@@ -194,6 +196,7 @@ async def run_job(
     shown_writes: str | None = None,
     on_progress: Callable[[SendProgress], None] | None = None,
     audit: Mapping[str, str] = {},
+    facts: RunFacts = MACHINE_FACTS,
 ) -> JobRun:
     """Plan (``dry_run``) or send one job's rows with ``run_import_async`` (results written too).
 
@@ -217,6 +220,7 @@ async def run_job(
             nothing is sent, ``JobRun.refused``). None: no check (a resumed send).
         on_progress: Called with the plan's settled outcomes, then after each write.
         audit: Extra Summary lines (who uploaded it, from where, the edits).
+        facts: Where the job ran, as the Summary sheet says it (the service's, not its machine's).
 
     Raises:
         ImporterError: the run could not go on (key rejected, journal in use, API unreachable).
@@ -258,6 +262,7 @@ async def run_job(
         on_plan=planned,
         confirm=confirm,
         surface=Surface.WEB,
+        facts=facts,
     )
     summary = await run_import_async(
         config,

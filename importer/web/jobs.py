@@ -33,7 +33,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
@@ -44,7 +44,7 @@ from importer.engine.plan import Plan
 from importer.errors import ImporterError
 from importer.jobs.session import now_text
 from importer.jobs.validate import read_input
-from importer.model import Action, RowOutcome, Status, ValidationReport
+from importer.model import Action, RowOutcome, RunFacts, Status, ValidationReport
 from importer.options import InputOptions
 from importer.output.failed import write_failed_rows
 from importer.read.sheets import SheetChoiceNeeded
@@ -54,6 +54,7 @@ from importer.web import edits as ops
 from importer.web.audit import AuditLog
 from importer.web.engine import Connection, Edit, SendProgress
 from importer.web.lifecycle import JobError, JobStatus, Step, next_status
+from importer.web.mappings import MappingMemory, Remembered
 from importer.web.records import (
     JOB_ID,
     KEEPS_OUTCOMES,
@@ -94,9 +95,17 @@ def _write_edits(folder: Path, edits: Sequence[Edit], operations: Sequence[ops.O
 
 
 def _read_and_check(
-    options: InputOptions, edits: Sequence[Edit], excluded: frozenset[int]
-) -> ValidationReport:
-    return ops.check(read_input(options), options, edits, excluded)
+    options: InputOptions,
+    edits: Sequence[Edit],
+    excluded: frozenset[int],
+    recall: Callable[[Sequence[str]], Remembered | None] | None = None,
+) -> tuple[ValidationReport, Remembered | None]:
+    table = read_input(options)
+    # A new upload whose header row an earlier job mapped on the page is mapped the same way.
+    found = None if recall is None else recall(table.headers)
+    if found is not None:
+        options = dataclasses.replace(options, column_map=dict(found.column_map))
+    return ops.check(table, options, edits, excluded), found
 
 
 class Lane:
@@ -136,6 +145,7 @@ class JobService:
         """Jobs whose record cannot be read: id -> why. Listed, never served, never deleted."""
         self.events = observe.JobEvents()
         self.audit_log = AuditLog(data_dir)  # who did what, when, from where (web.audit)
+        self.mappings = MappingMemory(data_dir)  # column mappings chosen on the page (web.mappings)
         self.events.listeners.append(self.audit_log.job_event)
         self.require_approval = require_approval
         """Four eyes (``web.approval``): a plan starts only once someone else approved it."""
@@ -314,6 +324,8 @@ class JobService:
             shutil.rmtree(folder, ignore_errors=True)  # this request's own folder, never answered
             raise
         self.jobs[job_id] = job
+        if not column_map:
+            self.mappings.expect(job_id)
         self.events.saved(job)
         self._spawn(self._validate(job))
         return job
@@ -350,7 +362,12 @@ class JobService:
     async def _read_table(self, job: Job) -> ValidationReport:
         options = job.input_options()
         excluded = ops.excluded_rows(job.operations)
-        report = await self.work.run(job, _read_and_check, options, tuple(job.edits), excluded)
+        recall = self.mappings.first_read(job.id)
+        report, remembered = await self.work.run(
+            job, _read_and_check, options, tuple(job.edits), excluded, recall
+        )
+        if remembered is not None:
+            job.column_map = dict(remembered.column_map)
         if not job.outcomes and job.status in KEEPS_OUTCOMES:
             job.outcomes = await in_background(self._saved_outcomes, job.id)
         shown = job.folder / "plan.json"
@@ -601,6 +618,11 @@ class JobService:
         out.update(self.audit_log.summary(job.id))  # uploaded, planned, approved, started by
         return out
 
+    def facts(self, job: Job) -> RunFacts:
+        """Where the job ran, for its workbooks: the file as uploaded, none of the server's paths,
+        user or host (the job's id and uploader are ``audit`` lines)."""
+        return RunFacts(file=job.file, machine=False)
+
     async def plan(self, job: Job) -> None:
         """Run the dry run against the live state (in the background).
 
@@ -660,6 +682,7 @@ class JobService:
             on_existing=OnExisting(job.on_existing),
             max_error_rate=job.max_error_rate,
             audit=self.audit(job),
+            facts=self.facts(job),
         )
 
     async def start(self, job: Job) -> None:
@@ -820,6 +843,7 @@ class JobService:
                 shown_writes=None if job.resuming else job.planned.get("writes_fingerprint"),
                 on_progress=progress,
                 audit=self.audit(job),
+                facts=self.facts(job),
             )
             if run.refused and run.plan is not None:
                 await self._plan_changed(job, report, run.plan, run.requests)
@@ -931,6 +955,7 @@ class JobService:
                 command=command,
                 options=job.input_options().describe(),
                 audit=audit,
+                facts=self.facts(job),
                 connection=self.connection,
                 results=results,
                 failed=failed,

@@ -9,6 +9,7 @@ a line or a metric: a key is named by its fingerprint (``engine.lane_key``, a ha
 from __future__ import annotations
 
 import enum
+import gc
 import json
 import logging
 import sys
@@ -232,4 +233,23 @@ def render_metrics(
         f"voicelink_validation_seconds_sum {events.validation_seconds:.3f}",
         f"voicelink_validation_seconds_count {events.validations}",
     ]
-    return "\n".join(out) + "\n"
+    return "\n".join(out + _collector()) + "\n"
+
+
+def _collector() -> list[str]:
+    """The garbage collector's figures: while it runs, every thread waits (answers too)."""
+    stats = gc.get_stats()
+    return [
+        "# HELP python_gc_collections_total Collections of each generation (2: a full one) since start.",
+        "# TYPE python_gc_collections_total counter",
+        *(f'python_gc_collections_total{{generation="{n}"}} {s["collections"]}' for n, s in enumerate(stats)),
+        "# HELP python_gc_objects_collected_total Objects a collection of each generation freed.",
+        "# TYPE python_gc_objects_collected_total counter",
+        *(
+            f'python_gc_objects_collected_total{{generation="{n}"}} {s["collected"]}'
+            for n, s in enumerate(stats)
+        ),
+        "# HELP python_gc_frozen_objects Objects kept out of every collection (loaded at start: gc.freeze).",
+        "# TYPE python_gc_frozen_objects gauge",
+        f"python_gc_frozen_objects {gc.get_freeze_count()}",
+    ]

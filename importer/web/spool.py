@@ -9,6 +9,7 @@ partial file is removed before the error goes on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -62,6 +63,13 @@ class _Part:
     name: str = ""
     filename: str | None = None
     data: bytearray | None = None
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def spool_form(
@@ -176,7 +184,11 @@ async def spool_form(
             parser.write(chunk)
         parser.finalize()
         if fd is not None:
-            os.fsync(fd)  # the job's input must outlive a crash once the upload is answered
+            # The job's input must outlive a crash once the upload is answered. An fsync of a large
+            # upload can take a second: in a thread, so the loop goes on serving. The thread owns the
+            # descriptor from here and closes it even if this request is abandoned meanwhile.
+            owned, fd = fd, None
+            await asyncio.to_thread(_sync_and_close, owned)
     except BaseException:
         if fd is not None:
             os.close(fd)

@@ -13,6 +13,7 @@ Routes (behind the same ``security.Guard`` as the API; forms post to the same or
     GET  /jobs/{id}/send     POST      the confirmation, then live progress (SSE from the API)
     POST /jobs/{id}/cancel             stop sending; writes in flight settle (or a scheduled send)
     POST /jobs/{id}/approve            approve the plan shown (``approval``: four eyes)
+    POST /jobs/{id}/resume             a cancelled or stopped job: plan the rows left, then the plan
     GET  /jobs/{id}/results            per-row outcomes and the downloads
     GET  /static/...                   css, the page's script, htmx (vendored, with its licence)
 
@@ -69,6 +70,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         Route("/jobs/{job_id}/send", on_job(send.start), methods=["POST"]),
         Route("/jobs/{job_id}/cancel", on_job(send.cancel), methods=["POST"]),
         Route("/jobs/{job_id}/approve", on_job(send.approve), methods=["POST"]),
+        Route("/jobs/{job_id}/resume", on_job(plan.resume_post), methods=["POST"]),
         Route("/jobs/{job_id}/results", on_job(results.results), methods=["GET"]),
         Mount("/static", StaticFiles(packages=[("importer.web", "static")]), name="static"),
     ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import EllipsisType
 from typing import Any
 
@@ -16,6 +16,7 @@ from importer.jobs.validate import read_input
 from importer.model import RawTable
 from importer.vocab import OnExisting
 from importer.web.jobs import Job, JobError, JobStatus, in_background
+from importer.web.mappings import Remembered
 from importer.web.pages.base import BUSY, PageContext, base, render, see
 
 SAMPLES = 3
@@ -75,6 +76,16 @@ async def read_headers(ctx: PageContext, job: Job) -> tuple[RawTable | None, str
     return table, ""
 
 
+def mapped_from(ctx: PageContext, job: Job, headers: Sequence[str]) -> Remembered | None:
+    """The earlier job whose mapping this one took for its header row (``web.mappings``), while it
+    is still mapped that way; None when the user's own choice or the automatic match is in use."""
+    found = ctx.service.mappings.recall(headers)
+    if found is None or found.job == job.id or not found.column_map:
+        return None
+    keys = {fields.header_key(h): f for h, f in job.column_map.items()}
+    return found if keys == {fields.header_key(h): f for h, f in found.column_map.items()} else None
+
+
 async def columns(
     ctx: PageContext, request: Request, job: Job, error: str = "", status: int = 200
 ) -> Response:
@@ -109,6 +120,7 @@ async def columns(
             fields=fields.FIELDS,
             samples={h: s for _, h, s in rows},
             sheets=await in_background(_sheet_names, job),
+            mapped_from=None if table is None else await in_background(mapped_from, ctx, job, table.headers),
         ),
     )
 
@@ -140,23 +152,27 @@ async def columns_post(ctx: PageContext, request: Request, job: Job) -> Response
             )
         if fields.match_header(header) != name:  # only what differs from the automatic match
             column_map[header] = name
+    remap = True  # the columns chosen are for the headers the page showed: remembered for them
     header_row: int | EllipsisType | None = ...  # unchanged
     if wanted_row and wanted_row != shown:
         if not wanted_row.isdigit() or int(wanted_row) < 1:
             return await columns(ctx, request, job, "the header row is a row number, like 1 or 3", 400)
         header_row = int(wanted_row)
-        column_map = {}  # another header row has other names: map them once they show
+        column_map, remap = {}, False  # another header row has other names: map them once they show
     if picked:  # the sheet picker (``web.edits``' sheets): one sheet, or several as one table
         sheet, more["sheets"] = (picked[0], []) if len(picked) == 1 else (None, picked)
         if more["sheets"] != job.sheets:
-            column_map, header_row = {}, None
+            column_map, header_row, remap = {}, None, False
     if sheet != job.sheet and sheet is not None:
         column_map = {}  # another sheet has other headers: start from the automatic match
-        header_row = None
+        header_row, remap = None, False
+    seen = (await read_headers(ctx, job))[0] if remap else None  # before the job reads it again
     try:
         await ctx.service.set_options(job, sheet, region, column_map, header_row, **more)
     except JobError as exc:
         return await columns(ctx, request, job, str(exc), 409)
+    if seen is not None:  # a later file with this header row is mapped the same way
+        await in_background(ctx.service.mappings.remember, seen.headers, column_map, job.id, job.file)
     if job.status is JobStatus.VALIDATED:
         return see(f"/jobs/{job.id}/check")
     return see(f"/jobs/{job.id}/columns")

@@ -9,8 +9,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from importer import words
-from importer.model import Action
+from importer import fields, words
+from importer.model import Action, Status
 from importer.vocab import describe_kind
 from importer.web.jobs import Job, JobStatus
 from importer.web.pages.base import (
@@ -37,15 +37,52 @@ def _record(text: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def field_label(key: str) -> str:
+    """A routing record's key in the page's words: "Outbound" for a mode, else the field's title.
+
+    The titles and mode labels are ``fields``' (the one source of truth); a key no field has
+    (an API extra) reads as itself.
+    """
+    direction = fields.DIRECTION_OF.get(key)
+    if direction is not None:
+        return direction.value.capitalize()
+    field = fields.FIELD_BY_NAME.get(key)
+    return key if field is None else field.title
+
+
+def value_words(key: str, value: object) -> str:
+    """A record's value with its label and code: "WebSocket bot (3)", "active (1)"; "" when none."""
+    if value is None or value == "":
+        return ""
+    direction = fields.DIRECTION_OF.get(key)
+    labels: dict[int, str] = (
+        {n: m.label for n, m in fields.MODES[direction].items()}
+        if direction is not None
+        else (fields.STATUS_LABELS if key == "status" else {})
+    )
+    label = labels.get(value) if isinstance(value, int) and not isinstance(value, bool) else None
+    return f"{label} ({value})" if label else str(value)
+
+
 def _compare(current: str, proposed: str) -> list[tuple[str, str, str, bool]]:
-    """Field by field: (field, current, proposed, changed), for the plan's side-by-side view."""
+    """Field by field, in the page's words: (label, current, proposed, changed), side by side."""
     now, then = _record(current) or {}, _record(proposed) or {}
     out = []
     for key in dict.fromkeys([*then, *now]):
         before, after = now.get(key), then.get(key)
-        shown = ("" if before is None else str(before), "" if after is None else str(after))
-        out.append((key, *shown, before != after))
+        out.append((field_label(key), value_words(key, before), value_words(key, after), before != after))
     return out
+
+
+def changes(compare: list[tuple[str, str, str, bool]]) -> str:
+    """What an update changes, as one line: "Outbound: WebSocket bot (3) → SIP (2); ..."."""
+    return "; ".join(f"{k}: {now or '—'} → {then or '—'}" for k, now, then, changed in compare if changed)
+
+
+def action_words(action: str, status: str) -> str:
+    """A plan row's action by its label ("leave unchanged"), else its status's ("not sent")."""
+    member = Action._value2member_map_.get(action) if action else Status._value2member_map_.get(status)
+    return member.label if isinstance(member, Action | Status) else (action or status).replace("_", " ")
 
 
 def action_counts(job: Job) -> dict[str, int]:
@@ -83,7 +120,13 @@ async def plan_page(ctx: PageContext, request: Request, job: Job) -> Response:
         data, page, pages = await paged(ctx, job, "failed" if problems else None, page)
         total = data["total"]
         rows = [
-            {**r, "compare": _compare(r["current"], r["proposed"])} for r in await with_did(ctx, job, data)
+            {
+                **r,
+                "compare": (compare := _compare(r["current"], r["proposed"])),
+                "changes": changes(compare) if r["action"] == Action.UPDATE else "",
+                "action_words": action_words(r["action"], r["status"]),
+            }
+            for r in await with_did(ctx, job, data)
         ]
     counts = action_counts(job)
     budget = job.budget or {}
@@ -116,3 +159,16 @@ async def plan_page(ctx: PageContext, request: Request, job: Job) -> Response:
 async def plan_post(ctx: PageContext, request: Request, job: Job) -> Response:
     """``POST /jobs/{id}/plan``: plan the job against the account."""
     return await act(ctx, job, ctx.service.plan, "plan", "plan")
+
+
+async def resume_post(ctx: PageContext, request: Request, job: Job) -> Response:
+    """``POST /jobs/{id}/resume``: a cancelled or stopped job plans what is left; its plan is shown.
+
+    The plan reads the live state, so rows this job already sent show as done and only what is
+    still needed is sent once the user confirms it on the send step.
+    """
+
+    async def plan_the_rest(job: Job) -> None:
+        await ctx.service.resume(job)
+
+    return await act(ctx, job, plan_the_rest, "results", "plan")
