@@ -348,7 +348,8 @@ def test_page_every_step_without_console_error_or_csp_violation(
         cell = page.locator("#c-7-5")  # row 7 says "In Service": not a status
         expect(cell).to_have_value("In Service")
         cell.fill("Active")
-        cell.press("Enter")  # saves the row (htmx)
+        cell.press("Enter")  # keeps the cell (the grid); Ctrl+S saves the rows changed (htmx)
+        page.keyboard.press("Control+s")
         expect(page.locator("#message")).to_have_text("Row 7 saved and checked again.")
 
         page.get_by_role("link", name="Next: plan ›").click()
