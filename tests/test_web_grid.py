@@ -23,6 +23,7 @@ from helpers import wait_for_job, web_connection, write_carrier_workbook, write_
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from importer.sandbox import SandboxConfig, create_sandbox
+from importer.web.people import Role, add_user
 from importer.web.server import ServeSettings, running_server
 
 SLOW = pytest.mark.slow  # browser: a real chromium driving the page
@@ -520,3 +521,28 @@ def test_grid_form_cell_with_a_line_break_is_not_changed_by_posting_it(served: S
     answer = _post(served, job, **{"c-5-6": "customer1"})
     assert answer.status_code == 303 and "nothing=1" in answer.headers["location"]
     assert _edits(served, job) == []
+
+
+def test_grid_offered_to_who_may_fix_and_operations_name_them(tmp_path: Path) -> None:
+    """With a users file: the operator's grid records her name; a viewer sees the rows read only."""
+    users = tmp_path / "users.toml"
+    olga, vic = add_user(users, "olga", Role.OPERATOR), add_user(users, "vic", Role.VIEWER)
+    sandbox = create_sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 38)))
+    settings = ServeSettings(
+        connection=web_connection(sandbox), data_dir=tmp_path / "data", port=0, token=TOKEN, users_file=users
+    )
+    book = _carrier(tmp_path / "carrier.xlsx")
+    with running_server(settings) as (url, _token, _service):
+        as_olga = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {olga}"}, timeout=30)
+        as_vic = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {vic}"}, timeout=30)
+        with as_olga, as_vic:
+            job = _job(Served(url, as_olga, book))
+            assert as_olga.post(f"/jobs/{job}/rows", data={"c-7-5": "Active"}).status_code == 303
+            page = as_olga.get(f"/jobs/{job}/check").text
+            assert 'id="grid"' in page and "<td>olga</td>" in page
+            viewed = as_vic.get(f"/jobs/{job}/check").text
+            assert 'id="grid"' not in viewed and 'class="cell"' not in viewed
+            assert "The rows are shown read only:" in viewed and "Active" in viewed
+            assert as_vic.post(f"/jobs/{job}/rows", data={"c-11-2": "93"}).status_code == 403
+            edits = as_olga.get(f"/api/jobs/{job}/edits").json()["edits"]
+            assert [(e["who"], e["what"]) for e in edits] == [("olga", "set row 7, 'Status' to 'Active'")]

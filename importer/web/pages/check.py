@@ -276,7 +276,9 @@ async def check(
     focus = int_param(query.get("focus"), 0)
     target = next((r for r in table if r.row == focus), None)
     kinds = sorted(job.problems.items(), key=lambda kv: -kv[1])
-    editable = job.status in (JobStatus.VALIDATED, JobStatus.PLANNED)
+    fixable = job.status in (JobStatus.VALIDATED, JobStatus.PLANNED)
+    # The grid is offered to whom the Guard lets post it (a viewer sees the rows, read only).
+    editable = fixable and people.may("FIX", job.uploaded_by)
     operations = list(reversed(job.operations))
     last = next((o.id for o in operations if not o.undone), None)
     return render(
@@ -301,6 +303,8 @@ async def check(
             problems_url=View(True).url(job),
             hints=[(k, text) for k, _ in kinds if (text := _advice(k))],
             editable=editable,
+            plannable=fixable,
+            read_only=people.refusal("FIX", job.uploaded_by) if fixable and not editable else "",
             message=message,
             failed_edit=refused,
             focus=f"c-{target.row}-{_first_fault(target)}" if target else "",
