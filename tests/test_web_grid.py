@@ -188,7 +188,10 @@ def test_grid_counts_after_a_plan_are_disjoint_and_name_the_account(
     assert counts == {"valid": 21, "failed": 17, "account": 2, "excluded": 1}
     assert sum(counts.values()) == planned["rows"] == 41
     expect(page.locator("#sum")).to_contain_text(
-        "41 rows = 21 valid + 17 with problems + 2 refused by the account + 1 excluded."
+        "41 rows = 21 valid + 17 with problems + 2 failing against the account + 1 excluded."
+    )
+    expect(page.locator(".counts")).to_contain_text(
+        "2 valid rows that fail against the account (from the plan)",
     )
     expect(page.locator("#row-42 .status")).to_contain_text("the account")
 

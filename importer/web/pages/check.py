@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from importer import fields, words
 from importer.model import RowIssue, ValidationReport
-from importer.vocab import ReasonKind
+from importer.vocab import ReasonKind, Status
 from importer.web import people
 from importer.web.edits import Operation, suggestion
 from importer.web.jobs import Job, JobError, JobStatus
@@ -126,7 +126,7 @@ def counts_of(job: Job, report: ValidationReport) -> Counts:
     account = sum(
         1
         for r, o in job.outcomes.items()
-        if o.status.value == "failed" and r not in failed and r not in report.skipped
+        if o.status is Status.FAILED and r not in failed and r not in report.skipped
     )
     rows = job.rows
     planned = bool(job.planned) or job.status is not JobStatus.VALIDATED
