@@ -342,7 +342,7 @@ def test_grid_footer_row_excluded_then_included(pages: Callable[..., Page], serv
     page = pages(served.url)
     _check(page, served, job, "?problems=1&page=1")
     page.get_by_role("button", name="Exclude row 44").click()
-    expect(page.locator("#message")).to_have_text("Done, exclude 1 row(s).")
+    expect(page.locator("#message")).to_have_text("Done: exclude 1 row(s).")
     expect(page.locator("#row-44")).to_have_count(0)
     assert _counts(page) == {"valid": 23, "failed": 17, "excluded": 1}
     row = served.api.get(f"/api/jobs/{job}/rows", params={"offset": 40}).json()["rows"][0]
@@ -451,7 +451,7 @@ def test_grid_works_without_javascript(pages: Callable[..., Page], served: Serve
     expect(page.locator("#message")).to_contain_text("12 cells changed")
     assert _failed_rows(served, job) == [21, 31, 41, 44]
     page.get_by_role("button", name="Exclude row 44").click()
-    expect(page.locator("#message")).to_have_text("Done, exclude 1 row(s).")
+    expect(page.locator("#message")).to_have_text("Done: exclude 1 row(s).")
     assert _failed_rows(served, job) == [21, 31, 41]
 
 
@@ -486,7 +486,7 @@ def test_grid_form_saves_the_cells_changed_then_its_operation(served: Served) ->
     assert "saved=7%2C11" in location and "done=3" in location and "problems=1" in location
     assert _edits(served, job) == [("set", 1, True), ("set", 1, True), ("replace", 11, True)]
     page = served.api.get(location).text
-    assert "Rows 7, 11 saved and checked again. Done, replace &#39;IN SERVICE&#39;" in page
+    assert "Rows 7, 11 saved and checked again. Done: replace &#39;IN SERVICE&#39;" in page
     assert _failed_rows(served, job) == [16, 21, 31, 41, 44]
 
 

@@ -43,6 +43,8 @@ TITLES = {f.name: f.title for f in fields.FIELDS}
 MAX_FORM_FIELDS = 20_000
 """The grid's form: a page of cells, the cells changed on other pages, the bulk tools."""
 OPERATIONS_SHOWN = 50
+SUGGESTED = frozenset({words.IssueKind.BAD_MODE, words.IssueKind.BAD_STATUS})
+"""The kinds of problem that can carry a suggested label (``web.edits.suggestion``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +248,7 @@ def _message(job: Job, values: Mapping[str, str]) -> str:
     done = by_id.get(int_param(values.get("done"), 0))
     if done is not None:
         cells = f": {done.cells} cell{'s' if done.cells != 1 else ''} changed" if done.cells else ""
-        said.append(f"Done, {done.what}{cells}.")
+        said.append(f"Done: {done.what}{cells}.")
     undone = by_id.get(int_param(values.get("undone"), 0))
     if undone is not None:
         said.append(f"Undone: {undone.what}.")
@@ -312,7 +314,7 @@ async def check(
             choices=_choices(report),
             modes={d.value: fields.mode_labels(d) for d in fields.Direction},
             statuses=list(fields.STATUS_LABELS.values()),
-            suggestions=any(k in ("bad_mode", "bad_status") for k in job.problems),
+            suggestions=any(k in SUGGESTED for k in job.problems),
             operations=operations[:OPERATIONS_SHOWN],
             earlier=max(0, len(operations) - OPERATIONS_SHOWN),
             last_op=last,
