@@ -255,6 +255,30 @@ def test_grid_two_rows_saved_at_once_nothing_lost_focus_on_next_problem(
 
 
 @SLOW
+def test_grid_leaving_with_unsaved_cells_asks_first(pages: Callable[..., Page], served: Served) -> None:
+    """A link away with a cell typed and not saved: the browser asks; staying keeps the cell."""
+    job = _job(served)
+    page = pages(served.url)
+    _check(page, served, job, "?problems=1")
+    page.get_by_role("link", name="Next: plan ›").click()  # nothing typed: no question
+    expect(page.locator("h1")).to_have_text("4. Plan")
+    _check(page, served, job, "?problems=1")
+    _type_in(page, "c-7-5", "Active")
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.type), d.dismiss()))  # dismissed: stay
+    page.get_by_role("link", name="Next: plan ›").click(no_wait_after=True)  # returns once answered
+    expect(page.locator("#c-7-5")).to_have_value("Active")
+    assert asked == ["beforeunload"] and page.url.endswith("/check?problems=1")
+    page.keyboard.press("Control+s")
+    expect(page.locator("#message")).to_have_text(re.compile(r"^Row 7 saved"))
+    again: list[str] = []
+    page.on("dialog", lambda d: (again.append(d.type), d.dismiss()))
+    page.get_by_role("link", name="Next: plan ›").click()  # saved: no question
+    expect(page.locator("h1")).to_have_text("4. Plan")
+    assert again == []
+
+
+@SLOW
 def test_grid_status_cell_names_the_columns_and_links_to_them(
     pages: Callable[..., Page], served: Served
 ) -> None:

@@ -179,6 +179,10 @@
     unsaved();
   };
   document.body.addEventListener("htmx:afterSwap", restore);
+  // Leaving the page (a link, a reload) with cells typed and not saved: the browser asks first.
+  window.addEventListener("beforeunload", function (e) {
+    if (Object.keys(pending).length) { e.preventDefault(); e.returnValue = ""; }
+  });
   // Help that only holds with this script (the keys) is shown by it.
   var reveal = function () { document.querySelectorAll("[data-js][hidden]").forEach(function (el) { el.hidden = false; }); };
   document.body.addEventListener("htmx:afterSwap", reveal);
