@@ -299,8 +299,10 @@ def test_grid_chip_filters_the_rows_to_one_kind(pages: Callable[..., Page], serv
     _check(page, served, job)
     chips = page.locator("nav.chips")
     expect(chips.locator("a.chip", has_text="unknown status")).to_contain_text("12")
-    chips.locator("a.chip", has_text="id missing for the mode").click()
+    chips.locator("a.chip", has_text="id missing for the mode").focus()
+    page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"kind=missing_mode_id"))
+    expect(page.locator("#chip-missing_mode_id")).to_be_focused()  # the keyboard stays where it was
     rows = page.locator("table.rows tbody tr")
     expect(rows).to_have_count(4)
     assert [int(r) for r in rows.evaluate_all("rs => rs.map(r => r.dataset.row)")] == [11, 21, 31, 41]
