@@ -509,11 +509,25 @@ def test_grid_form_saves_the_cells_changed_then_its_operation(served: Served) ->
     )
     assert answer.status_code == 303, answer.text
     location = answer.headers["location"]
-    assert "saved=7%2C11" in location and "done=3" in location and "problems=1" in location
-    assert _edits(served, job) == [("set", 1, True), ("set", 1, True), ("replace", 11, True)]
+    assert "saved=7%2C11" in location and "done=2" in location and "problems=1" in location
+    assert _edits(served, job) == [("set", 2, True), ("replace", 11, True)]
     page = served.api.get(location).text
     assert "Rows 7, 11 saved and checked again. Done: replace &#39;IN SERVICE&#39;" in page
     assert _failed_rows(served, job) == [16, 21, 31, 41, 44]
+
+
+def test_grid_form_save_is_one_operation_undone_as_a_whole(served: Served) -> None:
+    """Three cells in two rows saved at once: one operation, listed with its cells; one undo."""
+    job = _job(served)
+    fields = {"c-7-5": "Active", "c-11-2": "93", "c-11-6": "Acme"}
+    assert _post(served, job, **fields).status_code == 303
+    edits = served.api.get(f"/api/jobs/{job}/edits").json()["edits"]
+    assert [(e["op"], e["cells"], e["rows"]) for e in edits] == [("set", 3, 2)]
+    assert edits[0]["what"] == "set 3 cells (row 7 'Status', row 11 'Inbound Bot ID', row 11 'Customer')"
+    answer = _post(served, job, op="undo")
+    assert "Undone: set 3 cells" in served.api.get(answer.headers["location"]).text
+    assert _values(served, job, 7)[5] == "In Service" and _values(served, job, 11)[2::4] == ["", "customer 7"]
+    assert _failed_rows(served, job) == PROBLEM_ROWS
 
 
 def test_grid_form_undo_goes_before_the_cells_typed(served: Served) -> None:

@@ -213,7 +213,9 @@ def apply_op(
     new: list[Edit] = []
     excluded: tuple[int, ...] = ()
     included: tuple[int, ...] = ()
-    if op == "set":
+    if op == "set" and "cells" in body:
+        new, what = _set_cells(body.get("cells"), report, when)
+    elif op == "set":
         row = body.get("row")
         if type(row) is not int or row not in table.frame.index:
             raise EditRefused(f"row {row} is not a data row of this file")
@@ -270,6 +272,26 @@ def apply_op(
         included=included,
     )
     return Change((*edits, *new), (*operations, operation), frozenset(changed), operation)
+
+
+def _set_cells(cells: Any, report: ValidationReport, when: str) -> tuple[list[Edit], str]:
+    """``{"op": "set", "cells": [{"row", "column", "value"}, ...]}``: several cells as one operation
+    (the page's "Save changes"), so one undo takes the whole save back."""
+    table = report.table
+    if not isinstance(cells, list) or not cells or not all(isinstance(c, Mapping) for c in cells):
+        raise EditRefused('"cells" must be a list of {"row": R, "column": C, "value": V}')
+    wanted: dict[tuple[int, int], str] = {}
+    for cell in cells:
+        row = cell.get("row")
+        if type(row) is not int or row not in table.frame.index:
+            raise EditRefused(f"row {row} is not a data row of this file")
+        wanted[(row, column_position(table, report.mapping, cell.get("column")))] = _text(cell, "value")
+    new = [e for (row, p), v in sorted(wanted.items()) for e in _cell_edits(table, p, [row], [v], when)]
+    if len(new) == 1:
+        e = new[0]
+        return new, f"set row {e.row}, {e.header!r} to {e.new!r}"
+    named = ", ".join(f"row {e.row} {e.header!r}" for e in new[:5]) + (", ..." if len(new) > 5 else "")
+    return new, f"set {len(new)} cells ({named})"
 
 
 def undo(edits: Sequence[Edit], operations: Sequence[Operation], when: str) -> Change:

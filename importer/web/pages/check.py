@@ -365,7 +365,7 @@ async def _refused(ctx: PageContext, request: Request, job: Job, view: View, mes
 
 
 def _cell_changes(report: ValidationReport, values: Mapping[str, str]) -> list[dict[str, Any]]:
-    """``set`` operations for the grid's cells whose text differs from the table's now.
+    """The grid's cells whose text differs from the table's now, as a ``set`` operation's cells.
 
     Raises:
         LookupError: a cell names a row or column the table does not have.
@@ -382,7 +382,7 @@ def _cell_changes(report: ValidationReport, values: Mapping[str, str]) -> list[d
             raise LookupError(f"row {row} is not a data row of this file")
         # A browser drops line breaks from an input's value: a cell holding one is not changed by that.
         if str(frame.at[row, position]).replace("\r", "").replace("\n", "") != value:
-            out.append({"op": "set", "row": row, "column": position, "value": value})
+            out.append({"row": row, "column": position, "value": value})
     return sorted(out, key=lambda b: (b["row"], b["column"]))
 
 
@@ -464,8 +464,8 @@ async def save(ctx: PageContext, request: Request, job: Job) -> Response:
             undone = next((o.id for o in reversed(job.operations) if not o.undone), 0)
             await ctx.service.apply_op(job, [{"op": "undo"}], who=who)
             query["undone"] = undone
-        if sets:
-            saved = await ctx.service.apply_op(job, sets, who=who, quiet=True)
+        if sets:  # one operation: one undo takes the whole save back
+            saved = await ctx.service.apply_op(job, [{"op": "set", "cells": sets}], who=who, quiet=True)
             query["saved"] = ",".join(map(str, saved))
         op = None if asked == "undo" else _operation(asked, values, selected)
         if op is not None:
