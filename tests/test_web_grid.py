@@ -589,3 +589,28 @@ def test_grid_offered_to_who_may_fix_and_operations_name_them(tmp_path: Path) ->
             assert as_vic.post(f"/jobs/{job}/rows", data={"c-11-2": "93"}).status_code == 403
             edits = as_olga.get(f"/api/jobs/{job}/edits").json()["edits"]
             assert [(e["who"], e["what"]) for e in edits] == [("olga", "set row 7, 'Status' to 'Active'")]
+
+
+@pytest.mark.parametrize(
+    ("cells", "refusal"),
+    [
+        ("x", '"cells" must be a list'),
+        ([], '"cells" must be a list'),
+        ([{"row": 99, "column": "Status", "value": "1"}], "row 99 is not a data row"),
+        ([{"row": 7, "column": "Nowhere", "value": "1"}], "no column 'Nowhere'"),
+        ([{"row": 7, "column": "Status", "value": "In Service"}], "nothing to change"),
+    ],
+)
+def test_grid_api_set_cells_refused_with_the_reason(served: Served, cells: Any, refusal: str) -> None:
+    job = _job(served)
+    answer = served.api.post(f"/api/jobs/{job}/edits", json={"op": "set", "cells": cells})
+    assert answer.status_code == 409 and refusal in answer.json()["error"], answer.text
+    assert _edits(served, job) == []
+
+
+def test_grid_api_set_cells_is_one_operation(served: Served) -> None:
+    job = _job(served)
+    cells = [{"row": 7, "column": "status", "value": "active"}, {"row": 11, "column": 2, "value": "93"}]
+    answer = served.api.post(f"/api/jobs/{job}/edits", json={"op": "set", "cells": cells, "who": "asha"})
+    assert answer.status_code == 200 and answer.json()["changed"] == [7, 11]
+    assert _edits(served, job) == [("set", 2, True)] and not {7, 11} & set(_failed_rows(served, job))
