@@ -510,7 +510,7 @@ class JobService:
         ``more``: any of ``sheets``, ``encoding``, ``skip_hidden_rows``, ``ignore_columns``, ``on_existing``,
         ``max_error_rate`` (left out: unchanged).
         """
-        sent = (job.folder / "journal.sqlite").exists()
+        sent = job.sent_something()
         to = next_status(job.status, Step.VALIDATE, job.busy)
         if sent or job.lock.locked():
             raise JobError(f"the job is {job.status.value}; options can change only before sending")
@@ -634,7 +634,7 @@ class JobService:
                 raise JobError(
                     "the job failed before its rows were checked: change its options to read it again"
                 )
-            if (job.folder / "journal.sqlite").exists():
+            if job.sent_something():
                 raise JobError("the job stopped while sending: start it again or send the rest")
         job.status, job.error = next_status(job.status, Step.PLAN, job.busy), ""
         job.finished = ""
@@ -690,7 +690,7 @@ class JobService:
         # A job that failed while sending (key rejected, API unreachable) may start again: the
         # engine resumes it from its journal, so nothing confirmed is sent twice.
         # Only the plan shown is sent: from ``planned``, while its inputs are what they were.
-        retry = job.status is JobStatus.FAILED and (job.folder / "journal.sqlite").exists()
+        retry = job.status is JobStatus.FAILED and job.sent_something()
         to = Step.RETRY if retry else Step.START
         if job.busy:
             next_status(job.status, to, job.busy)  # refused, saying what the job is busy with
@@ -727,21 +727,20 @@ class JobService:
         Raises:
             JobError: the job is not cancelled or stopped.
         """
-        stopped = job.status is JobStatus.FAILED and (job.folder / "journal.sqlite").exists()
-        if job.status is not JobStatus.CANCELLED and not stopped:
+        if not job.resumable():
             raise JobError(
                 f"the job is {job.status.value}; only a cancelled or stopped job can send the rest"
             )
         next_status(job.status, Step.RESUME, job.busy)
-        report = await self.report(job)  # its saved outcomes too
+        await self.report(job)  # its saved outcomes too
         to = next_status(job.status, Step.RESUME, job.busy)  # another resume may have come meanwhile
         done = {r: o for r, o in job.outcomes.items() if o.status is Status.SUCCEEDED}
-        left = report.table.row_count - len(report.failed_rows) - len(report.skipped) - len(done)
+        left = job.remaining()  # the number the page offered ("Send the remaining N rows")
         job.status, job.error, job.stopped, job.finished = to, "", "", ""
         job.planned_by = approval.asker()
         self._save(job)
         self._spawn(self._plan_rest(job, done))
-        return max(0, left)
+        return left
 
     async def _plan_rest(self, job: Job, done: Mapping[int, RowOutcome]) -> None:
         await self._plan(job)
@@ -831,7 +830,7 @@ class JobService:
                 report,
                 job.input_options(),
                 dry_run=False,
-                journal_path=job.folder / "journal.sqlite",
+                journal_path=job.journal_path,
                 results=job.folder / "results.xlsx",
                 failed=job.folder / "failed.xlsx",
                 limiter=lane.limiter,
@@ -872,7 +871,7 @@ class JobService:
         """The account changed since the plan was shown: nothing was sent; show the new plan."""
         for name in ("results.xlsx", "failed.xlsx"):  # they say "not confirmed": not this job's result
             (job.folder / name).unlink(missing_ok=True)
-        journal = job.folder / "journal.sqlite"
+        journal = job.journal_path
         if not await in_background(journal_has_runs, journal):  # nothing was ever sent: still editable
             for suffix in ("", "-wal", "-shm"):
                 journal.with_name(journal.name + suffix).unlink(missing_ok=True)

@@ -153,6 +153,31 @@ class Job:
     def input_path(self) -> Path:
         return self.folder / "input" / self.upload
 
+    @property
+    def journal_path(self) -> Path:
+        """The engine's journal of this job's sends; it exists once a send began."""
+        return self.folder / "journal.sqlite"
+
+    def sent_something(self) -> bool:
+        """A send began (its journal exists): options are fixed, a failure retries or resumes."""
+        return self.journal_path.exists()
+
+    def resumable(self) -> bool:
+        """A send that ended early: cancelled, or failed while sending; the rest can still be sent."""
+        return self.status is JobStatus.CANCELLED or (
+            self.status is JobStatus.FAILED and self.sent_something()
+        )
+
+    def remaining(self) -> int:
+        """Valid rows a cancelled or stopped send left to do (not done, not left out), from the counts.
+
+        Rows that failed validation stay failed until corrected; a valid row that failed or was not
+        sent is still to do: ``JobService.resume`` plans it again against the live state. The page's
+        "Send the remaining N rows" and the API's ``remaining`` are this one number.
+        """
+        invalid = self.rows - self.counts.get("valid", self.rows)
+        return max(0, self.counts.get("not_sent", 0) + self.counts.get("failed", 0) - invalid)
+
     def input_options(self) -> InputOptions:
         return InputOptions(
             path=self.input_path,

@@ -82,21 +82,6 @@ def step_of(job: Job) -> str:
     return "check"
 
 
-def remaining(job: Job) -> int:
-    """Rows a cancelled or stopped send left to do: valid, not done, not left out (its counts).
-
-    Rows that failed validation stay failed until corrected; a valid row that failed or was not
-    sent is still to do (``JobService.resume`` plans it again against the live state).
-    """
-    invalid = job.rows - job.counts.get("valid", job.rows)
-    return max(0, job.counts.get("not_sent", 0) + job.counts.get("failed", 0) - invalid)
-
-
-def resumable(job: Job) -> bool:
-    """A send that ended early: cancelled, or failed while sending; what is left can still be sent."""
-    return job.status is JobStatus.CANCELLED or (job.status is JobStatus.FAILED and bool(job.finished))
-
-
 def _open_steps(job: Job) -> set[str]:
     """The steps that can be opened now (the others are shown, not linked)."""
     if sent(job):
@@ -127,7 +112,6 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     templates.globals.update(steps=STEPS, duration=_duration, kind_label=words.issue_label)
-    templates.globals.update(remaining=remaining, resumable=resumable)
     # Who is signed in and what their role allows (web.people): pages offer only what they may do.
     templates.globals.update(may=people.may, refusal=people.refusal, me=people.named_user)
     templates.filters["words"] = web_words
