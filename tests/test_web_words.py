@@ -447,13 +447,16 @@ def test_mapping_remembered_for_the_same_header_row(served: Served, tmp_path: Pa
     assert sorted(second["options"]["map"]) == wanted  # the pairs name this file's own headers
     page = _text(served.api.get(f"/jobs/{second['id']}/columns").text)
     assert f"Columns mapped as in job {first['id']} (march.csv)" in page
+    assert second["mapped_from"] == {"job": first["id"], "file": "march.csv"}  # the API says it too
     assert "mapped as in job" not in _text(served.api.get(f"/jobs/{first['id']}/columns").text)
+    assert first["mapped_from"] is None
 
     # The user changes it (no status column now): the message goes, and the next file maps that way.
     picks = {f: h for h, f in zip(shouted, FIELD_OF.values(), strict=True) if f != "status"}
     _map_on_page(served.api, second["id"], picks)
     second = wait_for_job(served.api, second["id"], {"validated"})
     assert not any(m.endswith("=status") for m in second["options"]["map"])
+    assert second["mapped_from"] is None  # the user's own mapping now
     assert "mapped as in job" not in _text(served.api.get(f"/jobs/{second['id']}/columns").text)
     third = _upload(served.api, _german(tmp_path / "may.csv", 4, first=11), "may.csv")
     third = wait_for_job(served.api, third["id"], {"validated", "failed"})

@@ -368,6 +368,7 @@ class JobService:
         )
         if remembered is not None:
             job.column_map = dict(remembered.column_map)
+            job.mapped_from = {"job": remembered.job, "file": remembered.file}
         if not job.outcomes and job.status in KEEPS_OUTCOMES:
             job.outcomes = await in_background(self._saved_outcomes, job.id)
         shown = job.folder / "plan.json"
@@ -518,6 +519,8 @@ class JobService:
             job.header_row = header_row
         elif sheet != job.sheet or more.get("sheets", job.sheets) != job.sheets:
             job.header_row = None
+        if dict(column_map) != job.column_map:
+            job.mapped_from = {}  # the user's own mapping from now on
         job.sheet, job.default_region, job.column_map = sheet, default_region, dict(column_map)
         for name, value in more.items():
             if name not in MORE_OPTIONS:

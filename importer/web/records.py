@@ -116,6 +116,9 @@ class Job:
     """Who approved which plan, when: ``by``, ``at``, ``fingerprint`` ({}: none)."""
     schedule: dict[str, Any] = field(default_factory=dict)
     """A change window (``web.windows``): ``at`` (UTC), ``by``, the plan's ``fingerprint`` and ``writes``."""
+    mapped_from: dict[str, str] = field(default_factory=dict)
+    """The earlier job whose mapping this upload took (``web.mappings``): ``job``, ``file``; {} once
+    the user maps the columns themselves, or when nothing was remembered."""
     # -- runtime only --
     report: ValidationReport | None = None
     shown: Plan | None = None
@@ -146,7 +149,7 @@ class Job:
         *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
         *("columns", "mapping", "source", "finished", "header_row", "planned", "notes"),
         *("encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"),
-        *("sheets", "sheet_list", "planned_by", "approval", "schedule"),
+        *("sheets", "sheet_list", "planned_by", "approval", "schedule", "mapped_from"),
     )
 
     @property
