@@ -49,10 +49,11 @@ from importer.options import InputOptions
 from importer.output.failed import write_failed_rows
 from importer.read.sheets import SheetChoiceNeeded
 from importer.vocab import OnExisting
-from importer.web import approval, engine, observe, people, ratememory, views, windows
+from importer.web import approval, engine, observe, people, ratememory, undo, views, windows
 from importer.web import edits as ops
 from importer.web.audit import AuditLog
 from importer.web.engine import Connection, Edit, SendProgress
+from importer.web.exports import ExportService
 from importer.web.lifecycle import JobError, JobStatus, Step, next_status
 from importer.web.mappings import MappingMemory, Remembered
 from importer.web.records import (
@@ -158,6 +159,7 @@ class JobService:
         self.closing = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resident: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.exports = ExportService(data_dir, connection, self.key_limiter)  # "Download current routing"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -191,6 +193,7 @@ class JobService:
             self.events.seen(job)
         for job_id, reason in self.damaged.items():
             observe.log_damaged(job_id, reason)
+        self.exports.load()
         # The key's window as the last run left it, before anything here sends (ratememory).
         ratememory.remember(self.store, engine.lane_key(self.connection), self._lane().limiter)
         for job in self.jobs.values():
@@ -228,6 +231,7 @@ class JobService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await asyncio.gather(*lanes, return_exceptions=True)
+        await self.exports.stop()
         for task in [*lanes, *self._tasks]:
             task.cancel()
         await asyncio.gather(*lanes, *self._tasks, return_exceptions=True)
@@ -330,6 +334,28 @@ class JobService:
         self._spawn(self._validate(job))
         return job
 
+    def rollback(self, original: Job, *, who: str, client: str) -> Job:
+        """Make a rollback job for ``original`` (``web.undo``); it is planned and started like an import.
+
+        Raises:
+            JobError: ``original`` cannot be undone now (the reason says why).
+        """
+        job = undo.new_rollback(original, self.jobs, self.root, who=who, client=client)
+        try:
+            self.store.put(job.id, job.stored())
+        except BaseException:
+            shutil.rmtree(job.folder, ignore_errors=True)  # this request's own folder, never answered
+            raise
+        self.jobs[job.id] = job
+        self.events.saved(job)
+        original.undone_by = job.id
+        self._save(original)
+        return job
+
+    def key_limiter(self) -> RateLimiter:
+        """The server key's one limiter: every job and export on the key reads and writes through it."""
+        return self._lane().limiter
+
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id) if JOB_ID.fullmatch(job_id) else None
 
@@ -362,13 +388,16 @@ class JobService:
     async def _read_table(self, job: Job) -> ValidationReport:
         options = job.input_options()
         excluded = ops.excluded_rows(job.operations)
-        recall = self.mappings.first_read(job.id)
-        report, remembered = await self.work.run(
-            job, _read_and_check, options, tuple(job.edits), excluded, recall
-        )
-        if remembered is not None:
-            job.column_map = dict(remembered.column_map)
-            job.mapped_from = {"job": remembered.job, "file": remembered.file}
+        if job.kind == undo.ROLLBACK:  # no upload: the rows of its plan (web.undo)
+            report = await in_background(undo.read_report, job)
+        else:
+            recall = self.mappings.first_read(job.id)
+            report, remembered = await self.work.run(
+                job, _read_and_check, options, tuple(job.edits), excluded, recall
+            )
+            if remembered is not None:
+                job.column_map = dict(remembered.column_map)
+                job.mapped_from = {"job": remembered.job, "file": remembered.file}
         if not job.outcomes and job.status in KEEPS_OUTCOMES:
             job.outcomes = await in_background(self._saved_outcomes, job.id)
         shown = job.folder / "plan.json"
@@ -462,6 +491,10 @@ class JobService:
         job.planned = {**summary, "inputs": inputs}
         job.plan = text
         job.budget = engine.send_budget(self.connection, plan, requests)
+        if job.kind == undo.ROLLBACK:  # its rows are the plan's: one per change it undoes
+            job.report = undo.report_of(job, plan)
+            self._keep_resident(job)
+            self._summarise(job, job.report)
 
     async def _validate(self, job: Job) -> None:
         """Validate in turn (``work``): the job is ``validating`` (new, restarted or options changed)."""
@@ -511,6 +544,7 @@ class JobService:
         ``more``: any of ``sheets``, ``encoding``, ``skip_hidden_rows``, ``ignore_columns``, ``on_existing``,
         ``max_error_rate`` (left out: unchanged).
         """
+        undo.check_unchanged(job, self.jobs)
         sent = job.sent_something()
         to = next_status(job.status, Step.VALIDATE, job.busy)
         if sent or job.lock.locked():
@@ -560,6 +594,7 @@ class JobService:
         Raises:
             JobError: the job is not editable now (or busy), or an operation cannot be applied.
         """
+        undo.check_unchanged(job, self.jobs)
         next_status(job.status, Step.EDIT, job.busy)
         report = await self.report(job)
         async with job.lock:
@@ -672,7 +707,7 @@ class JobService:
         self._save(job)
 
     async def _dry_run(self, job: Job, report: ValidationReport) -> engine.JobRun:
-        return await engine.run_job(
+        return await undo.runner(job)(
             self.connection,
             report,
             job.input_options(),
@@ -730,6 +765,7 @@ class JobService:
         Raises:
             JobError: the job is not cancelled or stopped.
         """
+        undo.check_unchanged(job, self.jobs)
         if not job.resumable():
             raise JobError(
                 f"the job is {job.status.value}; only a cancelled or stopped job can send the rest"
@@ -828,7 +864,7 @@ class JobService:
             if job.status is not JobStatus.SENDING:
                 return
             self._summarise(job, report)
-            run = await engine.run_job(
+            run = await undo.runner(job)(
                 self.connection,
                 report,
                 job.input_options(),
@@ -898,6 +934,7 @@ class JobService:
             **views.snapshot(job),
             **approval.fields(job, self.require_approval),
             "scheduled_at": windows.scheduled_at(job),
+            **undo.fields(job),
         }
 
     async def approve(self, job: Job, user: people.User) -> None:

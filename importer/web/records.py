@@ -119,6 +119,12 @@ class Job:
     mapped_from: dict[str, str] = field(default_factory=dict)
     """The earlier job whose mapping this upload took (``web.mappings``): ``job``, ``file``; {} once
     the user maps the columns themselves, or when nothing was remembered."""
+    kind: str = "import"
+    """``import`` (an upload), or ``rollback`` (``web.undo``: it puts back what ``undoes`` changed)."""
+    undoes: str = ""
+    """A rollback job's original job."""
+    undone_by: str = ""
+    """An import's latest rollback job (a cancelled or failed one may be followed by another)."""
     # -- runtime only --
     report: ValidationReport | None = None
     shown: Plan | None = None
@@ -150,6 +156,7 @@ class Job:
         *("columns", "mapping", "source", "finished", "header_row", "planned", "notes"),
         *("encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"),
         *("sheets", "sheet_list", "planned_by", "approval", "schedule", "mapped_from"),
+        *("kind", "undoes", "undone_by"),
     )
 
     @property
