@@ -21,6 +21,7 @@ import pytest
 from helpers import (
     change_routing,
     desired_record,
+    did_number,
     routing_fields,
     wait_for_job,
     web_connection,
@@ -340,3 +341,42 @@ def test_web_undo_refuses_a_job_that_sent_nothing(tmp_path: Path, status: str) -
             refused.status_code == 409
             and "only a finished job that sent something" in refused.json()["error"]
         )
+
+
+def test_web_undo_and_export_forms_work_without_javascript(tmp_path: Path) -> None:
+    """The results page's "Undo this import" form makes and plans the rollback; the jobs page's
+    "Download current routing" form starts an export the page then lists with its download."""
+    sandbox = _sandbox(tmp_path)
+    with _server(tmp_path, sandbox) as (_url, api):
+        job_id = _import(api, write_sheet(tmp_path / "routing.csv", N))
+        page = api.get(f"/jobs/{job_id}/results").text
+        assert f'action="/jobs/{job_id}/rollback"' in page and "Undo this import</button>" in page
+        made = api.post(f"/jobs/{job_id}/rollback")
+        assert made.status_code == 303
+        rollback = api.get(f"/api/jobs/{job_id}").json()["undone_by"]
+        assert made.headers["location"] == f"/jobs/{rollback}/plan"
+        assert wait_for_job(api, rollback, {"planned", "validated"})["status"] == "planned"
+        # Once undone, the offer is gone and the page links the rollback; a second form post says why not.
+        page = api.get(f"/jobs/{job_id}/results").text
+        assert "Undo this import</button>" not in page and f'href="/jobs/{rollback}"' in page
+        again = api.post(f"/jobs/{job_id}/rollback")
+        assert again.status_code == 409 and "has a rollback already" in again.text
+        # The rollback job's own steps render: its plan (one row per change), send, then results.
+        plan_page = api.get(f"/jobs/{rollback}/plan")
+        assert plan_page.status_code == 200 and did_number(0) in plan_page.text
+        assert api.get(f"/jobs/{rollback}/send").status_code == 200
+        assert api.post(f"/jobs/{rollback}/send", data={"confirm": "yes"}).status_code == 303
+        assert wait_for_job(api, rollback, FINAL)["status"] == "done"
+        done_page = api.get(f"/jobs/{rollback}/results").text
+        assert (
+            f'This job undoes <a href="/jobs/{job_id}">' in done_page
+            and "Undo this import</button>" not in done_page
+        )
+
+        front = api.get("/").text
+        assert 'action="/exports"' in front and "Download current routing</button>" in front
+        started = api.post("/exports")
+        assert started.status_code == 303 and started.headers["location"] == "/#routing"
+        export = api.get("/api/exports").json()["exports"][0]
+        _export_done(api, export["id"])
+        assert f'href="/api/exports/{export["id"]}/routing.xlsx"' in api.get("/").text

@@ -44,6 +44,7 @@ __all__ = [
     "report_of",
     "run_rollback",
     "runner",
+    "why_not",
 ]
 
 IMPORT = "import"
@@ -67,32 +68,37 @@ def _sent_something(job: Job) -> bool:
     return journal_has_runs(job.folder / "journal.sqlite")
 
 
+def why_not(original: Job, jobs: Mapping[str, Job]) -> str:
+    """Why ``original`` cannot be undone now ("" when it can): the API's 409 and the page's hint."""
+    if original.kind == ROLLBACK:
+        return (
+            "this job is itself a rollback and cannot be rolled back; "
+            "to put its rows back as the import left them, import that file again"
+        )
+    if original.busy:
+        return f"the job is busy: {original.busy}; try again once that is done"
+    if original.status is not JobStatus.DONE and not (
+        original.status in ENDED_FOR_GOOD and original.finished and _sent_something(original)
+    ):
+        return f"the job is {original.status.value}; only a finished job that sent something can be undone"
+    earlier = jobs.get(original.undone_by)
+    if earlier is not None and earlier.status not in ENDED_FOR_GOOD:
+        return (
+            f"this job has a rollback already (job {earlier.id}, {earlier.status.value}); "
+            "cancel it before making another"
+        )
+    return ""
+
+
 def new_rollback(original: Job, jobs: Mapping[str, Job], root: Path, *, who: str, client: str) -> Job:
     """A rollback job for ``original`` (its folder made); ``JobService.rollback`` stores and lists it.
 
     Raises:
         JobError: ``original`` is a rollback, not finished, sent nothing, or has a rollback
-            already that is not cancelled or failed (409 with the reason).
+            already that is not cancelled or failed (409 with the reason, ``why_not``).
     """
-    if original.kind == ROLLBACK:
-        raise JobError(
-            "this job is itself a rollback and cannot be rolled back; "
-            "to put its rows back as the import left them, import that file again"
-        )
-    if original.busy:
-        raise JobError(f"the job is busy: {original.busy}; try again once that is done")
-    if original.status is not JobStatus.DONE and not (
-        original.status in ENDED_FOR_GOOD and original.finished and _sent_something(original)
-    ):
-        raise JobError(
-            f"the job is {original.status.value}; only a finished job that sent something can be undone"
-        )
-    earlier = jobs.get(original.undone_by)
-    if earlier is not None and earlier.status not in ENDED_FOR_GOOD:
-        raise JobError(
-            f"this job has a rollback already (job {earlier.id}, {earlier.status.value}); "
-            "cancel it before making another"
-        )
+    if reason := why_not(original, jobs):
+        raise JobError(reason)
     job_id = secrets.token_hex(12)
     folder = root / job_id
     folder.mkdir(parents=True)
