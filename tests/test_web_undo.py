@@ -380,3 +380,37 @@ def test_web_undo_and_export_forms_work_without_javascript(tmp_path: Path) -> No
         export = api.get("/api/exports").json()["exports"][0]
         _export_done(api, export["id"])
         assert f'href="/api/exports/{export["id"]}/routing.xlsx"' in api.get("/").text
+
+
+def test_web_undo_account_changed_after_the_plan_sends_nothing_then_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Someone changes a routing between the rollback's plan and its start: nothing is sent, the new
+    plan (that row held back) is shown; started again it is done; a restart shows the same rollback."""
+    sandbox = _sandbox(tmp_path)
+    someone = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}
+    with _server(tmp_path, sandbox) as (_url, api):
+        job_id = _import(api, write_sheet(tmp_path / "routing.csv", N))
+        rollback = api.post(f"/api/jobs/{job_id}/rollback").json()["id"]
+        assert api.post(f"/api/jobs/{rollback}/plan").status_code == 202
+        assert wait_for_job(api, rollback, {"planned"})["planned"]["update"] == N
+        imported = _routing(sandbox)
+        change_routing(sandbox, 1001, someone)
+        assert api.post(f"/api/jobs/{rollback}/start").status_code == 202
+        replanned = wait_for_job(api, rollback, {"planned", *FINAL})
+        assert replanned["status"] == "planned" and "the account changed since the plan" in replanned["error"]
+        assert replanned["planned"]["update"] == N - 1
+        assert _routing(sandbox) == {**imported, 1001: someone}  # nothing sent
+        assert api.post(f"/api/jobs/{rollback}/start").status_code == 202
+        assert wait_for_job(api, rollback, FINAL)["status"] == "done"
+        shown = api.get(f"/api/jobs/{rollback}").json()
+    assert _routing(sandbox)[1001] == someone
+    with _server(tmp_path, sandbox) as (_url, api):
+        again = api.get(f"/api/jobs/{rollback}").json()
+        assert {k: again[k] for k in ("kind", "undoes", "status", "counts")} == {
+            k: shown[k] for k in ("kind", "undoes", "status", "counts")
+        }
+        assert api.get(f"/api/jobs/{job_id}").json()["undone_by"] == rollback
+        rows = api.get(f"/api/jobs/{rollback}/rows").json()
+        assert rows["total"] == N
+        assert sorted(r["status"] for r in rows["rows"]) == ["skipped"] + ["succeeded"] * (N - 1)
