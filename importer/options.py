@@ -314,6 +314,8 @@ class RollbackConfig(ConnectOptions):
     output: Path | None = None
     force: bool = False
     """Overwrite rows someone changed since the run instead of skipping them."""
+    audit_extra: Mapping[str, str] = field(default_factory=dict)
+    """More lines for the Summary sheet's audit (a web service: who asked for it, planned, started)."""
 
     def __post_init__(self) -> None:
         ConnectOptions.__post_init__(self)

@@ -228,6 +228,14 @@ def test_web_undo_needs_an_operator_and_a_finished_job(tmp_path: Path) -> None:
             assert olga.post(f"/api/jobs/{rollback}/start").status_code == 403
             assert otto.post(f"/api/jobs/{rollback}/start").status_code == 202
             assert wait_for_job(vic, rollback, FINAL)["status"] == "done"
+            # Its results workbook (the CLI rollback's) names who made, planned and started it.
+            book = openpyxl.load_workbook(io.BytesIO(vic.get(f"/api/jobs/{rollback}/results.xlsx").content))
+            summary = {r[0]: r[1] for r in book["Summary"].iter_rows(values_only=True) if r and r[0]}
+            book.close()
+            assert summary["command"] == "rollback" and summary["undoes web job"] == job_id
+            assert summary["web job"] == rollback
+            for step in ("uploaded by", "planned by", "started by"):
+                assert str(summary[step]).startswith("otto at "), summary
         finally:
             for client in clients.values():
                 client.close()

@@ -489,6 +489,7 @@ def write_report(
         "run input sha256": ", ".join(dict.fromkeys(r.input_sha256 for r in covered.runs)),
         **job_audit(session, plan, applied, journal, run_id),
         "journal": str(journal.path),
+        **config.audit_extra,
     }
     info = run_info(COMMAND, config, started, audit)
     tally = collections.Counter(o.status for o in outcomes)

@@ -34,7 +34,6 @@ from importer.web.lifecycle import JobError, JobStatus
 from importer.web.records import Job, journal_has_runs, read_plan
 
 __all__ = [
-    "IMPORT",
     "ROLLBACK",
     "check_unchanged",
     "fields",
@@ -47,7 +46,6 @@ __all__ = [
     "why_not",
 ]
 
-IMPORT = "import"
 ROLLBACK = "rollback"
 ENDED_FOR_GOOD = frozenset({JobStatus.CANCELLED, JobStatus.FAILED})
 """A rollback ended so: its import may be rolled back again (the CLI's second rollback rules)."""
@@ -163,6 +161,7 @@ async def run_rollback(
     cancel: asyncio.Event,
     shown_writes: str | None = None,
     on_progress: Callable[[SendProgress], None] | None = None,
+    audit: Mapping[str, str] = {},
 ) -> JobRun:
     """Plan (``dry_run``) or send a rollback job with the CLI's ``rollback_run_async``.
 
@@ -200,6 +199,7 @@ async def run_rollback(
         dry_run=dry_run,
         on_plan=planned,
         confirm=confirm,
+        audit_extra={**{k: v for k, v in audit.items() if k != "started"}, "undoes web job": job.undoes},
     )
     summary = await rollback_run_async(
         config, transport=connection.transport, on_progress=progress, cancel=cancel, limiter=limiter
@@ -275,6 +275,7 @@ def runner(job: Job) -> Runner:
             cancel=cancel,
             shown_writes=shown_writes,
             on_progress=on_progress,
+            audit=audit,
         )
 
     return run
