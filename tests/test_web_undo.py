@@ -33,6 +33,7 @@ from importer.account.limiter import RateLimiter
 from importer.fields import FIELD_NAMES
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
 from importer.web.exports import ExportService
+from importer.web.jobs import JobService
 from importer.web.people import Role, add_user
 from importer.web.server import ServeSettings, running_server
 
@@ -54,7 +55,9 @@ def _sandbox(tmp_path: Path, **config: Any) -> Sandbox:
 
 
 @contextlib.contextmanager
-def _server(tmp_path: Path, sandbox: Sandbox, **overrides: Any) -> Iterator[tuple[str, httpx.Client]]:
+def _server(
+    tmp_path: Path, sandbox: Sandbox, **overrides: Any
+) -> Iterator[tuple[str, httpx.Client, JobService]]:
     values: dict[str, Any] = {
         "connection": web_connection(sandbox),
         "data_dir": tmp_path / "data",
@@ -63,10 +66,10 @@ def _server(tmp_path: Path, sandbox: Sandbox, **overrides: Any) -> Iterator[tupl
     }
     values.update(overrides)
     with (
-        running_server(ServeSettings(**values)) as (url, _token, _service),
+        running_server(ServeSettings(**values)) as (url, _token, service),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as api,
     ):
-        yield url, api
+        yield url, api, service
 
 
 def _upload(api: httpx.Client, path: Path) -> str:
@@ -117,7 +120,7 @@ def test_web_undo_rollback_job_restores_the_account_exactly(tmp_path: Path) -> N
     sandbox = _sandbox(tmp_path)
     before = _routing(sandbox)
     answers: list[str] = []
-    with _server(tmp_path, sandbox) as (_url, api):
+    with _server(tmp_path, sandbox) as (_url, api, _service):
         job_id = _import(api, write_sheet(tmp_path / "routing.csv", N))
         assert _routing(sandbox) != before
 
@@ -174,7 +177,7 @@ def test_web_undo_holds_back_a_row_someone_changed_since(tmp_path: Path) -> None
     sandbox = _sandbox(tmp_path)
     before = _routing(sandbox)
     someone = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}
-    with _server(tmp_path, sandbox) as (_url, api):
+    with _server(tmp_path, sandbox) as (_url, api, _service):
         job_id = _import(api, write_sheet(tmp_path / "routing.csv", N))
         change_routing(sandbox, 1002, someone)
         rollback = api.post(f"/api/jobs/{job_id}/rollback").json()["id"]
@@ -202,7 +205,7 @@ def test_web_undo_needs_an_operator_and_a_finished_job(tmp_path: Path) -> None:
         for name, role in {"olga": Role.OPERATOR, "otto": Role.OPERATOR, "vic": Role.VIEWER}.items()
     }
     sandbox = _sandbox(tmp_path)
-    with _server(tmp_path, sandbox, users_file=users) as (url, _api):
+    with _server(tmp_path, sandbox, users_file=users) as (url, _api, _service):
         clients = {
             n: httpx.Client(base_url=url, headers={"Authorization": f"Bearer {t}"}, timeout=30)
             for n, t in tokens.items()
@@ -256,9 +259,13 @@ def test_web_export_reimports_as_all_unchanged(tmp_path: Path) -> None:
     """The workbook has the CLI export's columns; imported again as a new web job, every row is unchanged."""
     sandbox = _sandbox(tmp_path)
     answers: list[str] = []
-    with _server(tmp_path, sandbox) as (_url, api):
+    with _server(tmp_path, sandbox) as (_url, api, service):
+        limiter = service.key_limiter()
+        paced = limiter.requests
         shown = _export(api)
         assert shown["status"] == "done" and shown["routed"] == N, shown
+        # Its reads went through the key's one limiter, the one the jobs' sends use.
+        assert limiter.requests - paced == shown["requests"] > 0
         book = api.get(shown["workbook"])
         assert book.status_code == 200
         rows = _sheet_rows(book.content, "Routing")
@@ -288,7 +295,7 @@ def test_web_export_one_at_a_time_and_open_to_viewers(tmp_path: Path) -> None:
     token = add_user(users, "vic", Role.VIEWER)
     sandbox = _sandbox(tmp_path, latency_ms=300)
     with (
-        _server(tmp_path, sandbox, users_file=users) as (url, _api),
+        _server(tmp_path, sandbox, users_file=users) as (url, _api, _service),
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as vic,
     ):
         first = vic.post("/api/exports")
@@ -338,7 +345,7 @@ def test_web_export_cut_off_by_a_restart_is_listed_as_lost(tmp_path: Path) -> No
 @pytest.mark.parametrize("status", ["validated", "cancelled"])
 def test_web_undo_refuses_a_job_that_sent_nothing(tmp_path: Path, status: str) -> None:
     sandbox = _sandbox(tmp_path)
-    with _server(tmp_path, sandbox) as (_url, api):
+    with _server(tmp_path, sandbox) as (_url, api, _service):
         job_id = _upload(api, write_sheet(tmp_path / "routing.csv", 2))
         wait_for_job(api, job_id, {"validated"})
         if status == "cancelled":
@@ -355,7 +362,7 @@ def test_web_undo_and_export_forms_work_without_javascript(tmp_path: Path) -> No
     """The results page's "Undo this import" form makes and plans the rollback; the jobs page's
     "Download current routing" form starts an export the page then lists with its download."""
     sandbox = _sandbox(tmp_path)
-    with _server(tmp_path, sandbox) as (_url, api):
+    with _server(tmp_path, sandbox) as (_url, api, _service):
         job_id = _import(api, write_sheet(tmp_path / "routing.csv", N))
         page = api.get(f"/jobs/{job_id}/results").text
         assert f'action="/jobs/{job_id}/rollback"' in page and "Undo this import</button>" in page
@@ -397,7 +404,7 @@ def test_web_undo_account_changed_after_the_plan_sends_nothing_then_survives_a_r
     plan (that row held back) is shown; started again it is done; a restart shows the same rollback."""
     sandbox = _sandbox(tmp_path)
     someone = {"for_inbound_call": 1, "for_outbound_call": 4, "status": 1}
-    with _server(tmp_path, sandbox) as (_url, api):
+    with _server(tmp_path, sandbox) as (_url, api, _service):
         job_id = _import(api, write_sheet(tmp_path / "routing.csv", N))
         rollback = api.post(f"/api/jobs/{job_id}/rollback").json()["id"]
         assert api.post(f"/api/jobs/{rollback}/plan").status_code == 202
@@ -413,7 +420,7 @@ def test_web_undo_account_changed_after_the_plan_sends_nothing_then_survives_a_r
         assert wait_for_job(api, rollback, FINAL)["status"] == "done"
         shown = api.get(f"/api/jobs/{rollback}").json()
     assert _routing(sandbox)[1001] == someone
-    with _server(tmp_path, sandbox) as (_url, api):
+    with _server(tmp_path, sandbox) as (_url, api, _service):
         again = api.get(f"/api/jobs/{rollback}").json()
         assert {k: again[k] for k in ("kind", "undoes", "status", "counts")} == {
             k: shown[k] for k in ("kind", "undoes", "status", "counts")

@@ -131,8 +131,8 @@ def check_unchanged(job: Job, jobs: Mapping[str, Job]) -> None:
     """
     if job.kind == ROLLBACK:
         raise JobError(
-            "a rollback job has no file, options or rows to change, and is not resumed: "
-            f"undo job {job.undoes} again for a new rollback"
+            "a rollback job has no file, options or rows to change, and is not resumed; "
+            f"once it is cancelled, undo job {job.undoes} again for what is left"
         )
     rollback = jobs.get(job.undone_by)
     if rollback is not None and rollback.status not in ENDED_FOR_GOOD:
