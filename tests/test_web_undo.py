@@ -32,7 +32,8 @@ from helpers import (
 from importer.account.limiter import RateLimiter
 from importer.fields import FIELD_NAMES
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
-from importer.web.exports import ExportService
+from importer.web import exports
+from importer.web.exports import Export, ExportService
 from importer.web.jobs import JobService
 from importer.web.people import Role, add_user
 from importer.web.server import ServeSettings, running_server
@@ -429,3 +430,29 @@ def test_web_undo_account_changed_after_the_plan_sends_nothing_then_survives_a_r
         rows = api.get(f"/api/jobs/{rollback}/rows").json()
         assert rows["total"] == N
         assert sorted(r["status"] for r in rows["rows"]) == ["skipped"] + ["succeeded"] * (N - 1)
+
+
+def test_web_export_keeps_the_newest_and_says_why_one_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the newest ``KEEP`` exports stay on disk; a rejected key fails the export with one line."""
+    sandbox = _sandbox(tmp_path)
+    monkeypatch.setattr(exports, "KEEP", 2)
+
+    async def three(connection: Any) -> list[Export]:
+        service = ExportService(tmp_path / "data", connection, lambda: RateLimiter(100_000))
+        service.load()
+        made = []
+        for _ in range(3):
+            made.append(service.start(""))
+            assert service.task is not None
+            await service.task
+        return [service.exports.get(e.id) or e for e in made]
+
+    first, second, third = asyncio.run(three(web_connection(sandbox)))
+    assert not (tmp_path / "data" / "exports" / first.id).exists()
+    assert {second.status, third.status} == {"done"}
+    wrong = "wrong-key-0123456789abcdefghijklmnop"
+    failed = asyncio.run(three(web_connection(sandbox, api_key=wrong)))[-1]
+    assert failed.status == "failed" and "rejected the API key" in failed.error and "\n" not in failed.error
+    assert wrong not in failed.error and wrong not in json.dumps(failed.shown()), failed.error
