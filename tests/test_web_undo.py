@@ -198,27 +198,39 @@ def test_web_undo_holds_back_a_row_someone_changed_since(tmp_path: Path) -> None
     assert {k: v for k, v in state.items() if k != 1002} == {k: v for k, v in before.items() if k != 1002}
 
 
-def test_web_undo_needs_an_operator_and_a_finished_job(tmp_path: Path) -> None:
-    """A viewer cannot roll back (403); another operator can; a job not finished cannot be undone."""
+def test_web_undo_needs_an_operator_a_finished_job_and_an_approval(tmp_path: Path) -> None:
+    """A viewer cannot roll back (403); another operator can; a job not finished cannot be undone;
+    with four eyes the rollback's plan is approved by someone else before it starts, like an import's."""
     users = tmp_path / "users.toml"
     tokens = {
         name: add_user(users, name, role)
-        for name, role in {"olga": Role.OPERATOR, "otto": Role.OPERATOR, "vic": Role.VIEWER}.items()
+        for name, role in {
+            "olga": Role.OPERATOR,
+            "otto": Role.OPERATOR,
+            "vic": Role.VIEWER,
+            "ann": Role.APPROVER,
+        }.items()
     }
     sandbox = _sandbox(tmp_path)
-    with _server(tmp_path, sandbox, users_file=users) as (url, _api, _service):
+    with _server(tmp_path, sandbox, users_file=users, require_approval=True) as (url, _api, _service):
         clients = {
             n: httpx.Client(base_url=url, headers={"Authorization": f"Bearer {t}"}, timeout=30)
             for n, t in tokens.items()
         }
         try:
-            olga, otto, vic = clients["olga"], clients["otto"], clients["vic"]
+            olga, otto, vic, ann = (clients[n] for n in ("olga", "otto", "vic", "ann"))
             pending = _upload(olga, write_sheet(tmp_path / "pending.csv", 2))
             wait_for_job(olga, pending, {"validated"})
             early = olga.post(f"/api/jobs/{pending}/rollback")
             assert early.status_code == 409 and "only a finished job" in early.json()["error"]
 
-            job_id = _import(olga, write_sheet(tmp_path / "routing.csv", N))
+            job_id = _upload(olga, write_sheet(tmp_path / "routing.csv", N))
+            wait_for_job(olga, job_id, {"validated"})
+            assert olga.post(f"/api/jobs/{job_id}/plan").status_code == 202
+            wait_for_job(olga, job_id, {"planned"})
+            assert ann.post(f"/api/jobs/{job_id}/approve").status_code == 200
+            assert olga.post(f"/api/jobs/{job_id}/start").status_code == 202
+            assert wait_for_job(olga, job_id, FINAL)["status"] == "done"
             refused = vic.post(f"/api/jobs/{job_id}/rollback")
             assert refused.status_code == 403
             assert refused.json()["error"].startswith("your role viewer cannot undo an import")
@@ -230,6 +242,10 @@ def test_web_undo_needs_an_operator_and_a_finished_job(tmp_path: Path) -> None:
             assert otto.post(f"/api/jobs/{rollback}/plan").status_code == 202
             wait_for_job(otto, rollback, {"planned"})
             assert olga.post(f"/api/jobs/{rollback}/start").status_code == 403
+            unapproved = otto.post(f"/api/jobs/{rollback}/start")
+            assert unapproved.status_code == 409 and "needs approval" in unapproved.json()["error"]
+            assert otto.post(f"/api/jobs/{rollback}/approve").status_code == 403  # an operator
+            assert ann.post(f"/api/jobs/{rollback}/approve").status_code == 200
             assert otto.post(f"/api/jobs/{rollback}/start").status_code == 202
             assert wait_for_job(vic, rollback, FINAL)["status"] == "done"
             # Its results workbook (the CLI rollback's) names who made, planned and started it.
@@ -240,6 +256,7 @@ def test_web_undo_needs_an_operator_and_a_finished_job(tmp_path: Path) -> None:
             assert summary["web job"] == rollback
             for step in ("uploaded by", "planned by", "started by"):
                 assert str(summary[step]).startswith("otto at "), summary
+            assert str(summary["approved by"]).startswith("ann at ")
         finally:
             for client in clients.values():
                 client.close()
