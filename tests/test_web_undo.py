@@ -257,6 +257,9 @@ def test_web_undo_needs_an_operator_a_finished_job_and_an_approval(tmp_path: Pat
             for step in ("uploaded by", "planned by", "started by"):
                 assert str(summary[step]).startswith("otto at "), summary
             assert str(summary["approved by"]).startswith("ann at ")
+            # A service's workbook names none of the server's paths, user or host (the journal's neither).
+            assert not {"path", "os_user", "host", "journal"} & set(summary)
+            assert not any(str(tmp_path) in str(value) for value in summary.values())
         finally:
             for client in clients.values():
                 client.close()

@@ -491,7 +491,7 @@ def write_report(
         "journal": str(journal.path),
         **config.audit_extra,
     }
-    info = run_info(COMMAND, config, started, audit)
+    info = run_info(COMMAND, config, started, audit, config.facts)
     tally = collections.Counter(o.status for o in outcomes)
     table = rollback_table(journal.path, journal_sha, plan.undos)
     try:

@@ -162,6 +162,7 @@ async def run_rollback(
     shown_writes: str | None = None,
     on_progress: Callable[[SendProgress], None] | None = None,
     audit: Mapping[str, str] = {},
+    facts: RunFacts = MACHINE_FACTS,
 ) -> JobRun:
     """Plan (``dry_run``) or send a rollback job with the CLI's ``rollback_run_async``.
 
@@ -200,6 +201,7 @@ async def run_rollback(
         on_plan=planned,
         confirm=confirm,
         audit_extra={**{k: v for k, v in audit.items() if k != "started"}, "undoes web job": job.undoes},
+        facts=facts,
     )
     summary = await rollback_run_async(
         config, transport=connection.transport, on_progress=progress, cancel=cancel, limiter=limiter
@@ -276,6 +278,7 @@ def runner(job: Job) -> Runner:
             shown_writes=shown_writes,
             on_progress=on_progress,
             audit=audit,
+            facts=facts,
         )
 
     return run
