@@ -476,3 +476,26 @@ def test_web_export_keeps_the_newest_and_says_why_one_failed(
     failed = asyncio.run(three(web_connection(sandbox, api_key=wrong)))[-1]
     assert failed.status == "failed" and "rejected the API key" in failed.error and "\n" not in failed.error
     assert wrong not in failed.error and wrong not in json.dumps(failed.shown()), failed.error
+
+
+def test_web_undo_cancelled_rollback_is_not_resumed_but_followed_by_a_new_one(tmp_path: Path) -> None:
+    """A cancelled rollback offers no "send the rest" (409 through the API); the import may be undone
+    again by a new rollback, which puts the account back."""
+    sandbox = _sandbox(tmp_path)
+    before = _routing(sandbox)
+    with _server(tmp_path, sandbox) as (_url, api, _service):
+        job_id = _import(api, write_sheet(tmp_path / "routing.csv", N))
+        first = api.post(f"/api/jobs/{job_id}/rollback").json()["id"]
+        assert api.post(f"/api/jobs/{first}/plan").status_code == 202
+        wait_for_job(api, first, {"planned"})
+        assert api.post(f"/api/jobs/{first}/cancel").status_code == 202
+        assert wait_for_job(api, first, FINAL)["status"] == "cancelled"
+        assert "/resume" not in api.get(f"/jobs/{first}/results").text
+        resumed = api.post(f"/api/jobs/{first}/resume")
+        assert resumed.status_code == 409 and "not resumed" in resumed.json()["error"]
+
+        second = api.post(f"/api/jobs/{job_id}/rollback")
+        assert second.status_code == 201, second.text
+        assert api.get(f"/api/jobs/{job_id}").json()["undone_by"] == second.json()["id"]
+        assert _plan_and_send(api, second.json()["id"])["status"] == "done"
+    assert _routing(sandbox) == before

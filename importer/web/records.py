@@ -173,9 +173,11 @@ class Job:
         return self.journal_path.exists()
 
     def resumable(self) -> bool:
-        """A send that ended early: cancelled, or failed while sending; the rest can still be sent."""
-        return self.status is JobStatus.CANCELLED or (
-            self.status is JobStatus.FAILED and self.sent_something()
+        """A send that ended early: cancelled, or failed while sending; the rest can still be sent.
+
+        Never a rollback job (``web.undo``): a new rollback of its import covers what is left."""
+        return self.kind != "rollback" and (
+            self.status is JobStatus.CANCELLED or (self.status is JobStatus.FAILED and self.sent_something())
         )
 
     def remaining(self) -> int:

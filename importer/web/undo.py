@@ -63,7 +63,7 @@ def journal_of(job: Job) -> Path:
 
 
 def _sent_something(job: Job) -> bool:
-    return journal_has_runs(job.folder / "journal.sqlite")
+    return journal_has_runs(job.journal_path)
 
 
 def why_not(original: Job, jobs: Mapping[str, Job]) -> str:
