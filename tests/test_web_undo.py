@@ -24,6 +24,7 @@ from helpers import (
     did_number,
     routing_fields,
     wait_for_job,
+    wait_until,
     web_connection,
     write_inventory,
     write_sheet,
@@ -499,3 +500,26 @@ def test_web_undo_cancelled_rollback_is_not_resumed_but_followed_by_a_new_one(tm
         assert api.get(f"/api/jobs/{job_id}").json()["undone_by"] == second.json()["id"]
         assert _plan_and_send(api, second.json()["id"])["status"] == "done"
     assert _routing(sandbox) == before
+
+
+def test_web_undo_of_a_cancelled_import_hides_send_the_rest_and_opens_on_its_plan(tmp_path: Path) -> None:
+    """An import cancelled mid-send and being undone offers no "send the remaining rows" (it would be
+    refused); the rollback job, made through the API and not planned yet, opens on its plan step."""
+    inventory = write_inventory(tmp_path / "inventory.json", 20)
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000, latency_ms=60))
+    connection = web_connection(sandbox, concurrency=1)
+    with _server(tmp_path, sandbox, connection=connection) as (_url, api, _service):
+        job_id = _upload(api, write_sheet(tmp_path / "routing.csv", 20))
+        wait_for_job(api, job_id, {"validated"})
+        assert api.post(f"/api/jobs/{job_id}/plan").status_code == 202
+        wait_for_job(api, job_id, {"planned"})
+        assert api.post(f"/api/jobs/{job_id}/start").status_code == 202
+        wait_until(lambda: api.get(f"/api/jobs/{job_id}").json()["progress"]["done"] >= 2, "2 writes")
+        assert api.post(f"/api/jobs/{job_id}/cancel").status_code == 202
+        assert wait_for_job(api, job_id, FINAL)["status"] == "cancelled"
+        assert "Send the remaining" in api.get(f"/jobs/{job_id}/results").text  # before the undo
+        rollback = api.post(f"/api/jobs/{job_id}/rollback")
+        assert rollback.status_code == 201, rollback.text
+        assert "Send the remaining" not in api.get(f"/jobs/{job_id}/results").text
+        opened = api.get(f"/jobs/{rollback.json()['id']}", follow_redirects=False)
+        assert opened.status_code in (302, 303, 307) and opened.headers["location"].endswith("/plan")

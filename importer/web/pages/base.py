@@ -16,6 +16,7 @@ from importer.model import RowIssue
 from importer.options import human_duration
 from importer.web import people
 from importer.web.jobs import Job, JobError, JobService, JobStatus
+from importer.web.undo import ROLLBACK
 
 PAGE_SIZE = 50
 """Rows per page of a table: the server pages, so 10 rows or a million weigh the same."""
@@ -71,6 +72,8 @@ def sent(job: Job) -> bool:
 
 def step_of(job: Job) -> str:
     """The step a job is at, for ``/jobs/{id}``."""
+    if job.kind == ROLLBACK and job.status is JobStatus.VALIDATED:
+        return "plan"  # a rollback has no file to map or check: its rows come with its plan
     if unread(job):
         return "columns"
     if job.status in (JobStatus.PLANNING, JobStatus.PLANNED):

@@ -47,8 +47,14 @@ async def results(ctx: PageContext, request: Request, job: Job) -> Response:
 def _undo(ctx: PageContext, job: Job) -> dict[str, Any]:
     """What the page says about undoing: the offer (or why not), the rollback, the job undone."""
     jobs = ctx.service.jobs
+    try:
+        undo.check_unchanged(job, jobs)
+        resume_refused = ""
+    except JobError as exc:  # a rollback, or an import being undone: "send the rest" is not offered
+        resume_refused = str(exc)
     return {
         "undo_refused": undo.why_not(job, jobs),
+        "resume_refused": resume_refused,
         "rollback": jobs.get(job.undone_by),
         "undone": jobs.get(job.undoes),
     }
