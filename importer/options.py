@@ -314,6 +314,10 @@ class RollbackConfig(ConnectOptions):
     output: Path | None = None
     force: bool = False
     """Overwrite rows someone changed since the run instead of skipping them."""
+    audit_extra: Mapping[str, str] = field(default_factory=dict)
+    """More lines for the Summary sheet's audit (a web service: who asked for it, planned, started)."""
+    facts: RunFacts = field(default_factory=RunFacts)
+    """Where the rollback runs, for the Summary sheet (as ``ImportConfig.facts``)."""
 
     def __post_init__(self) -> None:
         ConnectOptions.__post_init__(self)

@@ -20,7 +20,9 @@ import httpx
 import openpyxl
 import pytest
 from helpers import (
+    desired_record,
     did_number,
+    served_web,
     wait_for_job,
     wait_until,
     web_connection,
@@ -238,6 +240,23 @@ def test_web_workbooks_carry_the_job_facts_not_the_server(served: Served, tmp_pa
 
 
 @pytest.mark.slow  # a send slowed down (60 ms a write) so that it can be cancelled midway
+def test_remaining_rows_are_one_number_on_the_page_and_in_the_api(tmp_path: Path) -> None:
+    """Rows already routed as asked are not "remaining": the page's N is the API's ``remaining``."""
+    inventory = write_inventory(tmp_path / "inventory.json", 10, {i: desired_record(i) for i in range(4)})
+    sandbox = create_sandbox(SandboxConfig(inventory=inventory, requests_per_minute=100_000))
+    with served_web(sandbox, tmp_path / "data", token=TOKEN) as web:
+        job = _planned(web.client, write_sheet(tmp_path / "routing.csv", 10))
+        assert job["planned"]["create"] == 6 and job["planned"]["unchanged"] == 4
+        assert web.client.post(f"/api/jobs/{job['id']}/cancel").status_code == 202
+        wait_for_job(web.client, job["id"], {"cancelled"})
+        results = _text(web.client.get(f"/jobs/{job['id']}/results").text)
+        offered = re.search(r"Send the remaining (\d+) rows", results)
+        assert offered is not None, results
+        answer = web.client.post(f"/api/jobs/{job['id']}/resume")
+        assert answer.status_code == 202
+        assert answer.json()["remaining"] == int(offered.group(1)) == 6
+
+
 def test_cancelled_job_sends_the_remaining_rows_from_its_page(tmp_path: Path) -> None:
     """Cancelled mid-send: its page offers the rest and the rows not done; the rest is planned, then
     sent once, and every DID ends created exactly once."""
@@ -429,13 +448,16 @@ def test_mapping_remembered_for_the_same_header_row(served: Served, tmp_path: Pa
     assert sorted(second["options"]["map"]) == wanted  # the pairs name this file's own headers
     page = _text(served.api.get(f"/jobs/{second['id']}/columns").text)
     assert f"Columns mapped as in job {first['id']} (march.csv)" in page
+    assert second["mapped_from"] == {"job": first["id"], "file": "march.csv"}  # the API says it too
     assert "mapped as in job" not in _text(served.api.get(f"/jobs/{first['id']}/columns").text)
+    assert first["mapped_from"] is None
 
     # The user changes it (no status column now): the message goes, and the next file maps that way.
     picks = {f: h for h, f in zip(shouted, FIELD_OF.values(), strict=True) if f != "status"}
     _map_on_page(served.api, second["id"], picks)
     second = wait_for_job(served.api, second["id"], {"validated"})
     assert not any(m.endswith("=status") for m in second["options"]["map"])
+    assert second["mapped_from"] is None  # the user's own mapping now
     assert "mapped as in job" not in _text(served.api.get(f"/jobs/{second['id']}/columns").text)
     third = _upload(served.api, _german(tmp_path / "may.csv", 4, first=11), "may.csv")
     third = wait_for_job(served.api, third["id"], {"validated", "failed"})

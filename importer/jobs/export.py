@@ -23,6 +23,7 @@ import httpx
 import xlsxwriter
 
 from importer.account.inventory import DidIndex, read_all_dids
+from importer.account.limiter import RateLimiter
 from importer.account.preflight import open_client, preflight
 from importer.account.records import Connection, Routing, number_key
 from importer.errors import OutputError
@@ -33,7 +34,7 @@ from importer.options import ExportConfig
 from importer.output.paths import atomic_workbook, check_workbook_name, save_problem
 from importer.output.template import ROUTING_SHEET
 
-__all__ = ["ExportSummary", "export_routing"]
+__all__ = ["ExportSummary", "export_routing", "export_routing_async"]
 
 SUMMARY_SHEET = "Summary"
 
@@ -95,13 +96,24 @@ def export_routing(
         InputError: No key, a bad option, or the file cannot be written (exit 2).
         ApiError: The API refused or failed (exit 3).
     """
+    return asyncio.run(export_routing_async(config, transport=transport))
+
+
+async def export_routing_async(
+    config: ExportConfig,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    limiter: RateLimiter | None = None,
+) -> ExportSummary:
+    """``export_routing`` inside an event loop; ``limiter`` is the key's, shared with other jobs on it
+    (the web service's exports pace their reads with its sends); the workbook is written in a thread."""
     config.check()
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     path = None if config.dry_run else config.output or Path(f"voicelink-routing-{now:%Y%m%d-%H%M%S}.xlsx")
     if path is not None:  # checked before any read: the reads cost the user's rate limit
         check_workbook_name(path)
         check_writable(path)
-    rows, chosen, requests, warnings = asyncio.run(_read(config, transport))
+    rows, chosen, requests, warnings = await _read(config, transport, limiter)
     connection = f"{chosen.connection_id} ({chosen.name})" if chosen.name else chosen.connection_id
     routed = sum(1 for r in rows if r.record is not None)
     summary = ExportSummary(path, connection, routed, len(rows) - routed, requests, tuple(warnings))
@@ -118,16 +130,16 @@ def export_routing(
             ("re-import", "voicelink-import run THIS_FILE: unchanged rows send nothing"),
         ]
         items += [("warning", w) for w in warnings]
-        _write(path, rows, items, chosen.connection_id)
+        await asyncio.to_thread(_write, path, rows, items, chosen.connection_id)
     return summary
 
 
 async def _read(
-    config: ExportConfig, transport: httpx.AsyncBaseTransport | None
+    config: ExportConfig, transport: httpx.AsyncBaseTransport | None, limiter: RateLimiter | None
 ) -> tuple[list[_Row], Connection, int, list[str]]:
     """Pre-flight, one sync, and the DID pages only if sync left numbers (or DIDs) unknown."""
     on_read = config.on_read
-    _limiter, client = await open_client(config, transport)
+    _limiter, client = await open_client(config, transport, limiter)
     async with client:
         chosen, _ = await preflight(client, config.connection_id)
         if on_read is not None:

@@ -70,6 +70,7 @@ __all__ = [
     "locate_run",
     "rollback_run",
     "rollback_run_async",
+    "rollback_table",
     "write_report",
 ]
 
@@ -327,8 +328,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _table(journal_path: Path, sha256: str, undos: Sequence[Undo]) -> RawTable:
-    """The rollback's own 'input': one row per change of the run, as text cells."""
+def rollback_table(journal_path: Path, sha256: str, undos: Sequence[Undo]) -> RawTable:
+    """The rollback's own 'input': one row per change of the run, as text cells (its results
+    workbook's table; the web shows a rollback job's rows from it)."""
 
     def cells(u: Undo) -> list[str]:
         return [
@@ -487,10 +489,11 @@ def write_report(
         "run input sha256": ", ".join(dict.fromkeys(r.input_sha256 for r in covered.runs)),
         **job_audit(session, plan, applied, journal, run_id),
         "journal": str(journal.path),
+        **config.audit_extra,
     }
-    info = run_info(COMMAND, config, started, audit)
+    info = run_info(COMMAND, config, started, audit, config.facts)
     tally = collections.Counter(o.status for o in outcomes)
-    table = _table(journal.path, journal_sha, plan.undos)
+    table = rollback_table(journal.path, journal_sha, plan.undos)
     try:
         _, results, saved = save_with_fallback(
             lambda path: write_results(path, table, outcomes, (), info), results

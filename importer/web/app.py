@@ -25,6 +25,8 @@ Routes (every one but /healthz needs the token; see ``security``):
                                            (``windows``); again with another "at": moved
     POST   /api/jobs/{id}/approve          four eyes (``approval``): someone other than the planner
     POST   /api/jobs/{id}/resume           a cancelled or stopped job: plan the rows left -> planned
+    POST   /api/jobs/{id}/rollback         a finished import: a new rollback job undoing it (``undo``)
+    POST   /api/exports, GET /api/exports[/{id}[/routing.xlsx]]: current routing (``exports``)
     GET    /api/jobs/{id}/events           server-sent events, each a full snapshot of the job
     GET    /api/jobs/{id}/results.xlsx     the results workbook (a snapshot until the job ends)
     GET    /api/jobs/{id}/failed.xlsx      the failed rows, in the input's own columns
@@ -54,7 +56,7 @@ from starlette.types import Message, Receive
 from importer.errors import ImporterError
 from importer.read.sniff import Format, sniff
 from importer.vocab import OnExisting
-from importer.web import engine, observe, ratememory, windows
+from importer.web import engine, exports, observe, ratememory, windows
 from importer.web.approval import ApprovalRefused
 from importer.web.audit import parse_since
 from importer.web.jobs import Job, JobDamaged, JobError, JobService, JobStatus, safe_name
@@ -465,6 +467,13 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
             }
         )
 
+    async def rollback(request: Request, job: Job) -> Response:
+        body = await read_json(request)
+        given = body.get("uploaded_by") if isinstance(body, dict) else ""
+        who = user_of(request.scope).name if config.people is not None else _clean_text(given, 100)
+        made = service.rollback(job, who=who, client=request.client.host if request.client else "")
+        return JSONResponse(service.snapshot(made), status_code=201)
+
     async def plan(request: Request, job: Job) -> Response:
         await service.plan(job)
         return JSONResponse(service.snapshot(job), status_code=202)
@@ -589,6 +598,8 @@ def create_app(service: JobService, config: WebConfig) -> Starlette:
         Route("/api/jobs/{job_id}/cancel", with_job(cancel), methods=["POST"]),
         Route("/api/jobs/{job_id}/approve", with_job(approve), methods=["POST"]),
         Route("/api/jobs/{job_id}/resume", with_job(resume), methods=["POST"]),
+        Route("/api/jobs/{job_id}/rollback", with_job(rollback), methods=["POST"]),
+        *exports.api_routes(service.exports, named_users=config.people is not None),
         Route("/api/jobs/{job_id}/events", with_job(events), methods=["GET"]),
         Route("/api/jobs/{job_id}/results.xlsx", with_job(download("results")), methods=["GET"]),
         Route("/api/jobs/{job_id}/failed.xlsx", with_job(download("failed")), methods=["GET"]),

@@ -49,10 +49,11 @@ from importer.options import InputOptions
 from importer.output.failed import write_failed_rows
 from importer.read.sheets import SheetChoiceNeeded
 from importer.vocab import OnExisting
-from importer.web import approval, engine, observe, people, ratememory, views, windows
+from importer.web import approval, engine, observe, people, ratememory, undo, views, windows
 from importer.web import edits as ops
 from importer.web.audit import AuditLog
 from importer.web.engine import Connection, Edit, SendProgress
+from importer.web.exports import ExportService
 from importer.web.lifecycle import JobError, JobStatus, Step, next_status
 from importer.web.mappings import MappingMemory, Remembered
 from importer.web.records import (
@@ -158,6 +159,7 @@ class JobService:
         self.closing = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resident: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.exports = ExportService(data_dir, connection, self.key_limiter)  # "Download current routing"
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -191,6 +193,7 @@ class JobService:
             self.events.seen(job)
         for job_id, reason in self.damaged.items():
             observe.log_damaged(job_id, reason)
+        self.exports.load()
         # The key's window as the last run left it, before anything here sends (ratememory).
         ratememory.remember(self.store, engine.lane_key(self.connection), self._lane().limiter)
         for job in self.jobs.values():
@@ -228,6 +231,7 @@ class JobService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await asyncio.gather(*lanes, return_exceptions=True)
+        await self.exports.stop()
         for task in [*lanes, *self._tasks]:
             task.cancel()
         await asyncio.gather(*lanes, *self._tasks, return_exceptions=True)
@@ -330,6 +334,28 @@ class JobService:
         self._spawn(self._validate(job))
         return job
 
+    def rollback(self, original: Job, *, who: str, client: str) -> Job:
+        """Make a rollback job for ``original`` (``web.undo``); it is planned and started like an import.
+
+        Raises:
+            JobError: ``original`` cannot be undone now (the reason says why).
+        """
+        job = undo.new_rollback(original, self.jobs, self.root, who=who, client=client)
+        try:
+            self.store.put(job.id, job.stored())
+        except BaseException:
+            shutil.rmtree(job.folder, ignore_errors=True)  # this request's own folder, never answered
+            raise
+        self.jobs[job.id] = job
+        self.events.saved(job)
+        original.undone_by = job.id
+        self._save(original)
+        return job
+
+    def key_limiter(self) -> RateLimiter:
+        """The server key's one limiter: every job and export on the key reads and writes through it."""
+        return self._lane().limiter
+
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id) if JOB_ID.fullmatch(job_id) else None
 
@@ -362,12 +388,16 @@ class JobService:
     async def _read_table(self, job: Job) -> ValidationReport:
         options = job.input_options()
         excluded = ops.excluded_rows(job.operations)
-        recall = self.mappings.first_read(job.id)
-        report, remembered = await self.work.run(
-            job, _read_and_check, options, tuple(job.edits), excluded, recall
-        )
-        if remembered is not None:
-            job.column_map = dict(remembered.column_map)
+        if job.kind == undo.ROLLBACK:  # no upload: the rows of its plan (web.undo)
+            report = await in_background(undo.read_report, job)
+        else:
+            recall = self.mappings.first_read(job.id)
+            report, remembered = await self.work.run(
+                job, _read_and_check, options, tuple(job.edits), excluded, recall
+            )
+            if remembered is not None:
+                job.column_map = dict(remembered.column_map)
+                job.mapped_from = {"job": remembered.job, "file": remembered.file}
         if not job.outcomes and job.status in KEEPS_OUTCOMES:
             job.outcomes = await in_background(self._saved_outcomes, job.id)
         shown = job.folder / "plan.json"
@@ -461,6 +491,10 @@ class JobService:
         job.planned = {**summary, "inputs": inputs}
         job.plan = text
         job.budget = engine.send_budget(self.connection, plan, requests)
+        if job.kind == undo.ROLLBACK:  # its rows are the plan's: one per change it undoes
+            job.report = undo.report_of(job, plan)
+            self._keep_resident(job)
+            self._summarise(job, job.report)
 
     async def _validate(self, job: Job) -> None:
         """Validate in turn (``work``): the job is ``validating`` (new, restarted or options changed)."""
@@ -510,7 +544,8 @@ class JobService:
         ``more``: any of ``sheets``, ``encoding``, ``skip_hidden_rows``, ``ignore_columns``, ``on_existing``,
         ``max_error_rate`` (left out: unchanged).
         """
-        sent = (job.folder / "journal.sqlite").exists()
+        undo.check_unchanged(job, self.jobs)
+        sent = job.sent_something()
         to = next_status(job.status, Step.VALIDATE, job.busy)
         if sent or job.lock.locked():
             raise JobError(f"the job is {job.status.value}; options can change only before sending")
@@ -518,6 +553,8 @@ class JobService:
             job.header_row = header_row
         elif sheet != job.sheet or more.get("sheets", job.sheets) != job.sheets:
             job.header_row = None
+        if dict(column_map) != job.column_map:
+            job.mapped_from = {}  # the user's own mapping from now on
         job.sheet, job.default_region, job.column_map = sheet, default_region, dict(column_map)
         for name, value in more.items():
             if name not in MORE_OPTIONS:
@@ -557,6 +594,7 @@ class JobService:
         Raises:
             JobError: the job is not editable now (or busy), or an operation cannot be applied.
         """
+        undo.check_unchanged(job, self.jobs)
         next_status(job.status, Step.EDIT, job.busy)
         report = await self.report(job)
         async with job.lock:
@@ -634,7 +672,7 @@ class JobService:
                 raise JobError(
                     "the job failed before its rows were checked: change its options to read it again"
                 )
-            if (job.folder / "journal.sqlite").exists():
+            if job.sent_something():
                 raise JobError("the job stopped while sending: start it again or send the rest")
         job.status, job.error = next_status(job.status, Step.PLAN, job.busy), ""
         job.finished = ""
@@ -669,7 +707,7 @@ class JobService:
         self._save(job)
 
     async def _dry_run(self, job: Job, report: ValidationReport) -> engine.JobRun:
-        return await engine.run_job(
+        return await undo.runner(job)(
             self.connection,
             report,
             job.input_options(),
@@ -690,7 +728,7 @@ class JobService:
         # A job that failed while sending (key rejected, API unreachable) may start again: the
         # engine resumes it from its journal, so nothing confirmed is sent twice.
         # Only the plan shown is sent: from ``planned``, while its inputs are what they were.
-        retry = job.status is JobStatus.FAILED and (job.folder / "journal.sqlite").exists()
+        retry = job.status is JobStatus.FAILED and job.sent_something()
         to = Step.RETRY if retry else Step.START
         if job.busy:
             next_status(job.status, to, job.busy)  # refused, saying what the job is busy with
@@ -727,21 +765,21 @@ class JobService:
         Raises:
             JobError: the job is not cancelled or stopped.
         """
-        stopped = job.status is JobStatus.FAILED and (job.folder / "journal.sqlite").exists()
-        if job.status is not JobStatus.CANCELLED and not stopped:
+        undo.check_unchanged(job, self.jobs)
+        if not job.resumable():
             raise JobError(
                 f"the job is {job.status.value}; only a cancelled or stopped job can send the rest"
             )
         next_status(job.status, Step.RESUME, job.busy)
-        report = await self.report(job)  # its saved outcomes too
+        await self.report(job)  # its saved outcomes too
         to = next_status(job.status, Step.RESUME, job.busy)  # another resume may have come meanwhile
         done = {r: o for r, o in job.outcomes.items() if o.status is Status.SUCCEEDED}
-        left = report.table.row_count - len(report.failed_rows) - len(report.skipped) - len(done)
+        left = job.remaining()  # the number the page offered ("Send the remaining N rows")
         job.status, job.error, job.stopped, job.finished = to, "", "", ""
         job.planned_by = approval.asker()
         self._save(job)
         self._spawn(self._plan_rest(job, done))
-        return max(0, left)
+        return left
 
     async def _plan_rest(self, job: Job, done: Mapping[int, RowOutcome]) -> None:
         await self._plan(job)
@@ -826,12 +864,12 @@ class JobService:
             if job.status is not JobStatus.SENDING:
                 return
             self._summarise(job, report)
-            run = await engine.run_job(
+            run = await undo.runner(job)(
                 self.connection,
                 report,
                 job.input_options(),
                 dry_run=False,
-                journal_path=job.folder / "journal.sqlite",
+                journal_path=job.journal_path,
                 results=job.folder / "results.xlsx",
                 failed=job.folder / "failed.xlsx",
                 limiter=lane.limiter,
@@ -872,7 +910,7 @@ class JobService:
         """The account changed since the plan was shown: nothing was sent; show the new plan."""
         for name in ("results.xlsx", "failed.xlsx"):  # they say "not confirmed": not this job's result
             (job.folder / name).unlink(missing_ok=True)
-        journal = job.folder / "journal.sqlite"
+        journal = job.journal_path
         if not await in_background(journal_has_runs, journal):  # nothing was ever sent: still editable
             for suffix in ("", "-wal", "-shm"):
                 journal.with_name(journal.name + suffix).unlink(missing_ok=True)
@@ -896,6 +934,7 @@ class JobService:
             **views.snapshot(job),
             **approval.fields(job, self.require_approval),
             "scheduled_at": windows.scheduled_at(job),
+            **undo.fields(job),
         }
 
     async def approve(self, job: Job, user: people.User) -> None:

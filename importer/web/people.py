@@ -71,6 +71,7 @@ class Action(enum.StrEnum):
     START = "start a job"
     CANCEL = "cancel a job"
     APPROVE = "approve a plan"
+    UNDO = "undo an import"
     AUDIT = "read the audit records"
 
 
@@ -90,6 +91,7 @@ RULES: Mapping[Action, Rule] = {
     Action.START: Rule(Role.OPERATOR, own_only=True),
     Action.CANCEL: Rule(Role.OPERATOR, own_only=True),
     Action.APPROVE: Rule(Role.APPROVER),
+    Action.UNDO: Rule(Role.OPERATOR),  # a new job, like an upload: its own start is its maker's
     Action.AUDIT: Rule(Role.APPROVER),
 }
 """The role table: the one answer to "who may do this"."""
@@ -266,6 +268,7 @@ _VERBS: Mapping[str | None, Action] = {
     "send": Action.START,  # the page's Send button
     "cancel": Action.CANCEL,
     "approve": Action.APPROVE,
+    "rollback": Action.UNDO,
 }
 UNLISTED = Action.START
 """A state-changing request this table does not know: held to the strictest operator rule
@@ -283,6 +286,8 @@ def action_of(method: str, path: str) -> tuple[Action | None, str | None]:
         return None, None
     if path in ("/api/jobs", "/upload"):
         return Action.UPLOAD, None
+    if path in ("/api/exports", "/exports"):  # "Download current routing" only reads: a view
+        return Action.VIEW, None
     match = _JOB_PATH.fullmatch(path)
     if match is None:
         return UNLISTED, None

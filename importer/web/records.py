@@ -116,6 +116,15 @@ class Job:
     """Who approved which plan, when: ``by``, ``at``, ``fingerprint`` ({}: none)."""
     schedule: dict[str, Any] = field(default_factory=dict)
     """A change window (``web.windows``): ``at`` (UTC), ``by``, the plan's ``fingerprint`` and ``writes``."""
+    mapped_from: dict[str, str] = field(default_factory=dict)
+    """The earlier job whose mapping this upload took (``web.mappings``): ``job``, ``file``; {} once
+    the user maps the columns themselves, or when nothing was remembered."""
+    kind: str = "import"
+    """``import`` (an upload), or ``rollback`` (``web.undo``: it puts back what ``undoes`` changed)."""
+    undoes: str = ""
+    """A rollback job's original job."""
+    undone_by: str = ""
+    """An import's latest rollback job (a cancelled or failed one may be followed by another)."""
     # -- runtime only --
     report: ValidationReport | None = None
     shown: Plan | None = None
@@ -146,12 +155,40 @@ class Job:
         *("uploaded_by", "client", "rows", "counts", "problems", "progress", "plan", "budget", "stopped"),
         *("columns", "mapping", "source", "finished", "header_row", "planned", "notes"),
         *("encoding", "skip_hidden_rows", "ignore_columns", "on_existing", "max_error_rate"),
-        *("sheets", "sheet_list", "planned_by", "approval", "schedule"),
+        *("sheets", "sheet_list", "planned_by", "approval", "schedule", "mapped_from"),
+        *("kind", "undoes", "undone_by"),
     )
 
     @property
     def input_path(self) -> Path:
         return self.folder / "input" / self.upload
+
+    @property
+    def journal_path(self) -> Path:
+        """The engine's journal of this job's sends; it exists once a send began."""
+        return self.folder / "journal.sqlite"
+
+    def sent_something(self) -> bool:
+        """A send began (its journal exists): options are fixed, a failure retries or resumes."""
+        return self.journal_path.exists()
+
+    def resumable(self) -> bool:
+        """A send that ended early: cancelled, or failed while sending; the rest can still be sent.
+
+        Never a rollback job (``web.undo``): a new rollback of its import covers what is left."""
+        return self.kind != "rollback" and (
+            self.status is JobStatus.CANCELLED or (self.status is JobStatus.FAILED and self.sent_something())
+        )
+
+    def remaining(self) -> int:
+        """Valid rows a cancelled or stopped send left to do (not done, not left out), from the counts.
+
+        Rows that failed validation stay failed until corrected; a valid row that failed or was not
+        sent is still to do: ``JobService.resume`` plans it again against the live state. The page's
+        "Send the remaining N rows" and the API's ``remaining`` are this one number.
+        """
+        invalid = self.rows - self.counts.get("valid", self.rows)
+        return max(0, self.counts.get("not_sent", 0) + self.counts.get("failed", 0) - invalid)
 
     def input_options(self) -> InputOptions:
         return InputOptions(

@@ -59,6 +59,7 @@ def snapshot(job: Job) -> dict[str, Any]:
         "source": job.source,
         "columns": job.columns,
         "mapping": job.mapping,
+        "mapped_from": job.mapped_from or None,
         "edits": len(job.edits),
     }
 

@@ -15,6 +15,8 @@ Routes (behind the same ``security.Guard`` as the API; forms post to the same or
     POST /jobs/{id}/approve            approve the plan shown (``approval``: four eyes)
     POST /jobs/{id}/resume             a cancelled or stopped job: plan the rows left, then the plan
     GET  /jobs/{id}/results            per-row outcomes and the downloads
+    POST /jobs/{id}/rollback           "Undo this import": a rollback job (``web.undo``), planned
+    POST /exports                      "Download current routing" (``web.exports``) -> the jobs page
     GET  /static/...                   css, the page's script, htmx (vendored, with its licence)
 
 Every page is whole HTML: htmx only fetches the same pages and swaps a part of them, so
@@ -72,5 +74,7 @@ def page_routes(service: JobService, upload: Handler) -> list[BaseRoute]:
         Route("/jobs/{job_id}/approve", on_job(send.approve), methods=["POST"]),
         Route("/jobs/{job_id}/resume", on_job(plan.resume_post), methods=["POST"]),
         Route("/jobs/{job_id}/results", on_job(results.results), methods=["GET"]),
+        Route("/jobs/{job_id}/rollback", on_job(results.undo_post), methods=["POST"]),
+        Route("/exports", partial(upload_page.export_post, ctx), methods=["POST"]),
         Mount("/static", StaticFiles(packages=[("importer.web", "static")]), name="static"),
     ]

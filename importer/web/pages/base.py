@@ -16,6 +16,7 @@ from importer.model import RowIssue
 from importer.options import human_duration
 from importer.web import people
 from importer.web.jobs import Job, JobError, JobService, JobStatus
+from importer.web.undo import ROLLBACK
 
 PAGE_SIZE = 50
 """Rows per page of a table: the server pages, so 10 rows or a million weigh the same."""
@@ -71,6 +72,8 @@ def sent(job: Job) -> bool:
 
 def step_of(job: Job) -> str:
     """The step a job is at, for ``/jobs/{id}``."""
+    if job.kind == ROLLBACK and job.status is JobStatus.VALIDATED:
+        return "plan"  # a rollback has no file to map or check: its rows come with its plan
     if unread(job):
         return "columns"
     if job.status in (JobStatus.PLANNING, JobStatus.PLANNED):
@@ -80,21 +83,6 @@ def step_of(job: Job) -> str:
     if job.status in (JobStatus.DONE, JobStatus.CANCELLED, JobStatus.FAILED):
         return "results"
     return "check"
-
-
-def remaining(job: Job) -> int:
-    """Rows a cancelled or stopped send left to do: valid, not done, not left out (its counts).
-
-    Rows that failed validation stay failed until corrected; a valid row that failed or was not
-    sent is still to do (``JobService.resume`` plans it again against the live state).
-    """
-    invalid = job.rows - job.counts.get("valid", job.rows)
-    return max(0, job.counts.get("not_sent", 0) + job.counts.get("failed", 0) - invalid)
-
-
-def resumable(job: Job) -> bool:
-    """A send that ended early: cancelled, or failed while sending; what is left can still be sent."""
-    return job.status is JobStatus.CANCELLED or (job.status is JobStatus.FAILED and bool(job.finished))
 
 
 def _open_steps(job: Job) -> set[str]:
@@ -127,7 +115,6 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     templates.globals.update(steps=STEPS, duration=_duration, kind_label=words.issue_label)
-    templates.globals.update(remaining=remaining, resumable=resumable)
     # Who is signed in and what their role allows (web.people): pages offer only what they may do.
     templates.globals.update(may=people.may, refusal=people.refusal, me=people.named_user)
     templates.filters["words"] = web_words
