@@ -100,9 +100,13 @@ def test_edits_set_replace_fill_and_undo_a_bulk_operation(web: Web, tmp_path: Pa
     listed = web.client.get(f"/api/jobs/{job_id}/edits").json()["edits"]
     assert [e["in_effect"] for e in listed] == [True, False, False]
     assert undone["job"]["edits"] == 1
-    # the single-row PATCH is a set, undoable too
-    assert web.client.patch(f"/api/jobs/{job_id}/rows/12", json={"Status": "active"}).status_code == 200
+    # the single-row PATCH is one set of its cells, undone as a whole
+    fixed = {"Status": "active", "Outbound Mode": "4"}
+    assert web.client.patch(f"/api/jobs/{job_id}/rows/12", json=fixed).status_code == 200
     assert _row(web, job_id, 12)["values"][7] == "active"
+    patched = web.client.get(f"/api/jobs/{job_id}/edits").json()["edits"][-1]
+    assert patched["cells"] == 2 and patched["in_effect"]  # both cells, one operation
+    assert len(web.client.get(f"/api/jobs/{job_id}/edits").json()["edits"]) == 4
     _op(web, job_id, op="undo")
     assert _row(web, job_id, 12)["values"][7] == "Actve"
     assert web.client.post(f"/api/jobs/{job_id}/edits", json={"op": "explode"}).status_code == 409

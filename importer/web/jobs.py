@@ -571,8 +571,8 @@ class JobService:
         """Correct cells of one row and validate again; the upload is never changed.
 
         A cell is named by its header text, the field it maps to, or its column's position (the
-        page's form: headers can repeat or be blank). Each changed cell is one ``set``
-        operation (``apply_op``), undoable.
+        page's form: headers can repeat or be blank). The row's changed cells are one ``set``
+        operation (``apply_op``), undone as a whole.
 
         Raises:
             JobError: the job is not editable now, or a column or row is unknown.
@@ -581,8 +581,8 @@ class JobService:
         report = await self.report(job)
         if row not in report.table.frame.index:
             raise LookupError(f"row {row} is not a data row of this file")
-        bodies = [{"op": "set", "row": row, "column": c, "value": v} for c, v in changes.items()]
-        await self.apply_op(job, bodies, who=who, quiet=True)
+        cells = [{"row": row, "column": c, "value": v} for c, v in changes.items()]
+        await self.apply_op(job, [{"op": "set", "cells": cells}] if cells else [], who=who, quiet=True)
 
     async def apply_op(
         self, job: Job, bodies: Sequence[Mapping[str, Any]], *, who: str, quiet: bool = False
