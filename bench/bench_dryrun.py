@@ -24,6 +24,8 @@ Per command it takes the wall time (start to exit, as the user waits) and the im
 CPU (user + system of the child, every thread; ``os.wait4``); for the dry run also the sandbox
 process's CPU over the same span (``/proc``: the server's side, which the real API pays) and the
 requests it received. The goal is judged on the wall medians: dry run / validate at most 1.6.
+``--code before=PATH,after=PATH`` times several source trees in turn (each command run with
+``PYTHONPATH`` set to the tree), so a change is measured against its base under the same load.
 The exit code is 0 when every ratio meets it. It is not a test: it is outside ``tests/`` and its
 name does not match ``test_*.py``.
 """
@@ -90,11 +92,13 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timed(args: list[str], env: dict[str, str], server: int | None) -> tuple[Timing, int, str]:
-    """Run one CLI command to its end; return its timing, exit code and output."""
+def timed(args: list[str], env: dict[str, str], server: int | None, cwd: Path) -> tuple[Timing, int, str]:
+    """Run one CLI command in ``cwd`` to its end; return its timing, exit code and output."""
     server_before = _proc_cpu(server) if server is not None else 0.0
     started = time.perf_counter()
-    child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    child = subprocess.Popen(
+        args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert child.stdout is not None
     output = child.stdout.read()  # until the child closes it, i.e. exits
     _, status, usage = os.wait4(child.pid, 0)
@@ -134,6 +138,36 @@ def _median(times: list[Timing], part: str) -> float:
     return statistics.median(getattr(t, part) for t in times)
 
 
+def _trees(text: str) -> dict[str, Path]:
+    """``--code`` as names and source trees: "branch=.,main=/tmp/main" (a bare path is named by itself)."""
+    out: dict[str, Path] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, path = item.rpartition("=")
+        tree = Path(path).resolve()
+        if not (tree / "importer" / "__init__.py").is_file():
+            raise SystemExit(f"--code {item}: {tree} holds no importer/ package")
+        out[name or path] = tree
+    return out
+
+
+def _commands(sheet: Path, folder: Path, tag: str) -> tuple[list[str], list[str]]:
+    """The validate and dry-run command lines for ``sheet``, their outputs in ``folder``."""
+    validate = [*CLI, "validate", str(sheet), "--force", "-o", str(folder / f"v{tag}.results.xlsx")]
+    validate += ["--failed-out", str(folder / f"v{tag}.failed.xlsx")]
+    dry = [
+        *CLI,
+        "run",
+        str(sheet),
+        "--dry-run",
+        "--quiet",
+        "--force",
+        "-o",
+        str(folder / f"d{tag}.results.xlsx"),
+    ]
+    dry += ["--failed-out", str(folder / f"d{tag}.failed.xlsx"), "--journal", str(folder / f"d{tag}.sqlite")]
+    return validate, [*dry, "--requests-per-minute", str(RATE)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000, help="data rows in the generated file")
@@ -141,8 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unknown", default="0,0.2", help="shares of unknown numbers, comma-separated")
     parser.add_argument("--repeat", type=int, default=3, help="measured runs of each kind (medians)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--code",
+        default=str(BENCH_DIR.parent),
+        help="source trees to time, NAME=PATH comma-separated (e.g. before=/tmp/main,after=.), "
+        "taken in turn in each repetition; default this one",
+    )
     args = parser.parse_args(argv)
     dids = args.dids or args.rows
+    trees = _trees(args.code)
     print(
         f"{args.rows:,} rows (CSV), {dids:,} DIDs (sync lists every one), {args.repeat} runs each (medians); "
         f"load average {_load()}"
@@ -153,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{GOAL}); cpu = the\nimporter process (user + system); server cpu = the sandbox's during the dry "
         "run; reads = its requests"
     )
+    for name, tree in trees.items():
+        print(f"code {name}: {tree}")
     header = (
-        f"{'unknown':>8} {'validate s':>11} {'dry run s':>10} {'ratio':>6} {'goal':>5}  result "
+        f"{'unknown':>8} {'code':>8} {'validate s':>11} {'dry run s':>10} {'ratio':>6} {'goal':>5}  result "
         f"{'cpu v':>6} {'cpu d':>6} {'cpu ratio':>9} {'server cpu':>10} {'reads':>6} {'at 60/min':>10}"
     )
     print(header)
@@ -172,58 +215,51 @@ def main(argv: list[str] | None = None) -> int:
                 sheet = folder / f"sheet_{share:g}.csv"
                 chosen, strangers = picks(args.rows, dids, share, args.seed)
                 write_sheet(sheet, chosen)
-                validate_cmd = [*CLI, "validate", str(sheet), "--force"]
-                validate_cmd += [
-                    "-o",
-                    str(folder / "v.results.xlsx"),
-                    "--failed-out",
-                    str(folder / "v.failed.xlsx"),
-                ]
-                dry_cmd = [*CLI, "run", str(sheet), "--dry-run", "--quiet", "--force"]
-                dry_cmd += [
-                    "-o",
-                    str(folder / "d.results.xlsx"),
-                    "--failed-out",
-                    str(folder / "d.failed.xlsx"),
-                ]
-                dry_cmd += ["--journal", str(folder / "d.journal.sqlite"), "--requests-per-minute", str(RATE)]
-                validate: list[Timing] = []
-                dry: list[Timing] = []
-                reads = 0
+                validate: dict[str, list[Timing]] = {name: [] for name in trees}
+                dry: dict[str, list[Timing]] = {name: [] for name in trees}
+                reads: dict[str, int] = {}
                 for n in range(args.repeat):
-                    timing, code, output = timed(validate_cmd, env, None)
-                    if code != 0:
-                        raise SystemExit(f"validate exited {code}:\n{output}")
-                    validate.append(timing)
-                    before = request_count(state_url)
-                    timing, code, output = timed(dry_cmd, env, server.pid)
-                    reads = request_count(state_url) - before
-                    found = _FAILED.search(output)
-                    failed = int(found.group(1)) if found else 0
-                    if failed != strangers or code not in (0, 1):  # exactly the unknown rows fail
-                        raise SystemExit(
-                            f"the dry run (exit {code}) failed {failed} rows, not {strangers}:\n{output}"
+                    for k, (name, tree) in enumerate(trees.items()):
+                        # `python -m` puts the working folder first on the path, then PYTHONPATH:
+                        # the tree's importer is found before the installed one.
+                        tree_env = {**env, "PYTHONPATH": str(tree)}
+                        validate_cmd, dry_cmd = _commands(sheet, folder, str(k))
+                        timing, code, output = timed(validate_cmd, tree_env, None, tree)
+                        if code != 0:
+                            raise SystemExit(f"validate ({name}) exited {code}:\n{output}")
+                        validate[name].append(timing)
+                        before = request_count(state_url)
+                        timing, code, output = timed(dry_cmd, tree_env, server.pid, tree)
+                        reads[name] = request_count(state_url) - before
+                        found = _FAILED.search(output)
+                        failed = int(found.group(1)) if found else 0
+                        if failed != strangers or code not in (0, 1):  # exactly the unknown rows fail
+                            what = f"the dry run ({name}, exit {code}) failed {failed} rows, not {strangers}"
+                            raise SystemExit(f"{what}:\n{output}")
+                        dry[name].append(timing)
+                        v = validate[name][-1]
+                        print(
+                            f"  {share:g} {name} run {n + 1}: validate {v.wall:.1f} s, "
+                            f"dry run {timing.wall:.1f} s "
+                            f"(cpu {v.cpu:.1f} / {timing.cpu:.1f} s, server {timing.server_cpu:.1f} s), "
+                            f"load average {_load()}",
+                            file=sys.stderr,
+                            flush=True,
                         )
-                    dry.append(timing)
-                    v = validate[-1]
+                for name in trees:
+                    wall_v, wall_d = _median(validate[name], "wall"), _median(dry[name], "wall")
+                    cpu_v, cpu_d = _median(validate[name], "cpu"), _median(dry[name], "cpu")
+                    ratio = wall_d / wall_v
+                    passed = ratio <= GOAL
+                    ok &= passed
                     print(
-                        f"  {share:g} run {n + 1}: validate {v.wall:.1f} s, dry run {timing.wall:.1f} s "
-                        f"(cpu {v.cpu:.1f} / {timing.cpu:.1f} s, server {timing.server_cpu:.1f} s), "
-                        f"load average {_load()}",
-                        file=sys.stderr,
+                        f"{share:>8.0%} {name:>8} {wall_v:>11.1f} {wall_d:>10.1f} {ratio:>6.2f} {GOAL:>5} "
+                        f"{'PASS' if passed else 'MISS':>7} {cpu_v:>6.1f} {cpu_d:>6.1f} "
+                        f"{cpu_d / cpu_v:>9.2f} "
+                        f"{_median(dry[name], 'server_cpu'):>10.1f} {reads[name]:>6,} "
+                        f"{human_duration(reads[name]):>10}",
                         flush=True,
                     )
-                wall_v, wall_d = _median(validate, "wall"), _median(dry, "wall")
-                cpu_v, cpu_d = _median(validate, "cpu"), _median(dry, "cpu")
-                ratio = wall_d / wall_v
-                passed = ratio <= GOAL
-                ok &= passed
-                print(
-                    f"{share:>8.0%} {wall_v:>11.1f} {wall_d:>10.1f} {ratio:>6.2f} {GOAL:>5} "
-                    f"{'PASS' if passed else 'MISS':>7} {cpu_v:>6.1f} {cpu_d:>6.1f} {cpu_d / cpu_v:>9.2f} "
-                    f"{_median(dry, 'server_cpu'):>10.1f} {reads:>6,} {human_duration(reads):>10}",
-                    flush=True,
-                )
         finally:
             server.terminate()
             server.wait(30)
