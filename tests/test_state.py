@@ -303,6 +303,34 @@ def test_read_state_full_sync_and_a_total_prove_unknown_numbers_absent_in_one_pa
     assert not any(did_number(5000 + k) in inventory.dids_by_number for k in range(60))
 
 
+def test_read_state_full_sync_settles_a_few_unknown_numbers_with_one_page_not_a_search_each(
+    tmp_path: Path,
+) -> None:
+    """5 numbers sync did not name, against 10 pages: page 1's total proves all 5 absent in one
+    read (it was 5 searches: a second each at the API's rate)."""
+    sandbox = _sandbox(tmp_path, 1000)
+    transport = _Queries(sandbox)
+    _inventory, report = _state(transport, [_row(5000 + k) for k in range(5)] + [_row(3)])
+    assert transport.pages == ["1"] and transport.searches == []
+    assert report == ReadReport(syncs=1, did_pages=1, unresolved=5, did_list_pages=10)
+
+
+def test_read_state_full_sync_searches_when_page_1_cannot_prove_absence(tmp_path: Path) -> None:
+    """Sync left out 3 DIDs of the account: page 1 (its total) cannot settle them, so each is
+    searched, one read more than searching at once."""
+    sandbox = _sandbox(tmp_path, 1000)
+    gone = {did_number(k) for k in (300, 500, 700)}
+
+    def drop(data: dict[str, Any]) -> None:
+        data["dids"] = [d for d in data["dids"] if str(d["did_number"]) not in gone]
+
+    transport = _Queries(sandbox, edit_sync=drop)
+    inventory, report = _state(transport, [_row(300), _row(500), _row(700)])
+    assert transport.pages == ["1"] and sorted(transport.searches) == sorted(gone)
+    assert all(number in inventory.dids_by_number for number in gone)
+    assert report.did_pages == 1 and report.did_lookups == 3
+
+
 def test_read_state_pages_on_when_sync_missed_a_did_until_the_total_is_reached(tmp_path: Path) -> None:
     """Sync left out DID 750 (page 8): 999 known of 1,000 proves nothing, so pages are read until
     page 8 brings it; then every DID is known and pages 9 and 10 are not read."""

@@ -22,7 +22,8 @@ that sync already named every DID: when the DIDs known (sync's, the routed ones,
 are as many as the list holds, they are the whole list, and a number none of them has is not
 the account's. Then no further page or search is read for it: 20,000 numbers a 100,000-DID
 account does not own cost one page, not all 1,000. Without a total, or with a count that
-disagrees, the pages are read as before.
+disagrees, the pages are read as before. So after a sync that named DIDs, two or more numbers
+it did not name read page 1 first (one read that may settle them all) instead of a search each.
 """
 
 from __future__ import annotations
@@ -277,15 +278,22 @@ class _Reader:
         """Read pages from ``start`` until the last one, or until ``done()``."""
         await walk_pages(self.page, path=DIDS_PATH, max_pages=self.client.max_pages, start=start, until=done)
 
-    async def find(self, numbers: set[str], ids: set[int]) -> None:
-        """Read just the DIDs not known yet (``_missing``'s numbers and ids), the cheaper way."""
+    async def find(self, numbers: set[str], ids: set[int], *, sync_listed: bool = False) -> None:
+        """Read just the DIDs not known yet (``_missing``'s numbers and ids), the cheaper way.
+
+        ``sync_listed``: sync's ``dids[]`` named DIDs, so page 1's total may prove the rest absent.
+        """
         self.numbers_left, self.ids_left = set(numbers), set(ids)
         if self.all_found():
             return
         # Every DID known so far is on some page, so the list has at least this many pages.
         at_least = math.ceil(len(self.index) / DID_PAGE_SIZE)
         few = not self.ids_left and len(self.numbers_left) <= at_least
-        if few and not await self.lookup(sorted(self.numbers_left)):
+        # After a sync that named DIDs, the missing numbers are most likely not the account's
+        # (typos, numbers given up): page 1 may prove that for all of them in one read, where a
+        # search each costs a read each. One number costs one read either way: search it.
+        probe = sync_listed and len(self.numbers_left) + len(self.ids_left) > 1
+        if few and not probe and not await self.lookup(sorted(self.numbers_left)):
             return
         stop = await self.page(1)
         if stop or self.done():
@@ -329,7 +337,7 @@ async def read_state(
         bot_reads = client.request_count - before
     numbers, ids = _missing(rows, index)
     reader = _Reader(client, index, on_read)
-    await reader.find(numbers, ids)
+    await reader.find(numbers, ids, sync_listed=bool(sync.dids))
     return Inventory(
         dids_by_id=dict(index.by_id),
         dids_by_number=dict(index.by_number),
