@@ -21,7 +21,6 @@ It is not a test: it is outside ``tests/`` and its name does not match ``test_*.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import random
 import sys
@@ -36,7 +35,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))  # the tests' generated accounts (helpers.py)
 
-from helpers import desired_record, did_number, write_inventory  # noqa: E402
+from helpers import desired_record, write_inventory  # noqa: E402
+from sheets import write_sheet  # noqa: E402  (bench/: the file generator bench_dryrun shares)
 
 from importer.jobs.run import run_import  # noqa: E402  (the repository root goes on the path first)
 from importer.options import ImportConfig, InputOptions, human_duration  # noqa: E402
@@ -45,26 +45,6 @@ from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox  # n
 PAGE = 100
 """The DID list's page size the importer asks for (and the sandbox's cap)."""
 WRITE_PREFIX = "POST /voicelink/call-routing"
-COLUMNS = (
-    "did_number",
-    "for_inbound_call",
-    "inbound_websocket_bot_id",
-    "inbound_sip_trunk_id",
-    "for_outbound_call",
-    "outbound_websocket_bot_id",
-    "outbound_sip_trunk_id",
-    "status",
-)
-
-
-def write_sheet(path: Path, picks: list[int]) -> None:
-    """Rows for the DIDs ``picks`` (any of the inventory), each asking ``desired_record``."""
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        out = csv.writer(fh)
-        out.writerow(COLUMNS)
-        for i in picks:
-            record = desired_record(i)
-            out.writerow(["+" + did_number(i), *(record.get(c, "") for c in COLUMNS[1:])])
 
 
 @dataclass(frozen=True, slots=True)

@@ -290,6 +290,101 @@ def test_run_row_whose_did_is_not_on_the_account_costs_one_search(tmp_path: Path
     assert "918099999999 is not in this account's purchased DIDs" in failed[0]["import_reason"]
 
 
+def test_read_state_full_sync_and_a_total_prove_unknown_numbers_absent_in_one_page(tmp_path: Path) -> None:
+    """Sync named every DID and page 1 says the list holds that many: the 60 numbers none of them
+    has are not the account's, with no other page and no search (all 10 pages were read)."""
+    sandbox = _sandbox(tmp_path, 1000)
+    transport = _Queries(sandbox)
+    rows = [_row(5000 + k) for k in range(60)] + [_row(k) for k in range(0, 1000, 50)]
+    inventory, report = _state(transport, rows)
+    assert transport.pages == ["1"] and transport.searches == []
+    assert report == ReadReport(syncs=1, did_pages=1, unresolved=60, did_list_pages=10)
+    assert len(inventory.dids_by_id) == 1000
+    assert not any(did_number(5000 + k) in inventory.dids_by_number for k in range(60))
+
+
+def test_read_state_full_sync_settles_a_few_unknown_numbers_with_one_page_not_a_search_each(
+    tmp_path: Path,
+) -> None:
+    """5 numbers sync did not name, against 10 pages: page 1's total proves all 5 absent in one
+    read (it was 5 searches: a second each at the API's rate)."""
+    sandbox = _sandbox(tmp_path, 1000)
+    transport = _Queries(sandbox)
+    _inventory, report = _state(transport, [_row(5000 + k) for k in range(5)] + [_row(3)])
+    assert transport.pages == ["1"] and transport.searches == []
+    assert report == ReadReport(syncs=1, did_pages=1, unresolved=5, did_list_pages=10)
+
+
+def test_read_state_full_sync_searches_when_page_1_cannot_prove_absence(tmp_path: Path) -> None:
+    """Sync left out 3 DIDs of the account: page 1 (its total) cannot settle them, so each is
+    searched, one read more than searching at once."""
+    sandbox = _sandbox(tmp_path, 1000)
+    gone = {did_number(k) for k in (300, 500, 700)}
+
+    def drop(data: dict[str, Any]) -> None:
+        data["dids"] = [d for d in data["dids"] if str(d["did_number"]) not in gone]
+
+    transport = _Queries(sandbox, edit_sync=drop)
+    inventory, report = _state(transport, [_row(300), _row(500), _row(700)])
+    assert transport.pages == ["1"] and sorted(transport.searches) == sorted(gone)
+    assert all(number in inventory.dids_by_number for number in gone)
+    assert report.did_pages == 1 and report.did_lookups == 3
+
+
+def test_read_state_pages_on_when_sync_missed_a_did_until_the_total_is_reached(tmp_path: Path) -> None:
+    """Sync left out DID 750 (page 8): 999 known of 1,000 proves nothing, so pages are read until
+    page 8 brings it; then every DID is known and pages 9 and 10 are not read."""
+    sandbox = _sandbox(tmp_path, 1000)
+
+    def drop(data: dict[str, Any]) -> None:
+        data["dids"] = [d for d in data["dids"] if str(d["did_number"]) != did_number(750)]
+
+    transport = _Queries(sandbox, edit_sync=drop)
+    rows = [_row(5000 + k) for k in range(60)]
+    inventory, report = _state(transport, rows)
+    assert transport.pages == [str(p) for p in range(1, 9)] and transport.searches == []
+    assert report.did_pages == 8 and len(inventory.dids_by_id) == 1000
+
+
+def test_read_state_pages_every_page_when_the_list_reports_no_total(tmp_path: Path) -> None:
+    """Without ``total`` (the reference does not promise it) a complete sync cannot be proved: the
+    pages are read to the end, as before (an empty page 11 tells where it is)."""
+    sandbox = _sandbox(tmp_path, 1000)
+    inner = httpx.ASGITransport(app=sandbox.app)
+    pages: list[str] = []
+
+    class NoTotal(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await inner.handle_async_request(request)
+            if not request.url.path.endswith("/dids/purchased"):
+                return response
+            pages.append(request.url.params["page"])
+            payload = json.loads(await response.aread())
+            del payload["data"]["total"], payload["data"]["last_page"]
+            return httpx.Response(response.status_code, json=payload)
+
+    _inventory, report = _state(NoTotal(), [_row(5000 + k) for k in range(60)])
+    assert pages == [str(p) for p in range(1, 12)] and report.did_pages == 11
+
+
+def test_run_dry_run_of_many_unknown_numbers_reads_one_page_after_a_complete_sync(tmp_path: Path) -> None:
+    """A dry run whose file names 40 numbers the account lacks, counted by the sandbox: the
+    connections, one sync and one page of DIDs (all 10 pages before), and each unknown row fails."""
+    sandbox = _sandbox(tmp_path, 1000)
+    sheet = write_sheet(tmp_path / "sheet.csv", 60)
+    text = sheet.read_text(encoding="utf-8")
+    for k in range(40):
+        text = text.replace("+" + did_number(k) + ",", "+" + did_number(5000 + k) + ",")
+    sheet.write_text(text, encoding="utf-8")
+    config = _config(sheet, tmp_path, dry_run=True)
+    summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
+    assert _counts(sandbox) == {CONNECTIONS: 1, SYNC: 1, DIDS: 1}
+    assert summary.counts[Status.FAILED] == 40
+    failed = [r for r in read_results(summary.results_path) if r["import_status"] == "failed"]
+    assert len(failed) == 40
+    assert all("is not in this account's purchased DIDs" in r["import_reason"] for r in failed)
+
+
 def test_read_state_id_only_rows_page_since_ids_cannot_be_searched(tmp_path: Path) -> None:
     sandbox = _sandbox(tmp_path, 300, lean_sync=True)
     transport = _Queries(sandbox)
@@ -453,9 +548,10 @@ class _CountedRow:
 
 
 def test_read_state_looks_at_each_row_once_however_many_pages(tmp_path: Path) -> None:
-    """60 numbers the account lacks make it read all 10 pages; each row is looked at once in all,
-    not once per page (20,000 such rows against 1,000 pages took minutes), nor once per stage."""
-    sandbox = _sandbox(tmp_path, 1000)
+    """60 numbers the account lacks make it read all 10 pages (a lean sync names no DID, so nothing
+    proves them absent sooner); each row is looked at once in all, not once per page (20,000 such
+    rows against 1,000 pages took minutes), nor once per stage."""
+    sandbox = _sandbox(tmp_path, 1000, lean_sync=True)
     transport = _Queries(sandbox)
     rows = [_CountedRow(did_number(5000 + k)) for k in range(60)]
 
@@ -491,14 +587,15 @@ def test_read_state_checks_each_missing_number_once_not_once_per_page(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The page loop strikes off what each page's DIDs resolve; it does not check every number
-    still missing after every page (20,000 missing x 1,000 pages: 20 million checks)."""
-    sandbox = _sandbox(tmp_path, 1000)
+    still missing after every page (20,000 missing x 1,000 pages: 20 million checks). A lean sync,
+    so that every page is read."""
+    sandbox = _sandbox(tmp_path, 1000, lean_sync=True)
     transport = _Queries(sandbox)
     rows = [_row(5000 + k) for k in range(60)] + [_row(k) for k in range(0, 1000, 50)]
     monkeypatch.setattr(inventory_module, "DidIndex", _SpiedIndex)
     _CountedNumbers.checks = 0
     inventory, report = _state(transport, rows)
-    assert report == ReadReport(syncs=1, did_pages=10, unresolved=60, did_list_pages=10)
+    assert report == ReadReport(syncs=1, did_pages=10, bot_reads=1, unresolved=80, did_list_pages=10)
     assert transport.pages == [str(p) for p in range(1, 11)] and transport.searches == []
     assert [inventory.dids_by_number[did_number(k)].did_id for k in range(0, 1000, 50)] == [
         1000 + k for k in range(0, 1000, 50)

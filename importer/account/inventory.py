@@ -16,6 +16,14 @@ when the missing numbers are no more than that bound, searching is cheaper whate
 Otherwise the first page is read (it is the first of the pages if paging wins) and its count
 decides. A search that cannot prove absence (the server ignored ``search``, or the results run
 over a page) falls back to paging for that number.
+
+A page that reports the list's ``total`` (the reference does not promise one: §5) can prove
+that sync already named every DID: when the DIDs known (sync's, the routed ones, the pages')
+are as many as the list holds, they are the whole list, and a number none of them has is not
+the account's. Then no further page or search is read for it: 20,000 numbers a 100,000-DID
+account does not own cost one page, not all 1,000. Without a total, or with a count that
+disagrees, the pages are read as before. So after a sync that named DIDs, two or more numbers
+it did not name read page 1 first (one read that may settle them all) instead of a search each.
 """
 
 from __future__ import annotations
@@ -194,6 +202,8 @@ class _Reader:
         self.did_pages = 0
         self.did_lookups = 0
         self.list_pages: int | None = None
+        self.list_total: int | None = None
+        """The DID list's item count, when a page reported it."""
         self.paged: set[int] = set()
         """DID ids seen on the pages read (the index also holds DIDs sync named)."""
         self.numbers_left: set[str] = set()
@@ -210,6 +220,19 @@ class _Reader:
 
     def all_found(self) -> bool:
         return not self.numbers_left and not self.ids_left
+
+    def listed_all(self) -> bool:
+        """True when the DIDs known are the whole list: as many as its reported total.
+
+        Each DID known is one of the account's, so when they are as many as the list holds,
+        no page can bring another one. More known than the total (sync naming DIDs the list
+        leaves out) proves nothing: the pages are read.
+        """
+        return self.list_total is not None and len(self.index) == self.list_total
+
+    def done(self) -> bool:
+        """Nothing left to read: every number and id is found, or the rest are not the account's."""
+        return self.all_found() or self.listed_all()
 
     async def lookup(self, numbers: Sequence[str]) -> set[str]:
         """Search each number; return those whose search could not prove absence."""
@@ -243,6 +266,8 @@ class _Reader:
             self.did_pages += self.client.request_count - before
         if got.last_page is not None:
             self.list_pages = got.last_page
+        if got.total is not None:
+            self.list_total = got.total
         self.learn(got.dids)
         fresh = {d.did_id for d in got.dids} - self.paged
         self.paged |= fresh
@@ -253,25 +278,32 @@ class _Reader:
         """Read pages from ``start`` until the last one, or until ``done()``."""
         await walk_pages(self.page, path=DIDS_PATH, max_pages=self.client.max_pages, start=start, until=done)
 
-    async def find(self, numbers: set[str], ids: set[int]) -> None:
-        """Read just the DIDs not known yet (``_missing``'s numbers and ids), the cheaper way."""
+    async def find(self, numbers: set[str], ids: set[int], *, sync_listed: bool = False) -> None:
+        """Read just the DIDs not known yet (``_missing``'s numbers and ids), the cheaper way.
+
+        ``sync_listed``: sync's ``dids[]`` named DIDs, so page 1's total may prove the rest absent.
+        """
         self.numbers_left, self.ids_left = set(numbers), set(ids)
         if self.all_found():
             return
         # Every DID known so far is on some page, so the list has at least this many pages.
         at_least = math.ceil(len(self.index) / DID_PAGE_SIZE)
         few = not self.ids_left and len(self.numbers_left) <= at_least
-        if few and not await self.lookup(sorted(self.numbers_left)):
+        # After a sync that named DIDs, the missing numbers are most likely not the account's
+        # (typos, numbers given up): page 1 may prove that for all of them in one read, where a
+        # search each costs a read each. One number costs one read either way: search it.
+        probe = sync_listed and len(self.numbers_left) + len(self.ids_left) > 1
+        if few and not probe and not await self.lookup(sorted(self.numbers_left)):
             return
         stop = await self.page(1)
-        if stop or self.all_found():
+        if stop or self.done():
             return
         pages = self.list_pages
         left = len(self.numbers_left)
         cheaper = not self.ids_left and not self.did_lookups and pages is not None and left < pages - 1
         if cheaper and not await self.lookup(sorted(self.numbers_left)):
             return
-        await self.pages_until(self.all_found, start=2)
+        await self.pages_until(self.done, start=2)
 
 
 async def read_state(
@@ -305,7 +337,7 @@ async def read_state(
         bot_reads = client.request_count - before
     numbers, ids = _missing(rows, index)
     reader = _Reader(client, index, on_read)
-    await reader.find(numbers, ids)
+    await reader.find(numbers, ids, sync_listed=bool(sync.dids))
     return Inventory(
         dids_by_id=dict(index.by_id),
         dids_by_number=dict(index.by_number),

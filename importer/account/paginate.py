@@ -38,6 +38,8 @@ class Page:
     """The list's page count from the metadata (``last_page``, else ``total``/``per_page``)."""
     last: bool
     """True when no page follows this one."""
+    total: int | None = None
+    """The list's item count, when the metadata reports it (``total``)."""
 
 
 async def read_page(client: VoiceLinkClient, path: str, page: int, per_page: int) -> Page:
@@ -70,7 +72,8 @@ async def read_page(client: VoiceLinkClient, path: str, page: int, per_page: int
         # Shorter: the last page. Longer: the server ignored per_page and sent everything.
         or (last_page is None and len(items) != size)
     )
-    return Page(page, tuple(objects(items, f"GET /{path} page {page}", client.warnings)), last_page, last)
+    items_here = tuple(objects(items, f"GET /{path} page {page}", client.warnings))
+    return Page(page, items_here, last_page, last, total if total is not None and total >= 0 else None)
 
 
 async def walk_pages(
@@ -104,7 +107,8 @@ async def read_did_page(client: VoiceLinkClient, page: int, per_page: int = DID_
     """Read one page of the purchased DIDs; its metadata tells how many pages there are.
 
     Returns:
-        The page's DIDs (items without a usable id skipped with a warning) and whether it is the last.
+        The page's DIDs (items without a usable id skipped with a warning), whether it is the
+        last, and the list's DID count when the server reports it.
     """
     got = await read_page(client, DIDS_PATH, page, per_page)
     where = f"GET /{DIDS_PATH} page {page}"
@@ -113,7 +117,7 @@ async def read_did_page(client: VoiceLinkClient, page: int, per_page: int = DID_
         for item in got.items
         if (did := decode_did(item, where, client.warnings, need_number=False)) is not None
     )
-    return DidPage(page, dids, got.last_page, got.last)
+    return DidPage(page, dids, got.last_page, got.last, got.total)
 
 
 async def read_bots(client: VoiceLinkClient) -> list[Bot]:

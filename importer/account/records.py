@@ -97,6 +97,8 @@ class DidPage:
     """The list's page count from the pagination metadata (``last_page``, else ``total``/``per_page``)."""
     last: bool
     """True when no page follows this one."""
+    total: int | None = None
+    """How many DIDs the whole list holds, when the metadata reports it (``total``)."""
 
 
 @dataclass(frozen=True, slots=True)
