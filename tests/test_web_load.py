@@ -21,7 +21,7 @@ import pytest
 from helpers import cut_off_upload, wait_for_job, web_connection, write_inventory, write_sheet
 
 from importer.sandbox import Sandbox, SandboxConfig
-from importer.web import edits, engine, jobs, lifecycle, records
+from importer.web import edits, engine, lifecycle, records, tables
 from importer.web.jobs import Job
 from importer.web.lifecycle import JobStatus, Step
 from importer.web.server import ServeSettings, running_server
@@ -118,8 +118,8 @@ def test_web_restart_queues_unfinished_validations_at_most_workers_at_once(
     sandbox = Sandbox(SandboxConfig(inventory=write_inventory(tmp_path / "inventory.json", 50)))
     data = tmp_path / "data"
     ids = _left_validating(data, write_sheet(tmp_path / "sheet.csv", 50), 12)
-    spy = _Spy(jobs._read_and_check)
-    monkeypatch.setattr(jobs, "_read_and_check", spy)
+    spy = _Spy(tables._read_and_check)
+    monkeypatch.setattr(tables, "_read_and_check", spy)
     with _serving(_settings(data, sandbox, workers=2)) as client:
         deadline = time.monotonic() + 10
         while spy.inside < 2 and time.monotonic() < deadline:

@@ -23,9 +23,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 
-from importer.web.approval import refusal
 from importer.web.lifecycle import JobError, JobStatus, Step, next_status
-from importer.web.records import PLAN_AGAIN
+from importer.web.sending import check_plan_shown
 
 if TYPE_CHECKING:
     from importer.web.jobs import JobService
@@ -111,14 +110,7 @@ class Scheduler:
         """
         service = self.service
         to = next_status(job.status, Step.SCHEDULE, job.busy)
-        if not job.planned:
-            raise JobError(f"the job has no plan to send: {PLAN_AGAIN}")
-        if job.planned.get("inputs") != job.inputs_fingerprint():
-            raise JobError(f"the file, its corrections or its options changed since the plan: {PLAN_AGAIN}")
-        if why := refusal(job, service.require_approval):
-            raise JobError(why)
-        if service.closing.is_set():
-            raise JobError("the server is shutting down")
+        check_plan_shown(job, service.require_approval, service.closing)
         job.schedule = {
             "at": utc_text(moment),
             "by": who,
