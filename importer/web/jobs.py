@@ -46,7 +46,7 @@ from importer.web.engine import Connection
 from importer.web.exports import ExportService
 from importer.web.lifecycle import JobError, JobStatus, Step, next_status
 from importer.web.mappings import MappingMemory
-from importer.web.records import JOB_ID, PLAN_AGAIN, Job, JobDamaged, damaged_entry, safe_name
+from importer.web.records import JOB_ID, Job, JobDamaged, damaged_entry, safe_name
 from importer.web.sending import Lane
 from importer.web.store import JobStore
 from importer.web.work import DEFAULT_WORKERS, WorkQueue, in_background
@@ -288,11 +288,8 @@ class JobService:
             JobError: the job is not editable now, or a column or row is unknown.
         """
         next_status(job.status, Step.EDIT, job.busy)
-        report = await self.report(job)
-        if row not in report.table.frame.index:
-            raise LookupError(f"row {row} is not a data row of this file")
-        cells = [{"row": row, "column": c, "value": v} for c, v in changes.items()]
-        await self.apply_op(job, [{"op": "set", "cells": cells}] if cells else [], who=who, quiet=True)
+        bodies = tables.row_set(await self.report(job), row, changes)
+        await self.apply_op(job, bodies, who=who, quiet=True)
 
     async def apply_op(
         self, job: Job, bodies: Sequence[Mapping[str, Any]], *, who: str, quiet: bool = False
@@ -326,16 +323,10 @@ class JobService:
     async def plan(self, job: Job) -> None:
         """Run the dry run against the live state (in the background).
 
-        A failed job plans again only if it was validated and sent nothing (e.g. a scheduled send
-        whose plan changed): one that stopped while sending retries or sends the rest instead.
+        Raises:
+            JobError: the job cannot plan now (``sending.check_plannable`` says why).
         """
-        if job.status is JobStatus.FAILED:
-            if "valid" not in job.counts:
-                raise JobError(
-                    "the job failed before its rows were checked: change its options to read it again"
-                )
-            if job.sent_something():
-                raise JobError("the job stopped while sending: start it again or send the rest")
+        sending.check_plannable(job)
         job.status, job.error = next_status(job.status, Step.PLAN, job.busy), ""
         job.finished = ""
         job.planned_by = approval.asker()
@@ -384,16 +375,8 @@ class JobService:
         return lane
 
     async def start(self, job: Job) -> None:
-        """Queue the job for sending on its key's lane."""
-        # A job that failed while sending (key rejected, API unreachable) may start again: the
-        # engine resumes it from its journal, so nothing confirmed is sent twice.
-        # Only the plan shown is sent: from ``planned``, while its inputs are what they were.
-        retry = job.status is JobStatus.FAILED and job.sent_something()
-        to = Step.RETRY if retry else Step.START
-        if job.busy:
-            next_status(job.status, to, job.busy)  # refused, saying what the job is busy with
-        if job.status not in (JobStatus.PLANNED, JobStatus.SCHEDULED) and not retry:
-            raise JobError(f"the job is {job.status.value} and has no plan to send: {PLAN_AGAIN}")
+        """Queue the job for sending on its key's lane: the plan shown, or a retry of a failed send."""
+        to = sending.start_step(job)
         sending.check_plan_shown(job, self.require_approval, self.closing)
         job.status, job.error = next_status(job.status, to, job.busy), ""
         job.resuming = False

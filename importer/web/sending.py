@@ -72,6 +72,38 @@ async def settle(lanes: Iterable[Lane], timeout: float) -> list[asyncio.Task[Non
     return tasks
 
 
+def check_plannable(job: Job) -> None:
+    """A failed job plans again only if it was validated and sent nothing (e.g. a scheduled send
+    whose plan changed): one that stopped while sending retries or sends the rest instead.
+
+    Raises:
+        JobError: the job failed before its rows were checked, or while sending.
+    """
+    if job.status is JobStatus.FAILED:
+        if "valid" not in job.counts:
+            raise JobError("the job failed before its rows were checked: change its options to read it again")
+        if job.sent_something():
+            raise JobError("the job stopped while sending: start it again or send the rest")
+
+
+def start_step(job: Job) -> Step:
+    """The step a start takes: a send of the plan shown, or a retry of a send that failed.
+
+    Raises:
+        JobError: the job is busy, or has no plan to send.
+    """
+    # A job that failed while sending (key rejected, API unreachable) may start again: the
+    # engine resumes it from its journal, so nothing confirmed is sent twice.
+    # Only the plan shown is sent: from ``planned``, while its inputs are what they were.
+    retry = job.status is JobStatus.FAILED and job.sent_something()
+    to = Step.RETRY if retry else Step.START
+    if job.busy:
+        next_status(job.status, to, job.busy)  # refused, saying what the job is busy with
+    if job.status not in (JobStatus.PLANNED, JobStatus.SCHEDULED) and not retry:
+        raise JobError(f"the job is {job.status.value} and has no plan to send: {PLAN_AGAIN}")
+    return to
+
+
 def check_plan_shown(job: Job, require_approval: bool, closing: asyncio.Event) -> None:
     """Refuse to send (now or at a scheduled time) anything but the plan shown, as it was approved.
 

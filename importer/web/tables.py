@@ -154,6 +154,20 @@ def not_validated(job: Job, exc: Exception) -> None:
     job.status, job.report = next_status(job.status, Step.FAIL), None
 
 
+def row_set(
+    report: ValidationReport, row: int, changes: Mapping[str, str] | Mapping[int, str]
+) -> list[dict[str, Any]]:
+    """One row's changed cells as one ``set`` operation (none if nothing changes).
+
+    Raises:
+        LookupError: ``row`` is not a data row of the table.
+    """
+    if row not in report.table.frame.index:
+        raise LookupError(f"row {row} is not a data row of this file")
+    cells = [{"row": row, "column": c, "value": v} for c, v in changes.items()]
+    return [{"op": "set", "cells": cells}] if cells else []
+
+
 async def apply_ops(
     job: Job,
     report: ValidationReport,
