@@ -51,6 +51,54 @@ class Lane:
                 job.touch()
 
 
+def enqueue(lane: Lane, job: Job) -> None:
+    """Put ``job`` last in its lane's line and wake the lane."""
+    lane.waiting.append(job)
+    lane.positions()
+    lane.wake.set()
+
+
+def withdraw(lanes: Iterable[Lane], job: Job) -> bool:
+    """Take ``job`` out of its lane's line (those after it move up); False: it was not in a line."""
+    for lane in lanes:
+        if job in lane.waiting:
+            lane.waiting.remove(job)
+            lane.positions()
+            job.queue_position = None
+            return True
+    return False
+
+
+def stop_send(lanes: Iterable[Lane], job: Job) -> bool:
+    """Tell ``job``'s send to stop once its writes in flight settle; False: it is not sending."""
+    # Sending, or between its lane and its send: whatever else happens to the job, its send
+    # is told to stop (it sees the flag).
+    if any(lane.running is job for lane in lanes) or job.status is JobStatus.SENDING:
+        job.cancel.set()
+        job.touch()
+        return True
+    return False
+
+
+async def lane_worker(
+    lane: Lane, closing: asyncio.Event, send: Callable[[Job, Lane], Awaitable[None]]
+) -> None:
+    """Send the lane's jobs one at a time, in turn, until the server closes."""
+    while not closing.is_set():
+        if not lane.waiting:
+            lane.wake.clear()
+            await lane.wake.wait()
+            continue
+        job = lane.waiting.popleft()
+        job.queue_position = None
+        lane.positions()
+        lane.running = job
+        try:
+            await send(job, lane)
+        finally:
+            lane.running = None
+
+
 def interrupt(lanes: Iterable[Lane]) -> None:
     """The server stops: every send stops the way Ctrl-C stops the CLI (writes in flight settle),
     and its job stays ``sending`` for the next start to resume."""
@@ -120,61 +168,13 @@ def check_plan_shown(job: Job, require_approval: bool, closing: asyncio.Event) -
         raise JobError("the server is shutting down")
 
 
-def enqueue(lane: Lane, job: Job) -> None:
-    """Put ``job`` last in its lane's line and wake the lane."""
-    lane.waiting.append(job)
-    lane.positions()
-    lane.wake.set()
-
-
-def withdraw(lanes: Iterable[Lane], job: Job) -> bool:
-    """Take ``job`` out of its lane's line (those after it move up); False: it was not in a line."""
-    for lane in lanes:
-        if job in lane.waiting:
-            lane.waiting.remove(job)
-            lane.positions()
-            job.queue_position = None
-            return True
-    return False
-
-
-def stop_send(lanes: Iterable[Lane], job: Job) -> bool:
-    """Tell ``job``'s send to stop once its writes in flight settle; False: it is not sending."""
-    # Sending, or between its lane and its send: whatever else happens to the job, its send
-    # is told to stop (it sees the flag).
-    if any(lane.running is job for lane in lanes) or job.status is JobStatus.SENDING:
-        job.cancel.set()
-        job.touch()
-        return True
-    return False
-
-
-async def lane_worker(
-    lane: Lane, closing: asyncio.Event, send: Callable[[Job, Lane], Awaitable[None]]
-) -> None:
-    """Send the lane's jobs one at a time, in turn, until the server closes."""
-    while not closing.is_set():
-        if not lane.waiting:
-            lane.wake.clear()
-            await lane.wake.wait()
-            continue
-        job = lane.waiting.popleft()
-        job.queue_position = None
-        lane.positions()
-        lane.running = job
-        try:
-            await send(job, lane)
-        finally:
-            lane.running = None
-
-
 async def plan(
     job: Job,
     report: ValidationReport,
     work: WorkQueue,
     connection: Connection,
     limiter: RateLimiter,
-    audit: AuditLog,
+    audit_log: AuditLog,
 ) -> tuple[JobRun, Plan]:
     """Plan the job against the live state: a dry run (reads only, no journal), its workbooks beside it.
 
@@ -182,10 +182,30 @@ async def plan(
         ImporterError: the run stopped before it made a plan (the reason says why).
     """
     async with work.turn(job):  # a dry run holds the table and a core like a validation
-        run = await _dry_run(job, report, connection, limiter, audit)
+        run = await _dry_run(job, report, connection, limiter, audit_log)
     if run.plan is None:
         raise ImporterError(run.stop_reason or "no plan was made")
     return run, run.plan
+
+
+async def _dry_run(
+    job: Job, report: ValidationReport, connection: Connection, limiter: RateLimiter, audit_log: AuditLog
+) -> JobRun:
+    return await undo.runner(job)(
+        connection,
+        report,
+        job.input_options(),
+        dry_run=True,
+        journal_path=None,
+        results=job.folder / "plan.results.xlsx",
+        failed=job.folder / "plan.failed.xlsx",
+        limiter=limiter,
+        cancel=asyncio.Event(),
+        on_existing=OnExisting(job.on_existing),
+        max_error_rate=job.max_error_rate,
+        audit=downloads.audit_lines(job, audit_log),
+        facts=downloads.facts(job),
+    )
 
 
 def planned(job: Job, run: JobRun) -> None:
@@ -204,28 +224,8 @@ def plan_failed(job: Job, exc: Exception) -> None:
     )
 
 
-async def _dry_run(
-    job: Job, report: ValidationReport, connection: Connection, limiter: RateLimiter, audit: AuditLog
-) -> JobRun:
-    return await undo.runner(job)(
-        connection,
-        report,
-        job.input_options(),
-        dry_run=True,
-        journal_path=None,
-        results=job.folder / "plan.results.xlsx",
-        failed=job.folder / "plan.failed.xlsx",
-        limiter=limiter,
-        cancel=asyncio.Event(),
-        on_existing=OnExisting(job.on_existing),
-        max_error_rate=job.max_error_rate,
-        audit=downloads.audit_lines(job, audit),
-        facts=downloads.facts(job),
-    )
-
-
 async def send(
-    job: Job, report: ValidationReport, connection: Connection, limiter: RateLimiter, audit: AuditLog
+    job: Job, report: ValidationReport, connection: Connection, limiter: RateLimiter, audit_log: AuditLog
 ) -> JobRun:
     """Send the plan shown (its journal says what is left); the job's outcomes and progress follow it."""
     last_touch = 0.0
@@ -265,7 +265,7 @@ async def send(
         # the plan's writes, says what is left (some of them landed already).
         shown_writes=None if job.resuming else job.planned.get("writes_fingerprint"),
         on_progress=progress,
-        audit=downloads.audit_lines(job, audit),
+        audit=downloads.audit_lines(job, audit_log),
         facts=downloads.facts(job),
     )
 
