@@ -144,6 +144,7 @@ def test_validate_file_notes_say_which_sheet_was_read_and_which_not(tmp_path: Pa
     note = next(n for n in summary.notes if n.startswith("read sheet"))
     assert note.startswith('read sheet "DIDs" (41 rows); not read: ')
     assert '"Old DIDs 2023" (3 rows, its headers do not name the fields)' in note
+    assert '"Read me" (1 row, its headers' in note
 
 
 def test_sheet_notes_name_the_controls_of_the_surface_that_reads_them() -> None:

@@ -115,11 +115,12 @@ def sheet_notes(
     for sheet in sheets:
         if sheet.name in read:
             continue
+        counted = f"{sheet.rows} {'row' if sheet.rows == 1 else 'rows'}"
         if not sheet.rows and not sheet.matches:
             why = "empty"
         elif sheet.matches:
-            why = render_template(f"{sheet.rows} rows with the columns: {{read_other_sheets}}", {}, surface)
+            why = render_template(f"{counted} with the columns: {{read_other_sheets}}", {}, surface)
         else:
-            why = f"{sheet.rows} rows, its headers do not name the fields"
+            why = f"{counted}, its headers do not name the fields"
         left.append(f'"{sheet.name}" ({why})')
     return [f"{note}; not read: {', '.join(left)}" if left else note]
