@@ -96,6 +96,10 @@ CONTROLS: Mapping[str, Mapping[Surface, str]] = {
         Surface.WEB: f"choose the file's encoding {_STEP2}",
     },
     "force": {Surface.CLI: "--force", Surface.WEB: "forced"},
+    "read_other_sheets": {
+        Surface.CLI: "--sheet or --all-sheets reads it",
+        Surface.WEB: f"choose it among the sheets {_STEP2} to read it",
+    },
 }
 """Advice that names a control, per surface: templates over the same params as the message."""
 

@@ -25,9 +25,10 @@ from importer.jobs.validate import load_and_validate, validate_file
 from importer.model import SheetInfo
 from importer.options import InputOptions, ValidateConfig
 from importer.read.isolated import read_workbook_isolated
-from importer.read.sheets import SheetChoiceNeeded
+from importer.read.sheets import SheetChoiceNeeded, sheet_notes
 from importer.read.table import list_sheets, read_table
 from importer.sandbox import SandboxConfig, create_sandbox
+from importer.words import Surface
 
 NINE_SIX = tuple(SheetInfo(region, 6, True) for region in REGIONS)
 
@@ -143,6 +144,18 @@ def test_validate_file_notes_say_which_sheet_was_read_and_which_not(tmp_path: Pa
     note = next(n for n in summary.notes if n.startswith("read sheet"))
     assert note.startswith('read sheet "DIDs" (41 rows); not read: ')
     assert '"Old DIDs 2023" (3 rows, its headers do not name the fields)' in note
+    assert '"Read me" (1 row, its headers' in note
+
+
+def test_sheet_notes_name_the_controls_of_the_surface_that_reads_them() -> None:
+    sheets = [SheetInfo("DIDs", 41, True), SheetInfo("Old", 3, True)]
+    assert sheet_notes(sheets, ["DIDs"])[0].endswith(
+        '"Old" (3 rows with the columns: --sheet or --all-sheets reads it)'
+    )
+    web = sheet_notes(sheets, ["DIDs"], Surface.WEB)[0]
+    assert web.endswith(
+        '"Old" (3 rows with the columns: choose it among the sheets (step 2, Sheet and columns) to read it)'
+    )
 
 
 def test_validate_a_did_repeated_across_sheets_is_a_duplicate(tmp_path: Path) -> None:

@@ -211,6 +211,10 @@ def test_edits_needs_sheet_until_one_or_two_sheets_are_chosen(web: Web, tmp_path
     job = wait_for_job(web.client, job_id, {"validated", "failed"})
     assert job["status"] == "validated" and job["rows"] == 41 and job["options"]["sheet"] == "DIDs"
     assert job["candidates"] is None and len(job["sheets"]) == 4
+    # The note about the sheet left out names the page's control, not the CLI's flags.
+    note = next(n for n in job["notes"] if n.startswith("read sheet"))
+    assert '"Old DIDs 2023" (3 rows with the columns: choose it among the sheets (step 2' in note, note
+    assert "--" not in note
     both = web.client.patch(f"/api/jobs/{job_id}", json={"sheets": ["Old DIDs 2023", "DIDs"]})
     assert both.status_code == 200, both.text
     job = wait_for_job(web.client, job_id, {"validated", "failed"})

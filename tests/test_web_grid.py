@@ -378,6 +378,14 @@ def test_grid_footer_row_excluded_then_included(pages: Callable[..., Page], serv
     page.get_by_role("button", name="Include row 44").click()
     expect(page.locator("#row-44 .status")).to_contain_text("✖ Problems in DID Number")
     assert _counts(page)["excluded"] == 0
+    # Every row shown at once: the header's box ticks them all for a bulk action.
+    _check(page, served, job, "?problems=1&kind=bad_status")
+    page.get_by_role("checkbox", name="Select every row shown").check()
+    shown = page.locator("input[name=sel]")
+    assert shown.count() == 12 and all(box.is_checked() for box in shown.all())
+    page.get_by_role("button", name="Exclude the selected rows").click()
+    expect(page.locator("#message")).to_have_text("Done: exclude 12 row(s).")
+    assert _counts(page) == {"valid": 23, "failed": 6, "excluded": 12}
 
 
 @SLOW

@@ -80,7 +80,7 @@ def input_notes(table: RawTable, skip_hidden_rows: bool = False, surface: Surfac
 
     ``surface`` says whose controls the advice names (the CLI's flags, the page's fields).
     """
-    notes = sheet_notes(table.sheets, table.sheets_read)
+    notes = sheet_notes(table.sheets, table.sheets_read, surface)
     for name, text in describe_hidden(table):
         if name == "hidden rows":
             text += (

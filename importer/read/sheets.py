@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from importer.errors import InputError
+from importer.words import Surface, render_template
 
 __all__ = ["SheetChoiceNeeded", "SheetInfo", "choose_sheets", "resolve_sheet", "sheet_notes"]
 
@@ -87,12 +88,15 @@ def choose_sheets(
     return next(((s.name,) for s in sheets if s.rows), next(((s.name,) for s in sheets), ()))
 
 
-def sheet_notes(sheets: Sequence[SheetInfo], read: Sequence[str]) -> list[str]:
+def sheet_notes(
+    sheets: Sequence[SheetInfo], read: Sequence[str], surface: Surface = Surface.CLI
+) -> list[str]:
     """Say which sheets of a workbook were read and which were not, and why (for the summary).
 
     Args:
         sheets: Every visible sheet (``RawTable.sheets``).
         read: The sheets read (``RawTable.sheets_read``).
+        surface: Whose control the advice names (the CLI's flags, the page's sheet choice).
 
     Returns:
         One note, or none when the workbook has a single sheet.
@@ -111,11 +115,12 @@ def sheet_notes(sheets: Sequence[SheetInfo], read: Sequence[str]) -> list[str]:
     for sheet in sheets:
         if sheet.name in read:
             continue
+        counted = f"{sheet.rows} {'row' if sheet.rows == 1 else 'rows'}"
         if not sheet.rows and not sheet.matches:
             why = "empty"
         elif sheet.matches:
-            why = f"{sheet.rows} rows with the columns: --sheet or --all-sheets reads it"
+            why = render_template(f"{counted} with the columns: {{read_other_sheets}}", {}, surface)
         else:
-            why = f"{sheet.rows} rows, its headers do not name the fields"
+            why = f"{counted}, its headers do not name the fields"
         left.append(f'"{sheet.name}" ({why})')
     return [f"{note}; not read: {', '.join(left)}" if left else note]

@@ -186,6 +186,13 @@
   // Help that only holds with this script (the keys) is shown by it.
   var reveal = function () { document.querySelectorAll("[data-js][hidden]").forEach(function (el) { el.hidden = false; }); };
   document.body.addEventListener("htmx:afterSwap", reveal);
+  // "Select every row shown": ticks (or clears) the rows of the table as shown, for a bulk action.
+  document.addEventListener("change", function (e) {
+    var all = e.target;
+    if (!all.matches || !all.matches("[data-select-all]")) { return; }
+    var table = all.closest("table");
+    table.querySelectorAll("input[name=sel]").forEach(function (box) { box.checked = all.checked; });
+  });
   reveal();
 
   // After a save, the next row with a problem; after another change, the message saying what happened.
