@@ -8,9 +8,7 @@ that add up. Every test ends asserting no console error and nothing the CSP bloc
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ import httpx
 import openpyxl
 import pytest
 from helpers import wait_for_job, web_connection, write_carrier_workbook, write_inventory
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from importer.sandbox import SandboxConfig, create_sandbox
 from importer.web.people import Role, add_user
@@ -30,26 +28,11 @@ SLOW = pytest.mark.slow  # browser: a real chromium driving the page
 
 TOKEN = "grid-test-token-0123456789-abcdefghijk"
 SHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
-CHROMIUM = shutil.which("chromium")
 IN_SERVICE = (3, 13, 20, 21, 22, 23, 24, 25, 26, 28, 29, 33)
 """The carrier rows (``carrier_row(i)``) whose Status says "In Service": 12, on sheet rows i + 4."""
 PROBLEM_ROWS = [7, 11, 16, 17, 21, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 37, 41, 44]
 """Sheet rows with a problem: the 12 "In Service", 4 without an inbound bot id, "Only Answr", the footer."""
 COLUMNS = ["DID Number", "Inbound Mode", "Inbound Bot ID", "Outbound Mode", "Outbound Bot ID", "Status"]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but chromium is not installed (.ci/run installs it)")
-        pytest.skip("BROWSER TESTS SKIPPED: no `chromium` on PATH (apt-get install chromium); CI runs them")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @dataclass

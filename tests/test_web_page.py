@@ -10,7 +10,6 @@ import csv
 import io
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +25,7 @@ import httpx
 import openpyxl
 import pytest
 from helpers import REPO, SAMPLE, did_number, wait_for_job, web_connection, write_inventory, write_sheet
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from importer.errors import InputError
 from importer.jobs.validate import move_header, read_input
@@ -38,21 +37,6 @@ pytestmark = pytest.mark.slow  # browser: a real chromium driving the page, serv
 
 TOKEN = "page-test-token-0123456789-abcdefghijk"
 SHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
-CHROMIUM = shutil.which("chromium")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but chromium is not installed (.ci/run installs it)")
-        pytest.skip("BROWSER TESTS SKIPPED: no `chromium` on PATH (apt-get install chromium); CI runs them")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @dataclass

@@ -8,10 +8,7 @@ browser's zone (``send.js`` sends it with the form).
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from helpers import wait_for_job, write_inventory, write_sheet
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from test_web_team import _as, _settings, _team, _upload
 
 from importer.sandbox import SandboxConfig, create_sandbox
@@ -27,24 +24,9 @@ from importer.web.server import running_server
 
 pytestmark = pytest.mark.slow  # browser: a real chromium driving the page
 
-CHROMIUM = shutil.which("chromium")
 SHOTS = Path(__file__).resolve().parent / "artifacts" / "screenshots"
 ZONE = "Asia/Kolkata"  # UTC+05:30 all year: never the server's zone here, no DST to trip on
 SHOWN_ZONE = re.compile(r"Asia/(Kolkata|Calcutta)")  # Chromium's ICU names it by its older name
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but chromium is not installed (.ci/run installs it)")
-        pytest.skip("BROWSER TESTS SKIPPED: no `chromium` on PATH (apt-get install chromium); CI runs them")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def _shot(page: Page, name: str) -> None:

@@ -6,9 +6,7 @@ As ``test_web_page``: outside CI the tests skip, loudly, without a ``chromium``;
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ import httpx
 import openpyxl
 import pytest
 from helpers import desired_record, routing_fields, wait_for_job, web_connection, write_inventory, write_sheet
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from importer.fields import FIELD_NAMES
 from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
@@ -27,23 +25,8 @@ from importer.web.server import ServeSettings, running_server
 pytestmark = pytest.mark.slow  # browser: a real chromium driving the page
 
 TOKEN = "page-undo-test-token-0123456789-abcdefgh"
-CHROMIUM = shutil.which("chromium")
 N = 4
 FINAL = {"done", "cancelled", "failed"}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but chromium is not installed (.ci/run installs it)")
-        pytest.skip("BROWSER TESTS SKIPPED: no `chromium` on PATH (apt-get install chromium); CI runs them")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @dataclass

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import getpass
 import html
-import os
 import re
-import shutil
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from helpers import (
     write_inventory,
     write_sheet,
 )
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from importer.sandbox import Sandbox, SandboxConfig, create_sandbox
 from importer.web.mappings import MappingMemory
@@ -38,7 +36,6 @@ from importer.web.pages.plan import field_label, value_words
 from importer.web.server import ServeSettings, running_server
 
 TOKEN = "words-test-token-0123456789-abcdefghijk"
-CHROMIUM = shutil.which("chromium")
 
 
 @dataclass
@@ -310,20 +307,6 @@ document.addEventListener("securitypolicyviolation", function (e) {
   console.error("CSP violation: " + e.violatedDirective + " " + e.blockedURI + " " + e.sample);
 });
 """
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but chromium is not installed (.ci/run installs it)")
-        pytest.skip("BROWSER TESTS SKIPPED: no `chromium` on PATH (apt-get install chromium); CI runs them")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 def _open(browser: Browser, url: str) -> tuple[Any, Page, list[str]]:

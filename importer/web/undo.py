@@ -241,6 +241,10 @@ class Runner(Protocol):
     ) -> Awaitable[JobRun]: ...
 
 
+_ROLLBACK_TAKES = ("dry_run", "results", "limiter", "cancel", "shown_writes", "on_progress", "audit", "facts")
+"""The arguments of ``Runner`` that ``run_rollback`` takes."""
+
+
 def runner(job: Job) -> Runner:
     """What plans and sends ``job``: ``engine.run_job`` for an import, ``run_rollback`` for a rollback.
 
@@ -251,34 +255,10 @@ def runner(job: Job) -> Runner:
         return engine.run_job
 
     async def run(
-        connection: Connection,
-        report: ValidationReport,
-        input_options: InputOptions,
-        *,
-        dry_run: bool,
-        journal_path: Path | None,
-        results: Path,
-        failed: Path,
-        limiter: RateLimiter,
-        cancel: asyncio.Event,
-        on_existing: OnExisting = OnExisting.UPDATE,
-        max_error_rate: float | None = None,
-        shown_writes: str | None = None,
-        on_progress: Callable[[SendProgress], None] | None = None,
-        audit: Mapping[str, str] = {},
-        facts: RunFacts = MACHINE_FACTS,
+        connection: Connection, report: ValidationReport, input_options: InputOptions, **given: Any
     ) -> JobRun:
-        return await run_rollback(
-            connection,
-            job,
-            dry_run=dry_run,
-            results=results,
-            limiter=limiter,
-            cancel=cancel,
-            shown_writes=shown_writes,
-            on_progress=on_progress,
-            audit=audit,
-            facts=facts,
-        )
+        # The import's own arguments (its table, options, journal, failed-rows file) do not apply.
+        del report, input_options
+        return await run_rollback(connection, job, **{k: given[k] for k in _ROLLBACK_TAKES if k in given})
 
     return run
