@@ -18,6 +18,7 @@ import httpx
 import openpyxl
 import pytest
 from helpers import (
+    SAMPLE,
     desired_record,
     did_number,
     served_web,
@@ -573,3 +574,18 @@ def test_page_mapping_remembered_in_the_browser(browser: Browser, served: Served
         assert errors == [], errors
     finally:
         context.close()
+
+
+def test_plan_page_says_how_many_held_back_rows_fail_in_the_file_and_against_the_account(
+    tmp_path: Path,
+) -> None:
+    """The held-back count is split the way the check page counts: the file's problems, the account's."""
+    sandbox = create_sandbox(SandboxConfig(requests_per_minute=100_000))
+    with served_web(sandbox, tmp_path / "data", token=TOKEN) as web:
+        job = _planned(web.client, SAMPLE / "carrier_routing.csv")
+        in_file = job["rows"] - job["counts"]["valid"]
+        by_account = job["counts"]["failed"] - in_file
+        assert in_file > 0 and by_account > 0, job["counts"]
+        page = _text(web.client.get(f"/jobs/{job['id']}/plan").text)
+        held = f"{job['counts']['failed']} failed (held back)"
+        assert f"{held} {in_file} in the file, {by_account} against the account" in page, page

@@ -147,6 +147,8 @@ async def plan_page(ctx: PageContext, request: Request, job: Job) -> Response:
             seconds=float(budget.get("seconds", 0)),
             held=held_back(job),
             held_total=job.counts.get("failed", 0),
+            held_in_file=job.rows - job.counts.get("valid", job.rows),
+            held_by_account=sum(int(n) for n in job.planned.get("held", {}).values()),
             rows=rows,
             total=total,
             page=page,
