@@ -72,16 +72,7 @@ def rows_page(
     index = frame.index.tolist()
     if job.view is None or job.view[0] != job.version:
         failed_rows = report.failed_rows
-        statuses = [
-            Status.FAILED.value
-            if row in failed_rows
-            else (
-                o.status.value
-                if (o := job.outcomes.get(row))
-                else (Status.SKIPPED.value if row in report.skipped else Status.NOT_SENT.value)
-            )
-            for row in index
-        ]
+        statuses = [_status(job, report, row, row in failed_rows) for row in index]
         job.view = (job.version, statuses, reasons_by_row(report.issues))
     _, statuses, issues = job.view
     if status:
@@ -102,6 +93,15 @@ def rows_page(
     }
 
 
+def _status(job: Job, report: ValidationReport, row: int, failed: bool) -> str:
+    """A row's status as listed: failed (it has an issue), its outcome, skipped, or not sent."""
+    if failed:
+        return Status.FAILED.value
+    if outcome := job.outcomes.get(row):
+        return outcome.status.value
+    return Status.SKIPPED.value if row in report.skipped else Status.NOT_SENT.value
+
+
 def row_items(job: Job, report: ValidationReport, rows: Sequence[int]) -> list[dict[str, Any]]:
     """Some rows as ``rows_page`` pages them, without building the whole table's view."""
     index = report.table.frame.index
@@ -109,15 +109,7 @@ def row_items(job: Job, report: ValidationReport, rows: Sequence[int]) -> list[d
     issues = reasons_by_row(i for i in report.issues if i.row in wanted)
     page = []
     for row in rows:
-        status = (
-            Status.FAILED.value
-            if row in issues
-            else (
-                o.status.value
-                if (o := job.outcomes.get(row))
-                else (Status.SKIPPED.value if row in report.skipped else Status.NOT_SENT.value)
-            )
-        )
+        status = _status(job, report, row, row in issues)
         page.append((int(index.get_loc(row)), row, status))  # type: ignore[arg-type]
     return _items(job, report, page, issues)
 
