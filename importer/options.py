@@ -123,6 +123,10 @@ class ValidateConfig:
     failed_out: Path | None = None
     overwrite: bool = False
     """Overwrite the default output files of an earlier run instead of writing timestamped ones."""
+    own_process: bool = False
+    """The job has its process to itself (the CLI): the failed-rows file is written in a forked
+    process while this one writes the results workbook. Never for a server's jobs: a fork could
+    catch another thread holding a lock."""
 
     def __post_init__(self) -> None:
         for name in ("output", "failed_out"):
@@ -278,6 +282,12 @@ class ImportConfig(ConnectOptions):
     """Whose words the results workbook speaks: the CLI's flags or the page's controls."""
     facts: RunFacts = field(default_factory=RunFacts)
     """Where the job runs, for the Summary sheet: the machine (the CLI), or a service's own facts."""
+    own_process: bool = False
+    """The job has its process to itself (the CLI): the failed-rows file is written in a forked
+    process while this one writes the results workbook, and the large data that lives to the end
+    (the account's state, the rows, the plan) is taken out of the cycle collector's walks once
+    built (``gc.freeze``). Never for a server's jobs: a fork could catch another thread holding a
+    lock, and a long-lived process must keep collecting."""
 
     def __post_init__(self) -> None:
         ConnectOptions.__post_init__(self)

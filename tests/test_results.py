@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import zipfile
 from collections.abc import Collection
@@ -11,7 +12,9 @@ import openpyxl
 import pandas as pd
 import pytest
 
-from importer.errors import InputError
+from importer.errors import InputError, OutputError
+from importer.jobs import outputs
+from importer.jobs.outputs import write_outputs
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, SourceInfo, Status
 from importer.output.failed import write_failed_rows
 from importer.output.paths import default_paths
@@ -371,3 +374,77 @@ def test_benchmark_floor_writes_the_same_result_columns() -> None:
 
 def _issue(row: int, column: str, value: str, kind: IssueKind, **params: str) -> RowIssue:
     return RowIssue(row, column, value, kind, {"column": column, "value": value, **params})
+
+
+# -- the failed-rows file written in a forked process (the CLI) ------------------------------------
+
+
+def _both_ways(tmp_path: Path) -> tuple[Path, Path]:
+    """The same outcomes written one after the other and apart; the two failed-rows files."""
+    table = make_table(tmp_path, row_values(40))
+    outcomes = outcomes_for(table, failed={3, 9, 10, 41})
+    paths = []
+    for way, apart in (("seq", False), ("apart", True)):
+        results, failed = tmp_path / f"{way}.results.xlsx", tmp_path / f"{way}.failed.xlsx"
+        tally = write_outputs(table, outcomes, [], INFO, results, failed, apart=apart)
+        assert tally.failed_rows == [3, 9, 10, 41]
+        paths.append(failed)
+    return paths[0], paths[1]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+def test_write_outputs_apart_writes_the_same_failed_rows_file(tmp_path: Path) -> None:
+    """Written in a forked process while the results are written: the same cells as one after the other."""
+    seq, apart = _both_ways(tmp_path)
+
+    def cells(path: Path) -> list[tuple[object, ...]]:
+        return list(openpyxl.load_workbook(path).active.iter_rows(values_only=True))  # type: ignore[union-attr]
+
+    assert cells(apart) == cells(seq) and len(cells(apart)) == 5
+    assert sheet_xml(apart) == sheet_xml(seq)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+def test_written_apart_raises_the_childs_save_error_in_the_parent(tmp_path: Path) -> None:
+    """The child cannot save (the disk is full, say): the parent raises that, naming the file."""
+    target = tmp_path / "x.failed.xlsx"
+
+    def refused() -> None:
+        raise OutputError(target, "the disk is full")
+
+    with (
+        pytest.raises(OutputError, match=r"cannot save .*x\.failed\.xlsx: the disk is full"),
+        outputs._written_apart(refused, target),
+    ):
+        pass
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+def test_written_apart_writes_again_here_when_the_child_ends_without_saying(tmp_path: Path) -> None:
+    """A child that dies without a word (killed, crashed) leaves no gap: the file is written here."""
+    target = tmp_path / "x.failed.xlsx"
+    parent = os.getpid()
+
+    def dies_in_the_child() -> None:
+        if os.getpid() != parent:
+            os._exit(9)
+        target.write_text("written by the parent")
+
+    with outputs._written_apart(dies_in_the_child, target):
+        pass
+    assert target.read_text() == "written by the parent"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+def test_written_apart_removes_the_childs_file_when_the_results_fail(tmp_path: Path) -> None:
+    """The results could not be saved: the failed-rows file the child saved is taken away again, as
+    it would never have been written one after the other (the fallback writes both elsewhere)."""
+    target = tmp_path / "x.failed.xlsx"
+
+    def save() -> None:
+        target.write_text("child")
+
+    with pytest.raises(OutputError, match="results"), outputs._written_apart(save, target):
+        raise OutputError(tmp_path / "x.results.xlsx", "the results failed")
+    assert not target.exists()

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import random
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import MappingProxyType
@@ -31,12 +32,13 @@ from importer.account.preflight import preflight
 from importer.account.records import Did, decode_did, number_key
 from importer.account.retry import SETTLE_ATTEMPTS
 from importer.cli.progress import reading
-from importer.errors import ApiError
+from importer.errors import ApiError, UnreadableFileError
 from importer.jobs.rollback import rollback_run
 from importer.jobs.run import run_import
 from importer.model import RoutingRow, RowOutcome, Status
 from importer.options import ImportConfig, InputOptions, RollbackConfig
 from importer.sandbox import SANDBOX_API_KEY, Sandbox, SandboxConfig, create_sandbox
+from importer.sandbox.server import running_sandbox
 
 BASE = "http://sandbox.test/api/v2"
 DIDS = "GET /voicelink/dids/purchased"
@@ -677,3 +679,66 @@ def test_decode_did_reads_each_shape_as_before(
 ) -> None:
     did = decode_did(item, "here", [], need_number=True)
     assert (None if did is None else (did.did_id, did.did_number)) == expected
+
+
+# -- the rows made while the sync answer is being built ------------------------------------
+
+
+def _state_over_tcp(url: str, rows: Any) -> Inventory:
+    async def main() -> Inventory:
+        async with VoiceLinkClient(url, SANDBOX_API_KEY, limiter=RateLimiter(100_000), backoff=0) as client:
+            await preflight(client)
+            return await read_state(client, rows)
+
+    return asyncio.run(main())
+
+
+def test_read_state_makes_the_rows_once_the_sync_request_has_reached_the_api(tmp_path: Path) -> None:
+    """Over loopback TCP the rows (a run checks its file's rows here) are made while the API has
+    the sync request in hand, not before it is sent: the API builds its answer meanwhile. Made
+    before the sync went out, the API could never count the request while they were made."""
+    inv = write_inventory(tmp_path / "inventory.json", 200)
+    rows = [_row(k) for k in range(0, 200, 10)] + [_row(5000)]
+    seen: list[int] = []
+
+    def make_rows() -> list[RoutingRow]:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the server counts each request as it takes it
+            seen[:] = [sandbox.state_snapshot()["request_counts"].get(SYNC, 0)]
+            if seen[0]:
+                break
+            time.sleep(0.01)
+        return rows
+
+    config = SandboxConfig(inventory=inv, requests_per_minute=100_000)
+    with running_sandbox(config) as (url, sandbox):
+        inventory = _state_over_tcp(url, make_rows)
+        counts = _counts(sandbox)
+    assert seen == [1]
+    assert counts[SYNC] == 1 and counts[CONNECTIONS] == 1
+    assert inventory.dids_by_number.keys() >= {did_number(k) for k in range(0, 200, 10)}
+    assert inventory.reads.unresolved == 1  # the rows reached the reads that follow the sync
+
+
+def test_read_state_with_rows_to_make_in_process_reads_the_same_as_with_the_rows(tmp_path: Path) -> None:
+    """In process (no trace from httpcore) the rows are made once the answer is in: same reads, same state."""
+    rows = [_row(k) for k in range(0, 300, 7)] + [_row(9000 + k) for k in range(3)]
+    made, given = _sandbox(tmp_path, 300), _sandbox(tmp_path, 300)
+    inventory, report = _state(httpx.ASGITransport(app=made.app), lambda: rows)  # type: ignore[arg-type]
+    expected, expected_report = _state(httpx.ASGITransport(app=given.app), rows)
+    assert report == expected_report and _counts(made) == _counts(given)
+    assert inventory.dids_by_number == expected.dids_by_number and inventory.routing == expected.routing
+
+
+def test_read_state_passes_on_the_rows_error_and_abandons_the_sync(tmp_path: Path) -> None:
+    """Making the rows fails (the file's rows cannot be checked): that error, the sync abandoned."""
+    inv = write_inventory(tmp_path / "inventory.json", 50)
+
+    def broken() -> list[RoutingRow]:
+        raise UnreadableFileError("the file changed while it was read")
+
+    with running_sandbox(SandboxConfig(inventory=inv, requests_per_minute=100_000)) as (url, sandbox):
+        with pytest.raises(UnreadableFileError, match="changed while it was read"):
+            _state_over_tcp(url, broken)
+        counts = _counts(sandbox)
+    assert counts.get(DIDS, 0) == 0 and counts.get(SYNC, 0) <= 1  # nothing read after it

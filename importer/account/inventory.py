@@ -37,7 +37,7 @@ from typing import Protocol
 
 from importer.account.client import DID_PAGE_SIZE, VoiceLinkClient
 from importer.account.paginate import DIDS_PATH, read_bots, read_did_page, walk_pages
-from importer.account.records import Bot, Connection, Did, Routing, number_key
+from importer.account.records import Bot, Connection, Did, Routing, SyncState, number_key
 from importer.account.retry import SETTLE_ATTEMPTS
 from importer.model import RowOutcome, Status
 
@@ -50,6 +50,7 @@ __all__ = [
     "NamesADid",
     "ReadCallback",
     "ReadReport",
+    "Rows",
     "collect_created_ids",
     "index_routing",
     "read_all_dids",
@@ -306,14 +307,45 @@ class _Reader:
         await self.pages_until(self.done, start=2)
 
 
+Rows = Sequence[NamesADid] | Callable[[], Sequence[NamesADid]]
+"""What a job will touch, or how to get it: a callable is called once the sync has gone out."""
+
+
+async def _sync_while(
+    client: VoiceLinkClient, make_rows: Callable[[], Sequence[NamesADid]]
+) -> tuple[SyncState, Sequence[NamesADid]]:
+    """Send the sync, call ``make_rows`` once it is written (or done), then take the sync's answer."""
+    written = asyncio.Event()
+    client.on_sent = written.set
+    syncing = asyncio.ensure_future(client.read_sync())
+    waiting = asyncio.ensure_future(written.wait())
+    try:
+        # A transport without httpcore's trace (in-process ASGI) never tells: the answer then ends the wait.
+        await asyncio.wait((syncing, waiting), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        client.on_sent = None
+        waiting.cancel()
+    try:
+        rows = make_rows()
+    except BaseException:
+        syncing.cancel()
+        await asyncio.gather(syncing, return_exceptions=True)
+        raise
+    return await syncing, rows
+
+
 async def read_state(
-    client: VoiceLinkClient, rows: Sequence[NamesADid], *, on_read: ReadCallback | None = None
+    client: VoiceLinkClient, rows: Rows, *, on_read: ReadCallback | None = None
 ) -> Inventory:
     """Read the live state the rows need: one sync, then only what it leaves unresolved.
 
     Args:
         client: The job's client, its connection already chosen (``preflight.read_inventory``).
-        rows: What the job will touch: the valid rows of a file, or a rollback's DIDs.
+        rows: What the job will touch: the valid rows of a file, or a rollback's DIDs; or a
+            callable that makes them (reads and validates the file), called once the sync
+            request is written, so that the API builds its answer (seconds for a large account)
+            while the file is read. It blocks the event loop: for a run of its own (the CLI),
+            not a shared loop. When it raises, the sync is abandoned and the error passed on.
         on_read: Called with a short progress text before each kind of read ("sync",
             "DIDs: page 12 of 50", "DID lookups: 3 of 10", "bots").
 
@@ -323,7 +355,10 @@ async def read_state(
     say: ReadCallback = on_read or (lambda _text: None)
     say("sync")
     before = client.request_count
-    sync = await client.read_sync()
+    if callable(rows):
+        sync, rows = await _sync_while(client, rows)
+    else:
+        sync = await client.read_sync()
     syncs = client.request_count - before
     index = DidIndex(sync.dids)
     # A routed DID is a DID of this connection: enough to resolve its rows when dids[] is empty.

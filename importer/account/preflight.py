@@ -14,7 +14,7 @@ from typing import Protocol
 import httpx
 
 from importer.account.client import VoiceLinkClient
-from importer.account.inventory import Inventory, NamesADid, ReadCallback, read_state
+from importer.account.inventory import Inventory, ReadCallback, Rows, read_state
 from importer.account.limiter import RateLimiter
 from importer.account.records import Connection
 from importer.errors import ApiError, InputError
@@ -144,7 +144,7 @@ async def read_inventory(
     connection_id: str | None = None,
     *,
     used_before: str | None = None,
-    rows: Sequence[NamesADid] = (),
+    rows: Rows = (),
     on_read: ReadCallback | None = None,
 ) -> Inventory:
     """The pre-flight, then the account's state the job needs, read once (``inventory.read_state``).
@@ -154,7 +154,8 @@ async def read_inventory(
         connection_id: The connection asked for (``--connection-id``), if any.
         used_before: The connection an earlier run used (a rollback must use the run's).
         rows: The DIDs the job will touch (an import's valid rows, a rollback's changes): only
-            what sync leaves unresolved of these is read besides it.
+            what sync leaves unresolved of these is read besides it. A callable that makes
+            them is called once the sync has gone out (``inventory.read_state``).
         on_read: Told what is being read, for a progress line.
 
     Returns:

@@ -225,14 +225,19 @@ def _decode_routing(
 _DIGITS = re.compile(r"[0-9]+")
 
 
+_EXACT_FLOAT = 2**53
+"""Integral floats below this are exact; past it a float is not the number the server wrote (a
+parser reads an integer past 64 bits as a float): never taken for an id."""
+
+
 def as_int(value: object) -> int | None:
-    """Read an id-like value: an int, an integral float or a string of digits; else None."""
+    """Read an id-like value: an int, an exact integral float or a string of digits; else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return int(value) if value.is_integer() else None
+        return int(value) if value.is_integer() and abs(value) < _EXACT_FLOAT else None
     if isinstance(value, str):
         text = value.strip()
         if _DIGITS.fullmatch(text):

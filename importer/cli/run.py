@@ -44,6 +44,7 @@ def validate(
             output=output,
             failed_out=failed_out,
             overwrite=force,
+            own_process=True,
         )
     )
     print_summary(summary)
@@ -76,6 +77,7 @@ def run(
         overwrite=force,
         on_existing=OnExisting(on_existing),
         journal=journal,
+        own_process=True,
     )
     send_and_report(run_import, config, quiet)
 
@@ -123,6 +125,7 @@ def demo(output: Path | None, sample: str, quiet: bool) -> None:
             requests_per_minute=6000,
             journal=Path(tmp) / "demo.journal.sqlite",
             command="demo",
+            own_process=True,
         )
         try:
             summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app), on_progress=update)

@@ -22,6 +22,7 @@ from typing import Any
 
 from importer.account.inventory import Inventory
 from importer.account.records import Routing
+from importer.collector import collector_paused
 from importer.engine.records import ConfirmedRow, InFlightRow
 from importer.engine.resolve import NearIndex, resolve_row
 from importer.fields import ROUTING_FIELDS, routing_body
@@ -248,6 +249,7 @@ class Plan:
     def journal_row(self, row: int) -> int:
         return self.journal_rows.get(row, row)
 
+    @collector_paused()  # a tuple of new outcomes and their texts: no cycle to find
     def dry_run(self) -> tuple[RowOutcome, ...]:
         """Every row's outcome when nothing is sent: the settled ones, and each write as 'would ...'."""
         texts = _RecordTexts()
@@ -285,6 +287,7 @@ def _failed(row: int, kind: ReasonKind, reason: str, did_id: int | None) -> RowO
     )
 
 
+@collector_paused()  # writes and outcomes, new and kept: no cycle to find
 def plan_import(
     rows: Iterable[RoutingRow],
     inventory: Inventory,

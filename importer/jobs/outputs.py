@@ -7,10 +7,13 @@ import collections
 import contextlib
 import datetime as dt
 import errno
+import gc
 import itertools
 import os
+import pickle
+import signal
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -146,17 +149,86 @@ def write_outputs(
     results: Path,
     failed: Path,
     surface: Surface = Surface.CLI,
+    *,
+    apart: bool = False,
 ) -> OutcomeTally:
     """Write the results workbook (streaming) and, when rows failed, the failed-rows file.
 
-    ``surface`` says whose words the reasons are in: a web job's files use the page's.
+    ``surface`` says whose words the reasons are in: a web job's files use the page's. ``apart``
+    (a process of its own: the CLI) writes the failed-rows file in a forked process meanwhile.
     """
     columns = outcomes if isinstance(outcomes, OutcomeColumns) else OutcomeColumns.from_outcomes(outcomes)
     columns = in_words(columns, issues, surface)
     tally = OutcomeTally(columns)
-    write_results(results, table, columns, issues, info, surface)
     if tally.failed_rows:
-        write_failed_rows(failed, table, tally.failed_rows, columns.failed_reasons())
-    elif failed.exists():
-        failed.unlink()  # a stale file from an earlier run would mislead
+        reasons = columns.failed_reasons()
+        if apart and hasattr(os, "fork"):
+            with _written_apart(lambda: write_failed_rows(failed, table, tally.failed_rows, reasons), failed):
+                write_results(results, table, columns, issues, info, surface)
+        else:
+            write_results(results, table, columns, issues, info, surface)
+            write_failed_rows(failed, table, tally.failed_rows, reasons)
+    else:
+        write_results(results, table, columns, issues, info, surface)
+        if failed.exists():
+            failed.unlink()  # a stale file from an earlier run would mislead
     return tally
+
+
+@contextlib.contextmanager
+def _written_apart(write: Callable[[], None], path: Path) -> Iterator[None]:
+    """Run ``write`` (it saves ``path``) in a forked process while the body runs, then wait for it.
+
+    Both files are written at once on two cores; what is written is the same as one after the
+    other. The child's save error is raised here as the parent's own would be; a child that
+    could not tell (killed, crashed) is written again here. When the body fails, the file the
+    child saved is removed: written one after the other, it would not have been written.
+    """
+    reading, writing = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write, say how it went, and leave without the parent's clean-up
+        try:
+            os.close(reading)
+            _child_signals()
+            gc.freeze()  # the parent's objects: never walked, so their pages stay shared
+            try:
+                write()
+                told = ("saved", "")
+            except OutputError as exc:
+                told = ("refused", exc.reason)
+            os.write(writing, pickle.dumps(told))
+        finally:
+            os._exit(0)
+    os.close(writing)
+    try:
+        yield
+    except BaseException:
+        if _child_said(reading, pid)[0] == "saved":
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    said, reason = _child_said(reading, pid)
+    if said == "refused":
+        raise OutputError(path, reason)
+    if said != "saved":
+        write()
+
+
+def _child_said(reading: int, pid: int) -> tuple[str, str]:
+    """Wait for the child; what it said (("", "") when it ended without saying)."""
+    with os.fdopen(reading, "rb") as pipe:
+        data = pipe.read()  # until the child's end closes: it has exited
+    os.waitpid(pid, 0)
+    try:
+        kind, reason = pickle.loads(data) if data else ("", "")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError):
+        return "", ""
+    return str(kind), str(reason)
+
+
+def _child_signals() -> None:
+    """A forked child's signals: Ctrl-C interrupts it, TERM ends it, none reaches the parent's loop."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)  # the parent's event loop's: a signal here must not wake it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

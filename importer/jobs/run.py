@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 
+from importer.account.inventory import Rows
 from importer.account.limiter import RateLimiter
 from importer.account.retry import MAX_ATTEMPTS
+from importer.collector import keep_out_of_collections
 from importer.engine.apply import Applied, ProgressCallback
 from importer.engine.journal import Journal
 from importer.engine.plan import Plan, plan_import
@@ -51,8 +54,8 @@ from importer.jobs.session import (
     send_if_confirmed,
 )
 from importer.jobs.summary import RunSummary, input_notes, job_notes, top_reasons
-from importer.jobs.validate import every_row, load_and_validate
-from importer.model import Status, ValidationReport
+from importer.jobs.validate import every_row, read_input, table_checker
+from importer.model import RoutingRow, Status, ValidationReport
 from importer.options import ImportConfig
 from importer.output.paths import failed_path_for
 from importer.vocab import ExitCode
@@ -138,12 +141,23 @@ async def _run_import(
         config.input.path, config.output, config.failed_out, overwrite=config.overwrite
     )
     check_writable(results, failed)
-    report = validated or load_and_validate(config.input)
-    sha256 = report.table.source.sha256
+    loaded: list[ValidationReport] = [validated] if validated else []
+    rows: Rows = validated.valid if validated else ()
+    if validated is None:
+        # The file is read and the options checked before anything is sent (an unusable one
+        # stops the run here); its rows are checked once the sync request is out, while the API
+        # builds the account's answer (seconds for a large account).
+        check_rows = table_checker(read_input(config.input), config.input)
+
+        def check() -> Sequence[RoutingRow]:
+            loaded.append(check_rows())
+            return list(loaded[0].valid)  # built here too, while the answer is made
+
+        rows = check
 
     def start_run(journal: Journal, session: Session) -> int:
         return journal.start_run(
-            input_sha256=sha256,
+            input_sha256=loaded[0].table.source.sha256,
             input_name=config.input.path.name,
             command=config.command,
             audit=session.audit,
@@ -152,8 +166,10 @@ async def _run_import(
 
     journal_path = config.journal or default_journal_path(results, config.input.path)
     with journal_for(journal_path, dry_run=config.dry_run) as journal:
-        async with open_session(config, transport, limiter, rows=report.valid) as session:
-            history = history_of(journal, sha256)
+        async with open_session(config, transport, limiter, rows=rows) as session:
+            keep_out_of_collections(config.own_process)  # the account's state and the rows, kept to the end
+            report = loaded[0]
+            history = history_of(journal, report.table.source.sha256)
             plan = plan_import(
                 report.valid, session.inventory, session.inventory.connection, history, config.on_existing
             )
@@ -167,6 +183,7 @@ async def _run_import(
                 cancel=cancel,
                 on_progress=on_progress,
             )
+        keep_out_of_collections(config.own_process)  # the plan and what was sent
         # A results workbook of every row takes seconds for a large input: off the event loop,
         # which may be serving others (a web service's other jobs).
         return await asyncio.to_thread(
@@ -193,7 +210,16 @@ def write_report(
 
     def save(path: Path) -> tuple[OutcomeTally, Path]:
         failed_here = failed if path == results else failed_path_for(path)  # a fallback's goes beside it
-        tally = write_outputs(report.table, outcomes, report.issues, info, path, failed_here, config.surface)
+        tally = write_outputs(
+            report.table,
+            outcomes,
+            report.issues,
+            info,
+            path,
+            failed_here,
+            config.surface,
+            apart=config.own_process,
+        )
         return tally, failed_here
 
     try:

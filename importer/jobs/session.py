@@ -18,7 +18,7 @@ import signal
 import socket
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import httpx
 
 from importer.account.client import VoiceLinkClient
-from importer.account.inventory import Inventory, LiveRouting, NamesADid
+from importer.account.inventory import Inventory, LiveRouting, Rows
 from importer.account.limiter import RateLimiter
 from importer.account.preflight import ClientSettings, open_client, read_inventory
 from importer.engine.apply import Applied, ProgressCallback, apply_plan
@@ -163,7 +163,7 @@ async def open_session(
     transport: httpx.AsyncBaseTransport | None,
     limiter: RateLimiter | None = None,
     *,
-    rows: Sequence[NamesADid] = (),
+    rows: Rows = (),
     used_before: str | None = None,
 ) -> AsyncIterator[Session]:
     """Open the client and read the account's state the rows need (``preflight.read_inventory``).

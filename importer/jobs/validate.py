@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -22,7 +22,7 @@ from importer.model import RawTable, RowIssue, RowOutcome, RunInfo, Status, Vali
 from importer.options import InputOptions, ValidateConfig
 from importer.output.results import OutcomeColumns
 from importer.read.table import read_table
-from importer.validate.rules import validate_table
+from importer.validate.rules import table_check
 from importer.vocab import Action, ExitCode, ReasonKind
 from importer.words import Surface, render_reason
 
@@ -38,6 +38,7 @@ __all__ = [
     "read_input",
     "reasons_by_row",
     "skipped_outcome",
+    "table_checker",
     "validate_file",
     "validation_outcomes",
 ]
@@ -107,22 +108,41 @@ def check_table(table: RawTable, options: InputOptions, edits: Sequence[CellEdit
         InputError: an edit names a cell the table does not have, the columns cannot be mapped,
             or the region is unknown.
     """
+    return table_checker(table, options, edits)()
+
+
+def table_checker(
+    table: RawTable, options: InputOptions, edits: Sequence[CellEdit] = ()
+) -> Callable[[], ValidationReport]:
+    """``check_table`` in two steps: the edits and options checked now, the rows when it is called.
+
+    A run checks the rows while the API builds the account's answer (``inventory.read_state``);
+    an unusable option or edit still stops it before anything is sent.
+
+    Raises:
+        InputError: as ``check_table``, at once.
+    """
     table = apply_edits(table, edits)
     hidden = table.hidden_rows if options.skip_hidden_rows else ()
     # The hidden rows are left out of validation (a duplicate of a skipped row is no duplicate)
     # but stay in the table, so each still gets its outcome: skipped, with the reason.
     visible = dataclasses.replace(table, frame=table.frame.drop(index=list(hidden))) if hidden else table
-    report = validate_table(
+    check_rows = table_check(
         visible,
         column_map=options.column_map,
         default_region=options.default_region,
         ignore_columns=options.ignore_columns,
     )
-    if not hidden:
-        return report
-    return dataclasses.replace(
-        report, table=table, skipped={**dict.fromkeys(hidden, ReasonKind.HIDDEN_ROW), **report.skipped}
-    )
+
+    def check() -> ValidationReport:
+        report = check_rows()
+        if not hidden:
+            return report
+        return dataclasses.replace(
+            report, table=table, skipped={**dict.fromkeys(hidden, ReasonKind.HIDDEN_ROW), **report.skipped}
+        )
+
+    return check
 
 
 def move_header(table: RawTable, row: int) -> RawTable:
@@ -305,7 +325,15 @@ def validate_file(config: ValidateConfig) -> RunSummary:
         status_labels=VALIDATE_LABELS,
         notes=report.notes,
     )
-    tally = write_outputs(report.table, validation_outcomes(report), report.issues, info, results, failed)
+    tally = write_outputs(
+        report.table,
+        validation_outcomes(report),
+        report.issues,
+        info,
+        results,
+        failed,
+        apart=config.own_process,
+    )
     return RunSummary(
         rows=report.table.row_count,
         counts=dict(tally.counts),

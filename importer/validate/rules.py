@@ -11,7 +11,7 @@ silently: each input row is in ``ValidationReport.valid``, has at least one issu
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import cast, overload
 
 import numpy as np
@@ -40,7 +40,7 @@ from importer.validate.phones import PhoneNormaliser
 from importer.vocab import ReasonKind
 from importer.words import IssueKind, Note, NoteKind, worded
 
-__all__ = ["build_schema", "validate_table"]
+__all__ = ["build_schema", "table_check", "validate_table"]
 
 
 def _modes_needing(id_field: str) -> tuple[Direction, set[int]]:
@@ -273,6 +273,24 @@ def validate_table(
     Raises:
         InputError: the columns cannot be mapped, or the region is unknown.
     """
+    return table_check(
+        table, column_map=column_map, default_region=default_region, ignore_columns=ignore_columns
+    )()
+
+
+def table_check(
+    table: RawTable,
+    *,
+    column_map: Mapping[str, str] | None = None,
+    default_region: str | None = None,
+    ignore_columns: Sequence[str] = (),
+) -> Callable[[], ValidationReport]:
+    """Check the options against ``table`` now; return the check of its rows, to run when wanted.
+
+    A run reads its file, checks the options (an unusable one stops it before anything is sent),
+    and checks the rows while the API builds the account's answer (``inventory.read_state``).
+    Arguments and errors as ``validate_table``.
+    """
     if default_region is not None:
         default_region = default_region.strip().upper()
         # "UK" is what people write; ISO 3166 (and phonenumbers) call the United Kingdom GB.
@@ -285,6 +303,14 @@ def validate_table(
     mapping = map_columns(
         table.headers, column_map or {}, ignore_columns, first_column=table.source.first_column
     )
+    chosen = set((column_map or {}).values())
+    return lambda: _check_rows(table, mapping, chosen, default_region)
+
+
+def _check_rows(
+    table: RawTable, mapping: dict[str, int], chosen: set[str], default_region: str | None
+) -> ValidationReport:
+    """Validate every row of ``table`` under its column ``mapping`` (``--map`` chose ``chosen``)."""
     issues: list[RowIssue] = [
         _issue(row, "", "", IssueKind.RAGGED_ROW, problem=problem)
         for row, problem in sorted(table.row_problems.items())
@@ -295,7 +321,6 @@ def validate_table(
         rows = rows[~rows.isin(footers)]
     clean = clean_frame(table, mapping, rows)
     parsed = parse_cells(clean, PhoneNormaliser(default_region))
-    chosen = set((column_map or {}).values())
     wrong = wrong_matches(parsed, [f for f in mapping if f not in chosen])
     schema = build_schema(parsed, wrong)
     failures: pd.DataFrame | None = None
