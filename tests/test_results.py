@@ -159,18 +159,23 @@ def test_write_results_streams_inline_strings(tmp_path: Path) -> None:
 
 
 def test_write_results_failed_rows_highlighted(tmp_path: Path) -> None:
+    """Failed rows are filled red across the table: one conditional format (Excel's light red
+    fill, dark red text) whose formula reads each row's status cell, true exactly on failed rows."""
     table = make_table(tmp_path, row_values(4))
     out = tmp_path / "out.xlsx"
     write_results(out, table, outcomes_for(table, failed={3, 5}), [], INFO)
     ws = openpyxl.load_workbook(out)["Results"]
     width = len(HEADERS) + len(RESULT_COLUMNS) + 1
-    for r in range(2, 6):
-        fills = {ws.cell(r, c).fill.fgColor.rgb for c in range(1, width + 1)}
-        types = {ws.cell(r, c).fill.fill_type for c in range(1, width + 1)}
-        if r in {3, 5}:
-            assert fills == {"FFFFC7CE"} and types == {"solid"}, r
-        else:
-            assert types == {None}, r
+    (area,) = ws.conditional_formatting
+    assert str(area.sqref) == f"A2:{openpyxl.utils.get_column_letter(width)}5"  # every cell of every row
+    (rule,) = area.rules
+    assert rule.type == "expression" and rule.dxf.fill.bgColor.rgb == "FFFFC7CE"
+    assert rule.dxf.font.color.rgb == "FF9C0006"
+    status = openpyxl.utils.get_column_letter(len(HEADERS) + 1)
+    assert rule.formula == [f'${status}2="failed"']
+    assert ws[f"{status}1"].value == "import_status"
+    # The formula, relative to each row, is true on exactly the failed rows.
+    assert [r for r in range(2, 6) if ws[f"{status}{r}"].value == "failed"] == [3, 5]
 
 
 def test_write_results_header_frozen_bold_filtered(tmp_path: Path) -> None:

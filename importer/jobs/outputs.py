@@ -13,6 +13,7 @@ import os
 import pickle
 import signal
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -185,7 +186,12 @@ def _written_apart(write: Callable[[], None], path: Path) -> Iterator[None]:
     child saved is removed: written one after the other, it would not have been written.
     """
     reading, writing = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns of a fork in a process with threads. The CLI's other threads are
+        # idle (the event loop waiting in select, the executor's workers on their queue), and
+        # the child only writes one file and leaves with os._exit.
+        warnings.filterwarnings("ignore", message=".*fork", category=DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child: write, say how it went, and leave without the parent's clean-up
         try:
             os.close(reading)

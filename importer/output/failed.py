@@ -50,7 +50,7 @@ def write_failed_rows(
         bold = book.add_format({"bold": True, "num_format": "@"})
         sheet = book.add_worksheet(_sheet_name(None if table.row_sheets else table.source.sheet))
         # Text-formatted columns keep the digits of numbers the user types in while fixing rows.
-        _write_table(sheet, columns, bold, None, [False] * len(wanted), column_format=text)
+        _write_table(sheet, columns, bold, column_format=text)
 
 
 def _sheet_name(name: str | None) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from xlsxwriter.utility import xl_col_to_name
 
 from importer.errors import InputError
 from importer.model import Action, RawTable, RowIssue, RowOutcome, RunInfo, Status
@@ -182,11 +183,12 @@ def write_results(
 
     with atomic_workbook(path) as book:
         bold = book.add_format({"bold": True})
-        fill = book.add_format(_FAILED_FILL)
         results = book.add_worksheet("Results")
         summary = book.add_worksheet("Summary")
         errors = book.add_worksheet("Errors")
-        _write_table(results, columns, bold, fill, failed)
+        _write_table(results, columns, bold)
+        if any(failed):
+            _highlight_failed(results, book, columns, info.status_labels)
         errors_written = _write_errors(errors, error_lines, bold, table)
         _write_summary(
             summary,
@@ -196,6 +198,29 @@ def write_results(
 
 
 # --- the Results sheet ---------------------------------------------------------------------------------
+
+
+def _highlight_failed(sheet: Any, book: Any, columns: list[_Column], labels: Mapping[Status, str]) -> None:
+    """Fill every failed row red: one conditional format on the table, whose status cell says failed.
+
+    Excel, LibreOffice and Google Sheets show it as a fill of each cell of those rows, and it
+    follows the rows when they are sorted or filtered; a fill written on each cell cost about
+    1 s for 20,000 failed rows of a 100,000-row dry run.
+    """
+    status = next(c for c, column in enumerate(columns) if column.header == "import_status")
+    label = labels.get(Status.FAILED, Status.FAILED.value).replace('"', '""')
+    last_row = len(columns[status].values)
+    sheet.conditional_format(
+        1,
+        0,
+        last_row,
+        len(columns) - 1,
+        {
+            "type": "formula",
+            "criteria": f'=${xl_col_to_name(status)}2="{label}"',
+            "format": book.add_format(_FAILED_FILL),
+        },
+    )
 
 
 def _origin_columns(table: RawTable, rows: Sequence[int]) -> list[_Column]:
@@ -281,5 +306,5 @@ def _write_errors(sheet: Any, lines: list[_ErrorLine], bold: Any, table: RawTabl
         origins = [table.origin(line[0]) for line in kept]
         columns[0] = _column("row", [str(row) for _sheet, row in origins], min_width=_ERROR_WIDTHS[0])
         columns.insert(0, _column("sheet", [sheet or "" for sheet, _row in origins], min_width=16))
-    _write_table(sheet, columns, bold, None, [False] * len(kept))
+    _write_table(sheet, columns, bold)
     return len(kept)

@@ -65,34 +65,20 @@ def _fit_cell(value: str) -> str:
 
 
 def _write_table(
-    sheet: Any,
-    columns: list[_Column],
-    header_format: Any,
-    fill: Any,
-    highlighted: list[bool],
-    *,
-    column_format: Any = None,
+    sheet: Any, columns: list[_Column], header_format: Any, *, column_format: Any = None
 ) -> None:
-    """Stream a header and rows of text cells; highlighted rows get ``fill`` on every cell."""
-    last_col = len(columns) - 1
+    """Stream a header and rows of text cells under an autofilter, the header frozen."""
+    rows_count = len(columns[0].values) if columns else 0
     for c, column in enumerate(columns):
         sheet.set_column(c, c, column.width, column_format)
         sheet.write_string(0, c, column.header, header_format)
     sheet.freeze_panes(1, 0)
-    sheet.autofilter(0, 0, len(highlighted), last_col)
+    sheet.autofilter(0, 0, rows_count, len(columns) - 1)
 
     write: _StringWriter = sheet.write_string
-    blank: _StringWriter = sheet.write_blank
     rows = zip(*(column.values for column in columns), strict=True) if columns else iter(())
-    for r, (values, marked) in enumerate(zip(rows, highlighted, strict=True), start=1):
-        if marked:
-            for c, value in enumerate(values):
-                if value:
-                    write(r, c, value, fill)
-                else:
-                    blank(r, c, None, fill)
-        else:
-            # Empty cells are left out: they read back as empty and keep the file small.
-            for c, value in enumerate(values):
-                if value:
-                    write(r, c, value)
+    for r, values in enumerate(rows, start=1):
+        # Empty cells are left out: they read back as empty and keep the file small.
+        for c, value in enumerate(values):
+            if value:
+                write(r, c, value)

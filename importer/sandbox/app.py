@@ -79,6 +79,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -290,7 +291,11 @@ class Sandbox:
         )
         with self._lock:
             self._account.status_counts[status] += 1
-        return JSONResponse(content, status_code=status, headers=headers)
+        # orjson: a 100,000-DID sync answer is about 50 MB, rendered several times faster than
+        # with json (same compact JSON: UTF-8, no NaN in what the sandbox holds).
+        return Response(
+            orjson.dumps(content), status_code=status, headers=headers, media_type="application/json"
+        )
 
     def _rate_limited(self) -> int | None:
         """Count a request in the key's window; return whole seconds to wait when over the limit."""
