@@ -190,14 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         "measured: the CLI commands `validate FILE` and `run FILE --dry-run` in fresh processes, the\n"
-        "sandbox in its own process on loopback TCP. wall = as the user waits (goal: dry run / validate <= "
-        f"{GOAL}); cpu = the\nimporter process (user + system); server cpu = the sandbox's during the dry "
-        "run; reads = its requests"
+        "sandbox in its own process on loopback TCP. wall = as the user waits; goal: dry run / validate "
+        f"<= {GOAL}\nas the ratio of the medians and as pairs (the median of each run's dry run over the "
+        "validate just before it);\ncpu = the importer process (user + system); server cpu = the sandbox's "
+        "during the dry run; reads = its requests"
     )
     for name, tree in trees.items():
         print(f"code {name}: {tree}")
     header = (
-        f"{'unknown':>8} {'code':>8} {'validate s':>11} {'dry run s':>10} {'ratio':>6} {'goal':>5}  result "
+        f"{'unknown':>8} {'code':>8} {'validate s':>11} {'dry run s':>10} {'ratio':>6} {'pairs':>6} "
+        f"{'goal':>5}  result "
         f"{'cpu v':>6} {'cpu d':>6} {'cpu ratio':>9} {'server cpu':>10} {'reads':>6} {'at 60/min':>10}"
     )
     print(header)
@@ -250,11 +252,17 @@ def main(argv: list[str] | None = None) -> int:
                     wall_v, wall_d = _median(validate[name], "wall"), _median(dry[name], "wall")
                     cpu_v, cpu_d = _median(validate[name], "cpu"), _median(dry[name], "cpu")
                     ratio = wall_d / wall_v
-                    passed = ratio <= GOAL
+                    # Each dry run follows its validate: their ratio is taken at one speed of the
+                    # machine, which on a shared one drifts by a third between runs.
+                    pairs = statistics.median(
+                        d.wall / v.wall for v, d in zip(validate[name], dry[name], strict=True)
+                    )
+                    passed = ratio <= GOAL and pairs <= GOAL
                     ok &= passed
                     print(
-                        f"{share:>8.0%} {name:>8} {wall_v:>11.1f} {wall_d:>10.1f} {ratio:>6.2f} {GOAL:>5} "
-                        f"{'PASS' if passed else 'MISS':>7} {cpu_v:>6.1f} {cpu_d:>6.1f} "
+                        f"{share:>8.0%} {name:>8} {wall_v:>11.1f} {wall_d:>10.1f} {ratio:>6.2f} "
+                        f"{pairs:>6.2f} {GOAL:>5} {'PASS' if passed else 'MISS':>7} "
+                        f"{cpu_v:>6.1f} {cpu_d:>6.1f} "
                         f"{cpu_d / cpu_v:>9.2f} "
                         f"{_median(dry[name], 'server_cpu'):>10.1f} {reads[name]:>6,} "
                         f"{human_duration(reads[name]):>10}",
