@@ -320,14 +320,14 @@ async def _sync_while(
     syncing = asyncio.ensure_future(client.read_sync())
     waiting = asyncio.ensure_future(written.wait())
     try:
-        # A transport without httpcore's trace (in-process ASGI) never tells: the answer then ends the wait.
-        await asyncio.wait((syncing, waiting), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        client.on_sent = None
-        waiting.cancel()
-    try:
+        try:
+            # A transport without httpcore's trace (in-process ASGI) never tells: the answer ends the wait.
+            await asyncio.wait((syncing, waiting), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            client.on_sent = None
+            waiting.cancel()
         rows = make_rows()
-    except BaseException:
+    except BaseException:  # the rows' error, or the run cancelled: the sync is abandoned, not left running
         syncing.cancel()
         await asyncio.gather(syncing, return_exceptions=True)
         raise
