@@ -317,6 +317,7 @@ def plan_import(
     seen: dict[int, int] = {}
     counts: collections.Counter[str] = collections.Counter()
     near = NearIndex.of(inventory.dids_by_number)  # once: a scan per unknown number is quadratic
+    bodies: dict[tuple[int | None, ...], dict[str, int]] = {}
     for row in rows:
         found = resolve_row(row, inventory, connection, near)
         if not found.ok:
@@ -337,7 +338,19 @@ def plan_import(
             counts["fail"] += 1
             continue
         seen[did_id] = row.row
-        desired = routing_body(row.record())
+        # Rows share a handful of distinct records: each body is built once, then only read.
+        key = (
+            row.for_inbound_call,
+            row.for_outbound_call,
+            row.inbound_websocket_bot_id,
+            row.inbound_sip_trunk_id,
+            row.outbound_websocket_bot_id,
+            row.outbound_sip_trunk_id,
+            row.status,
+        )
+        desired = bodies.get(key)
+        if desired is None:
+            desired = bodies[key] = routing_body(row.record())
         existing = inventory.routing.get(did_id)
         earlier = history.confirmed.get(row.row)
         did = inventory.dids_by_id.get(did_id)
