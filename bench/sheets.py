@@ -15,20 +15,11 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR.parent / "tests"))  # the tests' generated accounts (helpers.py)
 
-from helpers import desired_record, did_number  # noqa: E402
+from helpers import SHEET_FIELDS, desired_record, did_number  # noqa: E402
 
 __all__ = ["COLUMNS", "write_sheet"]
 
-COLUMNS = (
-    "did_number",
-    "for_inbound_call",
-    "inbound_websocket_bot_id",
-    "inbound_sip_trunk_id",
-    "for_outbound_call",
-    "outbound_websocket_bot_id",
-    "outbound_sip_trunk_id",
-    "status",
-)
+COLUMNS = SHEET_FIELDS
 
 
 def write_sheet(path: Path, picks: list[int]) -> None:

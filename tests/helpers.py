@@ -124,6 +124,19 @@ def write_sheet(path: Path, n: int) -> Path:
     return path
 
 
+SHEET_FIELDS = (
+    "did_number",
+    "for_inbound_call",
+    "inbound_websocket_bot_id",
+    "inbound_sip_trunk_id",
+    "for_outbound_call",
+    "outbound_websocket_bot_id",
+    "outbound_sip_trunk_id",
+    "status",
+)
+"""The fields in the order a carrier's sheet has them: the number, then each direction's mode and ids."""
+
+
 def routing_fields(record: dict[str, Any]) -> dict[str, int]:
     """Keep a routing record's body fields (drop ids, None values and extras)."""
     keep = (

@@ -19,6 +19,7 @@ import openpyxl
 import pytest
 from helpers import (
     SAMPLE,
+    SHEET_FIELDS,
     desired_record,
     did_number,
     served_web,
@@ -381,22 +382,7 @@ def test_page_every_step_without_console_error_or_csp_violation(
 # -- 7: mappings remembered -------------------------------------------------------------------------
 
 GERMAN = ("Nummer", "Eingehend", "Bot ein", "Trunk ein", "Ausgehend", "Bot aus", "Trunk aus", "Zustand")
-FIELD_OF = dict(
-    zip(
-        GERMAN,
-        (
-            "did_number",
-            "for_inbound_call",
-            "inbound_websocket_bot_id",
-            "inbound_sip_trunk_id",
-            "for_outbound_call",
-            "outbound_websocket_bot_id",
-            "outbound_sip_trunk_id",
-            "status",
-        ),
-        strict=True,
-    )
-)
+FIELD_OF = dict(zip(GERMAN, SHEET_FIELDS, strict=True))
 
 
 def _german(path: Path, n: int, headers: tuple[str, ...] = GERMAN, first: int = 0) -> Path:

@@ -339,18 +339,11 @@ def plan_import(
             continue
         seen[did_id] = row.row
         # Rows share a handful of distinct records: each body is built once, then only read.
-        key = (
-            row.for_inbound_call,
-            row.for_outbound_call,
-            row.inbound_websocket_bot_id,
-            row.inbound_sip_trunk_id,
-            row.outbound_websocket_bot_id,
-            row.outbound_sip_trunk_id,
-            row.status,
-        )
+        record = row.record()
+        key = tuple(record.values())
         desired = bodies.get(key)
         if desired is None:
-            desired = bodies[key] = routing_body(row.record())
+            desired = bodies[key] = routing_body(record)
         existing = inventory.routing.get(did_id)
         earlier = history.confirmed.get(row.row)
         did = inventory.dids_by_id.get(did_id)

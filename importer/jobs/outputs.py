@@ -161,18 +161,19 @@ def write_outputs(
     columns = outcomes if isinstance(outcomes, OutcomeColumns) else OutcomeColumns.from_outcomes(outcomes)
     columns = in_words(columns, issues, surface)
     tally = OutcomeTally(columns)
-    if tally.failed_rows:
-        reasons = columns.failed_reasons()
-        if apart and hasattr(os, "fork"):
-            with _written_apart(lambda: write_failed_rows(failed, table, tally.failed_rows, reasons), failed):
-                write_results(results, table, columns, issues, info, surface)
-        else:
+
+    def write_failed() -> None:
+        write_failed_rows(failed, table, tally.failed_rows, columns.failed_reasons())
+
+    if tally.failed_rows and apart and hasattr(os, "fork"):
+        with _written_apart(write_failed, failed):
             write_results(results, table, columns, issues, info, surface)
-            write_failed_rows(failed, table, tally.failed_rows, reasons)
-    else:
-        write_results(results, table, columns, issues, info, surface)
-        if failed.exists():
-            failed.unlink()  # a stale file from an earlier run would mislead
+        return tally
+    write_results(results, table, columns, issues, info, surface)
+    if tally.failed_rows:
+        write_failed()
+    elif failed.exists():
+        failed.unlink()  # a stale file from an earlier run would mislead
     return tally
 
 
