@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -153,9 +154,12 @@ class RoutingRow:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class RowOutcome:
-    """The final word on one input row."""
+class RowOutcome(NamedTuple):
+    """The final word on one input row.
+
+    A named tuple, not a frozen dataclass: a run makes one per row (100,000 for a large file)
+    and a tuple is made about three times faster, as immutable and read by name alike.
+    """
 
     row: int
     status: Status

@@ -29,7 +29,6 @@ it did not name read page 1 first (one read that may settle them all) instead of
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -423,7 +422,7 @@ async def collect_created_ids(
     for row, outcome in waiting.items():
         found = by_did.get(outcome.did_id) if outcome.did_id is not None else None
         if found is not None:
-            out[row] = dataclasses.replace(outcome, routing_id=found.routing_id)
+            out[row] = outcome._replace(routing_id=found.routing_id)
     return out
 
 

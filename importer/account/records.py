@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 
 from importer.errors import ApiError
 from importer.fields import ROUTING_FIELDS
@@ -49,9 +49,12 @@ class Connection:
     is_default: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Did:
-    """One purchased DID; ``did_number`` is always text (country code + number, as the API sent it)."""
+class Did(NamedTuple):
+    """One purchased DID; ``did_number`` is always text (country code + number, as the API sent it).
+
+    Named tuples, as ``Routing``: a large account's sync carries 100,000 of each, made faster than
+    frozen dataclasses and as immutable.
+    """
 
     did_id: int
     did_number: str
@@ -67,8 +70,7 @@ class Bot:
     active: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Routing:
+class Routing(NamedTuple):
     """One existing call-routing record; ``record`` has every field of ``fields.ROUTING_FIELDS``."""
 
     routing_id: int

@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from importer.account.inventory import Inventory
 from importer.account.records import Routing
@@ -97,9 +97,12 @@ class _RecordTexts(dict[tuple[tuple[str, object], ...], str]):
 _PLAIN = frozenset((int, str, type(None)))
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
-    """One write to send: the data the engine needs to send it, settle it and report it."""
+class Write(NamedTuple):
+    """One write to send: the data the engine needs to send it, settle it and report it.
+
+    A named tuple (a plan of a large file holds 100,000): immutable like the plan, and made
+    about three times faster than a frozen dataclass.
+    """
 
     row: int
     """The outcome's row: the input's Excel row (a rollback: its own results sheet's row)."""
@@ -317,7 +320,7 @@ def plan_import(
     seen: dict[int, int] = {}
     counts: collections.Counter[str] = collections.Counter()
     near = NearIndex.of(inventory.dids_by_number)  # once: a scan per unknown number is quadratic
-    bodies: dict[tuple[int | None, ...], dict[str, int]] = {}
+    bodies: dict[tuple[int | None, ...], MappingProxyType[str, int]] = {}
     for row in rows:
         found = resolve_row(row, inventory, connection, near)
         if not found.ok:
@@ -342,8 +345,8 @@ def plan_import(
         record = row.record()
         key = tuple(record.values())
         desired = bodies.get(key)
-        if desired is None:
-            desired = bodies[key] = routing_body(record)
+        if desired is None:  # one read-only body per distinct record, shared by the writes' expect
+            desired = bodies[key] = MappingProxyType(routing_body(record))
         existing = inventory.routing.get(did_id)
         earlier = history.confirmed.get(row.row)
         did = inventory.dids_by_id.get(did_id)
@@ -383,7 +386,7 @@ def plan_import(
                     routing_id=None,
                     body=MappingProxyType({"did_id": did_id, **desired}),
                     before=None,
-                    expect=MappingProxyType(desired),
+                    expect=desired,
                     done=f"created; {drift}" if drift else "",
                     done_kind=ReasonKind.CREATED,
                     dry_kind=ReasonKind.DRY_RUN_CREATE,
@@ -473,7 +476,7 @@ def _frozen(values: Mapping[str, object] | None) -> MappingProxyType[str, object
 
 
 def _outcome_to_dict(o: RowOutcome) -> dict[str, object]:
-    return {name: getattr(o, name) for name in RowOutcome.__slots__}
+    return {name: getattr(o, name) for name in RowOutcome._fields}
 
 
 def _outcome_from_dict(d: Mapping[str, object]) -> RowOutcome:
@@ -487,7 +490,7 @@ def plan_to_dict(plan: Plan) -> dict[str, object]:
     """A plan as JSON-ready data (``plan_from_dict`` reads it back equal), to keep it with a job."""
     writes = []
     for w in plan.writes:
-        item: dict[str, object] = {name: getattr(w, name) for name in Write.__slots__}
+        item: dict[str, object] = {name: getattr(w, name) for name in Write._fields}
         for name in ("body", "before", "expect", "guard"):
             item[name] = _mapping(item[name])  # type: ignore[arg-type]
         writes.append(item)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from importer.account.inventory import BOT_FIELDS, Inventory
 from importer.account.records import Connection, Did
@@ -17,9 +18,8 @@ from importer.vocab import ReasonKind
 __all__ = ["NearIndex", "Resolution", "connection_problem", "near_match", "resolve_row"]
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """What the account says about one row: its DID id and every problem found."""
+class Resolution(NamedTuple):
+    """What the account says about one row: its DID id and every problem found (one per row: a tuple)."""
 
     did_id: int | None
     problems: tuple[tuple[ReasonKind, str], ...] = ()
@@ -57,11 +57,14 @@ class NearIndex:
     by_tail: dict[int, dict[str, int]]
     """Length -> last digits -> the first DID with at least that many digits ending so. Length 9 is
     built at once; a number shorter than 9 digits needs a shorter length, built when first asked."""
+    lengths: tuple[int, ...] = ()
+    """The lengths the account's numbers have: the only suffixes of a number worth looking up."""
 
     @classmethod
     def of(cls, dids_by_number: Mapping[str, Did]) -> NearIndex:
         """Index the account's DIDs (keyed by number digits) once per job."""
-        index = cls(tuple(dids_by_number.values()), {k: i for i, k in enumerate(dids_by_number)}, {})
+        position = {k: i for i, k in enumerate(dids_by_number)}
+        index = cls(tuple(dids_by_number.values()), position, {}, tuple(sorted(set(map(len, position)))))
         index.tails(TAIL)
         return index
 
@@ -78,7 +81,7 @@ class NearIndex:
         """The first DID that ends with the number's last 9 digits or that the number ends with."""
         tail = number[-TAIL:]
         found = [self.tails(len(tail)).get(tail)]
-        found += [self.position.get(number[k:]) for k in range(len(number) + 1)]
+        found += [self.position.get(number[len(number) - n :]) for n in self.lengths if n <= len(number)]
         places = [i for i in found if i is not None]
         return self.dids[min(places)] if places else None
 

@@ -51,7 +51,7 @@ class RunSummary:
 
     def frame(self) -> pd.DataFrame:
         """The outcomes as a DataFrame, one row per input row (statuses and actions as their codes)."""
-        columns = list(RowOutcome.__slots__)
+        columns = list(RowOutcome._fields)
         records = [[getattr(o, name) for name in columns] for o in self.outcomes]
         # StrEnum members become their plain codes, so the frame compares and saves as text.
         records = [[str(v) if isinstance(v, Status | Action) else v for v in r] for r in records]

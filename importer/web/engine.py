@@ -11,7 +11,6 @@ owns SIGTERM) and writes its results workbook in a thread.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -315,8 +314,7 @@ def _own_earlier(outcome: RowOutcome, earlier: Mapping[int, ConfirmedRow]) -> Ro
     if outcome.reason_kind != ReasonKind.DONE_EARLIER or done is None:
         return outcome
     status = Status(done.status)
-    return dataclasses.replace(
-        outcome,
+    return outcome._replace(
         status=status,
         action=Action(done.action) if done.action in Action._value2member_map_ else Action.NONE,
         reason=f"{status.value} at {done.when}, before the server restarted",

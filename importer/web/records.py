@@ -257,7 +257,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def outcome_dict(o: RowOutcome) -> dict[str, Any]:
-    return {name: getattr(o, name) for name in RowOutcome.__slots__}
+    return {name: getattr(o, name) for name in RowOutcome._fields}
 
 
 def outcome_from(d: Mapping[str, Any]) -> RowOutcome:
