@@ -16,7 +16,7 @@ from helpers import config_for, read_results, write_inventory, write_sheet
 
 from importer.cli import main
 from importer.errors import InputError
-from importer.fields import FIELD_NAMES, Direction
+from importer.fields import FIELD_NAMES, INBOUND_MODES, OUTBOUND_MODES, Direction
 from importer.jobs.run import run_import
 from importer.jobs.validate import validate_file
 from importer.model import RawTable, SourceInfo
@@ -853,3 +853,48 @@ def test_run_footer_rows_are_skipped_and_do_not_fail_the_run(tmp_path: Path) -> 
     assert [(r["import_status"], r["import_reason"]) for r in footers] == [
         ("skipped", "not a data row (footer?)")
     ] * 2
+
+
+def test_validate_valid_rows_carry_each_id_in_its_own_field() -> None:
+    """Every pair of modes, each row with the ids its modes need: each id lands in its own field."""
+    pairs = [(i, o) for i in INBOUND_MODES for o in OUTBOUND_MODES]
+    ids = {
+        "inbound_websocket_bot_id": 11,
+        "inbound_sip_trunk_id": 12,
+        "outbound_websocket_bot_id": 13,
+        "outbound_sip_trunk_id": 14,
+    }
+
+    def cell(name: str, used: set[str | None]) -> str:
+        return str(ids[name]) if name in used else ""
+
+    rows = []
+    for k, (i, o) in enumerate(pairs):
+        used = {INBOUND_MODES[i].requires, OUTBOUND_MODES[o].requires}
+        rows.append(
+            row(
+                number=f"+91 80 1234 {5600 + k}",
+                inbound=str(i),
+                in_bot=cell("inbound_websocket_bot_id", used),
+                in_trunk=cell("inbound_sip_trunk_id", used),
+                outbound=str(o),
+                out_bot=cell("outbound_websocket_bot_id", used),
+                out_trunk=cell("outbound_sip_trunk_id", used),
+                status="0",
+            )
+        )
+    report = validate_table(make_table(rows))
+    assert not report.issues and [r.row for r in report.valid] == list(range(2, 2 + len(pairs)))
+    for k, (valid, (i, o)) in enumerate(zip(report.valid, pairs, strict=True)):
+        used = {INBOUND_MODES[i].requires, OUTBOUND_MODES[o].requires}
+        assert valid._asdict() == {
+            "row": 2 + k,
+            "did_id": None,
+            "did_number": f"91801234{5600 + k}",
+            "for_inbound_call": i,
+            "for_outbound_call": o,
+            **{name: (value if name in used else None) for name, value in ids.items()},
+            "status": 0,
+            "connection_id": None,
+        }, (i, o)
+        assert all(type(v) is int for v in (valid.row, valid.for_inbound_call, valid.status))

@@ -449,44 +449,32 @@ class _LazyRows(LazyRows):
         return f"<{len(self)} valid rows>"
 
 
+_AT = {name: k for k, name in enumerate(RoutingRow._fields)}
+"""Each RoutingRow field's position: a row is built from its cells in this order."""
+
+
 def _valid_rows(values: dict[str, pd.Series], rows: list[int]) -> list[RoutingRow]:
     if not rows:
         return []
-    cols = {name: values[name].loc[rows].tolist() for name in FIELD_NAMES}
-    id_columns = [cols[f] for f in MODE_ID_FIELDS]
-    # The ids a pair of modes needs, as positions in MODE_ID_FIELDS: looked up once per pair.
-    needed_at: dict[tuple[int, int], tuple[int, ...]] = {}
+    columns = [values[name].loc[rows].tolist() for name in RoutingRow._fields[1:]]
+    inbound_at, outbound_at, status_at = _AT["for_inbound_call"], _AT["for_outbound_call"], _AT["status"]
+    # The ids a pair of modes does not use, as positions in the row: found once per pair.
+    unused_for: dict[tuple[int, int], tuple[int, ...]] = {}
     out: list[RoutingRow] = []
     append = out.append
-    for i, (row, inbound, outbound, status, did_id, did_number, connection_id) in enumerate(
-        zip(
-            rows,
-            cols["for_inbound_call"],
-            cols["for_outbound_call"],
-            cols["status"],
-            cols["did_id"],
-            cols["did_number"],
-            cols["connection_id"],
-            strict=True,
-        )
-    ):
-        modes = (int(inbound), int(outbound))
-        at = needed_at.get(modes)
-        if at is None:
+    make = RoutingRow._make
+    for cells in map(list, zip(rows, *columns, strict=True)):
+        modes = (int(cells[inbound_at]), int(cells[outbound_at]))
+        unused = unused_for.get(modes)
+        if unused is None:
             wanted = _required_ids(*modes)
-            at = needed_at[modes] = tuple(k for k, f in enumerate(MODE_ID_FIELDS) if f in wanted)
-        append(
-            RoutingRow(
-                row=int(row),
-                did_id=did_id,
-                did_number=did_number,
-                for_inbound_call=modes[0],
-                for_outbound_call=modes[1],
-                status=int(status),
-                connection_id=connection_id,
-                **{MODE_ID_FIELDS[k]: id_columns[k][i] for k in at},
-            )
-        )
+            unused = unused_for[modes] = tuple(_AT[f] for f in MODE_ID_FIELDS if f not in wanted)
+        for k in unused:
+            cells[k] = None
+        cells[0] = int(cells[0])
+        cells[inbound_at], cells[outbound_at] = modes
+        cells[status_at] = int(cells[status_at])
+        append(make(cells))
     return out
 
 
