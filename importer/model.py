@@ -142,15 +142,15 @@ class RoutingRow(NamedTuple):
 
     def record(self) -> dict[str, int | None]:
         """The routing fields (modes, ids, status) as a dict, ids of unused modes None."""
-        return {
-            "for_inbound_call": self.for_inbound_call,
-            "for_outbound_call": self.for_outbound_call,
-            "inbound_websocket_bot_id": self.inbound_websocket_bot_id,
-            "inbound_sip_trunk_id": self.inbound_sip_trunk_id,
-            "outbound_websocket_bot_id": self.outbound_websocket_bot_id,
-            "outbound_sip_trunk_id": self.outbound_sip_trunk_id,
-            "status": self.status,
-        }
+        return dict(zip(_RECORD_FIELDS, self.record_values(), strict=True))
+
+    def record_values(self) -> tuple[int | None, ...]:
+        """``record()``'s values alone, in its order (a key: rows share a handful of records)."""
+        return self[3:10]  # for_inbound_call ... status, the fields _RECORD_FIELDS names
+
+
+_RECORD_FIELDS = RoutingRow._fields[3:10]
+"""The routing fields, modes to status: one run of a RoutingRow's fields."""
 
 
 class RowOutcome(NamedTuple):

@@ -19,7 +19,7 @@ from importer.errors import InputError
 from importer.fields import FIELD_NAMES, INBOUND_MODES, OUTBOUND_MODES, Direction
 from importer.jobs.run import run_import
 from importer.jobs.validate import validate_file
-from importer.model import RawTable, SourceInfo
+from importer.model import RawTable, RoutingRow, SourceInfo
 from importer.options import InputOptions, ValidateConfig
 from importer.read.xlsx import column_letters
 from importer.sandbox import SANDBOX_API_KEY, SandboxConfig, create_sandbox, running_sandbox
@@ -898,3 +898,17 @@ def test_validate_valid_rows_carry_each_id_in_its_own_field() -> None:
             "connection_id": None,
         }, (i, o)
         assert all(type(v) is int for v in (valid.row, valid.for_inbound_call, valid.status))
+
+
+def test_routing_row_record_is_its_routing_fields_by_name() -> None:
+    valid = RoutingRow(7, 1001, "918012345678", 3, 2, 93, None, None, 8, 0, None)
+    assert valid.record() == {
+        "for_inbound_call": 3,
+        "for_outbound_call": 2,
+        "inbound_websocket_bot_id": 93,
+        "inbound_sip_trunk_id": None,
+        "outbound_websocket_bot_id": None,
+        "outbound_sip_trunk_id": 8,
+        "status": 0,
+    }
+    assert valid.record_values() == tuple(valid.record().values())

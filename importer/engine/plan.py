@@ -342,11 +342,10 @@ def plan_import(
             continue
         seen[did_id] = row.row
         # Rows share a handful of distinct records: each body is built once, then only read.
-        record = row.record()
-        key = tuple(record.values())
+        key = row.record_values()
         desired = bodies.get(key)
         if desired is None:  # one read-only body per distinct record, shared by the writes' expect
-            desired = bodies[key] = MappingProxyType(routing_body(record))
+            desired = bodies[key] = MappingProxyType(routing_body(row.record()))
         existing = inventory.routing.get(did_id)
         earlier = history.confirmed.get(row.row)
         did = inventory.dids_by_id.get(did_id)

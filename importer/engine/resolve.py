@@ -182,6 +182,8 @@ def resolve_row(
             problems.append((ReasonKind.BOT_NOT_FOUND, f"{name} {bot_id}: no such bot in this account"))
         elif not bot.active:
             problems.append((ReasonKind.BOT_INACTIVE, f"{name} {bot_id} ({bot.name}) is inactive"))
-    if problem := connection_problem(row.connection_id, connection, inventory.connections):
+    if row.connection_id and (
+        problem := connection_problem(row.connection_id, connection, inventory.connections)
+    ):
         problems.append(problem)
     return Resolution(did_id, tuple(problems))
