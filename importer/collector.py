@@ -11,10 +11,13 @@ records, rows and writes hold no cycles.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import gc
 from collections.abc import Iterator
 
-__all__ = ["collector_paused", "keep_out_of_collections"]
+__all__ = ["collector_paused", "keep_out_of_collections", "own_process_collections"]
+
+_FREEZE_ON_RESUME = contextvars.ContextVar("freeze_on_resume", default=False)
 
 
 @contextlib.contextmanager
@@ -31,6 +34,10 @@ def collector_paused(pause: bool = True) -> Iterator[None]:
         yield
     finally:
         if paused:
+            if _FREEZE_ON_RESUME.get():
+                # What the pause built is kept to the run's end: walked now by the first young
+                # collection after the pause (about 0.2 s of a 100,000-row dry run), for nothing.
+                gc.freeze()
             gc.enable()
 
 
@@ -40,3 +47,22 @@ def keep_out_of_collections(own_process: bool) -> None:
     keeps collecting: its objects come and go for days."""
     if own_process:
         gc.freeze()
+
+
+@contextlib.contextmanager
+def own_process_collections(own_process: bool) -> Iterator[None]:
+    """While a job runs in a process of its own (the CLI), keep what exists and what each pause
+    builds out of the collector's walks (``keep_out_of_collections``); elsewhere, nothing changes.
+
+    Set for the job's context only (its tasks and threads inherit it), so a library caller or a
+    server that runs the same code goes on collecting as usual.
+    """
+    if not own_process:
+        yield
+        return
+    keep_out_of_collections(True)
+    token = _FREEZE_ON_RESUME.set(True)
+    try:
+        yield
+    finally:
+        _FREEZE_ON_RESUME.reset(token)

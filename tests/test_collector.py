@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from helpers import SAMPLE, config_for
 
 from importer.account.client import _json_of
 from importer.account.records import as_int
-from importer.collector import collector_paused, keep_out_of_collections
+from importer.collector import collector_paused, keep_out_of_collections, own_process_collections
 from importer.jobs.run import run_import
 from importer.sandbox import SandboxConfig, create_sandbox
 
@@ -125,5 +126,37 @@ def test_a_library_run_never_freezes_and_a_cli_one_does(tmp_path: Path) -> None:
             summary = run_import(config, transport=httpx.ASGITransport(app=sandbox.app))
             assert summary.counts and summary.failed_path is not None
             assert (gc.get_freeze_count() > 0) is own
+    finally:
+        gc.unfreeze()
+
+
+def test_a_pause_in_a_process_of_its_own_freezes_what_it_built() -> None:
+    """Within ``own_process_collections(True)`` (the CLI's run), what a pause built is frozen when
+    it ends, not walked by the next young collection; without it, or after it, nothing is frozen.
+    A thread started outside the run's context (a server's other job) never freezes."""
+    gc.unfreeze()
+    kept: list[object] = []
+    try:
+        with own_process_collections(False), collector_paused():
+            kept.append([[k] for k in range(1_000)])
+        assert gc.get_freeze_count() == 0
+        with own_process_collections(True):
+            gc.unfreeze()  # entering froze what exists: count only what the pause builds
+            with collector_paused():
+                kept.append([[k] for k in range(1_000)])
+            assert gc.get_freeze_count() > 1_000
+            gc.unfreeze()
+
+            def elsewhere() -> None:
+                with collector_paused():
+                    kept.append([[k] for k in range(1_000)])
+
+            other = threading.Thread(target=elsewhere)
+            other.start()
+            other.join()
+            assert gc.get_freeze_count() == 0
+        with collector_paused():
+            kept.append([[k] for k in range(1_000)])
+        assert gc.get_freeze_count() == 0 and gc.isenabled()
     finally:
         gc.unfreeze()

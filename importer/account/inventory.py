@@ -38,6 +38,7 @@ from importer.account.client import DID_PAGE_SIZE, VoiceLinkClient
 from importer.account.paginate import DIDS_PATH, read_bots, read_did_page, walk_pages
 from importer.account.records import Bot, Connection, Did, Routing, SyncState, number_key
 from importer.account.retry import SETTLE_ATTEMPTS
+from importer.collector import collector_paused
 from importer.model import RowOutcome, Status
 
 __all__ = [
@@ -359,9 +360,10 @@ async def read_state(
     else:
         sync = await client.read_sync()
     syncs = client.request_count - before
-    index = DidIndex(sync.dids)
-    # A routed DID is a DID of this connection: enough to resolve its rows when dids[] is empty.
-    index.add(_routed_dids(sync.routing))
+    with collector_paused():  # an entry per DID of the account: no cycle to find
+        index = DidIndex(sync.dids)
+        # A routed DID is a DID of this connection: enough to resolve its rows when dids[] is empty.
+        index.add(_routed_dids(sync.routing))
     bots: dict[int, Bot] = {b.bot_id: b for b in sync.bots}
     bot_reads = 0
     if not bots and _names_a_bot(rows):
@@ -372,11 +374,13 @@ async def read_state(
     numbers, ids = _missing(rows, index)
     reader = _Reader(client, index, on_read)
     await reader.find(numbers, ids, sync_listed=bool(sync.dids))
+    with collector_paused():
+        routing = index_routing(sync.routing, index.by_number)
     return Inventory(
         dids_by_id=dict(index.by_id),
         dids_by_number=dict(index.by_number),
         bots=bots,
-        routing=index_routing(sync.routing, index.by_number),
+        routing=routing,
         reads=ReadReport(
             syncs=syncs,
             did_pages=reader.did_pages,

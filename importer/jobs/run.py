@@ -28,7 +28,7 @@ import httpx
 from importer.account.inventory import Rows
 from importer.account.limiter import RateLimiter
 from importer.account.retry import MAX_ATTEMPTS
-from importer.collector import keep_out_of_collections
+from importer.collector import keep_out_of_collections, own_process_collections
 from importer.engine.apply import Applied, ProgressCallback
 from importer.engine.journal import Journal
 from importer.engine.plan import Plan, plan_import
@@ -126,6 +126,20 @@ async def run_import_async(
 
 
 async def _run_import(
+    config: ImportConfig,
+    transport: httpx.AsyncBaseTransport | None,
+    on_progress: ProgressCallback | None,
+    cancel: asyncio.Event | None,
+    limiter: RateLimiter | None,
+    validated: ValidationReport | None,
+    ask: Ask,
+) -> RunSummary:
+    """One run; in a process of its own (the CLI), what it keeps is left out of the collector's walks."""
+    with own_process_collections(config.own_process):
+        return await _run_stages(config, transport, on_progress, cancel, limiter, validated, ask)
+
+
+async def _run_stages(
     config: ImportConfig,
     transport: httpx.AsyncBaseTransport | None,
     on_progress: ProgressCallback | None,

@@ -20,6 +20,7 @@ import pandas as pd
 import pandera.pandas as pa
 import phonenumbers
 
+from importer.collector import collector_paused
 from importer.errors import shown
 from importer.fields import (
     DIRECTION_OF,
@@ -453,6 +454,7 @@ _AT = {name: k for k, name in enumerate(RoutingRow._fields)}
 """Each RoutingRow field's position: a row is built from its cells in this order."""
 
 
+@collector_paused()  # a list of new tuples of numbers and texts: no cycle to find
 def _valid_rows(values: dict[str, pd.Series], rows: list[int]) -> list[RoutingRow]:
     if not rows:
         return []
