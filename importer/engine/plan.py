@@ -70,28 +70,29 @@ def record_text(values: Mapping[str, object] | None) -> str:
     return json.dumps({k: v for k, v in values.items() if v is not None})
 
 
-class _RecordTexts(dict[tuple[tuple[str, object], ...], str]):
+class _RecordTexts(dict[tuple[tuple[str, ...], tuple[object, ...]], str]):
     """``record_text`` of many records, the text of each distinct record after its DID id made once.
 
     A dry run shows a create body per row: ``{"did_id": N, ...}`` with a handful of distinct
     routings after the id. The id is spliced in front of the rest's text, as json.dumps writes it.
+    A record is keyed by its names and its values, two flat tuples (no tuple per field).
     """
 
-    def __missing__(self, key: tuple[tuple[str, object], ...]) -> str:
-        self[key] = text = record_text(dict(key))
+    def __missing__(self, key: tuple[tuple[str, ...], tuple[object, ...]]) -> str:
+        self[key] = text = record_text(dict(zip(*key, strict=True)))
         return text
 
     def text(self, values: Mapping[str, object] | None) -> str:
         if values is None:
             return ""
-        items = tuple(values.items())
+        names, kept = tuple(values), tuple(values.values())
         # Only ints, texts and None as keys: True == 1 == 1.0 would share a text they do not have.
-        if not _PLAIN.issuperset(map(type, values.values())):
+        if not _PLAIN.issuperset(map(type, kept)):
             return record_text(values)
-        if items and items[0][0] == "did_id" and type(items[0][1]) is int:
-            rest = self[items[1:]]
-            return f'{{"did_id": {items[0][1]}' + (", " + rest[1:] if rest != "{}" else "}")
-        return self[items]
+        if names and names[0] == "did_id" and type(kept[0]) is int:
+            rest = self[names[1:], kept[1:]]
+            return f'{{"did_id": {kept[0]}' + (", " + rest[1:] if rest != "{}" else "}")
+        return self[names, kept]
 
 
 _PLAIN = frozenset((int, str, type(None)))

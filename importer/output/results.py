@@ -257,6 +257,11 @@ class _Texts(dict[object, str]):
         return list(map(self.__getitem__, values))
 
 
+def _id_texts(values: Iterable[int | None]) -> list[str]:
+    """Cell texts of ids: a different value on almost every row, so each is converted as it comes."""
+    return ["" if v is None else str(v) for v in values]
+
+
 def _result_values(
     outcomes: OutcomeColumns, dry_run: bool, labels: Mapping[Status, str]
 ) -> Iterator[tuple[str, list[str]]]:
@@ -265,8 +270,8 @@ def _result_values(
     yield "import_reason", list(outcomes.reason)
     if outcomes.did_number is not None:
         yield "import_did_number", list(outcomes.did_number)
-    yield "import_did_id", _Texts().of(outcomes.did_id)
-    yield "import_routing_id", _Texts().of(outcomes.routing_id)
+    yield "import_did_id", _id_texts(outcomes.did_id)
+    yield "import_routing_id", _id_texts(outcomes.routing_id)
     yield "import_http_status", _Texts().of(outcomes.http_status)
     yield "import_attempts", _Texts().of(outcomes.attempts)
     if dry_run:
