@@ -134,75 +134,74 @@ async def _run_import(
     validated: ValidationReport | None,
     ask: Ask,
 ) -> RunSummary:
-    """One run; in a process of its own (the CLI), what it keeps is left out of the collector's walks."""
+    """One run, its stages in order: each passes its value to the next. In a process of its own
+    (the CLI), what the run keeps is left out of the collector's walks."""
     with own_process_collections(config.own_process):
-        return await _run_stages(config, transport, on_progress, cancel, limiter, validated, ask)
-
-
-async def _run_stages(
-    config: ImportConfig,
-    transport: httpx.AsyncBaseTransport | None,
-    on_progress: ProgressCallback | None,
-    cancel: asyncio.Event | None,
-    limiter: RateLimiter | None,
-    validated: ValidationReport | None,
-    ask: Ask,
-) -> RunSummary:
-    """One run, its stages in order: each passes its value to the next."""
-    started = now_text()
-    config.check()
-    results, failed = output_paths(
-        config.input.path, config.output, config.failed_out, overwrite=config.overwrite
-    )
-    check_writable(results, failed)
-    loaded: list[ValidationReport] = [validated] if validated else []
-    rows: Rows = validated.valid if validated else ()
-    if validated is None:
-        # The file is read and the options checked before anything is sent (an unusable one
-        # stops the run here); its rows are checked once the sync request is out, while the API
-        # builds the account's answer (seconds for a large account).
-        check_rows = table_checker(read_input(config.input), config.input)
-
-        def check() -> Sequence[RoutingRow]:
-            loaded.append(check_rows())
-            return list(loaded[0].valid)  # built here too, while the answer is made
-
-        rows = check
-
-    def start_run(journal: Journal, session: Session) -> int:
-        return journal.start_run(
-            input_sha256=loaded[0].table.source.sha256,
-            input_name=config.input.path.name,
-            command=config.command,
-            audit=session.audit,
-            options=config.describe(),
+        started = now_text()
+        config.check()
+        results, failed = output_paths(
+            config.input.path, config.output, config.failed_out, overwrite=config.overwrite
         )
+        check_writable(results, failed)
+        loaded: list[ValidationReport] = [validated] if validated else []
+        rows: Rows = validated.valid if validated else ()
+        if validated is None:
+            # The file is read and the options checked before anything is sent (an unusable one
+            # stops the run here); its rows are checked once the sync request is out, while the API
+            # builds the account's answer (seconds for a large account).
+            check_rows = table_checker(read_input(config.input), config.input)
 
-    journal_path = config.journal or default_journal_path(results, config.input.path)
-    with journal_for(journal_path, dry_run=config.dry_run) as journal:
-        async with open_session(config, transport, limiter, rows=rows) as session:
-            keep_out_of_collections(config.own_process)  # the account's state and the rows, kept to the end
-            report = loaded[0]
-            history = history_of(journal, report.table.source.sha256)
-            plan = plan_import(
-                report.valid, session.inventory, session.inventory.connection, history, config.on_existing
+            def check() -> Sequence[RoutingRow]:
+                loaded.append(check_rows())
+                return list(loaded[0].valid)  # built here too, while the answer is made
+
+            rows = check
+
+        def start_run(journal: Journal, session: Session) -> int:
+            return journal.start_run(
+                input_sha256=loaded[0].table.source.sha256,
+                input_name=config.input.path.name,
+                command=config.command,
+                audit=session.audit,
+                options=config.describe(),
             )
-            plan, applied, run_id = await send_if_confirmed(
+
+        journal_path = config.journal or default_journal_path(results, config.input.path)
+        with journal_for(journal_path, dry_run=config.dry_run) as journal:
+            async with open_session(config, transport, limiter, rows=rows) as session:
+                # The account's state and the rows, kept to the end.
+                keep_out_of_collections(config.own_process)
+                report = loaded[0]
+                history = history_of(journal, report.table.source.sha256)
+                plan = plan_import(
+                    report.valid, session.inventory, session.inventory.connection, history, config.on_existing
+                )
+                plan, applied, run_id = await send_if_confirmed(
+                    plan,
+                    session=session,
+                    journal=journal,
+                    config=config,
+                    ask=ask,
+                    start_run=start_run,
+                    cancel=cancel,
+                    on_progress=on_progress,
+                )
+            keep_out_of_collections(config.own_process)  # the plan and what was sent
+            # A results workbook of every row takes seconds for a large input: off the event loop,
+            # which may be serving others (a web service's other jobs).
+            return await asyncio.to_thread(
+                write_report,
+                config,
+                report,
                 plan,
-                session=session,
-                journal=journal,
-                config=config,
-                ask=ask,
-                start_run=start_run,
-                cancel=cancel,
-                on_progress=on_progress,
+                applied,
+                session,
+                journal,
+                run_id,
+                started,
+                results,
+                failed,
             )
-        keep_out_of_collections(config.own_process)  # the plan and what was sent
-        # A results workbook of every row takes seconds for a large input: off the event loop,
-        # which may be serving others (a web service's other jobs).
-        return await asyncio.to_thread(
-            write_report, config, report, plan, applied, session, journal, run_id, started, results, failed
-        )
 
 
 def write_report(
